@@ -1,0 +1,1 @@
+"""The pixsim command-line client."""

@@ -51,8 +51,16 @@ def generate() -> None:
     GEN.mkdir(parents=True, exist_ok=True)
     well_known = Path(str(resources.files("grpc_tools") / "_proto"))
     ours = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
-    protoc = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"-I{DEPS}",
-              f"-I{well_known}", f"--python_out={GEN}", f"--mypy_out={GEN}"]
+    protoc = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{DEPS}",
+        f"-I{well_known}",
+        f"--python_out={GEN}",
+        f"--mypy_out={GEN}",
+    ]
     subprocess.run([*protoc, "buf/validate/validate.proto"], check=True)
     subprocess.run(
         [*protoc, f"--grpc_python_out={GEN}", f"--mypy_grpc_out={GEN}", *ours], check=True

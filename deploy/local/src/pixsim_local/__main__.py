@@ -1,0 +1,48 @@
+"""`pixsim-local infra`: start PostgreSQL and Kafka in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+from pixsim_local.infra import Infra
+
+
+async def _infra(run_dir: Path, postgres_port: int, kafka_port: int) -> None:
+    infra = await Infra.start(
+        run_dir,
+        postgres_port=postgres_port,
+        kafka_port=kafka_port,
+        kafka_controller_port=kafka_port + 1000,
+        durable=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"postgres  {infra.postgres.admin_url}")
+    print(f"kafka     {infra.kafka.bootstrap}")
+    print("started in " + ", ".join(f"{k}={v:.2f}" for k, v in infra.timings.items()))
+    try:
+        await stop.wait()
+    finally:
+        infra.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="pixsim-local")
+    commands = parser.add_subparsers(dest="command", required=True)
+    infra = commands.add_parser("infra", help="run PostgreSQL and Kafka until Ctrl-C")
+    infra.add_argument("--run-dir", type=Path, default=Path(".run"))
+    infra.add_argument("--postgres-port", type=int, default=5433)
+    infra.add_argument("--kafka-port", type=int, default=9092)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_infra(args.run_dir.resolve(), args.postgres_port, args.kafka_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""A single-node Apache Kafka (KRaft) broker run from its Maven Central jars.
+
+The recipe and the reasons for each setting are in shared/LOCAL-KAFKA.md and docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from pixsim_local.processes import ManagedProcess
+
+POM = Path(__file__).with_name("pom.xml")
+HEAP = "512m"
+
+LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Root level="INFO"><AppenderRef ref="STDOUT"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PIXSIM_CACHE_DIR", Path.home() / ".cache" / "pixsim"))
+
+
+def ensure_jars() -> Path:
+    """The broker's runtime classpath, fetched once per pom version into the cache."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
+    lib = cache_dir() / "kafka" / digest / "lib"
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    lib.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={lib}",
+        ],
+        check=True,
+    )
+    marker.write_text(digest)
+    return lib
+
+
+def new_cluster_id() -> str:
+    """22 characters of URL-safe base64, as Kafka's Uuid prints; never starting with '-'."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def server_properties(run_dir: Path, port: int, controller_port: int) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(run_dir / "data"),
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.num.partitions": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": "1000",
+        "auto.create.topics.enable": "false",
+        "num.partitions": "1",
+        "log.cleaner.dedupe.buffer.size": "16777216",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "1",
+        "message.max.bytes": "1048588",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+class KafkaBroker:
+    """A broker this process started (or an existing one given by its bootstrap address)."""
+
+    def __init__(self, bootstrap: str, process: ManagedProcess | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.process = process
+
+    @classmethod
+    async def start(
+        cls, run_dir: Path, port: int, controller_port: int, *, timeout: float = 120.0
+    ) -> KafkaBroker:
+        lib = ensure_jars()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        properties = run_dir / "server.properties"
+        properties.write_text(server_properties(run_dir, port, controller_port))
+        (run_dir / "log4j2.xml").write_text(LOG4J2_XML)
+        cluster_id_file = run_dir / "cluster-id"
+        if not cluster_id_file.exists():
+            cluster_id_file.write_text(new_cluster_id())
+        cluster_id = cluster_id_file.read_text().strip()
+        classpath = f"{lib}/*"
+        logging = f"-Dlog4j2.configurationFile={run_dir / 'log4j2.xml'}"
+        log_path = run_dir / "kafka.log"
+        subprocess.run(
+            [
+                "java",
+                "-Xmx256m",
+                logging,
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--config",
+                str(properties),
+                f"--cluster-id={cluster_id}",
+                "--ignore-formatted",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        process = ManagedProcess(
+            "kafka",
+            [
+                "java",
+                f"-Xms{HEAP}",
+                f"-Xmx{HEAP}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-XX:InitiatingHeapOccupancyPercent=35",
+                "-XX:+ExplicitGCInvokesConcurrent",
+                "-XX:MaxInlineLevel=15",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true",
+                logging,
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(properties),
+            ],
+            log_path,
+        )
+        broker = cls(f"127.0.0.1:{port}", process)
+        try:
+            await broker._wait_ready(cluster_id, timeout)
+        except BaseException:
+            broker.stop()
+            raise
+        return broker
+
+    async def _wait_ready(self, cluster_id: str, timeout: float) -> None:
+        """Ready when our process logged startup, answers with our cluster id, and has a
+        group coordinator (the first FindCoordinator creates __consumer_offsets)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+
+        def alive() -> None:
+            assert self.process is not None
+            self.process.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kafka not ready in {timeout}s; see {self.process.log_path}")
+
+        while b"Kafka Server started" not in self.process.log_path.read_bytes():
+            alive()
+            await asyncio.sleep(0.1)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            meta = await admin.describe_cluster()
+            if meta["cluster_id"] != cluster_id:
+                raise RuntimeError(
+                    f"{self.bootstrap} belongs to another cluster: {meta['cluster_id']}"
+                )
+            while True:
+                try:
+                    await admin.find_coordinator("readiness-probe")
+                    return
+                except KafkaError:
+                    alive()
+                    await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
+    async def ensure_topics(self, names: list[str], partitions: int, timeout: float = 60.0) -> None:
+        """Create the topics that are missing and wait until every partition has a leader."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            response = await admin.create_topics(
+                [NewTopic(name, partitions, 1) for name in names],
+                timeout_ms=int(timeout * 1000),
+            )
+            for name, code, message in response.topic_errors:
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise for_code(code)(f"{name}: {message}")
+            deadline = time.monotonic() + timeout
+            while True:
+                described = await admin.describe_topics(names)
+                if all(
+                    topic["error_code"] == 0
+                    and topic["partitions"]
+                    and all(p["leader"] >= 0 for p in topic["partitions"])
+                    for topic in described
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("topics have no leaders")
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=30)

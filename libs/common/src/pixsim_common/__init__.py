@@ -1,0 +1,1 @@
+"""The shared service kit of PixSim7. Each module is one small, documented piece."""

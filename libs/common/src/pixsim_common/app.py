@@ -1,0 +1,190 @@
+"""The lifecycle every service shares: start, serve until SIGTERM, drain, stop.
+
+A service's `main.py` builds a `ServiceApp` from its parts (server, engine, relay, consumers)
+and calls `run_until_signal()`. On SIGTERM or SIGINT health turns NOT_SERVING (so load
+balancers stop sending), the server lets in-flight RPCs finish for `drain_seconds`,
+consumers finish the message in hand and commit, the relay publishes what is committed, and
+the database pool closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from pixsim_common.auth import TokenVerifier
+from pixsim_common.consumer import EventConsumer, Subscription
+from pixsim_common.db import create_engine, create_sessionmaker
+from pixsim_common.grpc_server import (
+    AccessPolicy,
+    HealthServicer,
+    add_health_and_reflection,
+    build_server,
+    mark,
+)
+from pixsim_common.logging import configure_logging
+from pixsim_common.metrics import serve_metrics
+from pixsim_common.outbox import OutboxRelay
+from pixsim_common.settings import ServiceSettings
+from pixsim_common.tracing import configure_tracing, instrument_engine
+
+log = structlog.get_logger("pixsim.app")
+
+
+class Worker(Protocol):
+    """A background part: an outbox relay, an event consumer, a poller."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class ServiceApp:
+    name: str
+    server: grpc.aio.Server
+    health: HealthServicer
+    service_names: Sequence[str]
+    address: str
+    engine: AsyncEngine | None = None
+    # Started in order; stopped in reverse.
+    workers: list[Worker] = field(default_factory=list)
+    drain_seconds: float = 20.0
+    port: int = 0
+
+    async def start(self) -> None:
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise RuntimeError(f"{self.name}: cannot listen on {self.address}")
+        for worker in self.workers:
+            await worker.start()
+        await self.server.start()
+        await mark(self.health, self.service_names, serving=True)
+        log.info("serving", service=self.name, port=self.port)
+
+    async def stop(self) -> None:
+        log.info("draining", service=self.name, grace_s=self.drain_seconds)
+        await mark(self.health, self.service_names, serving=False)
+        # RPCs first (they may still write outbox events), then consumers, the relay last.
+        await self.server.stop(self.drain_seconds)
+        for worker in reversed(self.workers):
+            await worker.stop()
+        if self.engine is not None:
+            await self.engine.dispose()
+        log.info("stopped", service=self.name)
+
+    async def run_until_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+@dataclass(frozen=True)
+class Kit:
+    """What a service's handlers are built from."""
+
+    settings: ServiceSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+
+def configure_observability(settings: ServiceSettings) -> None:
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    configure_tracing(settings.service_name, settings.otel_exporter, settings.otel_endpoint)
+    serve_metrics(settings.metrics_port)
+
+
+async def assemble(
+    settings: ServiceSettings,
+    *,
+    service_names: Sequence[str],
+    register: Callable[[grpc.aio.Server, Kit], None],
+    admin_methods: Iterable[str] = (),
+    subscriptions: Callable[[Kit], Sequence[Subscription]] | None = None,
+) -> ServiceApp:
+    """Wire a service from the kit: engine, server with the guard, health, reflection,
+    outbox relay and (when it consumes) its consumer group `<service_name>`."""
+    database_url = settings.database_url.get_secret_value()
+    engine = create_engine(database_url, pool_size=settings.database_pool_size)
+    instrument_engine(engine)
+    kit = Kit(settings, engine, create_sessionmaker(engine))
+    verifier = TokenVerifier(
+        public_key=settings.jwt_public_key,
+        jwks_url=settings.jwt_jwks_url,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    server = build_server(settings.service_name, AccessPolicy(verifier, frozenset(admin_methods)))
+    register(server, kit)
+    health = await add_health_and_reflection(server, service_names)
+    workers: list[Worker] = [
+        OutboxRelay(
+            service=settings.service_name,
+            engine=engine,
+            database_url=database_url,
+            kafka_bootstrap=settings.kafka_bootstrap,
+        )
+    ]
+    if subscriptions is not None:
+        workers.append(
+            EventConsumer(
+                name=settings.service_name,
+                group_id=settings.service_name,
+                kafka_bootstrap=settings.kafka_bootstrap,
+                sessions=kit.sessions,
+                subscriptions=subscriptions(kit),
+            )
+        )
+    return ServiceApp(
+        name=settings.service_name,
+        server=server,
+        health=health,
+        service_names=service_names,
+        address=f"{settings.grpc_host}:{settings.grpc_port}",
+        engine=engine,
+        workers=workers,
+        drain_seconds=settings.drain_seconds,
+    )
+
+
+def service_main(
+    settings_type: type[ServiceSettings],
+    build: Callable[[ServiceSettings], Awaitable[ServiceApp]],
+    migrations_dir: Path,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """The command line of every service: `serve` (the default) or `migrate`."""
+    import argparse
+
+    from pixsim_common.db import run_migrations
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    command = parser.parse_args(argv).command
+    # Required fields come from the environment, which mypy cannot see.
+    settings = settings_type()  # type: ignore[call-arg]
+    configure_observability(settings)
+    if command == "migrate":
+        run_migrations(settings.database_url.get_secret_value(), migrations_dir)
+        log.info("migrated", service=settings.service_name)
+        return
+
+    async def serve() -> None:
+        app = await build(settings)
+        await app.run_until_signal()
+
+    asyncio.run(serve())

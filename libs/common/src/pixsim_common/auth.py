@@ -1,0 +1,160 @@
+"""Caller identity from a JWT signed with an asymmetric key.
+
+Tokens arrive as `authorization: Bearer <jwt>` metadata. They are verified against a PEM
+public key or a JWKS URL from settings; only asymmetric algorithms are accepted, so a service
+that can verify a token can never mint one. The identity of the current call is available
+to handlers through `current_identity()`, and is forwarded on service-to-service calls by
+passing `identity.token` on.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import jwt
+
+from pixsim_common.errors import PermissionDenied, Unauthenticated
+
+ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
+ADMIN_ROLE = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    roles: frozenset[str]
+    token: str
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_ROLE in self.roles
+
+    @property
+    def resource_name(self) -> str:
+        return f"users/{self.user_id}"
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise PermissionDenied("this call needs the admin role", reason="ADMIN_REQUIRED")
+
+
+_current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "pixsim_identity", default=None
+)
+
+
+def current_identity() -> Identity:
+    """The caller of the RPC being handled; raises if the call was not authenticated."""
+    identity = _current.get()
+    if identity is None:
+        raise Unauthenticated("no caller identity", reason="MISSING_TOKEN")
+    return identity
+
+
+def set_identity(identity: Identity | None) -> contextvars.Token[Identity | None]:
+    return _current.set(identity)
+
+
+def reset_identity(token: contextvars.Token[Identity | None]) -> None:
+    _current.reset(token)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens with a public key or a JWKS URL."""
+
+    def __init__(
+        self,
+        *,
+        public_key: str = "",
+        jwks_url: str = "",
+        issuer: str,
+        audience: str,
+        leeway_seconds: float = 5.0,
+    ) -> None:
+        if not public_key and not jwks_url:
+            raise ValueError("a JWT public key or JWKS URL is required")
+        self._public_key = public_key
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+
+    def verify(self, authorization: str | None) -> Identity:
+        if not authorization:
+            raise Unauthenticated("missing authorization metadata", reason="MISSING_TOKEN")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("authorization must be 'Bearer <token>'", reason="BAD_TOKEN")
+        try:
+            key = (
+                self._jwks.get_signing_key_from_jwt(token).key
+                if self._jwks is not None
+                else self._public_key
+            )
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=ASYMMETRIC_ALGORITHMS,
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options={"require": ["sub", "exp", "iat"]},
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from error
+        except jwt.PyJWTError as error:
+            raise Unauthenticated(f"invalid token: {error}", reason="BAD_TOKEN") from error
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthenticated("claim 'roles' must be a list of strings", reason="BAD_TOKEN")
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("claim 'sub' must be a non-empty string", reason="BAD_TOKEN")
+        return Identity(user_id=subject, roles=frozenset(roles), token=token)
+
+
+def issue_token(
+    private_key: str,
+    *,
+    user_id: str,
+    roles: Iterable[str] = (),
+    issuer: str = "pixsim-local",
+    audience: str = "pixsim",
+    ttl_seconds: int = 3600,
+    algorithm: str = "EdDSA",
+    now: float | None = None,
+) -> str:
+    """Sign a token; used by `pixsim token` and by tests. Services never hold a private key."""
+    import time
+
+    issued = int(now if now is not None else time.time())
+    claims = {
+        "sub": user_id,
+        "roles": sorted(roles),
+        "iss": issuer,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ttl_seconds,
+    }
+    return jwt.encode(claims, private_key, algorithm=algorithm)
+
+
+def generate_keypair() -> tuple[str, str]:
+    """A fresh Ed25519 key pair as (private PEM, public PEM), for the local stack and tests."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private_pem, public_pem

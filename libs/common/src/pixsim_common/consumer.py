@@ -1,0 +1,323 @@
+"""Idempotent Kafka consumption: each message's effect and its `inbox` row commit together.
+
+For every message the runner:
+1. reads the CloudEvents headers and decodes the value as the topic's protobuf type, then
+   validates it (protovalidate); a message that fails any of these is poison;
+2. in one transaction inserts `(consumer, ce_id)` into `inbox` (a seen id is skipped) and
+   runs the handler;
+3. commits the partition offset only after that transaction committed.
+
+Poison goes to the topic's `.dlq` twin with the error in headers, and the consumer moves on.
+A transient failure (the database or network away) is retried with backoff, never skipped.
+Any other exception is a bug in the handler: retried a few times, then dead-lettered with
+its error rather than blocking the partition forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from google.protobuf.message import DecodeError, Message
+from opentelemetry import trace
+from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, Table, Text, func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixsim_common.cloudevents import EventMeta, MalformedEvent, parse_headers
+from pixsim_common.errors import InvalidArgument, Unavailable
+from pixsim_common.metrics import CONSUMER_LAG, MESSAGES_CONSUMED
+from pixsim_common.topics import Topic
+from pixsim_common.tracing import extract_context
+from pixsim_common.validation import validate
+
+log = structlog.get_logger("pixsim.consumer")
+tracer = trace.get_tracer("pixsim.consumer")
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+metadata = MetaData()
+inbox_table = Table(
+    "inbox",
+    metadata,
+    Column("consumer", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("consumer", "event_id"),
+)
+
+Handler = Callable[[AsyncSession, Any, EventMeta], Awaitable[None]]
+
+
+class PoisonMessage(Exception):
+    """Raised by a handler for an event it can never process (e.g. it names nothing real)."""
+
+    def __init__(self, message: str, reason: str = "REJECTED_BY_HANDLER") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def is_transient(error: BaseException) -> bool:
+    """Failures that go away by themselves: the database restarting, a dropped connection,
+    a serialization conflict. Retried forever with backoff."""
+    if isinstance(error, OperationalError | InterfaceError | Unavailable | OSError | TimeoutError):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        error = error.orig or error
+        cause = getattr(error, "__cause__", None)
+        if cause is not None:
+            error = cause
+    return isinstance(
+        error,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.SerializationError
+        | asyncpg.DeadlockDetectedError
+        | asyncpg.TooManyConnectionsError
+        | ConnectionError,
+    )
+
+
+def decode(topic: Topic, record: ConsumerRecord[bytes, bytes]) -> tuple[EventMeta, Message]:
+    """The event of a record, or `MalformedEvent` saying why it is poison."""
+    value = record.value
+    if value is None:
+        raise MalformedEvent("message has no value", "EMPTY")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise MalformedEvent(f"message of {len(value)} bytes is too large", "TOO_LARGE")
+    meta = parse_headers(record.headers)
+    if meta.type != topic.event_type:
+        raise MalformedEvent(
+            f"ce_type {meta.type!r} does not belong on {topic.name}", "WRONG_EVENT_TYPE"
+        )
+    event = topic.message_type()
+    try:
+        event.ParseFromString(value)
+    except DecodeError as error:
+        raise MalformedEvent(
+            f"not a {event.DESCRIPTOR.full_name}: {error}", "UNDECODABLE"
+        ) from error
+    try:
+        validate(event)
+    except InvalidArgument as error:
+        raise MalformedEvent(str(error), "INVALID_EVENT") from error
+    return meta, event
+
+
+@dataclass(frozen=True)
+class Subscription:
+    topic: Topic
+    handler: Handler
+
+
+class EventConsumer:
+    """A consumer-group member that runs `subscriptions` until stopped."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        group_id: str,
+        kafka_bootstrap: str,
+        sessions: async_sessionmaker[AsyncSession],
+        subscriptions: Sequence[Subscription],
+        max_handler_attempts: int = 5,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 5.0,
+        consumer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self._group_id = group_id
+        self._bootstrap = kafka_bootstrap
+        self._sessions = sessions
+        self._routes = {s.topic.name: s for s in subscriptions}
+        self._max_handler_attempts = max_handler_attempts
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._consumer_options = dict(consumer_options or {})
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        options: dict[str, Any] = {
+            "group_id": self._group_id,
+            "bootstrap_servers": self._bootstrap,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": 2 * MAX_MESSAGE_BYTES,
+            "fetch_max_bytes": 16 * MAX_MESSAGE_BYTES,
+        }
+        options.update(self._consumer_options)
+        self._consumer = AIOKafkaConsumer(*self._routes, **options)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap, enable_idempotence=True, acks="all"
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"{self.name}-consumer")
+
+    async def stop(self) -> None:
+        """Finish the message in hand, commit what was processed, leave the group."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            if not batch:
+                continue
+            done: dict[TopicPartition, int] = {}
+            try:
+                await asyncio.gather(
+                    *(self._process_partition(tp, records, done) for tp, records in batch.items())
+                )
+            finally:
+                if done:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(consumer.commit(done))
+            for tp in batch:
+                highwater = consumer.highwater(tp)
+                if highwater is not None and tp in done:
+                    CONSUMER_LAG.labels(self._group_id, tp.topic, tp.partition).set(
+                        max(highwater - done[tp], 0)
+                    )
+
+    async def _process_partition(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+        done: dict[TopicPartition, int],
+    ) -> None:
+        """Records of one partition, in order; `done[tp]` is the next offset to consume."""
+        for record in records:
+            await self._process(record)
+            done[tp] = record.offset + 1
+
+    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        subscription = self._routes[record.topic]
+        try:
+            meta, event = decode(subscription.topic, record)
+        except MalformedEvent as error:
+            await self._dead_letter(subscription.topic, record, error.reason, str(error))
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = await self._apply(subscription, meta, event)
+            except PoisonMessage as error:
+                await self._dead_letter(subscription.topic, record, error.reason, str(error))
+                return
+            except Exception as error:
+                transient = is_transient(error)
+                if not transient and attempt >= self._max_handler_attempts:
+                    log.exception(
+                        "handler failed; dead-lettering",
+                        topic=record.topic,
+                        offset=record.offset,
+                        ce_id=meta.id,
+                    )
+                    await self._dead_letter(
+                        subscription.topic, record, "HANDLER_FAILED", repr(error)
+                    )
+                    return
+                delay = min(self._backoff_cap, self._backoff_base * 2 ** min(attempt, 10))
+                log.warning(
+                    "handler retrying",
+                    topic=record.topic,
+                    offset=record.offset,
+                    ce_id=meta.id,
+                    transient=transient,
+                    attempt=attempt,
+                    error=repr(error),
+                )
+                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+                continue
+            MESSAGES_CONSUMED.labels(self._group_id, record.topic, outcome).inc()
+            return
+
+    async def _apply(self, subscription: Subscription, meta: EventMeta, event: Message) -> str:
+        parent = extract_context(meta.trace_headers)
+        with (
+            tracer.start_as_current_span(
+                f"{subscription.topic.name} process",
+                context=parent,
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "kafka", "messaging.message.id": meta.id},
+            ),
+            structlog.contextvars.bound_contextvars(ce_id=meta.id, topic=meta.type),
+        ):
+            async with self._sessions() as session, session.begin():
+                inserted = await session.scalar(
+                    insert(inbox_table)
+                    .values(
+                        consumer=self._group_id, event_id=meta.id, topic=subscription.topic.name
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(inbox_table.c.event_id)
+                )
+                if inserted is None:
+                    return "duplicate"
+                await subscription.handler(session, event, meta)
+            return "processed"
+
+    async def _dead_letter(
+        self, topic: Topic, record: ConsumerRecord[bytes, bytes], reason: str, error: str
+    ) -> None:
+        """Copy the record to `<topic>.dlq` with why, and wait for the broker to have it."""
+        producer = self._producer
+        assert producer is not None
+        log.warning(
+            "dead-lettering message",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            error=error,
+        )
+        headers = [
+            *(record.headers or ()),
+            ("pixsim_error_reason", reason.encode()),
+            ("pixsim_error", error[:4000].encode(errors="replace")),
+            ("pixsim_original_topic", record.topic.encode()),
+            ("pixsim_original_partition", str(record.partition).encode()),
+            ("pixsim_original_offset", str(record.offset).encode()),
+            ("pixsim_consumer_group", self._group_id.encode()),
+        ]
+        value = record.value
+        if value is not None and len(value) > MAX_MESSAGE_BYTES:
+            value = value[:1024]  # keep the evidence, not the payload that broke the limit
+            headers.append(("pixsim_truncated", b"true"))
+        while True:
+            try:
+                await producer.send_and_wait(
+                    topic.dlq, value=value, key=record.key, headers=headers
+                )
+                break
+            except Exception as failure:  # Kafka away: the message must not be skipped.
+                log.warning("dead-letter publish retrying", error=repr(failure))
+                await asyncio.sleep(1.0)
+        MESSAGES_CONSUMED.labels(self._group_id, record.topic, "dead_lettered").inc()

@@ -1,0 +1,101 @@
+"""PostgreSQL through SQLAlchemy 2 async + asyncpg: engine, unit of work, Alembic runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` (libpq form, as settings hold it) for SQLAlchemy's asyncpg dialect."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("database URL must start with postgresql://")
+
+
+def libpq_url(url: str) -> str:
+    """The same URL in the form asyncpg and libpq accept."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+    return create_async_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        # A connection broken by a database restart is noticed at checkout, not mid-request.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        echo=echo,
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+class UnitOfWork:
+    """One database transaction: everything written through `session` (including outbox
+    events) commits together on `commit()`, and is rolled back if the block leaves without it.
+
+        async with UnitOfWork(sessions) as uow:
+            ...
+            await uow.commit()
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._session: AsyncSession | None = None
+        self._committed = False
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            raise RuntimeError("UnitOfWork used outside its 'async with' block")
+        return self._session
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._session = self._sessions()
+        await self._session.begin()
+        return self
+
+    async def commit(self) -> None:
+        await self.session.commit()
+        self._committed = True
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = self.session
+        try:
+            if not self._committed:
+                await session.rollback()
+        finally:
+            await session.close()
+            self._session = None
+
+
+def run_migrations(database_url: str, migrations_dir: Path, revision: str = "head") -> None:
+    """`alembic upgrade <revision>` for one service, without an alembic.ini file.
+
+    The service's `migrations/env.py` reads the URL from `config.attributes["database_url"]`.
+    Blocking: call it before the event loop starts, or in a thread.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.attributes["database_url"] = sqlalchemy_url(database_url)
+    command.upgrade(config, revision)

@@ -1,0 +1,255 @@
+"""The gRPC server every service runs: health, reflection, tracing, and one interceptor that
+authenticates the caller, enforces the admin role, validates the request with protovalidate,
+maps domain errors to canonical codes, and records metrics and an access-log line.
+
+Handlers therefore see only valid requests from known callers, and raise `DomainError`s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from opentelemetry import trace
+
+from pixsim_common.auth import Identity, TokenVerifier, reset_identity, set_identity
+from pixsim_common.errors import DomainError, internal_status
+from pixsim_common.metrics import RPC_LATENCY, RPC_REQUESTS
+from pixsim_common.validation import validate
+
+log = structlog.get_logger("pixsim.grpc")
+
+
+class HealthServicer(Protocol):
+    """The part of grpc_health's asyncio servicer we use (grpc-stubs omit `health.aio`)."""
+
+    async def set(self, service: str, status: int) -> None: ...
+
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: Any) -> None:
+    """End the call with a `google.rpc.Status` (code, message, details in the trailer)."""
+    status = rpc_status.to_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def is_infrastructure_method(method: str) -> bool:
+    """Health and reflection answer anyone: probes and grpcurl carry no token."""
+    return method.startswith(("/grpc.health.", "/grpc.reflection."))
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may call what. Every method needs a valid token; `admin_methods` need the role."""
+
+    verifier: TokenVerifier
+    admin_methods: frozenset[str] = field(default_factory=frozenset)
+
+
+class _CallGuard:
+    """Runs the checks and bookkeeping around one call of one method."""
+
+    def __init__(self, service: str, method: str, policy: AccessPolicy) -> None:
+        self.service = service
+        self.method = method
+        self.short_method = method.rsplit("/", 1)[-1]
+        self.policy = policy
+
+    def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Identity:
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get("authorization")
+        identity = self.policy.verifier.verify(
+            authorization if isinstance(authorization, str) else None
+        )
+        if self.method in self.policy.admin_methods:
+            identity.require_admin()
+        return identity
+
+    async def run(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        body: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        identity_token = None
+        user_id = ""
+        structlog.contextvars.bind_contextvars(rpc=self.short_method)
+        try:
+            identity = self.authenticate(context)
+            user_id = identity.user_id
+            identity_token = set_identity(identity)
+            structlog.contextvars.bind_contextvars(user_id=user_id)
+            return await body()
+        except DomainError as error:
+            code = error.code
+            await abort(context, error.to_status())
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except BaseException as error:
+            if isinstance(error, Exception):
+                code = grpc.StatusCode.INTERNAL
+                trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+                log.exception("rpc failed with a bug", method=self.method)
+                await abort(context, internal_status(trace_id))
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            labels = (self.service, self.short_method, code.name)
+            RPC_REQUESTS.labels(*labels).inc()
+            RPC_LATENCY.labels(*labels).observe(elapsed)
+            log.info("rpc", method=self.method, code=code.name, ms=round(elapsed * 1000, 3))
+            if identity_token is not None:
+                reset_identity(identity_token)
+            structlog.contextvars.unbind_contextvars("rpc", "user_id")
+
+
+def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+    async def each() -> AsyncIterator[Message]:
+        async for request in requests:
+            validate(request)
+            yield request
+
+    return each()
+
+
+def _guard_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], guard: _CallGuard
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler with every behaviour wrapped by `guard`."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        inner_uu = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
+
+        async def unary_unary(request: Message, context: Any) -> Any:
+            async def body() -> Any:
+                validate(request)
+                return await inner_uu(request, context)
+
+            return await guard.run(context, body)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
+    if handler.stream_unary is not None:
+        inner_su = cast(Callable[..., Awaitable[Any]], handler.stream_unary)
+
+        async def stream_unary(requests: AsyncIterator[Message], context: Any) -> Any:
+            return await guard.run(context, lambda: inner_su(_validated(requests), context))
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
+
+    streaming = handler.unary_stream or handler.stream_stream
+    inner_stream = cast(Callable[..., AsyncIterator[Any]], streaming)
+    client_streams = handler.stream_stream is not None
+
+    async def server_stream(request: Any, context: Any) -> None:
+        # A coroutine that writes each response (rather than an async generator), so the
+        # guard can await the whole stream as one body.
+        async def body() -> None:
+            incoming = _validated(request) if client_streams else request
+            if not client_streams:
+                validate(request)
+            async for response in inner_stream(incoming, context):
+                await context.write(response)
+
+        await guard.run(context, body)
+
+    factory = (
+        grpc.stream_stream_rpc_method_handler
+        if client_streams
+        else grpc.unary_stream_rpc_method_handler
+    )
+    return factory(server_stream, **serializers)
+
+
+class GuardInterceptor(_ServerInterceptor):
+    def __init__(self, service: str, policy: AccessPolicy) -> None:
+        self._service = service
+        self._policy = policy
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_infrastructure_method(method):
+            return handler
+        guarded = self._guarded.get(method)
+        if guarded is None:
+            guarded = _guard_handler(handler, _CallGuard(self._service, method, self._policy))
+            self._guarded[method] = guarded
+        return guarded
+
+
+def build_server(
+    service: str,
+    policy: AccessPolicy,
+    *,
+    max_message_bytes: int = 8 * 1024 * 1024,
+) -> grpc.aio.Server:
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(),  # type: ignore[no-untyped-call]
+            GuardInterceptor(service, policy),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1),
+        ],
+    )
+
+
+async def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Iterable[str]
+) -> HealthServicer:
+    """Register health (every named service NOT_SERVING until `mark_serving`) and reflection."""
+    names = list(service_names)
+    servicer: HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in names:
+        await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    return servicer
+
+
+async def mark(servicer: HealthServicer, names: Iterable[str], serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in [*names, ""]:
+        await servicer.set(name, status)

@@ -1,0 +1,59 @@
+"""Alembic support shared by every service's `migrations/`.
+
+A service's `migrations/env.py` is:
+
+    from pixsim_common.migrations import run_env
+    from pixsim_job.repository import metadata
+    run_env(metadata)
+
+and its first revision calls `create_messaging_tables()` for the outbox and the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context, op
+from sqlalchemy import MetaData, pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from pixsim_common.consumer import inbox_table
+from pixsim_common.outbox import NOTIFY_TRIGGER_DDL, outbox_table
+
+
+def create_messaging_tables() -> None:
+    """The `outbox` (with its NOTIFY trigger) and the `inbox`, for a first migration."""
+    bind = op.get_bind()
+    outbox_table.create(bind)
+    for statement in NOTIFY_TRIGGER_DDL:
+        op.execute(statement)
+    inbox_table.create(bind)
+
+
+def drop_messaging_tables() -> None:
+    op.drop_table("inbox")
+    op.drop_table("outbox")
+    op.execute("DROP FUNCTION IF EXISTS pixsim_outbox_notify()")
+
+
+def run_env(target_metadata: MetaData | None) -> None:
+    """The body of env.py: online migrations over asyncpg with the URL `run_migrations` gave."""
+    config = context.config
+    url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: use pixsim_common.db.run_migrations")
+
+    def migrate(connection: Connection) -> None:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run() -> None:
+        engine = create_async_engine(url, poolclass=pool.NullPool)
+        async with engine.connect() as connection:
+            await connection.run_sync(migrate)
+            await connection.commit()
+        await engine.dispose()
+
+    asyncio.run(run())

@@ -1,0 +1,252 @@
+"""Transactional outbox: events are rows written in the same transaction as the state change,
+and a relay in the same process publishes them to Kafka and marks them sent.
+
+- `enqueue()` adds an event inside the caller's transaction; nothing touches Kafka then.
+- An insert trigger sends `NOTIFY pixsim_outbox` (delivered at commit), which wakes the relay
+  within milliseconds; a slow sweep covers notifications lost while it was reconnecting.
+- The relay claims unsent rows (`FOR UPDATE SKIP LOCKED`, never a high-water mark: insert
+  order is not commit order) while holding a per-database advisory lock, so one relay
+  publishes at a time and a key's events leave in the order they were written, whichever
+  replica runs it. The producer is idempotent with `acks=all`; rows are marked sent only
+  after every send of the batch is acknowledged, so a crash in between resends (at least
+  once) and never loses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from google.protobuf.message import Message
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from pixsim_common.cloudevents import encode_headers, event_headers
+from pixsim_common.db import libpq_url
+from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
+from pixsim_common.topics import Topic
+from pixsim_common.tracing import inject_context
+
+log = structlog.get_logger("pixsim.outbox")
+
+NOTIFY_CHANNEL = "pixsim_outbox"
+# One relay per database publishes at a time (pg_try_advisory_xact_lock key).
+RELAY_LOCK_KEY = 0x7069_7873_6F62  # "pixsob"
+
+metadata = MetaData()
+outbox_table = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", Text, nullable=False, unique=True),
+    Column("topic", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("headers", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True)),
+    Index("outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),
+)
+
+# Run by each service's first migration, after creating the table.
+NOTIFY_TRIGGER_DDL = (
+    f"""CREATE OR REPLACE FUNCTION pixsim_outbox_notify() RETURNS trigger AS $$
+    BEGIN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); RETURN NULL; END $$ LANGUAGE plpgsql""",
+    """CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION pixsim_outbox_notify()""",
+)
+
+
+async def enqueue(
+    session: AsyncSession,
+    topic: Topic,
+    key: str,
+    event: Message,
+    *,
+    source: str,
+    event_id: str | None = None,
+) -> str:
+    """Write `event` to the outbox in `session`'s transaction; returns its ce_id."""
+    if not isinstance(event, topic.message_type):
+        raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(event)}")
+    event_id = event_id or str(uuid.uuid4())
+    headers = event_headers(
+        event_type=topic.event_type,
+        source=source,
+        event_id=event_id,
+        trace_headers=inject_context(),
+    )
+    await session.execute(
+        insert(outbox_table).values(
+            event_id=event_id,
+            topic=topic.name,
+            key=key,
+            payload=event.SerializeToString(),
+            headers=headers,
+        )
+    )
+    return event_id
+
+
+class OutboxRelay:
+    """Publishes a service's outbox to Kafka until stopped."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        engine: AsyncEngine,
+        database_url: str,
+        kafka_bootstrap: str,
+        batch_size: int = 500,
+        sweep_seconds: float = 5.0,
+        retention: timedelta = timedelta(days=1),
+        producer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._service = service
+        self._engine = engine
+        self._listen_url = libpq_url(database_url)
+        self._bootstrap = kafka_bootstrap
+        self._batch_size = batch_size
+        self._sweep_seconds = sweep_seconds
+        self._retention = retention
+        self._producer_options = dict(producer_options or {})
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=15000,
+            **self._producer_options,
+        )
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
+
+    async def stop(self) -> None:
+        """Publish what is committed now (best effort), then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publish_pending(), timeout=5)
+            await self._producer.stop()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        listener: asyncpg.Connection | None = None
+        last_housekeeping = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if listener is None or listener.is_closed():
+                    listener = await asyncpg.connect(self._listen_url)
+                    await listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                self._wake.clear()
+                await self.publish_pending()
+                if loop.time() - last_housekeeping >= self._sweep_seconds:
+                    await self._housekeeping()
+                    last_housekeeping = loop.time()
+                backoff = 0.1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._sweep_seconds)
+            except asyncio.CancelledError:
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.close()
+                raise
+            except Exception as error:  # Kafka or PostgreSQL away: wait and try again.
+                log.warning("outbox relay retrying", error=repr(error), backoff_s=backoff)
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.close()
+                    listener = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def publish_pending(self) -> int:
+        """Publish batches until none is left (or another relay holds the lock)."""
+        total = 0
+        while True:
+            published = await self._publish_batch()
+            total += published
+            if published < self._batch_size:
+                return total
+
+    async def _publish_batch(self) -> int:
+        producer = self._producer
+        assert producer is not None, "start() the relay first"
+        async with self._engine.begin() as connection:
+            locked = await connection.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY}
+            )
+            if not locked:
+                return 0
+            rows = (
+                await connection.execute(
+                    text(
+                        "SELECT id, topic, key, payload, headers FROM outbox "
+                        "WHERE sent_at IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"limit": self._batch_size},
+                )
+            ).all()
+            if not rows:
+                return 0
+            deliveries = [
+                await producer.send(
+                    row.topic,
+                    value=row.payload,
+                    key=row.key.encode(),
+                    headers=encode_headers(row.headers),
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*deliveries)
+            await connection.execute(
+                text("UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids)"),
+                {"ids": [row.id for row in rows]},
+            )
+        for row in rows:
+            OUTBOX_PUBLISHED.labels(self._service, row.topic).inc()
+        return len(rows)
+
+    async def _housekeeping(self) -> None:
+        async with self._engine.begin() as connection:
+            backlog = await connection.scalar(
+                text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            )
+            OUTBOX_BACKLOG.labels(self._service).set(backlog or 0)
+            await connection.execute(
+                text("DELETE FROM outbox WHERE sent_at < now() - :retention"),
+                {"retention": self._retention},
+            )

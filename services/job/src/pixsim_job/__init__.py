@@ -1,0 +1,1 @@
+"""The job service of PixSim7."""

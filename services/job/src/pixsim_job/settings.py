@@ -1,0 +1,13 @@
+"""Settings of the job service, from `PIXSIM_JOB_*` environment variables."""
+
+from __future__ import annotations
+
+from pixsim_common.settings import ServiceSettings, settings_config
+
+
+class Settings(ServiceSettings):
+    model_config = settings_config("PIXSIM_JOB_")
+
+    service_name: str = "job"
+    grpc_port: int = 50051
+    metrics_port: int = 9101

@@ -1,0 +1,1 @@
+"""The provider gateway service of PixSim7."""

@@ -1,0 +1,1 @@
+"""The scene service of PixSim7."""

@@ -42,7 +42,8 @@ from pixsim_common.validation import validate
 log = structlog.get_logger("pixsim.consumer")
 tracer = trace.get_tracer("pixsim.consumer")
 
-MAX_MESSAGE_BYTES = 1024 * 1024
+# Events are small; anything near the broker's 1 MiB limit is a bug upstream, not data.
+MAX_MESSAGE_BYTES = 512 * 1024
 
 metadata = MetaData()
 inbox_table = Table(

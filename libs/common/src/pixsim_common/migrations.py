@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context, op
-from sqlalchemy import MetaData, pool
+from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -22,13 +22,17 @@ from pixsim_common.consumer import inbox_table
 from pixsim_common.outbox import NOTIFY_TRIGGER_DDL, outbox_table
 
 
-def create_messaging_tables() -> None:
-    """The `outbox` (with its NOTIFY trigger) and the `inbox`, for a first migration."""
-    bind = op.get_bind()
-    outbox_table.create(bind)
+def create_messaging_schema(connection: Connection) -> None:
+    """The `outbox` (with its NOTIFY trigger) and the `inbox`."""
+    outbox_table.create(connection)
     for statement in NOTIFY_TRIGGER_DDL:
-        op.execute(statement)
-    inbox_table.create(bind)
+        connection.execute(text(statement))
+    inbox_table.create(connection)
+
+
+def create_messaging_tables() -> None:
+    """`create_messaging_schema` for a service's first migration."""
+    create_messaging_schema(op.get_bind())
 
 
 def drop_messaging_tables() -> None:

@@ -13,7 +13,9 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
@@ -241,3 +243,48 @@ class KafkaBroker:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=30)
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: int,
+    timeout: float = 30.0,
+) -> list[Any]:
+    """Every record of `topic` from the beginning (no consumer group), stopping once `until`
+    records arrived or `timeout` passed; a test then asserts on what it got."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < until and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def produce_raw(
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+) -> None:
+    """Send (key, value, headers) tuples as they are, for tests of what consumers do with them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in messages:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+    finally:
+        await producer.stop()

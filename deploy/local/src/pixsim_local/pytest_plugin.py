@@ -1,0 +1,92 @@
+"""pytest fixtures over real servers: one PostgreSQL cluster and one Kafka broker per test
+run (not per test), fresh databases and topics per test, and a signing key pair.
+
+Registered through the `pytest11` entry point, so every test in the workspace has them.
+Set PIXSIM_DATABASE_URL / PIXSIM_KAFKA_BOOTSTRAP to use existing servers instead.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from pixsim_common.auth import generate_keypair
+from pixsim_common.topics import Topic
+
+from pixsim_local.infra import Infra
+from pixsim_local.postgres import ServiceDatabase
+from pixsim_local.processes import free_port
+
+_timings: dict[str, float] = {}
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def infra() -> AsyncIterator[Infra]:
+    # Not pytest's tmp_path: that is private to root, and PostgreSQL runs as `postgres`.
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-test-"))
+    run_dir.chmod(0o755)
+    started = await Infra.start(
+        run_dir,
+        postgres_port=free_port(),
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+    )
+    _timings.update(started.timings)
+    try:
+        yield started
+    finally:
+        started.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+DatabaseFactory = Callable[[str], Awaitable[ServiceDatabase]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def new_database(infra: Infra) -> AsyncIterator[DatabaseFactory]:
+    """Makes fresh databases (each with its own role), dropped after the test."""
+    created: list[str] = []
+
+    async def make(prefix: str = "test") -> ServiceDatabase:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        created.append(name)
+        return await infra.postgres.create_service_database(name)
+
+    yield make
+    for name in created:
+        await infra.postgres.drop_database(name)
+
+
+TopicFactory = Callable[[type], Awaitable[Topic]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def new_topic(infra: Infra) -> TopicFactory:
+    """Makes a fresh topic (and its .dlq) carrying the given message type, so a test sees
+    only its own messages."""
+
+    async def make(message_type: type, partitions: int = 3) -> Topic:
+        topic = Topic(f"test.{uuid.uuid4().hex[:12]}.v1", message_type)
+        await infra.kafka.ensure_topics([topic.name, topic.dlq], partitions)
+        return topic
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def signing_keys() -> tuple[str, str]:
+    """(private PEM, public PEM) of an Ed25519 key pair."""
+    return generate_keypair()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _timings:
+        terminalreporter.write_line(
+            "real infrastructure started in "
+            + ", ".join(f"{name}={seconds:.2f}" for name, seconds in _timings.items())
+        )

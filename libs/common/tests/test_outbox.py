@@ -1,0 +1,196 @@
+"""The transactional outbox against real PostgreSQL and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_binary
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.v1 import kafka as v1_kafka
+from opentelemetry import trace
+from pixsim.events.v1 import events_pb2
+from pixsim_common.db import UnitOfWork
+from pixsim_common.outbox import OutboxRelay, enqueue
+from pixsim_local.infra import Infra
+from pixsim_local.kafka import read_topic
+from pixsim_local.pytest_plugin import TopicFactory
+from sqlalchemy import text
+
+from .conftest import MessagingDatabase
+
+pytestmark = pytest.mark.integration
+
+
+def submitted(job_id: str) -> events_pb2.JobSubmitted:
+    return events_pb2.JobSubmitted(
+        job_id=job_id, user_id="u1", operation_type=1, provider_id="pixverse", prompt="a cat"
+    )
+
+
+def relay_for(db: MessagingDatabase, infra: Infra, **options: float) -> OutboxRelay:
+    return OutboxRelay(
+        service="kit-test",
+        engine=db.engine,
+        database_url=db.database.url,
+        kafka_bootstrap=infra.kafka.bootstrap,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_committed_events_reach_kafka_as_cloudevents_with_trace_context(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(events_pb2.JobSubmitted)
+    # A sweep of a minute: the events can only arrive in time if NOTIFY wakes the relay.
+    relay = relay_for(messaging_db, infra, sweep_seconds=60)
+    await relay.start()
+    try:
+        job_ids = [str(uuid.uuid4()) for _ in range(3)]
+        with trace.get_tracer("test").start_as_current_span("CreateJob") as span:
+            async with UnitOfWork(messaging_db.sessions) as uow:
+                event_ids = [
+                    await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
+                    for job_id in job_ids
+                ]
+                await uow.commit()
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        records = await read_topic(infra.kafka.bootstrap, topic.name, until=3, timeout=20)
+    finally:
+        await relay.stop()
+
+    assert sorted(r.key.decode() for r in records) == sorted(job_ids)
+    for record in records:
+        headers = dict(record.headers)
+        assert headers["ce_specversion"] == b"1.0"
+        assert headers["ce_type"] == topic.name.encode()
+        assert headers["ce_source"] == b"/job"
+        assert headers["content-type"] == b"application/protobuf"
+        assert headers["traceparent"].decode().split("-")[1] == trace_id
+        event = events_pb2.JobSubmitted.FromString(record.value)
+        assert event.job_id == record.key.decode()
+
+        # The CloudEvents SDK's Kafka binding reads the message exactly as we sent it.
+        cloud_event = from_binary(
+            KafkaMessage(headers=headers, key=record.key, value=record.value), JSONFormat()
+        )
+        assert cloud_event.get_id() in event_ids
+        assert cloud_event.get_type() == topic.name
+        assert cloud_event.get_source() == "/job"
+        assert cloud_event.get_datacontenttype() == "application/protobuf"
+        # The v1 binding with the identity unmarshaller hands back the exact payload bytes.
+        legacy = v1_kafka.from_binary(
+            v1_kafka.KafkaMessage(headers=headers, key=record.key, value=record.value),
+            data_unmarshaller=v1_kafka.conversion.IDENTITY_UNMARSHALLER,
+        )
+        assert legacy["id"] == cloud_event.get_id()
+        assert events_pb2.JobSubmitted.FromString(legacy.get_data()) == event
+
+    async with messaging_db.engine.connect() as connection:
+        unsent = await connection.scalar(text("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+    assert unsent == 0
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(events_pb2.JobSubmitted)
+    relay = relay_for(messaging_db, infra)
+    await relay.start()
+    try:
+        async with UnitOfWork(messaging_db.sessions) as uow:
+            job_id = str(uuid.uuid4())
+            await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
+            # leaves without commit()
+        assert await relay.publish_pending() == 0
+    finally:
+        await relay.stop()
+    assert await read_topic(infra.kafka.bootstrap, topic.name, until=1, timeout=2) == []
+
+
+def test_enqueue_refuses_an_event_of_the_wrong_type() -> None:
+    from pixsim_common.topics import JOB_CANCELLED
+
+    with pytest.raises(TypeError, match="JobCancelled"):
+        asyncio.run(
+            enqueue(None, JOB_CANCELLED, "k", submitted("x"), source="/job")  # type: ignore[arg-type]
+        )
+
+
+RELAY_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pixsim_common.db import create_engine
+    from pixsim_common.outbox import OutboxRelay
+
+    async def main():
+        url, bootstrap = sys.argv[1], sys.argv[2]
+        relay = OutboxRelay(service="doomed", engine=create_engine(url), database_url=url,
+                            kafka_bootstrap=bootstrap, batch_size=100)
+        await relay.start()
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_relay_killed_mid_publish_loses_nothing(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(events_pb2.JobSubmitted)
+    count = 5000
+    async with UnitOfWork(messaging_db.sessions) as uow:
+        event_ids = {
+            await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
+            for job_id in (str(uuid.uuid4()) for _ in range(count))
+        }
+        await uow.commit()
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", RELAY_CHILD, messaging_db.database.url, infra.kafka.bootstrap],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        async with messaging_db.engine.connect() as connection:
+            for _ in range(3000):
+                sent = await connection.scalar(
+                    text("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL")
+                )
+                await connection.rollback()
+                if sent:
+                    break
+                await asyncio.sleep(0.005)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+    async with messaging_db.engine.connect() as connection:
+        unsent_after_kill = await connection.scalar(
+            text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        )
+    # The kill really came mid-way: some events were marked sent, some not.
+    assert 0 < unsent_after_kill < count
+
+    relay = relay_for(messaging_db, infra)
+    await relay.start()
+    try:
+        records = await read_topic(infra.kafka.bootstrap, topic.name, until=count, timeout=60)
+        delivered = {dict(r.headers)["ce_id"].decode() for r in records}
+        # At least once: every committed event is on the topic, duplicates allowed.
+        while delivered != event_ids:
+            more = await read_topic(infra.kafka.bootstrap, topic.name, until=len(records) + 1,
+                                    timeout=5)
+            if len(more) == len(records):
+                break
+            records = more
+            delivered = {dict(r.headers)["ce_id"].decode() for r in records}
+    finally:
+        await relay.stop()
+    assert delivered == event_ids

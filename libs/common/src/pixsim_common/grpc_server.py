@@ -7,6 +7,7 @@ Handlers therefore see only valid requests from known callers, and raise `Domain
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -78,34 +79,30 @@ class _CallGuard:
             identity.require_admin()
         return identity
 
-    async def run(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        body: Callable[[], Awaitable[Any]],
-    ) -> Any:
+    @contextlib.asynccontextmanager
+    async def guarded(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Authenticate, then run the body; map what it raises and record the call."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         identity_token = None
-        user_id = ""
         structlog.contextvars.bind_contextvars(rpc=self.short_method)
         try:
             identity = self.authenticate(context)
-            user_id = identity.user_id
             identity_token = set_identity(identity)
-            structlog.contextvars.bind_contextvars(user_id=user_id)
-            return await body()
+            structlog.contextvars.bind_contextvars(user_id=identity.user_id)
+            yield
         except DomainError as error:
             code = error.code
             await abort(context, error.to_status())
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
-        except BaseException as error:
-            if isinstance(error, Exception):
-                code = grpc.StatusCode.INTERNAL
-                trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-                log.exception("rpc failed with a bug", method=self.method)
-                await abort(context, internal_status(trace_id))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+            log.exception("rpc failed with a bug", method=self.method)
+            await abort(context, internal_status(trace_id))
+        except BaseException:  # cancelled by the client or by shutdown
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
@@ -140,43 +137,37 @@ def _guard_handler(
         inner_uu = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
 
         async def unary_unary(request: Message, context: Any) -> Any:
-            async def body() -> Any:
+            async with guard.guarded(context):
                 validate(request)
                 return await inner_uu(request, context)
-
-            return await guard.run(context, body)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
     if handler.stream_unary is not None:
         inner_su = cast(Callable[..., Awaitable[Any]], handler.stream_unary)
 
         async def stream_unary(requests: AsyncIterator[Message], context: Any) -> Any:
-            return await guard.run(context, lambda: inner_su(_validated(requests), context))
+            async with guard.guarded(context):
+                return await inner_su(_validated(requests), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
+    if handler.unary_stream is not None:
+        inner_us = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
 
-    streaming = handler.unary_stream or handler.stream_stream
-    inner_stream = cast(Callable[..., AsyncIterator[Any]], streaming)
-    client_streams = handler.stream_stream is not None
-
-    async def server_stream(request: Any, context: Any) -> None:
-        # A coroutine that writes each response (rather than an async generator), so the
-        # guard can await the whole stream as one body.
-        async def body() -> None:
-            incoming = _validated(request) if client_streams else request
-            if not client_streams:
+        async def unary_stream(request: Message, context: Any) -> AsyncIterator[Any]:
+            async with guard.guarded(context):
                 validate(request)
-            async for response in inner_stream(incoming, context):
-                await context.write(response)
+                async for response in inner_us(request, context):
+                    yield response
 
-        await guard.run(context, body)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
+    inner_ss = cast(Callable[..., AsyncIterator[Any]], handler.stream_stream)
 
-    factory = (
-        grpc.stream_stream_rpc_method_handler
-        if client_streams
-        else grpc.unary_stream_rpc_method_handler
-    )
-    return factory(server_stream, **serializers)
+    async def stream_stream(requests: AsyncIterator[Message], context: Any) -> AsyncIterator[Any]:
+        async with guard.guarded(context):
+            async for response in inner_ss(_validated(requests), context):
+                yield response
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
 
 
 class GuardInterceptor(_ServerInterceptor):

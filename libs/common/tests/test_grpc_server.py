@@ -1,0 +1,276 @@
+"""The gRPC server bootstrap through a real channel: auth, admin role, validation, error
+mapping, streaming, health and reflection."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from pixsim.asset.v1 import asset_service_pb2, asset_service_pb2_grpc
+from pixsim.job.v1 import job_service_pb2, job_service_pb2_grpc
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
+from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gateway_grpc
+from pixsim_common.auth import TokenVerifier, current_identity, generate_keypair, issue_token
+from pixsim_common.errors import NotFound
+from pixsim_common.grpc_server import (
+    AccessPolicy,
+    add_health_and_reflection,
+    build_server,
+    mark,
+)
+
+pytestmark = pytest.mark.integration
+
+JOB = "jobs/0b1c2d3e-0000-4000-8000-000000000001"
+MISSING = "jobs/0b1c2d3e-0000-4000-8000-000000000404"
+BUGGY = "jobs/0b1c2d3e-0000-4000-8000-000000000500"
+CREATE_ACCOUNT = "/pixsim.provider.v1.ProviderGatewayService/CreateAccount"
+
+
+class Jobs(job_service_pb2_grpc.JobServiceServicer):
+    async def GetJob(self, request: Any, context: Any) -> job_service_pb2.Job:
+        if request.name == MISSING:
+            raise NotFound(f"{request.name} not found", reason="JOB_NOT_FOUND",
+                           metadata={"name": request.name})
+        if request.name == BUGGY:
+            raise KeyError("a bug")
+        return job_service_pb2.Job(name=request.name, owner=current_identity().resource_name)
+
+    async def WatchJob(self, request: Any, context: Any) -> AsyncIterator[job_service_pb2.Job]:
+        for state in (1, 3, 4):
+            yield job_service_pb2.Job(name=request.name, state=state)  # type: ignore[arg-type]
+
+
+class Accounts(gateway_grpc.ProviderGatewayServiceServicer):
+    async def CreateAccount(self, request: Any, context: Any) -> gateway_pb2.Account:
+        return gateway_pb2.Account(name="accounts/x", provider_id=request.account.provider_id)
+
+
+class Assets(asset_service_pb2_grpc.AssetServiceServicer):
+    async def UploadAsset(self, requests: Any, context: Any) -> asset_service_pb2.Asset:
+        size = 0
+        async for part in requests:
+            size += len(part.chunk)
+        return asset_service_pb2.Asset(name="assets/x", size_bytes=size)
+
+
+KEYS = generate_keypair()
+OTHER_KEYS = generate_keypair()
+
+
+def token(*, user: str = "alice", roles: tuple[str, ...] = (), keys: tuple[str, str] = KEYS,
+          ttl: int = 600, now: float | None = None) -> str:
+    return issue_token(keys[0], user_id=user, roles=roles, ttl_seconds=ttl, now=now)
+
+
+def auth(value: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {value}"),)
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    verifier = TokenVerifier(public_key=KEYS[1], issuer="pixsim-local", audience="pixsim")
+    server = build_server("test", AccessPolicy(verifier, frozenset({CREATE_ACCOUNT})))
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(Jobs(), server)
+    gateway_grpc.add_ProviderGatewayServiceServicer_to_server(Accounts(), server)
+    asset_service_pb2_grpc.add_AssetServiceServicer_to_server(Assets(), server)
+    names = ["pixsim.job.v1.JobService"]
+    health = await add_health_and_reflection(server, names)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await mark(health, names, serving=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as open_channel:
+        yield open_channel
+    await server.stop(0)
+
+
+def details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    found: dict[str, Any] = {}
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    return found
+
+
+async def test_an_authenticated_call_sees_its_caller(channel: grpc.aio.Channel) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    job = await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=auth(token()))
+    assert job.owner == "users/alice"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ((), "MISSING_TOKEN"),
+        ((("authorization", "Basic abc"),), "BAD_TOKEN"),
+        (auth("not-a-jwt"), "BAD_TOKEN"),
+        (auth(token(ttl=60, now=time.time() - 3600)), "TOKEN_EXPIRED"),
+        (auth(token(keys=OTHER_KEYS)), "BAD_TOKEN"),
+    ],
+    ids=["no token", "not bearer", "garbage", "expired", "wrong key"],
+)
+async def test_calls_without_a_valid_token_are_unauthenticated(
+    channel: grpc.aio.Channel, metadata: Any, reason: str
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=metadata)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert details(raised.value)["ErrorInfo"].reason == reason
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+async def test_a_symmetric_token_is_refused(channel: grpc.aio.Channel) -> None:
+    # The classic confusion attack: HS256 signed with the public key as the HMAC secret.
+    # PyJWT refuses to make such a token, so it is made by hand.
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64url(json.dumps(
+        {"sub": "mallory", "iss": "pixsim-local", "aud": "pixsim", "iat": int(time.time()),
+         "exp": int(time.time()) + 60, "roles": ["admin"]}
+    ).encode())
+    signature = hmac.new(KEYS[1].encode(), f"{header}.{claims}".encode(), hashlib.sha256)
+    forged = f"{header}.{claims}.{b64url(signature.digest())}"
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=auth(forged))
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_admin_methods_need_the_admin_role(channel: grpc.aio.Channel) -> None:
+    gateway = gateway_grpc.ProviderGatewayServiceStub(channel)
+    request = gateway_pb2.CreateAccountRequest(
+        account=gateway_pb2.Account(provider_id="pika", max_concurrency=2)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway.CreateAccount(request, metadata=auth(token()))
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert details(raised.value)["ErrorInfo"].reason == "ADMIN_REQUIRED"
+    created = await gateway.CreateAccount(request, metadata=auth(token(roles=("admin",))))
+    assert created.provider_id == "pika"
+
+
+async def test_an_invalid_request_carries_its_field_violations(
+    channel: grpc.aio.Channel,
+) -> None:
+    gateway = gateway_grpc.ProviderGatewayServiceStub(channel)
+    request = gateway_pb2.CreateAccountRequest(
+        account=gateway_pb2.Account(
+            provider_id="Not Valid", max_concurrency=0, credentials={"": "secret"}
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway.CreateAccount(request, metadata=auth(token(roles=("admin",))))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = {v.field: v.reason for v in details(raised.value)["BadRequest"].field_violations}
+    assert violations == {
+        "account.provider_id": "string.pattern",
+        "account.credentials['']" + "(key)": "string.min_len",
+        "account.max_concurrency": "int32.gte_lte",
+    }
+    # The secret is never echoed back in the error.
+    assert "secret" not in (raised.value.details() or "")
+
+
+async def test_domain_errors_map_to_their_code_with_error_info(
+    channel: grpc.aio.Channel,
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(job_service_pb2.GetJobRequest(name=MISSING), metadata=auth(token()))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    info = details(raised.value)["ErrorInfo"]
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "JOB_NOT_FOUND", "pixsim.dev", {"name": MISSING}
+    )
+
+
+async def test_a_bug_is_internal_with_a_trace_id_and_no_internals(
+    channel: grpc.aio.Channel,
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(job_service_pb2.GetJobRequest(name=BUGGY), metadata=auth(token()))
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    info = details(raised.value)["ErrorInfo"]
+    assert info.reason == "INTERNAL"
+    assert len(info.metadata["trace_id"]) == 32
+    assert "KeyError" not in (raised.value.details() or "")
+
+
+async def test_server_streaming_passes_through_the_guard(channel: grpc.aio.Channel) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    states = [
+        job.state
+        async for job in jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(name=JOB), metadata=auth(token())
+        )
+    ]
+    assert states == [1, 3, 4]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in jobs.WatchJob(job_service_pb2.WatchJobRequest(name="jobs/nope")):
+            pass
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(name="jobs/nope"), metadata=auth(token())
+        ):
+            pass
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_client_streaming_validates_every_message(channel: grpc.aio.Channel) -> None:
+    assets = asset_service_pb2_grpc.AssetServiceStub(channel)
+    meta = asset_service_pb2.UploadAssetRequest.Metadata(display_name="clip")
+
+    async def parts(chunks: list[bytes]) -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+        yield asset_service_pb2.UploadAssetRequest(metadata=meta)
+        for chunk in chunks:
+            yield asset_service_pb2.UploadAssetRequest(chunk=chunk)
+
+    asset = await assets.UploadAsset(parts([b"a" * 10, b"b" * 5]), metadata=auth(token()))
+    assert asset.size_bytes == 15
+
+    async def with_an_empty_part() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+        yield asset_service_pb2.UploadAssetRequest(metadata=meta)
+        yield asset_service_pb2.UploadAssetRequest()  # neither metadata nor chunk
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await assets.UploadAsset(with_an_empty_part(), metadata=auth(token()))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_health_and_reflection_answer_without_a_token(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "pixsim.job.v1.JobService"):
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    listed = {
+        service.name
+        async for response in responses
+        for service in response.list_services_response.service
+    }
+    assert {"pixsim.job.v1.JobService", "grpc.health.v1.Health"} <= listed

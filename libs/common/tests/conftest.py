@@ -4,13 +4,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
 from pixsim_common.db import create_engine, create_sessionmaker
 from pixsim_common.migrations import create_messaging_schema
 from pixsim_common.tracing import configure_tracing
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.pytest_plugin import DatabaseFactory
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 configure_tracing("pixsim-tests", "none")
 

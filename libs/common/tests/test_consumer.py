@@ -11,6 +11,9 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from pixsim.events.v1 import events_pb2
 from pixsim_common.cloudevents import EventMeta, encode_headers, event_headers
 from pixsim_common.consumer import EventConsumer, PoisonMessage, Subscription
@@ -18,8 +21,6 @@ from pixsim_common.topics import Topic
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import produce_raw, read_topic
 from pixsim_local.pytest_plugin import TopicFactory
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from .conftest import MessagingDatabase
 
@@ -92,7 +93,9 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 30
 
 
 async def test_a_duplicated_delivery_has_one_effect_and_offsets_follow_the_commit(
-    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory,
+    messaging_db: MessagingDatabase,
+    infra: Infra,
+    new_topic: TopicFactory,
     start_consumer: ConsumerFactory,
 ) -> None:
     topic = await new_topic(events_pb2.JobCancelled)
@@ -116,9 +119,10 @@ async def test_a_duplicated_delivery_has_one_effect_and_offsets_follow_the_commi
     admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka.bootstrap)
     await admin.start()
     try:
+
         async def committed_all() -> bool:
             offsets = await admin.list_consumer_group_offsets(consumer._group_id)
-            return sum(meta.offset for meta in offsets.values()) == 3
+            return bool(sum(meta.offset for meta in offsets.values()) == 3)
 
         await wait_for(committed_all)
     finally:
@@ -126,7 +130,9 @@ async def test_a_duplicated_delivery_has_one_effect_and_offsets_follow_the_commi
 
 
 async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
-    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory,
+    messaging_db: MessagingDatabase,
+    infra: Infra,
+    new_topic: TopicFactory,
     start_consumer: ConsumerFactory,
 ) -> None:
     topic = await new_topic(events_pb2.JobCancelled)
@@ -141,10 +147,18 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
         (b"no-headers", good.SerializeToString(), []),
         (b"oversized", b"\x00" * (600 * 1024), valid_headers),
         (b"invalid", cancelled_event("not-a-uuid").SerializeToString(), valid_headers),
-        (b"rejected", events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id="reject-me")
-         .SerializeToString(), valid_headers),
-        (b"bug", events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id="bug")
-         .SerializeToString(), valid_headers),
+        (
+            b"rejected",
+            events_pb2.JobCancelled(
+                job_id=str(uuid.uuid4()), user_id="reject-me"
+            ).SerializeToString(),
+            valid_headers,
+        ),
+        (
+            b"bug",
+            events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id="bug").SerializeToString(),
+            valid_headers,
+        ),
     ]
     # One partition's worth of order: all on one key would serialize them; distinct keys
     # spread them, and the good message is sent last.
@@ -157,8 +171,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
     await wait_for(good_processed)
     dead = await read_topic(infra.kafka.bootstrap, topic.dlq, until=len(poison), timeout=30)
     reasons = {
-        record.key.decode(): dict(record.headers)["pixsim_error_reason"].decode()
-        for record in dead
+        record.key.decode(): dict(record.headers)["pixsim_error_reason"].decode() for record in dead
     }
     assert reasons == {
         "garbage": "UNDECODABLE",
@@ -179,7 +192,9 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
 
 
 async def test_a_database_outage_is_retried_and_never_skipped(
-    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory,
+    messaging_db: MessagingDatabase,
+    infra: Infra,
+    new_topic: TopicFactory,
     start_consumer: ConsumerFactory,
 ) -> None:
     topic = await new_topic(events_pb2.JobCancelled)

@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+
 from pixsim.asset.v1 import asset_service_pb2, asset_service_pb2_grpc
 from pixsim.job.v1 import job_service_pb2, job_service_pb2_grpc
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
@@ -41,8 +42,9 @@ CREATE_ACCOUNT = "/pixsim.provider.v1.ProviderGatewayService/CreateAccount"
 class Jobs(job_service_pb2_grpc.JobServiceServicer):
     async def GetJob(self, request: Any, context: Any) -> job_service_pb2.Job:
         if request.name == MISSING:
-            raise NotFound(f"{request.name} not found", reason="JOB_NOT_FOUND",
-                           metadata={"name": request.name})
+            raise NotFound(
+                f"{request.name} not found", reason="JOB_NOT_FOUND", metadata={"name": request.name}
+            )
         if request.name == BUGGY:
             raise KeyError("a bug")
         return job_service_pb2.Job(name=request.name, owner=current_identity().resource_name)
@@ -69,8 +71,14 @@ KEYS = generate_keypair()
 OTHER_KEYS = generate_keypair()
 
 
-def token(*, user: str = "alice", roles: tuple[str, ...] = (), keys: tuple[str, str] = KEYS,
-          ttl: int = 600, now: float | None = None) -> str:
+def token(
+    *,
+    user: str = "alice",
+    roles: tuple[str, ...] = (),
+    keys: tuple[str, str] = KEYS,
+    ttl: int = 600,
+    now: float | None = None,
+) -> str:
     return issue_token(keys[0], user_id=user, roles=roles, ttl_seconds=ttl, now=now)
 
 
@@ -82,9 +90,9 @@ def auth(value: str) -> tuple[tuple[str, str], ...]:
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
     verifier = TokenVerifier(public_key=KEYS[1], issuer="pixsim-local", audience="pixsim")
     server = build_server("test", AccessPolicy(verifier, frozenset({CREATE_ACCOUNT})))
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(Jobs(), server)
-    gateway_grpc.add_ProviderGatewayServiceServicer_to_server(Accounts(), server)
-    asset_service_pb2_grpc.add_AssetServiceServicer_to_server(Assets(), server)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(Jobs(), server)  # type: ignore[abstract]
+    gateway_grpc.add_ProviderGatewayServiceServicer_to_server(Accounts(), server)  # type: ignore[abstract]
+    asset_service_pb2_grpc.add_AssetServiceServicer_to_server(Assets(), server)  # type: ignore[abstract]
     names = ["pixsim.job.v1.JobService"]
     health = await add_health_and_reflection(server, names)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -143,10 +151,18 @@ async def test_a_symmetric_token_is_refused(channel: grpc.aio.Channel) -> None:
     # The classic confusion attack: HS256 signed with the public key as the HMAC secret.
     # PyJWT refuses to make such a token, so it is made by hand.
     header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = b64url(json.dumps(
-        {"sub": "mallory", "iss": "pixsim-local", "aud": "pixsim", "iat": int(time.time()),
-         "exp": int(time.time()) + 60, "roles": ["admin"]}
-    ).encode())
+    claims = b64url(
+        json.dumps(
+            {
+                "sub": "mallory",
+                "iss": "pixsim-local",
+                "aud": "pixsim",
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 60,
+                "roles": ["admin"],
+            }
+        ).encode()
+    )
     signature = hmac.new(KEYS[1].encode(), f"{header}.{claims}".encode(), hashlib.sha256)
     forged = f"{header}.{claims}.{b64url(signature.digest())}"
     jobs = job_service_pb2_grpc.JobServiceStub(channel)
@@ -199,7 +215,9 @@ async def test_domain_errors_map_to_their_code_with_error_info(
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     info = details(raised.value)["ErrorInfo"]
     assert (info.reason, info.domain, dict(info.metadata)) == (
-        "JOB_NOT_FOUND", "pixsim.dev", {"name": MISSING}
+        "JOB_NOT_FOUND",
+        "pixsim.dev",
+        {"name": MISSING},
     )
 
 

@@ -15,13 +15,15 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_binary
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.v1 import kafka as v1_kafka
 from opentelemetry import trace
+from sqlalchemy import text
+
 from pixsim.events.v1 import events_pb2
+from pixsim.types.v1 import types_pb2
 from pixsim_common.db import UnitOfWork
 from pixsim_common.outbox import OutboxRelay, enqueue
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import read_topic
 from pixsim_local.pytest_plugin import TopicFactory
-from sqlalchemy import text
 
 from .conftest import MessagingDatabase
 
@@ -30,7 +32,11 @@ pytestmark = pytest.mark.integration
 
 def submitted(job_id: str) -> events_pb2.JobSubmitted:
     return events_pb2.JobSubmitted(
-        job_id=job_id, user_id="u1", operation_type=1, provider_id="pixverse", prompt="a cat"
+        job_id=job_id,
+        user_id="u1",
+        operation_type=types_pb2.OPERATION_TYPE_TEXT_TO_VIDEO,
+        provider_id="pixverse",
+        prompt="a cat",
     )
 
 
@@ -90,7 +96,9 @@ async def test_committed_events_reach_kafka_as_cloudevents_with_trace_context(
             data_unmarshaller=v1_kafka.conversion.IDENTITY_UNMARSHALLER,
         )
         assert legacy["id"] == cloud_event.get_id()
-        assert events_pb2.JobSubmitted.FromString(legacy.get_data()) == event
+        payload = legacy.get_data()
+        assert isinstance(payload, bytes)
+        assert events_pb2.JobSubmitted.FromString(payload) == event
 
     async with messaging_db.engine.connect() as connection:
         unsent = await connection.scalar(text("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
@@ -185,8 +193,9 @@ async def test_a_relay_killed_mid_publish_loses_nothing(
         delivered = {dict(r.headers)["ce_id"].decode() for r in records}
         # At least once: every committed event is on the topic, duplicates allowed.
         while delivered != event_ids:
-            more = await read_topic(infra.kafka.bootstrap, topic.name, until=len(records) + 1,
-                                    timeout=5)
+            more = await read_topic(
+                infra.kafka.bootstrap, topic.name, until=len(records) + 1, timeout=5
+            )
             if len(more) == len(records):
                 break
             records = more

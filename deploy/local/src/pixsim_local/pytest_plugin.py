@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from pixsim_common.auth import generate_keypair
 from pixsim_common.topics import Topic
-
 from pixsim_local.infra import Infra
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import free_port

@@ -95,7 +95,9 @@ def is_transient(error: BaseException) -> bool:
     # Without a SQLSTATE, a driver-level failure (the connection is gone) is transient.
     return isinstance(
         error,
-        OperationalError | InterfaceError | asyncpg.InterfaceError
+        OperationalError
+        | InterfaceError
+        | asyncpg.InterfaceError
         | asyncpg.PostgresConnectionError,
     )
 

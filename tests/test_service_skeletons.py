@@ -1,0 +1,103 @@
+"""Each service's composition root, as its own process: `migrate` builds its schema in its
+own database, `serve` answers health and reflection through a real channel, and SIGTERM
+drains it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from pixsim_local.infra import Infra
+from pixsim_local.processes import free_port
+from pixsim_local.pytest_plugin import DatabaseFactory
+
+pytestmark = pytest.mark.integration
+
+SERVICES = {
+    "job": ("pixsim_job", "PIXSIM_JOB_", "pixsim.job.v1.JobService"),
+    "asset": ("pixsim_asset", "PIXSIM_ASSET_", "pixsim.asset.v1.AssetService"),
+    "provider-gateway": (
+        "pixsim_provider_gateway",
+        "PIXSIM_GATEWAY_",
+        "pixsim.provider.v1.ProviderGatewayService",
+    ),
+    "scene": ("pixsim_scene", "PIXSIM_SCENE_", "pixsim.scene.v1.SceneService"),
+}
+
+
+def command(package: str, verb: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from {package}.main import run; sys.argv = ['{package}', '{verb}']; run()",
+    ]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+async def test_migrate_then_serve_health_and_reflection_then_drain(
+    service: str, infra: Infra, new_database: DatabaseFactory, signing_keys: tuple[str, str]
+) -> None:
+    package, prefix, grpc_service = SERVICES[service]
+    database = await new_database(package)
+    port = free_port()
+    env = {
+        **os.environ,
+        f"{prefix}DATABASE_URL": database.url,
+        f"{prefix}KAFKA_BOOTSTRAP": infra.kafka.bootstrap,
+        f"{prefix}JWT_PUBLIC_KEY": signing_keys[1],
+        f"{prefix}GRPC_PORT": str(port),
+        f"{prefix}METRICS_PORT": "0",
+    }
+
+    migrate = await asyncio.to_thread(
+        subprocess.run, command(package, "migrate"), env=env, capture_output=True, timeout=60
+    )
+    assert migrate.returncode == 0, migrate.stderr.decode()
+    connection = await asyncpg.connect(database.url)
+    try:
+        tables = {
+            row["tablename"]
+            for row in await connection.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname='public'"
+            )
+        }
+    finally:
+        await connection.close()
+    assert {"outbox", "inbox", "alembic_version"} <= tables
+
+    server = subprocess.Popen(command(package, "serve"), env=env, stderr=subprocess.PIPE)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(100):
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=grpc_service))
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.1)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            responses = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            listed = {
+                entry.name
+                async for response in responses
+                for entry in response.list_services_response.service
+            }
+            assert grpc_service in listed
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(server.communicate, timeout=30)
+    assert server.returncode == 0, stderr.decode()[-2000:]
+    assert b'"event": "stopped"' in stderr

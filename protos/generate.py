@@ -75,4 +75,5 @@ def generate() -> None:
 
 if __name__ == "__main__":
     gather_dependencies()
-    generate()
+    if "--deps-only" not in sys.argv[1:]:
+        generate()

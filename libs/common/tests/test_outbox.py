@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import timedelta
 
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary
@@ -20,6 +21,7 @@ from sqlalchemy import text
 from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.db import UnitOfWork
+from pixsim_common.metrics import OUTBOX_BACKLOG
 from pixsim_common.outbox import OutboxRelay, enqueue
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import read_topic
@@ -203,3 +205,38 @@ async def test_a_relay_killed_mid_publish_loses_nothing(
     finally:
         await relay.stop()
     assert delivered == event_ids
+
+
+async def test_housekeeping_prunes_sent_rows_and_publishing_goes_on(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(events_pb2.JobSubmitted)
+    relay = relay_for(messaging_db, infra, sweep_seconds=60)
+    relay._retention = timedelta(0)
+    await relay.start()
+    try:
+        for round_number in (1, 2):
+            async with UnitOfWork(messaging_db.sessions) as uow:
+                job_id = str(uuid.uuid4())
+                await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
+                await uow.commit()
+            records = await read_topic(
+                infra.kafka.bootstrap, topic.name, until=round_number, timeout=10
+            )
+            assert len(records) == round_number
+            # Kafka has the record a moment before the relay's `sent_at` update commits.
+            async with messaging_db.engine.connect() as connection:
+                for _ in range(200):
+                    unsent = await connection.scalar(
+                        text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                    )
+                    await connection.rollback()
+                    if unsent == 0:
+                        break
+                    await asyncio.sleep(0.01)
+            await relay.housekeeping()
+            async with messaging_db.engine.connect() as connection:
+                assert await connection.scalar(text("SELECT count(*) FROM outbox")) == 0
+        assert OUTBOX_BACKLOG.labels("kit-test")._value.get() == 0
+    finally:
+        await relay.stop()

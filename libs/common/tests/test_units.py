@@ -157,6 +157,18 @@ class TestAuth:
         with pytest.raises(Unauthenticated, match="expired"):
             self.verifier.verify(f"Bearer {stale}")
 
+    def test_a_cached_token_still_expires(self) -> None:
+        now = [time.time()]
+        verifier = TokenVerifier(
+            public_key=self.keys[1], issuer="pixsim-local", audience="pixsim",
+            clock=lambda: now[0],
+        )
+        token = issue_token(self.keys[0], user_id="u", ttl_seconds=30)
+        assert verifier.verify(f"Bearer {token}").user_id == "u"  # now cached
+        now[0] += 120
+        with pytest.raises(Unauthenticated, match="expired"):
+            verifier.verify(f"Bearer {token}")
+
     def test_a_verifier_needs_a_key(self) -> None:
         with pytest.raises(ValueError, match="public key"):
             TokenVerifier(issuer="i", audience="a")

@@ -1,4 +1,4 @@
-"""`pixsim-local infra`: start PostgreSQL and Kafka in the foreground until Ctrl-C."""
+"""`pixsim-local run|infra|fetch-jars`: the local stack, its servers alone, or the jars."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import contextlib
 import signal
 from pathlib import Path
 
+from pixsim_local import stack
 from pixsim_local.infra import Infra
+from pixsim_local.kafka import ensure_jars
 
 
 async def _infra(run_dir: Path, postgres_port: int, kafka_port: int) -> None:
@@ -39,9 +41,17 @@ def main() -> None:
     infra.add_argument("--run-dir", type=Path, default=Path(".run"))
     infra.add_argument("--postgres-port", type=int, default=5433)
     infra.add_argument("--kafka-port", type=int, default=9092)
+    run = commands.add_parser("run", help="run the whole local stack until Ctrl-C")
+    run.add_argument("--run-dir", type=Path, default=Path(".run"))
+    commands.add_parser("fetch-jars", help="fetch the Kafka broker's jars into the cache")
     args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_infra(args.run_dir.resolve(), args.postgres_port, args.kafka_port))
+    if args.command == "fetch-jars":
+        print(ensure_jars())
+    elif args.command == "run":
+        stack.main(args.run_dir.resolve())
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_infra(args.run_dir.resolve(), args.postgres_port, args.kafka_port))
 
 
 if __name__ == "__main__":

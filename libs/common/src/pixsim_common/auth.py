@@ -10,10 +10,14 @@ passing `identity.token` on.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 
 from pixsim_common.errors import PermissionDenied, Unauthenticated
 
@@ -72,14 +76,24 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         leeway_seconds: float = 5.0,
+        cache_size: int = 4096,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not public_key and not jwks_url:
             raise ValueError("a JWT public key or JWKS URL is required")
-        self._public_key = public_key
+        # Parsed once: PyJWT would parse a PEM string again on every call.
+        self._public_key: Any = (
+            serialization.load_pem_public_key(public_key.encode()) if public_key else None
+        )
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        # A client sends the same token on every call: its signature is checked once, and
+        # its expiry on every use. Bounded, oldest evicted first.
+        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
 
     def verify(self, authorization: str | None) -> Identity:
         if not authorization:
@@ -87,6 +101,21 @@ class TokenVerifier:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("authorization must be 'Bearer <token>'", reason="BAD_TOKEN")
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, expires = cached
+            if self._clock() <= expires + self._leeway:
+                return identity
+            del self._verified[token]
+        identity, expires = self._verify_signature(token)
+        if self._clock() > expires + self._leeway:
+            raise Unauthenticated("token expired", reason="TOKEN_EXPIRED")
+        self._verified[token] = (identity, expires)
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return identity
+
+    def _verify_signature(self, token: str) -> tuple[Identity, float]:
         try:
             key = (
                 self._jwks.get_signing_key_from_jwt(token).key
@@ -112,7 +141,8 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("claim 'sub' must be a non-empty string", reason="BAD_TOKEN")
-        return Identity(user_id=subject, roles=frozenset(roles), token=token)
+        identity = Identity(user_id=subject, roles=frozenset(roles), token=token)
+        return identity, float(claims["exp"])
 
 
 def issue_token(
@@ -127,8 +157,6 @@ def issue_token(
     now: float | None = None,
 ) -> str:
     """Sign a token; used by `pixsim token` and by tests. Services never hold a private key."""
-    import time
-
     issued = int(now if now is not None else time.time())
     claims = {
         "sub": user_id,

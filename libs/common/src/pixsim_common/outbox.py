@@ -174,7 +174,7 @@ class OutboxRelay:
                 self._wake.clear()
                 await self.publish_pending()
                 if loop.time() - last_housekeeping >= self._sweep_seconds:
-                    await self._housekeeping()
+                    await self.housekeeping()
                     last_housekeeping = loop.time()
                 backoff = 0.1
                 with contextlib.suppress(TimeoutError):
@@ -240,13 +240,14 @@ class OutboxRelay:
             OUTBOX_PUBLISHED.labels(self._service, row.topic).inc()
         return len(rows)
 
-    async def _housekeeping(self) -> None:
+    async def housekeeping(self) -> None:
+        """Report the backlog and prune rows sent longer ago than the retention."""
         async with self._engine.begin() as connection:
             backlog = await connection.scalar(
                 text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
             )
             OUTBOX_BACKLOG.labels(self._service).set(backlog or 0)
             await connection.execute(
-                text("DELETE FROM outbox WHERE sent_at < now() - :retention"),
+                text("DELETE FROM outbox WHERE sent_at < now() - CAST(:retention AS interval)"),
                 {"retention": self._retention},
             )

@@ -132,6 +132,8 @@ class KafkaBroker:
         classpath = f"{lib}/*"
         logging = f"-Dlog4j2.configurationFile={run_dir / 'log4j2.xml'}"
         log_path = run_dir / "kafka.log"
+        # Readiness reads only what this start writes: an earlier run's lines are in the file.
+        log_offset = log_path.stat().st_size if log_path.exists() else 0
         subprocess.run(
             [
                 "java",
@@ -173,13 +175,13 @@ class KafkaBroker:
         )
         broker = cls(f"127.0.0.1:{port}", process)
         try:
-            await broker._wait_ready(cluster_id, timeout)
+            await broker._wait_ready(cluster_id, log_offset, timeout)
         except BaseException:
             broker.stop()
             raise
         return broker
 
-    async def _wait_ready(self, cluster_id: str, timeout: float) -> None:
+    async def _wait_ready(self, cluster_id: str, log_offset: int, timeout: float) -> None:
         """Ready when our process logged startup, answers with our cluster id, and has a
         group coordinator (the first FindCoordinator creates __consumer_offsets)."""
         assert self.process is not None
@@ -191,11 +193,17 @@ class KafkaBroker:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"kafka not ready in {timeout}s; see {self.process.log_path}")
 
-        while b"Kafka Server started" not in self.process.log_path.read_bytes():
+        while b"Kafka Server started" not in self.process.log_path.read_bytes()[log_offset:]:
             alive()
             await asyncio.sleep(0.1)
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
+        while True:
+            try:
+                await admin.start()
+                break
+            except KafkaError:
+                alive()
+                await asyncio.sleep(0.2)
         try:
             meta = await admin.describe_cluster()
             if meta["cluster_id"] != cluster_id:

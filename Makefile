@@ -1,0 +1,52 @@
+# The two commands a newcomer needs are `make run` and `make test`; see README.md.
+SHELL := /bin/bash
+BIN := $(CURDIR)/.cache/bin
+BUF := $(BIN)/buf
+RUN := uv run --frozen
+TYPED := $(wildcard libs/common/src deploy/local/src services/*/src tools/cli/src \
+	libs/common/tests deploy/local/tests services/*/tests tools/cli/tests tests bench)
+
+.PHONY: setup run test lint protos check-protos test-unit test-integration bench clean
+
+## Install what is missing (uv, PostgreSQL 15, JDK, Maven, buf, grpcurl, packages, Kafka jars).
+setup:
+	@deploy/local/install.sh
+
+## The whole local stack in the foreground; Ctrl-C stops all of it.
+run: setup
+	$(RUN) pixsim-local run
+
+## Everything CI runs: setup, lint, generated code up to date, every test tier.
+test: setup lint check-protos
+	$(RUN) pytest
+
+test-unit:
+	$(RUN) pytest -m unit
+
+test-integration:
+	$(RUN) pytest -m integration
+
+lint: build/protodeps
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy $(TYPED)
+	$(BUF) lint
+
+build/protodeps:
+	$(RUN) python protos/generate.py --deps-only
+
+## Regenerate libs/common/gen from protos/ (identical output for identical inputs).
+protos:
+	$(RUN) python protos/generate.py
+
+## Fails when the committed generated code differs from what protos/ generates.
+check-protos: protos
+	@git diff --exit-code --stat -- libs/common/gen \
+		&& test -z "$$(git status --porcelain -- libs/common/gen)" \
+		|| { echo "libs/common/gen is stale: run 'make protos' and commit"; exit 1; }
+
+bench: setup
+	$(RUN) python -m bench
+
+clean:
+	rm -rf build .cache/bin .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,15 @@
+"""`make bench`: run every benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench import guard_overhead
+
+
+def main() -> None:
+    asyncio.run(guard_overhead.main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what the tests, `make run` and the linters need, each only when missing:
+# uv, PostgreSQL 15, a JDK and Maven (from Debian's packages), buf and grpcurl (from the Go
+# module proxy, into .cache/bin), the locked Python packages, and the Kafka broker's jars
+# (from Maven Central, into ~/.cache/pixsim). Safe to run again: it is quick when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+BUF_VERSION=v1.72.0
+GRPCURL_VERSION=v1.9.3
+BIN="$PWD/.cache/bin"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+missing=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing from Debian: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v uv >/dev/null; then
+  say "installing uv"
+  python3 -m pip install --quiet --disable-pip-version-check uv
+  command -v pyenv >/dev/null && pyenv rehash
+fi
+
+if ! command -v go >/dev/null; then
+  echo "Go 1.25 or newer is needed to build buf and grpcurl (https://go.dev/dl)" >&2
+  exit 1
+fi
+install_go_tool() {  # name module version
+  if [ ! -x "$BIN/$1" ] || [ "$(cat "$BIN/.$1.version" 2>/dev/null)" != "$3" ]; then
+    say "building $1 $3 from the Go module proxy"
+    GOBIN="$BIN" CGO_ENABLED=0 go install "$2@$3"
+    echo "$3" > "$BIN/.$1.version"
+  fi
+}
+mkdir -p "$BIN"
+install_go_tool buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
+install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
+
+say "syncing Python packages (uv.lock)"
+uv sync --frozen --quiet
+say "fetching the Kafka broker's jars (cached)"
+uv run --frozen pixsim-local fetch-jars >/dev/null

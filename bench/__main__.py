@@ -8,6 +8,7 @@ from bench import guard_overhead
 
 
 def main() -> None:
+    guard_overhead.configure()
     asyncio.run(guard_overhead.main())
 
 

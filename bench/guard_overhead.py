@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import grpc
+
 from pixsim.job.v1 import job_service_pb2, job_service_pb2_grpc
 from pixsim_common.auth import TokenVerifier, generate_keypair, issue_token
 from pixsim_common.grpc_server import AccessPolicy, build_server
@@ -64,11 +65,16 @@ def p(latencies: list[float], q: int) -> float:
     return statistics.quantiles(latencies, n=100)[q - 1]
 
 
-async def main() -> None:
+def configure() -> None:
     configure_tracing("bench", "none")
     configure_logging("bench", "INFO", "json")
     # The access log is rendered as in production, but written to /dev/null, not a terminal.
-    logging.getLogger().handlers[0].stream = open(os.devnull, "w")  # type: ignore[attr-defined]  # noqa: SIM115
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+
+
+async def main() -> None:
     private_key, public_key = generate_keypair()
     token = issue_token(private_key, user_id="bench")
     verifier = TokenVerifier(public_key=public_key, issuer="pixsim-local", audience="pixsim")
@@ -82,8 +88,10 @@ async def main() -> None:
     await plain.stop(0)
     await guarded.stop(0)
 
-    print(f"\nguard overhead: {CALLS} GetJob calls, {CONCURRENCY} concurrent callers, "
-          "one process (client and server share the core)")
+    print(
+        f"\nguard overhead: {CALLS} GetJob calls, {CONCURRENCY} concurrent callers, "
+        "one process (client and server share the core)"
+    )
     print(f"{'server':<10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for label, (rate, latencies) in results.items():
         print(f"{label:<10}{rate:>10.0f}{p(latencies, 50):>9.2f}{p(latencies, 99):>9.2f}")

@@ -160,7 +160,9 @@ class TestAuth:
     def test_a_cached_token_still_expires(self) -> None:
         now = [time.time()]
         verifier = TokenVerifier(
-            public_key=self.keys[1], issuer="pixsim-local", audience="pixsim",
+            public_key=self.keys[1],
+            issuer="pixsim-local",
+            audience="pixsim",
             clock=lambda: now[0],
         )
         token = issue_token(self.keys[0], user_id="u", ttl_seconds=30)

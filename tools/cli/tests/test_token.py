@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from pixsim_cli.main import app
 from pixsim_common.auth import TokenVerifier
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.unit
 

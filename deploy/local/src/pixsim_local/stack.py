@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pixsim_common.auth import generate_keypair
 
+from pixsim_common.auth import generate_keypair
 from pixsim_local.infra import Infra
 from pixsim_local.processes import ManagedProcess, port_in_use
 
@@ -40,8 +40,12 @@ SERVICES = (
         "asset", "pixsim_asset", "PIXSIM_ASSET_", "pixsim.asset.v1.AssetService", 50052, 9102
     ),
     ServiceSpec(
-        "provider-gateway", "pixsim_provider_gateway", "PIXSIM_GATEWAY_",
-        "pixsim.provider.v1.ProviderGatewayService", 50053, 9103,
+        "provider-gateway",
+        "pixsim_provider_gateway",
+        "PIXSIM_GATEWAY_",
+        "pixsim.provider.v1.ProviderGatewayService",
+        50053,
+        9103,
     ),
     ServiceSpec(
         "scene", "pixsim_scene", "PIXSIM_SCENE_", "pixsim.scene.v1.SceneService", 50054, 9104
@@ -74,8 +78,11 @@ def claim_pidfile(path: Path) -> None:
 
 
 def service_command(spec: ServiceSpec, verb: str) -> list[str]:
-    return [sys.executable, "-c",
-            f"import sys; from {spec.package}.main import run; sys.argv[1:] = ['{verb}']; run()"]
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from {spec.package}.main import run; sys.argv[1:] = ['{verb}']; run()",
+    ]
 
 
 async def wait_serving(spec: ServiceSpec, process: ManagedProcess, timeout: float = 60) -> None:
@@ -122,15 +129,23 @@ async def run_stack(run_dir: Path) -> None:
                 f"{spec.env_prefix}GRPC_PORT": str(spec.port),
                 f"{spec.env_prefix}METRICS_PORT": str(spec.metrics_port),
             }
-            migrate = ManagedProcess(f"{spec.name}-migrate", service_command(spec, "migrate"),
-                                     logs / f"{spec.name}.log", env=env)
+            migrate = ManagedProcess(
+                f"{spec.name}-migrate",
+                service_command(spec, "migrate"),
+                logs / f"{spec.name}.log",
+                env=env,
+            )
             if await asyncio.to_thread(migrate.process.wait) != 0:
                 raise RuntimeError(f"{spec.name} migration failed:\n{migrate.log_tail()}")
             migrate.stop()
-            processes.append(ManagedProcess(spec.name, service_command(spec, "serve"),
-                                            logs / f"{spec.name}.log", env=env))
-        await asyncio.gather(*(wait_serving(s, p) for s, p in zip(SERVICES, processes,
-                                                                     strict=True)))
+            processes.append(
+                ManagedProcess(
+                    spec.name, service_command(spec, "serve"), logs / f"{spec.name}.log", env=env
+                )
+            )
+        await asyncio.gather(
+            *(wait_serving(s, p) for s, p in zip(SERVICES, processes, strict=True))
+        )
         print_ready(infra, private_key, logs, time.monotonic() - started)
         while not stop.is_set():
             for process in processes:
@@ -157,7 +172,7 @@ def print_ready(infra: Infra, private_key: Path, logs: Path, seconds: float) -> 
         "try:",
         "  export PIXSIM_TOKEN=$(uv run pixsim token --user alice)",
         "  grpcurl -plaintext 127.0.0.1:50051 list",
-        "  grpcurl -plaintext -H \"authorization: Bearer $PIXSIM_TOKEN\" \\",
+        '  grpcurl -plaintext -H "authorization: Bearer $PIXSIM_TOKEN" \\',
         "      127.0.0.1:50053 grpc.health.v1.Health/Check",
         "",
         "Ctrl-C stops everything.",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from pixsim_common.auth import ADMIN_ROLE, issue_token
 
 app = typer.Typer(help="The PixSim7 command-line client.", no_args_is_help=True)
@@ -26,8 +27,10 @@ def token(
     ttl: Annotated[int, typer.Option(help="Seconds until it expires.", min=1)] = 3600,
     key: Annotated[
         Path | None,
-        typer.Option(help="Private signing key (PEM); default $PIXSIM_SIGNING_KEY or the "
-                     "local stack's .run/keys/signing-key.pem."),
+        typer.Option(
+            help="Private signing key (PEM); default $PIXSIM_SIGNING_KEY or the "
+            "local stack's .run/keys/signing-key.pem."
+        ),
     ] = None,
 ) -> None:
     """Print a token signed with the local key, for --token, PIXSIM_TOKEN or grpcurl."""

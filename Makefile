@@ -26,11 +26,15 @@ test-unit:
 test-integration:
 	$(RUN) pytest -m integration
 
-lint: build/protodeps
+lint: $(BUF) build/protodeps
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy $(TYPED)
 	$(BUF) lint
+	BUF=$(BUF) protos/breaking.sh main
+
+$(BUF):
+	@deploy/local/install.sh
 
 build/protodeps:
 	$(RUN) python protos/generate.py --deps-only

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from opentelemetry import trace
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,12 +32,24 @@ def cancelled_event(job_id: str) -> events_pb2.JobCancelled:
     return events_pb2.JobCancelled(job_id=job_id, user_id="u1")
 
 
-def message(topic: Topic, event: Any, *, event_id: str | None = None) -> Any:
-    headers = event_headers(event_type=topic.event_type, source="/test", event_id=event_id)
+def message(
+    topic: Topic, event: Any, *, event_id: str | None = None, traceparent: str | None = None
+) -> Any:
+    headers = event_headers(
+        event_type=topic.event_type,
+        source="/test",
+        event_id=event_id,
+        trace_headers={"traceparent": traceparent} if traceparent else None,
+    )
     return (event.job_id.encode(), event.SerializeToString(), encode_headers(headers))
 
 
+TRACE_IDS: dict[str, str] = {}
+
+
 async def record_effect(session: AsyncSession, event: Any, meta: EventMeta) -> None:
+    span_context = trace.get_current_span().get_span_context()
+    TRACE_IDS[event.job_id] = format(span_context.trace_id, "032x")
     if event.user_id == "reject-me":
         raise PoisonMessage("this job does not exist", "UNKNOWN_JOB")
     if event.user_id == "bug":
@@ -229,3 +242,25 @@ async def test_a_database_outage_is_retried_and_never_skipped(
         return await effects(messaging_db, during.job_id) == 1
 
     await wait_for(processed_after_outage)
+
+
+async def test_the_handler_runs_in_the_producers_trace(
+    messaging_db: MessagingDatabase,
+    infra: Infra,
+    new_topic: TopicFactory,
+    start_consumer: ConsumerFactory,
+) -> None:
+    topic = await new_topic(events_pb2.JobCancelled)
+    event = cancelled_event(str(uuid.uuid4()))
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    await produce_raw(
+        infra.kafka.bootstrap, topic.name, [message(topic, event, traceparent=traceparent)]
+    )
+    await start_consumer(topic)
+
+    async def processed() -> bool:
+        return await effects(messaging_db, event.job_id) == 1
+
+    await wait_for(processed)
+    assert TRACE_IDS[event.job_id] == trace_id

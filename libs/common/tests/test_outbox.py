@@ -23,8 +23,10 @@ from pixsim.types.v1 import types_pb2
 from pixsim_common.db import UnitOfWork
 from pixsim_common.metrics import OUTBOX_BACKLOG
 from pixsim_common.outbox import OutboxRelay, enqueue
+from pixsim_common.topics import Topic
 from pixsim_local.infra import Infra
-from pixsim_local.kafka import read_topic
+from pixsim_local.kafka import KafkaBroker, read_topic
+from pixsim_local.processes import free_port
 from pixsim_local.pytest_plugin import TopicFactory
 
 from .conftest import MessagingDatabase
@@ -240,3 +242,43 @@ async def test_housekeeping_prunes_sent_rows_and_publishing_goes_on(
         assert OUTBOX_BACKLOG.labels("kit-test")._value.get() == 0
     finally:
         await relay.stop()
+
+
+async def test_kafka_down_delays_but_loses_nothing(
+    messaging_db: MessagingDatabase, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A broker of its own, so stopping it does not disturb the other tests.
+    run_dir = tmp_path_factory.mktemp("own-kafka")
+    ports = (free_port(), free_port())
+    broker = await KafkaBroker.start(run_dir, *ports)
+    topic = Topic(f"test.{uuid.uuid4().hex[:12]}.v1", events_pb2.JobSubmitted)
+    await broker.ensure_topics([topic.name], partitions=1)
+    relay = OutboxRelay(
+        service="kit-test",
+        engine=messaging_db.engine,
+        database_url=messaging_db.database.url,
+        kafka_bootstrap=broker.bootstrap,
+        producer_options={"request_timeout_ms": 2000},
+    )
+    await relay.start()
+    try:
+        broker.stop()
+        async with UnitOfWork(messaging_db.sessions) as uow:
+            event_ids = {
+                await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
+                for job_id in (str(uuid.uuid4()) for _ in range(20))
+            }
+            await uow.commit()
+        await asyncio.sleep(3)  # the relay tries, fails, backs off
+        async with messaging_db.engine.connect() as connection:
+            unsent = await connection.scalar(
+                text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            )
+        assert unsent == len(event_ids)
+
+        broker = await KafkaBroker.start(run_dir, *ports)
+        records = await read_topic(broker.bootstrap, topic.name, until=len(event_ids), timeout=60)
+        assert {dict(r.headers)["ce_id"].decode() for r in records} == event_ids
+    finally:
+        await relay.stop()
+        broker.stop()

@@ -136,14 +136,15 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-            request_timeout_ms=15000,
-            **self._producer_options,
-        )
+        options: dict[str, Any] = {
+            "bootstrap_servers": self._bootstrap,
+            "enable_idempotence": True,
+            "acks": "all",
+            "linger_ms": 2,
+            "request_timeout_ms": 15000,
+        }
+        options.update(self._producer_options)
+        self._producer = AIOKafkaProducer(**options)
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
 

@@ -13,9 +13,8 @@ import sys
 import asyncpg
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from pixsim_local.grpc_probe import reflected_services, wait_serving
 from pixsim_local.infra import Infra
 from pixsim_local.processes import free_port
 from pixsim_local.pytest_plugin import DatabaseFactory
@@ -78,23 +77,8 @@ async def test_migrate_then_serve_health_and_reflection_then_drain(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
-            health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(100):
-                answer = await health.Check(health_pb2.HealthCheckRequest(service=grpc_service))
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-                await asyncio.sleep(0.1)
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING
-
-            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-            responses = reflection.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
-            )
-            listed = {
-                entry.name
-                async for response in responses
-                for entry in response.list_services_response.service
-            }
+            await wait_serving(channel, grpc_service, timeout=30)
+            listed = await reflected_services(channel)
             assert grpc_service in listed
     finally:
         server.send_signal(signal.SIGTERM)

@@ -97,6 +97,15 @@ async def effects(db: MessagingDatabase, job_id: str) -> int:
     return int(count or 0)
 
 
+async def wait_for_effect(db: MessagingDatabase, job_id: str) -> None:
+    """Until the handler has recorded exactly one effect for `job_id`."""
+
+    async def recorded() -> bool:
+        return await effects(db, job_id) == 1
+
+    await wait_for(recorded)
+
+
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
@@ -123,10 +132,7 @@ async def test_a_duplicated_delivery_has_one_effect_and_offsets_follow_the_commi
     )
     consumer = await start_consumer(topic)
 
-    async def marker_seen() -> bool:
-        return await effects(messaging_db, marker) == 1
-
-    await wait_for(marker_seen)
+    await wait_for_effect(messaging_db, marker)
     assert await effects(messaging_db, job_id) == 1
 
     admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka.bootstrap)
@@ -178,10 +184,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
     await produce_raw(infra.kafka.bootstrap, topic.name, [*poison, message(topic, good)])
     await start_consumer(topic)
 
-    async def good_processed() -> bool:
-        return await effects(messaging_db, good.job_id) == 1
-
-    await wait_for(good_processed)
+    await wait_for_effect(messaging_db, good.job_id)
     dead = await read_topic(infra.kafka.bootstrap, topic.dlq, until=len(poison), timeout=30)
     reasons = {
         record.key.decode(): dict(record.headers)["pixsim_error_reason"].decode() for record in dead
@@ -215,10 +218,7 @@ async def test_a_database_outage_is_retried_and_never_skipped(
     await produce_raw(infra.kafka.bootstrap, topic.name, [message(topic, warmup)])
     await start_consumer(topic)
 
-    async def warmed_up() -> bool:
-        return await effects(messaging_db, warmup.job_id) == 1
-
-    await wait_for(warmed_up)
+    await wait_for_effect(messaging_db, warmup.job_id)
 
     name = messaging_db.database.name
     admin = await asyncpg.connect(infra.postgres.admin_url)
@@ -238,10 +238,7 @@ async def test_a_database_outage_is_retried_and_never_skipped(
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
 
-    async def processed_after_outage() -> bool:
-        return await effects(messaging_db, during.job_id) == 1
-
-    await wait_for(processed_after_outage)
+    await wait_for_effect(messaging_db, during.job_id)
 
 
 async def test_the_handler_runs_in_the_producers_trace(
@@ -259,8 +256,5 @@ async def test_the_handler_runs_in_the_producers_trace(
     )
     await start_consumer(topic)
 
-    async def processed() -> bool:
-        return await effects(messaging_db, event.job_id) == 1
-
-    await wait_for(processed)
+    await wait_for_effect(messaging_db, event.job_id)
     assert TRACE_IDS[event.job_id] == trace_id

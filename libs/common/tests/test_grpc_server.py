@@ -15,7 +15,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from pixsim.asset.v1 import asset_service_pb2, asset_service_pb2_grpc
@@ -30,6 +29,7 @@ from pixsim_common.grpc_server import (
     build_server,
     mark,
 )
+from pixsim_local.grpc_probe import reflected_services
 
 pytestmark = pytest.mark.integration
 
@@ -282,13 +282,5 @@ async def test_health_and_reflection_answer_without_a_token(channel: grpc.aio.Ch
         answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
-    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = reflection.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
-    )
-    listed = {
-        service.name
-        async for response in responses
-        for service in response.list_services_response.service
-    }
+    listed = await reflected_services(channel)
     assert {"pixsim.job.v1.JobService", "grpc.health.v1.Health"} <= listed

@@ -250,19 +250,20 @@ async def test_kafka_down_delays_but_loses_nothing(
     # A broker of its own, so stopping it does not disturb the other tests.
     run_dir = tmp_path_factory.mktemp("own-kafka")
     ports = (free_port(), free_port())
-    broker = await KafkaBroker.start(run_dir, *ports)
-    topic = Topic(f"test.{uuid.uuid4().hex[:12]}.v1", events_pb2.JobSubmitted)
-    await broker.ensure_topics([topic.name], partitions=1)
-    relay = OutboxRelay(
-        service="kit-test",
-        engine=messaging_db.engine,
-        database_url=messaging_db.database.url,
-        kafka_bootstrap=broker.bootstrap,
-        producer_options={"request_timeout_ms": 2000},
-    )
-    await relay.start()
+    brokers = [await KafkaBroker.start(run_dir, *ports)]
+    relay: OutboxRelay | None = None
     try:
-        broker.stop()
+        topic = Topic(f"test.{uuid.uuid4().hex[:12]}.v1", events_pb2.JobSubmitted)
+        await brokers[0].ensure_topics([topic.name], partitions=1)
+        relay = OutboxRelay(
+            service="kit-test",
+            engine=messaging_db.engine,
+            database_url=messaging_db.database.url,
+            kafka_bootstrap=brokers[0].bootstrap,
+            producer_options={"request_timeout_ms": 2000},
+        )
+        await relay.start()
+        brokers[0].stop()
         async with UnitOfWork(messaging_db.sessions) as uow:
             event_ids = {
                 await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
@@ -276,9 +277,13 @@ async def test_kafka_down_delays_but_loses_nothing(
             )
         assert unsent == len(event_ids)
 
-        broker = await KafkaBroker.start(run_dir, *ports)
-        records = await read_topic(broker.bootstrap, topic.name, until=len(event_ids), timeout=60)
+        brokers.append(await KafkaBroker.start(run_dir, *ports))
+        records = await read_topic(
+            brokers[-1].bootstrap, topic.name, until=len(event_ids), timeout=60
+        )
         assert {dict(r.headers)["ce_id"].decode() for r in records} == event_ids
     finally:
-        await relay.stop()
-        broker.stop()
+        if relay is not None:
+            await relay.stop()
+        for broker in brokers:
+            broker.stop()

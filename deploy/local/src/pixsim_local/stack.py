@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pixsim_common.auth import generate_keypair
+from pixsim_local.grpc_probe import wait_serving
 from pixsim_local.infra import Infra
 from pixsim_local.processes import ManagedProcess, port_in_use
 
@@ -85,21 +85,9 @@ def service_command(spec: ServiceSpec, verb: str) -> list[str]:
     ]
 
 
-async def wait_serving(spec: ServiceSpec, process: ManagedProcess, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until_serving(spec: ServiceSpec, process: ManagedProcess) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            process.check_alive()
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                answer = await health.Check(
-                    health_pb2.HealthCheckRequest(service=spec.grpc_service), timeout=1
-                )
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{spec.name} not SERVING after {timeout}s")
-            await asyncio.sleep(0.1)
+        await wait_serving(channel, spec.grpc_service, check_alive=process.check_alive)
 
 
 async def run_stack(run_dir: Path) -> None:
@@ -144,7 +132,7 @@ async def run_stack(run_dir: Path) -> None:
                 )
             )
         await asyncio.gather(
-            *(wait_serving(s, p) for s, p in zip(SERVICES, processes, strict=True))
+            *(wait_until_serving(s, p) for s, p in zip(SERVICES, processes, strict=True))
         )
         print_ready(infra, private_key, logs, time.monotonic() - started)
         while not stop.is_set():

@@ -8,11 +8,14 @@ Set PIXSIM_DATABASE_URL / PIXSIM_KAFKA_BOOTSTRAP to use existing servers instead
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -20,7 +23,7 @@ from pixsim_common.auth import generate_keypair
 from pixsim_common.topics import Topic
 from pixsim_local.infra import Infra
 from pixsim_local.postgres import ServiceDatabase
-from pixsim_local.processes import free_port
+from pixsim_local.processes import ManagedProcess, free_port
 
 _timings: dict[str, float] = {}
 
@@ -76,6 +79,34 @@ async def new_topic(infra: Infra) -> TopicFactory:
         return topic
 
     return make
+
+
+@pytest.fixture(scope="session")
+def provider_sim() -> Iterator[str]:
+    """The provider simulator as its own process on a free port; its base URL."""
+    port = free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix="pixsim-sim-"))
+    process = ManagedProcess(
+        "provider-sim",
+        [sys.executable, "-m", "pixsim_provider_sim", "--port", str(port), "--seed", "7"],
+        log_dir / "provider-sim.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        process.check_alive()
+        try:
+            httpx.get(f"{url}/_sim/stats", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        process.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 
 from pixsim_common.auth import generate_keypair
 from pixsim_local.grpc_probe import wait_serving
@@ -33,6 +34,9 @@ class ServiceSpec:
     port: int
     metrics_port: int
 
+
+SIMULATOR_PORT = 8300
+SIMULATOR_URL = f"http://127.0.0.1:{SIMULATOR_PORT}"
 
 SERVICES = (
     ServiceSpec("job", "pixsim_job", "PIXSIM_JOB_", "pixsim.job.v1.JobService", 50051, 9101),
@@ -85,6 +89,19 @@ def service_command(spec: ServiceSpec, verb: str) -> list[str]:
     ]
 
 
+async def wait_http(url: str, process: ManagedProcess, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while True:
+            process.check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                (await client.get(url, timeout=1)).raise_for_status()
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{process.name} did not answer {url} in {timeout}s")
+            await asyncio.sleep(0.1)
+
+
 async def wait_until_serving(spec: ServiceSpec, process: ManagedProcess) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
         await wait_serving(channel, spec.grpc_service, check_alive=process.check_alive)
@@ -92,9 +109,10 @@ async def wait_until_serving(spec: ServiceSpec, process: ManagedProcess) -> None
 
 async def run_stack(run_dir: Path) -> None:
     started = time.monotonic()
-    busy = [spec for spec in SERVICES if port_in_use(spec.port)]
+    ports = {spec.port: spec.name for spec in SERVICES} | {SIMULATOR_PORT: "provider-sim"}
+    busy = [(port, name) for port, name in ports.items() if port_in_use(port)]
     if busy:
-        raise SystemExit(f"port {busy[0].port} ({busy[0].name}) is already in use")
+        raise SystemExit(f"port {busy[0][0]} ({busy[0][1]}) is already in use")
     infra = await Infra.start(
         run_dir, postgres_port=5433, kafka_port=9092, kafka_controller_port=9093, durable=True
     )
@@ -107,6 +125,13 @@ async def run_stack(run_dir: Path) -> None:
         private_key, public_key = signing_keys(run_dir / "keys")
         logs = run_dir / "logs"
         logs.mkdir(exist_ok=True)
+        simulator = ManagedProcess(
+            "provider-sim",
+            [sys.executable, "-m", "pixsim_provider_sim", "--port", str(SIMULATOR_PORT)],
+            logs / "provider-sim.log",
+        )
+        processes.append(simulator)
+        await wait_http(f"{SIMULATOR_URL}/_sim/stats", simulator)
         for spec in SERVICES:
             database = await infra.postgres.create_service_database(spec.package)
             env = {
@@ -116,6 +141,11 @@ async def run_stack(run_dir: Path) -> None:
                 f"{spec.env_prefix}JWT_PUBLIC_KEY": public_key.read_text(),
                 f"{spec.env_prefix}GRPC_PORT": str(spec.port),
                 f"{spec.env_prefix}METRICS_PORT": str(spec.metrics_port),
+                # Only the gateway reads these: every provider is the local simulator.
+                **{
+                    f"{spec.env_prefix}{p}_BASE_URL": SIMULATOR_URL
+                    for p in ("PIXVERSE", "RUNWAY", "PIKA")
+                },
             }
             migrate = ManagedProcess(
                 f"{spec.name}-migrate",
@@ -132,7 +162,7 @@ async def run_stack(run_dir: Path) -> None:
                 )
             )
         await asyncio.gather(
-            *(wait_until_serving(s, p) for s, p in zip(SERVICES, processes, strict=True))
+            *(wait_until_serving(s, p) for s, p in zip(SERVICES, processes[1:], strict=True))
         )
         print_ready(infra, private_key, logs, time.monotonic() - started)
         while not stop.is_set():
@@ -153,6 +183,7 @@ def print_ready(infra: Infra, private_key: Path, logs: Path, seconds: float) -> 
     lines += [
         f"  {'postgres':<17} {infra.postgres.host}:{infra.postgres.port}",
         f"  {'kafka':<17} {infra.kafka.bootstrap}",
+        f"  {'provider-sim':<17} {SIMULATOR_URL}   (PixVerse, Runway, fal/Pika APIs)",
         "",
         f"logs:         {logs}/<service>.log",
         f"signing key:  {private_key}",

@@ -11,3 +11,11 @@ class Settings(ServiceSettings):
     service_name: str = "provider-gateway"
     grpc_port: int = 50053
     metrics_port: int = 9103
+
+    # The providers' APIs; the local stack and the tests point these at the simulator.
+    pixverse_base_url: str = "https://app-api.pixverse.ai"
+    runway_base_url: str = "https://api.dev.runwayml.com"
+    runway_api_version: str = "2024-11-06"
+    pika_base_url: str = "https://queue.fal.run"
+    # Seconds for one provider HTTP call; a hung provider becomes a TRANSIENT error.
+    provider_timeout: float = 30.0

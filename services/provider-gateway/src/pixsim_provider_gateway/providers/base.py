@@ -1,0 +1,279 @@
+"""The `Provider` interface every adapter implements, and the types it speaks.
+
+Pure: no I/O here. An adapter maps PixSim7's explicit operations to one provider's HTTP
+API, and classifies every failure into the closed set of `ErrorKind`s the gateway acts on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, TypeAlias
+
+from pixsim.types.v1 import types_pb2
+
+OperationType: TypeAlias = types_pb2.OperationType.ValueType
+InputRole: TypeAlias = types_pb2.InputRole.ValueType
+MediaType: TypeAlias = types_pb2.MediaType.ValueType
+
+
+class ErrorKind(StrEnum):
+    RATE_LIMITED = "RATE_LIMITED"
+    TRANSIENT = "TRANSIENT"
+    CONTENT_REJECTED = "CONTENT_REJECTED"
+    INVALID_PARAMETERS = "INVALID_PARAMETERS"
+    ACCOUNT_EXHAUSTED = "ACCOUNT_EXHAUSTED"
+    ACCOUNT_INVALID = "ACCOUNT_INVALID"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ErrorKind.RATE_LIMITED, ErrorKind.TRANSIENT)
+
+    @property
+    def error_code(self) -> types_pb2.GenerationErrorCode.ValueType:
+        return types_pb2.GenerationErrorCode.Value(f"GENERATION_ERROR_CODE_{self.value}")
+
+
+class ProviderError(Exception):
+    """A failure the gateway can act on: retry, cool the account down, or fail the job."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        provider_code: str = "",
+    ) -> None:
+        super().__init__(f"{kind.value}: {message}")
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+        self.provider_code = provider_code
+
+
+class UnsupportedOperation(Exception):
+    def __init__(
+        self, provider_id: str, operation: OperationType, supported: Sequence[OperationType]
+    ) -> None:
+        super().__init__(
+            f"{provider_id} does not support {types_pb2.OperationType.Name(operation)}"
+        )
+        self.provider_id = provider_id
+        self.operation = operation
+        self.supported = list(supported)
+
+
+class ParamType(StrEnum):
+    STRING = "STRING"
+    INTEGER = "INTEGER"
+    NUMBER = "NUMBER"
+    BOOLEAN = "BOOLEAN"
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterSpec:
+    name: str
+    type: ParamType
+    required: bool = False
+    allowed: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    default: Any = None
+    description: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not acceptable, or None."""
+        expected = {
+            ParamType.STRING: (str,),
+            ParamType.INTEGER: (int,),
+            ParamType.NUMBER: (int, float),
+            ParamType.BOOLEAN: (bool,),
+        }[self.type]
+        if isinstance(value, float) and self.type is ParamType.INTEGER and value.is_integer():
+            value = int(value)  # JSON numbers (protobuf Struct) arrive as floats
+        if isinstance(value, bool) and self.type is not ParamType.BOOLEAN:
+            return f"must be {self.type.value.lower()}"
+        if not isinstance(value, expected):
+            return f"must be {self.type.value.lower()}"
+        if self.allowed and value not in self.allowed:
+            return f"must be one of {', '.join(str(a) for a in self.allowed)}"
+        if isinstance(value, int | float):
+            if self.minimum is not None and value < self.minimum:
+                return f"must be at least {self.minimum:g}"
+            if self.maximum is not None and value > self.maximum:
+                return f"must be at most {self.maximum:g}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSpec:
+    operation: OperationType
+    parameters: tuple[ParameterSpec, ...] = ()
+    # Inputs the operation needs, by role (a role listed twice is needed twice).
+    required_inputs: tuple[InputRole, ...] = ()
+    prompt_required: bool = True
+    max_prompt_length: int = 2000
+    # Roles accepted beyond the required ones, and how many inputs in all.
+    optional_inputs: tuple[InputRole, ...] = ()
+    max_inputs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    provider_id: str
+    display_name: str
+    operations: tuple[OperationSpec, ...]
+    supports_cancel: bool
+
+    def spec(self, operation: OperationType) -> OperationSpec:
+        for spec in self.operations:
+            if spec.operation == operation:
+                return spec
+        raise UnsupportedOperation(
+            self.provider_id, operation, [s.operation for s in self.operations]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationInput:
+    role: InputRole
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What the caller asked for, in PixSim7's terms (inputs resolved to URLs)."""
+
+    operation: OperationType
+    prompt: str = ""
+    inputs: tuple[GenerationInput, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def inputs_with(self, role: InputRole) -> list[str]:
+        return [i.uri for i in self.inputs if i.role == role]
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    api_key: str
+
+    def __repr__(self) -> str:  # never in a log line or a traceback
+        return "Credentials(api_key=***)"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """A provider accepted the task."""
+
+    provider_job_id: str
+    estimated_cost: int | None = None
+
+
+class TaskState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaOutput:
+    """A produced file, with what the provider reports of it (None: not reported)."""
+
+    uri: str
+    media_type: MediaType
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatusResult:
+    state: TaskState
+    progress: float | None = None
+    outputs: tuple[MediaOutput, ...] = ()
+    error: ProviderError | None = None
+    cost: int | None = None
+
+
+class Provider(Protocol):
+    """One provider's adapter (DESIGN.md section 4)."""
+
+    provider_id: str
+
+    def capabilities(self) -> Capabilities: ...
+
+    def map_parameters(
+        self, operation: OperationType, request: GenerationRequest
+    ) -> dict[str, Any]:
+        """The provider's request body for `request`; `ProviderError(INVALID_PARAMETERS)` or
+        `UnsupportedOperation` when it cannot be made."""
+        ...
+
+    async def execute(
+        self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
+    ) -> GenerationResult: ...
+
+    async def check_status(
+        self, credentials: Credentials, provider_job_id: str
+    ) -> ProviderStatusResult: ...
+
+    async def cancel(self, credentials: Credentials, provider_job_id: str) -> None:
+        """Cancel at the provider; `NotImplementedError` where the provider cannot."""
+        ...
+
+
+def check_request(capabilities: Capabilities, request: GenerationRequest) -> dict[str, Any]:
+    """Validate `request` against the operation's spec; the parameters with defaults filled.
+
+    Raises `UnsupportedOperation`, or `ProviderError(INVALID_PARAMETERS)` naming every problem.
+    """
+    spec = capabilities.spec(request.operation)
+    problems: list[str] = []
+    if spec.prompt_required and not request.prompt.strip():
+        problems.append("prompt: required")
+    if len(request.prompt) > spec.max_prompt_length:
+        problems.append(f"prompt: at most {spec.max_prompt_length} characters")
+    remaining = [i.role for i in request.inputs]
+    for role in spec.required_inputs:
+        if role in remaining:
+            remaining.remove(role)
+        else:
+            problems.append(f"inputs: needs a {types_pb2.InputRole.Name(role)}")
+    extra = [r for r in remaining if r not in spec.optional_inputs]
+    if extra:
+        problems.append(
+            "inputs: unexpected " + ", ".join(types_pb2.InputRole.Name(r) for r in extra)
+        )
+    if spec.max_inputs and len(request.inputs) > spec.max_inputs:
+        problems.append(f"inputs: at most {spec.max_inputs}")
+    known = {p.name: p for p in spec.parameters}
+    values: dict[str, Any] = {}
+    for name, value in request.params.items():
+        parameter = known.get(name)
+        if parameter is None:
+            problems.append(f"params.{name}: unknown parameter")
+            continue
+        problem = parameter.problem(value)
+        if problem:
+            problems.append(f"params.{name}: {problem}")
+        else:
+            is_whole = isinstance(value, float) and value.is_integer()
+            values[name] = int(value) if parameter.type is ParamType.INTEGER and is_whole else value
+    for parameter in spec.parameters:
+        if parameter.name not in values:
+            if parameter.required and parameter.default is None:
+                problems.append(f"params.{parameter.name}: required")
+            elif parameter.default is not None:
+                values[parameter.name] = parameter.default
+    if problems:
+        raise ProviderError(ErrorKind.INVALID_PARAMETERS, "; ".join(problems))
+    return values

@@ -1,0 +1,238 @@
+"""Pika through fal's queue API (queue.fal.run): text-to-video, image-to-video, transition
+(pikaframes) and fusion (pikascenes). No extend and no images. Shapes: shared/PROVIDERS.md
+section 2."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_provider_gateway.providers.base import (
+    Capabilities,
+    Credentials,
+    ErrorKind,
+    GenerationRequest,
+    GenerationResult,
+    MediaOutput,
+    OperationSpec,
+    OperationType,
+    ParameterSpec,
+    ParamType,
+    ProviderError,
+    ProviderStatusResult,
+    TaskState,
+    check_request,
+)
+from pixsim_provider_gateway.providers.http import (
+    classify_status,
+    json_body,
+    new_client,
+    send,
+)
+
+DEFAULT_BASE_URL = "https://queue.fal.run"
+APP = "/fal-ai/pika"
+VERSION = "v2.2"
+
+ASPECT_RATIO = ParameterSpec(
+    "aspect_ratio",
+    ParamType.STRING,
+    allowed=("16:9", "9:16", "1:1", "4:5", "5:4", "3:2", "2:3"),
+    default="16:9",
+)
+DURATION = ParameterSpec("duration", ParamType.INTEGER, allowed=(5, 10), default=5)
+RESOLUTION = ParameterSpec(
+    "resolution", ParamType.STRING, allowed=("720p", "1080p"), default="720p"
+)
+NEGATIVE_PROMPT = ParameterSpec("negative_prompt", ParamType.STRING)
+SEED = ParameterSpec("seed", ParamType.INTEGER, minimum=0, maximum=2147483647)
+
+CAPABILITIES = Capabilities(
+    provider_id="pika",
+    display_name="Pika (through fal)",
+    supports_cancel=True,
+    operations=(
+        OperationSpec(
+            t.OPERATION_TYPE_TEXT_TO_VIDEO,
+            (ASPECT_RATIO, DURATION, RESOLUTION, NEGATIVE_PROMPT, SEED),
+        ),
+        OperationSpec(
+            t.OPERATION_TYPE_IMAGE_TO_VIDEO,
+            (DURATION, RESOLUTION, NEGATIVE_PROMPT, SEED),
+            required_inputs=(t.INPUT_ROLE_IMAGE,),
+        ),
+        OperationSpec(
+            t.OPERATION_TYPE_VIDEO_TRANSITION,
+            (
+                ParameterSpec(
+                    "duration",
+                    ParamType.INTEGER,
+                    minimum=1,
+                    maximum=25,
+                    default=5,
+                    description="seconds of the transition",
+                ),
+                RESOLUTION,
+                NEGATIVE_PROMPT,
+                SEED,
+            ),
+            required_inputs=(t.INPUT_ROLE_START_FRAME, t.INPUT_ROLE_END_FRAME),
+            prompt_required=False,
+        ),
+        OperationSpec(
+            t.OPERATION_TYPE_FUSION,
+            (
+                ASPECT_RATIO,
+                DURATION,
+                ParameterSpec(
+                    "resolution", ParamType.STRING, allowed=("720p", "1080p"), default="1080p"
+                ),
+                ParameterSpec(
+                    "ingredients_mode",
+                    ParamType.STRING,
+                    allowed=("precise", "creative"),
+                    default="precise",
+                ),
+                NEGATIVE_PROMPT,
+                SEED,
+            ),
+            required_inputs=(t.INPUT_ROLE_REFERENCE,),
+            optional_inputs=(t.INPUT_ROLE_REFERENCE,),
+            max_inputs=6,
+        ),
+    ),
+)
+
+
+class PikaProvider:
+    provider_id = "pika"
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = new_client(base_url, timeout, transport)
+
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    def map_parameters(
+        self, operation: OperationType, request: GenerationRequest
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = dict(check_request(CAPABILITIES, request))
+        if request.prompt:
+            body["prompt"] = request.prompt
+        if operation == t.OPERATION_TYPE_TEXT_TO_VIDEO:
+            endpoint = "text-to-video"
+        elif operation == t.OPERATION_TYPE_IMAGE_TO_VIDEO:
+            endpoint = "image-to-video"
+            body["image_url"] = request.inputs_with(t.INPUT_ROLE_IMAGE)[0]
+        elif operation == t.OPERATION_TYPE_VIDEO_TRANSITION:
+            endpoint = "pikaframes"
+            body["image_urls"] = [
+                *request.inputs_with(t.INPUT_ROLE_START_FRAME),
+                *request.inputs_with(t.INPUT_ROLE_END_FRAME),
+            ]
+            body["transitions"] = [{"duration": body.pop("duration"), "prompt": request.prompt}]
+        else:
+            endpoint = "pikascenes"
+            body["image_urls"] = request.inputs_with(t.INPUT_ROLE_REFERENCE)
+        return {"path": f"{APP}/{VERSION}/{endpoint}", "body": body}
+
+    @staticmethod
+    def _headers(credentials: Credentials) -> dict[str, str]:
+        return {"Authorization": f"Key {credentials.api_key}"}
+
+    @staticmethod
+    def _error(response: httpx.Response) -> ProviderError:
+        body = json_body(response)
+        detail = body.get("detail") if isinstance(body, dict) else None
+        if isinstance(detail, list):  # validation and model errors, 422
+            kinds = {str(item.get("type")) for item in detail if isinstance(item, dict)}
+            message = "; ".join(
+                f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg')}"
+                for item in detail
+                if isinstance(item, dict)
+            )
+            kind = (
+                ErrorKind.CONTENT_REJECTED
+                if "content_policy_violation" in kinds
+                else ErrorKind.INVALID_PARAMETERS
+            )
+            return ProviderError(kind, message or "rejected", provider_code=",".join(kinds))
+        message = str(detail) if detail else response.text[:500] or response.reason_phrase
+        if response.status_code == 403 and "exhausted balance" in message.lower():
+            return ProviderError(ErrorKind.ACCOUNT_EXHAUSTED, message, provider_code="403")
+        error = classify_status(response, message)
+        error_type = response.headers.get("x-fal-error-type") or (
+            body.get("error_type") if isinstance(body, dict) else None
+        )
+        if error_type:
+            error.provider_code = str(error_type)
+        return error
+
+    async def execute(
+        self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
+    ) -> GenerationResult:
+        response = await send(
+            self._client,
+            "POST",
+            payload["path"],
+            json=payload["body"],
+            headers=self._headers(credentials),
+        )
+        if response.status_code != 200:
+            raise self._error(response)
+        return GenerationResult(provider_job_id=str(response.json()["request_id"]))
+
+    async def check_status(
+        self, credentials: Credentials, provider_job_id: str
+    ) -> ProviderStatusResult:
+        base = f"{APP}/requests/{provider_job_id}"
+        response = await send(
+            self._client,
+            "GET",
+            f"{base}/status",
+            params={"logs": "false"},
+            headers=self._headers(credentials),
+        )
+        if response.status_code not in (200, 202):
+            raise self._error(response)
+        status = response.json()["status"]
+        if status == "IN_QUEUE":
+            return ProviderStatusResult(TaskState.PENDING)
+        if status == "IN_PROGRESS":
+            return ProviderStatusResult(TaskState.RUNNING)
+        if status != "COMPLETED":
+            raise ProviderError(ErrorKind.TRANSIENT, f"unknown queue status {status!r}")
+        # A failed request also ends COMPLETED; its error is the result's answer.
+        result = await send(self._client, "GET", base, headers=self._headers(credentials))
+        if result.status_code == 200:
+            video = result.json()["video"]
+            return ProviderStatusResult(
+                TaskState.SUCCEEDED, 1.0, (MediaOutput(video["url"], t.MEDIA_TYPE_VIDEO),)
+            )
+        error = self._error(result)
+        if result.status_code == 400 and "cancel" in error.message.lower():
+            return ProviderStatusResult(TaskState.CANCELLED)
+        return ProviderStatusResult(TaskState.FAILED, error=error)
+
+    async def cancel(self, credentials: Credentials, provider_job_id: str) -> None:
+        response = await send(
+            self._client,
+            "PUT",
+            f"{APP}/requests/{provider_job_id}/cancel",
+            headers=self._headers(credentials),
+        )
+        # ALREADY_COMPLETED and NOT_FOUND leave nothing to cancel.
+        if response.status_code not in (200, 202, 400, 404):
+            raise self._error(response)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,100 @@
+"""Which adapters exist, built from settings. Adding a provider is one adapter module plus
+one line in `ADAPTERS`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from google.protobuf import struct_pb2
+
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
+from pixsim_provider_gateway.providers.base import Capabilities, ParamType, Provider
+from pixsim_provider_gateway.providers.pika import PikaProvider
+from pixsim_provider_gateway.providers.pixverse import PixverseProvider
+from pixsim_provider_gateway.providers.runway import RunwayProvider
+from pixsim_provider_gateway.settings import Settings
+
+ADAPTERS: Mapping[str, Callable[[Settings], Provider]] = {
+    "pixverse": lambda s: PixverseProvider(s.pixverse_base_url, timeout=s.provider_timeout),
+    "runway": lambda s: RunwayProvider(
+        s.runway_base_url, timeout=s.provider_timeout, api_version=s.runway_api_version
+    ),
+    "pika": lambda s: PikaProvider(s.pika_base_url, timeout=s.provider_timeout),
+}
+
+
+class UnknownProvider(KeyError):
+    pass
+
+
+class ProviderRegistry:
+    def __init__(self, providers: Mapping[str, Provider]) -> None:
+        self._providers = dict(providers)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProviderRegistry:
+        return cls({name: build(settings) for name, build in ADAPTERS.items()})
+
+    def get(self, provider_id: str) -> Provider:
+        try:
+            return self._providers[provider_id]
+        except KeyError:
+            raise UnknownProvider(provider_id) from None
+
+    def __iter__(self) -> Iterator[Provider]:
+        return iter(self._providers.values())
+
+    async def aclose(self) -> None:
+        for provider in self._providers.values():
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                await close()
+
+
+_PARAM_TYPES = {
+    ParamType.STRING: gateway_pb2.ParameterSpec.TYPE_STRING,
+    ParamType.INTEGER: gateway_pb2.ParameterSpec.TYPE_INTEGER,
+    ParamType.NUMBER: gateway_pb2.ParameterSpec.TYPE_NUMBER,
+    ParamType.BOOLEAN: gateway_pb2.ParameterSpec.TYPE_BOOLEAN,
+}
+
+
+def _value(python: object) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    if isinstance(python, bool):
+        value.bool_value = python
+    elif isinstance(python, int | float):
+        value.number_value = float(python)
+    elif python is not None:
+        value.string_value = str(python)
+    return value
+
+
+def capabilities_to_proto(capabilities: Capabilities) -> gateway_pb2.Provider:
+    """The contract's `Provider` resource for an adapter's capabilities."""
+    return gateway_pb2.Provider(
+        name=f"providers/{capabilities.provider_id}",
+        display_name=capabilities.display_name,
+        supports_cancel=capabilities.supports_cancel,
+        operations=[
+            gateway_pb2.OperationCapability(
+                operation_type=spec.operation,
+                required_inputs=list(spec.required_inputs),
+                prompt_required=spec.prompt_required,
+                parameters=[
+                    gateway_pb2.ParameterSpec(
+                        name=p.name,
+                        type=_PARAM_TYPES[p.type],
+                        required=p.required,
+                        allowed_values=[str(a) for a in p.allowed],
+                        minimum=p.minimum,
+                        maximum=p.maximum,
+                        default_value=_value(p.default) if p.default is not None else None,
+                        description=p.description,
+                    )
+                    for p in spec.parameters
+                ],
+            )
+            for spec in capabilities.operations
+        ],
+    )

@@ -1,0 +1,266 @@
+"""Runway (api.dev.runwayml.com): text-to-video, image-to-video, first/last-frame transition
+and video extend. No fusion and no images. Shapes: shared/PROVIDERS.md section 1."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_provider_gateway.providers.base import (
+    Capabilities,
+    Credentials,
+    ErrorKind,
+    GenerationRequest,
+    GenerationResult,
+    MediaOutput,
+    OperationSpec,
+    OperationType,
+    ParameterSpec,
+    ParamType,
+    ProviderError,
+    ProviderStatusResult,
+    TaskState,
+    check_request,
+)
+from pixsim_provider_gateway.providers.http import (
+    classify_status,
+    json_body,
+    new_client,
+    send,
+)
+
+DEFAULT_BASE_URL = "https://api.dev.runwayml.com"
+API_VERSION = "2024-11-06"
+
+SEED = ParameterSpec("seed", ParamType.INTEGER, minimum=0, maximum=4294967295)
+VEO_RATIOS = ("1280:720", "720:1280", "1080:1920", "1920:1080")
+I2V_RATIOS = (
+    "1280:720",
+    "720:1280",
+    "1104:832",
+    "832:1104",
+    "960:960",
+    "1584:672",
+    "1080:1920",
+    "1920:1080",
+)
+VEO_MODELS = ("veo3.1", "veo3.1_fast")
+VEO_DURATIONS = (4, 6, 8)
+
+CAPABILITIES = Capabilities(
+    provider_id="runway",
+    display_name="Runway",
+    supports_cancel=True,
+    operations=(
+        OperationSpec(
+            t.OPERATION_TYPE_TEXT_TO_VIDEO,
+            (
+                ParameterSpec(
+                    "model", ParamType.STRING, allowed=("gen4.5", *VEO_MODELS), default="gen4.5"
+                ),
+                ParameterSpec(
+                    "duration",
+                    ParamType.INTEGER,
+                    minimum=2,
+                    maximum=10,
+                    default=5,
+                    description="seconds; veo models take 4, 6 or 8",
+                ),
+                ParameterSpec("ratio", ParamType.STRING, allowed=VEO_RATIOS, default="1280:720"),
+                SEED,
+            ),
+            max_prompt_length=1000,
+        ),
+        OperationSpec(
+            t.OPERATION_TYPE_IMAGE_TO_VIDEO,
+            (
+                ParameterSpec(
+                    "model",
+                    ParamType.STRING,
+                    allowed=("gen4_turbo", "gen4.5", *VEO_MODELS),
+                    default="gen4_turbo",
+                ),
+                ParameterSpec("duration", ParamType.INTEGER, minimum=2, maximum=10, default=5),
+                ParameterSpec("ratio", ParamType.STRING, allowed=I2V_RATIOS, default="1280:720"),
+                SEED,
+            ),
+            required_inputs=(t.INPUT_ROLE_IMAGE,),
+            prompt_required=False,
+            max_prompt_length=1000,
+        ),
+        OperationSpec(
+            t.OPERATION_TYPE_VIDEO_TRANSITION,
+            (
+                ParameterSpec(
+                    "model",
+                    ParamType.STRING,
+                    allowed=VEO_MODELS,
+                    default="veo3.1_fast",
+                    description="only these models accept a last frame",
+                ),
+                ParameterSpec("duration", ParamType.INTEGER, allowed=VEO_DURATIONS, default=8),
+                ParameterSpec("ratio", ParamType.STRING, allowed=VEO_RATIOS, default="1280:720"),
+                SEED,
+            ),
+            required_inputs=(t.INPUT_ROLE_START_FRAME, t.INPUT_ROLE_END_FRAME),
+            prompt_required=False,
+            max_prompt_length=1000,
+        ),
+        OperationSpec(
+            t.OPERATION_TYPE_VIDEO_EXTEND,
+            (
+                ParameterSpec(
+                    "model",
+                    ParamType.STRING,
+                    allowed=("seedance2_5", "gemini_omni_flash_1.1"),
+                    default="seedance2_5",
+                ),
+                SEED,
+            ),
+            required_inputs=(t.INPUT_ROLE_VIDEO,),
+            max_prompt_length=1000,
+        ),
+    ),
+)
+
+
+def _failure_kind(code: str) -> ErrorKind:
+    """Runway's `failureCode` (RW-DOCS "Task Failures")."""
+    if code.startswith("SAFETY.") or code == "INPUT_PREPROCESSING.SAFETY.TEXT":
+        return ErrorKind.CONTENT_REJECTED
+    if code == "ASSET.INVALID":
+        return ErrorKind.INVALID_PARAMETERS
+    return ErrorKind.TRANSIENT  # INTERNAL, INTERNAL.BAD_OUTPUT.*, INPUT_PREPROCESSING.INTERNAL
+
+
+class RunwayProvider:
+    provider_id = "runway"
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout: float = 30.0,
+        api_version: str = API_VERSION,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = new_client(base_url, timeout, transport)
+        self._api_version = api_version
+
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    def map_parameters(
+        self, operation: OperationType, request: GenerationRequest
+    ) -> dict[str, Any]:
+        params = check_request(CAPABILITIES, request)
+        body: dict[str, Any] = {"model": params["model"]}
+        if request.prompt:
+            body["promptText"] = request.prompt
+        if "seed" in params:
+            body["seed"] = params["seed"]
+        if operation == t.OPERATION_TYPE_VIDEO_EXTEND:
+            video = request.inputs_with(t.INPUT_ROLE_VIDEO)[0]
+            field = "promptVideo" if params["model"] == "seedance2_5" else "videoUri"
+            return {"path": "/v1/video_to_video", "body": body | {"mode": "extend", field: video}}
+        body |= {"ratio": params["ratio"], "duration": params["duration"]}
+        if params["model"] in VEO_MODELS and params["duration"] not in VEO_DURATIONS:
+            raise ProviderError(
+                ErrorKind.INVALID_PARAMETERS, f"params.duration: {params['model']} takes 4, 6 or 8"
+            )
+        if operation == t.OPERATION_TYPE_TEXT_TO_VIDEO:
+            return {"path": "/v1/text_to_video", "body": body}
+        if operation == t.OPERATION_TYPE_IMAGE_TO_VIDEO:
+            image = request.inputs_with(t.INPUT_ROLE_IMAGE)[0]
+            return {"path": "/v1/image_to_video", "body": body | {"promptImage": image}}
+        first = request.inputs_with(t.INPUT_ROLE_START_FRAME)[0]
+        last = request.inputs_with(t.INPUT_ROLE_END_FRAME)[0]
+        return {
+            "path": "/v1/image_to_video",
+            "body": body
+            | {
+                "promptImage": [
+                    {"uri": first, "position": "first"},
+                    {"uri": last, "position": "last"},
+                ]
+            },
+        }
+
+    def _headers(self, credentials: Credentials) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {credentials.api_key}",
+            "X-Runway-Version": self._api_version,
+        }
+
+    def _error(self, response: httpx.Response) -> ProviderError:
+        body = json_body(response)
+        message = (
+            str(body.get("error"))
+            if isinstance(body, dict) and "error" in body
+            else (response.text[:500] or response.reason_phrase)
+        )
+        if "enough credits" in message.lower():
+            return ProviderError(
+                ErrorKind.ACCOUNT_EXHAUSTED, message, provider_code=str(response.status_code)
+            )
+        return classify_status(response, message)
+
+    async def execute(
+        self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
+    ) -> GenerationResult:
+        response = await send(
+            self._client,
+            "POST",
+            payload["path"],
+            json=payload["body"],
+            headers=self._headers(credentials),
+        )
+        if response.status_code != 200:
+            raise self._error(response)
+        body = response.json()
+        cost = (body.get("estimatedCost") or {}).get("credits")
+        return GenerationResult(provider_job_id=str(body["id"]), estimated_cost=cost)
+
+    async def check_status(
+        self, credentials: Credentials, provider_job_id: str
+    ) -> ProviderStatusResult:
+        response = await send(
+            self._client, "GET", f"/v1/tasks/{provider_job_id}", headers=self._headers(credentials)
+        )
+        if response.status_code != 200:
+            raise self._error(response)
+        body = response.json()
+        status = body["status"]
+        cost = (body.get("cost") or body.get("estimatedCost") or {}).get("credits")
+        if status in ("PENDING", "THROTTLED"):
+            return ProviderStatusResult(TaskState.PENDING, cost=cost)
+        if status == "RUNNING":
+            return ProviderStatusResult(TaskState.RUNNING, progress=body.get("progress"), cost=cost)
+        if status == "SUCCEEDED":
+            outputs = tuple(MediaOutput(uri, t.MEDIA_TYPE_VIDEO) for uri in body["output"])
+            return ProviderStatusResult(TaskState.SUCCEEDED, 1.0, outputs, cost=cost)
+        if status == "FAILED":
+            code = body.get("failureCode") or ""
+            error = ProviderError(
+                _failure_kind(code), body.get("failure") or "task failed", provider_code=code
+            )
+            return ProviderStatusResult(TaskState.FAILED, error=error, cost=cost)
+        if status == "CANCELLED":
+            return ProviderStatusResult(TaskState.CANCELLED, cost=cost)
+        raise ProviderError(ErrorKind.TRANSIENT, f"unknown task status {status!r}")
+
+    async def cancel(self, credentials: Credentials, provider_job_id: str) -> None:
+        response = await send(
+            self._client,
+            "DELETE",
+            f"/v1/tasks/{provider_job_id}",
+            headers=self._headers(credentials),
+        )
+        if response.status_code not in (200, 204, 404):
+            raise self._error(response)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,29 @@
+"""`python -m pixsim_provider_sim [--port 8300] [--seed N]`: serve the simulator."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from pixsim_provider_sim.app import create_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="pixsim-provider-sim")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8300)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    # Hung requests (the "hang" fault) must not hold shutdown up.
+    uvicorn.run(
+        create_app(args.seed),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,651 @@
+"""The provider simulator: Runway's `/v1/...`, fal's `/fal-ai/...` (Pika) and PixVerse's
+`/openapi/v2/...` on one server, plus `/_sim/...` for media and for tests' control.
+
+Shapes follow shared/PROVIDERS.md. Faults are scripted per key (`PUT /_sim/keys/{key}`) or
+per request with a prompt knob such as `[sim:moderation]` (see `state.Fault`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pixsim_provider_sim.media import render_mp4, render_png
+from pixsim_provider_sim.state import Fault, KeyConfig, SimState, Task
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dimensions(short_side: int, aspect: str) -> tuple[int, int]:
+    """Width and height for a short side and an aspect ratio like `16:9` (both even)."""
+    a, b = (int(x) for x in aspect.split(":"))
+    if a >= b:
+        width, height = round(short_side * a / b), short_side
+    else:
+        width, height = short_side, round(short_side * b / a)
+    return width - width % 2, height - height % 2
+
+
+@functools.lru_cache(maxsize=128)
+def _render(kind: str, seed: int, width: int, height: int, seconds: float) -> bytes:
+    if kind == "video":
+        return render_mp4(seed, width, height, seconds)
+    return render_png(seed, width, height)
+
+
+class Simulator:
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+
+    # ---- shared ------------------------------------------------------------------------
+
+    async def _enter(self, key: str) -> KeyConfig:
+        """Count the call and apply the key's latency."""
+        config = self.state.config(key)
+        self.state.stats_of(key).calls += 1
+        if config.latency_ms:
+            await asyncio.sleep(config.latency_ms / 1000)
+        return config
+
+    def media_url(self, request: Request, task: Task) -> str:
+        return str(request.base_url).rstrip("/") + f"/_sim/media/{task.media_name}"
+
+    async def media(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        task = self.state.tasks.get(name.rsplit(".", 1)[0])
+        if task is None or task.media_name != name:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        body = await asyncio.to_thread(
+            _render, task.kind, task.seed, task.width, task.height, task.seconds
+        )
+        return Response(body, media_type="video/mp4" if task.kind == "video" else "image/png")
+
+    # ---- control API -------------------------------------------------------------------
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse(self.state.snapshot())
+
+    async def reset(self, request: Request) -> Response:
+        body = await request.json() if await request.body() else {}
+        self.state.reset(body.get("seed"))
+        return JSONResponse(self.state.snapshot())
+
+    async def configure_key(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        body = await request.json()
+        config = self.state.config(key)
+        for name, value in body.items():
+            if not hasattr(config, name):
+                return JSONResponse({"error": f"unknown knob {name}"}, status_code=400)
+            setattr(config, name, Fault(value) if name == "fault" and value else value)
+        return JSONResponse(vars(config) | {"fault": config.fault and config.fault.value})
+
+    async def hang(self) -> Response:
+        await asyncio.sleep(3600)  # until the client gives up and disconnects
+        return Response(status_code=504)
+
+    # ---- Runway ------------------------------------------------------------------------
+
+    def _runway_key(self, request: Request) -> str | None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        return key if scheme.lower() == "bearer" and key else None
+
+    async def runway_create(self, request: Request) -> Response:
+        key = self._runway_key(request)
+        if key is None:
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        config = await self._enter(key)
+        body = await request.json()
+        prompt = str(body.get("promptText", ""))
+        fault = self.state.fault_for(key, prompt)
+        answer = self._runway_fault(fault, config)
+        if answer is not None:
+            return answer
+        for required in ("model",):
+            if not body.get(required):
+                return JSONResponse({"error": f"{required} is required"}, status_code=400)
+        endpoint = request.url.path.rsplit("/", 1)[-1]
+        if endpoint == "image_to_video" and not body.get("promptImage"):
+            return JSONResponse({"error": "promptImage is required"}, status_code=400)
+        if endpoint == "text_to_video" and not prompt:
+            return JSONResponse({"error": "promptText is required"}, status_code=400)
+        if len(prompt) > 1000:
+            return JSONResponse({"error": "promptText is too long"}, status_code=400)
+        ratio = str(body.get("ratio", "1280:720"))
+        try:
+            width, height = (int(x) for x in ratio.split(":"))
+        except ValueError:
+            return JSONResponse({"error": f"ratio {ratio!r} is invalid"}, status_code=400)
+        seconds = float(body.get("duration", 5))
+        cost = int(seconds * 5)
+        if config.credits < cost:
+            return self._runway_fault(Fault.NO_CREDIT, config)  # type: ignore[return-value]
+        task = self.state.create_task(
+            provider="runway",
+            key=key,
+            kind="video",
+            width=width,
+            height=height,
+            seconds=seconds,
+            cost=cost,
+            prompt=prompt,
+            request=body,
+        )
+        return JSONResponse({"id": task.id, "estimatedCost": {"credits": cost}})
+
+    def _runway_fault(self, fault: Fault | None, config: KeyConfig) -> Response | None:
+        match fault:
+            case Fault.RATE_LIMIT:
+                return JSONResponse(
+                    {"error": "You have exceeded the rate limit."},
+                    status_code=429,
+                    headers={"retry-after": str(config.retry_after_s)},
+                )
+            case Fault.SERVER_ERROR:
+                return JSONResponse({"error": "Service unavailable"}, status_code=503)
+            case Fault.INVALID:
+                return JSONResponse({"error": "ratio: Invalid enum value"}, status_code=400)
+            case Fault.NO_CREDIT:
+                return JSONResponse(
+                    {"error": "You do not have enough credits to run this task."},
+                    status_code=400,
+                )
+            case Fault.BAD_KEY:
+                return JSONResponse({"error": "Invalid API key"}, status_code=401)
+        return None
+
+    async def runway_task(self, request: Request) -> Response:
+        key = self._runway_key(request)
+        if key is None:
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        await self._enter(key)
+        task = self.state.tasks.get(request.path_params["task_id"])
+        if task is None or task.provider != "runway" or task.key != key:
+            return JSONResponse({"error": "Task not found"}, status_code=404)
+        if request.method == "DELETE":
+            self.state.cancel(task)
+            return Response(status_code=204)
+        phase = task.phase(self.state.clock())
+        body: dict[str, Any] = {"id": task.id, "createdAt": _now_iso()}
+        cost = {"credits": task.cost}
+        if phase == "queued":
+            body |= {"status": "PENDING", "estimatedCost": cost}
+        elif phase == "running":
+            body |= {
+                "status": "RUNNING",
+                "progress": round(task.progress(self.state.clock()), 3),
+                "estimatedCost": cost,
+            }
+        elif phase == "succeeded":
+            body |= {"status": "SUCCEEDED", "output": [self.media_url(request, task)], "cost": cost}
+        elif phase == "moderated":
+            body |= {
+                "status": "FAILED",
+                "failure": "The prompt did not pass moderation.",
+                "failureCode": "SAFETY.INPUT.TEXT",
+                "cost": cost,
+            }
+        elif phase == "failed":
+            body |= {
+                "status": "FAILED",
+                "failure": "An internal error occurred.",
+                "failureCode": "INTERNAL",
+                "cost": {"credits": 0},
+            }
+        else:
+            body |= {"status": "CANCELLED", "cost": {"credits": 0}}
+        return JSONResponse(body)
+
+    async def runway_organization(self, request: Request) -> Response:
+        key = self._runway_key(request)
+        if key is None:
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        config = await self._enter(key)
+        return JSONResponse(
+            {
+                "creditBalance": config.credits,
+                "tier": {"maxMonthlyCreditSpend": 1_000_000, "models": {}},
+                "usage": {"models": {}},
+            }
+        )
+
+    # ---- fal (Pika) --------------------------------------------------------------------
+
+    def _fal_key(self, request: Request) -> str | None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        return key if scheme.lower() == "key" and key else None
+
+    def _fal_urls(self, request: Request, request_id: str) -> dict[str, str]:
+        base = str(request.base_url).rstrip("/") + f"/fal-ai/pika/requests/{request_id}"
+        return {
+            "response_url": base,
+            "status_url": f"{base}/status",
+            "cancel_url": f"{base}/cancel",
+        }
+
+    async def fal_submit(self, request: Request) -> Response:
+        key = self._fal_key(request)
+        if key is None:
+            return JSONResponse({"detail": "Missing authorization"}, status_code=401)
+        config = await self._enter(key)
+        body = await request.json()
+        prompt = str(body.get("prompt", ""))
+        fault = self.state.fault_for(key, prompt)
+        answer = self._fal_fault(fault, config)
+        if answer is not None:
+            return answer
+        operation = request.path_params["operation"]
+        problem = _fal_missing(operation, body)
+        if problem is not None:
+            return JSONResponse(
+                {
+                    "detail": [
+                        {"loc": ["body", problem], "msg": "field required", "type": "missing"}
+                    ]
+                },
+                status_code=422,
+            )
+        resolution = int(str(body.get("resolution", "720p")).rstrip("p") or 720)
+        width, height = _dimensions(resolution, str(body.get("aspect_ratio", "16:9")))
+        seconds = float(body.get("duration", 5))
+        if operation == "pikaframes":
+            seconds = float(
+                sum(t.get("duration", 5) for t in body.get("transitions", []))
+                or 5 * (len(body["image_urls"]) - 1)
+            )
+        if config.credits < 1:
+            return self._fal_fault(Fault.NO_CREDIT, config)  # type: ignore[return-value]
+        task = self.state.create_task(
+            provider="pika",
+            key=key,
+            kind="video",
+            width=width,
+            height=height,
+            seconds=seconds,
+            cost=1,
+            prompt=prompt,
+            request=body,
+        )
+        return JSONResponse({"request_id": task.id, **self._fal_urls(request, task.id)})
+
+    def _fal_fault(self, fault: Fault | None, config: KeyConfig) -> Response | None:
+        match fault:
+            case Fault.RATE_LIMIT:
+                return JSONResponse(
+                    {"detail": "Too many requests"},
+                    status_code=429,
+                    headers={"retry-after": str(config.retry_after_s)},
+                )
+            case Fault.SERVER_ERROR:
+                return JSONResponse(
+                    {
+                        "detail": "Runner scheduling failed",
+                        "error_type": "runner_scheduling_failure",
+                    },
+                    status_code=503,
+                    headers={"x-fal-error-type": "runner_scheduling_failure"},
+                )
+            case Fault.INVALID:
+                return JSONResponse(
+                    {
+                        "detail": [
+                            {
+                                "loc": ["body", "aspect_ratio"],
+                                "msg": "unexpected value",
+                                "type": "value_error",
+                            }
+                        ]
+                    },
+                    status_code=422,
+                )
+            case Fault.NO_CREDIT:
+                return JSONResponse(
+                    {
+                        "detail": "User is locked. Reason: Exhausted balance. Top up your balance "
+                        "at fal.ai/dashboard/billing."
+                    },
+                    status_code=403,
+                )
+            case Fault.BAD_KEY:
+                return JSONResponse(
+                    {"detail": "No user found for Key ID and Secret"}, status_code=401
+                )
+        return None
+
+    def _fal_task(self, request: Request) -> tuple[str | None, Task | None]:
+        key = self._fal_key(request)
+        task = self.state.tasks.get(request.path_params["request_id"])
+        if task is not None and (task.provider != "pika" or task.key != key):
+            task = None
+        return key, task
+
+    async def fal_status(self, request: Request) -> Response:
+        key, task = self._fal_task(request)
+        if key is None:
+            return JSONResponse({"detail": "Missing authorization"}, status_code=401)
+        await self._enter(key)
+        if task is None:
+            return JSONResponse({"detail": "Request not found"}, status_code=404)
+        phase = task.phase(self.state.clock())
+        response_url = self._fal_urls(request, task.id)["response_url"]
+        if phase == "queued":
+            return JSONResponse(
+                {"status": "IN_QUEUE", "queue_position": 0, "response_url": response_url}
+            )
+        if phase == "running":
+            return JSONResponse({"status": "IN_PROGRESS", "logs": [], "response_url": response_url})
+        return JSONResponse(
+            {
+                "status": "COMPLETED",
+                "logs": None,
+                "metrics": {"inference_time": round(task.finish_at - task.start_at, 3)},
+                "response_url": response_url,
+            }
+        )
+
+    async def fal_result(self, request: Request) -> Response:
+        key, task = self._fal_task(request)
+        if key is None:
+            return JSONResponse({"detail": "Missing authorization"}, status_code=401)
+        await self._enter(key)
+        if task is None:
+            return JSONResponse({"detail": "Request not found"}, status_code=404)
+        phase = task.phase(self.state.clock())
+        if phase in ("queued", "running"):
+            return JSONResponse({"detail": "Request is still in progress"}, status_code=400)
+        if phase == "moderated":
+            return JSONResponse(
+                {
+                    "detail": [
+                        {
+                            "loc": ["body", "prompt"],
+                            "msg": "The content was flagged.",
+                            "type": "content_policy_violation",
+                        }
+                    ]
+                },
+                status_code=422,
+            )
+        if phase == "failed":
+            return JSONResponse(
+                {"detail": "Internal error", "error_type": "internal_error"}, status_code=500
+            )
+        if phase == "cancelled":
+            return JSONResponse({"detail": "Request was cancelled"}, status_code=400)
+        return JSONResponse(
+            {
+                "video": {
+                    "url": self.media_url(request, task),
+                    "content_type": "video/mp4",
+                    "file_name": task.media_name,
+                    "file_size": None,
+                }
+            }
+        )
+
+    async def fal_cancel(self, request: Request) -> Response:
+        key, task = self._fal_task(request)
+        if key is None:
+            return JSONResponse({"detail": "Missing authorization"}, status_code=401)
+        await self._enter(key)
+        if task is None:
+            return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+        if self.state.cancel(task):
+            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+
+    # ---- PixVerse ----------------------------------------------------------------------
+
+    @staticmethod
+    def _pixverse(
+        resp: Any,
+        code: int = 0,
+        message: str = "success",
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        return JSONResponse(
+            {"ErrCode": code, "ErrMsg": message, "Resp": resp}, status_code=status, headers=headers
+        )
+
+    async def _pixverse_enter(self, request: Request) -> tuple[str | None, Response | None]:
+        key = request.headers.get("api-key")
+        if not key:
+            return None, self._pixverse(None, 10001, "API key is required", status=401)
+        await self._enter(key)
+        return key, None
+
+    def _pixverse_fault(self, fault: Fault | None, config: KeyConfig) -> Response | None:
+        match fault:
+            case Fault.RATE_LIMIT:
+                return self._pixverse(
+                    None,
+                    500044,
+                    "Reached the limit for concurrent generations.",
+                    status=429,
+                    headers={"retry-after": str(config.retry_after_s)},
+                )
+            case Fault.SERVER_ERROR:
+                return self._pixverse(None, 500069, "The system is under high load.", status=500)
+            case Fault.INVALID:
+                return self._pixverse(None, 400017, "Invalid parameter: quality", status=400)
+            case Fault.NO_CREDIT:
+                return self._pixverse(None, 500090, "Insufficient balance", status=400)
+            case Fault.BAD_KEY:
+                return self._pixverse(None, 400012, "Invalid account", status=401)
+        return None
+
+    async def pixverse_generate(self, request: Request) -> Response:
+        key, refused = await self._pixverse_enter(request)
+        if refused is not None or key is None:
+            return refused  # type: ignore[return-value]
+        config = self.state.config(key)
+        body = await request.json()
+        prompt = str(body.get("prompt", ""))
+        answer = self._pixverse_fault(self.state.fault_for(key, prompt), config)
+        if answer is not None:
+            return answer
+        kind = request.path_params["kind"]
+        required = {
+            "text": ["prompt", "model", "duration", "quality"],
+            "img": ["prompt", "model", "duration", "quality", "img_id"],
+            "transition": [
+                "prompt",
+                "model",
+                "duration",
+                "quality",
+                "first_frame_img",
+                "last_frame_img",
+            ],
+            "extend": ["prompt", "model", "duration", "quality"],
+            "fusion": ["prompt", "model", "duration", "quality", "image_references"],
+        }
+        for name in required.get(kind, []):
+            if body.get(name) in (None, "", []):
+                return self._pixverse(None, 400011, f"Parameter {name} is empty", status=400)
+        if kind == "extend" and not (body.get("source_video_id") or body.get("video_media_id")):
+            return self._pixverse(None, 400011, "Parameter video_media_id is empty", status=400)
+        if len(prompt) > 2048:
+            return self._pixverse(None, 400018, "Prompt exceeds 2048 characters", status=400)
+        quality = str(body.get("quality"))
+        short_sides = {"360p": 360, "540p": 576, "720p": 720, "1080p": 1080}
+        if quality not in short_sides or body.get("duration") not in (5, 8):
+            return self._pixverse(None, 400017, "Invalid parameter", status=400)
+        width, height = _dimensions(short_sides[quality], str(body.get("aspect_ratio", "16:9")))
+        seconds = float(body["duration"])
+        cost = int(seconds * 9)
+        if config.credits < cost:
+            return self._pixverse_fault(Fault.NO_CREDIT, config)  # type: ignore[return-value]
+        task = self.state.create_task(
+            provider="pixverse",
+            key=key,
+            kind="video",
+            width=width,
+            height=height,
+            seconds=seconds,
+            cost=cost,
+            prompt=prompt,
+            request=body,
+            task_id=str(self.state.new_int_id()),
+        )
+        return self._pixverse({"video_id": int(task.id)})
+
+    async def pixverse_upload(self, request: Request) -> Response:
+        key, refused = await self._pixverse_enter(request)
+        if refused is not None or key is None:
+            return refused  # type: ignore[return-value]
+        answer = self._pixverse_fault(
+            Fault.BAD_KEY if self.state.config(key).fault is Fault.BAD_KEY else None,
+            self.state.config(key),
+        )
+        if answer is not None:
+            return answer
+        form = await request.form()
+        media = request.url.path.endswith("/media/upload")
+        url_field, file_field = ("file_url", "file") if media else ("image_url", "image")
+        source = form.get(url_field) or form.get(file_field)
+        if not source:
+            return self._pixverse(None, 400011, f"Parameter {file_field} is empty", status=400)
+        upload_id = self.state.new_int_id()
+        url = str(form.get(url_field) or f"https://media.sim.local/{upload_id}")
+        if media:
+            return self._pixverse({"media_id": upload_id, "media_type": "video", "url": url})
+        return self._pixverse({"img_id": upload_id, "img_url": url})
+
+    async def pixverse_result(self, request: Request) -> Response:
+        key, refused = await self._pixverse_enter(request)
+        if refused is not None or key is None:
+            return refused  # type: ignore[return-value]
+        task = self.state.tasks.get(str(request.path_params["video_id"]))
+        if task is None or task.provider != "pixverse" or task.key != key:
+            return self._pixverse(None, 500008, "Not found", status=400)
+        phase = task.phase(self.state.clock())
+        status = {
+            "queued": 5,
+            "running": 5,
+            "succeeded": 1,
+            "moderated": 7,
+            "failed": 8,
+            "cancelled": 6,
+        }[phase]
+        return self._pixverse(
+            {
+                "id": int(task.id),
+                "status": status,
+                "url": self.media_url(request, task) if status == 1 else "",
+                "outputWidth": task.width,
+                "outputHeight": task.height,
+                "seed": int(task.request.get("seed", 0)),
+                "size": 0,
+                "resolution_ratio": {576: 540}.get(
+                    min(task.width, task.height), min(task.width, task.height)
+                ),
+                "prompt": task.request.get("prompt", ""),
+                "negative_prompt": task.request.get("negative_prompt", ""),
+                "style": task.request.get("style", ""),
+                "create_time": _now_iso(),
+                "modify_time": _now_iso(),
+            }
+        )
+
+    async def pixverse_balance(self, request: Request) -> Response:
+        key, refused = await self._pixverse_enter(request)
+        if refused is not None or key is None:
+            return refused  # type: ignore[return-value]
+        credits = self.state.config(key).credits
+        return self._pixverse({"account_id": 1, "credit_monthly": 0, "credit_package": credits})
+
+
+def _fal_missing(operation: str, body: dict[str, Any]) -> str | None:
+    """The first required field of a Pika endpoint that the body lacks."""
+    required = {
+        "text-to-video": ["prompt"],
+        "image-to-video": ["image_url", "prompt"],
+        "pikaframes": ["image_urls"],
+        "pikascenes": ["image_urls", "prompt"],
+    }
+    for name in required.get(operation, ["prompt"]):
+        if not body.get(name):
+            return name
+    if operation == "pikaframes" and not 2 <= len(body["image_urls"]) <= 5:
+        return "image_urls"
+    return None
+
+
+def with_hang(
+    simulator: Simulator,
+    handler: Handler,
+    key_of: Callable[[Request], str | None],
+    prompt_field: str,
+) -> Handler:
+    """A submit handler that never answers when its key or prompt scripts a hang."""
+
+    async def wrapped(request: Request) -> Response:
+        key = key_of(request)
+        if key is not None:
+            body = (
+                await request.json()
+                if request.headers.get("content-type", "").startswith("application/json")
+                else {}
+            )
+            prompt = str(body.get(prompt_field, "")) if isinstance(body, dict) else ""
+            config = simulator.state.config(key)
+            if config.fault is Fault.HANG or "[sim:hang]" in prompt:
+                return await simulator.hang()
+        return await handler(request)
+
+    return wrapped
+
+
+def create_app(seed: int = 0) -> Starlette:
+    simulator = Simulator(SimState(seed=seed))
+    sim = simulator
+
+    def pixverse_key(request: Request) -> str | None:
+        return request.headers.get("api-key")
+
+    routes = [
+        Route(
+            "/v1/{endpoint:str}",
+            with_hang(sim, sim.runway_create, sim._runway_key, "promptText"),
+            methods=["POST"],
+        ),
+        Route("/v1/tasks/{task_id:str}", sim.runway_task, methods=["GET", "DELETE"]),
+        Route("/v1/organization", sim.runway_organization, methods=["GET"]),
+        Route("/fal-ai/pika/requests/{request_id:str}/status", sim.fal_status, methods=["GET"]),
+        Route("/fal-ai/pika/requests/{request_id:str}/cancel", sim.fal_cancel, methods=["PUT"]),
+        Route("/fal-ai/pika/requests/{request_id:str}", sim.fal_result, methods=["GET"]),
+        Route(
+            "/fal-ai/pika/v2.2/{operation:str}",
+            with_hang(sim, sim.fal_submit, sim._fal_key, "prompt"),
+            methods=["POST"],
+        ),
+        Route(
+            "/openapi/v2/video/{kind:str}/generate",
+            with_hang(sim, sim.pixverse_generate, pixverse_key, "prompt"),
+            methods=["POST"],
+        ),
+        Route("/openapi/v2/video/result/{video_id:int}", sim.pixverse_result, methods=["GET"]),
+        Route("/openapi/v2/image/upload", sim.pixverse_upload, methods=["POST"]),
+        Route("/openapi/v2/media/upload", sim.pixverse_upload, methods=["POST"]),
+        Route("/openapi/v2/account/balance", sim.pixverse_balance, methods=["GET"]),
+        Route("/_sim/media/{name:str}", sim.media, methods=["GET"]),
+        Route("/_sim/stats", sim.stats, methods=["GET"]),
+        Route("/_sim/reset", sim.reset, methods=["POST"]),
+        Route("/_sim/keys/{key:str}", sim.configure_key, methods=["PUT"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.simulator = simulator
+    return app

@@ -1,0 +1,227 @@
+"""What the simulator remembers: per-key knobs, credits and concurrency records, and tasks.
+
+A task's progress is a function of time: it is queued until `start_at`, running until
+`finish_at`, then terminal with its scripted outcome. A task is in flight from its creation
+until it finishes or is cancelled; the highest number of a key's tasks in flight at once is
+recorded at every creation (the only moment the number can grow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Fault(StrEnum):
+    """What a key or a request can be scripted to do instead of succeeding."""
+
+    RATE_LIMIT = "rate_limit"  # 429 with Retry-After at submit
+    SERVER_ERROR = "server_error"  # 5xx at submit
+    HANG = "hang"  # submit never answers
+    MODERATION = "moderation"  # the task fails moderation
+    INVALID = "invalid"  # the provider refuses the parameters
+    NO_CREDIT = "no_credit"  # out-of-credit answer at submit
+    BAD_KEY = "bad_key"  # credentials refused
+    FAIL = "fail"  # the task fails for an internal reason (retryable)
+
+
+class Outcome(StrEnum):
+    SUCCEED = "succeed"
+    MODERATION = "moderation"
+    FAIL = "fail"
+
+
+@dataclass
+class KeyConfig:
+    """Knobs of one API key, set over the control API (`PUT /_sim/keys/{key}`)."""
+
+    latency_ms: int = 0
+    finish_ms: int = 1000
+    fault: Fault | None = None
+    # How many of the next submits the fault applies to (None: all of them).
+    fault_count: int | None = None
+    retry_after_s: float = 1.0
+    credits: int = 1_000_000
+
+
+@dataclass
+class KeyStats:
+    calls: int = 0
+    submits: int = 0
+    in_flight_max: int = 0
+
+
+@dataclass
+class Task:
+    id: str
+    provider: str
+    key: str
+    kind: str  # "video" or "image"
+    width: int
+    height: int
+    seconds: float
+    seed: int
+    cost: int
+    created_at: float
+    start_at: float
+    finish_at: float
+    outcome: Outcome
+    request: dict[str, Any]
+    cancelled_at: float | None = None
+
+    def ended_at(self) -> float:
+        return self.cancelled_at if self.cancelled_at is not None else self.finish_at
+
+    def phase(self, now: float) -> str:
+        """queued | running | succeeded | moderated | failed | cancelled"""
+        if self.cancelled_at is not None and self.cancelled_at <= now:
+            return "cancelled"
+        if now < self.start_at:
+            return "queued"
+        if now < self.finish_at:
+            return "running"
+        return {"succeed": "succeeded", "moderation": "moderated", "fail": "failed"}[self.outcome]
+
+    def progress(self, now: float) -> float:
+        span = max(self.finish_at - self.start_at, 1e-6)
+        return min(max((now - self.start_at) / span, 0.0), 1.0)
+
+    @property
+    def media_name(self) -> str:
+        return f"{self.id}.{'mp4' if self.kind == 'video' else 'png'}"
+
+
+PROMPT_KNOB = re.compile(r"\[sim:([a-z_]+)(?:=(\d+))?\]")
+
+
+def request_knobs(prompt: str) -> dict[str, int | None]:
+    """Per-request knobs written into the prompt, e.g. `a cat [sim:moderation]` or
+    `[sim:finish_ms=3000]`, so a test scripts one request without touching the adapter."""
+    return {name: int(value) if value else None for name, value in PROMPT_KNOB.findall(prompt)}
+
+
+@dataclass
+class SimState:
+    seed: int = 0
+    keys: dict[str, KeyConfig] = field(default_factory=dict)
+    stats: dict[str, KeyStats] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    clock: Any = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.seed = seed
+        self.keys.clear()
+        self.stats.clear()
+        self.tasks.clear()
+        self._rng = random.Random(self.seed)
+
+    def config(self, key: str) -> KeyConfig:
+        return self.keys.setdefault(key, KeyConfig())
+
+    def stats_of(self, key: str) -> KeyStats:
+        return self.stats.setdefault(key, KeyStats())
+
+    def new_id(self) -> str:
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def new_int_id(self) -> int:
+        return self._rng.randrange(100_000, 2_147_483_647)
+
+    def fault_for(self, key: str, prompt: str) -> Fault | None:
+        """The fault this submit meets: a prompt knob wins over the key's setting."""
+        for name in request_knobs(prompt):
+            if name in Fault.__members__.values():
+                return Fault(name)
+        config = self.config(key)
+        if config.fault is None:
+            return None
+        if config.fault_count is not None:
+            if config.fault_count <= 0:
+                return None
+            config.fault_count -= 1
+        return config.fault
+
+    def in_flight(self, key: str, now: float) -> int:
+        return sum(
+            1 for t in self.tasks.values() if t.key == key and t.created_at <= now < t.ended_at()
+        )
+
+    def create_task(
+        self,
+        *,
+        provider: str,
+        key: str,
+        kind: str,
+        width: int,
+        height: int,
+        seconds: float,
+        cost: int,
+        prompt: str,
+        request: dict[str, Any],
+        task_id: str | None = None,
+    ) -> Task:
+        now = self.clock()
+        config = self.config(key)
+        knobs = request_knobs(prompt)
+        finish_ms = knobs.get("finish_ms") or config.finish_ms
+        fault = self.fault_for(key, prompt)
+        outcome = {Fault.MODERATION: Outcome.MODERATION, Fault.FAIL: Outcome.FAIL}.get(
+            fault or Fault.HANG, Outcome.SUCCEED
+        )
+        identifier = task_id or self.new_id()
+        task = Task(
+            id=identifier,
+            provider=provider,
+            key=key,
+            kind=kind,
+            width=width,
+            height=height,
+            seconds=seconds,
+            seed=int.from_bytes(hashlib.sha256(f"{self.seed}:{identifier}".encode()).digest()[:8]),
+            cost=cost,
+            created_at=now,
+            start_at=now + finish_ms / 1000 * 0.2,
+            finish_at=now + finish_ms / 1000,
+            outcome=outcome,
+            request=request,
+        )
+        self.tasks[identifier] = task
+        config.credits -= cost
+        stats = self.stats_of(key)
+        stats.submits += 1
+        stats.in_flight_max = max(stats.in_flight_max, self.in_flight(key, now))
+        return task
+
+    def cancel(self, task: Task) -> bool:
+        now = self.clock()
+        if task.phase(now) in ("queued", "running"):
+            task.cancelled_at = now
+            return True
+        return False
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "seed": self.seed,
+            "keys": {
+                key: {
+                    "calls": stats.calls,
+                    "submits": stats.submits,
+                    "in_flight": self.in_flight(key, now),
+                    "in_flight_max": stats.in_flight_max,
+                    "credits": self.config(key).credits,
+                }
+                for key, stats in self.stats.items()
+            },
+            "tasks": len(self.tasks),
+        }

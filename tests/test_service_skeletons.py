@@ -18,6 +18,7 @@ from pixsim_local.grpc_probe import reflected_services, wait_serving
 from pixsim_local.infra import Infra
 from pixsim_local.processes import free_port
 from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_provider_gateway.crypto import new_key
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,7 @@ async def test_migrate_then_serve_health_and_reflection_then_drain(
         f"{prefix}JWT_PUBLIC_KEY": signing_keys[1],
         f"{prefix}GRPC_PORT": str(port),
         f"{prefix}METRICS_PORT": "0",
+        f"{prefix}CREDENTIALS_KEYS": f"test:{new_key()}",
     }
 
     migrate = await asyncio.to_thread(

@@ -200,7 +200,7 @@ async def test_an_invalid_request_carries_its_field_violations(
     assert violations == {
         "account.provider_id": "string.pattern",
         "account.credentials['']" + "(key)": "string.min_len",
-        "account.max_concurrency": "int32.gte_lte",
+        "account": "account.max_concurrency.required",
     }
     # The secret is never echoed back in the error.
     assert "secret" not in (raised.value.details() or "")

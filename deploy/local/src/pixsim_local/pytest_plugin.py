@@ -65,6 +65,21 @@ async def new_database(infra: Infra) -> AsyncIterator[DatabaseFactory]:
         await infra.postgres.drop_database(name)
 
 
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def new_database_module(infra: Infra) -> AsyncIterator[DatabaseFactory]:
+    """`new_database` for module-scoped fixtures (dropped after the module)."""
+    created: list[str] = []
+
+    async def make(prefix: str = "test") -> ServiceDatabase:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        created.append(name)
+        return await infra.postgres.create_service_database(name)
+
+    yield make
+    for name in created:
+        await infra.postgres.drop_database(name)
+
+
 TopicFactory = Callable[[type], Awaitable[Topic]]
 
 

@@ -8,6 +8,7 @@ SERVING. Logs of each process go to `.run/logs/<name>.log`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -67,6 +68,15 @@ def signing_keys(directory: Path) -> tuple[Path, Path]:
         private.chmod(0o600)
         public.write_text(public_pem)
     return private, public
+
+
+def credentials_key(directory: Path) -> str:
+    """The gateway's `id:key` for encrypting account credentials, made once."""
+    path = directory / "credentials.key"
+    if not path.exists():
+        path.write_text(f"local1:{base64.b64encode(os.urandom(32)).decode()}")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def claim_pidfile(path: Path) -> None:

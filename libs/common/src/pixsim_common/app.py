@@ -115,9 +115,11 @@ async def assemble(
     register: Callable[[grpc.aio.Server, Kit], None],
     admin_methods: Iterable[str] = (),
     subscriptions: Callable[[Kit], Sequence[Subscription]] | None = None,
+    workers: Callable[[Kit], Sequence[Worker]] | None = None,
 ) -> ServiceApp:
     """Wire a service from the kit: engine, server with the guard, health, reflection,
-    outbox relay and (when it consumes) its consumer group `<service_name>`."""
+    outbox relay, the service's own `workers`, and (when it consumes) its consumer group
+    `<service_name>`. Workers start in that order and stop in reverse."""
     database_url = settings.database_url.get_secret_value()
     engine = create_engine(database_url, pool_size=settings.database_pool_size)
     instrument_engine(engine)
@@ -131,7 +133,7 @@ async def assemble(
     server = build_server(settings.service_name, AccessPolicy(verifier, frozenset(admin_methods)))
     register(server, kit)
     health = await add_health_and_reflection(server, service_names)
-    workers: list[Worker] = [
+    parts: list[Worker] = [
         OutboxRelay(
             service=settings.service_name,
             engine=engine,
@@ -139,8 +141,10 @@ async def assemble(
             kafka_bootstrap=settings.kafka_bootstrap,
         )
     ]
+    if workers is not None:
+        parts.extend(workers(kit))
     if subscriptions is not None:
-        workers.append(
+        parts.append(
             EventConsumer(
                 name=settings.service_name,
                 group_id=settings.service_name,
@@ -156,7 +160,7 @@ async def assemble(
         service_names=service_names,
         address=f"{settings.grpc_host}:{settings.grpc_port}",
         engine=engine,
-        workers=workers,
+        workers=parts,
         drain_seconds=settings.drain_seconds,
     )
 

@@ -49,7 +49,15 @@ def run_env(target_metadata: MetaData | None) -> None:
         raise RuntimeError("no database URL: use pixsim_common.db.run_migrations")
 
     def migrate(connection: Connection) -> None:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            # The outbox and inbox belong to the kit, not to the service's metadata:
+            # autogenerate must not propose dropping them.
+            include_object=lambda _obj, _name, kind, reflected, compare_to: (
+                not (kind == "table" and reflected and compare_to is None)
+            ),
+        )
         with context.begin_transaction():
             context.run_migrations()
 

@@ -1,13 +1,27 @@
-"""Composition root of the provider gateway service: wires the kit and the service's parts."""
+"""Composition root of the provider gateway: registry, cipher, service, workers, consumers."""
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
+from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.provider.v1.provider_gateway_service_pb2 import DESCRIPTOR
-from pixsim_common.app import ServiceApp, assemble, service_main
+from pixsim_common import topics
+from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
+from pixsim_provider_gateway.crypto import CredentialCipher
+from pixsim_provider_gateway.domain import RetryPolicy
+from pixsim_provider_gateway.events import on_job_cancelled, on_job_submitted
+from pixsim_provider_gateway.grpc_api import ProviderGatewayApi
+from pixsim_provider_gateway.providers.registry import ProviderRegistry
+from pixsim_provider_gateway.service import ProviderService
 from pixsim_provider_gateway.settings import Settings
+from pixsim_provider_gateway.workers import gateway_workers
 
 _SERVICE = DESCRIPTOR.services_by_name["ProviderGatewayService"]
 SERVICE_NAMES = [_SERVICE.full_name]
@@ -20,12 +34,66 @@ ADMIN_METHODS = frozenset(
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
+class RegistryCloser:
+    """Closes the adapters' HTTP clients when the service stops."""
+
+    def __init__(self, registry: ProviderRegistry) -> None:
+        self._registry = registry
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self._registry.aclose()
+
+
 async def build(settings: ServiceSettings) -> ServiceApp:
+    assert isinstance(settings, Settings)
+    registry = ProviderRegistry.from_settings(settings)
+    cipher = CredentialCipher(settings.credentials_keys.get_secret_value())
+    policy = RetryPolicy(
+        max_retries=settings.max_retries,
+        retry_base_seconds=settings.retry_base_seconds,
+        retry_cap_seconds=settings.retry_cap_seconds,
+        poll_first_seconds=settings.poll_first_seconds,
+        poll_cap_seconds=settings.poll_cap_seconds,
+        deadline_seconds=settings.deadline_seconds,
+    )
+
+    def parts(kit: Kit) -> Sequence[Worker]:
+        service = ProviderService(
+            kit.sessions,
+            registry,
+            cipher,
+            policy,
+            replica_id=f"{socket.gethostname()}:{os.getpid()}",
+            # A submit call may take the whole provider timeout; the lease outlives it.
+            submit_lease=timedelta(seconds=2 * settings.provider_timeout + 5),
+            poll_lease=timedelta(seconds=settings.poll_lease_seconds),
+        )
+        return [
+            RegistryCloser(registry),
+            *gateway_workers(
+                service,
+                kit.sessions,
+                settings.database_url.get_secret_value(),
+                dispatch_batch=settings.dispatch_batch,
+                poll_batch=settings.poll_batch,
+            ),
+        ]
+
     return await assemble(
         settings,
         service_names=SERVICE_NAMES,
-        register=lambda _server, _kit: None,
+        register=lambda server, kit: pb_grpc.add_ProviderGatewayServiceServicer_to_server(
+            ProviderGatewayApi(kit.sessions, registry, cipher), server
+        ),
         admin_methods=ADMIN_METHODS,
+        workers=parts,
+        subscriptions=lambda _kit: [
+            Subscription(topics.JOB_SUBMITTED, on_job_submitted),
+            Subscription(topics.JOB_CANCELLED, on_job_cancelled),
+        ],
     )
 
 

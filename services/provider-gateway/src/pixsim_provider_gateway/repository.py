@@ -1,8 +1,274 @@
-"""Persistence of the provider gateway service. Its tables are declared on `metadata`, which
-`migrations/env.py` compares against; the outbox and inbox come from pixsim_common."""
+"""The gateway's tables and the queries that share work between replicas.
+
+Concurrency mechanisms, each a single statement or a short transaction:
+- an account's slots and credits are taken with `FOR UPDATE SKIP LOCKED` on the account row
+  in the transaction that moves a submission to SUBMITTING, and given back in the one that
+  ends it, so `in_flight <= max_concurrency` and `credits >= 0` hold across any replicas;
+- waiting submissions are claimed fairly across users (fewest in flight first, then oldest);
+- running submissions are polled under a lease (`lease_until`), so a dead replica's work is
+  taken over when its lease runs out.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Row,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixsim_provider_gateway.domain import AccountState, SubmissionState
 
 metadata = MetaData()
+
+accounts = Table(
+    "provider_accounts",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("provider_id", Text, nullable=False),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("credentials_key_id", Text, nullable=False),
+    Column("credentials", LargeBinary, nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("max_concurrency", Integer, nullable=False),
+    Column("in_flight", Integer, nullable=False, server_default="0"),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("state", Text, nullable=False, server_default=AccountState.ACTIVE.value),
+    Column("cooldown_until", DateTime(timezone=True)),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("in_flight >= 0 AND in_flight <= max_concurrency", name="slots_in_range"),
+    CheckConstraint("credits >= 0", name="credits_not_negative"),
+    Index("provider_accounts_selectable", "provider_id", "priority"),
+)
+
+submissions = Table(
+    "provider_submissions",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("job_id", UUID(as_uuid=False), nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("provider_id", Text, nullable=False),
+    Column("operation_type", Integer, nullable=False),
+    # The job's request as submitted (prompt, inputs, params): what a retry maps again.
+    Column("request", JSONB, nullable=False),
+    # What is sent to the provider: the single source of truth of generation parameters.
+    Column("payload", JSONB),
+    Column("job_retry_count", Integer, nullable=False),
+    Column("retry_attempt", Integer, nullable=False),
+    Column("previous_submission_id", UUID(as_uuid=False)),
+    Column("state", Text, nullable=False),
+    Column("account_id", UUID(as_uuid=False)),
+    Column("reserved_credits", BigInteger, nullable=False, server_default="0"),
+    Column("provider_job_id", Text),
+    Column("response", JSONB),
+    Column("error_code", Text, nullable=False, server_default=""),
+    Column("error_message", Text, nullable=False, server_default=""),
+    Column("available_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("next_poll_at", DateTime(timezone=True)),
+    Column("poll_count", Integer, nullable=False, server_default="0"),
+    Column("lease_owner", Text),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("deadline_at", DateTime(timezone=True)),
+    Column("provider_cancel_pending", Boolean, nullable=False, server_default="false"),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("submit_time", DateTime(timezone=True)),
+    Column("complete_time", DateTime(timezone=True)),
+    UniqueConstraint("job_id", "job_retry_count", "retry_attempt", name="one_row_per_attempt"),
+    Index(
+        "provider_submissions_waiting", "available_at", postgresql_where=text("state = 'WAITING'")
+    ),
+    Index(
+        "provider_submissions_polling",
+        "next_poll_at",
+        postgresql_where=text("state IN ('RUNNING', 'SUBMITTING')"),
+    ),
+    Index("provider_submissions_job", "job_id", "create_time"),
+)
+
+# Jobs cancelled, kept even when their job.submitted has not arrived yet (it may come later).
+cancelled_jobs = Table(
+    "cancelled_jobs",
+    metadata,
+    Column("job_id", UUID(as_uuid=False), primary_key=True),
+    Column("cancel_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
+    """Waiting submissions whose turn it is, locked; fair across users: a user with fewer
+    submissions in flight goes first, then the oldest."""
+    result = await session.execute(
+        text(
+            """
+            WITH busy AS (
+                SELECT user_id, count(*) AS n FROM provider_submissions
+                WHERE state IN ('SUBMITTING', 'RUNNING') GROUP BY user_id
+            )
+            SELECT s.* FROM provider_submissions s LEFT JOIN busy b USING (user_id)
+            WHERE s.state = 'WAITING' AND s.available_at <= now()
+            ORDER BY coalesce(b.n, 0), s.create_time
+            LIMIT :limit
+            FOR UPDATE OF s SKIP LOCKED
+            """
+        ),
+        {"limit": limit},
+    )
+    return result.all()
+
+
+async def reserve_account(
+    session: AsyncSession, provider_id: str, cost: int, exclude: Sequence[str] = ()
+) -> Row[Any] | None:
+    """The best free account for `provider_id` with a slot and `cost` credits, reserved."""
+    account = (
+        await session.execute(
+            select(accounts)
+            .where(
+                accounts.c.provider_id == provider_id,
+                accounts.c.state == AccountState.ACTIVE.value,
+                (accounts.c.cooldown_until.is_(None)) | (accounts.c.cooldown_until <= func.now()),
+                accounts.c.in_flight < accounts.c.max_concurrency,
+                accounts.c.credits >= cost,
+                accounts.c.id.not_in(list(exclude)) if exclude else text("true"),
+            )
+            .order_by(accounts.c.priority.desc(), accounts.c.in_flight, accounts.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+    ).first()
+    if account is None:
+        return None
+    await session.execute(
+        update(accounts)
+        .where(accounts.c.id == account.id)
+        .values(
+            in_flight=accounts.c.in_flight + 1,
+            credits=accounts.c.credits - cost,
+            update_time=func.now(),
+        )
+    )
+    return account
+
+
+async def release_account(
+    session: AsyncSession, account_id: str, reserved: int, spent: int | None = None
+) -> None:
+    """Give the slot back and settle credits: the reservation returns, the actual cost
+    (when the provider said it) is taken instead."""
+    actual = reserved if spent is None else spent
+    await session.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(
+            in_flight=accounts.c.in_flight - 1,
+            credits=func.greatest(accounts.c.credits + reserved - actual, 0),
+            update_time=func.now(),
+        )
+    )
+
+
+async def mark_account(
+    session: AsyncSession,
+    account_id: str,
+    *,
+    state: AccountState | None = None,
+    cooldown: timedelta | None = None,
+) -> None:
+    values: dict[str, Any] = {"update_time": func.now()}
+    if state is not None:
+        values["state"] = state.value
+    if cooldown is not None:
+        values["cooldown_until"] = func.now() + cooldown
+    await session.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+
+
+async def claim_for_polling(
+    session: AsyncSession, owner: str, lease: timedelta, limit: int
+) -> Sequence[Row[Any]]:
+    """Running submissions due a status check (or with a provider cancel pending), leased to
+    `owner`; a lease that ran out (its replica died) is claimed again."""
+    due = (
+        (
+            await session.execute(
+                select(submissions.c.id)
+                .where(
+                    (
+                        (submissions.c.state == SubmissionState.RUNNING.value)
+                        & (submissions.c.next_poll_at <= func.now())
+                    )
+                    | submissions.c.provider_cancel_pending,
+                    (submissions.c.lease_until.is_(None))
+                    | (submissions.c.lease_until < func.now()),
+                )
+                .order_by(submissions.c.next_poll_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not due:
+        return []
+    result = await session.execute(
+        update(submissions)
+        .where(submissions.c.id.in_(due))
+        .values(lease_owner=owner, lease_until=func.now() + lease)
+        .returning(*submissions.c)
+    )
+    return result.all()
+
+
+async def expired_submitting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
+    """SUBMITTING rows whose replica died between reserving and recording the answer."""
+    result = await session.execute(
+        select(submissions)
+        .where(
+            submissions.c.state == SubmissionState.SUBMITTING.value,
+            submissions.c.lease_until < func.now(),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return result.all()
+
+
+async def get_submission(
+    session: AsyncSession, submission_id: str, lock: bool = False
+) -> Row[Any] | None:
+    query = select(submissions).where(submissions.c.id == submission_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def now(session: AsyncSession) -> datetime:
+    value = await session.scalar(select(func.now()))
+    assert isinstance(value, datetime)
+    return value

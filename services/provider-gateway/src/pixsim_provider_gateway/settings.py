@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field, SecretStr
+
 from pixsim_common.settings import ServiceSettings, settings_config
 
 
@@ -19,3 +21,19 @@ class Settings(ServiceSettings):
     pika_base_url: str = "https://queue.fal.run"
     # Seconds for one provider HTTP call; a hung provider becomes a TRANSIENT error.
     provider_timeout: float = 30.0
+
+    # `id:base64key[,id:base64key...]`: AES keys for account credentials; the first encrypts.
+    credentials_keys: SecretStr
+    # Attempts after the first for transient failures, each a new linked submission.
+    max_retries: int = Field(default=3, ge=0, le=20)
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_cap_seconds: float = Field(default=60.0, gt=0)
+    # Status checks start this soon and back off to the cap.
+    poll_first_seconds: float = Field(default=1.0, gt=0)
+    poll_cap_seconds: float = Field(default=10.0, gt=0)
+    # A task still unfinished this long after it was accepted fails with DEADLINE_EXCEEDED.
+    deadline_seconds: float = Field(default=900.0, gt=0)
+    # How long a replica owns a poll (then another may take it over).
+    poll_lease_seconds: float = Field(default=30.0, gt=0)
+    dispatch_batch: int = Field(default=32, ge=1)
+    poll_batch: int = Field(default=64, ge=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -296,3 +297,67 @@ async def produce_raw(
             await producer.send_and_wait(topic, value=value, key=key, headers=headers)
     finally:
         await producer.stop()
+
+
+class EventTap:
+    """Collects every record of `topics` produced after `start()`, by key, so a test can
+    wait for the events of its own job among everyone else's."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
+        self.records: dict[tuple[str, str], list[Any]] = {}
+        self._arrived = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        await consumer._client.force_metadata_update()
+        assigned = [
+            TopicPartition(topic, partition)
+            for topic in self._topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for partition in assigned:  # resolve the end offsets now, before anything is produced
+            await consumer.position(partition)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for record in records:
+                    key = record.key.decode() if record.key else ""
+                    self.records.setdefault((record.topic, key), []).append(record)
+            if batch:
+                self._arrived.set()
+
+    def of(self, topic: str, key: str) -> list[Any]:
+        return list(self.records.get((topic, key), []))
+
+    async def wait_for(
+        self, topic: str, key: str, count: int = 1, timeout: float = 30.0
+    ) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.of(topic, key)) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{count} record(s) of {key} on {topic} did not arrive")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
+        return self.of(topic, key)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()

@@ -218,6 +218,10 @@ class Provider(Protocol):
         `UnsupportedOperation` when it cannot be made."""
         ...
 
+    def estimate_cost(self, payload: Mapping[str, Any]) -> int:
+        """Credits to reserve before the call; settled with the provider's actual cost."""
+        ...
+
     async def execute(
         self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
     ) -> GenerationResult: ...

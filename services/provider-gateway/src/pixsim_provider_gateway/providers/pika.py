@@ -177,6 +177,10 @@ class PikaProvider:
             error.provider_code = str(error_type)
         return error
 
+    def estimate_cost(self, payload: Mapping[str, Any]) -> int:
+        # fal bills money, not credits; one credit a request keeps a budget countable.
+        return 1
+
     async def execute(
         self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
     ) -> GenerationResult:

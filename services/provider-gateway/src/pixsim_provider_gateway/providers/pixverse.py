@@ -237,6 +237,10 @@ class PixverseProvider:
                 return resp if isinstance(resp, dict) else {}
         raise classify_status(response, response.text[:500] or response.reason_phrase)
 
+    def estimate_cost(self, payload: Mapping[str, Any]) -> int:
+        # PixVerse prices by duration and quality; an upper bound of 9 credits a second.
+        return 9 * int(payload["body"].get("duration", 5))
+
     async def execute(
         self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
     ) -> GenerationResult:

@@ -208,6 +208,10 @@ class RunwayProvider:
             )
         return classify_status(response, message)
 
+    def estimate_cost(self, payload: Mapping[str, Any]) -> int:
+        # Runway bills per second of output (gen4_turbo: 5 credits a second).
+        return 5 * int(payload["body"].get("duration", 5))
+
     async def execute(
         self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
     ) -> GenerationResult:

@@ -236,6 +236,9 @@ class Account(_message.Message):
     name: _builtins.str
     """`accounts/{account}`."""
     provider_id: _builtins.str
+    """Rules on an Account hold for the fields that are set (an update sets only those in its
+    mask); CreateAccountRequest requires the rest.
+    """
     label: _builtins.str
     credits: _builtins.int
     """Credits left; a submission reserves its cost from these."""

@@ -1,0 +1,55 @@
+"""Opaque page tokens (AIP-158) for keyset pagination.
+
+A token is the position after the last item of a page, URL-safe base64 of JSON, bound to the
+query it came from (a token from another filter is refused rather than silently misread).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from pixsim_common.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    return DEFAULT_PAGE_SIZE if requested <= 0 else min(requested, MAX_PAGE_SIZE)
+
+
+def _fingerprint(query: Any) -> str:
+    return hashlib.sha256(json.dumps(query, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def encode(position: list[Any], query: Any) -> str:
+    raw = json.dumps({"p": position, "q": _fingerprint(query)}, default=str).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode(token: str, query: Any) -> list[Any] | None:
+    """The position a token stands for; None for the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        decoded = json.loads(raw)
+        position = decoded["p"]
+        fingerprint = decoded["q"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as error:
+        raise _bad("is not a token this service issued") from error
+    if fingerprint != _fingerprint(query) or not isinstance(position, list):
+        raise _bad("belongs to a different query")
+    return position
+
+
+def _bad(why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"page_token {why}",
+        [FieldViolation("page_token", why, "INVALID_PAGE_TOKEN")],
+        reason="INVALID_PAGE_TOKEN",
+    )

@@ -1,0 +1,170 @@
+"""Kafka in and out: the handlers of `job.submitted` and `job.cancelled` (thin: each is one
+statement or two in the consumer's transaction), and the generation events the gateway
+publishes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from sqlalchemy import Row, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixsim.events.v1 import events_pb2
+from pixsim.types.v1 import types_pb2
+from pixsim_common.cloudevents import EventMeta
+from pixsim_provider_gateway import repository as repo
+from pixsim_provider_gateway.domain import SubmissionState
+from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest, MediaOutput
+
+WORK_CHANNEL = "pixsim_gateway_work"
+
+
+async def on_job_submitted(
+    session: AsyncSession, event: events_pb2.JobSubmitted, meta: EventMeta
+) -> None:
+    """A new attempt chain for the job, waiting for an account (unless it was cancelled)."""
+    if await session.scalar(
+        select(repo.cancelled_jobs.c.job_id).where(repo.cancelled_jobs.c.job_id == event.job_id)
+    ):
+        return
+    previous = await session.scalar(
+        select(repo.submissions.c.id)
+        .where(repo.submissions.c.job_id == event.job_id)
+        .order_by(repo.submissions.c.create_time.desc())
+        .limit(1)
+    )
+    await session.execute(
+        insert(repo.submissions)
+        .values(
+            id=repo.new_id(),
+            job_id=event.job_id,
+            user_id=event.user_id,
+            provider_id=event.provider_id,
+            operation_type=event.operation_type,
+            request={
+                "prompt": event.prompt,
+                "inputs": [json_format.MessageToDict(i) for i in event.inputs],
+                "params": json_format.MessageToDict(event.params),
+            },
+            job_retry_count=event.retry_count,
+            retry_attempt=0,
+            previous_submission_id=previous,
+            state=SubmissionState.WAITING.value,
+        )
+        .on_conflict_do_nothing(constraint="one_row_per_attempt")
+    )
+    await session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
+
+
+async def on_job_cancelled(
+    session: AsyncSession, event: events_pb2.JobCancelled, meta: EventMeta
+) -> None:
+    """Stop the job's attempts: their slots come back now, the provider is told where it can
+    be, and nothing more is published for the job."""
+    await session.execute(
+        insert(repo.cancelled_jobs).values(job_id=event.job_id).on_conflict_do_nothing()
+    )
+    active = (
+        await session.execute(
+            select(repo.submissions)
+            .where(
+                repo.submissions.c.job_id == event.job_id,
+                repo.submissions.c.state.in_([s.value for s in SubmissionState if not s.terminal]),
+            )
+            .with_for_update()
+        )
+    ).all()
+    for row in active:
+        if SubmissionState(row.state).holds_slot:
+            await repo.release_account(session, row.account_id, row.reserved_credits)
+        await session.execute(
+            update(repo.submissions)
+            .where(repo.submissions.c.id == row.id)
+            .values(
+                state=SubmissionState.CANCELLED.value,
+                complete_time=func.now(),
+                provider_cancel_pending=row.provider_job_id is not None,
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+
+
+def request_of(row: Row[Any]) -> GenerationRequest:
+    """The stored request as the adapters take it. Inputs naming an asset carry no URL yet
+    (resolving them needs the asset service), so an adapter sees them as missing."""
+    request = row.request
+    inputs = tuple(
+        GenerationInput(
+            types_pb2.InputRole.Value(i.get("role", "INPUT_ROLE_UNSPECIFIED")), i["uri"]
+        )
+        for i in request.get("inputs", [])
+        if "uri" in i
+    )
+    return GenerationRequest(
+        row.operation_type, request.get("prompt", ""), inputs, request.get("params", {})
+    )
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def generation_started(row: Row[Any], provider_job_id: str) -> events_pb2.GenerationStarted:
+    return events_pb2.GenerationStarted(
+        job_id=row.job_id,
+        user_id=row.user_id,
+        submission_id=row.id,
+        provider_id=row.provider_id,
+        provider_job_id=provider_job_id,
+        retry_attempt=row.retry_attempt,
+        start_time=_now(),
+    )
+
+
+def generation_completed(row: Row[Any], output: MediaOutput) -> events_pb2.GenerationCompleted:
+    media = events_pb2.GeneratedMedia(
+        uri=output.uri,
+        media_type=output.media_type,
+        width=output.width or 0,
+        height=output.height or 0,
+        seed=output.seed or 0,
+    )
+    if output.duration_seconds is not None:
+        media.duration.CopyFrom(duration_pb2.Duration(seconds=int(output.duration_seconds)))
+    input_assets = [
+        events_pb2.InputAsset(
+            asset_id=i["asset"].removeprefix("assets/"),
+            role=types_pb2.InputRole.Value(i.get("role", "INPUT_ROLE_UNSPECIFIED")),
+        )
+        for i in row.request.get("inputs", [])
+        if "asset" in i
+    ]
+    return events_pb2.GenerationCompleted(
+        job_id=row.job_id,
+        user_id=row.user_id,
+        submission_id=row.id,
+        provider_id=row.provider_id,
+        operation_type=row.operation_type,
+        provider_asset_id=row.provider_job_id,
+        media=media,
+        input_assets=input_assets,
+        complete_time=_now(),
+    )
+
+
+def generation_failed(row: Row[Any], code: str, message: str) -> events_pb2.GenerationFailed:
+    return events_pb2.GenerationFailed(
+        job_id=row.job_id,
+        user_id=row.user_id,
+        submission_id=row.id,
+        provider_id=row.provider_id,
+        error_code=types_pb2.GenerationErrorCode.Value(f"GENERATION_ERROR_CODE_{code}"),
+        error_message=message[:2000],
+        retry_attempt=row.retry_attempt,
+        fail_time=_now(),
+    )

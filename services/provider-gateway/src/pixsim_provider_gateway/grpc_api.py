@@ -1,0 +1,308 @@
+"""`pixsim.provider.v1.ProviderGatewayService`: thin handlers over the registry, the account
+table and the submissions. The guard has authenticated the caller and validated the request;
+account methods are admin-only by `main.ADMIN_METHODS`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixsim.provider.v1 import provider_gateway_service_pb2 as pb
+from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
+from pixsim.types.v1 import types_pb2
+from pixsim_common import pagination
+from pixsim_common.auth import current_identity
+from pixsim_common.db import UnitOfWork
+from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from pixsim_provider_gateway import repository as repo
+from pixsim_provider_gateway.crypto import CredentialCipher
+from pixsim_provider_gateway.domain import AccountState
+from pixsim_provider_gateway.providers.registry import (
+    ProviderRegistry,
+    UnknownProvider,
+    capabilities_to_proto,
+)
+
+UPDATABLE = {"label", "credentials", "credits", "max_concurrency", "priority"}
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def account_to_proto(row: Row[Any]) -> pb.Account:
+    """Everything but the credentials, which are write-only."""
+    return pb.Account(
+        name=f"accounts/{row.id}",
+        provider_id=row.provider_id,
+        label=row.label,
+        credits=row.credits,
+        max_concurrency=row.max_concurrency,
+        priority=row.priority,
+        state=pb.Account.State.Value(f"STATE_{row.state}"),
+        cooldown_until=_timestamp(row.cooldown_until),
+        in_flight=row.in_flight,
+        create_time=_timestamp(row.create_time),
+        update_time=_timestamp(row.update_time),
+    )
+
+
+def submission_to_proto(row: Row[Any]) -> pb.Submission:
+    payload = None
+    if row.payload is not None:
+        payload = json_format.ParseDict(row.payload, pb.Submission().payload)
+    state = {"SUBMITTING": "RUNNING"}.get(row.state, row.state)
+    return pb.Submission(
+        name=f"submissions/{row.id}",
+        job=f"jobs/{row.job_id}",
+        provider_id=row.provider_id,
+        operation_type=row.operation_type,
+        account=f"accounts/{row.account_id}" if row.account_id else "",
+        payload=payload,
+        provider_job_id=row.provider_job_id or "",
+        state=pb.Submission.State.Value(f"STATE_{state}"),
+        retry_attempt=row.retry_attempt,
+        previous_submission=(
+            f"submissions/{row.previous_submission_id}" if row.previous_submission_id else ""
+        ),
+        error_code=types_pb2.GenerationErrorCode.Value(
+            f"GENERATION_ERROR_CODE_{row.error_code or 'UNSPECIFIED'}"
+        ),
+        error_message=row.error_message,
+        create_time=_timestamp(row.create_time),
+        submit_time=_timestamp(row.submit_time),
+        complete_time=_timestamp(row.complete_time),
+    )
+
+
+def _id_of(name: str) -> str:
+    return name.split("/", 1)[1]
+
+
+class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        registry: ProviderRegistry,
+        cipher: CredentialCipher,
+    ) -> None:
+        self._sessions = sessions
+        self._registry = registry
+        self._cipher = cipher
+
+    # ---- providers ---------------------------------------------------------------------
+
+    async def GetProvider(self, request: pb.GetProviderRequest, context: Any) -> pb.Provider:
+        try:
+            provider = self._registry.get(_id_of(request.name))
+        except UnknownProvider:
+            raise NotFound(f"{request.name} does not exist", reason="PROVIDER_NOT_FOUND") from None
+        return capabilities_to_proto(provider.capabilities())
+
+    async def ListProviders(
+        self, request: pb.ListProvidersRequest, context: Any
+    ) -> pb.ListProvidersResponse:
+        return pb.ListProvidersResponse(
+            providers=[capabilities_to_proto(p.capabilities()) for p in self._registry]
+        )
+
+    # ---- accounts (admin) --------------------------------------------------------------
+
+    async def CreateAccount(self, request: pb.CreateAccountRequest, context: Any) -> pb.Account:
+        account = request.account
+        violations = []
+        try:
+            self._registry.get(account.provider_id)
+        except UnknownProvider:
+            violations.append(
+                FieldViolation("account.provider_id", "unknown provider", "UNKNOWN_PROVIDER")
+            )
+        if not account.credentials.get("api_key"):
+            violations.append(
+                FieldViolation("account.credentials", "needs an 'api_key'", "MISSING_API_KEY")
+            )
+        if violations:
+            raise InvalidArgument("the account cannot be created", violations)
+        account_id = str(uuid.uuid4())
+        key_id, sealed = self._cipher.encrypt(dict(account.credentials), account_id)
+        async with UnitOfWork(self._sessions) as uow:
+            row = (
+                await uow.session.execute(
+                    insert(repo.accounts)
+                    .values(
+                        id=account_id,
+                        provider_id=account.provider_id,
+                        label=account.label,
+                        credentials_key_id=key_id,
+                        credentials=sealed,
+                        credits=account.credits,
+                        max_concurrency=account.max_concurrency,
+                        priority=account.priority,
+                    )
+                    .returning(*repo.accounts.c)
+                )
+            ).one()
+            await uow.commit()
+        return account_to_proto(row)
+
+    async def _account(self, session: AsyncSession, name: str, lock: bool = False) -> Row[Any]:
+        query = select(repo.accounts).where(repo.accounts.c.id == _id_of(name))
+        row = (await session.execute(query.with_for_update() if lock else query)).first()
+        if row is None:
+            raise NotFound(f"{name} does not exist", reason="ACCOUNT_NOT_FOUND")
+        return row
+
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        async with self._sessions() as session:
+            return account_to_proto(await self._account(session, request.name))
+
+    async def ListAccounts(
+        self, request: pb.ListAccountsRequest, context: Any
+    ) -> pb.ListAccountsResponse:
+        query_key = {"provider_id": request.provider_id}
+        after = pagination.decode(request.page_token, query_key)
+        size = pagination.page_size(request.page_size)
+        query = select(repo.accounts).order_by(repo.accounts.c.create_time, repo.accounts.c.id)
+        if request.provider_id:
+            query = query.where(repo.accounts.c.provider_id == request.provider_id)
+        if after is not None:
+            created, last_id = datetime.fromisoformat(after[0]), str(after[1])
+            query = query.where(
+                or_(
+                    repo.accounts.c.create_time > created,
+                    and_(repo.accounts.c.create_time == created, repo.accounts.c.id > last_id),
+                )
+            )
+        async with self._sessions() as session:
+            rows = (await session.execute(query.limit(size + 1))).all()
+        return pb.ListAccountsResponse(
+            accounts=[account_to_proto(r) for r in rows[:size]],
+            next_page_token=_next_token(rows, size, query_key),
+        )
+
+    async def UpdateAccount(self, request: pb.UpdateAccountRequest, context: Any) -> pb.Account:
+        paths = list(request.update_mask.paths)
+        unknown = [p for p in paths if p not in UPDATABLE]
+        if unknown or not paths:
+            raise InvalidArgument(
+                "update_mask names fields that cannot be changed",
+                [
+                    FieldViolation("update_mask", f"cannot update {p!r}", "NOT_UPDATABLE")
+                    for p in unknown or ["(empty)"]
+                ],
+            )
+        account = request.account
+        if "max_concurrency" in paths and account.max_concurrency < 1:
+            raise InvalidArgument(
+                "max_concurrency must be at least 1",
+                [FieldViolation("account.max_concurrency", "must be at least 1", "int32.gte")],
+            )
+        async with UnitOfWork(self._sessions) as uow:
+            row = await self._account(uow.session, account.name, lock=True)
+            values: dict[str, Any] = {"update_time": func.now()}
+            for path in paths:
+                if path == "credentials":
+                    if not account.credentials.get("api_key"):
+                        raise InvalidArgument(
+                            "credentials need an 'api_key'",
+                            [
+                                FieldViolation(
+                                    "account.credentials", "needs an 'api_key'", "MISSING_API_KEY"
+                                )
+                            ],
+                        )
+                    key_id, sealed = self._cipher.encrypt(dict(account.credentials), row.id)
+                    values |= {"credentials_key_id": key_id, "credentials": sealed}
+                    if row.state == AccountState.INVALID.value:  # new credentials: try again
+                        values["state"] = AccountState.ACTIVE.value
+                elif path == "credits":
+                    values["credits"] = account.credits
+                    if row.state == AccountState.EXHAUSTED.value and account.credits > 0:
+                        values["state"] = AccountState.ACTIVE.value
+                else:
+                    values[path] = getattr(account, path)
+            try:
+                updated = (
+                    await uow.session.execute(
+                        update(repo.accounts)
+                        .where(repo.accounts.c.id == row.id)
+                        .values(**values)
+                        .returning(*repo.accounts.c)
+                    )
+                ).one()
+            except IntegrityError as error:
+                raise FailedPrecondition(
+                    "max_concurrency cannot go below the tasks running on the account now",
+                    reason="SLOTS_IN_USE",
+                ) from error
+            await uow.commit()
+        return account_to_proto(updated)
+
+    async def DisableAccount(self, request: pb.DisableAccountRequest, context: Any) -> pb.Account:
+        async with UnitOfWork(self._sessions) as uow:
+            row = await self._account(uow.session, request.name, lock=True)
+            updated = (
+                await uow.session.execute(
+                    update(repo.accounts)
+                    .where(repo.accounts.c.id == row.id)
+                    .values(state=AccountState.DISABLED.value, update_time=func.now())
+                    .returning(*repo.accounts.c)
+                )
+            ).one()
+            await uow.commit()
+        return account_to_proto(updated)
+
+    # ---- submissions -------------------------------------------------------------------
+
+    async def GetSubmission(self, request: pb.GetSubmissionRequest, context: Any) -> pb.Submission:
+        async with self._sessions() as session:
+            row = await repo.get_submission(session, _id_of(request.name))
+        if row is None or not _visible(row):
+            raise NotFound(f"{request.name} does not exist", reason="SUBMISSION_NOT_FOUND")
+        return submission_to_proto(row)
+
+    async def ListSubmissions(
+        self, request: pb.ListSubmissionsRequest, context: Any
+    ) -> pb.ListSubmissionsResponse:
+        query_key = {"job": request.job}
+        after = pagination.decode(request.page_token, query_key)
+        size = pagination.page_size(request.page_size)
+        s = repo.submissions
+        query = select(s).where(s.c.job_id == _id_of(request.job)).order_by(s.c.create_time, s.c.id)
+        identity = current_identity()
+        if not identity.is_admin:
+            query = query.where(s.c.user_id == identity.user_id)
+        if after is not None:
+            created, last_id = datetime.fromisoformat(after[0]), str(after[1])
+            query = query.where(
+                or_(s.c.create_time > created, and_(s.c.create_time == created, s.c.id > last_id))
+            )
+        async with self._sessions() as session:
+            rows = (await session.execute(query.limit(size + 1))).all()
+        return pb.ListSubmissionsResponse(
+            submissions=[submission_to_proto(r) for r in rows[:size]],
+            next_page_token=_next_token(rows, size, query_key),
+        )
+
+
+def _visible(row: Row[Any]) -> bool:
+    identity = current_identity()
+    return identity.is_admin or row.user_id == identity.user_id
+
+
+def _next_token(rows: Sequence[Row[Any]], size: int, query_key: Any) -> str:
+    if len(rows) <= size:
+        return ""
+    last = rows[size - 1]
+    return pagination.encode([last.create_time.isoformat(), last.id], query_key)

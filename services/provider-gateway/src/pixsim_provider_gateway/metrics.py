@@ -1,0 +1,41 @@
+"""The gateway's own Prometheus metrics (the kit's cover RPCs, lag and the outbox)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACCOUNT_IN_FLIGHT = Gauge(
+    "pixsim_gateway_account_in_flight", "Tasks running on an account", ["provider", "account"]
+)
+ACCOUNT_SLOT_UTILISATION = Gauge(
+    "pixsim_gateway_account_slot_utilisation",
+    "in_flight / max_concurrency",
+    ["provider", "account"],
+)
+QUEUE_DEPTH = Gauge(
+    "pixsim_gateway_waiting_submissions", "Submissions waiting for an account", ["provider"]
+)
+PROVIDER_LATENCY = Histogram(
+    "pixsim_gateway_provider_call_seconds",
+    "Provider HTTP calls",
+    ["provider", "call"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROVIDER_ERRORS = Counter(
+    "pixsim_gateway_provider_errors_total",
+    "Provider call failures by kind",
+    ["provider", "call", "kind"],
+)
+JOBS_FAILED = Counter(
+    "pixsim_gateway_generations_failed_total",
+    "generation.failed published, by error code",
+    ["provider", "code"],
+)
+
+
+def observe_call(provider: str, call: str, started: float, outcome: str) -> None:
+    PROVIDER_LATENCY.labels(provider, call).observe(time.perf_counter() - started)
+    if outcome != "OK":
+        PROVIDER_ERRORS.labels(provider, call, outcome).inc()

@@ -1,0 +1,141 @@
+"""The loops that drive `ProviderService` in every replica: dispatch (woken by NOTIFY when a
+submission arrives), poll, recover, and the account metrics. Replicas need not know of each
+other: every loop claims its rows under locks or leases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixsim_common.db import libpq_url
+from pixsim_provider_gateway import metrics
+from pixsim_provider_gateway import repository as repo
+from pixsim_provider_gateway.events import WORK_CHANNEL
+from pixsim_provider_gateway.service import ProviderService
+
+log = structlog.get_logger("pixsim.gateway.workers")
+IDLE_SECONDS = 0.2
+
+
+class Loop:
+    """Runs `step` again and again; sleeps when it found nothing to do; never dies of an
+    error (the database or a provider may be away) but logs it and backs off."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[int]],
+        wake: asyncio.Event | None = None,
+        idle: float = IDLE_SECONDS,
+    ) -> None:
+        self.name = name
+        self._step = step
+        self._wake = wake or asyncio.Event()
+        self._idle = idle
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                done = await self._step()
+                backoff = 0.1
+            except Exception as error:
+                log.warning("loop step failed", loop=self.name, error=repr(error))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if not done:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle)
+
+
+class Listener:
+    """Sets `event` on every NOTIFY of `channel` (reconnecting as needed)."""
+
+    def __init__(self, database_url: str, channel: str, event: asyncio.Event) -> None:
+        self._url = libpq_url(database_url)
+        self._channel = channel
+        self._event = event
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"listen-{self._channel}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self._url)
+                closed = asyncio.Event()
+                connection.add_termination_listener(lambda _connection, closed=closed: closed.set())
+                await connection.add_listener(self._channel, lambda *_: self._event.set())
+                self._event.set()  # catch up on anything that arrived while disconnected
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("listener reconnecting", channel=self._channel, error=repr(error))
+                await asyncio.sleep(1)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+
+
+async def refresh_metrics(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as session:
+        for account in (await session.execute(select(repo.accounts))).all():
+            labels = (account.provider_id, account.id)
+            metrics.ACCOUNT_IN_FLIGHT.labels(*labels).set(account.in_flight)
+            metrics.ACCOUNT_SLOT_UTILISATION.labels(*labels).set(
+                account.in_flight / max(account.max_concurrency, 1)
+            )
+        waiting = await session.execute(
+            select(repo.submissions.c.provider_id, func.count())
+            .where(repo.submissions.c.state == "WAITING")
+            .group_by(repo.submissions.c.provider_id)
+        )
+        for provider_id, count in waiting.all():
+            metrics.QUEUE_DEPTH.labels(provider_id).set(count)
+    return 0
+
+
+def gateway_workers(
+    service: ProviderService,
+    sessions: async_sessionmaker[AsyncSession],
+    database_url: str,
+    *,
+    dispatch_batch: int,
+    poll_batch: int,
+) -> list[Listener | Loop]:
+    wake = asyncio.Event()
+    return [
+        Listener(database_url, WORK_CHANNEL, wake),
+        Loop("dispatch", lambda: service.dispatch_once(dispatch_batch), wake),
+        Loop("poll", lambda: service.poll_once(poll_batch)),
+        Loop("recover", service.recover_once, idle=5.0),
+        Loop("metrics", lambda: refresh_metrics(sessions), idle=5.0),
+    ]

@@ -1,0 +1,411 @@
+"""The gateway against real PostgreSQL, Kafka and the provider simulator: accounts through
+the admin RPCs, job.submitted in, generation.* out."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from google.protobuf import field_mask_pb2, json_format
+from pydantic import SecretStr
+
+from pixsim.events.v1 import events_pb2
+from pixsim.provider.v1 import provider_gateway_service_pb2 as pb
+from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_common import topics
+from pixsim_common.app import ServiceApp
+from pixsim_common.auth import issue_token
+from pixsim_common.cloudevents import encode_headers, event_headers
+from pixsim_common.db import run_migrations
+from pixsim_local.infra import Infra
+from pixsim_local.kafka import EventTap, produce_raw
+from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_provider_gateway.crypto import new_key
+from pixsim_provider_gateway.main import MIGRATIONS, build
+from pixsim_provider_gateway.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+PRIORITY = itertools.count(100, 10)
+
+
+@dataclass
+class Gateway:
+    app: ServiceApp
+    stub: pb_grpc.ProviderGatewayServiceAsyncStub
+    tap: EventTap
+    sim: str
+    bootstrap: str
+    admin: tuple[tuple[str, str], ...]
+    user: tuple[tuple[str, str], ...]
+
+    async def account(
+        self,
+        provider: str,
+        *,
+        key: str | None = None,
+        credits: int = 100_000,
+        max_concurrency: int = 5,
+        sim_knobs: dict[str, Any] | None = None,
+    ) -> tuple[pb.Account, str]:
+        """A new account, chosen before every older one (higher priority); its sim key."""
+        key = key or f"{provider}-{uuid.uuid4().hex[:8]}"
+        async with httpx.AsyncClient() as client:
+            knobs = {"finish_ms": 200} | (sim_knobs or {})
+            (await client.put(f"{self.sim}/_sim/keys/{key}", json=knobs)).raise_for_status()
+        account = await self.stub.CreateAccount(
+            pb.CreateAccountRequest(
+                account=pb.Account(
+                    provider_id=provider,
+                    label=key,
+                    credentials={"api_key": key},
+                    credits=credits,
+                    max_concurrency=max_concurrency,
+                    priority=next(PRIORITY),
+                )
+            ),
+            metadata=self.admin,
+        )
+        return account, key
+
+    async def submit(
+        self,
+        provider: str,
+        prompt: str = "a cat",
+        *,
+        retry_count: int = 0,
+        job_id: str | None = None,
+    ) -> str:
+        job_id = job_id or str(uuid.uuid4())
+        event = events_pb2.JobSubmitted(
+            job_id=job_id,
+            user_id="alice",
+            operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+            provider_id=provider,
+            prompt=prompt,
+            retry_count=retry_count,
+        )
+        await self._produce(topics.JOB_SUBMITTED, job_id, event)
+        return job_id
+
+    async def cancel(self, job_id: str) -> None:
+        await self._produce(
+            topics.JOB_CANCELLED, job_id, events_pb2.JobCancelled(job_id=job_id, user_id="alice")
+        )
+
+    async def _produce(self, topic: topics.Topic, key: str, event: Any) -> None:
+        headers = encode_headers(event_headers(event_type=topic.event_type, source="/test"))
+        await produce_raw(
+            self.bootstrap, topic.name, [(key.encode(), event.SerializeToString(), headers)]
+        )
+
+    async def outcome(self, job_id: str, timeout: float = 30) -> Any:
+        """The job's generation.completed or generation.failed, whichever comes."""
+        completed = asyncio.create_task(
+            self.tap.wait_for(topics.GENERATION_COMPLETED.name, job_id, timeout=timeout)
+        )
+        failed = asyncio.create_task(
+            self.tap.wait_for(topics.GENERATION_FAILED.name, job_id, timeout=timeout)
+        )
+        done, pending = await asyncio.wait({completed, failed}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        records = done.pop().result()
+        topic = topics.topic_named(records[0].topic)
+        return topic.message_type.FromString(records[0].value)
+
+    async def submissions(self, job_id: str) -> list[pb.Submission]:
+        response = await self.stub.ListSubmissions(
+            pb.ListSubmissionsRequest(job=f"jobs/{job_id}"), metadata=self.user
+        )
+        return list(response.submissions)
+
+    async def sim_stats(self, key: str) -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            stats = (await client.get(f"{self.sim}/_sim/stats")).json()["keys"]
+        return dict(stats.get(key, {}))
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def gateway(
+    infra: Infra,
+    new_database_module: DatabaseFactory,
+    provider_sim: str,
+    signing_keys: tuple[str, str],
+) -> AsyncIterator[Gateway]:
+    database = await new_database_module("gateway")
+    await asyncio.to_thread(run_migrations, database.url, MIGRATIONS)
+    settings = Settings(
+        service_name=f"gateway-test-{uuid.uuid4().hex[:6]}",
+        database_url=SecretStr(database.url),
+        kafka_bootstrap=infra.kafka.bootstrap,
+        jwt_public_key=signing_keys[1],
+        grpc_port=0,
+        credentials_keys=SecretStr(f"k1:{new_key()}"),
+        pixverse_base_url=provider_sim,
+        runway_base_url=provider_sim,
+        pika_base_url=provider_sim,
+        provider_timeout=2.0,
+        poll_first_seconds=0.1,
+        poll_cap_seconds=0.3,
+        retry_base_seconds=0.1,
+        retry_cap_seconds=0.3,
+        deadline_seconds=3.0,
+        max_retries=2,
+    )
+    tap = EventTap(
+        infra.kafka.bootstrap,
+        [
+            topics.GENERATION_STARTED.name,
+            topics.GENERATION_COMPLETED.name,
+            topics.GENERATION_FAILED.name,
+        ],
+    )
+    await tap.start()
+    app = await build(settings)
+    await app.start()
+    admin = (
+        (
+            "authorization",
+            "Bearer " + issue_token(signing_keys[0], user_id="root", roles=["admin"]),
+        ),
+    )
+    user = (("authorization", "Bearer " + issue_token(signing_keys[0], user_id="alice")),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield Gateway(
+            app,
+            pb_grpc.ProviderGatewayServiceStub(channel),
+            tap,
+            provider_sim,
+            infra.kafka.bootstrap,
+            admin,
+            user,
+        )
+    await app.stop()
+    await tap.stop()
+
+
+@pytest.mark.parametrize("provider", ["pixverse", "runway", "pika"])
+async def test_the_happy_path_of_every_provider(gateway: Gateway, provider: str) -> None:
+    await gateway.account(provider)
+    job_id = await gateway.submit(provider)
+    outcome = await gateway.outcome(job_id)
+    assert isinstance(outcome, events_pb2.GenerationCompleted), outcome
+    assert outcome.provider_id == provider
+    assert outcome.media.uri.startswith(gateway.sim)
+    started = events_pb2.GenerationStarted.FromString(
+        gateway.tap.of(topics.GENERATION_STARTED.name, job_id)[0].value
+    )
+    assert started.submission_id == outcome.submission_id
+    assert outcome.provider_asset_id == started.provider_job_id
+    if provider == "pixverse":  # the only one that reports dimensions
+        assert (outcome.media.width, outcome.media.height) == (1024, 576)
+    (submission,) = await gateway.submissions(job_id)
+    assert submission.state == pb.Submission.STATE_SUCCEEDED
+    body = json_format.MessageToDict(submission.payload)["body"]
+    assert body["promptText" if provider == "runway" else "prompt"] == "a cat"
+
+
+async def test_429_cools_the_account_down_and_moves_to_another(gateway: Gateway) -> None:
+    backup, backup_key = await gateway.account("runway")
+    limited, limited_key = await gateway.account(
+        "runway", sim_knobs={"fault": "rate_limit", "fault_count": 1, "retry_after_s": 30}
+    )
+    job_id = await gateway.submit("runway")
+    outcome = await gateway.outcome(job_id)
+    assert isinstance(outcome, events_pb2.GenerationCompleted)
+    (submission,) = await gateway.submissions(job_id)  # the same attempt, another account
+    assert submission.account == backup.name
+    cooled = await gateway.stub.GetAccount(
+        pb.GetAccountRequest(name=limited.name), metadata=gateway.admin
+    )
+    assert cooled.cooldown_until.seconds > 0
+    assert cooled.state == pb.Account.STATE_ACTIVE
+    assert (await gateway.sim_stats(limited_key))["submits"] == 0
+    assert (await gateway.sim_stats(backup_key))["submits"] == 1
+
+
+async def test_out_of_credit_marks_the_account_exhausted(gateway: Gateway) -> None:
+    backup, _ = await gateway.account("pika")
+    broke, _ = await gateway.account("pika", sim_knobs={"credits": 0})
+    job_id = await gateway.submit("pika")
+    assert isinstance(await gateway.outcome(job_id), events_pb2.GenerationCompleted)
+    exhausted = await gateway.stub.GetAccount(
+        pb.GetAccountRequest(name=broke.name), metadata=gateway.admin
+    )
+    assert exhausted.state == pb.Account.STATE_EXHAUSTED
+    (submission,) = await gateway.submissions(job_id)
+    assert submission.account == backup.name
+
+
+async def test_moderation_fails_at_once(gateway: Gateway) -> None:
+    await gateway.account("pixverse")
+    job_id = await gateway.submit("pixverse", "a cat [sim:moderation]")
+    outcome = await gateway.outcome(job_id)
+    assert isinstance(outcome, events_pb2.GenerationFailed)
+    assert outcome.error_code == t.GENERATION_ERROR_CODE_CONTENT_REJECTED
+    assert len(await gateway.submissions(job_id)) == 1
+
+
+async def test_a_5xx_is_retried_as_a_new_linked_submission(gateway: Gateway) -> None:
+    await gateway.account("runway", sim_knobs={"fault": "server_error", "fault_count": 1})
+    job_id = await gateway.submit("runway")
+    outcome = await gateway.outcome(job_id)
+    assert isinstance(outcome, events_pb2.GenerationCompleted)
+    first, second = await gateway.submissions(job_id)
+    assert (first.state, first.error_code) == (
+        pb.Submission.STATE_FAILED,
+        t.GENERATION_ERROR_CODE_TRANSIENT,
+    )
+    assert (second.retry_attempt, second.previous_submission) == (1, first.name)
+    assert second.state == pb.Submission.STATE_SUCCEEDED
+    assert outcome.submission_id == second.name.split("/")[1]
+
+
+async def test_retries_run_out(gateway: Gateway) -> None:
+    await gateway.account("pixverse")
+    job_id = await gateway.submit("pixverse", "a cat [sim:server_error]")
+    outcome = await gateway.outcome(job_id)
+    assert isinstance(outcome, events_pb2.GenerationFailed)
+    assert outcome.error_code == t.GENERATION_ERROR_CODE_RETRIES_EXHAUSTED
+    assert [s.retry_attempt for s in await gateway.submissions(job_id)] == [0, 1, 2]
+
+
+async def test_a_hanging_task_fails_at_its_deadline(gateway: Gateway) -> None:
+    _, key = await gateway.account("runway")
+    job_id = await gateway.submit("runway", "a cat [sim:finish_ms=600000]")
+    outcome = await gateway.outcome(job_id, timeout=20)
+    assert isinstance(outcome, events_pb2.GenerationFailed)
+    assert outcome.error_code == t.GENERATION_ERROR_CODE_DEADLINE_EXCEEDED
+    for _ in range(50):  # the task is cancelled at the provider too
+        if (await gateway.sim_stats(key))["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert (await gateway.sim_stats(key))["in_flight"] == 0
+
+
+async def test_cancel_stops_the_task_and_nothing_more_is_published(gateway: Gateway) -> None:
+    account, key = await gateway.account("pika")
+    job_id = await gateway.submit("pika", "slow [sim:finish_ms=600000]")
+    await gateway.tap.wait_for(topics.GENERATION_STARTED.name, job_id)
+    await gateway.cancel(job_id)
+    for _ in range(100):
+        (submission,) = await gateway.submissions(job_id)
+        stats = await gateway.sim_stats(key)
+        if submission.state == pb.Submission.STATE_CANCELLED and stats["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert submission.state == pb.Submission.STATE_CANCELLED
+    assert stats["in_flight"] == 0
+    refreshed = await gateway.stub.GetAccount(
+        pb.GetAccountRequest(name=account.name), metadata=gateway.admin
+    )
+    assert refreshed.in_flight == 0
+    await asyncio.sleep(1)
+    assert gateway.tap.of(topics.GENERATION_COMPLETED.name, job_id) == []
+    assert gateway.tap.of(topics.GENERATION_FAILED.name, job_id) == []
+
+
+async def test_a_job_cancelled_before_it_arrives_is_never_sent(gateway: Gateway) -> None:
+    _, key = await gateway.account("pixverse")
+    job_id = str(uuid.uuid4())
+    await gateway.cancel(job_id)
+    await asyncio.sleep(0.5)
+    await gateway.submit("pixverse", job_id=job_id)
+    await asyncio.sleep(1.5)
+    assert await gateway.submissions(job_id) == []
+    assert (await gateway.sim_stats(key)).get("submits", 0) == 0
+
+
+async def test_accounts_hide_credentials_and_need_admin(gateway: Gateway) -> None:
+    account, _ = await gateway.account("runway")
+    assert not account.credentials
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await gateway.stub.ListAccounts(pb.ListAccountsRequest(), metadata=gateway.user)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    listed = await gateway.stub.ListAccounts(
+        pb.ListAccountsRequest(provider_id="runway", page_size=2), metadata=gateway.admin
+    )
+    assert len(listed.accounts) == 2
+    assert listed.next_page_token
+    following = await gateway.stub.ListAccounts(
+        pb.ListAccountsRequest(
+            provider_id="runway", page_size=2, page_token=listed.next_page_token
+        ),
+        metadata=gateway.admin,
+    )
+    assert {a.name for a in following.accounts}.isdisjoint({a.name for a in listed.accounts})
+    with pytest.raises(grpc.aio.AioRpcError) as bad_token:
+        await gateway.stub.ListAccounts(
+            pb.ListAccountsRequest(provider_id="pika", page_token=listed.next_page_token),
+            metadata=gateway.admin,
+        )
+    assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    updated = await gateway.stub.UpdateAccount(
+        pb.UpdateAccountRequest(
+            account=pb.Account(name=account.name, label="renamed", max_concurrency=9),
+            update_mask=field_mask_pb2.FieldMask(paths=["label"]),
+        ),
+        metadata=gateway.admin,
+    )
+    assert (updated.label, updated.max_concurrency) == ("renamed", account.max_concurrency)
+    with pytest.raises(grpc.aio.AioRpcError) as not_updatable:
+        await gateway.stub.UpdateAccount(
+            pb.UpdateAccountRequest(
+                account=pb.Account(name=account.name, max_concurrency=1),
+                update_mask=field_mask_pb2.FieldMask(paths=["in_flight"]),
+            ),
+            metadata=gateway.admin,
+        )
+    assert not_updatable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    disabled = await gateway.stub.DisableAccount(
+        pb.DisableAccountRequest(name=account.name), metadata=gateway.admin
+    )
+    assert disabled.state == pb.Account.STATE_DISABLED
+
+
+async def test_providers_and_their_capabilities(gateway: Gateway) -> None:
+    listed = await gateway.stub.ListProviders(pb.ListProvidersRequest(), metadata=gateway.user)
+    assert {p.name for p in listed.providers} == {
+        "providers/pixverse",
+        "providers/runway",
+        "providers/pika",
+    }
+    pika = await gateway.stub.GetProvider(
+        pb.GetProviderRequest(name="providers/pika"), metadata=gateway.user
+    )
+    assert t.OPERATION_TYPE_VIDEO_EXTEND not in {o.operation_type for o in pika.operations}
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await gateway.stub.GetProvider(
+            pb.GetProviderRequest(name="providers/sora"), metadata=gateway.user
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_another_users_submissions_are_not_found(
+    gateway: Gateway, signing_keys: tuple[str, str]
+) -> None:
+    await gateway.account("pixverse")
+    job_id = await gateway.submit("pixverse")
+    await gateway.outcome(job_id)
+    (submission,) = await gateway.submissions(job_id)
+    mallory = (("authorization", "Bearer " + issue_token(signing_keys[0], user_id="mallory")),)
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await gateway.stub.GetSubmission(
+            pb.GetSubmissionRequest(name=submission.name), metadata=mallory
+        )
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await gateway.stub.ListSubmissions(
+        pb.ListSubmissionsRequest(job=f"jobs/{job_id}"), metadata=mallory
+    )
+    assert list(listed.submissions) == []

@@ -409,3 +409,11 @@ async def test_another_users_submissions_are_not_found(
         pb.ListSubmissionsRequest(job=f"jobs/{job_id}"), metadata=mallory
     )
     assert list(listed.submissions) == []
+
+
+async def test_a_burst_of_jobs_all_complete(gateway: Gateway) -> None:
+    await gateway.account("pika", max_concurrency=5)
+    jobs = [str(uuid.uuid4()) for _ in range(20)]
+    await asyncio.gather(*(gateway.submit("pika", job_id=j) for j in jobs))
+    for j in jobs:
+        assert isinstance(await gateway.outcome(j, timeout=30), events_pb2.GenerationCompleted)

@@ -20,8 +20,9 @@ import pytest
 import pytest_asyncio
 
 from pixsim_common.auth import generate_keypair
-from pixsim_common.topics import Topic
+from pixsim_common.topics import DEFAULT_PARTITIONS, Topic, all_topic_names
 from pixsim_local.infra import Infra
+from pixsim_local.kafka import KafkaBroker
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import ManagedProcess, free_port
 
@@ -94,6 +95,20 @@ async def new_topic(infra: Infra) -> TopicFactory:
         return topic
 
     return make
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def own_kafka() -> AsyncIterator[KafkaBroker]:
+    """A broker for one test module alone, with every topic: for tests whose consumer groups
+    must see no other module's events."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-kafka-"))
+    broker = await KafkaBroker.start(run_dir, free_port(), free_port())
+    try:
+        await broker.ensure_topics(all_topic_names(), DEFAULT_PARTITIONS)
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

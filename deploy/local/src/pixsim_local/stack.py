@@ -156,6 +156,7 @@ async def run_stack(run_dir: Path) -> None:
                     f"{spec.env_prefix}{p}_BASE_URL": SIMULATOR_URL
                     for p in ("PIXVERSE", "RUNWAY", "PIKA")
                 },
+                f"{spec.env_prefix}CREDENTIALS_KEYS": credentials_key(run_dir / "keys"),
             }
             migrate = ManagedProcess(
                 f"{spec.name}-migrate",
@@ -174,6 +175,9 @@ async def run_stack(run_dir: Path) -> None:
         await asyncio.gather(
             *(wait_until_serving(s, p) for s, p in zip(SERVICES, processes[1:], strict=True))
         )
+        seeded = await seed_accounts(private_key)
+        if seeded:
+            print(f"seeded simulator accounts for {', '.join(seeded)}", flush=True)
         print_ready(infra, private_key, logs, time.monotonic() - started)
         while not stop.is_set():
             for process in processes:
@@ -185,6 +189,43 @@ async def run_stack(run_dir: Path) -> None:
         for process in reversed(processes):
             process.stop()
         infra.stop()
+
+
+SEED_ACCOUNTS = {"pixverse": 4, "runway": 4, "pika": 4}  # provider -> max_concurrency
+
+
+async def seed_accounts(private_key: Path) -> list[str]:
+    """One simulator-backed account per provider, unless the provider has one already."""
+    from pixsim.provider.v1 import provider_gateway_service_pb2 as pb
+    from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
+    from pixsim_common.auth import issue_token
+
+    token = issue_token(private_key.read_text(), user_id="local-admin", roles=["admin"])
+    metadata = (("authorization", f"Bearer {token}"),)
+    seeded = []
+    gateway = next(spec for spec in SERVICES if spec.name == "provider-gateway")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        stub = pb_grpc.ProviderGatewayServiceStub(channel)
+        for provider, concurrency in SEED_ACCOUNTS.items():
+            existing = await stub.ListAccounts(
+                pb.ListAccountsRequest(provider_id=provider), metadata=metadata
+            )
+            if existing.accounts:
+                continue
+            await stub.CreateAccount(
+                pb.CreateAccountRequest(
+                    account=pb.Account(
+                        provider_id=provider,
+                        label=f"local {provider} (simulator)",
+                        credentials={"api_key": f"local-{provider}-key"},
+                        credits=1_000_000,
+                        max_concurrency=concurrency,
+                    )
+                ),
+                metadata=metadata,
+            )
+            seeded.append(provider)
+    return seeded
 
 
 def print_ready(infra: Infra, private_key: Path, logs: Path, seconds: float) -> None:

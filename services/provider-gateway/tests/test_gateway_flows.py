@@ -417,3 +417,45 @@ async def test_a_burst_of_jobs_all_complete(gateway: Gateway) -> None:
     await asyncio.gather(*(gateway.submit("pika", job_id=j) for j in jobs))
     for j in jobs:
         assert isinstance(await gateway.outcome(j, timeout=30), events_pb2.GenerationCompleted)
+
+
+async def test_one_users_many_jobs_do_not_starve_anothers_one(gateway: Gateway) -> None:
+    # One slot in all: earlier tests' Runway accounts are switched off.
+    listed = await gateway.stub.ListAccounts(
+        pb.ListAccountsRequest(provider_id="runway"), metadata=gateway.admin
+    )
+    for other in listed.accounts:
+        await gateway.stub.DisableAccount(
+            pb.DisableAccountRequest(name=other.name), metadata=gateway.admin
+        )
+    await gateway.account("runway", max_concurrency=1, sim_knobs={"finish_ms": 300})
+    busy = [str(uuid.uuid4()) for _ in range(20)]
+    await produce_raw(
+        gateway.bootstrap,
+        topics.JOB_SUBMITTED.name,
+        [
+            (
+                job_id.encode(),
+                events_pb2.JobSubmitted(
+                    job_id=job_id,
+                    user_id="hoarder",
+                    operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                    provider_id="runway",
+                    prompt="mine",
+                ).SerializeToString(),
+                encode_headers(
+                    event_headers(event_type=topics.JOB_SUBMITTED.event_type, source="/test")
+                ),
+            )
+            for job_id in busy
+        ],
+    )  # one producer: the whole queue is there at once
+    await gateway.tap.wait_for(topics.GENERATION_STARTED.name, busy[0])
+    lone = await gateway.submit("runway")  # alice's single job, after all of the hoarder's
+    assert isinstance(await gateway.outcome(lone), events_pb2.GenerationCompleted)
+    finished_before = sum(
+        1 for job in busy if gateway.tap.of(topics.GENERATION_COMPLETED.name, job)
+    )
+    assert finished_before <= 3  # served next, not after the hoarder's queue
+    for job in busy:
+        await gateway.outcome(job)

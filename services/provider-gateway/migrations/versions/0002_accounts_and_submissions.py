@@ -70,6 +70,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('job_id', 'job_retry_count', 'retry_attempt', name='one_row_per_attempt')
     )
+    op.create_index('provider_submissions_served', 'provider_submissions', ['submit_time'], unique=False)
     op.create_index('provider_submissions_job', 'provider_submissions', ['job_id', 'create_time'], unique=False)
     op.create_index('provider_submissions_polling', 'provider_submissions', ['next_poll_at'], unique=False, postgresql_where=sa.text("state IN ('RUNNING', 'SUBMITTING')"))
     op.create_index('provider_submissions_waiting', 'provider_submissions', ['available_at'], unique=False, postgresql_where=sa.text("state = 'WAITING'"))
@@ -78,6 +79,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('provider_submissions_waiting', table_name='provider_submissions', postgresql_where=sa.text("state = 'WAITING'"))
     op.drop_index('provider_submissions_polling', table_name='provider_submissions', postgresql_where=sa.text("state IN ('RUNNING', 'SUBMITTING')"))
+    op.drop_index('provider_submissions_served', table_name='provider_submissions')
     op.drop_index('provider_submissions_job', table_name='provider_submissions')
     op.drop_table('provider_submissions')
     op.drop_index('provider_accounts_selectable', table_name='provider_accounts')

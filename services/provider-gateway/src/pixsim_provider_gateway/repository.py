@@ -105,6 +105,7 @@ submissions = Table(
         postgresql_where=text("state IN ('RUNNING', 'SUBMITTING')"),
     ),
     Index("provider_submissions_job", "job_id", "create_time"),
+    Index("provider_submissions_served", "submit_time"),
 )
 
 # Jobs cancelled, kept even when their job.submitted has not arrived yet (it may come later).
@@ -121,18 +122,24 @@ def new_id() -> str:
 
 
 async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
-    """Waiting submissions whose turn it is, locked; fair across users: a user with fewer
-    submissions in flight goes first, then the oldest."""
+    """Waiting submissions whose turn it is, locked, fair across users (round robin): a user
+    with fewer submissions in flight goes first, then the one served least recently, then
+    the oldest submission. So one user's thousand queued jobs take turns with another's one
+    even when a single slot frees at a time."""
     result = await session.execute(
         text(
             """
             WITH busy AS (
                 SELECT user_id, count(*) AS n FROM provider_submissions
                 WHERE state IN ('SUBMITTING', 'RUNNING') GROUP BY user_id
+            ), served AS (
+                SELECT user_id, max(submit_time) AS last FROM provider_submissions
+                WHERE submit_time > now() - interval '1 hour' GROUP BY user_id
             )
-            SELECT s.* FROM provider_submissions s LEFT JOIN busy b USING (user_id)
+            SELECT s.* FROM provider_submissions s
+            LEFT JOIN busy b USING (user_id) LEFT JOIN served v USING (user_id)
             WHERE s.state = 'WAITING' AND s.available_at <= now()
-            ORDER BY coalesce(b.n, 0), s.create_time
+            ORDER BY coalesce(b.n, 0), v.last NULLS FIRST, s.create_time
             LIMIT :limit
             FOR UPDATE OF s SKIP LOCKED
             """

@@ -139,6 +139,7 @@ class ProviderService:
                 account_id=account.id,
                 reserved_credits=cost,
                 payload=payload,
+                submit_time=func.now(),
                 lease_owner=self._replica,
                 lease_until=func.now() + self._submit_lease,
             )
@@ -196,7 +197,6 @@ class ProviderService:
                     state=SubmissionState.RUNNING.value,
                     provider_job_id=result.provider_job_id,
                     response={"estimated_cost": result.estimated_cost},
-                    submit_time=func.now(),
                     next_poll_at=func.now() + timedelta(seconds=poll_delay(0, self._policy)),
                     deadline_at=func.now() + timedelta(seconds=self._policy.deadline_seconds),
                     lease_owner=None,

@@ -1,0 +1,109 @@
+"""The gateway's pure decisions and the credentials cipher."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pixsim_provider_gateway.crypto import CredentialCipher, new_key
+from pixsim_provider_gateway.domain import (
+    AccountEffect,
+    AttemptAction,
+    RetryPolicy,
+    judge,
+    poll_delay,
+    retry_delay,
+)
+from pixsim_provider_gateway.providers.base import ErrorKind
+
+pytestmark = pytest.mark.unit
+POLICY = RetryPolicy(max_retries=2, default_cooldown_seconds=30)
+
+
+@pytest.mark.parametrize(
+    ("kind", "attempt", "retry_after", "action", "effect", "code"),
+    [
+        (ErrorKind.RATE_LIMITED, 0, 7.0, AttemptAction.REQUEUE, AccountEffect.COOLDOWN, ""),
+        (ErrorKind.ACCOUNT_EXHAUSTED, 0, None, AttemptAction.REQUEUE, AccountEffect.EXHAUSTED, ""),
+        (ErrorKind.ACCOUNT_INVALID, 0, None, AttemptAction.REQUEUE, AccountEffect.INVALID, ""),
+        (ErrorKind.TRANSIENT, 0, None, AttemptAction.RETRY, AccountEffect.NONE, ""),
+        (ErrorKind.TRANSIENT, 2, None, AttemptAction.FAIL, AccountEffect.NONE, "RETRIES_EXHAUSTED"),
+        (
+            ErrorKind.CONTENT_REJECTED,
+            0,
+            None,
+            AttemptAction.FAIL,
+            AccountEffect.NONE,
+            "CONTENT_REJECTED",
+        ),
+        (
+            ErrorKind.INVALID_PARAMETERS,
+            0,
+            None,
+            AttemptAction.FAIL,
+            AccountEffect.NONE,
+            "INVALID_PARAMETERS",
+        ),
+    ],
+)
+def test_judge(
+    kind: ErrorKind,
+    attempt: int,
+    retry_after: float | None,
+    action: AttemptAction,
+    effect: AccountEffect,
+    code: str,
+) -> None:
+    verdict = judge(kind, retry_attempt=attempt, retry_after=retry_after, policy=POLICY)
+    assert (verdict.action, verdict.account, verdict.error_code) == (action, effect, code)
+
+
+def test_a_429_without_retry_after_cools_down_for_the_default() -> None:
+    verdict = judge(ErrorKind.RATE_LIMITED, retry_attempt=0, retry_after=None, policy=POLICY)
+    assert verdict.cooldown_seconds == 30
+    honoured = judge(ErrorKind.RATE_LIMITED, retry_attempt=0, retry_after=7, policy=POLICY)
+    assert honoured.cooldown_seconds == 7
+
+
+@given(st.integers(min_value=1, max_value=50))
+def test_retry_delays_stay_within_exponential_bounds(attempt: int) -> None:
+    policy = RetryPolicy(retry_base_seconds=1, retry_cap_seconds=60)
+    delay = retry_delay(attempt, policy)
+    assert 0 <= delay <= min(60, 2**attempt)
+
+
+def test_poll_delays_back_off_to_the_cap() -> None:
+    policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10)
+    rng = random.Random(1)
+    delays = [poll_delay(n, policy, rng) for n in range(12)]
+    assert 0.9 <= delays[0] <= 1.1
+    assert all(d <= 11 for d in delays)
+    assert delays[-1] >= 9  # reached the cap
+
+
+def test_credentials_round_trip_and_are_bound_to_their_account() -> None:
+    cipher = CredentialCipher(f"k1:{new_key()}")
+    key_id, sealed = cipher.encrypt({"api_key": "secret"}, "account-1")
+    assert b"secret" not in sealed
+    assert cipher.decrypt(key_id, sealed, "account-1") == {"api_key": "secret"}
+    with pytest.raises(ValueError, match="do not decrypt"):
+        cipher.decrypt(key_id, sealed, "account-2")  # copied onto another account
+
+
+def test_rotation_new_key_encrypts_old_key_still_decrypts() -> None:
+    old = f"old:{new_key()}"
+    key_id, sealed = CredentialCipher(old).encrypt({"api_key": "a"}, "acc")
+    rotated = CredentialCipher(f"new:{new_key()},{old}")
+    assert rotated.decrypt(key_id, sealed, "acc") == {"api_key": "a"}
+    assert rotated.encrypt({"api_key": "a"}, "acc")[0] == "new"
+    with pytest.raises(ValueError, match="not configured"):
+        CredentialCipher(f"other:{new_key()}").decrypt(key_id, sealed, "acc")
+
+
+@pytest.mark.parametrize("keys", ["", "nokey", "k:bm90LWEta2V5"])
+def test_bad_key_settings_are_refused(keys: str) -> None:
+    with pytest.raises(ValueError, match="key"):
+        CredentialCipher(keys)

@@ -7,6 +7,7 @@ Set PIXSIM_DATABASE_URL / PIXSIM_KAFKA_BOOTSTRAP to use existing servers instead
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -51,9 +52,9 @@ async def infra() -> AsyncIterator[Infra]:
 DatabaseFactory = Callable[[str], Awaitable[ServiceDatabase]]
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def new_database(infra: Infra) -> AsyncIterator[DatabaseFactory]:
-    """Makes fresh databases (each with its own role), dropped after the test."""
+@contextlib.asynccontextmanager
+async def _databases(infra: Infra) -> AsyncIterator[DatabaseFactory]:
+    """Makes fresh databases (each with its own role), dropped when the block ends."""
     created: list[str] = []
 
     async def make(prefix: str = "test") -> ServiceDatabase:
@@ -61,24 +62,25 @@ async def new_database(infra: Infra) -> AsyncIterator[DatabaseFactory]:
         created.append(name)
         return await infra.postgres.create_service_database(name)
 
-    yield make
-    for name in created:
-        await infra.postgres.drop_database(name)
+    try:
+        yield make
+    finally:
+        for name in created:
+            await infra.postgres.drop_database(name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def new_database(infra: Infra) -> AsyncIterator[DatabaseFactory]:
+    """Fresh databases for one test."""
+    async with _databases(infra) as make:
+        yield make
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def new_database_module(infra: Infra) -> AsyncIterator[DatabaseFactory]:
-    """`new_database` for module-scoped fixtures (dropped after the module)."""
-    created: list[str] = []
-
-    async def make(prefix: str = "test") -> ServiceDatabase:
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        created.append(name)
-        return await infra.postgres.create_service_database(name)
-
-    yield make
-    for name in created:
-        await infra.postgres.drop_database(name)
+    """Fresh databases for a module-scoped fixture."""
+    async with _databases(infra) as make:
+        yield make
 
 
 TopicFactory = Callable[[type], Awaitable[Topic]]

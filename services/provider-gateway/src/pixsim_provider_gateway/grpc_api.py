@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy import Row, Select, Table, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -299,6 +299,19 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
 def _visible(row: Row[Any]) -> bool:
     identity = current_identity()
     return identity.is_admin or row.user_id == identity.user_id
+
+
+def _after(query: Select[Any], table: Table, after: list[Any] | None) -> Select[Any]:
+    """Rows past a page token's position, in (create_time, id) order."""
+    if after is None:
+        return query
+    created, last_id = datetime.fromisoformat(str(after[0])), str(after[1])
+    return query.where(
+        or_(
+            table.c.create_time > created,
+            and_(table.c.create_time == created, table.c.id > last_id),
+        )
+    )
 
 
 def _next_token(rows: Sequence[Row[Any]], size: int, query_key: Any) -> str:

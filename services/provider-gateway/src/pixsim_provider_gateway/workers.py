@@ -23,7 +23,26 @@ log = structlog.get_logger("pixsim.gateway.workers")
 IDLE_SECONDS = 0.2
 
 
-class Loop:
+class Background:
+    """A worker whose whole life is one task: started, and cancelled on stop."""
+
+    name = "background"
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Loop(Background):
     """Runs `step` again and again; sleeps when it found nothing to do; never dies of an
     error (the database or a provider may be away) but logs it and backs off."""
 
@@ -38,16 +57,6 @@ class Loop:
         self._step = step
         self._wake = wake or asyncio.Event()
         self._idle = idle
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -66,23 +75,14 @@ class Loop:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle)
 
 
-class Listener:
+class Listener(Background):
     """Sets `event` on every NOTIFY of `channel` (reconnecting as needed)."""
 
     def __init__(self, database_url: str, channel: str, event: asyncio.Event) -> None:
         self._url = libpq_url(database_url)
         self._channel = channel
         self._event = event
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"listen-{self._channel}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.name = f"listen-{channel}"
 
     async def _run(self) -> None:
         while True:

@@ -123,6 +123,7 @@ def generation_started(row: Row[Any], provider_job_id: str) -> events_pb2.Genera
         provider_job_id=provider_job_id,
         retry_attempt=row.retry_attempt,
         start_time=_now(),
+        job_retry_count=row.job_retry_count,
     )
 
 
@@ -154,6 +155,7 @@ def generation_completed(row: Row[Any], output: MediaOutput) -> events_pb2.Gener
         media=media,
         input_assets=input_assets,
         complete_time=_now(),
+        job_retry_count=row.job_retry_count,
     )
 
 
@@ -167,4 +169,5 @@ def generation_failed(row: Row[Any], code: str, message: str) -> events_pb2.Gene
         error_message=message[:2000],
         retry_attempt=row.retry_attempt,
         fail_time=_now(),
+        job_retry_count=row.job_retry_count,
     )

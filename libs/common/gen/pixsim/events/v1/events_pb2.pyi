@@ -161,12 +161,17 @@ class GenerationStarted(_message.Message):
     PROVIDER_JOB_ID_FIELD_NUMBER: _builtins.int
     RETRY_ATTEMPT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    JOB_RETRY_COUNT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     user_id: _builtins.str
     submission_id: _builtins.str
     provider_id: _builtins.str
     provider_job_id: _builtins.str
     retry_attempt: _builtins.int
+    job_retry_count: _builtins.int
+    """The job's retry_count this attempt chain serves (from its job.submitted), so the job
+    service can tell a late event of an earlier try from one of the current try.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -179,10 +184,11 @@ class GenerationStarted(_message.Message):
         provider_job_id: _builtins.str = ...,
         retry_attempt: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        job_retry_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "retry_attempt", b"retry_attempt", "start_time", b"start_time", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "job_retry_count", b"job_retry_count", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "retry_attempt", b"retry_attempt", "start_time", b"start_time", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,6 +271,7 @@ class GenerationCompleted(_message.Message):
     MEDIA_FIELD_NUMBER: _builtins.int
     INPUT_ASSETS_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    JOB_RETRY_COUNT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     user_id: _builtins.str
     submission_id: _builtins.str
@@ -272,6 +279,10 @@ class GenerationCompleted(_message.Message):
     operation_type: _types_pb2.OperationType.ValueType
     provider_asset_id: _builtins.str
     """The provider's id of the result, the first dedup key."""
+    job_retry_count: _builtins.int
+    """The job's retry_count this attempt chain serves (from its job.submitted), so the job
+    service can tell a late event of an earlier try from one of the current try.
+    """
     @_builtins.property
     def media(self) -> Global___GeneratedMedia: ...
     @_builtins.property
@@ -290,10 +301,11 @@ class GenerationCompleted(_message.Message):
         media: Global___GeneratedMedia | None = ...,
         input_assets: _abc.Iterable[Global___InputAsset] | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        job_retry_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "media", b"media"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "input_assets", b"input_assets", "job_id", b"job_id", "media", b"media", "operation_type", b"operation_type", "provider_asset_id", b"provider_asset_id", "provider_id", b"provider_id", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "input_assets", b"input_assets", "job_id", b"job_id", "job_retry_count", b"job_retry_count", "media", b"media", "operation_type", b"operation_type", "provider_asset_id", b"provider_asset_id", "provider_id", b"provider_id", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,6 +325,7 @@ class GenerationFailed(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     RETRY_ATTEMPT_FIELD_NUMBER: _builtins.int
     FAIL_TIME_FIELD_NUMBER: _builtins.int
+    JOB_RETRY_COUNT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     user_id: _builtins.str
     submission_id: _builtins.str
@@ -320,6 +333,10 @@ class GenerationFailed(_message.Message):
     error_code: _types_pb2.GenerationErrorCode.ValueType
     error_message: _builtins.str
     retry_attempt: _builtins.int
+    job_retry_count: _builtins.int
+    """The job's retry_count this attempt chain serves (from its job.submitted), so the job
+    service can tell a late event of an earlier try from one of the current try.
+    """
     @_builtins.property
     def fail_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -333,10 +350,11 @@ class GenerationFailed(_message.Message):
         error_message: _builtins.str = ...,
         retry_attempt: _builtins.int = ...,
         fail_time: _timestamp_pb2.Timestamp | None = ...,
+        job_retry_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fail_time", b"fail_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "fail_time", b"fail_time", "job_id", b"job_id", "provider_id", b"provider_id", "retry_attempt", b"retry_attempt", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "fail_time", b"fail_time", "job_id", b"job_id", "job_retry_count", b"job_retry_count", "provider_id", b"provider_id", "retry_attempt", b"retry_attempt", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,172 @@
+"""The `Job` aggregate and its state machine, pure: the one place transitions are decided.
+
+    PENDING → QUEUED → PROCESSING → COMPLETED | FAILED | CANCELLED
+    FAILED → PENDING (RetryJob)
+
+Facts from other services arrive in any order and any number of times. Each moves the job
+only forward: a late or repeated fact, or one about an earlier try of a retried job, changes
+nothing. The aggregate records the transitions it makes, so the service can publish one
+`job.status_changed` for each.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+# How far along each state is; a fact never moves a job to a lower rank (except RetryJob).
+RANK = {
+    JobState.PENDING: 0,
+    JobState.QUEUED: 1,
+    JobState.PROCESSING: 2,
+    JobState.COMPLETED: 3,
+    JobState.FAILED: 3,
+    JobState.CANCELLED: 3,
+}
+
+LEGAL = {
+    JobState.PENDING: {
+        JobState.QUEUED,
+        JobState.PROCESSING,
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    },
+    JobState.QUEUED: {JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED},
+    JobState.PROCESSING: {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED},
+    JobState.FAILED: {JobState.PENDING},  # RetryJob
+    JobState.COMPLETED: set(),
+    JobState.CANCELLED: set(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, current: JobState, target: JobState) -> None:
+        super().__init__(f"a {current.value} job cannot become {target.value}")
+        self.current = current
+        self.target = target
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    previous: JobState
+    state: JobState
+
+
+# Facts the job learns from events.
+@dataclass(frozen=True, slots=True)
+class GenerationStarted:
+    retry_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFailed:
+    retry_count: int
+    error_code: str
+    error_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AssetCreated:
+    asset_id: str
+
+
+Fact = GenerationStarted | GenerationFailed | AssetCreated
+
+
+@dataclass
+class Job:
+    id: str
+    user_id: str
+    operation_type: int
+    provider_id: str
+    # The request as submitted (prompt, inputs, params), in protobuf's JSON mapping.
+    request: dict[str, Any]
+    state: JobState = JobState.PENDING
+    error_code: str = ""
+    error_message: str = ""
+    retry_count: int = 0
+    asset_id: str = ""
+    request_id: str = ""
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    complete_time: datetime | None = None
+    transitions: list[Transition] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def submit(
+        cls,
+        *,
+        user_id: str,
+        operation_type: int,
+        provider_id: str,
+        request: dict[str, Any],
+        request_id: str = "",
+    ) -> Job:
+        return cls(
+            id=str(uuid.uuid4()),
+            user_id=user_id,
+            operation_type=operation_type,
+            provider_id=provider_id,
+            request=request,
+            request_id=request_id,
+        )
+
+    def _move(self, target: JobState, now: datetime) -> None:
+        if target not in LEGAL[self.state]:
+            raise IllegalTransition(self.state, target)
+        self.transitions.append(Transition(self.state, target))
+        self.state = target
+        if target is JobState.PROCESSING and self.start_time is None:
+            self.start_time = now
+        if target.terminal:
+            self.complete_time = now
+
+    def learn(self, fact: Fact, now: datetime) -> bool:
+        """Apply a fact from another service; False when it changes nothing (late, repeated,
+        or about an earlier try)."""
+        if isinstance(fact, GenerationStarted | GenerationFailed) and (
+            fact.retry_count != self.retry_count
+        ):
+            return False
+        target = {
+            GenerationStarted: JobState.PROCESSING,
+            GenerationFailed: JobState.FAILED,
+            AssetCreated: JobState.COMPLETED,
+        }[type(fact)]
+        if self.state.terminal or RANK[target] <= RANK[self.state]:
+            return False
+        if isinstance(fact, GenerationFailed):
+            self.error_code, self.error_message = fact.error_code, fact.error_message
+        if isinstance(fact, AssetCreated):
+            self.asset_id = fact.asset_id
+        self._move(target, now)
+        return True
+
+    def cancel(self, now: datetime) -> None:
+        """The caller cancels; only a job that has not ended can be."""
+        self._move(JobState.CANCELLED, now)
+
+    def retry(self, now: datetime) -> None:
+        """RetryJob: only from FAILED; a new try with its own count."""
+        self._move(JobState.PENDING, now)
+        self.retry_count += 1
+        self.error_code = self.error_message = ""
+        self.start_time = self.complete_time = None

@@ -1,0 +1,116 @@
+"""The job state machine, without I/O; property tests over any order and duplication."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pixsim_job.domain import (
+    LEGAL,
+    AssetCreated,
+    Fact,
+    GenerationFailed,
+    GenerationStarted,
+    IllegalTransition,
+    Job,
+    JobState,
+)
+
+pytestmark = pytest.mark.unit
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def new_job() -> Job:
+    return Job.submit(
+        user_id="u", operation_type=1, provider_id="pixverse", request={"prompt": "a cat"}
+    )
+
+
+STARTED = GenerationStarted(0)
+FAILED = GenerationFailed(0, "CONTENT_REJECTED", "no")
+COMPLETED = AssetCreated("asset-1")
+
+
+@st.composite
+def one_try(draw: st.DrawFn) -> tuple[Fact | None, bool, list[Fact]]:
+    """A try's facts (maybe started, at most one outcome: the gateway publishes either),
+    each delivered at least once, some again, in any order."""
+    started = draw(st.booleans())
+    outcome = draw(st.sampled_from([None, FAILED, COMPLETED]))
+    facts: list[Fact] = [f for f in (STARTED if started else None, outcome) if f is not None]
+    repeats = draw(st.lists(st.sampled_from(facts), max_size=8)) if facts else []
+    return outcome, started, draw(st.permutations(facts + repeats))
+
+
+@given(one_try())
+def test_any_order_and_duplication_ends_where_the_latest_meaningful_fact_says(
+    case: tuple[Fact | None, bool, list[Fact]],
+) -> None:
+    outcome, started, facts = case
+    job = new_job()
+    for fact in facts:
+        job.learn(fact, NOW)
+    if outcome is not None:
+        expected = JobState.FAILED if outcome is FAILED else JobState.COMPLETED
+    else:
+        expected = JobState.PROCESSING if started else JobState.PENDING
+    assert job.state is expected
+    # every transition made was legal, and none was made twice (no going back and forth)
+    for transition in job.transitions:
+        assert transition.state in LEGAL[transition.previous]
+    assert len(job.transitions) == len({t.state for t in job.transitions})
+
+
+@given(st.lists(st.sampled_from([STARTED, FAILED, COMPLETED]), max_size=10))
+def test_a_cancelled_job_stays_cancelled(facts: list[Fact]) -> None:
+    job = new_job()
+    job.cancel(NOW)
+    for fact in facts:
+        assert not job.learn(fact, NOW)
+    assert job.state is JobState.CANCELLED
+
+
+def test_a_late_start_leaves_a_completed_job_completed() -> None:
+    job = new_job()
+    assert job.learn(COMPLETED, NOW)
+    assert not job.learn(STARTED, NOW)
+    assert (job.state, job.asset_id) == (JobState.COMPLETED, "asset-1")
+
+
+def test_retry_starts_a_new_try_that_ignores_the_old_ones_facts() -> None:
+    job = new_job()
+    job.learn(STARTED, NOW)
+    job.learn(FAILED, NOW)
+    assert (job.state, job.error_code) == (JobState.FAILED, "CONTENT_REJECTED")
+    job.retry(NOW)
+    assert (job.state, job.retry_count, job.error_code) == (JobState.PENDING, 1, "")
+    assert not job.learn(GenerationFailed(0, "TRANSIENT", "late"), NOW)  # the old try
+    assert job.learn(GenerationStarted(1), NOW)
+    assert job.learn(AssetCreated("asset-2"), NOW)
+    assert job.state is JobState.COMPLETED
+
+
+@pytest.mark.parametrize("state", [JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED])
+def test_only_open_jobs_cancel(state: JobState) -> None:
+    job = new_job()
+    job.state = state
+    with pytest.raises(IllegalTransition):
+        job.cancel(NOW)
+
+
+@pytest.mark.parametrize("state", [JobState.PENDING, JobState.PROCESSING, JobState.COMPLETED])
+def test_only_failed_jobs_retry(state: JobState) -> None:
+    job = new_job()
+    job.state = state
+    with pytest.raises(IllegalTransition):
+        job.retry(NOW)
+
+
+def test_timestamps() -> None:
+    job = new_job()
+    job.learn(STARTED, NOW)
+    job.learn(COMPLETED, NOW)
+    assert job.start_time == job.complete_time == NOW

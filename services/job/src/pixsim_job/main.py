@@ -1,21 +1,70 @@
-"""Composition root of the job service: wires the kit and the service's parts."""
+"""Composition root of the job service."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+
+from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim.job.v1.job_service_pb2 import DESCRIPTOR
-from pixsim_common.app import ServiceApp, assemble, service_main
+from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
+from pixsim_job.capabilities import ProviderCatalog
+from pixsim_job.events import subscriptions
+from pixsim_job.grpc_api import JobApi
+from pixsim_job.service import ChangeFeed, JobService
 from pixsim_job.settings import Settings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["JobService"].full_name]
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
+class ChannelCloser:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self._channel.close(None)
+
+
 async def build(settings: ServiceSettings) -> ServiceApp:
+    assert isinstance(settings, Settings)
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    gateway = grpc.aio.insecure_channel(
+        settings.gateway_address,
+        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
+    )
+    catalog = ProviderCatalog(gateway, settings.capabilities_ttl_seconds)
+    feed = ChangeFeed(settings.database_url.get_secret_value())
+    services: dict[str, JobService] = {}
+
+    def service(kit: Kit) -> JobService:
+        if "job" not in services:
+            services["job"] = JobService(kit.sessions, catalog)
+        return services["job"]
+
+    def register(server: grpc.aio.Server, kit: Kit) -> None:
+        pb_grpc.add_JobServiceServicer_to_server(JobApi(service(kit), feed, kit.sessions), server)
+
+    def workers(_kit: Kit) -> Sequence[Worker]:
+        return [ChannelCloser(gateway), feed]
+
+    def consumed(kit: Kit) -> Sequence[Subscription]:
+        return subscriptions(service(kit))
+
     return await assemble(
-        settings, service_names=SERVICE_NAMES, register=lambda _server, _kit: None
+        settings,
+        service_names=SERVICE_NAMES,
+        register=register,
+        workers=workers,
+        subscriptions=consumed,
     )
 
 

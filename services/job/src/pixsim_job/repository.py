@@ -1,8 +1,144 @@
-"""Persistence of the job service. Its tables are declared on `metadata`, which
-`migrations/env.py` compares against; the outbox and inbox come from pixsim_common."""
+"""The job table, and loading and saving the `Job` aggregate.
+
+Concurrency: writes lock the job row (`SELECT ... FOR UPDATE`); idempotent creation rests on
+the unique `(user_id, request_id)` index, so concurrent retries of one request make one job.
+Every insert or update of a job notifies `pixsim_job_changed` with its id (a trigger made by
+the migration), which is what `WatchJob` waits on in every replica.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    Table,
+    Text,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixsim_job.domain import Job, JobState
+
+CHANGE_CHANNEL = "pixsim_job_changed"
 
 metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("operation_type", Integer, nullable=False),
+    Column("provider_id", Text, nullable=False),
+    Column("request", JSONB, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("error_code", Text, nullable=False, server_default=""),
+    Column("error_message", Text, nullable=False, server_default=""),
+    Column("retry_count", Integer, nullable=False, server_default="0"),
+    Column("asset_id", Text, nullable=False, server_default=""),
+    Column("request_id", Text),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("start_time", DateTime(timezone=True)),
+    Column("complete_time", DateTime(timezone=True)),
+    Index(
+        "jobs_idempotency",
+        "user_id",
+        "request_id",
+        unique=True,
+        postgresql_where=text("request_id IS NOT NULL"),
+    ),
+    Index("jobs_by_user_newest", "user_id", text("create_time DESC"), text("id DESC")),
+)
+
+
+def to_job(row: Row[Any]) -> Job:
+    return Job(
+        id=row.id,
+        user_id=row.user_id,
+        operation_type=row.operation_type,
+        provider_id=row.provider_id,
+        request=row.request,
+        state=JobState(row.state),
+        error_code=row.error_code,
+        error_message=row.error_message,
+        retry_count=row.retry_count,
+        asset_id=row.asset_id,
+        request_id=row.request_id or "",
+        create_time=row.create_time,
+        start_time=row.start_time,
+        complete_time=row.complete_time,
+    )
+
+
+async def insert_new(session: AsyncSession, job: Job) -> bool:
+    """Insert `job`; False when the caller already made one with the same request_id."""
+    inserted = await session.scalar(
+        insert(jobs)
+        .values(
+            id=job.id,
+            user_id=job.user_id,
+            operation_type=job.operation_type,
+            provider_id=job.provider_id,
+            request=job.request,
+            state=job.state.value,
+            request_id=job.request_id or None,
+        )
+        .on_conflict_do_nothing()
+        .returning(jobs.c.id)
+    )
+    return inserted is not None
+
+
+async def load(
+    session: AsyncSession, job_id: str, *, user_id: str | None = None, lock: bool = False
+) -> Job | None:
+    """The job, locked for update when asked; None when missing or another user's."""
+    query = select(jobs).where(jobs.c.id == job_id)
+    if user_id is not None:
+        query = query.where(jobs.c.user_id == user_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).first()
+    return to_job(row) if row is not None else None
+
+
+async def load_by_request_id(session: AsyncSession, user_id: str, request_id: str) -> Job:
+    row = (
+        await session.execute(
+            select(jobs).where(jobs.c.user_id == user_id, jobs.c.request_id == request_id)
+        )
+    ).one()
+    return to_job(row)
+
+
+async def save(session: AsyncSession, job: Job) -> Job:
+    """Write the aggregate's state back; returns it with the stored timestamps."""
+    row = (
+        await session.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id)
+            .values(
+                state=job.state.value,
+                error_code=job.error_code,
+                error_message=job.error_message,
+                retry_count=job.retry_count,
+                asset_id=job.asset_id,
+                start_time=job.start_time,
+                complete_time=job.complete_time,
+                update_time=func.now(),
+            )
+            .returning(*jobs.c)
+        )
+    ).one()
+    return to_job(row)

@@ -11,3 +11,7 @@ class Settings(ServiceSettings):
     service_name: str = "job"
     grpc_port: int = 50051
     metrics_port: int = 9101
+
+    # The provider gateway, asked for providers' capabilities at CreateJob.
+    gateway_address: str = "127.0.0.1:50053"
+    capabilities_ttl_seconds: float = 60.0

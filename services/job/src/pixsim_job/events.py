@@ -1,0 +1,49 @@
+"""The job service's consumers: each turns one event into a fact for the job (thin)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixsim.events.v1 import events_pb2
+from pixsim.types.v1 import types_pb2
+from pixsim_common import topics
+from pixsim_common.cloudevents import EventMeta
+from pixsim_common.consumer import Subscription
+from pixsim_job.domain import AssetCreated, GenerationFailed, GenerationStarted
+from pixsim_job.service import JobService
+
+Handler = Callable[[AsyncSession, Any, EventMeta], Awaitable[None]]
+
+
+def subscriptions(service: JobService) -> list[Subscription]:
+    async def started(
+        session: AsyncSession, event: events_pb2.GenerationStarted, meta: EventMeta
+    ) -> None:
+        await service.learn(session, event.job_id, GenerationStarted(event.job_retry_count))
+
+    async def failed(
+        session: AsyncSession, event: events_pb2.GenerationFailed, meta: EventMeta
+    ) -> None:
+        code = types_pb2.GenerationErrorCode.Name(event.error_code).removeprefix(
+            "GENERATION_ERROR_CODE_"
+        )
+        await service.learn(
+            session,
+            event.job_id,
+            GenerationFailed(event.job_retry_count, code, event.error_message),
+        )
+
+    async def created(
+        session: AsyncSession, event: events_pb2.AssetCreated, meta: EventMeta
+    ) -> None:
+        if event.job_id:  # uploads make assets too; only a generation's answers a job
+            await service.learn(session, event.job_id, AssetCreated(event.asset_id))
+
+    return [
+        Subscription(topics.GENERATION_STARTED, started),
+        Subscription(topics.GENERATION_FAILED, failed),
+        Subscription(topics.ASSET_CREATED, created),
+    ]

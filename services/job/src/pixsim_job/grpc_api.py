@@ -1,0 +1,131 @@
+"""`pixsim.job.v1.JobService`: thin handlers; the guard has authenticated and validated."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
+from pixsim_common import pagination
+from pixsim_common.auth import current_identity
+from pixsim_job import repository as repo
+from pixsim_job.domain import Job
+from pixsim_job.service import ChangeFeed, JobService, watch
+
+
+def _stamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def to_proto(job: Job) -> pb.Job:
+    message = pb.Job(
+        name=f"jobs/{job.id}",
+        owner=f"users/{job.user_id}",
+        operation_type=job.operation_type,  # type: ignore[arg-type]
+        provider_id=job.provider_id,
+        state=pb.Job.State.Value(f"STATE_{job.state.value}"),
+        error_code=job.error_code,
+        error_message=job.error_message,
+        retry_count=job.retry_count,
+        asset=f"assets/{job.asset_id}" if job.asset_id else "",
+        request_id=job.request_id,
+        create_time=_stamp(job.create_time),
+        start_time=_stamp(job.start_time),
+        complete_time=_stamp(job.complete_time),
+    )
+    json_format.ParseDict(
+        {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},
+        message,
+        ignore_unknown_fields=True,
+    )
+    return message
+
+
+def _id(name: str) -> str:
+    return name.removeprefix("jobs/")
+
+
+class JobApi(pb_grpc.JobServiceServicer):
+    def __init__(
+        self, service: JobService, feed: ChangeFeed, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self._service = service
+        self._feed = feed
+        self._sessions = sessions
+
+    async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.Job:
+        return to_proto(await self._service.create(current_identity(), request))
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
+        return to_proto(await self._service.get(current_identity(), _id(request.name)))
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
+        return to_proto(await self._service.cancel(current_identity(), _id(request.name)))
+
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Any) -> pb.Job:
+        return to_proto(await self._service.retry(current_identity(), _id(request.name)))
+
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.Job]:
+        async for job in watch(self._service, self._feed, current_identity(), _id(request.name)):
+            yield to_proto(job)
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        identity = current_identity()
+        filters = {
+            "states": sorted(request.states),
+            "provider": request.provider_id,
+            "operation": request.operation_type,
+            "start": request.create_time_start.ToJsonString()
+            if request.HasField("create_time_start")
+            else "",
+            "end": request.create_time_end.ToJsonString()
+            if request.HasField("create_time_end")
+            else "",
+        }
+        after = pagination.decode(request.page_token, filters)
+        size = pagination.page_size(request.page_size)
+        j = repo.jobs
+        query = select(j).where(j.c.user_id == identity.user_id)
+        if request.states:
+            query = query.where(
+                j.c.state.in_([pb.Job.State.Name(s).removeprefix("STATE_") for s in request.states])
+            )
+        if request.provider_id:
+            query = query.where(j.c.provider_id == request.provider_id)
+        if request.operation_type:
+            query = query.where(j.c.operation_type == request.operation_type)
+        if request.HasField("create_time_start"):
+            query = query.where(
+                j.c.create_time
+                >= request.create_time_start.ToDatetime(tzinfo=datetime.now().astimezone().tzinfo)
+            )
+        if request.HasField("create_time_end"):
+            query = query.where(
+                j.c.create_time
+                < request.create_time_end.ToDatetime(tzinfo=datetime.now().astimezone().tzinfo)
+            )
+        if after is not None:  # newest first: strictly older than the last one shown
+            created, last_id = datetime.fromisoformat(str(after[0])), str(after[1])
+            query = query.where(
+                or_(j.c.create_time < created, and_(j.c.create_time == created, j.c.id < last_id))
+            )
+        query = query.order_by(j.c.create_time.desc(), j.c.id.desc()).limit(size + 1)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = pagination.encode([last.create_time.isoformat(), last.id], filters)
+        return pb.ListJobsResponse(
+            jobs=[to_proto(repo.to_job(r)) for r in rows[:size]], next_page_token=token
+        )

@@ -1,0 +1,248 @@
+"""`JobService`: the use cases. `create` is the only code that inserts a job; every write is
+one transaction that saves the job and enqueues its events (outbox) together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixsim.events.v1 import events_pb2
+from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.types.v1 import types_pb2
+from pixsim_common import topics
+from pixsim_common.auth import Identity
+from pixsim_common.db import UnitOfWork, libpq_url
+from pixsim_common.errors import FailedPrecondition, NotFound
+from pixsim_common.outbox import enqueue
+from pixsim_job import repository as repo
+from pixsim_job.capabilities import ProviderCatalog, check_request
+from pixsim_job.domain import Fact, IllegalTransition, Job
+
+log = structlog.get_logger("pixsim.job")
+SOURCE = "/job"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(value: datetime | None = None) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value or _now())
+    return stamp
+
+
+class JobService:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], catalog: ProviderCatalog
+    ) -> None:
+        self._sessions = sessions
+        self._catalog = catalog
+
+    async def create(self, identity: Identity, request: pb.CreateJobRequest) -> Job:
+        spec = request.job
+        provider = await self._catalog.get(spec.provider_id, identity.token)
+        check_request(spec, provider)
+        job = Job.submit(
+            user_id=identity.user_id,
+            operation_type=spec.operation_type,
+            provider_id=spec.provider_id,
+            request_id=request.request_id,
+            request={
+                "prompt": spec.prompt,
+                "inputs": [json_format.MessageToDict(i) for i in spec.inputs],
+                "params": json_format.MessageToDict(spec.params),
+            },
+        )
+        async with UnitOfWork(self._sessions) as uow:
+            if not await repo.insert_new(uow.session, job):
+                # The same caller sent the same request_id before: that job, no second one.
+                existing = await repo.load_by_request_id(
+                    uow.session, identity.user_id, request.request_id
+                )
+                await uow.commit()
+                return existing
+            await self._submitted(uow.session, job, spec)
+            stored = await repo.load(uow.session, job.id)
+            await uow.commit()
+        assert stored is not None
+        return stored
+
+    async def _submitted(self, session: AsyncSession, job: Job, spec: Any) -> None:
+        await enqueue(
+            session,
+            topics.JOB_SUBMITTED,
+            job.id,
+            events_pb2.JobSubmitted(
+                job_id=job.id,
+                user_id=job.user_id,
+                operation_type=types_pb2.OperationType.ValueType(job.operation_type),
+                provider_id=job.provider_id,
+                prompt=spec.prompt,
+                inputs=list(spec.inputs),
+                params=spec.params,
+                retry_count=job.retry_count,
+                submit_time=_stamp(),
+            ),
+            source=SOURCE,
+        )
+
+    async def get(self, identity: Identity, job_id: str) -> Job:
+        async with self._sessions() as session:
+            job = await repo.load(session, job_id, user_id=identity.user_id)
+        if job is None:
+            raise NotFound(f"jobs/{job_id} does not exist", reason="JOB_NOT_FOUND")
+        return job
+
+    async def cancel(self, identity: Identity, job_id: str) -> Job:
+        return await self._command(identity, job_id, "cancel")
+
+    async def retry(self, identity: Identity, job_id: str) -> Job:
+        return await self._command(identity, job_id, "retry")
+
+    async def _command(self, identity: Identity, job_id: str, command: str) -> Job:
+        async with UnitOfWork(self._sessions) as uow:
+            job = await repo.load(uow.session, job_id, user_id=identity.user_id, lock=True)
+            if job is None:
+                raise NotFound(f"jobs/{job_id} does not exist", reason="JOB_NOT_FOUND")
+            try:
+                getattr(job, command)(_now())
+            except IllegalTransition as error:
+                raise FailedPrecondition(
+                    f"a {error.current.value} job cannot be {command}led"
+                    if command == "cancel"
+                    else "only a FAILED job can be retried",
+                    reason="JOB_NOT_CANCELLABLE" if command == "cancel" else "JOB_NOT_FAILED",
+                    metadata={"state": error.current.value},
+                ) from None
+            if command == "cancel":
+                await enqueue(
+                    uow.session,
+                    topics.JOB_CANCELLED,
+                    job.id,
+                    events_pb2.JobCancelled(
+                        job_id=job.id, user_id=job.user_id, cancel_time=_stamp()
+                    ),
+                    source=SOURCE,
+                )
+            else:
+                spec = json_format.ParseDict(job.request, pb.Job(), ignore_unknown_fields=True)
+                await self._submitted(uow.session, job, spec)
+            stored = await self._save(uow.session, job)
+            await uow.commit()
+        return stored
+
+    async def learn(self, session: AsyncSession, job_id: str, fact: Fact) -> None:
+        """Apply a fact from an event inside the consumer's transaction."""
+        job = await repo.load(session, job_id, lock=True)
+        if job is None:
+            from pixsim_common.consumer import PoisonMessage
+
+            raise PoisonMessage(f"job {job_id} does not exist", "UNKNOWN_JOB")
+        if job.learn(fact, _now()):
+            await self._save(session, job)
+
+    async def _save(self, session: AsyncSession, job: Job) -> Job:
+        for transition in job.transitions:
+            await enqueue(
+                session,
+                topics.JOB_STATUS_CHANGED,
+                job.id,
+                events_pb2.JobStatusChanged(
+                    job_id=job.id,
+                    user_id=job.user_id,
+                    state=pb.Job.State.Value(f"STATE_{transition.state.value}"),
+                    previous_state=pb.Job.State.Value(f"STATE_{transition.previous.value}"),
+                    error_code=job.error_code,
+                    error_message=job.error_message,
+                    asset_id=job.asset_id,
+                    change_time=_stamp(),
+                ),
+                source=SOURCE,
+            )
+        return await repo.save(session, job)
+
+
+class ChangeFeed:
+    """One LISTEN connection per process: wakes the watchers of a job when it changes."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = libpq_url(database_url)
+        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="job-change-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _wake(self, job_id: str | None = None) -> None:
+        targets = [self._watchers.get(job_id, set())] if job_id else list(self._watchers.values())
+        for events in targets:
+            for event in events:
+                event.set()
+
+    async def _run(self) -> None:
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self._url)
+                closed = asyncio.Event()
+                connection.add_termination_listener(lambda _c, closed=closed: closed.set())
+                await connection.add_listener(
+                    repo.CHANGE_CHANNEL, lambda _c, _pid, _ch, payload: self._wake(payload)
+                )
+                self._wake()  # anything may have changed while we were not listening
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("change feed reconnecting", error=repr(error))
+                await asyncio.sleep(1)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+
+    @contextlib.contextmanager
+    def subscribe(self, job_id: str) -> Any:
+        event = asyncio.Event()
+        self._watchers.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            self._watchers[job_id].discard(event)
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
+
+
+async def watch(
+    service: JobService, feed: ChangeFeed, identity: Identity, job_id: str
+) -> AsyncIterator[Job]:
+    """The job now, then on every change, until it is terminal."""
+    with feed.subscribe(job_id) as changed:
+        last: tuple[Any, ...] | None = None
+        while True:
+            changed.clear()
+            job = await service.get(identity, job_id)
+            current = (job.state, job.retry_count, job.asset_id, job.error_code)
+            if current != last:
+                yield job
+                last = current
+            if job.state.terminal:
+                return
+            with contextlib.suppress(TimeoutError):
+                # The timeout only guards against a missed notification.
+                await asyncio.wait_for(changed.wait(), timeout=15)

@@ -1,0 +1,425 @@
+"""The job service through a real gRPC channel, against real PostgreSQL, Kafka, the real
+provider gateway (for capabilities and to run jobs) and the provider simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from pydantic import SecretStr
+
+from pixsim.events.v1 import events_pb2
+from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
+from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gw_grpc
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_common import topics
+from pixsim_common.app import ServiceApp
+from pixsim_common.auth import issue_token
+from pixsim_common.cloudevents import encode_headers, event_headers
+from pixsim_common.db import run_migrations
+from pixsim_job import main as job_main
+from pixsim_job.settings import Settings as JobSettings
+from pixsim_local.kafka import EventTap, KafkaBroker, produce_raw
+from pixsim_local.postgres import ServiceDatabase
+from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_provider_gateway import main as gateway_main
+from pixsim_provider_gateway.crypto import new_key
+from pixsim_provider_gateway.settings import Settings as GatewaySettings
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    jobs: pb_grpc.JobServiceAsyncStub
+    tap: EventTap
+    kafka: KafkaBroker
+    database: ServiceDatabase
+    alice: tuple[tuple[str, str], ...]
+    bob: tuple[tuple[str, str], ...]
+
+    async def create(
+        self,
+        provider: str = "pixverse",
+        prompt: str = "a cat",
+        operation: int = t.OPERATION_TYPE_TEXT_TO_VIDEO,
+        **extra: Any,
+    ) -> pb.Job:
+        job = pb.Job(
+            provider_id=provider,
+            operation_type=operation,  # type: ignore[arg-type]
+            prompt=prompt,
+        )
+        return await self.jobs.CreateJob(pb.CreateJobRequest(job=job, **extra), metadata=self.alice)
+
+    async def publish(self, topic: topics.Topic, key: str, event: Any) -> None:
+        headers = encode_headers(event_headers(event_type=topic.event_type, source="/test"))
+        await produce_raw(
+            self.kafka.bootstrap, topic.name, [(key.encode(), event.SerializeToString(), headers)]
+        )
+
+    async def state_of(
+        self, name: str, want: pb.Job.State.ValueType, timeout: float = 30
+    ) -> pb.Job:
+        for _ in range(int(timeout * 20)):
+            job = await self.jobs.GetJob(pb.GetJobRequest(name=name), metadata=self.alice)
+            if job.state == want:
+                return job
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{name} never reached {pb.Job.State.Name(want)}: {job}")
+
+
+async def start_app(app: ServiceApp) -> ServiceApp:
+    await app.start()
+    return app
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def stack(
+    own_kafka: KafkaBroker,
+    new_database_module: DatabaseFactory,
+    provider_sim: str,
+    signing_keys: tuple[str, str],
+) -> AsyncIterator[Stack]:
+    gateway_db = await new_database_module("gateway")
+    job_db = await new_database_module("jobs")
+    await asyncio.to_thread(run_migrations, gateway_db.url, gateway_main.MIGRATIONS)
+    await asyncio.to_thread(run_migrations, job_db.url, job_main.MIGRATIONS)
+    common: dict[str, Any] = {
+        "kafka_bootstrap": own_kafka.bootstrap,
+        "jwt_public_key": signing_keys[1],
+        "grpc_port": 0,
+    }
+    gateway = await start_app(
+        await gateway_main.build(
+            GatewaySettings(
+                database_url=SecretStr(gateway_db.url),
+                credentials_keys=SecretStr(f"k:{new_key()}"),
+                pixverse_base_url=provider_sim,
+                runway_base_url=provider_sim,
+                pika_base_url=provider_sim,
+                poll_first_seconds=0.1,
+                poll_cap_seconds=0.3,
+                **common,
+            )
+        )
+    )
+    jobs = await start_app(
+        await job_main.build(
+            JobSettings(
+                database_url=SecretStr(job_db.url),
+                gateway_address=f"127.0.0.1:{gateway.port}",
+                **common,
+            )
+        )
+    )
+    admin = (
+        (
+            "authorization",
+            "Bearer " + issue_token(signing_keys[0], user_id="root", roles=["admin"]),
+        ),
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        key = f"jobs-{uuid.uuid4().hex[:6]}"
+        async with httpx.AsyncClient() as client:
+            await client.put(f"{provider_sim}/_sim/keys/{key}", json={"finish_ms": 400})
+        await gw_grpc.ProviderGatewayServiceStub(channel).CreateAccount(
+            gw_pb.CreateAccountRequest(
+                account=gw_pb.Account(
+                    provider_id="pixverse",
+                    credentials={"api_key": key},
+                    credits=100_000,
+                    max_concurrency=5,
+                )
+            ),
+            metadata=admin,
+        )
+    tap = EventTap(
+        own_kafka.bootstrap, [t.name for t in topics.ALL_TOPICS] + [topics.GENERATION_STARTED.dlq]
+    )
+    await tap.start()
+
+    def auth(user: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", "Bearer " + issue_token(signing_keys[0], user_id=user)),)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{jobs.port}") as channel:
+        yield Stack(
+            pb_grpc.JobServiceStub(channel), tap, own_kafka, job_db, auth("alice"), auth("bob")
+        )
+    await tap.stop()
+    await jobs.stop()
+    await gateway.stop()
+
+
+def error_info(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    found: dict[str, Any] = {}
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    return found
+
+
+async def test_a_job_runs_to_completion_and_watch_streams_every_state(stack: Stack) -> None:
+    job = await stack.create()
+    assert job.state == pb.Job.STATE_PENDING
+    assert job.owner == "users/alice"
+    job_id = job.name.removeprefix("jobs/")
+    submitted = await stack.tap.wait_for(topics.JOB_SUBMITTED.name, job_id)
+    assert events_pb2.JobSubmitted.FromString(submitted[0].value).prompt == "a cat"
+
+    watched: list[int] = []
+
+    async def watch() -> None:
+        async for update in stack.jobs.WatchJob(
+            pb.WatchJobRequest(name=job.name), metadata=stack.alice
+        ):
+            watched.append(update.state)
+
+    watcher = asyncio.create_task(watch())
+    await stack.state_of(job.name, pb.Job.STATE_PROCESSING)
+    # The gateway finished; the asset service (not built yet) would answer with this.
+    await stack.tap.wait_for(topics.GENERATION_COMPLETED.name, job_id)
+    asset_id = str(uuid.uuid4())
+    await stack.publish(
+        topics.ASSET_CREATED,
+        asset_id,
+        events_pb2.AssetCreated(asset_id=asset_id, user_id="alice", job_id=job_id),
+    )
+    done = await stack.state_of(job.name, pb.Job.STATE_COMPLETED)
+    assert done.asset == f"assets/{asset_id}"
+    await asyncio.wait_for(watcher, timeout=10)
+    assert watched[-2:] == [pb.Job.STATE_PROCESSING, pb.Job.STATE_COMPLETED]
+    assert watched[0] in (pb.Job.STATE_PENDING, pb.Job.STATE_PROCESSING)
+    changes = await stack.tap.wait_for(topics.JOB_STATUS_CHANGED.name, job_id, count=2)
+    states = [events_pb2.JobStatusChanged.FromString(r.value).state for r in changes]
+    assert states == [pb.Job.STATE_PROCESSING, pb.Job.STATE_COMPLETED]
+    # A late, repeated start leaves it COMPLETED.
+    await stack.publish(
+        topics.GENERATION_STARTED,
+        job_id,
+        events_pb2.GenerationStarted(
+            job_id=job_id, user_id="alice", submission_id=str(uuid.uuid4()), provider_id="pixverse"
+        ),
+    )
+    await asyncio.sleep(1)
+    assert (await stack.state_of(job.name, pb.Job.STATE_COMPLETED)).asset == done.asset
+
+
+FAIL_JOB_ELSEWHERE = """
+import asyncio, sys, asyncpg
+async def main():
+    connection = await asyncpg.connect(sys.argv[1])
+    await connection.execute(
+        "UPDATE jobs SET state = 'FAILED', error_code = 'X' WHERE id = $1", sys.argv[2])
+asyncio.run(main())
+"""
+
+
+async def test_watch_sees_a_change_made_by_another_process(stack: Stack) -> None:
+    job = await stack.create(prompt="slow [sim:finish_ms=600000]")
+    updates = aiter(stack.jobs.WatchJob(pb.WatchJobRequest(name=job.name), metadata=stack.alice))
+    first = await anext(updates)
+    assert first.state in (pb.Job.STATE_PENDING, pb.Job.STATE_PROCESSING)
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            FAIL_JOB_ELSEWHERE,
+            stack.database.url,
+            job.name.removeprefix("jobs/"),
+        ],
+        check=True,
+    )
+    update = first
+    while update.state != pb.Job.STATE_FAILED:  # PROCESSING (from the gateway) may come first
+        update = await asyncio.wait_for(anext(updates), timeout=5)
+    assert update.error_code == "X"
+
+
+async def test_the_same_request_id_raced_20_times_makes_one_job(stack: Stack) -> None:
+    key = f"req-{uuid.uuid4().hex}"
+    made = await asyncio.gather(*(stack.create(request_id=key) for _ in range(20)))
+    assert len({job.name for job in made}) == 1
+    job_id = made[0].name.removeprefix("jobs/")
+    await stack.tap.wait_for(topics.JOB_SUBMITTED.name, job_id)
+    await asyncio.sleep(1)
+    assert len(stack.tap.of(topics.JOB_SUBMITTED.name, job_id)) == 1
+    other = await stack.jobs.CreateJob(
+        pb.CreateJobRequest(
+            job=pb.Job(
+                provider_id="pixverse",
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt="a cat",
+            ),
+            request_id=key,
+        ),
+        metadata=stack.bob,
+    )
+    assert other.name != made[0].name  # keys are per caller
+
+
+@pytest.mark.parametrize(
+    ("job", "code", "fields"),
+    [
+        (
+            pb.Job(prompt="no identity"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"job.provider_id", "job.operation_type"},
+        ),
+        (
+            pb.Job(provider_id="sora", operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO, prompt="x"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"job.provider_id"},
+        ),
+        (
+            pb.Job(
+                provider_id="pixverse",
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt="x",
+                params=struct_pb2.Struct(
+                    fields={
+                        "duration": struct_pb2.Value(number_value=7),
+                        "speed": struct_pb2.Value(number_value=1),
+                    }
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"job.params.duration", "job.params.speed"},
+        ),
+        (
+            pb.Job(
+                provider_id="pixverse", operation_type=t.OPERATION_TYPE_IMAGE_TO_VIDEO, prompt="x"
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            {"job.inputs"},
+        ),
+    ],
+    ids=["no identity", "unknown provider", "bad params", "missing input"],
+)
+async def test_bad_requests_name_their_fields(
+    stack: Stack, job: pb.Job, code: grpc.StatusCode, fields: set[str]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.jobs.CreateJob(pb.CreateJobRequest(job=job), metadata=stack.alice)
+    assert raised.value.code() == code
+    assert {v.field for v in error_info(raised.value)["BadRequest"].field_violations} == fields
+
+
+async def test_an_unsupported_operation_lists_what_the_provider_supports(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.create(provider="pika", operation=t.OPERATION_TYPE_VIDEO_EXTEND)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(raised.value)["ErrorInfo"]
+    assert info.reason == "UNSUPPORTED_OPERATION"
+    assert "OPERATION_TYPE_FUSION" in info.metadata["supported_operations"]
+    assert "OPERATION_TYPE_VIDEO_EXTEND" not in info.metadata["supported_operations"]
+
+
+async def test_cancel_and_retry(stack: Stack) -> None:
+    job = await stack.create(prompt="slow [sim:finish_ms=600000]")
+    job_id = job.name.removeprefix("jobs/")
+    cancelled = await stack.jobs.CancelJob(pb.CancelJobRequest(name=job.name), metadata=stack.alice)
+    assert cancelled.state == pb.Job.STATE_CANCELLED
+    await stack.tap.wait_for(topics.JOB_CANCELLED.name, job_id)
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await stack.jobs.CancelJob(pb.CancelJobRequest(name=job.name), metadata=stack.alice)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    failing = await stack.create(prompt="a cat [sim:moderation]")
+    failed = await stack.state_of(failing.name, pb.Job.STATE_FAILED)
+    assert failed.error_code == "CONTENT_REJECTED"
+    retried = await stack.jobs.RetryJob(pb.RetryJobRequest(name=failing.name), metadata=stack.alice)
+    assert (retried.state, retried.retry_count) == (pb.Job.STATE_PENDING, 1)
+    resubmitted = await stack.tap.wait_for(
+        topics.JOB_SUBMITTED.name, failing.name.removeprefix("jobs/"), count=2
+    )
+    assert events_pb2.JobSubmitted.FromString(resubmitted[1].value).retry_count == 1
+    with pytest.raises(grpc.aio.AioRpcError) as not_failed:
+        await stack.jobs.RetryJob(pb.RetryJobRequest(name=failing.name), metadata=stack.alice)
+    assert not_failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_other_users_jobs_are_not_found(stack: Stack) -> None:
+    job = await stack.create()
+    for call in (
+        stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.bob),
+        stack.jobs.CancelJob(pb.CancelJobRequest(name=job.name), metadata=stack.bob),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_list_filters_and_pages_newest_first(stack: Stack) -> None:
+    made = [await stack.create(prompt=f"list {i}") for i in range(5)]
+    first = await stack.jobs.ListJobs(pb.ListJobsRequest(page_size=3), metadata=stack.alice)
+    second = await stack.jobs.ListJobs(
+        pb.ListJobsRequest(page_size=3, page_token=first.next_page_token), metadata=stack.alice
+    )
+    names = [j.name for j in [*first.jobs, *second.jobs]]
+    assert names[:5] == [j.name for j in reversed(made)]
+    cancelled = await stack.jobs.ListJobs(
+        pb.ListJobsRequest(states=[pb.Job.STATE_CANCELLED], provider_id="pixverse"),
+        metadata=stack.alice,
+    )
+    assert all(j.state == pb.Job.STATE_CANCELLED for j in cancelled.jobs)
+    assert (await stack.jobs.ListJobs(pb.ListJobsRequest(), metadata=stack.bob)).jobs
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stack.jobs.ListJobs(pb.ListJobsRequest(page_token="garbage!"), metadata=stack.alice)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_event_for_no_job_goes_to_the_dlq(stack: Stack) -> None:
+    ghost = str(uuid.uuid4())
+    await stack.publish(
+        topics.GENERATION_STARTED,
+        ghost,
+        events_pb2.GenerationStarted(
+            job_id=ghost, user_id="alice", submission_id=str(uuid.uuid4()), provider_id="x"
+        ),
+    )
+    (dead,) = await stack.tap.wait_for(topics.GENERATION_STARTED.dlq, ghost)
+    assert dict(dead.headers)["pixsim_error_reason"] == b"UNKNOWN_JOB"
+
+
+async def test_a_failure_between_the_job_and_its_event_leaves_neither(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pixsim_job.service as service_module
+
+    async def broken(*_args: Any, **_kwargs: Any) -> str:
+        raise RuntimeError("the outbox write failed")
+
+    connection = await asyncpg.connect(stack.database.url)
+    try:
+        before = await connection.fetchval("SELECT count(*) FROM jobs")
+        outbox_before = await connection.fetchval("SELECT count(*) FROM outbox")
+        monkeypatch.setattr(service_module, "enqueue", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stack.create(prompt="doomed")
+        assert raised.value.code() == grpc.StatusCode.INTERNAL
+        assert await connection.fetchval("SELECT count(*) FROM jobs") == before
+        assert await connection.fetchval("SELECT count(*) FROM outbox") == outbox_before
+    finally:
+        await connection.close()

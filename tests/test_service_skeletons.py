@@ -59,6 +59,12 @@ async def test_migrate_then_serve_health_and_reflection_then_drain(
         f"{prefix}CREDENTIALS_KEYS": f"test:{new_key()}",
     }
 
+    unmigrated = await asyncio.to_thread(
+        subprocess.run, command(package, "serve"), env=env, capture_output=True, timeout=60
+    )
+    assert unmigrated.returncode != 0
+    assert b"run the service's `migrate` command first" in unmigrated.stderr
+
     migrate = await asyncio.to_thread(
         subprocess.run, command(package, "migrate"), env=env, capture_output=True, timeout=60
     )

@@ -174,7 +174,7 @@ def service_main(
     """The command line of every service: `serve` (the default) or `migrate`."""
     import argparse
 
-    from pixsim_common.db import run_migrations
+    from pixsim_common.db import ensure_migrated, run_migrations
 
     parser = argparse.ArgumentParser()
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
@@ -188,6 +188,7 @@ def service_main(
         return
 
     async def serve() -> None:
+        await ensure_migrated(settings.database_url.get_secret_value(), migrations_dir)
         app = await build(settings)
         await app.run_until_signal()
 

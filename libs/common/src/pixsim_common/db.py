@@ -99,3 +99,31 @@ def run_migrations(database_url: str, migrations_dir: Path, revision: str = "hea
     config.set_main_option("script_location", str(migrations_dir))
     config.attributes["database_url"] = sqlalchemy_url(database_url)
     command.upgrade(config, revision)
+
+
+async def ensure_migrated(database_url: str, migrations_dir: Path) -> None:
+    """Refuse to serve a database that is not at the code's migration head."""
+    import asyncpg
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    connection = await asyncpg.connect(libpq_url(database_url))
+    try:
+        try:
+            current = {
+                row["version_num"]
+                for row in await connection.fetch("SELECT version_num FROM alembic_version")
+            }
+        except asyncpg.UndefinedTableError:
+            current = set()
+    finally:
+        await connection.close()
+    if current != heads:
+        found = ", ".join(sorted(current)) or "no migrations"
+        raise SystemExit(
+            f"the database is at {found} but this code needs {', '.join(sorted(heads))}: "
+            "run the service's `migrate` command first (make run does)"
+        )

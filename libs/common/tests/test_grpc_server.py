@@ -13,16 +13,14 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from pixsim.asset.v1 import asset_service_pb2, asset_service_pb2_grpc
 from pixsim.job.v1 import job_service_pb2, job_service_pb2_grpc
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gateway_grpc
 from pixsim_common.auth import TokenVerifier, current_identity, generate_keypair, issue_token
-from pixsim_common.errors import NotFound
+from pixsim_common.errors import NotFound, status_details
 from pixsim_common.grpc_server import (
     AccessPolicy,
     add_health_and_reflection,
@@ -103,19 +101,6 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
     await server.stop(0)
 
 
-def details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: dict[str, Any] = {}
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.DESCRIPTOR.name] = message
-    return found
-
-
 async def test_an_authenticated_call_sees_its_caller(channel: grpc.aio.Channel) -> None:
     jobs = job_service_pb2_grpc.JobServiceStub(channel)
     job = await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=auth(token()))
@@ -140,7 +125,7 @@ async def test_calls_without_a_valid_token_are_unauthenticated(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=metadata)
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert details(raised.value)["ErrorInfo"].reason == reason
+    assert status_details(raised.value)["ErrorInfo"].reason == reason
 
 
 def b64url(data: bytes) -> str:
@@ -179,7 +164,7 @@ async def test_admin_methods_need_the_admin_role(channel: grpc.aio.Channel) -> N
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await gateway.CreateAccount(request, metadata=auth(token()))
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert details(raised.value)["ErrorInfo"].reason == "ADMIN_REQUIRED"
+    assert status_details(raised.value)["ErrorInfo"].reason == "ADMIN_REQUIRED"
     created = await gateway.CreateAccount(request, metadata=auth(token(roles=("admin",))))
     assert created.provider_id == "pika"
 
@@ -196,7 +181,9 @@ async def test_an_invalid_request_carries_its_field_violations(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await gateway.CreateAccount(request, metadata=auth(token(roles=("admin",))))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = {v.field: v.reason for v in details(raised.value)["BadRequest"].field_violations}
+    violations = {
+        v.field: v.reason for v in status_details(raised.value)["BadRequest"].field_violations
+    }
     assert violations == {
         "account.provider_id": "string.pattern",
         "account.credentials['']" + "(key)": "string.min_len",
@@ -213,7 +200,7 @@ async def test_domain_errors_map_to_their_code_with_error_info(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await jobs.GetJob(job_service_pb2.GetJobRequest(name=MISSING), metadata=auth(token()))
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
-    info = details(raised.value)["ErrorInfo"]
+    info = status_details(raised.value)["ErrorInfo"]
     assert (info.reason, info.domain, dict(info.metadata)) == (
         "JOB_NOT_FOUND",
         "pixsim.dev",
@@ -228,7 +215,7 @@ async def test_a_bug_is_internal_with_a_trace_id_and_no_internals(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await jobs.GetJob(job_service_pb2.GetJobRequest(name=BUGGY), metadata=auth(token()))
     assert raised.value.code() == grpc.StatusCode.INTERNAL
-    info = details(raised.value)["ErrorInfo"]
+    info = status_details(raised.value)["ErrorInfo"]
     assert info.reason == "INTERNAL"
     assert len(info.metadata["trace_id"]) == 32
     assert "KeyError" not in (raised.value.details() or "")

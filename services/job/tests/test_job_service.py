@@ -17,8 +17,6 @@ import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from pydantic import SecretStr
 
 from pixsim.events.v1 import events_pb2
@@ -32,6 +30,7 @@ from pixsim_common.app import ServiceApp
 from pixsim_common.auth import issue_token
 from pixsim_common.cloudevents import encode_headers, event_headers
 from pixsim_common.db import run_migrations
+from pixsim_common.errors import status_details
 from pixsim_job import main as job_main
 from pixsim_job.settings import Settings as JobSettings
 from pixsim_local.kafka import EventTap, KafkaBroker, produce_raw
@@ -164,19 +163,6 @@ async def stack(
     await tap.stop()
     await jobs.stop()
     await gateway.stop()
-
-
-def error_info(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: dict[str, Any] = {}
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.DESCRIPTOR.name] = message
-    return found
 
 
 async def test_a_job_runs_to_completion_and_watch_streams_every_state(stack: Stack) -> None:
@@ -323,14 +309,14 @@ async def test_bad_requests_name_their_fields(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stack.jobs.CreateJob(pb.CreateJobRequest(job=job), metadata=stack.alice)
     assert raised.value.code() == code
-    assert {v.field for v in error_info(raised.value)["BadRequest"].field_violations} == fields
+    assert {v.field for v in status_details(raised.value)["BadRequest"].field_violations} == fields
 
 
 async def test_an_unsupported_operation_lists_what_the_provider_supports(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stack.create(provider="pika", operation=t.OPERATION_TYPE_VIDEO_EXTEND)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    info = error_info(raised.value)["ErrorInfo"]
+    info = status_details(raised.value)["ErrorInfo"]
     assert info.reason == "UNSUPPORTED_OPERATION"
     assert "OPERATION_TYPE_FUSION" in info.metadata["supported_operations"]
     assert "OPERATION_TYPE_VIDEO_EXTEND" not in info.metadata["supported_operations"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -139,3 +140,18 @@ def internal_status(trace_id: str) -> status_pb2.Status:
         message=f"internal error (trace {trace_id})",
         details=[packed],
     )
+
+
+def status_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The `ErrorInfo` and `BadRequest` a failed call carried, by type name (for clients)."""
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found: dict[str, Any] = {}
+    for detail in status.details if status is not None else ():
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    return found

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import structlog
 from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,8 +18,9 @@ from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.auth import Identity
-from pixsim_common.db import UnitOfWork, libpq_url
+from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import FailedPrecondition, NotFound
+from pixsim_common.notify import Listener
 from pixsim_common.outbox import enqueue
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import ProviderCatalog, check_request
@@ -172,21 +172,18 @@ class JobService:
 
 
 class ChangeFeed:
-    """One LISTEN connection per process: wakes the watchers of a job when it changes."""
+    """Wakes the watchers of a job when it changes (one LISTEN per process)."""
 
     def __init__(self, database_url: str) -> None:
-        self._url = libpq_url(database_url)
         self._watchers: dict[str, set[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
+        # After a reconnect anything may have changed: every watcher looks again.
+        self._listener = Listener(database_url, repo.CHANGE_CHANNEL, self._wake, self._wake)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="job-change-feed")
+        await self._listener.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._listener.stop()
 
     def _wake(self, job_id: str | None = None) -> None:
         targets = [self._watchers.get(job_id, set())] if job_id else list(self._watchers.values())
@@ -194,30 +191,8 @@ class ChangeFeed:
             for event in events:
                 event.set()
 
-    async def _run(self) -> None:
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                connection = await asyncpg.connect(self._url)
-                closed = asyncio.Event()
-                connection.add_termination_listener(lambda _c, closed=closed: closed.set())
-                await connection.add_listener(
-                    repo.CHANGE_CHANNEL, lambda _c, _pid, _ch, payload: self._wake(payload)
-                )
-                self._wake()  # anything may have changed while we were not listening
-                await closed.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("change feed reconnecting", error=repr(error))
-                await asyncio.sleep(1)
-            finally:
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        await connection.close()
-
     @contextlib.contextmanager
-    def subscribe(self, job_id: str) -> Any:
+    def subscribe(self, job_id: str) -> Iterator[asyncio.Event]:
         event = asyncio.Event()
         self._watchers.setdefault(job_id, set()).add(event)
         try:

@@ -8,12 +8,11 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixsim_common.db import libpq_url
+from pixsim_common.notify import Listener
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.events import WORK_CHANNEL
@@ -75,36 +74,6 @@ class Loop(Background):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle)
 
 
-class Listener(Background):
-    """Sets `event` on every NOTIFY of `channel` (reconnecting as needed)."""
-
-    def __init__(self, database_url: str, channel: str, event: asyncio.Event) -> None:
-        self._url = libpq_url(database_url)
-        self._channel = channel
-        self._event = event
-        self.name = f"listen-{channel}"
-
-    async def _run(self) -> None:
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                connection = await asyncpg.connect(self._url)
-                closed = asyncio.Event()
-                connection.add_termination_listener(lambda _connection, closed=closed: closed.set())
-                await connection.add_listener(self._channel, lambda *_: self._event.set())
-                self._event.set()  # catch up on anything that arrived while disconnected
-                await closed.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("listener reconnecting", channel=self._channel, error=repr(error))
-                await asyncio.sleep(1)
-            finally:
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        await connection.close()
-
-
 async def refresh_metrics(sessions: async_sessionmaker[AsyncSession]) -> int:
     async with sessions() as session:
         for account in (await session.execute(select(repo.accounts))).all():
@@ -133,7 +102,8 @@ def gateway_workers(
 ) -> list[Listener | Loop]:
     wake = asyncio.Event()
     return [
-        Listener(database_url, WORK_CHANNEL, wake),
+        # A wake-up on every new submission, and after a reconnect (one may have been missed).
+        Listener(database_url, WORK_CHANNEL, lambda _payload: wake.set(), wake.set),
         Loop("dispatch", lambda: service.dispatch_once(dispatch_batch), wake),
         Loop("poll", lambda: service.poll_once(poll_batch)),
         Loop("recover", service.recover_once, idle=5.0),

@@ -52,14 +52,14 @@ def probe(path: Path) -> MediaInfo:
                     size,
                 )
             if container.streams.audio:
-                stream = container.streams.audio[0]
+                audio = container.streams.audio[0]
                 return MediaInfo(
                     "audio",
                     f"audio/{container.format.name.split(',')[0]}",
                     0,
                     0,
                     (container.duration or 0) / 1_000_000,
-                    stream.codec_context.name,
+                    audio.codec_context.name,
                     size,
                 )
     except av.FFmpegError as error:

@@ -370,7 +370,19 @@ async def test_list_filters_and_pages_newest_first(stack: Stack) -> None:
         metadata=stack.alice,
     )
     assert all(j.state == pb.Job.STATE_CANCELLED for j in cancelled.jobs)
-    assert (await stack.jobs.ListJobs(pb.ListJobsRequest(), metadata=stack.bob)).jobs
+    bobs = await stack.jobs.CreateJob(
+        pb.CreateJobRequest(
+            job=pb.Job(
+                provider_id="pixverse",
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt="bob's",
+            )
+        ),
+        metadata=stack.bob,
+    )
+    seen_by_bob = (await stack.jobs.ListJobs(pb.ListJobsRequest(), metadata=stack.bob)).jobs
+    assert bobs.name in {j.name for j in seen_by_bob}
+    assert not {j.name for j in made} & {j.name for j in seen_by_bob}  # alice's stay hers
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await stack.jobs.ListJobs(pb.ListJobsRequest(page_token="garbage!"), metadata=stack.alice)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT

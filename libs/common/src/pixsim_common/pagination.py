@@ -10,7 +10,11 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy import Select, Table, and_, or_
 
 from pixsim_common.errors import FieldViolation, InvalidArgument
 
@@ -53,3 +57,40 @@ def _bad(why: str) -> InvalidArgument:
         [FieldViolation("page_token", why, "INVALID_PAGE_TOKEN")],
         reason="INVALID_PAGE_TOKEN",
     )
+
+
+def keyset(
+    query: Select[Any],
+    table: Table,
+    token: str,
+    requested_size: int,
+    filters: Any,
+    *,
+    newest_first: bool = False,
+) -> tuple[Select[Any], int]:
+    """`query` in (create_time, id) order from the position `token` names, limited to one
+    row more than the page (that row tells whether another page follows); and the page size.
+
+    A token from another query (other `filters`) or a malformed one is INVALID_ARGUMENT.
+    """
+    size = page_size(requested_size)
+    created_col, id_col = table.c.create_time, table.c.id
+    order = (created_col.desc(), id_col.desc()) if newest_first else (created_col, id_col)
+    query = query.order_by(*order)
+    position = decode(token, filters)
+    if position is not None:
+        created, last_id = datetime.fromisoformat(str(position[0])), str(position[1])
+        if newest_first:
+            past = or_(created_col < created, and_(created_col == created, id_col < last_id))
+        else:
+            past = or_(created_col > created, and_(created_col == created, id_col > last_id))
+        query = query.where(past)
+    return query.limit(size + 1), size
+
+
+def next_token(rows: Sequence[Any], size: int, filters: Any) -> str:
+    """The token of the page after `rows` (fetched by `keyset`), or "" when none follows."""
+    if len(rows) <= size:
+        return ""
+    last = rows[size - 1]
+    return encode([last.create_time.isoformat(), last.id], filters)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.job.v1 import job_service_pb2 as pb
@@ -92,8 +92,6 @@ class JobApi(pb_grpc.JobServiceServicer):
             if request.HasField("create_time_end")
             else "",
         }
-        after = pagination.decode(request.page_token, filters)
-        size = pagination.page_size(request.page_size)
         j = repo.jobs
         query = select(j).where(j.c.user_id == identity.user_id)
         if request.states:
@@ -105,27 +103,15 @@ class JobApi(pb_grpc.JobServiceServicer):
         if request.operation_type:
             query = query.where(j.c.operation_type == request.operation_type)
         if request.HasField("create_time_start"):
-            query = query.where(
-                j.c.create_time
-                >= request.create_time_start.ToDatetime(tzinfo=datetime.now().astimezone().tzinfo)
-            )
+            query = query.where(j.c.create_time >= request.create_time_start.ToDatetime(tzinfo=UTC))
         if request.HasField("create_time_end"):
-            query = query.where(
-                j.c.create_time
-                < request.create_time_end.ToDatetime(tzinfo=datetime.now().astimezone().tzinfo)
-            )
-        if after is not None:  # newest first: strictly older than the last one shown
-            created, last_id = datetime.fromisoformat(str(after[0])), str(after[1])
-            query = query.where(
-                or_(j.c.create_time < created, and_(j.c.create_time == created, j.c.id < last_id))
-            )
-        query = query.order_by(j.c.create_time.desc(), j.c.id.desc()).limit(size + 1)
+            query = query.where(j.c.create_time < request.create_time_end.ToDatetime(tzinfo=UTC))
+        query, size = pagination.keyset(
+            query, j, request.page_token, request.page_size, filters, newest_first=True
+        )
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
-        token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            token = pagination.encode([last.create_time.isoformat(), last.id], filters)
         return pb.ListJobsResponse(
-            jobs=[to_proto(repo.to_job(r)) for r in rows[:size]], next_page_token=token
+            jobs=[to_proto(repo.to_job(r)) for r in rows[:size]],
+            next_page_token=pagination.next_token(rows, size, filters),
         )

@@ -5,12 +5,11 @@ account methods are admin-only by `main.ADMIN_METHODS`."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import Row, Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -170,25 +169,18 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Any
     ) -> pb.ListAccountsResponse:
-        query_key = {"provider_id": request.provider_id}
-        after = pagination.decode(request.page_token, query_key)
-        size = pagination.page_size(request.page_size)
-        query = select(repo.accounts).order_by(repo.accounts.c.create_time, repo.accounts.c.id)
+        filters = {"provider_id": request.provider_id}
+        query = select(repo.accounts)
         if request.provider_id:
             query = query.where(repo.accounts.c.provider_id == request.provider_id)
-        if after is not None:
-            created, last_id = datetime.fromisoformat(after[0]), str(after[1])
-            query = query.where(
-                or_(
-                    repo.accounts.c.create_time > created,
-                    and_(repo.accounts.c.create_time == created, repo.accounts.c.id > last_id),
-                )
-            )
+        query, size = pagination.keyset(
+            query, repo.accounts, request.page_token, request.page_size, filters
+        )
         async with self._sessions() as session:
-            rows = (await session.execute(query.limit(size + 1))).all()
+            rows = (await session.execute(query)).all()
         return pb.ListAccountsResponse(
             accounts=[account_to_proto(r) for r in rows[:size]],
-            next_page_token=_next_token(rows, size, query_key),
+            next_page_token=pagination.next_token(rows, size, filters),
         )
 
     async def UpdateAccount(self, request: pb.UpdateAccountRequest, context: Any) -> pb.Account:
@@ -275,47 +267,21 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
     async def ListSubmissions(
         self, request: pb.ListSubmissionsRequest, context: Any
     ) -> pb.ListSubmissionsResponse:
-        query_key = {"job": request.job}
-        after = pagination.decode(request.page_token, query_key)
-        size = pagination.page_size(request.page_size)
+        filters = {"job": request.job}
         s = repo.submissions
-        query = select(s).where(s.c.job_id == _id_of(request.job)).order_by(s.c.create_time, s.c.id)
+        query = select(s).where(s.c.job_id == _id_of(request.job))
         identity = current_identity()
         if not identity.is_admin:
             query = query.where(s.c.user_id == identity.user_id)
-        if after is not None:
-            created, last_id = datetime.fromisoformat(after[0]), str(after[1])
-            query = query.where(
-                or_(s.c.create_time > created, and_(s.c.create_time == created, s.c.id > last_id))
-            )
+        query, size = pagination.keyset(query, s, request.page_token, request.page_size, filters)
         async with self._sessions() as session:
-            rows = (await session.execute(query.limit(size + 1))).all()
+            rows = (await session.execute(query)).all()
         return pb.ListSubmissionsResponse(
             submissions=[submission_to_proto(r) for r in rows[:size]],
-            next_page_token=_next_token(rows, size, query_key),
+            next_page_token=pagination.next_token(rows, size, filters),
         )
 
 
 def _visible(row: Row[Any]) -> bool:
     identity = current_identity()
     return identity.is_admin or row.user_id == identity.user_id
-
-
-def _after(query: Select[Any], table: Table, after: list[Any] | None) -> Select[Any]:
-    """Rows past a page token's position, in (create_time, id) order."""
-    if after is None:
-        return query
-    created, last_id = datetime.fromisoformat(str(after[0])), str(after[1])
-    return query.where(
-        or_(
-            table.c.create_time > created,
-            and_(table.c.create_time == created, table.c.id > last_id),
-        )
-    )
-
-
-def _next_token(rows: Sequence[Row[Any]], size: int, query_key: Any) -> str:
-    if len(rows) <= size:
-        return ""
-    last = rows[size - 1]
-    return pagination.encode([last.create_time.isoformat(), last.id], query_key)

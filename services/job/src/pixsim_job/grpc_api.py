@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -14,17 +14,10 @@ from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim_common import pagination
 from pixsim_common.auth import current_identity
+from pixsim_common.timestamps import to_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.domain import Job
 from pixsim_job.service import ChangeFeed, JobService, watch
-
-
-def _stamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def to_proto(job: Job) -> pb.Job:
@@ -39,9 +32,9 @@ def to_proto(job: Job) -> pb.Job:
         retry_count=job.retry_count,
         asset=f"assets/{job.asset_id}" if job.asset_id else "",
         request_id=job.request_id,
-        create_time=_stamp(job.create_time),
-        start_time=_stamp(job.start_time),
-        complete_time=_stamp(job.complete_time),
+        create_time=to_timestamp(job.create_time),
+        start_time=to_timestamp(job.start_time),
+        complete_time=to_timestamp(job.complete_time),
     )
     json_format.ParseDict(
         {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.events.v1 import events_pb2
@@ -22,6 +22,7 @@ from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import FailedPrecondition, NotFound
 from pixsim_common.notify import Listener
 from pixsim_common.outbox import enqueue
+from pixsim_common.timestamps import now_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import ProviderCatalog, check_request
 from pixsim_job.domain import Fact, IllegalTransition, Job
@@ -32,12 +33,6 @@ SOURCE = "/job"
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _stamp(value: datetime | None = None) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value or _now())
-    return stamp
 
 
 class JobService:
@@ -90,7 +85,7 @@ class JobService:
                 inputs=list(spec.inputs),
                 params=spec.params,
                 retry_count=job.retry_count,
-                submit_time=_stamp(),
+                submit_time=now_timestamp(),
             ),
             source=SOURCE,
         )
@@ -129,7 +124,7 @@ class JobService:
                     topics.JOB_CANCELLED,
                     job.id,
                     events_pb2.JobCancelled(
-                        job_id=job.id, user_id=job.user_id, cancel_time=_stamp()
+                        job_id=job.id, user_id=job.user_id, cancel_time=now_timestamp()
                     ),
                     source=SOURCE,
                 )
@@ -164,7 +159,7 @@ class JobService:
                     error_code=job.error_code,
                     error_message=job.error_message,
                     asset_id=job.asset_id,
-                    change_time=_stamp(),
+                    change_time=now_timestamp(),
                 ),
                 source=SOURCE,
             )

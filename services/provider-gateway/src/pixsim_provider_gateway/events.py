@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.cloudevents import EventMeta
+from pixsim_common.timestamps import now_timestamp
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import SubmissionState
 from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest, MediaOutput
@@ -108,12 +109,6 @@ def request_of(row: Row[Any]) -> GenerationRequest:
     )
 
 
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
 def generation_started(row: Row[Any], provider_job_id: str) -> events_pb2.GenerationStarted:
     return events_pb2.GenerationStarted(
         job_id=row.job_id,
@@ -122,7 +117,7 @@ def generation_started(row: Row[Any], provider_job_id: str) -> events_pb2.Genera
         provider_id=row.provider_id,
         provider_job_id=provider_job_id,
         retry_attempt=row.retry_attempt,
-        start_time=_now(),
+        start_time=now_timestamp(),
         job_retry_count=row.job_retry_count,
     )
 
@@ -154,7 +149,7 @@ def generation_completed(row: Row[Any], output: MediaOutput) -> events_pb2.Gener
         provider_asset_id=row.provider_job_id,
         media=media,
         input_assets=input_assets,
-        complete_time=_now(),
+        complete_time=now_timestamp(),
         job_retry_count=row.job_retry_count,
     )
 
@@ -168,6 +163,6 @@ def generation_failed(row: Row[Any], code: str, message: str) -> events_pb2.Gene
         error_code=types_pb2.GenerationErrorCode.Value(f"GENERATION_ERROR_CODE_{code}"),
         error_message=message[:2000],
         retry_attempt=row.retry_attempt,
-        fail_time=_now(),
+        fail_time=now_timestamp(),
         job_retry_count=row.job_retry_count,
     )

@@ -5,10 +5,9 @@ account methods are admin-only by `main.ADMIN_METHODS`."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,6 +19,7 @@ from pixsim_common import pagination
 from pixsim_common.auth import current_identity
 from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from pixsim_common.timestamps import to_timestamp
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import AccountState
@@ -32,14 +32,6 @@ from pixsim_provider_gateway.providers.registry import (
 UPDATABLE = {"label", "credentials", "credits", "max_concurrency", "priority"}
 
 
-def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def account_to_proto(row: Row[Any]) -> pb.Account:
     """Everything but the credentials, which are write-only."""
     return pb.Account(
@@ -50,10 +42,10 @@ def account_to_proto(row: Row[Any]) -> pb.Account:
         max_concurrency=row.max_concurrency,
         priority=row.priority,
         state=pb.Account.State.Value(f"STATE_{row.state}"),
-        cooldown_until=_timestamp(row.cooldown_until),
+        cooldown_until=to_timestamp(row.cooldown_until),
         in_flight=row.in_flight,
-        create_time=_timestamp(row.create_time),
-        update_time=_timestamp(row.update_time),
+        create_time=to_timestamp(row.create_time),
+        update_time=to_timestamp(row.update_time),
     )
 
 
@@ -79,9 +71,9 @@ def submission_to_proto(row: Row[Any]) -> pb.Submission:
             f"GENERATION_ERROR_CODE_{row.error_code or 'UNSPECIFIED'}"
         ),
         error_message=row.error_message,
-        create_time=_timestamp(row.create_time),
-        submit_time=_timestamp(row.submit_time),
-        complete_time=_timestamp(row.complete_time),
+        create_time=to_timestamp(row.create_time),
+        submit_time=to_timestamp(row.submit_time),
+        complete_time=to_timestamp(row.complete_time),
     )
 
 

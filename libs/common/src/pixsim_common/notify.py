@@ -11,12 +11,13 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from pixsim_common.background import Background
 from pixsim_common.db import libpq_url
 
 log = structlog.get_logger("pixsim.notify")
 
 
-class Listener:
+class Listener(Background):
     def __init__(
         self,
         database_url: str,
@@ -28,16 +29,7 @@ class Listener:
         self._channel = channel
         self._on_notify = on_notify
         self._on_connect = on_connect
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"listen-{self._channel}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.name = f"listen-{channel}"
 
     async def _run(self) -> None:
         while True:

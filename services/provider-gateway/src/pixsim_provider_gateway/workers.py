@@ -12,6 +12,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixsim_common.background import Background
 from pixsim_common.notify import Listener
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
@@ -20,25 +21,6 @@ from pixsim_provider_gateway.service import ProviderService
 
 log = structlog.get_logger("pixsim.gateway.workers")
 IDLE_SECONDS = 0.2
-
-
-class Background:
-    """A worker whose whole life is one task: started, and cancelled on stop."""
-
-    name = "background"
-    _task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        raise NotImplementedError
 
 
 class Loop(Background):

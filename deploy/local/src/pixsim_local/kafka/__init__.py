@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from pixsim_common.background import Background
 from pixsim_local.processes import ManagedProcess
 
 POM = Path(__file__).with_name("pom.xml")
@@ -299,7 +300,7 @@ async def produce_raw(
         await producer.stop()
 
 
-class EventTap:
+class EventTap(Background):
     """Collects every record of `topics` produced after `start()`, by key, so a test can
     wait for the events of its own job among everyone else's."""
 
@@ -309,7 +310,7 @@ class EventTap:
         self.records: dict[tuple[str, str], list[Any]] = {}
         self._arrived = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.name = "event-tap"
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
@@ -325,7 +326,7 @@ class EventTap:
         for partition in assigned:  # resolve the end offsets now, before anything is produced
             await consumer.position(partition)
         self._consumer = consumer
-        self._task = asyncio.create_task(self._run())
+        await super().start()
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -355,9 +356,6 @@ class EventTap:
         return self.of(topic, key)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         if self._consumer is not None:
             await self._consumer.stop()

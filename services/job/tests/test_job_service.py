@@ -28,12 +28,11 @@ from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
 from pixsim_common.app import ServiceApp
 from pixsim_common.auth import issue_token
-from pixsim_common.cloudevents import encode_headers, event_headers
 from pixsim_common.db import run_migrations
 from pixsim_common.errors import status_details
 from pixsim_job import main as job_main
 from pixsim_job.settings import Settings as JobSettings
-from pixsim_local.kafka import EventTap, KafkaBroker, produce_raw
+from pixsim_local.kafka import EventTap, KafkaBroker, publish_events
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.pytest_plugin import DatabaseFactory
 from pixsim_provider_gateway import main as gateway_main
@@ -67,10 +66,7 @@ class Stack:
         return await self.jobs.CreateJob(pb.CreateJobRequest(job=job, **extra), metadata=self.alice)
 
     async def publish(self, topic: topics.Topic, key: str, event: Any) -> None:
-        headers = encode_headers(event_headers(event_type=topic.event_type, source="/test"))
-        await produce_raw(
-            self.kafka.bootstrap, topic.name, [(key.encode(), event.SerializeToString(), headers)]
-        )
+        await publish_events(self.kafka.bootstrap, topic, [(key, event)])
 
     async def state_of(
         self, name: str, want: pb.Job.State.ValueType, timeout: float = 30

@@ -24,10 +24,9 @@ from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
 from pixsim_common.app import ServiceApp
 from pixsim_common.auth import issue_token
-from pixsim_common.cloudevents import encode_headers, event_headers
 from pixsim_common.db import run_migrations
 from pixsim_local.infra import Infra
-from pixsim_local.kafka import EventTap, produce_raw
+from pixsim_local.kafka import EventTap, publish_events
 from pixsim_local.pytest_plugin import DatabaseFactory
 from pixsim_provider_gateway.crypto import new_key
 from pixsim_provider_gateway.main import MIGRATIONS, build
@@ -103,10 +102,7 @@ class Gateway:
         )
 
     async def _produce(self, topic: topics.Topic, key: str, event: Any) -> None:
-        headers = encode_headers(event_headers(event_type=topic.event_type, source="/test"))
-        await produce_raw(
-            self.bootstrap, topic.name, [(key.encode(), event.SerializeToString(), headers)]
-        )
+        await publish_events(self.bootstrap, topic, [(key, event)])
 
     async def outcome(self, job_id: str, timeout: float = 30) -> Any:
         """The job's generation.completed or generation.failed, whichever comes."""
@@ -432,26 +428,21 @@ async def test_one_users_many_jobs_do_not_starve_anothers_one(gateway: Gateway) 
         )
     await gateway.account("runway", max_concurrency=1, sim_knobs={"finish_ms": 300})
     busy = [str(uuid.uuid4()) for _ in range(20)]
-    await produce_raw(
-        gateway.bootstrap,
-        topics.JOB_SUBMITTED.name,
-        [
-            (
-                job_id.encode(),
-                events_pb2.JobSubmitted(
-                    job_id=job_id,
-                    user_id="hoarder",
-                    operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
-                    provider_id="runway",
-                    prompt="mine",
-                ).SerializeToString(),
-                encode_headers(
-                    event_headers(event_type=topics.JOB_SUBMITTED.event_type, source="/test")
-                ),
-            )
-            for job_id in busy
-        ],
-    )  # one producer: the whole queue is there at once
+    hoarded = [
+        (
+            job_id,
+            events_pb2.JobSubmitted(
+                job_id=job_id,
+                user_id="hoarder",
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                provider_id="runway",
+                prompt="mine",
+            ),
+        )
+        for job_id in busy
+    ]
+    # One producer: the whole queue is there at once.
+    await publish_events(gateway.bootstrap, topics.JOB_SUBMITTED, hoarded)
     await gateway.tap.wait_for(topics.GENERATION_STARTED.name, busy[0])
     lone = await gateway.submit("runway")  # alice's single job, after all of the hoarder's
     assert isinstance(await gateway.outcome(lone), events_pb2.GenerationCompleted)

@@ -24,10 +24,9 @@ from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
 from pixsim_common.auth import issue_token
-from pixsim_common.cloudevents import encode_headers, event_headers
 from pixsim_common.db import run_migrations
 from pixsim_local.grpc_probe import wait_serving
-from pixsim_local.kafka import EventTap, KafkaBroker, produce_raw
+from pixsim_local.kafka import EventTap, KafkaBroker, publish_events
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import ManagedProcess, free_port
 from pixsim_local.pytest_plugin import DatabaseFactory
@@ -71,22 +70,18 @@ class Replicas:
 
     async def submit(self, provider: str, count: int) -> list[str]:
         jobs = [str(uuid.uuid4()) for _ in range(count)]
-        await produce_raw(
+        await publish_events(
             self.kafka.bootstrap,
-            topics.JOB_SUBMITTED.name,
+            topics.JOB_SUBMITTED,
             [
                 (
-                    job.encode(),
+                    job,
                     events_pb2.JobSubmitted(
                         job_id=job,
                         user_id=f"user{index % 5}",
                         provider_id=provider,
                         prompt="a cat",
                         operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
-                    ).SerializeToString(),
-                    # Each event its own ce_id: a shared one is one event delivered many times.
-                    encode_headers(
-                        event_headers(event_type=topics.JOB_SUBMITTED.event_type, source="/test")
                     ),
                 )
                 for index, job in enumerate(jobs)

@@ -13,14 +13,18 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from google.protobuf.message import Message
 
 from pixsim_common.background import Background
+from pixsim_common.cloudevents import encode_headers, event_headers
+from pixsim_common.topics import Topic
 from pixsim_local.processes import ManagedProcess
 
 POM = Path(__file__).with_name("pom.xml")
@@ -359,3 +363,22 @@ class EventTap(Background):
         await super().stop()
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+async def publish_events(
+    bootstrap: str, topic: Topic, events: Sequence[tuple[str, Message]]
+) -> None:
+    """Send well-formed events (key, message) as a producing service would: each with its own
+    CloudEvents headers and ce_id, through one producer, in order."""
+    await produce_raw(
+        bootstrap,
+        topic.name,
+        [
+            (
+                key.encode(),
+                event.SerializeToString(),
+                encode_headers(event_headers(event_type=topic.event_type, source="/test")),
+            )
+            for key, event in events
+        ],
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +20,6 @@ from starlette.routing import Route
 
 from pixsim_provider_sim.media import render_mp4, render_png
 from pixsim_provider_sim.state import Fault, KeyConfig, SimState, Task
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _now_iso() -> str:
@@ -92,6 +90,18 @@ class Simulator:
             setattr(config, name, Fault(value) if name == "fault" and value else value)
         return JSONResponse(vars(config) | {"fault": config.fault and config.fault.value})
 
+    async def _scripted(
+        self,
+        key: str,
+        prompt: str,
+        respond: Callable[[Fault | None, KeyConfig], Response | None],
+    ) -> Response | None:
+        """The answer a submit's scripted fault calls for (a hang never answers), or None."""
+        fault = self.state.fault_for(key, prompt)
+        if fault is Fault.HANG:
+            return await self.hang()
+        return respond(fault, self.state.config(key))
+
     async def hang(self) -> Response:
         await asyncio.sleep(3600)  # until the client gives up and disconnects
         return Response(status_code=504)
@@ -109,8 +119,7 @@ class Simulator:
         config = await self._enter(key)
         body = await request.json()
         prompt = str(body.get("promptText", ""))
-        fault = self.state.fault_for(key, prompt)
-        answer = self._runway_fault(fault, config)
+        answer = await self._scripted(key, prompt, self._runway_fault)
         if answer is not None:
             return answer
         for required in ("model",):
@@ -242,8 +251,7 @@ class Simulator:
         config = await self._enter(key)
         body = await request.json()
         prompt = str(body.get("prompt", ""))
-        fault = self.state.fault_for(key, prompt)
-        answer = self._fal_fault(fault, config)
+        answer = await self._scripted(key, prompt, self._fal_fault)
         if answer is not None:
             return answer
         operation = request.path_params["operation"]
@@ -454,7 +462,7 @@ class Simulator:
         config = self.state.config(key)
         body = await request.json()
         prompt = str(body.get("prompt", ""))
-        answer = self._pixverse_fault(self.state.fault_for(key, prompt), config)
+        answer = await self._scripted(key, prompt, self._pixverse_fault)
         if answer is not None:
             return answer
         kind = request.path_params["kind"]
@@ -584,42 +592,14 @@ def _fal_missing(operation: str, body: dict[str, Any]) -> str | None:
     return None
 
 
-def with_hang(
-    simulator: Simulator,
-    handler: Handler,
-    key_of: Callable[[Request], str | None],
-    prompt_field: str,
-) -> Handler:
-    """A submit handler that never answers when its key or prompt scripts a hang."""
-
-    async def wrapped(request: Request) -> Response:
-        key = key_of(request)
-        if key is not None:
-            body = (
-                await request.json()
-                if request.headers.get("content-type", "").startswith("application/json")
-                else {}
-            )
-            prompt = str(body.get(prompt_field, "")) if isinstance(body, dict) else ""
-            config = simulator.state.config(key)
-            if config.fault is Fault.HANG or "[sim:hang]" in prompt:
-                return await simulator.hang()
-        return await handler(request)
-
-    return wrapped
-
-
 def create_app(seed: int = 0) -> Starlette:
     simulator = Simulator(SimState(seed=seed))
     sim = simulator
 
-    def pixverse_key(request: Request) -> str | None:
-        return request.headers.get("api-key")
-
     routes = [
         Route(
             "/v1/{endpoint:str}",
-            with_hang(sim, sim.runway_create, sim._runway_key, "promptText"),
+            sim.runway_create,
             methods=["POST"],
         ),
         Route("/v1/tasks/{task_id:str}", sim.runway_task, methods=["GET", "DELETE"]),
@@ -629,12 +609,12 @@ def create_app(seed: int = 0) -> Starlette:
         Route("/fal-ai/pika/requests/{request_id:str}", sim.fal_result, methods=["GET"]),
         Route(
             "/fal-ai/pika/v2.2/{operation:str}",
-            with_hang(sim, sim.fal_submit, sim._fal_key, "prompt"),
+            sim.fal_submit,
             methods=["POST"],
         ),
         Route(
             "/openapi/v2/video/{kind:str}/generate",
-            with_hang(sim, sim.pixverse_generate, pixverse_key, "prompt"),
+            sim.pixverse_generate,
             methods=["POST"],
         ),
         Route("/openapi/v2/video/result/{video_id:int}", sim.pixverse_result, methods=["GET"]),

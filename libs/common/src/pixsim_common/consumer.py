@@ -162,7 +162,6 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
 
     async def start(self) -> None:
         options: dict[str, Any] = {
@@ -184,7 +183,6 @@ class EventConsumer:
 
     async def stop(self) -> None:
         """Finish the message in hand, commit what was processed, leave the group."""
-        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

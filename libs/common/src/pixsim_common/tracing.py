@@ -4,7 +4,7 @@ the consumer runner, which carry W3C `traceparent` in message headers."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -58,6 +58,3 @@ def extract_context(carrier: Mapping[str, str]) -> otel_context.Context:
 
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
-
-
-Carrier = MutableMapping[str, str]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
@@ -14,8 +11,6 @@ from pixsim_common.cloudevents import EventMeta
 from pixsim_common.consumer import Subscription
 from pixsim_job.domain import AssetCreated, GenerationFailed, GenerationStarted
 from pixsim_job.service import JobService
-
-Handler = Callable[[AsyncSession, Any, EventMeta], Awaitable[None]]
 
 
 def subscriptions(service: JobService) -> list[Subscription]:

@@ -10,6 +10,7 @@ import grpc
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim.job.v1.job_service_pb2 import DESCRIPTOR
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 from pixsim_job.capabilities import ProviderCatalog
@@ -20,17 +21,6 @@ from pixsim_job.settings import Settings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["JobService"].full_name]
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
-
-
-class ChannelCloser:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._channel = channel
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self._channel.close(None)
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:
@@ -54,7 +44,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         pb_grpc.add_JobServiceServicer_to_server(JobApi(service(kit), feed, kit.sessions), server)
 
     def workers(_kit: Kit) -> Sequence[Worker]:
-        return [ChannelCloser(gateway), feed]
+        return [CloseOnStop(lambda: gateway.close(None)), feed]
 
     def consumed(kit: Kit) -> Sequence[Subscription]:
         return subscriptions(service(kit))

@@ -81,23 +81,26 @@ def to_job(row: Row[Any]) -> Job:
     )
 
 
-async def insert_new(session: AsyncSession, job: Job) -> bool:
-    """Insert `job`; False when the caller already made one with the same request_id."""
-    inserted = await session.scalar(
-        insert(jobs)
-        .values(
-            id=job.id,
-            user_id=job.user_id,
-            operation_type=job.operation_type,
-            provider_id=job.provider_id,
-            request=job.request,
-            state=job.state.value,
-            request_id=job.request_id or None,
+async def insert_new(session: AsyncSession, job: Job) -> Job | None:
+    """Insert `job`, returned as stored; None when the caller already made one with the same
+    request_id."""
+    inserted = (
+        await session.execute(
+            insert(jobs)
+            .values(
+                id=job.id,
+                user_id=job.user_id,
+                operation_type=job.operation_type,
+                provider_id=job.provider_id,
+                request=job.request,
+                state=job.state.value,
+                request_id=job.request_id or None,
+            )
+            .on_conflict_do_nothing()
+            .returning(*jobs.c)
         )
-        .on_conflict_do_nothing()
-        .returning(jobs.c.id)
-    )
-    return inserted is not None
+    ).first()
+    return to_job(inserted) if inserted is not None else None
 
 
 async def load(

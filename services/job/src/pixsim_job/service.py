@@ -58,7 +58,8 @@ class JobService:
             },
         )
         async with UnitOfWork(self._sessions) as uow:
-            if not await repo.insert_new(uow.session, job):
+            stored = await repo.insert_new(uow.session, job)
+            if stored is None:
                 # The same caller sent the same request_id before: that job, no second one.
                 existing = await repo.load_by_request_id(
                     uow.session, identity.user_id, request.request_id
@@ -66,9 +67,7 @@ class JobService:
                 await uow.commit()
                 return existing
             await self._submitted(uow.session, job, spec)
-            stored = await repo.load(uow.session, job.id)
             await uow.commit()
-        assert stored is not None
         return stored
 
     async def _submitted(self, session: AsyncSession, job: Job, spec: Any) -> None:

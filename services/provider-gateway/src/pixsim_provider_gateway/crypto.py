@@ -30,10 +30,6 @@ class CredentialCipher:
         self._current_id = parsed[0][0]
         self._keys = dict(parsed)
 
-    @property
-    def current_key_id(self) -> str:
-        return self._current_id
-
     def encrypt(self, credentials: dict[str, str], account_id: str) -> tuple[str, bytes]:
         nonce = os.urandom(12)
         sealed = self._keys[self._current_id].encrypt(

@@ -12,6 +12,7 @@ from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.provider.v1.provider_gateway_service_pb2 import DESCRIPTOR
 from pixsim_common import topics
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 from pixsim_provider_gateway.crypto import CredentialCipher
@@ -32,19 +33,6 @@ ADMIN_METHODS = frozenset(
     if method.name.endswith(("Account", "Accounts"))
 )
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
-
-
-class RegistryCloser:
-    """Closes the adapters' HTTP clients when the service stops."""
-
-    def __init__(self, registry: ProviderRegistry) -> None:
-        self._registry = registry
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self._registry.aclose()
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:
@@ -72,7 +60,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
             poll_lease=timedelta(seconds=settings.poll_lease_seconds),
         )
         return [
-            RegistryCloser(registry),
+            CloseOnStop(registry.aclose),
             *gateway_workers(
                 service,
                 kit.sessions,

@@ -26,14 +26,6 @@ class ErrorKind(StrEnum):
     ACCOUNT_EXHAUSTED = "ACCOUNT_EXHAUSTED"
     ACCOUNT_INVALID = "ACCOUNT_INVALID"
 
-    @property
-    def retryable(self) -> bool:
-        return self in (ErrorKind.RATE_LIMITED, ErrorKind.TRANSIENT)
-
-    @property
-    def error_code(self) -> types_pb2.GenerationErrorCode.ValueType:
-        return types_pb2.GenerationErrorCode.Value(f"GENERATION_ERROR_CODE_{self.value}")
-
 
 class ProviderError(Exception):
     """A failure the gateway can act on: retry, cool the account down, or fail the job."""

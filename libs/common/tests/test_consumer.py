@@ -156,27 +156,31 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
 ) -> None:
     topic = await new_topic(events_pb2.JobCancelled)
     good = cancelled_event(str(uuid.uuid4()))
-    valid_headers = encode_headers(event_headers(event_type=topic.event_type, source="/test"))
+
+    def valid_headers() -> list[tuple[str, bytes]]:
+        """Well-formed headers with a ce_id of their own, so no message is a redelivery."""
+        return encode_headers(event_headers(event_type=topic.event_type, source="/test"))
+
     wrong_type_headers = encode_headers(
         event_headers(event_type="pixsim.asset.deleted.v1", source="/test")
     )
     poison = [
-        (b"garbage", b"\xff\xfe not a protobuf \x00", valid_headers),
+        (b"garbage", b"\xff\xfe not a protobuf \x00", valid_headers()),
         (b"wrong-type", good.SerializeToString(), wrong_type_headers),
         (b"no-headers", good.SerializeToString(), []),
-        (b"oversized", b"\x00" * (600 * 1024), valid_headers),
-        (b"invalid", cancelled_event("not-a-uuid").SerializeToString(), valid_headers),
+        (b"oversized", b"\x00" * (600 * 1024), valid_headers()),
+        (b"invalid", cancelled_event("not-a-uuid").SerializeToString(), valid_headers()),
         (
             b"rejected",
             events_pb2.JobCancelled(
                 job_id=str(uuid.uuid4()), user_id="reject-me"
             ).SerializeToString(),
-            valid_headers,
+            valid_headers(),
         ),
         (
             b"bug",
             events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id="bug").SerializeToString(),
-            valid_headers,
+            valid_headers(),
         ),
     ]
     # One partition's worth of order: all on one key would serialize them; distinct keys

@@ -61,6 +61,20 @@ def test_judge(
     assert (verdict.action, verdict.account, verdict.error_code) == (action, effect, code)
 
 
+@pytest.mark.parametrize(
+    "kind", [ErrorKind.RATE_LIMITED, ErrorKind.ACCOUNT_EXHAUSTED, ErrorKind.ACCOUNT_INVALID]
+)
+def test_an_accepted_task_failing_for_its_account_is_a_new_attempt(kind: ErrorKind) -> None:
+    retry = judge(kind, retry_attempt=0, retry_after=5, policy=POLICY, accepted=True)
+    assert (retry.action, retry.account) == (AttemptAction.RETRY, AccountEffect.NONE)
+    last = judge(kind, retry_attempt=2, retry_after=5, policy=POLICY, accepted=True)
+    assert (last.action, last.error_code) == (AttemptAction.FAIL, "RETRIES_EXHAUSTED")
+    moderated = judge(
+        ErrorKind.CONTENT_REJECTED, retry_attempt=0, retry_after=None, policy=POLICY, accepted=True
+    )
+    assert (moderated.action, moderated.error_code) == (AttemptAction.FAIL, "CONTENT_REJECTED")
+
+
 def test_a_429_without_retry_after_cools_down_for_the_default() -> None:
     verdict = judge(ErrorKind.RATE_LIMITED, retry_attempt=0, retry_after=None, policy=POLICY)
     assert verdict.cooldown_seconds == 30

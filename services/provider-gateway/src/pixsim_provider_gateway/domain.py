@@ -74,10 +74,24 @@ class RetryPolicy:
     deadline_seconds: float = 900.0
 
 
+ACCOUNT_KINDS = (ErrorKind.RATE_LIMITED, ErrorKind.ACCOUNT_EXHAUSTED, ErrorKind.ACCOUNT_INVALID)
+
+
 def judge(
-    kind: ErrorKind, *, retry_attempt: int, retry_after: float | None, policy: RetryPolicy
+    kind: ErrorKind,
+    *,
+    retry_attempt: int,
+    retry_after: float | None,
+    policy: RetryPolicy,
+    accepted: bool = False,
 ) -> Verdict:
-    """What to do with an attempt the provider answered with an error of `kind`."""
+    """What to do with an attempt the provider answered with an error of `kind`.
+
+    `accepted`: the provider had taken the task before it failed. The same attempt cannot be
+    sent again then, so an account's trouble counts as a transient failure of the attempt.
+    """
+    if accepted and kind in ACCOUNT_KINDS:
+        kind = ErrorKind.TRANSIENT
     if kind is ErrorKind.RATE_LIMITED:
         cooldown = retry_after if retry_after is not None else policy.default_cooldown_seconds
         return Verdict(AttemptAction.REQUEUE, AccountEffect.COOLDOWN, cooldown)

@@ -447,17 +447,9 @@ class ProviderService:
             retry_attempt=row.retry_attempt,
             retry_after=error.retry_after,
             policy=self._policy,
+            accepted=True,
         )
-        action = verdict.action
-        if action is AttemptAction.REQUEUE:  # the task itself failed: a new attempt it is
-            action = (
-                AttemptAction.RETRY
-                if row.retry_attempt < self._policy.max_retries
-                else AttemptAction.FAIL
-            )
-        await self._end_attempt(
-            session, row, error, action, verdict.error_code or "RETRIES_EXHAUSTED"
-        )
+        await self._end_attempt(session, row, error, verdict.action, verdict.error_code)
 
     async def _cancel_at_provider(
         self, provider: Provider, row: Row[Any], credentials: Credentials

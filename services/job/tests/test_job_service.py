@@ -337,9 +337,12 @@ async def test_cancel_and_retry(stack: Stack) -> None:
         topics.JOB_SUBMITTED.name, failing.name.removeprefix("jobs/"), count=2
     )
     assert events_pb2.JobSubmitted.FromString(resubmitted[1].value).retry_count == 1
+    # Only a FAILED job retries. (Not the retried one: its moderated prompt may fail it
+    # again any moment; the cancelled job stays cancelled.)
     with pytest.raises(grpc.aio.AioRpcError) as not_failed:
-        await stack.jobs.RetryJob(pb.RetryJobRequest(name=failing.name), metadata=stack.alice)
+        await stack.jobs.RetryJob(pb.RetryJobRequest(name=job.name), metadata=stack.alice)
     assert not_failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_details(not_failed.value)["ErrorInfo"].reason == "JOB_NOT_FAILED"
 
 
 async def test_other_users_jobs_are_not_found(stack: Stack) -> None:

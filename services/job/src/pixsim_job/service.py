@@ -18,6 +18,7 @@ from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.auth import Identity
+from pixsim_common.consumer import PoisonMessage
 from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import FailedPrecondition, NotFound
 from pixsim_common.notify import Listener
@@ -96,50 +97,57 @@ class JobService:
             raise NotFound(f"jobs/{job_id} does not exist", reason="JOB_NOT_FOUND")
         return job
 
-    async def cancel(self, identity: Identity, job_id: str) -> Job:
-        return await self._command(identity, job_id, "cancel")
-
-    async def retry(self, identity: Identity, job_id: str) -> Job:
-        return await self._command(identity, job_id, "retry")
-
-    async def _command(self, identity: Identity, job_id: str, command: str) -> Job:
+    @contextlib.asynccontextmanager
+    async def _changing(
+        self, identity: Identity, job_id: str
+    ) -> AsyncIterator[tuple[AsyncSession, Job]]:
+        """The caller's job, locked, in a transaction that commits when the block ends."""
         async with UnitOfWork(self._sessions) as uow:
             job = await repo.load(uow.session, job_id, user_id=identity.user_id, lock=True)
             if job is None:
                 raise NotFound(f"jobs/{job_id} does not exist", reason="JOB_NOT_FOUND")
+            yield uow.session, job
+            await uow.commit()
+
+    async def cancel(self, identity: Identity, job_id: str) -> Job:
+        async with self._changing(identity, job_id) as (session, job):
             try:
-                getattr(job, command)(_now())
+                job.cancel(_now())
             except IllegalTransition as error:
                 raise FailedPrecondition(
-                    f"a {error.current.value} job cannot be {command}led"
-                    if command == "cancel"
-                    else "only a FAILED job can be retried",
-                    reason="JOB_NOT_CANCELLABLE" if command == "cancel" else "JOB_NOT_FAILED",
+                    f"a {error.current.value} job cannot be cancelled",
+                    reason="JOB_NOT_CANCELLABLE",
                     metadata={"state": error.current.value},
                 ) from None
-            if command == "cancel":
-                await enqueue(
-                    uow.session,
-                    topics.JOB_CANCELLED,
-                    job.id,
-                    events_pb2.JobCancelled(
-                        job_id=job.id, user_id=job.user_id, cancel_time=now_timestamp()
-                    ),
-                    source=SOURCE,
-                )
-            else:
-                spec = json_format.ParseDict(job.request, pb.Job(), ignore_unknown_fields=True)
-                await self._submitted(uow.session, job, spec)
-            stored = await self._save(uow.session, job)
-            await uow.commit()
-        return stored
+            await enqueue(
+                session,
+                topics.JOB_CANCELLED,
+                job.id,
+                events_pb2.JobCancelled(
+                    job_id=job.id, user_id=job.user_id, cancel_time=now_timestamp()
+                ),
+                source=SOURCE,
+            )
+            return await self._save(session, job)
+
+    async def retry(self, identity: Identity, job_id: str) -> Job:
+        async with self._changing(identity, job_id) as (session, job):
+            try:
+                job.retry(_now())
+            except IllegalTransition as error:
+                raise FailedPrecondition(
+                    "only a FAILED job can be retried",
+                    reason="JOB_NOT_FAILED",
+                    metadata={"state": error.current.value},
+                ) from None
+            spec = json_format.ParseDict(job.request, pb.Job(), ignore_unknown_fields=True)
+            await self._submitted(session, job, spec)
+            return await self._save(session, job)
 
     async def learn(self, session: AsyncSession, job_id: str, fact: Fact) -> None:
         """Apply a fact from an event inside the consumer's transaction."""
         job = await repo.load(session, job_id, lock=True)
         if job is None:
-            from pixsim_common.consumer import PoisonMessage
-
             raise PoisonMessage(f"job {job_id} does not exist", "UNKNOWN_JOB")
         if job.learn(fact, _now()):
             await self._save(session, job)

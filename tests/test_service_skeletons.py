@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 
 import asyncpg
 import grpc
@@ -18,35 +17,17 @@ from pixsim_local.grpc_probe import reflected_services, wait_serving
 from pixsim_local.infra import Infra
 from pixsim_local.processes import free_port
 from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_local.stack import SERVICES, ServiceSpec, service_command
 from pixsim_provider_gateway.crypto import new_key
 
 pytestmark = pytest.mark.integration
 
-SERVICES = {
-    "job": ("pixsim_job", "PIXSIM_JOB_", "pixsim.job.v1.JobService"),
-    "asset": ("pixsim_asset", "PIXSIM_ASSET_", "pixsim.asset.v1.AssetService"),
-    "provider-gateway": (
-        "pixsim_provider_gateway",
-        "PIXSIM_GATEWAY_",
-        "pixsim.provider.v1.ProviderGatewayService",
-    ),
-    "scene": ("pixsim_scene", "PIXSIM_SCENE_", "pixsim.scene.v1.SceneService"),
-}
 
-
-def command(package: str, verb: str) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        f"import sys; from {package}.main import run; sys.argv = ['{package}', '{verb}']; run()",
-    ]
-
-
-@pytest.mark.parametrize("service", sorted(SERVICES))
+@pytest.mark.parametrize("spec", SERVICES, ids=[spec.name for spec in SERVICES])
 async def test_migrate_then_serve_health_and_reflection_then_drain(
-    service: str, infra: Infra, new_database: DatabaseFactory, signing_keys: tuple[str, str]
+    spec: ServiceSpec, infra: Infra, new_database: DatabaseFactory, signing_keys: tuple[str, str]
 ) -> None:
-    package, prefix, grpc_service = SERVICES[service]
+    package, prefix, grpc_service = spec.package, spec.env_prefix, spec.grpc_service
     database = await new_database(package)
     port = free_port()
     env = {
@@ -60,13 +41,13 @@ async def test_migrate_then_serve_health_and_reflection_then_drain(
     }
 
     unmigrated = await asyncio.to_thread(
-        subprocess.run, command(package, "serve"), env=env, capture_output=True, timeout=60
+        subprocess.run, service_command(spec, "serve"), env=env, capture_output=True, timeout=60
     )
     assert unmigrated.returncode != 0
     assert b"run the service's `migrate` command first" in unmigrated.stderr
 
     migrate = await asyncio.to_thread(
-        subprocess.run, command(package, "migrate"), env=env, capture_output=True, timeout=60
+        subprocess.run, service_command(spec, "migrate"), env=env, capture_output=True, timeout=60
     )
     assert migrate.returncode == 0, migrate.stderr.decode()
     connection = await asyncpg.connect(database.url)
@@ -81,7 +62,7 @@ async def test_migrate_then_serve_health_and_reflection_then_drain(
         await connection.close()
     assert {"outbox", "inbox", "alembic_version"} <= tables
 
-    server = subprocess.Popen(command(package, "serve"), env=env, stderr=subprocess.PIPE)
+    server = subprocess.Popen(service_command(spec, "serve"), env=env, stderr=subprocess.PIPE)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)

@@ -157,6 +157,9 @@ async def run_stack(run_dir: Path) -> None:
                     for p in ("PIXVERSE", "RUNWAY", "PIKA")
                 },
                 f"{spec.env_prefix}CREDENTIALS_KEYS": credentials_key(run_dir / "keys"),
+                # Only the asset service reads these: the simulator serves media on loopback.
+                f"{spec.env_prefix}STORAGE_ROOT": str(run_dir / "storage"),
+                f"{spec.env_prefix}FETCH_ALLOW_LOOPBACK": "true",
             }
             migrate = ManagedProcess(
                 f"{spec.name}-migrate",

@@ -10,19 +10,26 @@ temporary file under a size limit while its sha256 is computed; any failure remo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
-import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from pixsim_asset.storage import TooLarge, stage
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 3
+log = structlog.get_logger("pixsim.asset.fetch")
 
 
 class FetchRefused(Exception):
@@ -144,23 +151,65 @@ async def fetch(
 
 
 async def _stream_to_file(response: httpx.Response, max_bytes: int, directory: Path) -> Fetched:
-    digest = hashlib.sha256()
-    size = 0
-    handle, name = tempfile.mkstemp(dir=directory, prefix=".download-")
-    path = Path(name)
     try:
-        with os.fdopen(handle, "wb") as out:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FetchRefused(f"more than {max_bytes} bytes", "TOO_LARGE")
-                digest.update(chunk)
-                await asyncio.to_thread(out.write, chunk)  # disk writes off the event loop
+        staged = await stage(response.aiter_bytes(), max_bytes=max_bytes, directory=directory)
+    except TooLarge as error:
+        raise FetchRefused(str(error), "TOO_LARGE") from error
     except httpx.HTTPError as error:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
         raise FetchFailed(f"the download broke off: {error!r}") from error
-    except BaseException:
-        await asyncio.shield(asyncio.to_thread(path.unlink, missing_ok=True))
-        raise
     content_type = response.headers.get("content-type", "application/octet-stream")
-    return Fetched(path, digest.hexdigest(), size, content_type.split(";")[0].strip())
+    return Fetched(staged.path, staged.sha256, staged.size, content_type.split(";")[0].strip())
+
+
+class Downloader:
+    """`fetch` with the service's limits: transient failures are retried with backoff and
+    jitter, and a whole download (all its redirects) has one deadline."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        policy: AddressPolicy,
+        *,
+        max_bytes: int,
+        directory: Path,
+        attempts: int = 4,
+        backoff_seconds: float = 0.5,
+        deadline_seconds: float = 300.0,
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._max_bytes = max_bytes
+        self._directory = directory
+        self._attempts = attempts
+        self._backoff = backoff_seconds
+        self._deadline = deadline_seconds
+
+    async def download(self, url: str) -> Fetched:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(
+                multiplier=self._backoff, max=self._backoff * 16, jitter=self._backoff
+            ),
+            retry=retry_if_exception_type(FetchFailed),
+            before_sleep=lambda state: log.warning(
+                "download retrying",
+                url=url,
+                attempt=state.attempt_number,
+                error=repr(state.outcome.exception() if state.outcome else None),
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    async with asyncio.timeout(self._deadline):
+                        return await fetch(
+                            url,
+                            client=self._client,
+                            policy=self._policy,
+                            max_bytes=self._max_bytes,
+                            directory=self._directory,
+                        )
+                except TimeoutError as error:
+                    raise FetchFailed(f"GET {url} took longer than {self._deadline:g}s") from error
+        raise AssertionError("unreachable: tenacity reraises the last failure")

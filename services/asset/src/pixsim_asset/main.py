@@ -1,12 +1,24 @@
-"""Composition root of the asset service: wires the kit and the service's parts."""
+"""Composition root of the asset service."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+import httpx
+
+from pixsim.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from pixsim.asset.v1.asset_service_pb2 import DESCRIPTOR
+from pixsim_asset.events import subscriptions
+from pixsim_asset.fetch import AddressPolicy, Downloader
+from pixsim_asset.grpc_api import AssetApi
+from pixsim_asset.service import AssetService
 from pixsim_asset.settings import Settings
-from pixsim_common.app import ServiceApp, assemble, service_main
+from pixsim_asset.storage import LocalStorage
+from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.background import CloseOnStop
+from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["AssetService"].full_name]
@@ -14,8 +26,48 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:
+    assert isinstance(settings, Settings)
+    storage = LocalStorage(settings.storage_root)
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.fetch_timeout_seconds),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+    )
+    downloader = Downloader(
+        client,
+        AddressPolicy(
+            allow_loopback=settings.fetch_allow_loopback,
+            allow_private=settings.fetch_allow_private,
+        ),
+        max_bytes=settings.max_download_bytes,
+        directory=storage.scratch(),
+        attempts=settings.download_attempts,
+        backoff_seconds=settings.download_backoff_seconds,
+        deadline_seconds=settings.download_deadline_seconds,
+    )
+    services: dict[str, AssetService] = {}
+
+    def service(kit: Kit) -> AssetService:
+        if "asset" not in services:
+            services["asset"] = AssetService(
+                kit.sessions, storage, downloader, max_upload_bytes=settings.max_upload_bytes
+            )
+        return services["asset"]
+
+    def register(server: grpc.aio.Server, kit: Kit) -> None:
+        pb_grpc.add_AssetServiceServicer_to_server(AssetApi(service(kit), kit.sessions), server)
+
+    def workers(_kit: Kit) -> Sequence[Worker]:
+        return [CloseOnStop(client.aclose)]
+
+    def consumed(kit: Kit) -> Sequence[Subscription]:
+        return subscriptions(service(kit))
+
     return await assemble(
-        settings, service_names=SERVICE_NAMES, register=lambda _server, _kit: None
+        settings,
+        service_names=SERVICE_NAMES,
+        register=register,
+        workers=workers,
+        subscriptions=consumed,
     )
 
 

@@ -1,8 +1,354 @@
-"""Persistence of the asset service. Its tables are declared on `metadata`, which
-`migrations/env.py` compares against; the outbox and inbox come from pixsim_common."""
+"""The asset tables, and reading and writing `Asset` records.
+
+Deduplication rests on two partial unique indexes over live (not deleted) assets: one file
+per owner by `sha256`, and one asset per owner by `(provider_id, provider_asset_id)`. An
+insert that collides with either does nothing, and the caller reads the asset that won, so
+concurrent creations of the same content give one asset whatever their timing.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Row,
+    Table,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixsim_asset.domain import (
+    Asset,
+    LineageEdge,
+    Origin,
+    Relative,
+    StoredFile,
+    Variant,
+    media_type_of,
+)
+from pixsim_common import pagination
 
 metadata = MetaData()
+
+LIVE = text("deleted_at IS NULL")
+
+assets = Table(
+    "assets",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True, server_default=func.gen_random_uuid()),
+    Column("owner_id", Text, nullable=False),
+    Column("media_type", Integer, nullable=False),
+    Column("display_name", Text, nullable=False, server_default=""),
+    Column("provider_id", Text),
+    Column("provider_asset_id", Text),
+    Column("source_job_id", UUID(as_uuid=False)),
+    Column("remote_uri", Text, nullable=False, server_default=""),
+    Column("storage_uri", Text, nullable=False),
+    Column("sync_status", Text, nullable=False),
+    Column("sync_error", Text, nullable=False, server_default=""),
+    Column("sha256", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("mime_type", Text, nullable=False),
+    Column("width", Integer, nullable=False, server_default="0"),
+    Column("height", Integer, nullable=False, server_default="0"),
+    Column("duration_seconds", Float, nullable=False, server_default="0"),
+    Column("codec", Text, nullable=False, server_default=""),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("deleted_at", DateTime(timezone=True)),
+    Index("assets_one_file_per_owner", "owner_id", "sha256", unique=True, postgresql_where=LIVE),
+    Index(
+        "assets_one_per_provider_result",
+        "owner_id",
+        "provider_id",
+        "provider_asset_id",
+        unique=True,
+        postgresql_where=text("deleted_at IS NULL AND provider_asset_id IS NOT NULL"),
+    ),
+    Index(
+        "assets_by_owner_newest",
+        "owner_id",
+        text("create_time DESC"),
+        text("id DESC"),
+        postgresql_where=LIVE,
+    ),
+    Index("assets_by_source_job", "source_job_id"),
+)
+
+asset_variants = Table(
+    "asset_variants",
+    metadata,
+    Column("asset_id", UUID(as_uuid=False), ForeignKey("assets.id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("storage_uri", Text, nullable=False),
+    Column("mime_type", Text, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    PrimaryKeyConstraint("asset_id", "kind"),
+)
+
+asset_lineage = Table(
+    "asset_lineage",
+    metadata,
+    Column("child_id", UUID(as_uuid=False), ForeignKey("assets.id"), nullable=False),
+    Column("parent_id", UUID(as_uuid=False), ForeignKey("assets.id"), nullable=False),
+    Column("role", Integer, nullable=False),
+    Column("operation_type", Integer, nullable=False),
+    PrimaryKeyConstraint("child_id", "parent_id", "role"),
+    Index("asset_lineage_by_parent", "parent_id"),
+)
+
+
+def _to_asset(row: Row[Any], variants: Sequence[Variant] = ()) -> Asset:
+    return Asset(
+        id=row.id,
+        owner_id=row.owner_id,
+        media_type=row.media_type,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        mime_type=row.mime_type,
+        width=row.width,
+        height=row.height,
+        duration_seconds=row.duration_seconds,
+        codec=row.codec,
+        storage_uri=row.storage_uri,
+        sync_status=row.sync_status,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        display_name=row.display_name,
+        remote_uri=row.remote_uri,
+        provider_id=row.provider_id or "",
+        provider_asset_id=row.provider_asset_id or "",
+        source_job_id=row.source_job_id or "",
+        sync_error=row.sync_error,
+        variants=tuple(variants),
+    )
+
+
+async def insert_new(session: AsyncSession, origin: Origin, stored: StoredFile) -> Asset | None:
+    """Insert the asset (and its variants); None when a live asset of the owner already has
+    this content or this provider result."""
+    info = stored.info
+    row = (
+        await session.execute(
+            insert(assets)
+            .values(
+                owner_id=origin.owner_id,
+                media_type=media_type_of(info),
+                display_name=origin.display_name,
+                provider_id=origin.provider_id or None,
+                provider_asset_id=origin.provider_asset_id or None,
+                source_job_id=origin.source_job_id or None,
+                remote_uri=origin.remote_uri,
+                storage_uri=stored.storage_uri,
+                sync_status="DOWNLOADED",
+                sha256=stored.sha256,
+                size_bytes=info.size_bytes,
+                mime_type=info.mime_type,
+                width=info.width,
+                height=info.height,
+                duration_seconds=info.duration_seconds,
+                codec=info.codec,
+            )
+            .on_conflict_do_nothing()
+            .returning(*assets.c)
+        )
+    ).first()
+    if row is None:
+        return None
+    if stored.variants:
+        await session.execute(
+            insert(asset_variants),
+            [
+                {
+                    "asset_id": row.id,
+                    "kind": v.kind,
+                    "storage_uri": v.storage_uri,
+                    "mime_type": v.mime_type,
+                    "width": v.width,
+                    "height": v.height,
+                    "size_bytes": v.size_bytes,
+                }
+                for v in stored.variants
+            ],
+        )
+    return _to_asset(row, stored.variants)
+
+
+async def find_duplicate(
+    session: AsyncSession,
+    owner_id: str,
+    *,
+    sha256: str = "",
+    provider_key: tuple[str, str] = ("", ""),
+) -> Asset | None:
+    """The owner's live asset with this content or this provider result."""
+    matches = []
+    if sha256:
+        matches.append(assets.c.sha256 == sha256)
+    provider_id, provider_asset_id = provider_key
+    if provider_asset_id:
+        matches.append(
+            and_(
+                assets.c.provider_id == provider_id,
+                assets.c.provider_asset_id == provider_asset_id,
+            )
+        )
+    if not matches:
+        return None
+    row = (
+        await session.execute(
+            select(assets).where(assets.c.owner_id == owner_id, LIVE, or_(*matches)).limit(1)
+        )
+    ).first()
+    return (await _with_variants(session, [row]))[0] if row is not None else None
+
+
+async def _with_variants(session: AsyncSession, rows: Sequence[Row[Any]]) -> list[Asset]:
+    ids = [row.id for row in rows]
+    found: dict[str, list[Variant]] = {}
+    if ids:
+        for v in await session.execute(
+            select(asset_variants)
+            .where(asset_variants.c.asset_id.in_(ids))
+            .order_by(asset_variants.c.kind)
+        ):
+            found.setdefault(v.asset_id, []).append(
+                Variant(v.kind, v.storage_uri, v.mime_type, v.width, v.height, v.size_bytes)
+            )
+    return [_to_asset(row, found.get(row.id, ())) for row in rows]
+
+
+async def load(session: AsyncSession, asset_id: str, owner_id: str) -> Asset | None:
+    """The owner's live asset; None when missing, deleted or someone else's."""
+    rows = (
+        await session.execute(
+            select(assets).where(assets.c.id == asset_id, assets.c.owner_id == owner_id, LIVE)
+        )
+    ).all()
+    assets_found = await _with_variants(session, rows)
+    return assets_found[0] if assets_found else None
+
+
+async def load_many(session: AsyncSession, ids: Sequence[str], owner_id: str) -> list[Asset]:
+    """The owner's live assets among `ids`, in the order asked, each once."""
+    rows = (
+        await session.execute(
+            select(assets).where(assets.c.id.in_(set(ids)), assets.c.owner_id == owner_id, LIVE)
+        )
+    ).all()
+    by_id = {a.id: a for a in await _with_variants(session, rows)}
+    ordered = dict.fromkeys(i for i in ids if i in by_id)
+    return [by_id[i] for i in ordered]
+
+
+async def owned_ids(session: AsyncSession, ids: Iterable[str], owner_id: str) -> set[str]:
+    wanted = set(ids)
+    if not wanted:
+        return set()
+    result = await session.scalars(
+        select(assets.c.id).where(assets.c.id.in_(wanted), assets.c.owner_id == owner_id, LIVE)
+    )
+    return set(result)
+
+
+async def add_lineage(session: AsyncSession, child_id: str, edges: Sequence[LineageEdge]) -> None:
+    if not edges:
+        return
+    await session.execute(
+        insert(asset_lineage)
+        .values(
+            [
+                {
+                    "child_id": child_id,
+                    "parent_id": e.parent_id,
+                    "role": e.role,
+                    "operation_type": e.operation_type,
+                }
+                for e in edges
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def lineage(
+    session: AsyncSession, asset_id: str, owner_id: str
+) -> tuple[list[Relative], list[Relative]]:
+    """(parents, children) of an asset, each a live asset of the owner, oldest first."""
+    edges = asset_lineage.c
+    return (
+        await _relatives(session, owner_id, edges.child_id == asset_id, edges.parent_id),
+        await _relatives(session, owner_id, edges.parent_id == asset_id, edges.child_id),
+    )
+
+
+async def _relatives(
+    session: AsyncSession, owner_id: str, this_end: Any, other_end: Any
+) -> list[Relative]:
+    other = assets.alias("other")
+    rows = await session.execute(
+        select(other_end, asset_lineage.c.role, asset_lineage.c.operation_type)
+        .join(other, other.c.id == other_end)
+        .where(this_end, other.c.owner_id == owner_id, other.c.deleted_at.is_(None))
+        .order_by(other.c.create_time, other_end, asset_lineage.c.role)
+    )
+    return [Relative(*row) for row in rows]
+
+
+async def soft_delete(session: AsyncSession, asset_id: str, owner_id: str) -> Asset | None:
+    """Mark the owner's live asset deleted; None when there is none to delete."""
+    row = (
+        await session.execute(
+            update(assets)
+            .where(assets.c.id == asset_id, assets.c.owner_id == owner_id, LIVE)
+            .values(deleted_at=func.now(), update_time=func.now())
+            .returning(*assets.c)
+        )
+    ).first()
+    return _to_asset(row) if row is not None else None
+
+
+async def list_page(
+    session: AsyncSession,
+    owner_id: str,
+    filters: dict[str, Any],
+    *,
+    page_token: str,
+    page_size: int,
+) -> tuple[list[Asset], str]:
+    """One page of the owner's live assets, newest first, and the next page's token.
+
+    `filters` may hold media_type, provider_id, sync_status, source_job_id (values that are
+    empty or 0 do not filter) and create_time_start / create_time_end (datetimes)."""
+    query = select(assets).where(assets.c.owner_id == owner_id, LIVE)
+    for column in ("media_type", "provider_id", "sync_status", "source_job_id"):
+        if filters.get(column):
+            query = query.where(assets.c[column] == filters[column])
+    if filters.get("create_time_start") is not None:
+        query = query.where(assets.c.create_time >= filters["create_time_start"])
+    if filters.get("create_time_end") is not None:
+        query = query.where(assets.c.create_time < filters["create_time_end"])
+    query, size = pagination.keyset(
+        query, assets, page_token, page_size, filters, newest_first=True
+    )
+    rows = (await session.execute(query)).all()
+    return await _with_variants(session, rows[:size]), pagination.next_token(rows, size, filters)

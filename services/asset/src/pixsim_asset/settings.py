@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
+
 from pixsim_common.settings import ServiceSettings, settings_config
 
 
@@ -11,3 +15,19 @@ class Settings(ServiceSettings):
     service_name: str = "asset"
     grpc_port: int = 50052
     metrics_port: int = 9102
+
+    # Where the local storage backend keeps files (content-addressed under it).
+    storage_root: Path = Path(".run/storage")
+    # Largest file fetched from a URL or accepted by UploadAsset.
+    max_download_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    # Connect/read timeouts of one HTTP exchange, and the deadline of a whole download.
+    fetch_timeout_seconds: float = Field(default=10.0, gt=0)
+    download_deadline_seconds: float = Field(default=300.0, gt=0)
+    # Attempts at a download that fails for a passing reason (5xx, reset, timeout).
+    download_attempts: int = Field(default=4, ge=1)
+    download_backoff_seconds: float = Field(default=0.5, ge=0)
+    # SSRF guard: internal addresses are refused unless allowed (the local stack allows
+    # loopback, where the provider simulator serves its media).
+    fetch_allow_loopback: bool = False
+    fetch_allow_private: bool = False

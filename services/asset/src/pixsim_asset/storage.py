@@ -3,9 +3,50 @@ S3-compatible store can stand in for the local filesystem."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
+import tempfile
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+
+class TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than the {limit}-byte limit")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A finished file in scratch space, not yet in the store; its owner removes or puts it."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+async def stage(chunks: AsyncIterable[bytes], *, max_bytes: int, directory: Path) -> Staged:
+    """Write `chunks` to a new file in `directory`, hashing as they come; over `max_bytes`
+    is `TooLarge`. Whatever ends the stream early, the partial file is removed."""
+    digest = hashlib.sha256()
+    size = 0
+    handle, name = tempfile.mkstemp(dir=directory, prefix=".staging-")
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TooLarge(max_bytes)
+                digest.update(chunk)
+                await asyncio.to_thread(out.write, chunk)  # disk writes off the event loop
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(path.unlink, missing_ok=True))
+        raise
+    return Staged(path, digest.hexdigest(), size)
 
 
 class Storage(Protocol):

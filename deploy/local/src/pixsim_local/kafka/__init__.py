@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -346,18 +346,43 @@ class EventTap(Background):
     def of(self, topic: str, key: str) -> list[Any]:
         return list(self.records.get((topic, key), []))
 
+    def matching(self, topic: str, match: Callable[[Any], bool]) -> list[Any]:
+        return [
+            record
+            for (record_topic, _), records in list(self.records.items())
+            if record_topic == topic
+            for record in records
+            if match(record)
+        ]
+
     async def wait_for(
         self, topic: str, key: str, count: int = 1, timeout: float = 30.0
     ) -> list[Any]:
+        await self._wait(
+            lambda: len(self.of(topic, key)) >= count, f"{count} of {key} on {topic}", timeout
+        )
+        return self.of(topic, key)
+
+    async def wait_matching(
+        self, topic: str, match: Callable[[Any], bool], count: int = 1, timeout: float = 30.0
+    ) -> list[Any]:
+        """Records of `topic` (any key) for which `match` holds, once there are `count`."""
+        await self._wait(
+            lambda: len(self.matching(topic, match)) >= count,
+            f"{count} matching on {topic}",
+            timeout,
+        )
+        return self.matching(topic, match)
+
+    async def _wait(self, done: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while len(self.of(topic, key)) < count:
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{count} record(s) of {key} on {topic} did not arrive")
+                raise TimeoutError(f"{what} did not arrive in {timeout}s")
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
-        return self.of(topic, key)
 
     async def stop(self) -> None:
         await super().stop()

@@ -246,11 +246,24 @@ class ListAssetsRequest(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     PROVIDER_ID_FIELD_NUMBER: _builtins.int
     SYNC_STATUS_FIELD_NUMBER: _builtins.int
+    SOURCE_JOB_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_START_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_END_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     media_type: _types_pb2.MediaType.ValueType
     provider_id: _builtins.str
     sync_status: Global___Asset.SyncStatus.ValueType
+    source_job: _builtins.str
+    """Only assets made by this job, as `jobs/{job}`."""
+    @_builtins.property
+    def create_time_start(self) -> _timestamp_pb2.Timestamp:
+        """Only assets created at or after this time."""
+
+    @_builtins.property
+    def create_time_end(self) -> _timestamp_pb2.Timestamp:
+        """Only assets created before this time."""
+
     def __init__(
         self,
         *,
@@ -259,10 +272,13 @@ class ListAssetsRequest(_message.Message):
         media_type: _types_pb2.MediaType.ValueType = ...,
         provider_id: _builtins.str = ...,
         sync_status: Global___Asset.SyncStatus.ValueType = ...,
+        source_job: _builtins.str = ...,
+        create_time_start: _timestamp_pb2.Timestamp | None = ...,
+        create_time_end: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_type", b"media_type", "page_size", b"page_size", "page_token", b"page_token", "provider_id", b"provider_id", "sync_status", b"sync_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start", "media_type", b"media_type", "page_size", b"page_size", "page_token", b"page_token", "provider_id", b"provider_id", "source_job", b"source_job", "sync_status", b"sync_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -131,7 +131,8 @@ class AssetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAsset(self, request, context):
-        """Deletes an asset and its stored files.
+        """Deletes an asset (soft: it is gone from every read at once, and scenes detach it on
+        `asset.deleted`); the stored bytes are shared by content and kept for other assets.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

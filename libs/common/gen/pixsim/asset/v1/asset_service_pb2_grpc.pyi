@@ -49,7 +49,9 @@ class AssetServiceStub:
     GetAssetLineage: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetLineageRequest, _asset_service_pb2.AssetLineage]
     """Returns the assets this one was made from, and those made from it."""
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _empty_pb2.Empty]
-    """Deletes an asset and its stored files."""
+    """Deletes an asset (soft: it is gone from every read at once, and scenes detach it on
+    `asset.deleted`); the stored bytes are shared by content and kept for other assets.
+    """
 
 @_typing.type_check_only
 class AssetServiceAsyncStub(AssetServiceStub):
@@ -71,7 +73,9 @@ class AssetServiceAsyncStub(AssetServiceStub):
     GetAssetLineage: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetLineageRequest, _asset_service_pb2.AssetLineage]  # type: ignore[assignment]
     """Returns the assets this one was made from, and those made from it."""
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes an asset and its stored files."""
+    """Deletes an asset (soft: it is gone from every read at once, and scenes detach it on
+    `asset.deleted`); the stored bytes are shared by content and kept for other assets.
+    """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -138,6 +142,8 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _asset_service_pb2.DeleteAssetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes an asset and its stored files."""
+        """Deletes an asset (soft: it is gone from every read at once, and scenes detach it on
+        `asset.deleted`); the stored bytes are shared by content and kept for other assets.
+        """
 
 def add_AssetServiceServicer_to_server(servicer: AssetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

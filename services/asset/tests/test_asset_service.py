@@ -1,0 +1,459 @@
+"""The asset service through a real gRPC channel and its Kafka consumer, against real
+PostgreSQL and Kafka, with media served over loopback HTTP by a small server the test
+scripts (whole files, files that break off once, files over the limit)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+import pytest_asyncio
+from pydantic import SecretStr
+
+from pixsim.asset.v1 import asset_service_pb2 as pb
+from pixsim.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from pixsim.events.v1 import events_pb2
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_asset import main as asset_main
+from pixsim_asset.settings import Settings
+from pixsim_common import topics
+from pixsim_common.auth import issue_token
+from pixsim_common.db import run_migrations
+from pixsim_common.errors import status_details
+from pixsim_local.kafka import EventTap, KafkaBroker, publish_events
+from pixsim_local.postgres import ServiceDatabase
+from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_provider_sim.media import render_mp4, render_png
+
+pytestmark = pytest.mark.integration
+
+MAX_BYTES = 400_000
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class MediaServer:
+    """Serves `files` over HTTP/1.1 on loopback; a path in `break_once` is cut off midway the
+    first time it is asked for. Counts requests per path."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    break_once: set[str] = field(default_factory=set)
+    hits: dict[str, int] = field(default_factory=dict)
+    port: int = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, body: bytes, suffix: str = ".mp4") -> str:
+        path = f"/{uuid.uuid4().hex}{suffix}"
+        self.files[path] = body
+        return self.url(path)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+            path = request.split(b" ", 2)[1].decode()
+            self.hits[path] = self.hits.get(path, 0) + 1
+            body = self.files.get(path)
+            if body is None:
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                return
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {len(body)}\r\n"
+            writer.write(head.encode() + b"Connection: close\r\n\r\n")
+            if path in self.break_once and self.hits[path] == 1:
+                writer.write(body[: len(body) // 2])
+                return
+            writer.write(body)
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@dataclass
+class Stack:
+    assets: pb_grpc.AssetServiceAsyncStub
+    tap: EventTap
+    kafka: KafkaBroker
+    database: ServiceDatabase
+    media: MediaServer
+    storage: Path
+    as_user: Callable[[str], Metadata]
+
+    @property
+    def alice(self) -> Metadata:
+        return self.as_user("alice")
+
+    @property
+    def bob(self) -> Metadata:
+        return self.as_user("bob")
+
+    async def completed(self, uri: str, **fields: Any) -> events_pb2.GenerationCompleted:
+        """Publish a generation.completed for alice, as the gateway would."""
+        event = events_pb2.GenerationCompleted(
+            job_id=str(uuid.uuid4()),
+            user_id="alice",
+            submission_id=str(uuid.uuid4()),
+            provider_id="pixverse",
+            operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+            provider_asset_id=uuid.uuid4().hex,
+            media=events_pb2.GeneratedMedia(uri=uri, media_type=t.MEDIA_TYPE_VIDEO),
+        )
+        for name, value in fields.items():
+            if isinstance(value, list):
+                getattr(event, name).extend(value)
+            else:
+                setattr(event, name, value)
+        await publish_events(
+            self.kafka.bootstrap, topics.GENERATION_COMPLETED, [(event.job_id, event)]
+        )
+        return event
+
+    async def answer_to(self, job_id: str, count: int = 1) -> list[events_pb2.AssetCreated]:
+        records = await self.tap.wait_matching(
+            topics.ASSET_CREATED.name,
+            lambda r: events_pb2.AssetCreated.FromString(r.value).job_id == job_id,
+            count=count,
+        )
+        return [events_pb2.AssetCreated.FromString(r.value) for r in records]
+
+    async def failure_of(self, job_id: str) -> events_pb2.GenerationFailed:
+        records = await self.tap.wait_for(topics.GENERATION_FAILED.name, job_id)
+        return events_pb2.GenerationFailed.FromString(records[0].value)
+
+    async def rows(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(self.database.url)
+        try:
+            return list(await connection.fetch(query, *args))
+        finally:
+            await connection.close()
+
+    def stored_files(self) -> list[Path]:
+        return sorted(p for p in self.storage.rglob("*") if p.is_file())
+
+    async def upload(self, body: bytes, who: Metadata | None = None, **metadata: Any) -> pb.Asset:
+        async def requests() -> AsyncIterator[pb.UploadAssetRequest]:
+            yield pb.UploadAssetRequest(metadata=pb.UploadAssetRequest.Metadata(**metadata))
+            for start in range(0, len(body), 64 * 1024):
+                yield pb.UploadAssetRequest(chunk=body[start : start + 64 * 1024])
+
+        return await self.assets.UploadAsset(requests(), metadata=who or self.alice)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def stack(
+    own_kafka: KafkaBroker,
+    new_database_module: DatabaseFactory,
+    signing_keys: tuple[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    database = await new_database_module("assets")
+    await asyncio.to_thread(run_migrations, database.url, asset_main.MIGRATIONS)
+    storage = tmp_path_factory.mktemp("asset-store")
+    app = await asset_main.build(
+        Settings(
+            database_url=SecretStr(database.url),
+            kafka_bootstrap=own_kafka.bootstrap,
+            jwt_public_key=signing_keys[1],
+            grpc_port=0,
+            storage_root=storage,
+            max_download_bytes=MAX_BYTES,
+            max_upload_bytes=MAX_BYTES,
+            download_backoff_seconds=0.05,
+            fetch_allow_loopback=True,
+        )
+    )
+    await app.start()
+    media = MediaServer()
+    server = await asyncio.start_server(media.handle, "127.0.0.1", 0)
+    media.port = server.sockets[0].getsockname()[1]
+    tap = EventTap(
+        own_kafka.bootstrap,
+        [
+            topics.ASSET_CREATED.name,
+            topics.ASSET_DELETED.name,
+            topics.GENERATION_FAILED.name,
+            topics.GENERATION_COMPLETED.dlq,
+        ],
+    )
+    await tap.start()
+
+    def auth(user: str) -> Metadata:
+        return (("authorization", "Bearer " + issue_token(signing_keys[0], user_id=user)),)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield Stack(
+            pb_grpc.AssetServiceStub(channel),
+            tap,
+            own_kafka,
+            database,
+            media,
+            storage,
+            auth,
+        )
+    await tap.stop()
+    server.close()
+    await app.stop()
+
+
+@pytest.fixture
+def clip() -> bytes:
+    """A small real MP4, different in every test."""
+    return render_mp4(uuid.uuid4().int % 10_000, 96, 64, 1)
+
+
+async def test_a_completed_generation_becomes_one_probed_asset_with_a_thumbnail(
+    stack: Stack, clip: bytes
+) -> None:
+    source = await stack.upload(render_png(7, 40, 30), display_name="start frame")
+    event = await stack.completed(
+        stack.media.add(clip),
+        operation_type=t.OPERATION_TYPE_IMAGE_TO_VIDEO,
+        input_assets=[
+            events_pb2.InputAsset(
+                asset_id=source.name.removeprefix("assets/"), role=t.INPUT_ROLE_IMAGE
+            )
+        ],
+    )
+    (answer,) = await stack.answer_to(event.job_id)
+    assert not answer.deduplicated
+    assert (answer.user_id, answer.sha256) == ("alice", hashlib.sha256(clip).hexdigest())
+
+    asset = await stack.assets.GetAsset(
+        pb.GetAssetRequest(name=f"assets/{answer.asset_id}"), metadata=stack.alice
+    )
+    assert asset.sync_status == pb.Asset.SYNC_STATUS_DOWNLOADED
+    assert (asset.media_type, asset.mime_type, asset.codec) == (
+        t.MEDIA_TYPE_VIDEO,
+        "video/mp4",
+        "h264",
+    )
+    assert (asset.width, asset.height, asset.duration.seconds) == (96, 64, 1)
+    assert asset.size_bytes == len(clip)
+    assert asset.source_job == f"jobs/{event.job_id}"
+    assert (asset.provider_id, asset.provider_asset_id) == ("pixverse", event.provider_asset_id)
+    (thumb,) = asset.variants
+    assert (thumb.kind, thumb.mime_type, thumb.width, thumb.height) == (
+        "thumbnail",
+        "image/png",
+        96,
+        64,
+    )
+
+    content = b"".join(
+        [
+            r.chunk
+            async for r in stack.assets.ReadAssetContent(
+                pb.ReadAssetContentRequest(name=asset.name), metadata=stack.alice
+            )
+        ]
+    )
+    assert content == clip
+    png = b"".join(
+        [
+            r.chunk
+            async for r in stack.assets.ReadAssetContent(
+                pb.ReadAssetContentRequest(name=asset.name, variant="thumbnail"),
+                metadata=stack.alice,
+            )
+        ]
+    )
+    assert png.startswith(b"\x89PNG")
+    assert len(png) == thumb.size_bytes
+
+    lineage = await stack.assets.GetAssetLineage(
+        pb.GetAssetLineageRequest(name=asset.name), metadata=stack.alice
+    )
+    assert [(e.asset, e.role, e.operation_type) for e in lineage.parents] == [
+        (source.name, t.INPUT_ROLE_IMAGE, t.OPERATION_TYPE_IMAGE_TO_VIDEO)
+    ]
+    parent_side = await stack.assets.GetAssetLineage(
+        pb.GetAssetLineageRequest(name=source.name), metadata=stack.alice
+    )
+    assert [e.asset for e in parent_side.children] == [asset.name]
+
+    by_job = await stack.assets.ListAssets(
+        pb.ListAssetsRequest(source_job=f"jobs/{event.job_id}"), metadata=stack.alice
+    )
+    assert [a.name for a in by_job.assets] == [asset.name]
+
+
+async def test_the_same_event_twice_and_the_same_bytes_twice_give_one_asset(
+    stack: Stack, clip: bytes
+) -> None:
+    url = stack.media.add(clip)
+    first = await stack.completed(url)
+    (created,) = await stack.answer_to(first.job_id)
+    # The gateway publishes the same result again (a new ce_id, the same provider result).
+    again = events_pb2.GenerationCompleted()
+    again.CopyFrom(first)
+    await publish_events(
+        stack.kafka.bootstrap, topics.GENERATION_COMPLETED, [(first.job_id, again)]
+    )
+    repeated = await stack.answer_to(first.job_id, count=2)
+    assert [a.asset_id for a in repeated] == [created.asset_id] * 2
+    assert repeated[1].deduplicated
+    # Another provider answers another job with the very same bytes.
+    other = await stack.completed(url, provider_id="runway", provider_asset_id="runway-task-1")
+    (answer,) = await stack.answer_to(other.job_id)
+    assert (answer.asset_id, answer.deduplicated) == (created.asset_id, True)
+    rows = await stack.rows("SELECT id FROM assets WHERE sha256 = $1", created.sha256)
+    assert len(rows) == 1
+    # The file was downloaded twice (the same event was recognised without a download).
+    assert stack.media.hits[url.removeprefix(stack.media.url(""))] == 2
+
+
+async def test_an_oversize_download_and_a_refused_address_leave_nothing_behind(
+    stack: Stack,
+) -> None:
+    before = stack.stored_files()
+    too_big = await stack.completed(stack.media.add(b"\0" * (MAX_BYTES + 1)))
+    # A literal link-local address: refused by the address check, never connected to.
+    refused = await stack.completed("http://169.254.169.254/latest/meta-data/clip.mp4")
+    for event, reason in ((too_big, "TOO_LARGE"), (refused, "ADDRESS_REFUSED")):
+        failure = await stack.failure_of(event.job_id)
+        assert failure.error_code == t.GENERATION_ERROR_CODE_ASSET_FAILED
+        assert reason in failure.error_message
+        assert failure.submission_id == event.submission_id
+        rows = await stack.rows("SELECT id FROM assets WHERE source_job_id = $1", event.job_id)
+        assert rows == []
+    assert stack.stored_files() == before
+
+
+async def test_a_download_that_breaks_off_midway_is_retried(stack: Stack, clip: bytes) -> None:
+    url = stack.media.add(clip)
+    path = url.removeprefix(stack.media.url(""))
+    stack.media.break_once.add(path)
+    event = await stack.completed(url)
+    (answer,) = await stack.answer_to(event.job_id)
+    assert answer.sha256 == hashlib.sha256(clip).hexdigest()
+    assert stack.media.hits[path] == 2
+    assert not [p for p in stack.stored_files() if ".scratch" in p.parts]
+
+
+async def test_twenty_concurrent_creations_of_the_same_content_give_one_asset(
+    stack: Stack, clip: bytes
+) -> None:
+    url = stack.media.add(clip)
+    uploads = [stack.upload(clip, display_name=f"copy {i}") for i in range(10)]
+    registrations = [
+        stack.assets.CreateAsset(pb.CreateAssetRequest(uri=url), metadata=stack.alice)
+        for _ in range(10)
+    ]
+    answers = await asyncio.gather(*uploads, *registrations)
+    assert len({a.name for a in answers}) == 1
+    rows = await stack.rows(
+        "SELECT id FROM assets WHERE sha256 = $1", hashlib.sha256(clip).hexdigest()
+    )
+    assert len(rows) == 1
+    announced = await stack.tap.wait_for(topics.ASSET_CREATED.name, str(rows[0]["id"]), count=20)
+    flags = [events_pb2.AssetCreated.FromString(r.value).deduplicated for r in announced]
+    assert flags.count(False) == 1
+
+
+async def test_assets_are_scoped_to_their_owner(stack: Stack, clip: bytes) -> None:
+    mine = await stack.upload(clip)
+    theirs = await stack.upload(clip, who=stack.bob)
+    assert mine.name != theirs.name  # dedup is per user: bob has his own copy
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stack.assets.GetAsset(pb.GetAssetRequest(name=mine.name), metadata=stack.bob)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    batch = await stack.assets.BatchGetAssets(
+        pb.BatchGetAssetsRequest(names=[theirs.name, mine.name, f"assets/{uuid.uuid4()}"]),
+        metadata=stack.alice,
+    )
+    assert [a.name for a in batch.assets] == [mine.name]
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await stack.assets.DeleteAsset(pb.DeleteAssetRequest(name=mine.name), metadata=stack.bob)
+    assert denied.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_listing_filters_and_pages(stack: Stack) -> None:
+    who = stack.as_user(f"lister-{uuid.uuid4().hex[:6]}")
+    images = [await stack.upload(render_png(i, 20, 20), who=who) for i in range(3)]
+    video = await stack.upload(render_mp4(99, 32, 32, 1), who=who)
+    page1 = await stack.assets.ListAssets(pb.ListAssetsRequest(page_size=2), metadata=who)
+    page2 = await stack.assets.ListAssets(
+        pb.ListAssetsRequest(page_size=2, page_token=page1.next_page_token), metadata=who
+    )
+    assert [a.name for a in [*page1.assets, *page2.assets]] == [
+        video.name,
+        *reversed([i.name for i in images]),
+    ]
+    assert page2.next_page_token == ""
+    only_images = await stack.assets.ListAssets(
+        pb.ListAssetsRequest(media_type=t.MEDIA_TYPE_IMAGE), metadata=who
+    )
+    assert {a.name for a in only_images.assets} == {i.name for i in images}
+    later = await stack.assets.ListAssets(
+        pb.ListAssetsRequest(create_time_start=video.create_time), metadata=who
+    )
+    assert [a.name for a in later.assets] == [video.name]
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stack.assets.ListAssets(
+            pb.ListAssetsRequest(media_type=t.MEDIA_TYPE_VIDEO, page_token=page1.next_page_token),
+            metadata=who,
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_deleting_hides_the_asset_and_announces_it(stack: Stack, clip: bytes) -> None:
+    asset = await stack.upload(clip)
+    await stack.assets.DeleteAsset(pb.DeleteAssetRequest(name=asset.name), metadata=stack.alice)
+    asset_id = asset.name.removeprefix("assets/")
+    (deleted,) = await stack.tap.wait_for(topics.ASSET_DELETED.name, asset_id)
+    assert events_pb2.AssetDeleted.FromString(deleted.value).user_id == "alice"
+    for call in (
+        stack.assets.GetAsset(pb.GetAssetRequest(name=asset.name), metadata=stack.alice),
+        stack.assets.DeleteAsset(pb.DeleteAssetRequest(name=asset.name), metadata=stack.alice),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await call
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    again = await stack.upload(clip)  # the same bytes after deletion are a new asset
+    assert again.name != asset.name
+
+
+async def test_bad_uploads_and_urls_are_refused_and_write_nothing(stack: Stack) -> None:
+    who = stack.as_user(f"refused-{uuid.uuid4().hex[:6]}")
+    cases: list[tuple[Any, str]] = [
+        (stack.upload(b"not a video at all", who=who), "chunk"),
+        (stack.upload(b"\0" * (MAX_BYTES + 1), who=who), "chunk"),
+        (stack.upload(render_png(1, 8, 8), who=who, size_bytes=5), "metadata.size_bytes"),
+        (stack.upload(b"", who=who), "metadata.size_bytes"),
+        (
+            stack.assets.CreateAsset(
+                pb.CreateAssetRequest(uri="http://10.0.0.1/a.mp4"), metadata=who
+            ),
+            "uri",
+        ),
+    ]
+
+    async def chunk_first() -> AsyncIterator[pb.UploadAssetRequest]:
+        yield pb.UploadAssetRequest(chunk=b"abc")
+
+    cases.append((stack.assets.UploadAsset(chunk_first(), metadata=who), "metadata"))
+    for call, field_name in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        violations = status_details(refused.value)["BadRequest"].field_violations
+        assert [v.field for v in violations] == [field_name], refused.value.details()
+    listed = await stack.assets.ListAssets(pb.ListAssetsRequest(), metadata=who)
+    assert list(listed.assets) == []
+    assert not [p for p in stack.stored_files() if ".scratch" in p.parts]
+
+
+async def test_a_malformed_generation_event_is_dead_lettered(stack: Stack) -> None:
+    job_id = str(uuid.uuid4())
+    broken = events_pb2.GenerationCompleted(job_id=job_id, user_id="alice")  # no media
+    await publish_events(stack.kafka.bootstrap, topics.GENERATION_COMPLETED, [(job_id, broken)])
+    (dead,) = await stack.tap.wait_for(topics.GENERATION_COMPLETED.dlq, job_id)
+    assert dict(dead.headers)["pixsim_error_reason"] == b"INVALID_EVENT"

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, or_
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim_common.errors import FieldViolation, InvalidArgument
 
@@ -94,3 +95,19 @@ def next_token(rows: Sequence[Any], size: int, filters: Any) -> str:
         return ""
     last = rows[size - 1]
     return encode([last.create_time.isoformat(), last.id], filters)
+
+
+async def fetch_page(
+    session: AsyncSession,
+    query: Select[Any],
+    table: Table,
+    token: str,
+    requested_size: int,
+    filters: Any,
+    *,
+    newest_first: bool = False,
+) -> tuple[Sequence[Any], str]:
+    """One page of `query`'s rows (keyset order from `token`) and the next page's token."""
+    query, size = keyset(query, table, token, requested_size, filters, newest_first=newest_first)
+    rows = (await session.execute(query)).all()
+    return rows[:size], next_token(rows, size, filters)

@@ -347,8 +347,7 @@ async def list_page(
         query = query.where(assets.c.create_time >= filters["create_time_start"])
     if filters.get("create_time_end") is not None:
         query = query.where(assets.c.create_time < filters["create_time_end"])
-    query, size = pagination.keyset(
-        query, assets, page_token, page_size, filters, newest_first=True
+    rows, token = await pagination.fetch_page(
+        session, query, assets, page_token, page_size, filters, newest_first=True
     )
-    rows = (await session.execute(query)).all()
-    return await _with_variants(session, rows[:size]), pagination.next_token(rows, size, filters)
+    return await _with_variants(session, rows), token

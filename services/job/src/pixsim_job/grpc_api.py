@@ -99,12 +99,10 @@ class JobApi(pb_grpc.JobServiceServicer):
             query = query.where(j.c.create_time >= request.create_time_start.ToDatetime(tzinfo=UTC))
         if request.HasField("create_time_end"):
             query = query.where(j.c.create_time < request.create_time_end.ToDatetime(tzinfo=UTC))
-        query, size = pagination.keyset(
-            query, j, request.page_token, request.page_size, filters, newest_first=True
-        )
         async with self._sessions() as session:
-            rows = (await session.execute(query)).all()
+            rows, token = await pagination.fetch_page(
+                session, query, j, request.page_token, request.page_size, filters, newest_first=True
+            )
         return pb.ListJobsResponse(
-            jobs=[to_proto(repo.to_job(r)) for r in rows[:size]],
-            next_page_token=pagination.next_token(rows, size, filters),
+            jobs=[to_proto(repo.to_job(r)) for r in rows], next_page_token=token
         )

@@ -1,12 +1,22 @@
-"""Composition root of the scene service: wires the kit and the service's parts."""
+"""Composition root of the scene service."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+
+from pixsim.scene.v1 import scene_service_pb2_grpc as pb_grpc
 from pixsim.scene.v1.scene_service_pb2 import DESCRIPTOR
-from pixsim_common.app import ServiceApp, assemble, service_main
+from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.background import CloseOnStop
+from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
+from pixsim_scene.assets import AssetDirectory
+from pixsim_scene.events import subscriptions
+from pixsim_scene.grpc_api import SceneApi
+from pixsim_scene.service import SceneService
 from pixsim_scene.settings import Settings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["SceneService"].full_name]
@@ -14,8 +24,36 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:
+    assert isinstance(settings, Settings)
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    channel = grpc.aio.insecure_channel(
+        settings.asset_address,
+        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
+    )
+    directory = AssetDirectory(channel)
+    services: dict[str, SceneService] = {}
+
+    def service(kit: Kit) -> SceneService:
+        if "scene" not in services:
+            services["scene"] = SceneService(kit.sessions, directory)
+        return services["scene"]
+
+    def register(server: grpc.aio.Server, kit: Kit) -> None:
+        pb_grpc.add_SceneServiceServicer_to_server(SceneApi(service(kit), kit.sessions), server)
+
+    def workers(_kit: Kit) -> Sequence[Worker]:
+        return [CloseOnStop(lambda: channel.close(None))]
+
+    def consumed(kit: Kit) -> Sequence[Subscription]:
+        return subscriptions(service(kit))
+
     return await assemble(
-        settings, service_names=SERVICE_NAMES, register=lambda _server, _kit: None
+        settings,
+        service_names=SERVICE_NAMES,
+        register=register,
+        workers=workers,
+        subscriptions=consumed,
     )
 
 

@@ -11,3 +11,6 @@ class Settings(ServiceSettings):
     service_name: str = "scene"
     grpc_port: int = 50054
     metrics_port: int = 9104
+
+    # The asset service, asked (with the caller's token) whether placed assets are theirs.
+    asset_address: str = "127.0.0.1:50052"

@@ -41,6 +41,7 @@ class Scene(_message.Message):
     owner: _builtins.str
     """`users/{user}`."""
     display_name: _builtins.str
+    """Required when creating; an update may leave it out when its mask does not name it."""
     description: _builtins.str
     is_template: _builtins.bool
     start_scene_asset: _builtins.str
@@ -180,6 +181,9 @@ class SceneConnection(_message.Message):
     """`scenes/{scene}/assets/{scene_asset}`."""
     to_scene_asset: _builtins.str
     type: Global___SceneConnection.Type.ValueType
+    """The ends and the type are required when creating (checked by the service, since an
+    update whose mask does not name them may leave them out).
+    """
     label: _builtins.str
     """What a viewer sees for a choice."""
     order: _builtins.int

@@ -1,0 +1,321 @@
+"""A scene's graph and its rules, without I/O.
+
+Writes edit a `Graph` in memory through the functions here, which refuse a change that would
+break the graph's invariants (both ends of an edge in the scene, one edge per
+(from, to, type), a start node that exists); the repository then stores the difference.
+`problems` finds what is legal to save but wrong to play: unreachable nodes, dead ends,
+choices without labels, cycles of only `next` edges, and nodes whose asset was deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class EdgeType(StrEnum):
+    NEXT = "NEXT"
+    CHOICE = "CHOICE"
+    BRANCH = "BRANCH"
+
+
+class Severity(StrEnum):
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    asset_id: str  # "" once the asset was deleted (detached)
+    order: int = 0
+    x: float = 0.0
+    y: float = 0.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    detached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    id: str
+    from_id: str
+    to_id: str
+    type: EdgeType
+    label: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    order: int = 0
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: dict[str, Edge] = field(default_factory=dict)
+    start_id: str = ""
+
+    def copy(self) -> Graph:
+        return Graph(dict(self.nodes), dict(self.edges), self.start_id)
+
+
+class Rejected(Exception):
+    """A change the graph cannot take; `field` is relative to the change that was refused."""
+
+    def __init__(self, message: str, *, field: str, reason: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+
+
+# ---- editing ------------------------------------------------------------------------
+
+
+def add_node(graph: Graph, node: Node) -> None:
+    if node.id in graph.nodes:
+        raise Rejected(f"scene asset {node.id} already exists", field="name", reason="DUPLICATE")
+    graph.nodes[node.id] = node
+
+
+def replace_node(graph: Graph, node: Node) -> None:
+    if node.id not in graph.nodes:
+        raise Rejected(f"no scene asset {node.id} in this scene", field="name", reason="NOT_FOUND")
+    graph.nodes[node.id] = node
+
+
+def remove_node(graph: Graph, node_id: str) -> None:
+    """Remove a node with every edge that touches it (and the start mark, if it was it)."""
+    if graph.nodes.pop(node_id, None) is None:
+        raise Rejected(f"no scene asset {node_id} in this scene", field="name", reason="NOT_FOUND")
+    for edge_id in [e.id for e in graph.edges.values() if node_id in (e.from_id, e.to_id)]:
+        del graph.edges[edge_id]
+    if graph.start_id == node_id:
+        graph.start_id = ""
+
+
+def _check_edge(graph: Graph, edge: Edge) -> None:
+    for end, field_name in ((edge.from_id, "from_scene_asset"), (edge.to_id, "to_scene_asset")):
+        if end not in graph.nodes:
+            raise Rejected(
+                f"scene asset {end} is not in this scene", field=field_name, reason="NOT_IN_SCENE"
+            )
+    for other in graph.edges.values():
+        if other.id != edge.id and (other.from_id, other.to_id, other.type) == (
+            edge.from_id,
+            edge.to_id,
+            edge.type,
+        ):
+            raise Rejected(
+                f"a {edge.type.value} connection from {edge.from_id} to {edge.to_id} exists",
+                field="type",
+                reason="DUPLICATE_CONNECTION",
+            )
+
+
+def add_edge(graph: Graph, edge: Edge) -> None:
+    if edge.id in graph.edges:
+        raise Rejected(f"connection {edge.id} already exists", field="name", reason="DUPLICATE")
+    _check_edge(graph, edge)
+    graph.edges[edge.id] = edge
+
+
+def replace_edge(graph: Graph, edge: Edge) -> None:
+    if edge.id not in graph.edges:
+        raise Rejected(f"no connection {edge.id} in this scene", field="name", reason="NOT_FOUND")
+    _check_edge(graph, edge)
+    graph.edges[edge.id] = edge
+
+
+def remove_edge(graph: Graph, edge_id: str) -> None:
+    if graph.edges.pop(edge_id, None) is None:
+        raise Rejected(f"no connection {edge_id} in this scene", field="name", reason="NOT_FOUND")
+
+
+def set_start(graph: Graph, node_id: str) -> None:
+    if node_id and node_id not in graph.nodes:
+        raise Rejected(
+            f"scene asset {node_id} is not in this scene",
+            field="start_scene_asset",
+            reason="NOT_IN_SCENE",
+        )
+    graph.start_id = node_id
+
+
+def detach(graph: Graph, asset_id: str) -> bool:
+    """Mark every node showing `asset_id` detached; whether any was."""
+    hit = [n for n in graph.nodes.values() if n.asset_id == asset_id]
+    for node in hit:
+        graph.nodes[node.id] = replace(node, asset_id="", detached=True)
+    return bool(hit)
+
+
+def clone(
+    graph: Graph, new_id: Callable[[], str], keeps_asset: Callable[[str], bool]
+) -> tuple[Graph, dict[str, str]]:
+    """The same graph under new ids (and the old-to-new map). A node whose asset the new
+    owner may not use is kept in place, detached, so the structure survives the copy."""
+    ids = {old: new_id() for old in [*graph.nodes, *graph.edges]}
+    nodes = {}
+    for node in graph.nodes.values():
+        kept = bool(node.asset_id) and keeps_asset(node.asset_id)
+        nodes[ids[node.id]] = replace(
+            node,
+            id=ids[node.id],
+            asset_id=node.asset_id if kept else "",
+            detached=node.detached or not kept,
+            metadata=copy.deepcopy(node.metadata),
+        )
+    edges = {
+        ids[e.id]: replace(
+            e,
+            id=ids[e.id],
+            from_id=ids[e.from_id],
+            to_id=ids[e.to_id],
+            metadata=copy.deepcopy(e.metadata),
+        )
+        for e in graph.edges.values()
+    }
+    return Graph(nodes, edges, ids.get(graph.start_id, "")), ids
+
+
+# ---- problems -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    code: str
+    subject: str  # a node or edge id
+    severity: Severity
+    message: str
+
+
+def _successors(graph: Graph, types: Iterable[EdgeType] = tuple(EdgeType)) -> dict[str, list[str]]:
+    wanted = set(types)
+    out: dict[str, list[str]] = {node_id: [] for node_id in graph.nodes}
+    for edge in sorted(graph.edges.values(), key=lambda e: (e.order, e.id)):
+        if edge.type in wanted:
+            out[edge.from_id].append(edge.to_id)
+    return out
+
+
+def start_of(graph: Graph) -> str:
+    """The node a player starts from: the marked one, else the first by (order, id)."""
+    if graph.start_id in graph.nodes:
+        return graph.start_id
+    first = min(graph.nodes.values(), key=lambda n: (n.order, n.id), default=None)
+    return first.id if first is not None else ""
+
+
+def reachable(graph: Graph, start: str) -> set[str]:
+    successors = _successors(graph)
+    seen = {start} if start else set()
+    stack = [start] if start else []
+    while stack:
+        for target in successors[stack.pop()]:
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def next_cycles(graph: Graph) -> list[list[str]]:
+    """Strongly connected sets of nodes joined by `next` edges alone that loop (Tarjan's
+    algorithm, iterative): a player in one never leaves without a choice."""
+    successors = _successors(graph, [EdgeType.NEXT])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph.nodes):
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            targets = successors[node]
+            if child < len(targets):
+                work.append((node, child + 1))
+                target = targets[child]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in successors[node]:
+                    cycles.append(sorted(component))
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return sorted(cycles)
+
+
+def problems(graph: Graph) -> list[Problem]:
+    """Everything wrong with playing this graph, sorted by (code, subject)."""
+    found: list[Problem] = []
+    if not graph.nodes:
+        return found
+    start = start_of(graph)
+    if not graph.start_id:
+        found.append(
+            Problem(
+                "NO_START_NODE",
+                start,
+                Severity.WARNING,
+                "no start is marked; a player would begin at the first scene asset by order",
+            )
+        )
+    seen = reachable(graph, start)
+    successors = _successors(graph)
+    for node in graph.nodes.values():
+        if node.id not in seen:
+            found.append(
+                Problem("UNREACHABLE_NODE", node.id, Severity.ERROR, "no path from the start")
+            )
+        if not successors[node.id] and not node.metadata.get("ending"):
+            found.append(
+                Problem(
+                    "DEAD_END",
+                    node.id,
+                    Severity.WARNING,
+                    'nothing follows it and it is not marked {"ending": true}',
+                )
+            )
+        if node.detached:
+            found.append(
+                Problem("DETACHED_ASSET", node.id, Severity.ERROR, "its asset was deleted")
+            )
+    for edge in graph.edges.values():
+        if edge.type is EdgeType.CHOICE and not edge.label.strip():
+            found.append(
+                Problem(
+                    "CHOICE_WITHOUT_LABEL",
+                    edge.id,
+                    Severity.ERROR,
+                    "a choice needs a label to show the viewer",
+                )
+            )
+    for cycle in next_cycles(graph):
+        found.append(
+            Problem(
+                "NEXT_CYCLE",
+                cycle[0],
+                Severity.ERROR,
+                f"{len(cycle)} scene asset(s) loop through next edges only: {', '.join(cycle)}",
+            )
+        )
+    return sorted(found)

@@ -1,0 +1,220 @@
+"""`pixsim.scene.v1.SceneService`: thin handlers; the guard has authenticated and validated.
+Single-element writes are one-change batches of `ApplySceneChanges`, so every write goes
+through the same checks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from google.protobuf import empty_pb2
+
+from pixsim.scene.v1 import scene_service_pb2 as pb
+from pixsim.scene.v1 import scene_service_pb2_grpc as pb_grpc
+from pixsim_common.auth import current_identity
+from pixsim_common.timestamps import to_timestamp
+from pixsim_scene import repository as repo
+from pixsim_scene.repository import Scene
+from pixsim_scene.service import (
+    Change,
+    SceneService,
+    edge_to_proto,
+    node_name,
+    node_to_proto,
+)
+
+
+def scene_to_proto(scene: Scene) -> pb.Scene:
+    return pb.Scene(
+        name=f"scenes/{scene.id}",
+        owner=f"users/{scene.owner_id}",
+        display_name=scene.display_name,
+        description=scene.description,
+        tags=scene.tags,
+        is_template=scene.is_template,
+        start_scene_asset=node_name(scene.id, scene.graph.start_id),
+        etag=scene.etag,
+        create_time=to_timestamp(scene.create_time),
+        update_time=to_timestamp(scene.update_time),
+    )
+
+
+def graph_to_proto(scene: Scene) -> pb.SceneGraph:
+    graph = scene.graph
+    return pb.SceneGraph(
+        scene=scene_to_proto(scene),
+        assets=[
+            node_to_proto(scene.id, n)
+            for n in sorted(graph.nodes.values(), key=lambda n: (n.order, n.id))
+        ],
+        connections=[
+            edge_to_proto(scene.id, e)
+            for e in sorted(graph.edges.values(), key=lambda e: (e.from_id, e.order, e.id))
+        ],
+    )
+
+
+def _scene_id(name: str) -> str:
+    return name.split("/")[1]
+
+
+def _element_id(name: str) -> str:
+    return name.rsplit("/", 1)[1]
+
+
+Element = TypeVar("Element", pb.SceneAsset, pb.SceneConnection)
+
+
+def _named(element: Element, collection: str) -> Element:
+    """`element` with a new name in `collection` unless the caller chose one."""
+    if element.name:
+        return element
+    named = type(element)()
+    named.CopyFrom(element)
+    named.name = f"{collection}/{uuid.uuid4()}"
+    return named
+
+
+class SceneApi(pb_grpc.SceneServiceServicer):
+    def __init__(self, service: SceneService, sessions: Any) -> None:
+        self._service = service
+        self._sessions = sessions
+
+    async def CreateScene(self, request: pb.CreateSceneRequest, context: Any) -> pb.Scene:
+        return scene_to_proto(await self._service.create(current_identity(), request.scene))
+
+    async def GetScene(self, request: pb.GetSceneRequest, context: Any) -> pb.Scene:
+        return scene_to_proto(await self._service.get(current_identity(), _scene_id(request.name)))
+
+    async def ListScenes(
+        self, request: pb.ListScenesRequest, context: Any
+    ) -> pb.ListScenesResponse:
+        filters = {
+            "tag": request.tag,
+            "is_template": request.is_template if request.HasField("is_template") else None,
+        }
+        async with self._sessions() as session:
+            found, token = await repo.list_page(
+                session,
+                current_identity().user_id,
+                filters,
+                page_token=request.page_token,
+                page_size=request.page_size,
+            )
+        return pb.ListScenesResponse(
+            scenes=[scene_to_proto(s) for s in found], next_page_token=token
+        )
+
+    async def UpdateScene(self, request: pb.UpdateSceneRequest, context: Any) -> pb.Scene:
+        return scene_to_proto(
+            await self._service.update(current_identity(), request.scene, request.update_mask)
+        )
+
+    async def DeleteScene(self, request: pb.DeleteSceneRequest, context: Any) -> empty_pb2.Empty:
+        await self._service.delete(current_identity(), _scene_id(request.name), request.etag)
+        return empty_pb2.Empty()
+
+    async def _one(self, scene_name: str, etag: str, change: Change) -> Scene:
+        return await self._service.apply(current_identity(), _scene_id(scene_name), etag, [change])
+
+    async def CreateSceneAsset(
+        self, request: pb.CreateSceneAssetRequest, context: Any
+    ) -> pb.SceneAsset:
+        node = _named(request.scene_asset, f"{request.parent}/assets")
+        scene = await self._one(
+            request.parent, request.etag, Change("create_asset", node, "scene_asset")
+        )
+        return node_to_proto(scene.id, scene.graph.nodes[_element_id(node.name)])
+
+    async def UpdateSceneAsset(
+        self, request: pb.UpdateSceneAssetRequest, context: Any
+    ) -> pb.SceneAsset:
+        name = request.scene_asset.name
+        scene = await self._one(
+            name,
+            request.etag,
+            Change("update_asset", request.scene_asset, "scene_asset", request.update_mask),
+        )
+        return node_to_proto(scene.id, scene.graph.nodes[_element_id(name)])
+
+    async def DeleteSceneAsset(
+        self, request: pb.DeleteSceneAssetRequest, context: Any
+    ) -> empty_pb2.Empty:
+        await self._one(request.name, request.etag, Change("delete_asset", request.name, "name"))
+        return empty_pb2.Empty()
+
+    async def CreateSceneConnection(
+        self, request: pb.CreateSceneConnectionRequest, context: Any
+    ) -> pb.SceneConnection:
+        edge = _named(request.connection, f"{request.parent}/connections")
+        scene = await self._one(
+            request.parent, request.etag, Change("create_connection", edge, "connection")
+        )
+        return edge_to_proto(scene.id, scene.graph.edges[_element_id(edge.name)])
+
+    async def UpdateSceneConnection(
+        self, request: pb.UpdateSceneConnectionRequest, context: Any
+    ) -> pb.SceneConnection:
+        name = request.connection.name
+        scene = await self._one(
+            name,
+            request.etag,
+            Change("update_connection", request.connection, "connection", request.update_mask),
+        )
+        return edge_to_proto(scene.id, scene.graph.edges[_element_id(name)])
+
+    async def DeleteSceneConnection(
+        self, request: pb.DeleteSceneConnectionRequest, context: Any
+    ) -> empty_pb2.Empty:
+        await self._one(
+            request.name, request.etag, Change("delete_connection", request.name, "name")
+        )
+        return empty_pb2.Empty()
+
+    async def GetSceneGraph(self, request: pb.GetSceneGraphRequest, context: Any) -> pb.SceneGraph:
+        return graph_to_proto(
+            await self._service.get(current_identity(), _scene_id(request.name), with_graph=True)
+        )
+
+    async def CloneScene(self, request: pb.CloneSceneRequest, context: Any) -> pb.SceneGraph:
+        return graph_to_proto(
+            await self._service.clone(
+                current_identity(), _scene_id(request.name), request.display_name
+            )
+        )
+
+    async def ValidateScene(
+        self, request: pb.ValidateSceneRequest, context: Any
+    ) -> pb.ValidateSceneResponse:
+        scene_id = _scene_id(request.name)
+        problems = await self._service.validate(current_identity(), scene_id)
+        return pb.ValidateSceneResponse(
+            problems=[
+                pb.SceneProblem(
+                    code=p.code,
+                    severity=pb.SceneProblem.Severity.Value(f"SEVERITY_{p.severity.value}"),
+                    message=p.message,
+                    subject=_subject(scene_id, p.subject, p.code),
+                )
+                for p in problems
+            ]
+        )
+
+    async def ApplySceneChanges(
+        self, request: pb.ApplySceneChangesRequest, context: Any
+    ) -> pb.SceneGraph:
+        changes = []
+        for index, change in enumerate(request.changes):
+            kind = change.WhichOneof("change")
+            assert kind is not None  # protovalidate requires the oneof
+            changes.append(Change(kind, getattr(change, kind), f"changes[{index}].{kind}"))
+        return graph_to_proto(
+            await self._service.apply(
+                current_identity(), _scene_id(request.name), request.etag, changes
+            )
+        )
+
+
+def _subject(scene_id: str, element_id: str, code: str) -> str:
+    kind = "connections" if code == "CHOICE_WITHOUT_LABEL" else "assets"
+    return f"scenes/{scene_id}/{kind}/{element_id}"

@@ -1,0 +1,453 @@
+"""The scene service through a real gRPC channel, against real PostgreSQL and Kafka and a
+running asset service (which it asks, with the caller's token, whose assets are whose)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import field_mask_pb2
+from pydantic import SecretStr
+
+from pixsim.asset.v1 import asset_service_pb2 as asset_pb
+from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
+from pixsim.events.v1 import events_pb2
+from pixsim.scene.v1 import scene_service_pb2 as pb
+from pixsim.scene.v1 import scene_service_pb2_grpc as pb_grpc
+from pixsim_asset import main as asset_main
+from pixsim_asset.settings import Settings as AssetSettings
+from pixsim_common import topics
+from pixsim_common.auth import issue_token
+from pixsim_common.db import run_migrations
+from pixsim_common.errors import status_details
+from pixsim_local.kafka import EventTap, KafkaBroker
+from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_provider_sim.media import render_png
+from pixsim_scene import main as scene_main
+from pixsim_scene.settings import Settings as SceneSettings
+
+pytestmark = pytest.mark.integration
+Metadata = tuple[tuple[str, str], ...]
+NEXT, CHOICE = pb.SceneConnection.TYPE_NEXT, pb.SceneConnection.TYPE_CHOICE
+
+
+@dataclass
+class Stack:
+    scenes: pb_grpc.SceneServiceAsyncStub
+    assets: asset_grpc.AssetServiceAsyncStub
+    tap: EventTap
+    as_user: Callable[[str], Metadata]
+
+    async def asset(self, who: Metadata) -> str:
+        """A fresh image asset of `who`'s, uploaded through the asset service."""
+
+        async def parts() -> AsyncIterator[asset_pb.UploadAssetRequest]:
+            yield asset_pb.UploadAssetRequest(metadata=asset_pb.UploadAssetRequest.Metadata())
+            yield asset_pb.UploadAssetRequest(chunk=render_png(uuid.uuid4().int % 100_000, 16, 16))
+
+        return (await self.assets.UploadAsset(parts(), metadata=who)).name
+
+    async def scene(self, who: Metadata, **fields: object) -> pb.Scene:
+        return await self.scenes.CreateScene(
+            pb.CreateSceneRequest(scene=pb.Scene(display_name="story", **fields)),  # type: ignore[arg-type]
+            metadata=who,
+        )
+
+    async def place(self, scene: str, asset: str, who: Metadata, **fields: object) -> pb.SceneAsset:
+        return await self.scenes.CreateSceneAsset(
+            pb.CreateSceneAssetRequest(
+                parent=scene,
+                scene_asset=pb.SceneAsset(asset=asset, **fields),  # type: ignore[arg-type]
+            ),
+            metadata=who,
+        )
+
+    async def connect(
+        self, scene: str, a: str, b: str, who: Metadata, kind: int = NEXT, label: str = ""
+    ) -> pb.SceneConnection:
+        return await self.scenes.CreateSceneConnection(
+            pb.CreateSceneConnectionRequest(
+                parent=scene,
+                connection=pb.SceneConnection(
+                    from_scene_asset=a,
+                    to_scene_asset=b,
+                    type=kind,  # type: ignore[arg-type]
+                    label=label,
+                ),
+            ),
+            metadata=who,
+        )
+
+    async def graph(self, scene: str, who: Metadata) -> pb.SceneGraph:
+        return await self.scenes.GetSceneGraph(pb.GetSceneGraphRequest(name=scene), metadata=who)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def stack(
+    own_kafka: KafkaBroker,
+    new_database_module: DatabaseFactory,
+    signing_keys: tuple[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    asset_db = await new_database_module("assets")
+    scene_db = await new_database_module("scenes")
+    await asyncio.to_thread(run_migrations, asset_db.url, asset_main.MIGRATIONS)
+    await asyncio.to_thread(run_migrations, scene_db.url, scene_main.MIGRATIONS)
+    common = {
+        "kafka_bootstrap": own_kafka.bootstrap,
+        "jwt_public_key": signing_keys[1],
+        "grpc_port": 0,
+    }
+    assets = await asset_main.build(
+        AssetSettings(
+            database_url=SecretStr(asset_db.url),
+            storage_root=tmp_path_factory.mktemp("scene-assets"),
+            **common,  # type: ignore[arg-type]
+        )
+    )
+    await assets.start()
+    scenes = await scene_main.build(
+        SceneSettings(
+            database_url=SecretStr(scene_db.url),
+            asset_address=f"127.0.0.1:{assets.port}",
+            **common,  # type: ignore[arg-type]
+        )
+    )
+    await scenes.start()
+    tap = EventTap(own_kafka.bootstrap, [topics.SCENE_UPDATED.name])
+    await tap.start()
+
+    def auth(user: str) -> Metadata:
+        return (("authorization", "Bearer " + issue_token(signing_keys[0], user_id=user)),)
+
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{scenes.port}") as scene_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{assets.port}") as asset_channel,
+    ):
+        yield Stack(
+            pb_grpc.SceneServiceStub(scene_channel),
+            asset_grpc.AssetServiceStub(asset_channel),
+            tap,
+            auth,
+        )
+    await tap.stop()
+    await scenes.stop()
+    await assets.stop()
+
+
+def user(stack: Stack) -> Metadata:
+    return stack.as_user(f"u-{uuid.uuid4().hex[:8]}")
+
+
+def violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    return [(v.field, v.description) for v in status_details(error)["BadRequest"].field_violations]
+
+
+async def test_a_scene_is_built_read_validated_and_announced(stack: Stack) -> None:
+    alice = user(stack)
+    scene = await stack.scene(alice, tags=["intro"], description="a test")
+    a = await stack.place(scene.name, await stack.asset(alice), alice, order=1)
+    b = await stack.place(scene.name, await stack.asset(alice), alice, order=2)
+    c = await stack.place(
+        scene.name, await stack.asset(alice), alice, order=3, metadata={"ending": True}
+    )
+    await stack.connect(scene.name, a.name, b.name, alice)
+    await stack.connect(scene.name, b.name, c.name, alice, CHOICE)  # no label: a problem
+    graph = await stack.graph(scene.name, alice)
+    assert [n.name for n in graph.assets] == [a.name, b.name, c.name]
+    assert len(graph.connections) == 2
+    assert graph.scene.etag == "6"  # created, then five writes
+
+    (choice,) = [c for c in graph.connections if c.type == CHOICE]
+    report = await stack.scenes.ValidateScene(
+        pb.ValidateSceneRequest(name=scene.name), metadata=alice
+    )
+    assert {(p.code, p.subject) for p in report.problems} == {
+        ("NO_START_NODE", a.name),
+        ("CHOICE_WITHOUT_LABEL", choice.name),
+    }
+    await stack.scenes.UpdateSceneConnection(
+        pb.UpdateSceneConnectionRequest(
+            connection=pb.SceneConnection(name=choice.name, label="onwards"),
+            update_mask=field_mask_pb2.FieldMask(paths=["label"]),
+        ),
+        metadata=alice,
+    )
+    await stack.scenes.UpdateScene(
+        pb.UpdateSceneRequest(
+            scene=pb.Scene(name=scene.name, start_scene_asset=a.name),
+            update_mask=field_mask_pb2.FieldMask(paths=["start_scene_asset"]),
+        ),
+        metadata=alice,
+    )
+    report = await stack.scenes.ValidateScene(
+        pb.ValidateSceneRequest(name=scene.name), metadata=alice
+    )
+    assert list(report.problems) == []
+    scene_id = scene.name.removeprefix("scenes/")
+    updates = await stack.tap.wait_for(topics.SCENE_UPDATED.name, scene_id, count=8)
+    etags = [events_pb2.SceneUpdated.FromString(r.value).etag for r in updates]
+    assert etags == [str(v) for v in range(1, 9)]
+
+    listed = await stack.scenes.ListScenes(pb.ListScenesRequest(tag="intro"), metadata=alice)
+    assert [s.name for s in listed.scenes] == [scene.name]
+    none = await stack.scenes.ListScenes(pb.ListScenesRequest(is_template=True), metadata=alice)
+    assert list(none.scenes) == []
+
+
+async def test_another_users_asset_is_refused_and_nothing_is_written(stack: Stack) -> None:
+    alice, bob = user(stack), user(stack)
+    scene = await stack.scene(alice)
+    bobs_asset = await stack.asset(bob)
+    mine = await stack.asset(alice)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.scenes.ApplySceneChanges(
+            pb.ApplySceneChangesRequest(
+                name=scene.name,
+                changes=[
+                    pb.SceneChange(create_asset=pb.SceneAsset(asset=mine)),
+                    pb.SceneChange(create_asset=pb.SceneAsset(asset=bobs_asset)),
+                    pb.SceneChange(create_asset=pb.SceneAsset(asset=f"assets/{uuid.uuid4()}")),
+                ],
+            ),
+            metadata=alice,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in violations(refused.value)] == [
+        "changes[1].create_asset.asset",
+        "changes[2].create_asset.asset",
+    ]
+    graph = await stack.graph(scene.name, alice)
+    assert list(graph.assets) == []  # the owned one was not written either: all or none
+    assert graph.scene.etag == scene.etag
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await stack.graph(scene.name, bob)
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_batch_applies_in_order_and_refuses_edges_across_scenes(stack: Stack) -> None:
+    alice = user(stack)
+    scene = await stack.scene(alice)
+    other = await stack.scene(alice)
+    elsewhere = await stack.place(other.name, await stack.asset(alice), alice)
+    first = f"{scene.name}/assets/{uuid.uuid4()}"
+    second = f"{scene.name}/assets/{uuid.uuid4()}"
+    graph = await stack.scenes.ApplySceneChanges(
+        pb.ApplySceneChangesRequest(
+            name=scene.name,
+            etag=scene.etag,
+            changes=[
+                pb.SceneChange(
+                    create_asset=pb.SceneAsset(name=first, asset=await stack.asset(alice))
+                ),
+                pb.SceneChange(
+                    create_asset=pb.SceneAsset(name=second, asset=await stack.asset(alice))
+                ),
+                pb.SceneChange(
+                    create_connection=pb.SceneConnection(
+                        from_scene_asset=first, to_scene_asset=second, type=NEXT
+                    )
+                ),
+            ],
+        ),
+        metadata=alice,
+    )
+    assert [(c.from_scene_asset, c.to_scene_asset) for c in graph.connections] == [(first, second)]
+    for connection, field in (
+        (
+            pb.SceneConnection(from_scene_asset=first, to_scene_asset=elsewhere.name, type=NEXT),
+            "connection.to_scene_asset",
+        ),
+        (
+            pb.SceneConnection(from_scene_asset=first, to_scene_asset=second, type=NEXT),
+            "connection.type",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.scenes.CreateSceneConnection(
+                pb.CreateSceneConnectionRequest(parent=scene.name, connection=connection),
+                metadata=alice,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in violations(refused.value)] == [field]
+
+
+async def test_a_stale_write_is_aborted(stack: Stack) -> None:
+    alice = user(stack)
+    scene = await stack.scene(alice)
+    asset = await stack.asset(alice)
+
+    async def place_with(etag: str) -> pb.SceneAsset:
+        return await stack.scenes.CreateSceneAsset(
+            pb.CreateSceneAssetRequest(
+                parent=scene.name, etag=etag, scene_asset=pb.SceneAsset(asset=asset)
+            ),
+            metadata=alice,
+        )
+
+    outcomes = await asyncio.gather(
+        *(place_with(scene.etag) for _ in range(5)), return_exceptions=True
+    )
+    won = [o for o in outcomes if isinstance(o, pb.SceneAsset)]
+    lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(won) == 1
+    assert [e.code() for e in lost] == [grpc.StatusCode.ABORTED] * 4
+    assert status_details(lost[0])["ErrorInfo"].metadata["etag"] == "2"
+    graph = await stack.graph(scene.name, alice)
+    assert [n.name for n in graph.assets] == [won[0].name]
+
+
+async def test_a_deleted_asset_is_detached_from_every_scene(stack: Stack) -> None:
+    alice = user(stack)
+    asset = await stack.asset(alice)
+    scenes = [await stack.scene(alice) for _ in range(2)]
+    nodes = [await stack.place(s.name, asset, alice) for s in scenes]
+    await stack.assets.DeleteAsset(asset_pb.DeleteAssetRequest(name=asset), metadata=alice)
+    for scene, node in zip(scenes, nodes, strict=True):
+        for _ in range(200):
+            graph = await stack.graph(scene.name, alice)
+            if graph.assets[0].detached:
+                break
+            await asyncio.sleep(0.05)
+        (detached,) = graph.assets
+        assert (detached.name, detached.asset, detached.detached) == (node.name, "", True)
+        report = await stack.scenes.ValidateScene(
+            pb.ValidateSceneRequest(name=scene.name), metadata=alice
+        )
+        assert ("DETACHED_ASSET", node.name) in {(p.code, p.subject) for p in report.problems}
+    # Placing the deleted asset again is refused, even if the asset service were slow to know.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.place(scenes[0].name, asset, alice)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_clone_equals_its_template_up_to_ids(stack: Stack) -> None:
+    author, reader = user(stack), user(stack)
+    template = await stack.scene(author, is_template=True, tags=["demo"])
+    a = await stack.place(template.name, await stack.asset(author), author, order=1)
+    b = await stack.place(
+        template.name, await stack.asset(author), author, order=2, position={"x": 3, "y": 4}
+    )
+    await stack.connect(template.name, a.name, b.name, author, CHOICE, "go")
+    await stack.scenes.UpdateScene(
+        pb.UpdateSceneRequest(
+            scene=pb.Scene(name=template.name, start_scene_asset=a.name),
+            update_mask=field_mask_pb2.FieldMask(paths=["start_scene_asset"]),
+        ),
+        metadata=author,
+    )
+    source = await stack.graph(template.name, author)
+
+    def shape(graph: pb.SceneGraph) -> tuple[object, ...]:
+        index = {n.name: i for i, n in enumerate(graph.assets)}
+        return (
+            graph.scene.display_name,
+            list(graph.scene.tags),
+            index[graph.scene.start_scene_asset],
+            [(n.order, n.position.x, n.position.y) for n in graph.assets],
+            [
+                (index[c.from_scene_asset], index[c.to_scene_asset], c.type, c.label)
+                for c in graph.connections
+            ],
+        )
+
+    own = await stack.scenes.CloneScene(pb.CloneSceneRequest(name=template.name), metadata=author)
+    assert shape(own) == shape(source)
+    assert own.scene.name != template.name
+    assert not own.scene.is_template
+    assert {n.asset for n in own.assets} == {n.asset for n in source.assets}
+    assert not {n.name for n in own.assets} & {n.name for n in source.assets}
+
+    # Someone else may clone a template; the author's assets come over detached.
+    theirs = await stack.scenes.CloneScene(
+        pb.CloneSceneRequest(name=template.name, display_name="mine now"), metadata=reader
+    )
+    assert theirs.scene.owner != own.scene.owner
+    assert [(n.asset, n.detached) for n in theirs.assets] == [("", True), ("", True)]
+    # ...but not a scene that is not a template.
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await stack.scenes.CloneScene(pb.CloneSceneRequest(name=own.scene.name), metadata=reader)
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_deleting_an_element_or_scene(stack: Stack) -> None:
+    alice = user(stack)
+    scene = await stack.scene(alice)
+    a = await stack.place(scene.name, await stack.asset(alice), alice)
+    b = await stack.place(scene.name, await stack.asset(alice), alice)
+    await stack.connect(scene.name, a.name, b.name, alice)
+    await stack.scenes.DeleteSceneAsset(pb.DeleteSceneAssetRequest(name=b.name), metadata=alice)
+    graph = await stack.graph(scene.name, alice)
+    assert ([n.name for n in graph.assets], list(graph.connections)) == ([a.name], [])
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await stack.scenes.DeleteScene(
+            pb.DeleteSceneRequest(name=scene.name, etag=scene.etag), metadata=alice
+        )
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    await stack.scenes.DeleteScene(
+        pb.DeleteSceneRequest(name=scene.name, etag=graph.scene.etag), metadata=alice
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await stack.graph(scene.name, alice)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    scene_id = scene.name.removeprefix("scenes/")
+    last = (await stack.tap.wait_for(topics.SCENE_UPDATED.name, scene_id, count=6))[-1]
+    assert events_pb2.SceneUpdated.FromString(last.value).deleted
+
+
+async def test_bad_updates_name_their_fields(stack: Stack) -> None:
+    alice = user(stack)
+    scene = await stack.scene(alice)
+    node = await stack.place(scene.name, await stack.asset(alice), alice)
+    cases = [
+        (
+            pb.UpdateSceneRequest(
+                scene=pb.Scene(name=scene.name),
+                update_mask=field_mask_pb2.FieldMask(paths=["owner"]),
+            ),
+            "update_mask",
+        ),
+        (
+            pb.UpdateSceneRequest(
+                scene=pb.Scene(name=scene.name),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+            "scene.display_name",
+        ),
+        (
+            pb.UpdateSceneRequest(
+                scene=pb.Scene(
+                    name=scene.name, start_scene_asset=f"{scene.name}/assets/{uuid.uuid4()}"
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["start_scene_asset"]),
+            ),
+            "scene.start_scene_asset",
+        ),
+    ]
+    for request, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.scenes.UpdateScene(request, metadata=alice)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in violations(refused.value)] == [field]
+    with pytest.raises(grpc.aio.AioRpcError) as no_asset:
+        await stack.scenes.UpdateSceneAsset(
+            pb.UpdateSceneAssetRequest(
+                scene_asset=pb.SceneAsset(name=node.name),
+                update_mask=field_mask_pb2.FieldMask(paths=["asset"]),
+            ),
+            metadata=alice,
+        )
+    assert [f for f, _ in violations(no_asset.value)] == ["scene_asset.asset"]
+    moved = await stack.scenes.UpdateSceneAsset(
+        pb.UpdateSceneAssetRequest(
+            scene_asset=pb.SceneAsset(name=node.name, position=pb.CanvasPosition(x=7, y=8)),
+            update_mask=field_mask_pb2.FieldMask(paths=["position"]),
+        ),
+        metadata=alice,
+    )
+    assert (moved.asset, moved.position.x, moved.position.y) == (node.asset, 7, 8)

@@ -124,11 +124,11 @@ def test_same_seed_same_bytes_and_every_task_its_own_file(sim: str) -> None:
     headers = {"Authorization": "Bearer det-key", "X-Runway-Version": "2024-11-06"}
     configure(sim, "det-key", finish_ms=0)
 
-    def one_output() -> bytes:
+    def one_output(prompt: str = "x") -> bytes:
         task = httpx.post(
             f"{sim}/v1/text_to_video",
             headers=headers,
-            json={"model": "gen4.5", "promptText": "x", "ratio": "720:1280", "duration": 2},
+            json={"model": "gen4.5", "promptText": prompt, "ratio": "720:1280", "duration": 2},
         ).json()
         body = httpx.get(f"{sim}/v1/tasks/{task['id']}", headers=headers).json()
         return httpx.get(body["output"][0]).content
@@ -138,6 +138,8 @@ def test_same_seed_same_bytes_and_every_task_its_own_file(sim: str) -> None:
     httpx.post(f"{sim}/_sim/reset", json={"seed": 7}).raise_for_status()
     configure(sim, "det-key", finish_ms=0)
     assert one_output() == first
+    # Two tasks asking for the same seed knob render the same file.
+    assert one_output("a [sim:seed=3]") == one_output("b [sim:seed=3]") != first
 
 
 def test_it_records_the_highest_concurrency_each_key_reached(sim: str) -> None:

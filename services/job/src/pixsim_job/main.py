@@ -16,6 +16,7 @@ from pixsim_common.settings import ServiceSettings
 from pixsim_job.capabilities import ProviderCatalog
 from pixsim_job.events import subscriptions
 from pixsim_job.grpc_api import JobApi
+from pixsim_job.inputs import InputResolver
 from pixsim_job.service import ChangeFeed, JobService
 from pixsim_job.settings import Settings
 
@@ -32,19 +33,28 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
     )
     catalog = ProviderCatalog(gateway, settings.capabilities_ttl_seconds)
+    assets = grpc.aio.insecure_channel(
+        settings.asset_address,
+        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
+    )
+    resolver = InputResolver(assets)
     feed = ChangeFeed(settings.database_url.get_secret_value())
     services: dict[str, JobService] = {}
 
     def service(kit: Kit) -> JobService:
         if "job" not in services:
-            services["job"] = JobService(kit.sessions, catalog)
+            services["job"] = JobService(kit.sessions, catalog, resolver)
         return services["job"]
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
         pb_grpc.add_JobServiceServicer_to_server(JobApi(service(kit), feed, kit.sessions), server)
 
     def workers(_kit: Kit) -> Sequence[Worker]:
-        return [CloseOnStop(lambda: gateway.close(None)), feed]
+        return [
+            CloseOnStop(lambda: gateway.close(None)),
+            CloseOnStop(lambda: assets.close(None)),
+            feed,
+        ]
 
     def consumed(kit: Kit) -> Sequence[Subscription]:
         return subscriptions(service(kit))

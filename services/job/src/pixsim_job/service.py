@@ -27,6 +27,7 @@ from pixsim_common.timestamps import now_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import ProviderCatalog, check_request
 from pixsim_job.domain import Fact, IllegalTransition, Job
+from pixsim_job.inputs import InputResolver
 
 log = structlog.get_logger("pixsim.job")
 SOURCE = "/job"
@@ -38,15 +39,23 @@ def _now() -> datetime:
 
 class JobService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], catalog: ProviderCatalog
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        catalog: ProviderCatalog,
+        resolver: InputResolver,
     ) -> None:
         self._sessions = sessions
         self._catalog = catalog
+        self._resolver = resolver
 
     async def create(self, identity: Identity, request: pb.CreateJobRequest) -> Job:
-        spec = request.job
-        provider = await self._catalog.get(spec.provider_id, identity.token)
-        check_request(spec, provider)
+        provider = await self._catalog.get(request.job.provider_id, identity.token)
+        check_request(request.job, provider)
+        spec = pb.Job()
+        spec.CopyFrom(request.job)
+        inputs = await self._resolver.resolve(spec.inputs, identity.token)
+        del spec.inputs[:]
+        spec.inputs.extend(inputs)
         job = Job.submit(
             user_id=identity.user_id,
             operation_type=spec.operation_type,

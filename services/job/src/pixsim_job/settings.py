@@ -15,3 +15,5 @@ class Settings(ServiceSettings):
     # The provider gateway, asked for providers' capabilities at CreateJob.
     gateway_address: str = "127.0.0.1:50053"
     capabilities_ttl_seconds: float = 60.0
+    # The asset service, asked (with the caller's token) for the URLs of asset inputs.
+    asset_address: str = "127.0.0.1:50052"

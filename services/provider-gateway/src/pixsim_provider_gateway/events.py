@@ -94,15 +94,16 @@ async def on_job_cancelled(
 
 
 def request_of(row: Row[Any]) -> GenerationRequest:
-    """The stored request as the adapters take it. Inputs naming an asset carry no URL yet
-    (resolving them needs the asset service), so an adapter sees them as missing."""
+    """The stored request as the adapters take it. An input naming an asset is given to the
+    provider by the URL the job service resolved it to."""
     request = row.request
     inputs = tuple(
         GenerationInput(
-            types_pb2.InputRole.Value(i.get("role", "INPUT_ROLE_UNSPECIFIED")), i["uri"]
+            types_pb2.InputRole.Value(i.get("role", "INPUT_ROLE_UNSPECIFIED")),
+            i.get("uri") or i["resolvedUri"],
         )
         for i in request.get("inputs", [])
-        if "uri" in i
+        if i.get("uri") or i.get("resolvedUri")
     )
     return GenerationRequest(
         row.operation_type, request.get("prompt", ""), inputs, request.get("params", {})

@@ -101,8 +101,9 @@ PROMPT_KNOB = re.compile(r"\[sim:([a-z_]+)(?:=(\d+))?\]")
 
 
 def request_knobs(prompt: str) -> dict[str, int | None]:
-    """Per-request knobs written into the prompt, e.g. `a cat [sim:moderation]` or
-    `[sim:finish_ms=3000]`, so a test scripts one request without touching the adapter."""
+    """Per-request knobs written into the prompt, e.g. `a cat [sim:moderation]`,
+    `[sim:finish_ms=3000]` or `[sim:seed=7]` (the same media for every request with it), so a
+    test scripts one request without touching the adapter."""
     return {name: int(value) if value else None for name, value in PROMPT_KNOB.findall(prompt)}
 
 
@@ -187,7 +188,12 @@ class SimState:
             width=width,
             height=height,
             seconds=seconds,
-            seed=int.from_bytes(hashlib.sha256(f"{self.seed}:{identifier}".encode()).digest()[:8]),
+            # `[sim:seed=N]` makes equal requests render equal bytes (a duplicate result).
+            seed=int.from_bytes(
+                hashlib.sha256(
+                    f"{self.seed}:{knobs['seed'] if knobs.get('seed') else identifier}".encode()
+                ).digest()[:8]
+            ),
             cost=cost,
             created_at=now,
             start_at=now + finish_ms / 1000 * 0.2,

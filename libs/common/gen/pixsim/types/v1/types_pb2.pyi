@@ -156,21 +156,27 @@ class GenerationInput(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     ASSET_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
+    RESOLVED_URI_FIELD_NUMBER: _builtins.int
     role: Global___InputRole.ValueType
     asset: _builtins.str
     """An asset of the caller's, as `assets/{asset}`."""
     uri: _builtins.str
     """An http(s) URL the provider can fetch."""
+    resolved_uri: _builtins.str
+    """For an asset input: the URL the job service resolved it to at CreateJob (the asset's
+    own remote URL), which is what the provider is given. Set by the service.
+    """
     def __init__(
         self,
         *,
         role: Global___InputRole.ValueType = ...,
         asset: _builtins.str = ...,
         uri: _builtins.str = ...,
+        resolved_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "source", b"source", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "role", b"role", "source", b"source", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "resolved_uri", b"resolved_uri", "role", b"role", "source", b"source", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["asset", "uri"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015

@@ -1,0 +1,68 @@
+"""Inputs that name an asset, resolved at CreateJob to the URL a provider fetches: asked of
+the asset service with the caller's token, so another user's asset is simply not found."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from pixsim.asset.v1 import asset_service_pb2 as asset_pb
+from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
+from pixsim.types.v1 import types_pb2
+from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+
+
+class InputResolver:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float = 5.0) -> None:
+        self._stub = asset_grpc.AssetServiceStub(channel)
+        self._timeout = timeout
+
+    async def resolve(
+        self, inputs: Sequence[types_pb2.GenerationInput], token: str
+    ) -> list[types_pb2.GenerationInput]:
+        """`inputs` with every asset input's `resolved_uri` set."""
+        named = sorted({i.asset for i in inputs if i.WhichOneof("source") == "asset"})
+        if not named:
+            return list(inputs)
+        try:
+            answer = await self._stub.BatchGetAssets(
+                asset_pb.BatchGetAssetsRequest(names=named),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(
+                "the asset service cannot be asked now", reason="ASSET_SERVICE_UNAVAILABLE"
+            ) from error
+        return resolved(inputs, {a.name: a for a in answer.assets})
+
+
+def resolved(
+    inputs: Sequence[types_pb2.GenerationInput], found: dict[str, asset_pb.Asset]
+) -> list[types_pb2.GenerationInput]:
+    """Pure part of `resolve`: missing assets are INVALID_ARGUMENT per input; an asset with no
+    URL a provider could fetch (an upload) is FAILED_PRECONDITION."""
+    missing = [
+        FieldViolation(f"job.inputs[{index}].asset", f"{i.asset} does not exist", "ASSET_NOT_FOUND")
+        for index, i in enumerate(inputs)
+        if i.WhichOneof("source") == "asset" and i.asset not in found
+    ]
+    if missing:
+        raise InvalidArgument("an input names an asset that does not exist", missing)
+    result = []
+    for item in inputs:
+        copy = types_pb2.GenerationInput()
+        copy.CopyFrom(item)
+        if item.WhichOneof("source") == "asset":
+            remote = found[item.asset].remote_uri
+            if not remote:
+                raise FailedPrecondition(
+                    f"{item.asset} was uploaded, so no provider can fetch it by URL; "
+                    "register it from a URL (CreateAsset) or generate it instead",
+                    reason="ASSET_NOT_FETCHABLE",
+                    metadata={"asset": item.asset},
+                )
+            copy.resolved_uri = remote
+        result.append(copy)
+    return result

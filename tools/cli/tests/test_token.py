@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pixsim_cli.main import app
+from pixsim_cli.main import typer_app as app
 from pixsim_common.auth import TokenVerifier
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -112,92 +113,175 @@ async def wait_http(url: str, process: ManagedProcess, timeout: float = 30) -> N
             await asyncio.sleep(0.1)
 
 
-async def wait_until_serving(spec: ServiceSpec, process: ManagedProcess) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{spec.port}") as channel:
-        await wait_serving(channel, spec.grpc_service, check_alive=process.check_alive)
+async def wait_until_serving(address: str, grpc_service: str, process: ManagedProcess) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        await wait_serving(channel, grpc_service, check_alive=process.check_alive)
+
+
+DEFAULT_PORTS = {spec.name: spec.port for spec in SERVICES} | {"provider-sim": SIMULATOR_PORT}
+DEFAULT_METRICS_PORTS = {spec.name: spec.metrics_port for spec in SERVICES}
+
+
+@dataclass
+class LocalServices:
+    """The simulator and the four services as processes over given infrastructure: each
+    service migrated, then serving, with its dependencies' addresses. `make run` uses the
+    default ports; the end-to-end tests use free ones and databases of their own."""
+
+    infra: Infra
+    run_dir: Path
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    metrics_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+    database_prefix: str = ""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    @property
+    def simulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['provider-sim']}"
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def keys(self) -> tuple[Path, Path]:
+        """(private, public) signing key files."""
+        return signing_keys(self.run_dir / "keys")
+
+    def env_for(self, spec: ServiceSpec, database_url: str) -> dict[str, str]:
+        prefix = spec.env_prefix
+        return {
+            **os.environ,
+            f"{prefix}DATABASE_URL": database_url,
+            f"{prefix}KAFKA_BOOTSTRAP": self.infra.kafka.bootstrap,
+            f"{prefix}JWT_PUBLIC_KEY": self.keys[1].read_text(),
+            f"{prefix}GRPC_PORT": str(self.ports[spec.name]),
+            f"{prefix}METRICS_PORT": str(self.metrics_ports.get(spec.name, 0)),
+            # Each setting below is read by the one service it concerns; the rest ignore it.
+            **{f"{prefix}{p}_BASE_URL": self.simulator_url for p in ("PIXVERSE", "RUNWAY", "PIKA")},
+            f"{prefix}CREDENTIALS_KEYS": credentials_key(self.run_dir / "keys"),
+            f"{prefix}GATEWAY_ADDRESS": self.address("provider-gateway"),
+            f"{prefix}ASSET_ADDRESS": self.address("asset"),
+            # The simulator serves media on loopback, so the asset service may fetch there.
+            f"{prefix}STORAGE_ROOT": str(self.run_dir / "storage"),
+            f"{prefix}FETCH_ALLOW_LOOPBACK": "true",
+            **{f"{prefix}{k}": v for k, v in self.extra_env.items()},
+        }
+
+    async def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        simulator = ManagedProcess(
+            "provider-sim",
+            [
+                sys.executable,
+                "-m",
+                "pixsim_provider_sim",
+                "--port",
+                str(self.ports["provider-sim"]),
+            ],
+            self.logs / "provider-sim.log",
+        )
+        self.processes["provider-sim"] = simulator
+        await wait_http(f"{self.simulator_url}/_sim/stats", simulator)
+        for spec in SERVICES:
+            database = await self.infra.postgres.create_service_database(
+                self.database_prefix + spec.package
+            )
+            env = self.env_for(spec, database.url)
+            log = self.logs / f"{spec.name}.log"
+            migrate = ManagedProcess(
+                f"{spec.name}-migrate", service_command(spec, "migrate"), log, env=env
+            )
+            if await asyncio.to_thread(migrate.process.wait) != 0:
+                raise RuntimeError(f"{spec.name} migration failed:\n{migrate.log_tail()}")
+            migrate.stop()
+            self.processes[spec.name] = ManagedProcess(
+                spec.name, service_command(spec, "serve"), log, env=env
+            )
+        await asyncio.gather(
+            *(
+                wait_until_serving(
+                    self.address(spec.name), spec.grpc_service, self.processes[spec.name]
+                )
+                for spec in SERVICES
+            )
+        )
+
+    def check_alive(self) -> None:
+        for process in self.processes.values():
+            process.check_alive()
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+        self.processes.clear()
+
+
+async def merge_logs(sources: Mapping[str, Path], target: Path, interval: float = 0.2) -> None:
+    """Copy every new line of each source into `target`, prefixed with its name, until
+    cancelled: one place to read the whole stack, in (roughly) the order things happened."""
+    width = max(len(name) for name in sources)
+    offsets = {name: path.stat().st_size if path.exists() else 0 for name, path in sources.items()}
+    pending = dict.fromkeys(sources, b"")
+    with target.open("ab") as out:
+        while True:
+            for name, path in sources.items():
+                with contextlib.suppress(FileNotFoundError), path.open("rb") as source:
+                    source.seek(offsets[name])
+                    data = pending[name] + source.read()
+                    offsets[name] = source.tell()
+                *lines, pending[name] = data.split(b"\n")
+                for line in lines:
+                    out.write(f"{name:<{width}} | ".encode() + line + b"\n")
+            out.flush()
+            await asyncio.sleep(interval)
 
 
 async def run_stack(run_dir: Path) -> None:
     started = time.monotonic()
-    ports = {spec.port: spec.name for spec in SERVICES} | {SIMULATOR_PORT: "provider-sim"}
-    busy = [(port, name) for port, name in ports.items() if port_in_use(port)]
+    busy = [(port, name) for name, port in DEFAULT_PORTS.items() if port_in_use(port)]
     if busy:
         raise SystemExit(f"port {busy[0][0]} ({busy[0][1]}) is already in use")
     infra = await Infra.start(
         run_dir, postgres_port=5433, kafka_port=9092, kafka_controller_port=9093, durable=True
     )
-    processes: list[ManagedProcess] = []
+    services = LocalServices(infra, run_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    services.logs.mkdir(parents=True, exist_ok=True)
+    merged = asyncio.create_task(
+        merge_logs(
+            {name: services.logs / f"{name}.log" for name in DEFAULT_PORTS},
+            services.logs / "all.log",
+        )
+    )
     try:
-        private_key, public_key = signing_keys(run_dir / "keys")
-        logs = run_dir / "logs"
-        logs.mkdir(exist_ok=True)
-        simulator = ManagedProcess(
-            "provider-sim",
-            [sys.executable, "-m", "pixsim_provider_sim", "--port", str(SIMULATOR_PORT)],
-            logs / "provider-sim.log",
-        )
-        processes.append(simulator)
-        await wait_http(f"{SIMULATOR_URL}/_sim/stats", simulator)
-        for spec in SERVICES:
-            database = await infra.postgres.create_service_database(spec.package)
-            env = {
-                **os.environ,
-                f"{spec.env_prefix}DATABASE_URL": database.url,
-                f"{spec.env_prefix}KAFKA_BOOTSTRAP": infra.kafka.bootstrap,
-                f"{spec.env_prefix}JWT_PUBLIC_KEY": public_key.read_text(),
-                f"{spec.env_prefix}GRPC_PORT": str(spec.port),
-                f"{spec.env_prefix}METRICS_PORT": str(spec.metrics_port),
-                # Only the gateway reads these: every provider is the local simulator.
-                **{
-                    f"{spec.env_prefix}{p}_BASE_URL": SIMULATOR_URL
-                    for p in ("PIXVERSE", "RUNWAY", "PIKA")
-                },
-                f"{spec.env_prefix}CREDENTIALS_KEYS": credentials_key(run_dir / "keys"),
-                # Only the asset service reads these: the simulator serves media on loopback.
-                f"{spec.env_prefix}STORAGE_ROOT": str(run_dir / "storage"),
-                f"{spec.env_prefix}FETCH_ALLOW_LOOPBACK": "true",
-            }
-            migrate = ManagedProcess(
-                f"{spec.name}-migrate",
-                service_command(spec, "migrate"),
-                logs / f"{spec.name}.log",
-                env=env,
-            )
-            if await asyncio.to_thread(migrate.process.wait) != 0:
-                raise RuntimeError(f"{spec.name} migration failed:\n{migrate.log_tail()}")
-            migrate.stop()
-            processes.append(
-                ManagedProcess(
-                    spec.name, service_command(spec, "serve"), logs / f"{spec.name}.log", env=env
-                )
-            )
-        await asyncio.gather(
-            *(wait_until_serving(s, p) for s, p in zip(SERVICES, processes[1:], strict=True))
-        )
-        seeded = await seed_accounts(private_key)
+        await services.start()
+        seeded = await seed_accounts(services.keys[0], services.address("provider-gateway"))
         if seeded:
             print(f"seeded simulator accounts for {', '.join(seeded)}", flush=True)
-        print_ready(infra, private_key, logs, time.monotonic() - started)
+        print_ready(infra, services, time.monotonic() - started)
         while not stop.is_set():
-            for process in processes:
-                process.check_alive()
+            services.check_alive()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1)
     finally:
         print("stopping ...", flush=True)
-        for process in reversed(processes):
-            process.stop()
+        services.stop()
         infra.stop()
+        merged.cancel()
 
 
 SEED_ACCOUNTS = {"pixverse": 4, "runway": 4, "pika": 4}  # provider -> max_concurrency
 
 
-async def seed_accounts(private_key: Path) -> list[str]:
+async def seed_accounts(private_key: Path, gateway_address: str) -> list[str]:
     """One simulator-backed account per provider, unless the provider has one already."""
     from pixsim.provider.v1 import provider_gateway_service_pb2 as pb
     from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
@@ -206,8 +290,7 @@ async def seed_accounts(private_key: Path) -> list[str]:
     token = issue_token(private_key.read_text(), user_id="local-admin", roles=["admin"])
     metadata = (("authorization", f"Bearer {token}"),)
     seeded = []
-    gateway = next(spec for spec in SERVICES if spec.name == "provider-gateway")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+    async with grpc.aio.insecure_channel(gateway_address) as channel:
         stub = pb_grpc.ProviderGatewayServiceStub(channel)
         for provider, concurrency in SEED_ACCOUNTS.items():
             existing = await stub.ListAccounts(
@@ -231,7 +314,8 @@ async def seed_accounts(private_key: Path) -> list[str]:
     return seeded
 
 
-def print_ready(infra: Infra, private_key: Path, logs: Path, seconds: float) -> None:
+def print_ready(infra: Infra, services: LocalServices, seconds: float) -> None:
+    private_key, logs = services.keys[0], services.logs
     lines = [f"PixSim7 local stack is up in {seconds:.1f}s", ""]
     lines += [f"  {s.name:<17} 127.0.0.1:{s.port}   metrics :{s.metrics_port}" for s in SERVICES]
     lines += [
@@ -239,14 +323,17 @@ def print_ready(infra: Infra, private_key: Path, logs: Path, seconds: float) -> 
         f"  {'kafka':<17} {infra.kafka.bootstrap}",
         f"  {'provider-sim':<17} {SIMULATOR_URL}   (PixVerse, Runway, fal/Pika APIs)",
         "",
-        f"logs:         {logs}/<service>.log",
+        f"logs:         {logs}/all.log (every process, each line prefixed by its name)",
+        f"              {logs}/<service>.log",
         f"signing key:  {private_key}",
         "",
         "try:",
-        "  export PIXSIM_TOKEN=$(uv run pixsim token --user alice)",
-        "  grpcurl -plaintext 127.0.0.1:50051 list",
-        '  grpcurl -plaintext -H "authorization: Bearer $PIXSIM_TOKEN" \\',
-        "      127.0.0.1:50053 grpc.health.v1.Health/Check",
+        "  uv run pixsim job create --provider pixverse --operation text-to-video \\",
+        '      --prompt "a red fox" --wait',
+        "  uv run pixsim asset list",
+        "  uv run pixsim --help",
+        "  export PIXSIM_TOKEN=$(uv run pixsim token --user $USER)",
+        "  .cache/bin/grpcurl -plaintext 127.0.0.1:50051 list",
         "",
         "Ctrl-C stops everything.",
     ]

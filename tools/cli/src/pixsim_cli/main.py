@@ -3,24 +3,47 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
+from pixsim_cli import accounts, assets, jobs, scenes
+from pixsim_cli.connection import DEFAULT_KEY, CliError
+from pixsim_cli.output import errors
+from pixsim_cli.state import OPTIONS, close_all
 from pixsim_common.auth import ADMIN_ROLE, issue_token
 
-app = typer.Typer(help="The PixSim7 command-line client.", no_args_is_help=True)
+typer_app = typer.Typer(
+    help="The PixSim7 command-line client. Exit codes: 0 ok, 1 the job or scene failed, "
+    "2 invalid, 3 not found, 4 denied, 5 conflict, 6 unavailable, 7 error.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+typer_app.add_typer(jobs.app, name="job")
+typer_app.add_typer(assets.app, name="asset")
+typer_app.add_typer(scenes.app, name="scene")
+typer_app.add_typer(accounts.app, name="account")
 
-DEFAULT_KEY = Path(".run") / "keys" / "signing-key.pem"
 
-
-@app.callback()
-def main() -> None:
+@typer_app.callback()
+def main(
+    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    token: Annotated[
+        str | None, typer.Option(help="Bearer token; default $PIXSIM_TOKEN.", envvar=None)
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="Without a token: sign one for this user with the local key."),
+    ] = None,
+) -> None:
     """Talk to a running PixSim7 (`make run` starts one locally)."""
+    OPTIONS.json, OPTIONS.token, OPTIONS.user = json, token, user
 
 
-@app.command()
+@typer_app.command()
 def token(
     user: Annotated[str, typer.Option(help="The user the token speaks for.")],
     admin: Annotated[bool, typer.Option(help="Add the admin role.")] = False,
@@ -40,3 +63,23 @@ def token(
         raise typer.Exit(2)
     roles = [ADMIN_ROLE] if admin else []
     typer.echo(issue_token(path.read_text(), user_id=user, roles=roles, ttl_seconds=ttl))
+
+
+def app() -> None:
+    """The `pixsim` entry point: a failed call is a message on stderr and its exit code."""
+    try:
+        code = typer_app(standalone_mode=False)
+    except CliError as error:
+        errors.print(f"[red]error[/] {error}", highlight=False, soft_wrap=True)
+        for line in error.details:
+            if line not in str(error):
+                errors.print(f"  {line}", highlight=False, soft_wrap=True)
+        code = error.exit_code
+    except click.ClickException as error:  # usage errors: typer's own message, exit 2
+        error.show()
+        code = error.exit_code
+    except click.exceptions.Abort:
+        code = 130
+    finally:
+        close_all()
+    sys.exit(code if isinstance(code, int) else 0)

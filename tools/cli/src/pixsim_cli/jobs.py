@@ -1,0 +1,218 @@
+"""`pixsim job ...`: create (and follow), read, list, watch, cancel and retry jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+from google.protobuf import struct_pb2
+from rich.live import Live
+from rich.text import Text
+
+from pixsim.asset.v1 import asset_service_pb2 as asset_pb
+from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.types.v1 import types_pb2
+from pixsim_cli.connection import CliError, Connection, Exit, rpc_errors
+from pixsim_cli.output import Output, console, jobs_table, local_path, size, state_of
+from pixsim_cli.state import session
+
+app = typer.Typer(help="Generation jobs.", no_args_is_help=True)
+
+TERMINAL = {pb.Job.STATE_COMPLETED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED}
+
+
+def job_name(value: str) -> str:
+    return value if value.startswith("jobs/") else f"jobs/{value}"
+
+
+def operation_value(name: str) -> types_pb2.OperationType.ValueType:
+    key = "OPERATION_TYPE_" + name.upper().replace("-", "_")
+    if key not in types_pb2.OperationType.DESCRIPTOR.values_by_name:
+        known = [
+            k.removeprefix("OPERATION_TYPE_").lower().replace("_", "-")
+            for k in types_pb2.OperationType.keys()[1:]
+        ]
+        raise CliError(f"{name!r} is not one of {', '.join(known)}", Exit.INVALID)
+    return types_pb2.OperationType.Value(key)
+
+
+def parse_input(text: str) -> types_pb2.GenerationInput:
+    """`role=assets/<id>` or `role=https://...`; role is image, video, start-frame, ..."""
+    role, _, source = text.partition("=")
+    key = "INPUT_ROLE_" + role.upper().replace("-", "_")
+    if not source or key not in types_pb2.InputRole.DESCRIPTOR.values_by_name:
+        raise CliError(f"{text!r}: want ROLE=assets/<id> or ROLE=<url>", Exit.INVALID)
+    item = types_pb2.GenerationInput(role=types_pb2.InputRole.Value(key))
+    if source.startswith(("http://", "https://")):
+        item.uri = source
+    else:
+        item.asset = source if source.startswith("assets/") else f"assets/{source}"
+    return item
+
+
+def parse_params(pairs: list[str]) -> struct_pb2.Struct:
+    params = struct_pb2.Struct()
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise CliError(f"{pair!r}: want KEY=VALUE", Exit.INVALID)
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@app.command()
+def create(
+    provider: Annotated[str, typer.Option(help="pixverse, runway or pika.")],
+    operation: Annotated[str, typer.Option(help="e.g. text-to-video, image-to-video.")],
+    prompt: Annotated[str, typer.Option(help="What to make.")] = "",
+    input_: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="ROLE=assets/<id> or ROLE=<url>; repeatable."),
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE provider parameter; repeatable.")
+    ] = None,
+    request_id: Annotated[
+        str, typer.Option(help="Idempotency key: a repeat is the same job.")
+    ] = "",
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+) -> None:
+    """Create a job; with --wait, show its progress and the stored asset at the end."""
+    connection, out = session()
+    job = connection.call(
+        connection.jobs.CreateJob,
+        pb.CreateJobRequest(
+            job=pb.Job(
+                provider_id=provider,
+                operation_type=operation_value(operation),
+                prompt=prompt,
+                inputs=[parse_input(i) for i in input_ or []],
+                params=parse_params(param or []),
+            ),
+            request_id=request_id,
+        ),
+    )
+    if wait:
+        follow(connection, out, job)
+        return
+    out.show(job, lambda: console.print(jobs_table([job])))
+
+
+def follow(connection: Connection, out: Output, job: pb.Job) -> None:
+    """Watch `job` to its end, then show it (and its asset); exit 1 unless COMPLETED."""
+    started = time.monotonic()
+    states: list[str] = []
+    last = job
+    with rpc_errors(), Live(console=console, transient=True, refresh_per_second=8) as live:
+        stream = connection.call(
+            connection.jobs.WatchJob, pb.WatchJobRequest(name=job.name), stream=True
+        )
+        for update in stream:
+            last = update
+            if not states or states[-1] != state_of(update):
+                states.append(state_of(update))
+            elapsed = time.monotonic() - started
+            if not out.json:
+                live.update(Text(f"{job.name}  {' → '.join(states)}  {elapsed:.1f}s"))
+            if update.state in TERMINAL:
+                break
+    elapsed = time.monotonic() - started
+    asset = None
+    if last.state == pb.Job.STATE_COMPLETED:
+        asset = connection.call(
+            connection.assets.GetAsset, asset_pb.GetAssetRequest(name=last.asset)
+        )
+
+    def human() -> None:
+        console.print(f"{job.name}  {' → '.join(states)}", soft_wrap=True)
+        if asset is not None:
+            console.print(f"[green]COMPLETED[/] in {elapsed:.1f}s: {asset.name}")
+            console.print(
+                f"  {size(asset.size_bytes)}, {asset.width}x{asset.height}, "
+                f"{asset.duration.ToTimedelta().total_seconds():g}s {asset.codec}, "
+                f"sha256 {asset.sha256[:12]}"
+            )
+            console.print(f"  {local_path(asset)}", soft_wrap=True)
+        else:
+            console.print(
+                f"[red]{state_of(last)}[/] after {elapsed:.1f}s: "
+                f"{last.error_code} {last.error_message}".rstrip()
+            )
+
+    result: dict[str, object] = {"job": last, "seconds": round(elapsed, 3)}
+    if asset is not None:
+        result["asset"] = asset
+    out.show(result, human)
+    if asset is None:
+        raise typer.Exit(Exit.FAILED)
+
+
+@app.command()
+def get(name: str) -> None:
+    """Show one job."""
+    connection, out = session()
+    job = connection.call(connection.jobs.GetJob, pb.GetJobRequest(name=job_name(name)))
+    out.show(job, lambda: console.print(jobs_table([job])))
+
+
+@app.command("list")
+def list_(
+    state: Annotated[list[str] | None, typer.Option(help="e.g. COMPLETED; repeatable.")] = None,
+    provider: Annotated[str, typer.Option()] = "",
+    page_size: Annotated[int, typer.Option(min=0, max=1000)] = 20,
+    page_token: Annotated[str, typer.Option()] = "",
+) -> None:
+    """List your jobs, newest first."""
+    connection, out = session()
+    try:
+        states = [pb.Job.State.Value(f"STATE_{s.upper()}") for s in state or []]
+    except ValueError as error:
+        raise CliError(f"unknown state: {error}", Exit.INVALID) from None
+    answer = connection.call(
+        connection.jobs.ListJobs,
+        pb.ListJobsRequest(
+            states=states, provider_id=provider, page_size=page_size, page_token=page_token
+        ),
+    )
+
+    def human() -> None:
+        console.print(jobs_table(answer.jobs))
+        if answer.next_page_token:
+            console.print(f"more: --page-token {answer.next_page_token}")
+
+    out.show(answer, human)
+
+
+@app.command()
+def watch(name: str) -> None:
+    """Follow a job until it ends (exit 1 unless it COMPLETED)."""
+    connection, out = session()
+    job = connection.call(connection.jobs.GetJob, pb.GetJobRequest(name=job_name(name)))
+    follow(connection, out, job)
+
+
+@app.command()
+def cancel(name: str) -> None:
+    """Cancel a job that has not ended."""
+    connection, out = session()
+    job = connection.call(connection.jobs.CancelJob, pb.CancelJobRequest(name=job_name(name)))
+    out.show(job, lambda: console.print(jobs_table([job])))
+
+
+@app.command()
+def retry(
+    name: str,
+    wait: Annotated[bool, typer.Option(help="Follow the retried job until it ends.")] = False,
+) -> None:
+    """Run a FAILED job again."""
+    connection, out = session()
+    job = connection.call(connection.jobs.RetryJob, pb.RetryJobRequest(name=job_name(name)))
+    if wait:
+        follow(connection, out, job)
+        return
+    out.show(job, lambda: console.print(jobs_table([job])))

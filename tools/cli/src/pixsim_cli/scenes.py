@@ -1,0 +1,192 @@
+"""`pixsim scene ...`: build scenes from assets and check them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pixsim.scene.v1 import scene_service_pb2 as pb
+from pixsim_cli.connection import CliError, Exit
+from pixsim_cli.output import console
+from pixsim_cli.state import session
+
+app = typer.Typer(help="Scenes: graphs of assets.", no_args_is_help=True)
+
+
+def scene_name(value: str) -> str:
+    return value if value.startswith("scenes/") else f"scenes/{value}"
+
+
+def scenes_table(scenes: list[pb.Scene]) -> Table:
+    table = Table("scene", "name", "tags", "template", "etag", box=None)
+    for scene in scenes:
+        table.add_row(
+            scene.name, scene.display_name, ",".join(scene.tags), str(scene.is_template), scene.etag
+        )
+    return table
+
+
+def show_graph(graph: pb.SceneGraph) -> None:
+    console.print(scenes_table([graph.scene]))
+    nodes = Table("scene asset", "asset", "order", "x", "y", "detached", box=None)
+    for node in graph.assets:
+        nodes.add_row(
+            node.name,
+            node.asset,
+            str(node.order),
+            f"{node.position.x:g}",
+            f"{node.position.y:g}",
+            "yes" if node.detached else "",
+        )
+    console.print(nodes)
+    edges = Table("connection", "from", "to", "type", "label", box=None)
+    for edge in graph.connections:
+        edges.add_row(
+            edge.name.rsplit("/", 1)[-1],
+            edge.from_scene_asset.rsplit("/", 1)[-1],
+            edge.to_scene_asset.rsplit("/", 1)[-1],
+            pb.SceneConnection.Type.Name(edge.type).removeprefix("TYPE_").lower(),
+            edge.label,
+        )
+    console.print(edges)
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Option(help="Its display name.")],
+    description: Annotated[str, typer.Option()] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
+    template: Annotated[bool, typer.Option(help="Others may clone it.")] = False,
+) -> None:
+    """Create an empty scene."""
+    connection, out = session()
+    scene = connection.call(
+        connection.scenes.CreateScene,
+        pb.CreateSceneRequest(
+            scene=pb.Scene(
+                display_name=name, description=description, tags=tag or [], is_template=template
+            )
+        ),
+    )
+    out.show(scene, lambda: console.print(scenes_table([scene])))
+
+
+@app.command()
+def get(name: str) -> None:
+    """Show a scene."""
+    connection, out = session()
+    scene = connection.call(connection.scenes.GetScene, pb.GetSceneRequest(name=scene_name(name)))
+    out.show(scene, lambda: console.print(scenes_table([scene])))
+
+
+@app.command()
+def graph(name: str) -> None:
+    """Show a scene with its assets and connections."""
+    connection, out = session()
+    answer = connection.call(
+        connection.scenes.GetSceneGraph, pb.GetSceneGraphRequest(name=scene_name(name))
+    )
+    out.show(answer, lambda: show_graph(answer))
+
+
+@app.command()
+def validate(name: str) -> None:
+    """List a scene's problems (exit 1 when there is an error among them)."""
+    connection, out = session()
+    answer = connection.call(
+        connection.scenes.ValidateScene, pb.ValidateSceneRequest(name=scene_name(name))
+    )
+
+    def human() -> None:
+        if not answer.problems:
+            console.print("no problems")
+            return
+        table = Table("severity", "problem", "subject", "message", box=None)
+        for problem in answer.problems:
+            table.add_row(
+                pb.SceneProblem.Severity.Name(problem.severity).removeprefix("SEVERITY_"),
+                problem.code,
+                problem.subject,
+                problem.message,
+            )
+        console.print(table)
+
+    out.show(answer, human)
+    if any(p.severity == pb.SceneProblem.SEVERITY_ERROR for p in answer.problems):
+        raise typer.Exit(Exit.FAILED)
+
+
+@app.command()
+def clone(
+    name: str, new_name: Annotated[str, typer.Option("--name", help="The copy's name.")] = ""
+) -> None:
+    """Copy a template (or a scene of yours) into a new scene."""
+    connection, out = session()
+    answer = connection.call(
+        connection.scenes.CloneScene,
+        pb.CloneSceneRequest(name=scene_name(name), display_name=new_name),
+    )
+    out.show(answer, lambda: show_graph(answer))
+
+
+@app.command("add-asset")
+def add_asset(
+    scene: str,
+    asset: str,
+    order: Annotated[int, typer.Option(min=0)] = 0,
+    x: Annotated[float, typer.Option()] = 0.0,
+    y: Annotated[float, typer.Option()] = 0.0,
+    etag: Annotated[str, typer.Option(help="Refuse the write if the scene changed since.")] = "",
+) -> None:
+    """Place one of your assets in a scene."""
+    connection, out = session()
+    node = connection.call(
+        connection.scenes.CreateSceneAsset,
+        pb.CreateSceneAssetRequest(
+            parent=scene_name(scene),
+            etag=etag,
+            scene_asset=pb.SceneAsset(
+                asset=asset if asset.startswith("assets/") else f"assets/{asset}",
+                order=order,
+                position=pb.CanvasPosition(x=x, y=y),
+            ),
+        ),
+    )
+    out.show(node, lambda: console.print(node.name, soft_wrap=True))
+
+
+@app.command()
+def connect(
+    scene: str,
+    from_: Annotated[str, typer.Argument(metavar="FROM", help="A scene asset (name or id).")],
+    to: Annotated[str, typer.Argument(help="A scene asset (name or id).")],
+    kind: Annotated[str, typer.Option("--type", help="next, choice or branch.")] = "next",
+    label: Annotated[str, typer.Option(help="What a viewer sees for a choice.")] = "",
+    etag: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Join two scene assets with an edge."""
+    connection, out = session()
+    parent = scene_name(scene)
+
+    def node(value: str) -> str:
+        return value if value.startswith("scenes/") else f"{parent}/assets/{value}"
+
+    type_key = f"TYPE_{kind.upper()}"
+    if type_key not in pb.SceneConnection.Type.keys()[1:]:
+        raise CliError(f"{kind!r} is not next, choice or branch", Exit.INVALID)
+    edge = connection.call(
+        connection.scenes.CreateSceneConnection,
+        pb.CreateSceneConnectionRequest(
+            parent=parent,
+            etag=etag,
+            connection=pb.SceneConnection(
+                from_scene_asset=node(from_),
+                to_scene_asset=node(to),
+                type=pb.SceneConnection.Type.Value(type_key),
+                label=label,
+            ),
+        ),
+    )
+    out.show(edge, lambda: console.print(edge.name, soft_wrap=True))

@@ -6,7 +6,7 @@ RUN := uv run --frozen
 TYPED := $(wildcard libs/common/src deploy/local/src services/*/src tools/cli/src \
 	libs/common/tests deploy/local/tests services/*/tests tools/cli/tests tests bench)
 
-.PHONY: setup run test lint protos check-protos test-unit test-integration bench clean
+.PHONY: setup run test lint protos check-protos test-unit test-integration test-e2e bench clean
 
 ## Install what is missing (uv, PostgreSQL 15, JDK, Maven, buf, grpcurl, packages, Kafka jars).
 setup:
@@ -25,6 +25,10 @@ test-unit:
 
 test-integration:
 	$(RUN) pytest -m integration
+
+## The whole stack as processes, driven like a user would (part of `make test` too).
+test-e2e:
+	$(RUN) pytest -m e2e
 
 lint: $(BUF) build/protodeps
 	$(RUN) ruff check .

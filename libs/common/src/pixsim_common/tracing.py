@@ -4,7 +4,8 @@ the consumer runner, which carry W3C `traceparent` in message headers."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -58,3 +59,15 @@ def extract_context(carrier: Mapping[str, str]) -> otel_context.Context:
 
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
+
+
+@contextlib.contextmanager
+def continued(carrier: Mapping[str, str] | None, name: str) -> Iterator[None]:
+    """A span for work done later on behalf of a traced request, in that request's trace:
+    `carrier` holds the `traceparent` stored with the work when it was asked for."""
+    token = otel_context.attach(extract_context(carrier or {}))
+    try:
+        with trace.get_tracer("pixsim").start_as_current_span(name):
+            yield
+    finally:
+        otel_context.detach(token)

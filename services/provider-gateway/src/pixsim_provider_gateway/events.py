@@ -15,6 +15,7 @@ from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.cloudevents import EventMeta
 from pixsim_common.timestamps import now_timestamp
+from pixsim_common.tracing import inject_context
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import SubmissionState
 from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest, MediaOutput
@@ -52,6 +53,7 @@ async def on_job_submitted(
             job_retry_count=event.retry_count,
             retry_attempt=0,
             previous_submission_id=previous,
+            trace_headers=inject_context(),
             state=SubmissionState.WAITING.value,
         )
         .on_conflict_do_nothing(constraint="one_row_per_attempt")

@@ -75,6 +75,9 @@ submissions = Table(
     Column("request", JSONB, nullable=False),
     # What is sent to the provider: the single source of truth of generation parameters.
     Column("payload", JSONB),
+    # The W3C trace context of the job.submitted that asked for it, so the provider calls
+    # and events made later by any replica belong to the caller's trace.
+    Column("trace_headers", JSONB, nullable=False, server_default="{}"),
     Column("job_retry_count", Integer, nullable=False),
     Column("retry_attempt", Integer, nullable=False),
     Column("previous_submission_id", UUID(as_uuid=False)),

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pixsim_common import topics
 from pixsim_common.db import UnitOfWork
 from pixsim_common.outbox import enqueue
+from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
@@ -101,7 +102,8 @@ class ProviderService:
         ready: list[Prepared] = []
         async with UnitOfWork(self._sessions) as uow:
             for row in await repo.claim_waiting(uow.session, limit):
-                prepared = await self._prepare(uow.session, row)
+                with continued(row.trace_headers, "provider prepare"):
+                    prepared = await self._prepare(uow.session, row)
                 if prepared is not None:
                     ready.append(prepared)
             await uow.commit()
@@ -152,6 +154,10 @@ class ProviderService:
         )
 
     async def _submit(self, prepared: Prepared) -> None:
+        with continued(prepared.submission.trace_headers, "provider submit"):
+            await self._submit_traced(prepared)
+
+    async def _submit_traced(self, prepared: Prepared) -> None:
         row = prepared.submission
         started = time.perf_counter()
         try:
@@ -298,6 +304,7 @@ class ProviderService:
                     payload=row.payload,
                     job_retry_count=row.job_retry_count,
                     retry_attempt=attempt,
+                    trace_headers=row.trace_headers,
                     previous_submission_id=row.id,
                     state=SubmissionState.WAITING.value,
                     available_at=func.now() + timedelta(seconds=retry_delay(attempt, self._policy)),
@@ -358,6 +365,10 @@ class ProviderService:
         return len(rows)
 
     async def _poll(self, row: Row[Any], credentials: Credentials) -> None:
+        with continued(row.trace_headers, "provider poll"):
+            await self._poll_traced(row, credentials)
+
+    async def _poll_traced(self, row: Row[Any], credentials: Credentials) -> None:
         provider = self._registry.get(row.provider_id)
         if row.provider_cancel_pending:
             await self._cancel_at_provider(provider, row, credentials)

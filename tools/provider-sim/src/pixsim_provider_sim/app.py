@@ -95,12 +95,13 @@ class Simulator:
         key: str,
         prompt: str,
         respond: Callable[[Fault | None, KeyConfig], Response | None],
-    ) -> Response | None:
-        """The answer a submit's scripted fault calls for (a hang never answers), or None."""
+    ) -> tuple[Response | None, Fault | None]:
+        """The answer a submit's scripted fault calls for (a hang never answers), or None;
+        and the fault, decided once here (a counted fault is spent by this submit)."""
         fault = self.state.fault_for(key, prompt)
         if fault is Fault.HANG:
-            return await self.hang()
-        return respond(fault, self.state.config(key))
+            return await self.hang(), fault
+        return respond(fault, self.state.config(key)), fault
 
     async def hang(self) -> Response:
         await asyncio.sleep(3600)  # until the client gives up and disconnects
@@ -119,7 +120,7 @@ class Simulator:
         config = await self._enter(key)
         body = await request.json()
         prompt = str(body.get("promptText", ""))
-        answer = await self._scripted(key, prompt, self._runway_fault)
+        answer, fault = await self._scripted(key, prompt, self._runway_fault)
         if answer is not None:
             return answer
         for required in ("model",):
@@ -142,6 +143,7 @@ class Simulator:
         if config.credits < cost:
             return self._runway_fault(Fault.NO_CREDIT, config)  # type: ignore[return-value]
         task = self.state.create_task(
+            fault=fault,
             provider="runway",
             key=key,
             kind="video",
@@ -251,7 +253,7 @@ class Simulator:
         config = await self._enter(key)
         body = await request.json()
         prompt = str(body.get("prompt", ""))
-        answer = await self._scripted(key, prompt, self._fal_fault)
+        answer, fault = await self._scripted(key, prompt, self._fal_fault)
         if answer is not None:
             return answer
         operation = request.path_params["operation"]
@@ -276,6 +278,7 @@ class Simulator:
         if config.credits < 1:
             return self._fal_fault(Fault.NO_CREDIT, config)  # type: ignore[return-value]
         task = self.state.create_task(
+            fault=fault,
             provider="pika",
             key=key,
             kind="video",
@@ -462,7 +465,7 @@ class Simulator:
         config = self.state.config(key)
         body = await request.json()
         prompt = str(body.get("prompt", ""))
-        answer = await self._scripted(key, prompt, self._pixverse_fault)
+        answer, fault = await self._scripted(key, prompt, self._pixverse_fault)
         if answer is not None:
             return answer
         kind = request.path_params["kind"]
@@ -497,6 +500,7 @@ class Simulator:
         if config.credits < cost:
             return self._pixverse_fault(Fault.NO_CREDIT, config)  # type: ignore[return-value]
         task = self.state.create_task(
+            fault=fault,
             provider="pixverse",
             key=key,
             kind="video",

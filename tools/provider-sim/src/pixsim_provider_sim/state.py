@@ -169,13 +169,13 @@ class SimState:
         cost: int,
         prompt: str,
         request: dict[str, Any],
+        fault: Fault | None,
         task_id: str | None = None,
     ) -> Task:
         now = self.clock()
         config = self.config(key)
         knobs = request_knobs(prompt)
         finish_ms = knobs.get("finish_ms") or config.finish_ms
-        fault = self.fault_for(key, prompt)
         outcome = {Fault.MODERATION: Outcome.MODERATION, Fault.FAIL: Outcome.FAIL}.get(
             fault or Fault.HANG, Outcome.SUCCEED
         )

@@ -377,8 +377,8 @@ def test_the_readme_command_ends_with_a_stored_probed_mp4(stack: Stack) -> None:
         **os.environ,
         "PIXSIM_SIGNING_KEY": str(services.keys[0]),
         "PIXSIM_USER": "readme-user",
-        "PIXSIM_JOB_ADDRESS": services.address("job"),
-        "PIXSIM_ASSET_ADDRESS": services.address("asset"),
+        "PIXSIM_JOB_ADDR": services.address("job"),
+        "PIXSIM_ASSET_ADDR": services.address("asset"),
     }
     command = [sys.executable, "-c", "from pixsim_cli.main import app; app()"]
     result = subprocess.run(
@@ -389,7 +389,7 @@ def test_the_readme_command_ends_with_a_stored_probed_mp4(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["job"]["state"] == "STATE_COMPLETED"
-    path = Path(answer["asset"]["storage_uri"].removeprefix("file://"))
+    path = Path(answer["asset"]["storageUri"].removeprefix("file://"))
     with av.open(str(path)) as container:
         assert container.streams.video[0].codec_context.name == "h264"
         assert "mp4" in container.format.name

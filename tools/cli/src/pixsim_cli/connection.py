@@ -108,7 +108,7 @@ class Connection:
             who = user or os.environ.get("PIXSIM_USER") or getpass.getuser()
             token = issue_token(key.read_text(), user_id=who, roles=[ADMIN_ROLE] if admin else [])
         addresses = {
-            name: os.environ.get(f"PIXSIM_{name.upper()}_ADDRESS", f"127.0.0.1:{port}")
+            name: os.environ.get(f"PIXSIM_{name.upper()}_ADDR", f"127.0.0.1:{port}")
             for name, port in (
                 ("job", 50051),
                 ("asset", 50052),

@@ -70,9 +70,18 @@ def create(
     provider: Annotated[str, typer.Option(help="pixverse, runway or pika.")],
     operation: Annotated[str, typer.Option(help="e.g. text-to-video, image-to-video.")],
     prompt: Annotated[str, typer.Option(help="What to make.")] = "",
+    image: Annotated[
+        list[str] | None, typer.Option(help="An image input: assets/<id> or a URL; repeatable.")
+    ] = None,
+    video: Annotated[
+        str | None, typer.Option(help="The video input: assets/<id> or a URL.")
+    ] = None,
     input_: Annotated[
         list[str] | None,
-        typer.Option("--input", help="ROLE=assets/<id> or ROLE=<url>; repeatable."),
+        typer.Option(
+            "--input",
+            help="ROLE=REF for other roles (start-frame, end-frame, reference); repeatable.",
+        ),
     ] = None,
     param: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE provider parameter; repeatable.")
@@ -91,7 +100,14 @@ def create(
                 provider_id=provider,
                 operation_type=operation_value(operation),
                 prompt=prompt,
-                inputs=[parse_input(i) for i in input_ or []],
+                inputs=[
+                    parse_input(i)
+                    for i in [
+                        *(f"image={ref}" for ref in image or []),
+                        *([f"video={video}"] if video else []),
+                        *(input_ or []),
+                    ]
+                ],
                 params=parse_params(param or []),
             ),
             request_id=request_id,

@@ -34,7 +34,7 @@ class Output:
 
 def as_json(value: Message | Sequence[Message] | dict[str, object]) -> object:
     if isinstance(value, Message):
-        return json_format.MessageToDict(value, preserving_proto_field_name=True)
+        return json_format.MessageToDict(value)  # protobuf's JSON mapping, as grpcurl prints
     if isinstance(value, dict):
         return {k: as_json(v) if isinstance(v, Message | list) else v for k, v in value.items()}
     return [as_json(v) for v in value]

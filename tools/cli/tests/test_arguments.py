@@ -1,0 +1,80 @@
+"""How the client reads its arguments and reports failures, without a server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_cli.connection import CliError, Exit, explain
+from pixsim_cli.jobs import operation_value, parse_input, parse_params
+
+pytestmark = pytest.mark.unit
+
+
+def test_inputs_name_an_asset_or_a_url_by_role() -> None:
+    by_asset = parse_input("start-frame=1b0e17fb-341f-4204-b293-5c7b658cb158")
+    assert (by_asset.role, by_asset.asset) == (
+        t.INPUT_ROLE_START_FRAME,
+        "assets/1b0e17fb-341f-4204-b293-5c7b658cb158",
+    )
+    by_url = parse_input("image=https://example.com/cat.png")
+    assert (by_url.role, by_url.uri) == (t.INPUT_ROLE_IMAGE, "https://example.com/cat.png")
+    for bad in ("image", "elbow=assets/x"):
+        with pytest.raises(CliError) as refused:
+            parse_input(bad)
+        assert refused.value.exit_code == Exit.INVALID
+
+
+def test_params_are_json_when_they_parse_and_text_otherwise() -> None:
+    params = parse_params(["duration=5", "quality=540p", "loop=true", 'style={"a": 1}'])
+    assert dict(params) == {"duration": 5.0, "quality": "540p", "loop": True, "style": {"a": 1.0}}
+
+
+def test_operations_are_named_in_kebab_case() -> None:
+    assert operation_value("image-to-video") == t.OPERATION_TYPE_IMAGE_TO_VIDEO
+    with pytest.raises(CliError, match="text-to-video"):
+        operation_value("text-to-vid")
+
+
+class FakeRpcError(grpc.RpcError):
+    """A failed call as grpc's client raises it: a code, details and trailing metadata."""
+
+    def __init__(self, code: grpc.StatusCode, status: status_pb2.Status) -> None:
+        self._code, self._status = code, status
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return str(self._status.message)
+
+    def trailing_metadata(self) -> tuple[Any, ...]:
+        return (("grpc-status-details-bin", self._status.SerializeToString()),)
+
+
+def test_a_refusal_lists_its_field_violations_and_exits_2() -> None:
+    bad = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field="job.params.duration", description="must be one of 5, 8"
+            )
+        ]
+    )
+    detail = any_pb2.Any()
+    detail.Pack(bad)
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message="the request does not fit", details=[detail]
+    )
+    error = explain(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, status))
+    assert error.exit_code == Exit.INVALID
+    assert error.details == ["job.params.duration: must be one of 5, 8"]
+    unavailable = explain(
+        FakeRpcError(grpc.StatusCode.UNAVAILABLE, status_pb2.Status(code=14, message="down"))
+    )
+    assert unavailable.exit_code == Exit.UNAVAILABLE
+    assert "make run" in str(unavailable)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests, `make run` and the linters need, each only when missing:
-# uv, PostgreSQL 15, a JDK and Maven (from Debian's packages), buf and grpcurl (from the Go
-# module proxy, into .cache/bin), the locked Python packages, and the Kafka broker's jars
-# (from Maven Central, into ~/.cache/pixsim). Safe to run again: it is quick when all is there.
+# uv, PostgreSQL 15, a JDK and Maven (from Debian's packages), buf, grpcurl and kustomize (from
+# the Go module proxy, into .cache/bin), the locked Python packages, the Kafka broker's jars
+# (from Maven Central, into ~/.cache/pixsim), and the CRD schema validators for the
+# Kubernetes manifests (npm, locked). Safe to run again: it is quick when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 BUF_VERSION=v1.72.0
 GRPCURL_VERSION=v1.9.3
+KUSTOMIZE_VERSION=v5.8.0
 BIN="$PWD/.cache/bin"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -16,6 +18,7 @@ missing=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing from Debian: ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -43,6 +46,14 @@ install_go_tool() {  # name module version
 mkdir -p "$BIN"
 install_go_tool buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
+install_go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+
+validators=deploy/k8s/validate
+if [ ! -d "$validators/node_modules" ] || [ "$validators/package-lock.json" -nt "$validators/node_modules" ]; then
+  say "installing the CRD schema validators (npm, package-lock.json)"
+  npm ci --prefix "$validators" --no-audit --no-fund --loglevel=error >/dev/null
+  touch "$validators/node_modules"
+fi
 
 say "syncing Python packages (uv.lock)"
 uv sync --frozen --quiet

@@ -105,7 +105,7 @@ class Kit:
 def configure_observability(settings: ServiceSettings) -> None:
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     configure_tracing(settings.service_name, settings.otel_exporter, settings.otel_endpoint)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
 
 
 async def assemble(
@@ -165,6 +165,14 @@ async def assemble(
     )
 
 
+def migrations_of(main_module: str) -> Path:
+    """A service's Alembic directory: inside the package when installed from a wheel (the
+    image), beside `src/` in the workspace."""
+    here = Path(main_module).resolve()
+    packaged = here.parent / "migrations"
+    return packaged if packaged.is_dir() else here.parents[2] / "migrations"
+
+
 def service_main(
     settings_type: type[ServiceSettings],
     build: Callable[[ServiceSettings], Awaitable[ServiceApp]],
@@ -181,11 +189,14 @@ def service_main(
     command = parser.parse_args(argv).command
     # Required fields come from the environment, which mypy cannot see.
     settings = settings_type()  # type: ignore[call-arg]
-    configure_observability(settings)
     if command == "migrate":
+        # A one-shot command: logs, but no metrics port to collide with the server's.
+        configure_logging(settings.service_name, settings.log_level, settings.log_format)
         run_migrations(settings.database_url.get_secret_value(), migrations_dir)
         log.info("migrated", service=settings.service_name)
         return
+
+    configure_observability(settings)
 
     async def serve() -> None:
         await ensure_migrated(settings.database_url.get_secret_value(), migrations_dir)

@@ -59,6 +59,9 @@ def run_env(target_metadata: MetaData | None) -> None:
             ),
         )
         with context.begin_transaction():
+            # Replicas starting together (init containers) migrate one at a time; the lock
+            # ends with the transaction, and the next one finds the work done.
+            connection.execute(text("SELECT pg_advisory_xact_lock(7305917310)"))
             context.run_migrations()
 
     async def run() -> None:

@@ -30,6 +30,8 @@ class ServiceSettings(BaseSettings):
     grpc_port: int = Field(default=0, ge=0, le=65535)
     # 0 disables the Prometheus endpoint (tests run many servers in one process).
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Where /metrics listens; in a pod, 0.0.0.0 so Prometheus can scrape it.
+    metrics_host: str = "127.0.0.1"
     # A libpq URL (postgresql://role:password@host:port/db) of the service's own database.
     database_url: SecretStr
     database_pool_size: int = Field(default=10, ge=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc
 import httpx
@@ -16,13 +15,13 @@ from pixsim_asset.grpc_api import AssetApi
 from pixsim_asset.service import AssetService
 from pixsim_asset.settings import Settings
 from pixsim_asset.storage import LocalStorage
-from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
 from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["AssetService"].full_name]
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = migrations_of(__file__)
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc
 
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim.job.v1.job_service_pb2 import DESCRIPTOR
-from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
 from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
@@ -21,7 +20,7 @@ from pixsim_job.service import ChangeFeed, JobService
 from pixsim_job.settings import Settings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["JobService"].full_name]
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = migrations_of(__file__)
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:

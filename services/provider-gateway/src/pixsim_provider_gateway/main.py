@@ -6,12 +6,11 @@ import os
 import socket
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.provider.v1.provider_gateway_service_pb2 import DESCRIPTOR
 from pixsim_common import topics
-from pixsim_common.app import Kit, ServiceApp, Worker, assemble, service_main
+from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
 from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
@@ -32,7 +31,7 @@ ADMIN_METHODS = frozenset(
     for method in _SERVICE.methods
     if method.name.endswith(("Account", "Accounts"))
 )
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = migrations_of(__file__)
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:

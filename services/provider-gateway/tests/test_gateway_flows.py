@@ -252,6 +252,21 @@ async def test_moderation_fails_at_once(gateway: Gateway) -> None:
     assert len(await gateway.submissions(job_id)) == 1
 
 
+async def test_a_job_for_no_known_provider_fails_and_the_next_one_is_still_sent(
+    gateway: Gateway,
+) -> None:
+    """A request the gateway cannot even prepare fails its job; it must not stall dispatch
+    for everyone after it (it once did: the claimed row's ids came back as UUID objects)."""
+    await gateway.account("pixverse")
+    unknown = await gateway.submit("no-such-provider")
+    outcome = await gateway.outcome(unknown)
+    assert isinstance(outcome, events_pb2.GenerationFailed)
+    assert outcome.error_code == t.GENERATION_ERROR_CODE_INVALID_PARAMETERS
+    assert "no-such-provider" in outcome.error_message
+    follower = await gateway.submit("pixverse")
+    assert isinstance(await gateway.outcome(follower), events_pb2.GenerationCompleted)
+
+
 async def test_a_5xx_is_retried_as_a_new_linked_submission(gateway: Gateway) -> None:
     await gateway.account("runway", sim_knobs={"fault": "server_error", "fault_count": 1})
     job_id = await gateway.submit("runway")

@@ -46,7 +46,7 @@ class Loop(Background):
                 done = await self._step()
                 backoff = 0.1
             except Exception as error:
-                log.warning("loop step failed", loop=self.name, error=repr(error))
+                log.exception("loop step failed", loop=self.name, error=repr(error))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -1,6 +1,6 @@
-"""The whole stack as separate processes, as `make run` starts it (the simulator and the four
-services over real PostgreSQL and a Kafka broker of this module's own), driven through gRPC
-and the `pixsim` client the way a user would."""
+"""The whole stack as separate processes, as `make run` starts it (the `whole_stack` fixture:
+the simulator and the four services over real PostgreSQL and a Kafka broker of their own),
+driven through gRPC and the `pixsim` client the way a user would."""
 
 from __future__ import annotations
 
@@ -8,209 +8,44 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import av
 import grpc
-import httpx
 import pytest
-import pytest_asyncio
 
 from pixsim.asset.v1 import asset_service_pb2 as asset_pb
-from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
 from pixsim.events.v1 import events_pb2
 from pixsim.job.v1 import job_service_pb2 as pb
-from pixsim.job.v1 import job_service_pb2_grpc as job_grpc
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
-from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gw_grpc
 from pixsim.scene.v1 import scene_service_pb2 as scene_pb
-from pixsim.scene.v1 import scene_service_pb2_grpc as scene_grpc
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
-from pixsim_common.auth import issue_token
-from pixsim_local.infra import Infra
-from pixsim_local.kafka import EventTap, KafkaBroker
-from pixsim_local.processes import free_port
-from pixsim_local.stack import DEFAULT_PORTS, LocalServices, seed_accounts
+from pixsim_local.whole_stack import WholeStack
 from pixsim_provider_sim.media import render_mp4, render_png
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def stack(whole_stack: WholeStack) -> WholeStack:
+    return whole_stack
+
+
 Metadata = tuple[tuple[str, str], ...]
-TERMINAL = {pb.Job.STATE_COMPLETED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED}
-
-
-class MediaFiles:
-    """Input files over loopback HTTP, for registering assets by URL."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, tuple[bytes, str]] = {}
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            body, kind = self.files.get(request.split(b" ", 2)[1].decode(), (b"", ""))
-            status = "200 OK" if kind else "404 Not Found"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {kind or 'text/plain'}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        finally:
-            writer.close()
-
-
-@dataclass
-class Stack:
-    services: LocalServices
-    jobs: job_grpc.JobServiceAsyncStub
-    assets: asset_grpc.AssetServiceAsyncStub
-    scenes: scene_grpc.SceneServiceAsyncStub
-    gateway: gw_grpc.ProviderGatewayServiceAsyncStub
-    tap: EventTap
-    files: MediaFiles
-    media_url: str
-    alice: Metadata
-
-    async def sim_key(self, provider: str, **knobs: Any) -> None:
-        async with httpx.AsyncClient() as client:
-            answer = await client.put(
-                f"{self.services.simulator_url}/_sim/keys/local-{provider}-key", json=knobs
-            )
-            answer.raise_for_status()
-
-    async def create(
-        self,
-        provider: str,
-        operation: int = t.OPERATION_TYPE_TEXT_TO_VIDEO,
-        prompt: str = "a red fox",
-        inputs: list[t.GenerationInput] | None = None,
-        metadata: Metadata | None = None,
-    ) -> pb.Job:
-        return await self.jobs.CreateJob(
-            pb.CreateJobRequest(
-                job=pb.Job(
-                    provider_id=provider,
-                    operation_type=operation,  # type: ignore[arg-type]
-                    prompt=prompt,
-                    inputs=inputs or [],
-                )
-            ),
-            metadata=metadata or self.alice,
-        )
-
-    async def until_done(self, job: pb.Job, timeout: float = 60) -> pb.Job:
-        async def watch() -> pb.Job:
-            last = job
-            async for update in self.jobs.WatchJob(
-                pb.WatchJobRequest(name=job.name), metadata=self.alice
-            ):
-                last = update
-                if update.state in TERMINAL:
-                    break
-            return last
-
-        return await asyncio.wait_for(watch(), timeout)
-
-    async def asset_of(self, job: pb.Job) -> asset_pb.Asset:
-        assert job.state == pb.Job.STATE_COMPLETED, job
-        return await self.assets.GetAsset(
-            asset_pb.GetAssetRequest(name=job.asset), metadata=self.alice
-        )
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def stack(infra: Infra, own_kafka: KafkaBroker) -> AsyncIterator[Stack]:
-    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-e2e-"))
-    services = LocalServices(
-        Infra(infra.postgres, own_kafka),
-        run_dir,
-        ports={name: free_port() for name in DEFAULT_PORTS},
-        metrics_ports={},
-        database_prefix=f"e2e_{secrets.token_hex(3)}_",
-        extra_env={
-            "POLL_FIRST_SECONDS": "0.1",
-            "POLL_CAP_SECONDS": "0.3",
-            "RETRY_BASE_SECONDS": "0.1",
-            "RETRY_CAP_SECONDS": "0.5",
-            "DOWNLOAD_BACKOFF_SECONDS": "0.05",
-            "LOG_LEVEL": "INFO",
-        },
-    )
-    files = MediaFiles()
-    server = await asyncio.start_server(files.handle, "127.0.0.1", 0)
-    media_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    tap = EventTap(
-        own_kafka.bootstrap,
-        [
-            topics.ASSET_CREATED.name,
-            topics.GENERATION_COMPLETED.name,
-            topics.JOB_STATUS_CHANGED.name,
-        ],
-    )
-    try:
-        await services.start()
-        await seed_accounts(services.keys[0], services.address("provider-gateway"))
-        await tap.start()
-        private_key = services.keys[0].read_text()
-        alice = (("authorization", "Bearer " + issue_token(private_key, user_id="alice")),)
-        async with httpx.AsyncClient() as client:
-            for provider in ("pixverse", "runway", "pika"):
-                await client.put(
-                    f"{services.simulator_url}/_sim/keys/local-{provider}-key",
-                    json={"finish_ms": 300},
-                )
-        channels = {
-            name: grpc.aio.insecure_channel(services.address(name))
-            for name in ("job", "asset", "scene", "provider-gateway")
-        }
-        stack = Stack(
-            services,
-            job_grpc.JobServiceStub(channels["job"]),
-            asset_grpc.AssetServiceStub(channels["asset"]),
-            scene_grpc.SceneServiceStub(channels["scene"]),
-            gw_grpc.ProviderGatewayServiceStub(channels["provider-gateway"]),
-            tap,
-            files,
-            media_url,
-            alice,
-        )
-        yield stack
-        for channel in channels.values():
-            await channel.close(None)
-    finally:
-        await tap.stop()
-        server.close()
-        services.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-async def registered(stack: Stack, body: bytes, kind: str) -> str:
-    """An asset of alice's registered from a loopback URL (so a provider could fetch it)."""
-    path = f"/{uuid.uuid4().hex}"
-    stack.files.files[path] = (body, kind)
-    asset = await stack.assets.CreateAsset(
-        asset_pb.CreateAssetRequest(uri=stack.media_url + path), metadata=stack.alice
-    )
-    return asset.name
 
 
 async def test_every_operation_of_every_provider_ends_with_a_probed_asset_and_its_lineage(
-    stack: Stack,
+    stack: WholeStack,
 ) -> None:
     def seed() -> int:
         return secrets.randbelow(1_000_000)
 
-    images = [await registered(stack, render_png(seed(), 64, 48), "image/png") for _ in range(3)]
-    video = await registered(stack, render_mp4(seed(), 64, 48, 1), "video/mp4")
+    images = [await stack.registered(render_png(seed(), 64, 48), "image/png") for _ in range(3)]
+    video = await stack.registered(render_mp4(seed(), 64, 48, 1), "video/mp4")
     by_role = {
         t.INPUT_ROLE_IMAGE: [images[0]],
         t.INPUT_ROLE_START_FRAME: [images[1]],
@@ -256,19 +91,19 @@ async def test_every_operation_of_every_provider_ends_with_a_probed_asset_and_it
         assert {e.operation_type for e in lineage.parents} <= {operation}, label
 
 
-async def test_an_unsupported_operation_is_refused_at_create_job(stack: Stack) -> None:
+async def test_an_unsupported_operation_is_refused_at_create_job(stack: WholeStack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stack.create("runway", t.OPERATION_TYPE_FUSION)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "runway does not support" in (refused.value.details() or "")
 
 
-async def test_moderation_fails_the_job_with_the_providers_code(stack: Stack) -> None:
+async def test_moderation_fails_the_job_with_the_providers_code(stack: WholeStack) -> None:
     job = await stack.until_done(await stack.create("pixverse", prompt="a fox [sim:moderation]"))
     assert (job.state, job.error_code) == (pb.Job.STATE_FAILED, "CONTENT_REJECTED")
 
 
-async def test_a_server_error_is_retried_as_a_second_linked_submission(stack: Stack) -> None:
+async def test_a_server_error_is_retried_as_a_second_linked_submission(stack: WholeStack) -> None:
     await stack.sim_key("runway", fault="server_error", fault_count=1)
     job = await stack.until_done(await stack.create("runway"))
     assert job.state == pb.Job.STATE_COMPLETED, job
@@ -285,7 +120,9 @@ async def test_a_server_error_is_retried_as_a_second_linked_submission(stack: St
     assert submissions[0].error_code == t.GENERATION_ERROR_CODE_TRANSIENT
 
 
-async def test_a_job_cancelled_in_flight_stays_cancelled_and_nothing_follows(stack: Stack) -> None:
+async def test_a_job_cancelled_in_flight_stays_cancelled_and_nothing_follows(
+    stack: WholeStack,
+) -> None:
     job = await stack.create("pika", prompt="slow [sim:finish_ms=2500]")
     for _ in range(200):
         current = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.alice)
@@ -308,7 +145,7 @@ async def test_a_job_cancelled_in_flight_stays_cancelled_and_nothing_follows(sta
     assert (final.state, final.asset) == (pb.Job.STATE_CANCELLED, "")
 
 
-async def test_retrying_a_failed_job_completes_it(stack: Stack) -> None:
+async def test_retrying_a_failed_job_completes_it(stack: WholeStack) -> None:
     await stack.sim_key("pika", fault="moderation", fault_count=1)
     failed = await stack.until_done(await stack.create("pika"))
     assert failed.state == pb.Job.STATE_FAILED
@@ -318,7 +155,7 @@ async def test_retrying_a_failed_job_completes_it(stack: Stack) -> None:
     assert (await stack.asset_of(done)).size_bytes > 0
 
 
-async def test_the_same_content_from_two_jobs_is_one_asset(stack: Stack) -> None:
+async def test_the_same_content_from_two_jobs_is_one_asset(stack: WholeStack) -> None:
     prompt = f"twins [sim:seed={secrets.randbelow(10**6) + 1}]"
     jobs = [await stack.create("pixverse", prompt=prompt) for _ in range(2)]
     first, second = await asyncio.gather(*(stack.until_done(job) for job in jobs))
@@ -327,7 +164,7 @@ async def test_the_same_content_from_two_jobs_is_one_asset(stack: Stack) -> None
     assert first.asset == second.asset
 
 
-async def test_a_deleted_asset_is_detached_from_its_scene(stack: Stack) -> None:
+async def test_a_deleted_asset_is_detached_from_its_scene(stack: WholeStack) -> None:
     job = await stack.until_done(await stack.create("pixverse"))
     scene = await stack.scenes.CreateScene(
         scene_pb.CreateSceneRequest(scene=scene_pb.Scene(display_name="story")),
@@ -352,7 +189,7 @@ async def test_a_deleted_asset_is_detached_from_its_scene(stack: Stack) -> None:
     assert [(n.name, n.asset, n.detached) for n in graph.assets] == [(node.name, "", True)]
 
 
-async def test_one_trace_spans_create_job_to_asset_created(stack: Stack) -> None:
+async def test_one_trace_spans_create_job_to_asset_created(stack: WholeStack) -> None:
     trace_id = secrets.token_hex(16)
     traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
     job = await stack.create("runway", metadata=(*stack.alice, ("traceparent", traceparent)))
@@ -371,7 +208,7 @@ async def test_one_trace_spans_create_job_to_asset_created(stack: Stack) -> None
         assert f'"trace_id": "{trace_id}"' in log, name
 
 
-def test_the_readme_command_ends_with_a_stored_probed_mp4(stack: Stack) -> None:
+def test_the_readme_command_ends_with_a_stored_probed_mp4(stack: WholeStack) -> None:
     services = stack.services
     env = {
         **os.environ,

@@ -26,6 +26,8 @@ from pixsim_local.infra import Infra
 from pixsim_local.kafka import KafkaBroker
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import ManagedProcess, free_port
+from pixsim_local.whole_stack import WholeStack
+from pixsim_local.whole_stack import whole_stack as pixsim_whole_stack
 
 _timings: dict[str, float] = {}
 
@@ -153,3 +155,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "real infrastructure started in "
             + ", ".join(f"{name}={seconds:.2f}" for name, seconds in _timings.items())
         )
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def whole_stack(infra: Infra) -> AsyncIterator[WholeStack]:
+    """The simulator and the four services as processes, on free ports, with databases and
+    a Kafka broker of their own: shared by every test of the session that needs it."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-stack-kafka-"))
+    broker = await KafkaBroker.start(run_dir, free_port(), free_port())
+    try:
+        await broker.ensure_topics(all_topic_names(), DEFAULT_PARTITIONS)
+        async with pixsim_whole_stack(infra, broker) as stack:
+            yield stack
+    finally:
+        broker.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)

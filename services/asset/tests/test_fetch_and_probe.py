@@ -155,5 +155,62 @@ def test_probe_reads_images_and_refuses_garbage(tmp_path: Path) -> None:
 
 def test_storage_refuses_paths_outside_itself(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "store")
-    with pytest.raises(ValueError, match="outside"):
-        storage.open("file:///etc/passwd")
+    for uri in (
+        "file:///etc/passwd",
+        f"file://{tmp_path}/store/../outside",
+        f"file://{tmp_path}/store/ab/../../../etc/passwd",
+    ):
+        with pytest.raises(ValueError, match="outside"):
+            storage.open(uri)
+        with pytest.raises(ValueError, match="outside"):
+            storage.delete(uri)
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"x")
+    for key in ("../../../../etc/passwd", "a" * 63 + "/", "A" * 64, ""):
+        with pytest.raises(ValueError, match="sha256"):
+            storage.put(staged, key, "png")
+    with pytest.raises(ValueError, match="extension"):
+        storage.put(staged, "a" * 64, "../../escape")
+    assert staged.exists()  # nothing was moved anywhere
+
+
+async def test_a_redirect_to_a_refused_address_or_scheme_is_refused_before_connecting(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The loopback server redirects; the target is checked like the first URL, so the
+    private address is refused by the address check and never connected to."""
+    hits: list[bytes] = []
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        hits.append(request.split(b" ", 2)[1])
+        target = {b"/to-private": "http://10.1.2.3/clip.mp4", b"/to-file": "file:///etc/passwd"}
+        location = target.get(request.split(b" ", 2)[1], "http://[fd00::1]/clip.mp4")
+        writer.write(
+            f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    storage = LocalStorage(tmp_path / "store")
+    try:
+        for path, reason in (
+            ("/to-private", "ADDRESS_REFUSED"),
+            ("/to-file", "BAD_SCHEME"),
+            ("/to-unique-local", "ADDRESS_REFUSED"),
+        ):
+            with pytest.raises(FetchRefused) as refused:
+                await fetch(
+                    f"http://127.0.0.1:{port}{path}",
+                    client=client,
+                    policy=LOCAL,
+                    max_bytes=10_000,
+                    directory=storage.scratch(),
+                )
+            assert refused.value.reason == reason
+    finally:
+        server.close()
+    assert hits == [b"/to-private", b"/to-file", b"/to-unique-local"]  # one request each
+    assert list(storage.scratch().iterdir()) == []

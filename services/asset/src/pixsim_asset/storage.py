@@ -82,7 +82,10 @@ class LocalStorage:
     def put(self, source: Path, sha256: str, extension: str) -> str:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise ValueError("sha256 must be 64 lowercase hex digits")
-        target = self._root / sha256[:2] / sha256[2:4] / f"{sha256}.{extension.lstrip('.')}"
+        extension = extension.lstrip(".")
+        if not (0 < len(extension) <= 8 and extension.isalnum() and extension.isascii()):
+            raise ValueError(f"extension {extension!r} must be 1 to 8 letters or digits")
+        target = self._root / sha256[:2] / sha256[2:4] / f"{sha256}.{extension}"
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             source.unlink(missing_ok=True)  # already stored: content addressing dedups

@@ -78,12 +78,12 @@ class TestValidation:
             job=job_service_pb2.Job(
                 provider_id="pixverse",
                 operation_type=types_pb2.OPERATION_TYPE_TEXT_TO_VIDEO,
-                inputs=[types_pb2.GenerationInput(asset="a")] * 9,
+                inputs=[types_pb2.GenerationInput(asset="assets/a")] * 9,
             )
         )
-        assert [(v.field, v.reason) for v in violations_of(request)] == [
-            ("job.inputs", "repeated.max_items")
-        ]
+        found = [(v.field, v.reason) for v in violations_of(request)]
+        assert found[0] == ("job.inputs", "repeated.max_items")
+        assert found[1:] == [(f"job.inputs[{i}].asset", "string.pattern") for i in range(9)]
 
     def test_no_defaults_for_identity(self) -> None:
         with pytest.raises(InvalidArgument) as raised:

@@ -24,6 +24,7 @@ import httpx
 from pixsim_common.auth import generate_keypair
 from pixsim_local.grpc_probe import wait_serving
 from pixsim_local.infra import Infra
+from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import ManagedProcess, port_in_use
 
 
@@ -135,6 +136,8 @@ class LocalServices:
     database_prefix: str = ""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    databases: dict[str, ServiceDatabase] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -192,6 +195,7 @@ class LocalServices:
                 self.database_prefix + spec.package
             )
             env = self.env_for(spec, database.url)
+            self.databases[spec.name], self.envs[spec.name] = database, env
             log = self.logs / f"{spec.name}.log"
             migrate = ManagedProcess(
                 f"{spec.name}-migrate", service_command(spec, "migrate"), log, env=env

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
+
+from pixsim_common.errors import FieldViolation, InvalidArgument
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -21,3 +23,17 @@ def now_timestamp() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     return stamp
+
+
+def from_request(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A timestamp a caller sent, as an aware datetime; one outside what a Timestamp may
+    hold (years 1 to 9999, nanos below a second) is INVALID_ARGUMENT naming `field`."""
+    try:
+        if not 0 <= stamp.nanos < 1_000_000_000:
+            raise ValueError(f"nanos {stamp.nanos} is not within a second")
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as error:
+        why = f"not a valid timestamp: {error}"
+        raise InvalidArgument(
+            f"{field} is {why}", [FieldViolation(field, why, "INVALID_TIMESTAMP")]
+        ) from None

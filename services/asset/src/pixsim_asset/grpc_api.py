@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any
 
 from google.protobuf import duration_pb2, empty_pb2
@@ -14,7 +13,7 @@ from pixsim_asset import repository as repo
 from pixsim_asset.domain import Asset, Relative
 from pixsim_asset.service import AssetService
 from pixsim_common.auth import current_identity
-from pixsim_common.timestamps import to_timestamp
+from pixsim_common.timestamps import from_request, to_timestamp
 
 
 def to_proto(asset: Asset) -> pb.Asset:
@@ -97,10 +96,10 @@ class AssetApi(pb_grpc.AssetServiceServicer):
             if request.sync_status
             else "",
             "source_job_id": request.source_job.removeprefix("jobs/"),
-            "create_time_start": request.create_time_start.ToDatetime(tzinfo=UTC)
+            "create_time_start": from_request(request.create_time_start, "create_time_start")
             if request.HasField("create_time_start")
             else None,
-            "create_time_end": request.create_time_end.ToDatetime(tzinfo=UTC)
+            "create_time_end": from_request(request.create_time_end, "create_time_end")
             if request.HasField("create_time_end")
             else None,
         }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any
 
 from google.protobuf import json_format
@@ -14,7 +13,7 @@ from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim_common import pagination
 from pixsim_common.auth import current_identity
-from pixsim_common.timestamps import to_timestamp
+from pixsim_common.timestamps import from_request, to_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.domain import Job
 from pixsim_job.service import ChangeFeed, JobService, watch
@@ -74,16 +73,22 @@ class JobApi(pb_grpc.JobServiceServicer):
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
         identity = current_identity()
+        start = (
+            from_request(request.create_time_start, "create_time_start")
+            if request.HasField("create_time_start")
+            else None
+        )
+        end = (
+            from_request(request.create_time_end, "create_time_end")
+            if request.HasField("create_time_end")
+            else None
+        )
         filters = {
             "states": sorted(request.states),
             "provider": request.provider_id,
             "operation": request.operation_type,
-            "start": request.create_time_start.ToJsonString()
-            if request.HasField("create_time_start")
-            else "",
-            "end": request.create_time_end.ToJsonString()
-            if request.HasField("create_time_end")
-            else "",
+            "start": start.isoformat() if start else "",
+            "end": end.isoformat() if end else "",
         }
         j = repo.jobs
         query = select(j).where(j.c.user_id == identity.user_id)
@@ -95,10 +100,10 @@ class JobApi(pb_grpc.JobServiceServicer):
             query = query.where(j.c.provider_id == request.provider_id)
         if request.operation_type:
             query = query.where(j.c.operation_type == request.operation_type)
-        if request.HasField("create_time_start"):
-            query = query.where(j.c.create_time >= request.create_time_start.ToDatetime(tzinfo=UTC))
-        if request.HasField("create_time_end"):
-            query = query.where(j.c.create_time < request.create_time_end.ToDatetime(tzinfo=UTC))
+        if start is not None:
+            query = query.where(j.c.create_time >= start)
+        if end is not None:
+            query = query.where(j.c.create_time < end)
         async with self._sessions() as session:
             rows, token = await pagination.fetch_page(
                 session, query, j, request.page_token, request.page_size, filters, newest_first=True

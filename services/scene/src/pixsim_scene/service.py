@@ -37,6 +37,7 @@ log = structlog.get_logger("pixsim.scene")
 SOURCE = "/scene"
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 ELEMENT_NAME = re.compile(rf"^scenes/({UUID})/(assets|connections)/({UUID})$")
+SCENE_NAME = re.compile(rf"^scenes/({UUID})$")
 
 SCENE_FIELDS = ("display_name", "description", "tags", "is_template", "start_scene_asset")
 NODE_FIELDS = ("asset", "order", "position", "metadata")

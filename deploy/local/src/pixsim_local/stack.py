@@ -215,6 +215,15 @@ class LocalServices:
             )
         )
 
+    async def restart(self, name: str) -> None:
+        """Stop a service as Kubernetes would (SIGTERM, then it drains) and start it again."""
+        spec = next(s for s in SERVICES if s.name == name)
+        await asyncio.to_thread(self.processes[name].stop)
+        self.processes[name] = ManagedProcess(
+            name, service_command(spec, "serve"), self.logs / f"{name}.log", env=self.envs[name]
+        )
+        await wait_until_serving(self.address(name), spec.grpc_service, self.processes[name])
+
     def check_alive(self) -> None:
         for process in self.processes.values():
             process.check_alive()

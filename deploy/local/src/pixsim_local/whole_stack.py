@@ -149,6 +149,8 @@ async def whole_stack(postgres_infra: Infra, kafka: KafkaBroker) -> AsyncIterato
             "POLL_CAP_SECONDS": "0.3",
             "RETRY_BASE_SECONDS": "0.1",
             "RETRY_CAP_SECONDS": "0.5",
+            # A replica restarted mid-poll hands its polls over this soon.
+            "POLL_LEASE_SECONDS": "3",
             "DOWNLOAD_BACKOFF_SECONDS": "0.05",
             "LOG_LEVEL": "INFO",
             # Spans go to the logs too, so the secrets scan reads traces as well.

@@ -101,6 +101,7 @@ class WholeStack:
         prompt: str = "a red fox",
         inputs: list[t.GenerationInput] | None = None,
         metadata: Metadata | None = None,
+        request_id: str = "",
     ) -> pb.Job:
         return await self.jobs.CreateJob(
             pb.CreateJobRequest(
@@ -109,7 +110,8 @@ class WholeStack:
                     operation_type=operation,  # type: ignore[arg-type]
                     prompt=prompt,
                     inputs=inputs or [],
-                )
+                ),
+                request_id=request_id,
             ),
             metadata=metadata or self.alice,
         )

@@ -12,18 +12,16 @@ from google.protobuf import empty_pb2
 from pixsim.scene.v1 import scene_service_pb2 as pb
 from pixsim.scene.v1 import scene_service_pb2_grpc as pb_grpc
 from pixsim_common.auth import current_identity
-from pixsim_common.errors import FieldViolation, InvalidArgument
 from pixsim_common.timestamps import to_timestamp
 from pixsim_scene import repository as repo
 from pixsim_scene.repository import Scene
 from pixsim_scene.service import (
-    ELEMENT_NAME,
-    SCENE_NAME,
     Change,
     SceneService,
     edge_to_proto,
     node_name,
     node_to_proto,
+    parse_element,
 )
 
 
@@ -55,23 +53,6 @@ def graph_to_proto(scene: Scene) -> pb.SceneGraph:
             for e in sorted(graph.edges.values(), key=lambda e: (e.from_id, e.order, e.id))
         ],
     )
-
-
-def _named_scene(name: str, field: str) -> str:
-    """The id in a `scenes/{id}` that arrived inside a message (not checked by the guard)."""
-    if SCENE_NAME.match(name) is None:
-        why = f"{name[:80]!r} is not a scene name (scenes/<uuid>)"
-        raise InvalidArgument(why, [FieldViolation(field, why, "BAD_NAME")])
-    return _scene_id(name)
-
-
-def _named_element(name: str, kind: str, field: str) -> str:
-    """`name` when it is a `scenes/{id}/{kind}/{id}`; INVALID_ARGUMENT on `field` if not."""
-    match = ELEMENT_NAME.match(name)
-    if match is None or match.group(2) != kind:
-        why = f"{name[:80]!r} is not a scene {kind[:-1]} name (scenes/<uuid>/{kind}/<uuid>)"
-        raise InvalidArgument(why, [FieldViolation(field, why, "BAD_NAME")])
-    return name
 
 
 def _scene_id(name: str) -> str:
@@ -126,7 +107,6 @@ class SceneApi(pb_grpc.SceneServiceServicer):
         )
 
     async def UpdateScene(self, request: pb.UpdateSceneRequest, context: Any) -> pb.Scene:
-        _named_scene(request.scene.name, "scene.name")
         return scene_to_proto(
             await self._service.update(current_identity(), request.scene, request.update_mask)
         )
@@ -150,13 +130,14 @@ class SceneApi(pb_grpc.SceneServiceServicer):
     async def UpdateSceneAsset(
         self, request: pb.UpdateSceneAssetRequest, context: Any
     ) -> pb.SceneAsset:
-        name = _named_element(request.scene_asset.name, "assets", "scene_asset.name")
+        name = request.scene_asset.name
+        _, node_id = parse_element(name, "assets", "scene_asset.name")
         scene = await self._one(
             name,
             request.etag,
             Change("update_asset", request.scene_asset, "scene_asset", request.update_mask),
         )
-        return node_to_proto(scene.id, scene.graph.nodes[_element_id(name)])
+        return node_to_proto(scene.id, scene.graph.nodes[node_id])
 
     async def DeleteSceneAsset(
         self, request: pb.DeleteSceneAssetRequest, context: Any
@@ -176,13 +157,14 @@ class SceneApi(pb_grpc.SceneServiceServicer):
     async def UpdateSceneConnection(
         self, request: pb.UpdateSceneConnectionRequest, context: Any
     ) -> pb.SceneConnection:
-        name = _named_element(request.connection.name, "connections", "connection.name")
+        name = request.connection.name
+        _, edge_id = parse_element(name, "connections", "connection.name")
         scene = await self._one(
             name,
             request.etag,
             Change("update_connection", request.connection, "connection", request.update_mask),
         )
-        return edge_to_proto(scene.id, scene.graph.edges[_element_id(name)])
+        return edge_to_proto(scene.id, scene.graph.edges[edge_id])
 
     async def DeleteSceneConnection(
         self, request: pb.DeleteSceneConnectionRequest, context: Any

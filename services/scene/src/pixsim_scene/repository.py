@@ -206,6 +206,7 @@ def _edge_values(scene_id: str, edge: Edge) -> dict[str, Any]:
 
 
 async def insert_scene(session: AsyncSession, scene: Scene) -> Scene:
+    """Insert a scene with its graph (a new scene has none; a clone has its copy)."""
     row = (
         await session.execute(
             insert(scenes)
@@ -216,21 +217,13 @@ async def insert_scene(session: AsyncSession, scene: Scene) -> Scene:
                 description=scene.description,
                 tags=scene.tags,
                 is_template=scene.is_template,
-                start_scene_asset_id=None,
+                start_scene_asset_id=scene.graph.start_id or None,
             )
             .returning(*scenes.c)
         )
     ).one()
-    stored = _to_scene(row, Graph())
-    if scene.graph.nodes:
-        await save_graph(session, scene.id, Graph(), scene.graph)
-        stored.graph = scene.graph
-        await session.execute(
-            update(scenes)
-            .where(scenes.c.id == scene.id)
-            .values(start_scene_asset_id=scene.graph.start_id or None)
-        )
-    return stored
+    await save_graph(session, scene.id, Graph(), scene.graph)
+    return _to_scene(row, scene.graph)
 
 
 async def load(

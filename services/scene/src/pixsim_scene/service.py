@@ -91,14 +91,29 @@ def _invalid(path: str, why: str, reason: str) -> InvalidArgument:
     return InvalidArgument(why, [FieldViolation(path, why, reason)], reason=reason)
 
 
-def _element_id(scene_id: str, name: str, kind: str, path: str) -> str:
-    """The id in `scenes/{scene_id}/{kind}/{id}`; a name in another scene is refused."""
+def parse_scene(name: str, field: str) -> str:
+    """The id in a `scenes/{id}` that arrived inside a message (which no rule checked)."""
+    match = SCENE_NAME.match(name)
+    if match is None:
+        raise _invalid(field, f"{name[:80]!r} is not a scene name (scenes/<uuid>)", "BAD_NAME")
+    return match.group(1)
+
+
+def parse_element(name: str, kind: str, field: str) -> tuple[str, str]:
+    """(scene id, element id) of a `scenes/{id}/{kind}/{id}`; anything else is refused."""
     match = ELEMENT_NAME.match(name)
     if match is None or match.group(2) != kind:
-        raise _invalid(path, f"{name!r} is not a scene {kind[:-1]} name", "BAD_NAME")
-    if match.group(1) != scene_id:
+        why = f"{name[:80]!r} is not a scene {kind[:-1]} name (scenes/<uuid>/{kind}/<uuid>)"
+        raise _invalid(field, why, "BAD_NAME")
+    return match.group(1), match.group(3)
+
+
+def _element_id(scene_id: str, name: str, kind: str, path: str) -> str:
+    """The id in `scenes/{scene_id}/{kind}/{id}`; a name in another scene is refused."""
+    owner, element_id = parse_element(name, kind, path)
+    if owner != scene_id:
         raise _invalid(path, f"{name} is not in scenes/{scene_id}", "NOT_IN_SCENE")
-    return match.group(3)
+    return element_id
 
 
 def _masked(mask: field_mask_pb2.FieldMask | None, allowed: Sequence[str], path: str) -> list[str]:
@@ -156,7 +171,7 @@ class SceneService:
     async def update(
         self, identity: Identity, message: pb.Scene, mask: field_mask_pb2.FieldMask
     ) -> Scene:
-        scene_id = message.name.removeprefix("scenes/")
+        scene_id = parse_scene(message.name, "scene.name")
         fields = _masked(mask, SCENE_FIELDS, "update_mask")
         async with UnitOfWork(self._sessions) as uow:
             scene = await self._locked(uow.session, identity, scene_id, message.etag)

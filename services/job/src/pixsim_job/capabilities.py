@@ -13,6 +13,7 @@ from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gw_grpc
 from pixsim.types.v1 import types_pb2
+from pixsim_common.clients import bearer
 from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 
 
@@ -31,7 +32,7 @@ class ProviderCatalog:
         try:
             provider = await self._stub.GetProvider(
                 gw_pb.GetProviderRequest(name=f"providers/{provider_id}"),
-                metadata=(("authorization", f"Bearer {token}"),),
+                metadata=bearer(token),
                 timeout=5,
             )
         except grpc.aio.AioRpcError as error:

@@ -5,37 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grpc
-
 from pixsim.asset.v1 import asset_service_pb2 as asset_pb
-from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
 from pixsim.types.v1 import types_pb2
-from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+from pixsim_common.clients import AssetLookup
+from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 
 class InputResolver:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float = 5.0) -> None:
-        self._stub = asset_grpc.AssetServiceStub(channel)
-        self._timeout = timeout
+    def __init__(self, assets: AssetLookup) -> None:
+        self._assets = assets
 
     async def resolve(
         self, inputs: Sequence[types_pb2.GenerationInput], token: str
     ) -> list[types_pb2.GenerationInput]:
         """`inputs` with every asset input's `resolved_uri` set."""
-        named = sorted({i.asset for i in inputs if i.WhichOneof("source") == "asset"})
+        named = [i.asset for i in inputs if i.WhichOneof("source") == "asset"]
         if not named:
             return list(inputs)
-        try:
-            answer = await self._stub.BatchGetAssets(
-                asset_pb.BatchGetAssetsRequest(names=named),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=self._timeout,
-            )
-        except grpc.aio.AioRpcError as error:
-            raise Unavailable(
-                "the asset service cannot be asked now", reason="ASSET_SERVICE_UNAVAILABLE"
-            ) from error
-        return resolved(inputs, {a.name: a for a in answer.assets})
+        return resolved(inputs, await self._assets.batch_get(named, token))
 
 
 def resolved(

@@ -8,6 +8,7 @@ import grpc
 
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim.job.v1.job_service_pb2 import DESCRIPTOR
+from pixsim_common import clients
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
 from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
@@ -25,18 +26,10 @@ MIGRATIONS = migrations_of(__file__)
 
 async def build(settings: ServiceSettings) -> ServiceApp:
     assert isinstance(settings, Settings)
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    gateway = grpc.aio.insecure_channel(
-        settings.gateway_address,
-        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
-    )
+    gateway = clients.channel(settings.gateway_address)
     catalog = ProviderCatalog(gateway, settings.capabilities_ttl_seconds)
-    assets = grpc.aio.insecure_channel(
-        settings.asset_address,
-        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
-    )
-    resolver = InputResolver(assets)
+    assets = clients.channel(settings.asset_address)
+    resolver = InputResolver(clients.AssetLookup(assets))
     feed = ChangeFeed(settings.database_url.get_secret_value())
     services: dict[str, JobService] = {}
 

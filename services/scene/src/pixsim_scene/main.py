@@ -8,11 +8,11 @@ import grpc
 
 from pixsim.scene.v1 import scene_service_pb2_grpc as pb_grpc
 from pixsim.scene.v1.scene_service_pb2 import DESCRIPTOR
+from pixsim_common import clients
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
 from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
-from pixsim_scene.assets import AssetDirectory
 from pixsim_scene.events import subscriptions
 from pixsim_scene.grpc_api import SceneApi
 from pixsim_scene.service import SceneService
@@ -24,13 +24,8 @@ MIGRATIONS = migrations_of(__file__)
 
 async def build(settings: ServiceSettings) -> ServiceApp:
     assert isinstance(settings, Settings)
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    channel = grpc.aio.insecure_channel(
-        settings.asset_address,
-        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
-    )
-    directory = AssetDirectory(channel)
+    channel = clients.channel(settings.asset_address)
+    directory = clients.AssetLookup(channel)
     services: dict[str, SceneService] = {}
 
     def service(kit: Kit) -> SceneService:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,13 +23,13 @@ from pixsim.events.v1 import events_pb2
 from pixsim.scene.v1 import scene_service_pb2 as pb
 from pixsim_common import topics
 from pixsim_common.auth import Identity
+from pixsim_common.clients import AssetLookup
 from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
 from pixsim_common.outbox import enqueue
 from pixsim_common.timestamps import now_timestamp
 from pixsim_scene import domain
 from pixsim_scene import repository as repo
-from pixsim_scene.assets import AssetDirectory
 from pixsim_scene.domain import Edge, EdgeType, Graph, Node, Rejected
 from pixsim_scene.repository import Scene
 
@@ -130,11 +130,14 @@ def _masked(mask: field_mask_pb2.FieldMask | None, allowed: Sequence[str], path:
 
 
 class SceneService:
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], directory: AssetDirectory
-    ) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], assets: AssetLookup) -> None:
         self._sessions = sessions
-        self._directory = directory
+        self._assets = assets
+
+    async def _owned(self, asset_ids: Iterable[str], identity: Identity) -> set[str]:
+        """The ids among `asset_ids` that name live assets of the caller's."""
+        found = await self._assets.batch_get((f"assets/{a}" for a in asset_ids), identity.token)
+        return {name.removeprefix("assets/") for name in found}
 
     # ---- scenes -----------------------------------------------------------------------
 
@@ -216,7 +219,7 @@ class SceneService:
         if source is None or not (source.is_template or source.owner_id == identity.user_id):
             raise NotFound(f"scenes/{scene_id} does not exist", reason="SCENE_NOT_FOUND")
         asset_ids = {n.asset_id for n in source.graph.nodes.values() if n.asset_id}
-        owned = await self._directory.owned(asset_ids, identity.token) if asset_ids else set()
+        owned = await self._owned(asset_ids, identity) if asset_ids else set()
         graph, _ = domain.clone(source.graph, lambda: str(uuid.uuid4()), owned.__contains__)
         scene = Scene(
             id=str(uuid.uuid4()),
@@ -243,7 +246,7 @@ class SceneService:
         """Apply `changes` in order, all or none."""
         placed = self._placed_assets(changes)
         if placed:
-            owned = await self._directory.owned(placed, identity.token)
+            owned = await self._owned(placed, identity)
             self._refuse_unowned(placed, owned)
         async with UnitOfWork(self._sessions) as uow:
             scene = await self._locked(uow.session, identity, scene_id, etag)

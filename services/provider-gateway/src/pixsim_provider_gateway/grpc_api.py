@@ -165,14 +165,12 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         query = select(repo.accounts)
         if request.provider_id:
             query = query.where(repo.accounts.c.provider_id == request.provider_id)
-        query, size = pagination.keyset(
-            query, repo.accounts, request.page_token, request.page_size, filters
-        )
         async with self._sessions() as session:
-            rows = (await session.execute(query)).all()
+            rows, token = await pagination.fetch_page(
+                session, query, repo.accounts, request.page_token, request.page_size, filters
+            )
         return pb.ListAccountsResponse(
-            accounts=[account_to_proto(r) for r in rows[:size]],
-            next_page_token=pagination.next_token(rows, size, filters),
+            accounts=[account_to_proto(r) for r in rows], next_page_token=token
         )
 
     async def UpdateAccount(self, request: pb.UpdateAccountRequest, context: Any) -> pb.Account:
@@ -265,12 +263,12 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         identity = current_identity()
         if not identity.is_admin:
             query = query.where(s.c.user_id == identity.user_id)
-        query, size = pagination.keyset(query, s, request.page_token, request.page_size, filters)
         async with self._sessions() as session:
-            rows = (await session.execute(query)).all()
+            rows, token = await pagination.fetch_page(
+                session, query, s, request.page_token, request.page_size, filters
+            )
         return pb.ListSubmissionsResponse(
-            submissions=[submission_to_proto(r) for r in rows[:size]],
-            next_page_token=pagination.next_token(rows, size, filters),
+            submissions=[submission_to_proto(r) for r in rows], next_page_token=token
         )
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from pixsim_common import topics
 from pixsim_local.stack import SERVICES
+from pixsim_provider_gateway.settings import Settings as GatewaySettings
 
 pytestmark = pytest.mark.integration
 
@@ -173,12 +174,8 @@ def test_the_gateway_scales_on_cpu_and_lag_within_the_partitions(
     )
     (lag,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
     assert lag["metadata"]["topic"] == topics.JOB_SUBMITTED.name
-    gateway_settings = tomllib.loads(
-        (ROOT / "services" / "provider-gateway" / "pyproject.toml").read_text()
-    )
-    assert gateway_settings["project"]["name"] == "pixsim-provider-gateway"
-    # The consumer group is the gateway's service name (pixsim_common.app).
-    assert lag["metadata"]["consumerGroup"] == "provider-gateway"
+    # The consumer group is the gateway's service name (pixsim_common.app uses it).
+    assert lag["metadata"]["consumerGroup"] == GatewaySettings.model_fields["service_name"].default
 
 
 def test_every_topic_and_its_dead_letter_twin_is_declared(

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import Message
 
@@ -17,7 +17,7 @@ from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
 from pixsim_common.cloudevents import encode_headers, event_headers
-from pixsim_local.kafka import produce_raw, publish_events
+from pixsim_local.kafka import partitions_of, produce_raw, publish_events
 from pixsim_local.whole_stack import WholeStack
 
 pytestmark = pytest.mark.e2e
@@ -101,14 +101,7 @@ async def settled(bootstrap: str, group: str, topic: str, timeout: float = 60) -
     await admin.start()
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
+        partitions = await partitions_of(consumer, [topic])
         ends = await consumer.end_offsets(partitions)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from google.protobuf import json_format
 
 from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim_common import topics
+from pixsim_local.kafka import partitions_of
 from pixsim_local.stack import SEED_ACCOUNTS
 from pixsim_local.whole_stack import WholeStack
 
@@ -25,12 +26,7 @@ async def every_event(bootstrap: str) -> list[bytes]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        partitions = [
-            TopicPartition(name, p)
-            for name in names
-            for p in sorted(consumer.partitions_for_topic(name) or ())
-        ]
+        partitions = await partitions_of(consumer, names)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

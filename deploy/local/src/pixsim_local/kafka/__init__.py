@@ -259,6 +259,17 @@ class KafkaBroker:
             self.process.stop(timeout=30)
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, from fresh metadata (a started consumer may not have
+    fetched any yet)."""
+    await consumer._client.force_metadata_update()
+    return [
+        TopicPartition(topic, partition)
+        for topic in topics
+        for partition in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+
+
 async def read_topic(
     bootstrap: str,
     topic: str,
@@ -271,11 +282,7 @@ async def read_topic(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned = await partitions_of(consumer, [topic])
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         records: list[Any] = []
@@ -319,12 +326,7 @@ class EventTap(Background):
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
         await consumer.start()
-        await consumer._client.force_metadata_update()
-        assigned = [
-            TopicPartition(topic, partition)
-            for topic in self._topics
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        assigned = await partitions_of(consumer, self._topics)
         consumer.assign(assigned)
         await consumer.seek_to_end(*assigned)
         for partition in assigned:  # resolve the end offsets now, before anything is produced

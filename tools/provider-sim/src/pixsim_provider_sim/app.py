@@ -75,6 +75,10 @@ class Simulator:
     async def stats(self, request: Request) -> Response:
         return JSONResponse(self.state.snapshot())
 
+    async def submits(self, request: Request) -> Response:
+        """Submit requests received per prompt (see `SimState.prompt_submits`)."""
+        return JSONResponse(dict(self.state.prompt_submits))
+
     async def reset(self, request: Request) -> Response:
         body = await request.json() if await request.body() else {}
         self.state.reset(body.get("seed"))
@@ -627,6 +631,7 @@ def create_app(seed: int = 0) -> Starlette:
         Route("/openapi/v2/account/balance", sim.pixverse_balance, methods=["GET"]),
         Route("/_sim/media/{name:str}", sim.media, methods=["GET"]),
         Route("/_sim/stats", sim.stats, methods=["GET"]),
+        Route("/_sim/submits", sim.submits, methods=["GET"]),
         Route("/_sim/reset", sim.reset, methods=["POST"]),
         Route("/_sim/keys/{key:str}", sim.configure_key, methods=["PUT"]),
     ]

@@ -13,6 +13,7 @@ import random
 import re
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -103,7 +104,8 @@ PROMPT_KNOB = re.compile(r"\[sim:([a-z_]+)(?:=(\d+))?\]")
 def request_knobs(prompt: str) -> dict[str, int | None]:
     """Per-request knobs written into the prompt, e.g. `a cat [sim:moderation]`,
     `[sim:finish_ms=3000]` or `[sim:seed=7]` (the same media for every request with it), so a
-    test scripts one request without touching the adapter."""
+    test scripts one request without touching the adapter. A fault with a count,
+    `[sim:server_error=1]`, meets only the first that many submits of that prompt."""
     return {name: int(value) if value else None for name, value in PROMPT_KNOB.findall(prompt)}
 
 
@@ -113,6 +115,9 @@ class SimState:
     keys: dict[str, KeyConfig] = field(default_factory=dict)
     stats: dict[str, KeyStats] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    # Submit requests received per prompt, refused ones included: the provider's own record
+    # of how often a request was sent, which tests compare with the gateway's attempts.
+    prompt_submits: Counter[str] = field(default_factory=Counter)
     clock: Any = time.monotonic
 
     def __post_init__(self) -> None:
@@ -124,6 +129,7 @@ class SimState:
         self.keys.clear()
         self.stats.clear()
         self.tasks.clear()
+        self.prompt_submits.clear()
         self._rng = random.Random(self.seed)
 
     def config(self, key: str) -> KeyConfig:
@@ -139,9 +145,13 @@ class SimState:
         return self._rng.randrange(100_000, 2_147_483_647)
 
     def fault_for(self, key: str, prompt: str) -> Fault | None:
-        """The fault this submit meets: a prompt knob wins over the key's setting."""
-        for name in request_knobs(prompt):
+        """The fault this submit meets: a prompt knob wins over the key's setting. Counts
+        the submit, so call it once per submit request."""
+        self.prompt_submits[prompt] += 1
+        for name, count in request_knobs(prompt).items():
             if name in Fault.__members__.values():
+                if count is not None and self.prompt_submits[prompt] > count:
+                    return None
                 return Fault(name)
         config = self.config(key)
         if config.fault is None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.integration
 JOB = "jobs/0b1c2d3e-0000-4000-8000-000000000001"
 MISSING = "jobs/0b1c2d3e-0000-4000-8000-000000000404"
 BUGGY = "jobs/0b1c2d3e-0000-4000-8000-000000000500"
+DATABASE_AWAY = "jobs/0b1c2d3e-0000-4000-8000-000000000503"
 CREATE_ACCOUNT = "/pixsim.provider.v1.ProviderGatewayService/CreateAccount"
 
 
@@ -45,6 +47,8 @@ class Jobs(job_service_pb2_grpc.JobServiceServicer):
             )
         if request.name == BUGGY:
             raise KeyError("a bug")
+        if request.name == DATABASE_AWAY:
+            raise asyncpg.CannotConnectNowError("the database system is starting up")
         return job_service_pb2.Job(name=request.name, owner=current_identity().resource_name)
 
     async def WatchJob(self, request: Any, context: Any) -> AsyncIterator[job_service_pb2.Job]:
@@ -219,6 +223,17 @@ async def test_a_bug_is_internal_with_a_trace_id_and_no_internals(
     assert info.reason == "INTERNAL"
     assert len(info.metadata["trace_id"]) == 32
     assert "KeyError" not in (raised.value.details() or "")
+
+
+async def test_a_database_away_is_unavailable_so_the_caller_retries(
+    channel: grpc.aio.Channel,
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(job_service_pb2.GetJobRequest(name=DATABASE_AWAY), metadata=auth(token()))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert status_details(raised.value)["ErrorInfo"].reason == "DEPENDENCY_UNAVAILABLE"
+    assert "starting up" not in (raised.value.details() or "")
 
 
 async def test_server_streaming_passes_through_the_guard(channel: grpc.aio.Channel) -> None:

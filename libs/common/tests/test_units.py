@@ -22,10 +22,10 @@ from pixsim_common.cloudevents import (
     event_headers,
     parse_headers,
 )
-from pixsim_common.consumer import is_transient
 from pixsim_common.db import sqlalchemy_url
 from pixsim_common.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from pixsim_common.topics import ALL_TOPICS, all_topic_names, topic_named
+from pixsim_common.transient import is_transient
 from pixsim_common.validation import validate, violations_of
 
 pytestmark = pytest.mark.unit

@@ -22,21 +22,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, Table, Text, func
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common.cloudevents import EventMeta, MalformedEvent, parse_headers
-from pixsim_common.errors import InvalidArgument, Unavailable
+from pixsim_common.errors import InvalidArgument
 from pixsim_common.metrics import CONSUMER_LAG, MESSAGES_CONSUMED
 from pixsim_common.topics import Topic
 from pixsim_common.tracing import extract_context
+from pixsim_common.transient import is_transient
 from pixsim_common.validation import validate
 
 log = structlog.get_logger("pixsim.consumer")
@@ -65,41 +64,6 @@ class PoisonMessage(Exception):
     def __init__(self, message: str, reason: str = "REJECTED_BY_HANDLER") -> None:
         super().__init__(message)
         self.reason = reason
-
-
-# SQLSTATE classes and codes that mean "the database is away or busy", not "this is wrong":
-# connection exceptions, transaction rollbacks (serialization, deadlock), insufficient
-# resources, operator intervention (shutdown, starting up), system errors, lock not
-# available, and a database refusing connections (ALLOW_CONNECTIONS false).
-TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-TRANSIENT_SQLSTATES = ("55P03", "55000")
-
-
-def _sqlstate(error: BaseException) -> str | None:
-    for candidate in (error, getattr(error, "orig", None), error.__cause__):
-        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(code, str):
-            return code
-    return None
-
-
-def is_transient(error: BaseException) -> bool:
-    """Failures that go away by themselves; retried forever with backoff."""
-    if isinstance(error, Unavailable | OSError | TimeoutError | ConnectionError):
-        return True
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    sqlstate = _sqlstate(error)
-    if sqlstate is not None:
-        return sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES) or sqlstate in TRANSIENT_SQLSTATES
-    # Without a SQLSTATE, a driver-level failure (the connection is gone) is transient.
-    return isinstance(
-        error,
-        OperationalError
-        | InterfaceError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError,
-    )
 
 
 def decode(topic: Topic, record: ConsumerRecord[bytes, bytes]) -> tuple[EventMeta, Message]:

@@ -22,8 +22,9 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from pixsim_common.auth import Identity, TokenVerifier, reset_identity, set_identity
-from pixsim_common.errors import DomainError, internal_status
+from pixsim_common.errors import DomainError, Unavailable, internal_status
 from pixsim_common.metrics import RPC_LATENCY, RPC_REQUESTS
+from pixsim_common.transient import is_transient
 from pixsim_common.validation import validate
 
 log = structlog.get_logger("pixsim.grpc")
@@ -97,11 +98,19 @@ class _CallGuard:
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-            log.exception("rpc failed with a bug", method=self.method)
-            await abort(context, internal_status(trace_id))
+        except Exception as error:
+            if is_transient(error):  # e.g. the database restarting: the caller may retry
+                code = grpc.StatusCode.UNAVAILABLE
+                log.warning("rpc met a transient failure", method=self.method, error=repr(error))
+                unavailable = Unavailable(
+                    "a dependency is briefly unavailable; retry", reason="DEPENDENCY_UNAVAILABLE"
+                )
+                await abort(context, unavailable.to_status())
+            else:
+                code = grpc.StatusCode.INTERNAL
+                trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+                log.exception("rpc failed with a bug", method=self.method)
+                await abort(context, internal_status(trace_id))
         except BaseException:  # cancelled by the client or by shutdown
             code = grpc.StatusCode.CANCELLED
             raise

@@ -137,12 +137,16 @@ class EventConsumer:
             "fetch_max_bytes": 16 * MAX_MESSAGE_BYTES,
         }
         options.update(self._consumer_options)
-        self._consumer = AIOKafkaConsumer(*self._routes, **options)
+        self._consumer = AIOKafkaConsumer(**options)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, enable_idempotence=True, acks="all"
         )
         await self._producer.start()
         await self._consumer.start()
+        # Subscribing after start: given topics up front, start() waits for the group to
+        # assign partitions, which after a crash is the dead member's whole session timeout,
+        # and the service would not serve RPCs meanwhile. The group joins on the first poll.
+        self._consumer.subscribe(list(self._routes))
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-consumer")
 
     async def stop(self) -> None:

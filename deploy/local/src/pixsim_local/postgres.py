@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,16 @@ class ServiceDatabase:
 class PostgresCluster:
     """A cluster this process started (or an existing one given by a superuser URL)."""
 
-    def __init__(self, admin_url: str, process: ManagedProcess | None = None) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        process: ManagedProcess | None = None,
+        restart_with: tuple[Path, int, bool] | None = None,
+    ) -> None:
         self.admin_url = admin_url
         self.process = process
+        # (data_dir, port, durable) of a cluster this process started, to start it again.
+        self._restart_with = restart_with
         parts = urlsplit(admin_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 5432
@@ -129,7 +137,9 @@ class PostgresCluster:
         hand_over(log_path, user)
         process = ManagedProcess("postgres", argv, log_path, user=user)
         cluster = cls(
-            f"postgresql://{SUPERUSER}:{quote(password)}@127.0.0.1:{port}/postgres", process
+            f"postgresql://{SUPERUSER}:{quote(password)}@127.0.0.1:{port}/postgres",
+            process,
+            (data_dir, port, durable),
         )
         await cluster.wait_ready(timeout)
         return cluster
@@ -181,9 +191,18 @@ class PostgresCluster:
     def stop(self) -> None:
         """Fast shutdown (SIGINT) of a cluster we started; an existing one is left alone."""
         if self.process is not None:
-            import signal
-
             self.process.stop(sig=signal.SIGINT)
+
+    async def crash_and_restart(self) -> None:
+        """Immediate shutdown (SIGQUIT: no checkpoint, every connection cut, WAL replayed at
+        the next start, as after a crash), then start again on the same data and port."""
+        if self.process is None or self._restart_with is None:
+            raise RuntimeError("only a cluster this process started can be restarted")
+        await asyncio.to_thread(self.process.stop, sig=signal.SIGQUIT)
+        again = await PostgresCluster.start(
+            self._restart_with[0], self._restart_with[1], durable=self._restart_with[2]
+        )
+        self.process = again.process
 
 
 def _quote_ident(name: str) -> str:

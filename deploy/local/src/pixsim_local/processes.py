@@ -118,3 +118,4 @@ class ManagedProcess:
         if self.alive():
             self.process.kill()
             self.process.wait()
+        self._log.close()

@@ -215,10 +215,12 @@ class LocalServices:
             )
         )
 
-    async def restart(self, name: str) -> None:
-        """Stop a service as Kubernetes would (SIGTERM, then it drains) and start it again."""
+    async def restart(self, name: str, *, crash: bool = False) -> None:
+        """Stop a service as Kubernetes would (SIGTERM, then it drains), or as a crash would
+        (SIGKILL), and start it again."""
         spec = next(s for s in SERVICES if s.name == name)
-        await asyncio.to_thread(self.processes[name].stop)
+        stopped = self.processes[name]
+        await asyncio.to_thread(stopped.kill if crash else stopped.stop)
         self.processes[name] = ManagedProcess(
             name, service_command(spec, "serve"), self.logs / f"{name}.log", env=self.envs[name]
         )

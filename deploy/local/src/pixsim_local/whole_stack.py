@@ -9,7 +9,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +137,11 @@ class WholeStack:
 
 
 @asynccontextmanager
-async def whole_stack(postgres_infra: Infra, kafka: KafkaBroker) -> AsyncIterator[WholeStack]:
-    """Start everything (about 15 s), yield the clients, stop everything."""
+async def whole_stack(
+    postgres_infra: Infra, kafka: KafkaBroker, settings: Mapping[str, str] | None = None
+) -> AsyncIterator[WholeStack]:
+    """Start everything (about 15 s), yield the clients, stop everything. `settings` (names
+    without a service prefix) are given to every service, over the defaults below."""
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-e2e-"))
     services = LocalServices(
         Infra(postgres_infra.postgres, kafka),
@@ -157,6 +160,7 @@ async def whole_stack(postgres_infra: Infra, kafka: KafkaBroker) -> AsyncIterato
             "LOG_LEVEL": "INFO",
             # Spans go to the logs too, so the secrets scan reads traces as well.
             "OTEL_EXPORTER": "console",
+            **(settings or {}),
         },
     )
     files = MediaFiles()

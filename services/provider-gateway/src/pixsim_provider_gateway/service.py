@@ -61,6 +61,8 @@ from pixsim_provider_gateway.providers.registry import ProviderRegistry, Unknown
 
 log = structlog.get_logger("pixsim.gateway")
 SOURCE = "/provider-gateway"
+# The error message of an attempt ended by recovery: its outcome at the provider is unknown.
+REPLICA_STOPPED = "the replica submitting this attempt stopped"
 
 
 @dataclass(frozen=True)
@@ -486,9 +488,7 @@ class ProviderService:
             rows = await repo.expired_submitting(uow.session, limit)
             for row in rows:
                 await repo.release_account(uow.session, row.account_id, row.reserved_credits)
-                error = ProviderError(
-                    ErrorKind.TRANSIENT, "the replica submitting this attempt stopped"
-                )
+                error = ProviderError(ErrorKind.TRANSIENT, REPLICA_STOPPED)
                 verdict = judge(
                     error.kind,
                     retry_attempt=row.retry_attempt,

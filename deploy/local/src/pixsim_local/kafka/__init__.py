@@ -118,9 +118,16 @@ def server_properties(run_dir: Path, port: int, controller_port: int) -> str:
 class KafkaBroker:
     """A broker this process started (or an existing one given by its bootstrap address)."""
 
-    def __init__(self, bootstrap: str, process: ManagedProcess | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        process: ManagedProcess | None = None,
+        restart_with: tuple[Path, int, int] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.process = process
+        # (run_dir, port, controller_port) of a broker this process started.
+        self._restart_with = restart_with
 
     @classmethod
     async def start(
@@ -179,7 +186,7 @@ class KafkaBroker:
             ],
             log_path,
         )
-        broker = cls(f"127.0.0.1:{port}", process)
+        broker = cls(f"127.0.0.1:{port}", process, (run_dir, port, controller_port))
         try:
             await broker._wait_ready(cluster_id, log_offset, timeout)
         except BaseException:
@@ -257,6 +264,15 @@ class KafkaBroker:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=30)
+
+    async def crash_and_restart(self) -> None:
+        """SIGKILL the broker (unflushed segments are recovered at the next start, as after a
+        crash), then start it again on the same data and ports."""
+        if self.process is None or self._restart_with is None:
+            raise RuntimeError("only a broker this process started can be restarted")
+        await asyncio.to_thread(self.process.kill)
+        again = await KafkaBroker.start(*self._restart_with)
+        self.process = again.process
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:

@@ -1,0 +1,472 @@
+"""A chaos run over the whole stack: jobs with scripted provider faults flow through it while
+a driver SIGKILLs a random service every few seconds (and starts it again), and crashes the
+Kafka broker and the PostgreSQL cluster once each. When everything has drained, what must
+hold is counted from the services' own databases, the simulator's record and the broker.
+
+`make chaos` runs 1,000 jobs; the test suite runs a short version (tests/test_chaos.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_common.topics import ALL_TOPICS, DEFAULT_PARTITIONS, all_topic_names
+from pixsim_local.infra import Infra
+from pixsim_local.kafka import KafkaBroker, partitions_of
+from pixsim_local.postgres import PostgresCluster
+from pixsim_local.processes import free_port
+from pixsim_local.stack import SERVICES
+from pixsim_local.whole_stack import WholeStack, whole_stack
+from pixsim_provider_gateway.service import REPLICA_STOPPED
+
+PROVIDERS = ("pixverse", "runway", "pika")
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+# What a client retries with the same request_id: the service was down or went down.
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+USER = "chaos"
+
+
+@dataclass(frozen=True)
+class Script:
+    """A fault a job meets at the provider, and what follows when nothing else goes wrong."""
+
+    label: str
+    knob: str  # the simulator's prompt knob
+    weight: int
+    sends: int  # submit requests the provider receives
+    attempts: int  # the gateway's submissions (a 429 sends the same attempt again)
+    state: str
+    error_code: str = ""
+
+
+SCRIPTS = (
+    Script("no fault", "", 40, 1, 1, "COMPLETED"),
+    Script("429 once", "[sim:rate_limit=1]", 12, 2, 1, "COMPLETED"),
+    Script("5xx once", "[sim:server_error=1]", 12, 2, 2, "COMPLETED"),
+    Script("task failed once", "[sim:fail=1]", 12, 2, 2, "COMPLETED"),
+    Script("slow (2 s)", "[sim:finish_ms=2000]", 12, 1, 1, "COMPLETED"),
+    Script("moderated", "[sim:moderation]", 12, 1, 1, "FAILED", "CONTENT_REJECTED"),
+)
+
+# Every service the stack gives, for the per-service checks (outbox) and the kills.
+SERVICE_NAMES = tuple(spec.name for spec in SERVICES)
+# Settings for the run: a provider call that hangs gives up soon, so an attempt whose
+# replica died is recovered (after twice this plus 5 s) within the run.
+CHAOS_SETTINGS = {"PROVIDER_TIMEOUT": "3"}
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    provider: str
+    script: Script
+    prompt: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    jobs: int
+    rate: float = 10.0  # jobs submitted per second
+    every: float = 3.0  # seconds between chaos actions
+    seed: int = 7
+    drain_timeout: float = 240.0
+
+    def planned_jobs(self, rng: random.Random, run_id: str) -> list[PlannedJob]:
+        weights = [script.weight for script in SCRIPTS]
+        jobs = []
+        for index in range(self.jobs):
+            script = rng.choices(SCRIPTS, weights)[0]
+            jobs.append(
+                PlannedJob(
+                    provider=PROVIDERS[index % len(PROVIDERS)],
+                    script=script,
+                    prompt=f"chaos {run_id} job {index} {script.knob}".strip(),
+                    request_id=f"chaos-{run_id}-{index}",
+                )
+            )
+        return jobs
+
+    def actions(self, rng: random.Random) -> list[tuple[float, str]]:
+        """(seconds from the start, what): a service kill every `every` seconds while jobs
+        are submitted (each service in turn, in a shuffled order), with the broker crash a
+        third of the way and the database crash two thirds."""
+        count = max(len(SERVICE_NAMES) + 2, int(self.jobs / self.rate / self.every))
+        order = list(SERVICE_NAMES)
+        kills: list[str] = []
+        while len(kills) < count:
+            rng.shuffle(order)
+            kills += order
+        kills[count // 3] = "kafka"
+        kills[2 * count // 3] = "postgres"
+        return [(self.every * (k + 1), what) for k, what in enumerate(kills[:count])]
+
+
+@dataclass
+class Check:
+    what: str
+    expected: str
+    actual: str
+    holds: bool
+
+
+@dataclass
+class ChaosReport:
+    plan: ChaosPlan
+    actions: list[tuple[float, str, float]] = field(default_factory=list)  # at, what, seconds
+    client_retries: Counter[str] = field(default_factory=Counter)  # status code -> count
+    by_script: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # one line per job that broke a rule
+
+    def check(self, what: str, expected: object, actual: object, holds: bool) -> None:
+        self.checks.append(Check(what, str(expected), str(actual), holds))
+
+    @property
+    def holds(self) -> bool:
+        return all(check.holds for check in self.checks)
+
+    def table(self) -> str:
+        lines = [
+            f"chaos run: {self.plan.jobs} jobs at {self.plan.rate:g}/s, a fault every "
+            f"{self.plan.every:g}s, seed {self.plan.seed}, {self.seconds:.0f}s in all",
+            "",
+            "chaos: "
+            + ", ".join(f"{what} x{n}" for what, n in Counter(a[1] for a in self.actions).items()),
+            "back within: "
+            + ", ".join(
+                f"{what} {max(s for _, w, s in self.actions if w == what):.1f}s"
+                for what in dict.fromkeys(a[1] for a in self.actions)
+            ),
+            "client retries (same request_id): "
+            + (", ".join(f"{code} x{n}" for code, n in self.client_retries.items()) or "none"),
+            "",
+            f"{'script':<18} {'jobs':>5} {'completed':>9} {'failed':>6} "
+            f"{'calls':>6} {'scripted':>8}",
+        ]
+        lines += [
+            f"{label:<18} {jobs:>5} {completed:>9} {failed:>6} {sends:>6} {scripted:>8}"
+            for label, jobs, completed, failed, sends, scripted in self.by_script
+        ]
+        width = max(len(check.what) for check in self.checks)
+        lines += ["", f"{'invariant':<{width}}  {'expected':>14}  {'actual':>14}  holds"]
+        lines += [
+            f"{c.what:<{width}}  {c.expected:>14}  {c.actual:>14}  {'yes' if c.holds else 'NO'}"
+            for c in self.checks
+        ]
+        lines += [f"  ! {problem}" for problem in self.problems[:20]]
+        return "\n".join(lines)
+
+
+@contextlib.asynccontextmanager
+async def chaos_stack() -> AsyncIterator[tuple[WholeStack, PostgresCluster, KafkaBroker]]:
+    """The whole stack over a PostgreSQL cluster and a broker of its own, which the run may
+    crash without disturbing anything else."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-chaos-"))
+    run_dir.chmod(0o755)
+    postgres = await PostgresCluster.start(run_dir / "postgres", free_port())
+    try:
+        kafka = await KafkaBroker.start(run_dir / "kafka", free_port(), free_port())
+        try:
+            await kafka.ensure_topics(all_topic_names(), DEFAULT_PARTITIONS)
+            async with whole_stack(Infra(postgres, kafka), kafka, CHAOS_SETTINGS) as stack:
+                for provider in PROVIDERS:
+                    # A 429 cools the account down this long (the simulator's Retry-After).
+                    await stack.sim_key(provider, retry_after_s=0.3)
+                yield stack, postgres, kafka
+        finally:
+            kafka.stop()
+    finally:
+        postgres.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class ChaosRun:
+    def __init__(
+        self, stack: WholeStack, postgres: PostgresCluster, kafka: KafkaBroker, plan: ChaosPlan
+    ) -> None:
+        self.stack, self.postgres, self.kafka, self.plan = stack, postgres, kafka, plan
+        self.rng = random.Random(plan.seed)  # noqa: S311 (a reproducible schedule)
+        self.jobs = plan.planned_jobs(self.rng, uuid.uuid4().hex[:6])
+        self.report = ChaosReport(plan)
+        self.caller = stack.auth(USER)
+
+    async def run(self) -> ChaosReport:
+        started = time.monotonic()
+        submitting = asyncio.create_task(self._submit_all(started))
+        await self._make_chaos(started)
+        await submitting
+        await self._drain()
+        await self._count()
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    # ---- load and chaos ----------------------------------------------------------------
+
+    async def _submit_all(self, started: float) -> None:
+        limit = asyncio.Semaphore(32)
+
+        async def submit(job: PlannedJob) -> None:
+            async with limit:
+                await self._create(job)
+
+        tasks = []
+        for index, job in enumerate(self.jobs):
+            await _sleep_until(started + index / self.plan.rate)
+            tasks.append(asyncio.create_task(submit(job)))
+        await asyncio.gather(*tasks)
+
+    async def _create(self, job: PlannedJob) -> None:
+        """CreateJob until it answers, with the same request_id each time."""
+        request = pb.CreateJobRequest(
+            job=pb.Job(
+                provider_id=job.provider,
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt=job.prompt,
+            ),
+            request_id=job.request_id,
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                await self.stack.jobs.CreateJob(request, metadata=self.caller, timeout=10)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or time.monotonic() > deadline:
+                    raise
+                self.report.client_retries[error.code().name] += 1
+                await asyncio.sleep(0.2 + self.rng.random() * 0.3)
+
+    async def _make_chaos(self, started: float) -> None:
+        for at, what in self.plan.actions(self.rng):
+            await _sleep_until(started + at)
+            began = time.monotonic()
+            if what == "kafka":
+                await self.kafka.crash_and_restart()
+            elif what == "postgres":
+                await self.postgres.crash_and_restart()
+            else:
+                await self.stack.services.restart(what, crash=True)
+            self.report.actions.append((began - started, what, time.monotonic() - began))
+
+    async def _drain(self) -> None:
+        """Until every job is terminal and every outbox sent; a service dying by itself
+        meanwhile ends the run."""
+
+        async def all_terminal() -> bool:
+            done = await self._fetchval(
+                "job",
+                "SELECT count(*) FROM jobs WHERE user_id = $1 AND state = ANY($2)",
+                USER,
+                list(TERMINAL),
+            )
+            return bool(done == len(self.jobs))
+
+        async def outboxes_sent() -> bool:
+            unsent = [
+                await self._fetchval(name, "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                for name in SERVICE_NAMES
+            ]
+            return not any(unsent)
+
+        deadline = time.monotonic() + self.plan.drain_timeout
+        for condition in (all_terminal, outboxes_sent):
+            while not await condition():
+                self.stack.services.check_alive()
+                if time.monotonic() > deadline:
+                    return  # the counts below say what is missing
+                await asyncio.sleep(0.5)
+
+    # ---- what must hold ----------------------------------------------------------------
+
+    async def _count(self) -> None:
+        report, planned = self.report, {job.request_id: job for job in self.jobs}
+        jobs = await self._fetch(
+            "job",
+            "SELECT request_id, id::text AS id, state, error_code, asset_id FROM jobs"
+            " WHERE user_id = $1",
+            USER,
+        )
+        by_request = {row["request_id"]: row for row in jobs}
+        report.check(
+            "jobs, one per request",
+            len(self.jobs),
+            len(jobs),
+            len(jobs) == len(by_request) == len(self.jobs),
+        )
+        terminal = [row for row in jobs if row["state"] in TERMINAL]
+        report.check(
+            "jobs terminal", len(self.jobs), len(terminal), len(terminal) == len(self.jobs)
+        )
+        wrong_state = [
+            f"{row['request_id']} ({planned[row['request_id']].script.label}): "
+            f"{row['state']} {row['error_code']}"
+            for row in jobs
+            if (row["state"], row["error_code"])
+            != (
+                planned[row["request_id"]].script.state,
+                planned[row["request_id"]].script.error_code,
+            )
+        ]
+        report.problems += wrong_state
+        report.check(
+            "jobs in their scripted state",
+            len(self.jobs),
+            len(jobs) - len(wrong_state),
+            not wrong_state,
+        )
+
+        completed = {row["id"]: row for row in jobs if row["state"] == "COMPLETED"}
+        assets = await self._fetch(
+            "asset",
+            "SELECT id::text AS id, source_job_id::text AS job_id FROM assets"
+            " WHERE deleted_at IS NULL",
+        )
+        per_job = Counter(row["job_id"] for row in assets)
+        report.check(
+            "assets = completed jobs", len(completed), len(assets), len(assets) == len(completed)
+        )
+        duplicated = sum(1 for count in per_job.values() if count > 1)
+        report.check("jobs with more than one asset", 0, duplicated, duplicated == 0)
+        asset_names = {f"assets/{row['id']}" for row in assets} | {row["id"] for row in assets}
+        unmatched = [
+            job_id for job_id, row in completed.items() if row["asset_id"] not in asset_names
+        ]
+        report.check(
+            "completed jobs whose asset exists",
+            len(completed),
+            len(completed) - len(unmatched),
+            not unmatched,
+        )
+
+        attempts = {
+            row["job_id"]: (row["attempts"], row["interrupted"])
+            for row in await self._fetch(
+                "provider-gateway",
+                "SELECT job_id::text AS job_id, count(*) AS attempts,"
+                " count(*) FILTER (WHERE error_message = $1) AS interrupted"
+                " FROM provider_submissions GROUP BY job_id",
+                REPLICA_STOPPED,
+            )
+        }
+        async with httpx.AsyncClient() as client:
+            sends = (await client.get(f"{self.stack.services.simulator_url}/_sim/submits")).json()
+            stats = (await client.get(f"{self.stack.services.simulator_url}/_sim/stats")).json()
+        # (jobs, of which as scripted) without and with an attempt cut short by a crash
+        plain, cut = [0, 0], [0, 0]
+        for row in jobs:
+            job = planned[row["request_id"]]
+            calls, (tries, interrupted) = sends.get(job.prompt, 0), attempts.get(row["id"], (0, 0))
+            scripted = (job.script.sends, job.script.attempts)
+            if interrupted == 0:
+                tally, ok = plain, (calls, tries) == scripted
+            else:
+                # An attempt whose replica died may or may not have reached the provider.
+                tally, ok = (
+                    cut,
+                    (
+                        scripted[0] <= calls <= scripted[0] + interrupted
+                        and scripted[1] <= tries <= scripted[1] + interrupted
+                    ),
+                )
+            tally[0] += 1
+            tally[1] += ok
+            if not ok:
+                report.problems.append(
+                    f"{job.request_id} ({job.script.label}): {calls} provider calls and "
+                    f"{tries} attempts, {interrupted} cut short; scripted {scripted}"
+                )
+        report.check("calls = 1 + scripted retries", plain[0], plain[1], plain[0] == plain[1])
+        report.check("  jobs with an attempt cut: +0..1 each", cut[0], cut[1], cut[0] == cut[1])
+
+        limits = {
+            row["provider_id"]: row["max_concurrency"]
+            for row in await self._fetch(
+                "provider-gateway", "SELECT provider_id, max_concurrency FROM provider_accounts"
+            )
+        }
+        for provider in PROVIDERS:
+            peak = stats["keys"].get(f"local-{provider}-key", {}).get("in_flight_max", 0)
+            report.check(
+                f"{provider} peak concurrency <= limit",
+                f"<= {limits[provider]}",
+                peak,
+                peak <= limits[provider],
+            )
+
+        for name in SERVICE_NAMES:
+            unsent = await self._fetchval(name, "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            report.check(f"{name} outbox rows unsent", 0, unsent, unsent == 0)
+        dead_letters = await _message_counts(self.kafka.bootstrap, [t.dlq for t in ALL_TOPICS])
+        total = sum(dead_letters.values())
+        report.check("messages in .dlq topics (none poison)", 0, total, total == 0)
+
+        for script in SCRIPTS:
+            mine = [row for row in jobs if planned[row["request_id"]].script is script]
+            report.by_script.append(
+                (
+                    script.label,
+                    len(mine),
+                    sum(1 for row in mine if row["state"] == "COMPLETED"),
+                    sum(1 for row in mine if row["state"] == "FAILED"),
+                    sum(sends.get(planned[row["request_id"]].prompt, 0) for row in mine),
+                    script.sends * len(mine),
+                )
+            )
+
+    # ---- reading the services' databases -----------------------------------------------
+
+    async def _with(self, service: str, use: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+        connection = await asyncpg.connect(self.stack.services.databases[service].url)
+        try:
+            return await use(connection)
+        finally:
+            await connection.close()
+
+    async def _fetch(self, service: str, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._with(service, lambda c: c.fetch(query, *args))  # type: ignore[no-any-return]
+
+    async def _fetchval(self, service: str, query: str, *args: Any) -> Any:
+        return await self._with(service, lambda c: c.fetchval(query, *args))
+
+
+async def _sleep_until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+
+async def _message_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """How many messages each topic holds (end minus beginning offsets, all partitions)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await partitions_of(consumer, topics)
+        ends = await consumer.end_offsets(partitions)
+        beginnings = await consumer.beginning_offsets(partitions)
+        counts = Counter[str]()
+        for partition in partitions:
+            counts[partition.topic] += ends[partition] - beginnings[partition]
+        return dict(counts)
+    finally:
+        await consumer.stop()

@@ -6,7 +6,7 @@ RUN := uv run --frozen
 TYPED := $(wildcard libs/common/src deploy/local/src services/*/src tools/cli/src \
 	libs/common/tests deploy/local/tests services/*/tests tools/cli/tests tests bench)
 
-.PHONY: setup run test lint protos check-protos test-unit test-integration test-e2e bench clean
+.PHONY: setup run test lint protos check-protos test-unit test-integration test-e2e chaos bench clean
 
 ## Install what is missing (uv, PostgreSQL 15, JDK, Maven, buf, grpcurl, packages, Kafka jars).
 setup:
@@ -52,6 +52,10 @@ check-protos: protos
 	@git diff --exit-code --stat -- libs/common/gen \
 		&& test -z "$$(git status --porcelain -- libs/common/gen)" \
 		|| { echo "libs/common/gen is stale: run 'make protos' and commit"; exit 1; }
+
+## 1,000 jobs through the whole stack while services, the broker and the database crash.
+chaos: setup
+	PIXSIM_CHAOS_JOBS=1000 $(RUN) pytest tests/test_chaos.py -p no:logging
 
 bench: setup
 	$(RUN) python -m bench

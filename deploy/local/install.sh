@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 BUF_VERSION=v1.72.0
 GRPCURL_VERSION=v1.9.3
 KUSTOMIZE_VERSION=v5.8.0
+GHZ_VERSION=v0.120.0
 BIN="$PWD/.cache/bin"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -19,6 +20,7 @@ missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v npm >/dev/null || missing+=(nodejs npm)
+command -v redis-server >/dev/null || missing+=(redis-server)  # the ARQ baseline of make bench
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing from Debian: ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -47,6 +49,7 @@ mkdir -p "$BIN"
 install_go_tool buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
 install_go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+install_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"  # make bench
 
 validators=deploy/k8s/validate
 if [ ! -d "$validators/node_modules" ] || [ "$validators/package-lock.json" -nt "$validators/node_modules" ]; then

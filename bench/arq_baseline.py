@@ -1,0 +1,92 @@
+"""The stack the original design planned, as a baseline: one ARQ worker over Redis doing each
+job's work in one function (submit to the simulator, poll, download, sha256, one row in
+PostgreSQL). It speaks to the simulator through the gateway's own PixVerse adapter, so both
+sides send the same requests; what differs is the architecture around them.
+
+Run as `arq bench.arq_baseline.WorkerSettings` with BENCH_REDIS_PORT, BENCH_DATABASE_URL and
+BENCH_SIMULATOR_URL set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any, ClassVar
+
+import asyncpg
+import httpx
+from arq.connections import RedisSettings
+
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_provider_gateway.providers.base import Credentials, GenerationRequest, TaskState
+from pixsim_provider_gateway.providers.pixverse import PixverseProvider
+
+TABLE = """CREATE TABLE IF NOT EXISTS arq_assets (
+    job_id text PRIMARY KEY,
+    sha256 text NOT NULL,
+    size_bytes bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)"""
+# The same schedule as the gateway's in the benchmark: first look after 0.1 s, then x1.5
+# up to 0.3 s.
+POLL_FIRST, POLL_CAP = 0.1, 0.3
+MAX_JOBS = 64
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    ctx["provider"] = PixverseProvider(os.environ["BENCH_SIMULATOR_URL"], timeout=30)
+    ctx["http"] = httpx.AsyncClient(timeout=30)
+    ctx["db"] = await asyncpg.create_pool(os.environ["BENCH_DATABASE_URL"], max_size=10)
+    async with ctx["db"].acquire() as connection:
+        await connection.execute(TABLE)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["http"].aclose()
+    await ctx["db"].close()
+
+
+async def generate(ctx: dict[str, Any], job_id: str, api_key: str, prompt: str) -> int:
+    """One job, start to end; the size of what it stored."""
+    provider: PixverseProvider = ctx["provider"]
+    credentials = Credentials(api_key)
+    payload = provider.map_parameters(
+        t.OPERATION_TYPE_TEXT_TO_VIDEO, GenerationRequest(t.OPERATION_TYPE_TEXT_TO_VIDEO, prompt)
+    )
+    accepted = await provider.execute(t.OPERATION_TYPE_TEXT_TO_VIDEO, credentials, payload)
+    delay, polls = POLL_FIRST, 0
+    while True:
+        await asyncio.sleep(delay)
+        polls += 1
+        status = await provider.check_status(credentials, accepted.provider_job_id)
+        if status.state is TaskState.SUCCEEDED:
+            break
+        if status.state not in (TaskState.PENDING, TaskState.RUNNING):
+            raise RuntimeError(f"task ended {status.state}")
+        delay = min(delay * 1.5, POLL_CAP)
+    digest, size = hashlib.sha256(), 0
+    async with ctx["http"].stream("GET", status.outputs[0].uri) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_bytes():
+            digest.update(chunk)
+            size += len(chunk)
+    async with ctx["db"].acquire() as connection:
+        await connection.execute(
+            "INSERT INTO arq_assets (job_id, sha256, size_bytes) VALUES ($1, $2, $3)",
+            job_id,
+            digest.hexdigest(),
+            size,
+        )
+    return size
+
+
+class WorkerSettings:
+    functions: ClassVar = [generate]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings(port=int(os.environ.get("BENCH_REDIS_PORT", "6379")))
+    max_jobs = MAX_JOBS
+    # The queue is looked at this often when idle (ARQ's default is 0.5 s).
+    poll_delay = 0.005
+    keep_result = 3600

@@ -1,0 +1,123 @@
+"""What the benchmarks share: the stack over throwaway infrastructure, provider accounts
+shaped for a benchmark, percentiles, results files, and peak memory of the services."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
+from pixsim_local.infra import Infra
+from pixsim_local.processes import free_port
+from pixsim_local.whole_stack import WholeStack, whole_stack
+
+ROOT = Path(__file__).parent.parent
+RESULTS = ROOT / "bench" / "results"
+GHZ, BUF = ROOT / ".cache" / "bin" / "ghz", ROOT / ".cache" / "bin" / "buf"
+
+
+RESULTS.mkdir(exist_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def bench_stack(settings: Mapping[str, str] | None = None) -> AsyncIterator[WholeStack]:
+    """The whole stack over a PostgreSQL cluster (fsync off, as in the tests) and a broker
+    of its own, gone afterwards."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-bench-"))
+    run_dir.chmod(0o755)  # noqa: ASYNC240 - PostgreSQL runs as its own user
+    infra = await Infra.start(
+        run_dir,
+        postgres_port=free_port(),
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+    )
+    try:
+        # INFO logs as in production (one access line per RPC); spans are not exported.
+        async with whole_stack(
+            infra, infra.kafka, {"OTEL_EXPORTER": "none", **(settings or {})}
+        ) as stack:
+            yield stack
+    finally:
+        infra.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def use_accounts(
+    stack: WholeStack, accounts: Sequence[tuple[str, int]], finish_ms: int
+) -> None:
+    """Replace the seeded accounts by `accounts` ((provider, max_concurrency) each, with a
+    simulator key of its own whose tasks take `finish_ms`)."""
+    admin = stack.auth("bench-admin", admin=True)
+    listed = await stack.gateway.ListAccounts(gw_pb.ListAccountsRequest(), metadata=admin)
+    for account in listed.accounts:
+        await stack.gateway.DisableAccount(
+            gw_pb.DisableAccountRequest(name=account.name), metadata=admin
+        )
+    async with httpx.AsyncClient() as client:
+        for index, (provider, concurrency) in enumerate(accounts):
+            key = f"bench-{provider}-{index}"
+            answer = await client.put(
+                f"{stack.services.simulator_url}/_sim/keys/{key}", json={"finish_ms": finish_ms}
+            )
+            answer.raise_for_status()
+            await stack.gateway.CreateAccount(
+                gw_pb.CreateAccountRequest(
+                    account=gw_pb.Account(
+                        provider_id=provider,
+                        label=key,
+                        credentials={"api_key": key},
+                        credits=1_000_000_000,
+                        max_concurrency=concurrency,
+                    )
+                ),
+                metadata=admin,
+            )
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (its exited children not included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of_tree(root: int) -> float:
+    """CPU of a process and its live children (PostgreSQL's backends under the postmaster)."""
+    total = cpu_seconds(root)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                status = (entry / "status").read_text()
+                if f"\nPPid:\t{root}\n" in status:
+                    total += cpu_seconds(int(entry.name))
+    return total
+
+
+def write_result(name: str, figures: dict[str, Any]) -> Path:
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    return path
+
+
+def verdict(holds: bool) -> str:
+    return "meets target" if holds else "MISSES target"

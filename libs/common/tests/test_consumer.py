@@ -262,3 +262,50 @@ async def test_the_handler_runs_in_the_producers_trace(
 
     await wait_for_effect(messaging_db, event.job_id)
     assert TRACE_IDS[event.job_id] == trace_id
+
+
+async def test_a_rebalance_during_a_batch_leaves_both_members_consuming(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    """A second replica joins while the first is in the middle of a batch, so the first
+    finishes it after some of its partitions went to the newcomer. Both must go on
+    consuming: found by the saturation benchmark, where the first replica's loop died on
+    the lag metric of a partition no longer its own, and its partitions stalled."""
+    topic = await new_topic(events_pb2.JobCancelled, partitions=6)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    in_batch = asyncio.Event()
+
+    async def slow_then_record(session: AsyncSession, event: Any, meta: EventMeta) -> None:
+        if event.user_id == "slow":
+            in_batch.set()
+            await asyncio.sleep(4)  # the newcomer joins meanwhile
+        await record_effect(session, event, meta)
+
+    def member(name: str) -> EventConsumer:
+        return EventConsumer(
+            name=name,
+            group_id=group,
+            kafka_bootstrap=infra.kafka.bootstrap,
+            sessions=messaging_db.sessions,
+            subscriptions=[Subscription(topic, slow_then_record)],
+        )
+
+    first, second = member("first"), member("second")
+    await first.start()
+    try:
+        slow = [
+            events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id="slow") for _ in range(12)
+        ]
+        await produce_raw(infra.kafka.bootstrap, topic.name, [message(topic, e) for e in slow])
+        await asyncio.wait_for(in_batch.wait(), 30)
+        await second.start()
+        for event in slow:
+            await wait_for_effect(messaging_db, event.job_id)
+        # Every partition is consumed by someone after the rebalance.
+        after = [cancelled_event(str(uuid.uuid4())) for _ in range(24)]
+        await produce_raw(infra.kafka.bootstrap, topic.name, [message(topic, e) for e in after])
+        for event in after:
+            await wait_for_effect(messaging_db, event.job_id)
+    finally:
+        await second.stop()
+        await first.stop()

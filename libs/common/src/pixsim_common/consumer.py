@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, Table, Text, func
@@ -164,24 +165,39 @@ class EventConsumer:
         consumer = self._consumer
         assert consumer is not None
         while True:
-            batch = await consumer.getmany(timeout_ms=500, max_records=500)
-            if not batch:
-                continue
-            done: dict[TopicPartition, int] = {}
             try:
-                await asyncio.gather(
-                    *(self._process_partition(tp, records, done) for tp, records in batch.items())
+                await self._consume_batch(consumer)
+            except Exception:
+                # The loop must outlive whatever one batch meets: a dead loop leaves this
+                # member in its group, holding partitions that nobody consumes.
+                log.exception("consumer batch failed; going on", consumer=self.name)
+                await asyncio.sleep(1)
+
+    async def _consume_batch(self, consumer: AIOKafkaConsumer) -> None:
+        batch = await consumer.getmany(timeout_ms=500, max_records=500)
+        if not batch:
+            return
+        done: dict[TopicPartition, int] = {}
+        try:
+            await asyncio.gather(
+                *(self._process_partition(tp, records, done) for tp, records in batch.items())
+            )
+        finally:
+            # A rebalance during the batch may have given some partitions to another
+            # member: theirs to commit now (they redeliver; the inbox drops the repeats).
+            assigned = consumer.assignment()
+            mine = {tp: offset for tp, offset in done.items() if tp in assigned}
+            if mine:
+                try:
+                    await asyncio.shield(consumer.commit(mine))
+                except KafkaError as error:
+                    log.info("offsets not committed", consumer=self.name, error=repr(error))
+        for tp, offset in mine.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                CONSUMER_LAG.labels(self._group_id, tp.topic, tp.partition).set(
+                    max(highwater - offset, 0)
                 )
-            finally:
-                if done:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(consumer.commit(done))
-            for tp in batch:
-                highwater = consumer.highwater(tp)
-                if highwater is not None and tp in done:
-                    CONSUMER_LAG.labels(self._group_id, tp.topic, tp.partition).set(
-                        max(highwater - done[tp], 0)
-                    )
 
     async def _process_partition(
         self,

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -85,7 +86,8 @@ async def new_database_module(infra: Infra) -> AsyncIterator[DatabaseFactory]:
         yield make
 
 
-TopicFactory = Callable[[type], Awaitable[Topic]]
+class TopicFactory(Protocol):
+    def __call__(self, message_type: type, partitions: int = 3) -> Awaitable[Topic]: ...
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -27,8 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
-from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, Table, Text, func
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, Table, Text, func, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common.cloudevents import EventMeta, MalformedEvent, parse_headers
@@ -54,6 +53,13 @@ inbox_table = Table(
     Column("topic", Text, nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("consumer", "event_id"),
+)
+
+# As SQL text because the PostgreSQL dialect's insert() (for ON CONFLICT) has no cache key:
+# SQLAlchemy would compile it again for every event every service consumes.
+INBOX_INSERT = text(
+    "INSERT INTO inbox (consumer, event_id, topic) VALUES (:consumer, :event_id, :topic)"
+    " ON CONFLICT DO NOTHING RETURNING event_id"
 )
 
 Handler = Callable[[AsyncSession, Any, EventMeta], Awaitable[None]]
@@ -266,12 +272,12 @@ class EventConsumer:
         ):
             async with self._sessions() as session, session.begin():
                 inserted = await session.scalar(
-                    insert(inbox_table)
-                    .values(
-                        consumer=self._group_id, event_id=meta.id, topic=subscription.topic.name
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(inbox_table.c.event_id)
+                    INBOX_INSERT,
+                    {
+                        "consumer": self._group_id,
+                        "event_id": meta.id,
+                        "topic": subscription.topic.name,
+                    },
                 )
                 if inserted is None:
                     return "duplicate"

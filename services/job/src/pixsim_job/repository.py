@@ -19,12 +19,13 @@ from sqlalchemy import (
     Row,
     Table,
     Text,
+    bindparam,
     func,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim_job.domain import Job, JobState
@@ -81,23 +82,37 @@ def to_job(row: Row[Any]) -> Job:
     )
 
 
+# CreateJob's insert, as SQL text: the PostgreSQL dialect's insert() (for ON CONFLICT) has
+# no cache key, so SQLAlchemy compiled it on every call (10 % of the job service's CPU under
+# load, docs/performance.md); a text() statement is compiled once.
+_INSERT_JOB = (
+    "INSERT INTO jobs (id, user_id, operation_type, provider_id, request, state, request_id)"
+    " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id)"
+    " ON CONFLICT DO NOTHING RETURNING "
+)
+_JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
+INSERT_NEW = (
+    text(_INSERT_JOB + _JOB_COLUMNS)
+    .bindparams(bindparam("id", type_=UUID(as_uuid=False)), bindparam("request", type_=JSONB))
+    .columns(*jobs.c)
+)
+
+
 async def insert_new(session: AsyncSession, job: Job) -> Job | None:
     """Insert `job`, returned as stored; None when the caller already made one with the same
     request_id."""
     inserted = (
         await session.execute(
-            insert(jobs)
-            .values(
-                id=job.id,
-                user_id=job.user_id,
-                operation_type=job.operation_type,
-                provider_id=job.provider_id,
-                request=job.request,
-                state=job.state.value,
-                request_id=job.request_id or None,
-            )
-            .on_conflict_do_nothing()
-            .returning(*jobs.c)
+            INSERT_NEW,
+            {
+                "id": job.id,
+                "user_id": job.user_id,
+                "operation_type": job.operation_type,
+                "provider_id": job.provider_id,
+                "request": job.request,
+                "state": job.state.value,
+                "request_id": job.request_id or None,
+            },
         )
     ).first()
     return to_job(inserted) if inserted is not None else None

@@ -52,14 +52,12 @@ async def start_more_job_processes(stack: WholeStack, count: int) -> list[Manage
     processes = []
     for index in range(count):
         log = stack.services.logs / f"job-{index + 2}.log"
-        processes.append(
-            ManagedProcess(
-                f"job-{index + 2}",
-                service_command(JOB, "serve"),
-                log,
-                env=stack.services.envs["job"],
-            )
+        process = ManagedProcess(
+            f"job-{index + 2}", service_command(JOB, "serve"), log, env=stack.services.envs["job"]
         )
+        # Registered with the stack, so they stop with it however the benchmark ends.
+        stack.services.processes[process.name] = process
+        processes.append(process)
     deadline = time.monotonic() + 60
     for process in processes:
         while b'"serving"' not in process.log_path.read_bytes():
@@ -170,7 +168,7 @@ def pgbench(url: str, transactions: int) -> dict[str, Any]:
 
 async def main() -> dict[str, Any]:
     async with bench_stack({"CAPABILITIES_TTL_SECONDS": "3600"}) as stack:
-        extra = await start_more_job_processes(stack, PROCESSES - 1)
+        await start_more_job_processes(stack, PROCESSES - 1)
         token = stack.alice[0][1].removeprefix("Bearer ")
         address = stack.services.address("job")
         # Warm every job process (its provider catalog, its pool), then stop the pipeline.
@@ -190,8 +188,6 @@ async def main() -> dict[str, Any]:
         if await asyncio.to_thread(migrate.process.wait) != 0:
             raise RuntimeError(migrate.log_tail())
         database = await asyncio.to_thread(pgbench, baseline_db.url, REQUESTS)
-        for process in extra:
-            process.stop()
 
     ratio = service["per_second"] / database["per_second"]
     figures = {

@@ -6,19 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import statistics
-import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
-from pixsim_local.infra import Infra
-from pixsim_local.processes import free_port
-from pixsim_local.whole_stack import WholeStack, whole_stack
+from pixsim_local.whole_stack import WholeStack, whole_stack_of_its_own
 
 ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -28,27 +25,13 @@ GHZ, BUF = ROOT / ".cache" / "bin" / "ghz", ROOT / ".cache" / "bin" / "buf"
 RESULTS.mkdir(exist_ok=True)
 
 
-@contextlib.asynccontextmanager
-async def bench_stack(settings: Mapping[str, str] | None = None) -> AsyncIterator[WholeStack]:
+def bench_stack(
+    settings: Mapping[str, str] | None = None,
+) -> AbstractAsyncContextManager[WholeStack]:
     """The whole stack over a PostgreSQL cluster (fsync off, as in the tests) and a broker
-    of its own, gone afterwards."""
-    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-bench-"))
-    run_dir.chmod(0o755)  # noqa: ASYNC240 - PostgreSQL runs as its own user
-    infra = await Infra.start(
-        run_dir,
-        postgres_port=free_port(),
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
-    )
-    try:
-        # INFO logs as in production (one access line per RPC); spans are not exported.
-        async with whole_stack(
-            infra, infra.kafka, {"OTEL_EXPORTER": "none", **(settings or {})}
-        ) as stack:
-            yield stack
-    finally:
-        infra.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+    of its own, gone afterwards. INFO logs as in production (one access line per RPC);
+    spans are made but not exported."""
+    return whole_stack_of_its_own({"OTEL_EXPORTER": "none", **(settings or {})})
 
 
 async def use_accounts(

@@ -37,10 +37,9 @@ from bench.common import (
     verdict,
     write_result,
 )
-from pixsim.job.v1 import job_service_pb2 as pb
-from pixsim.types.v1 import types_pb2 as t
 from pixsim_local.processes import ManagedProcess, free_port
-from pixsim_local.whole_stack import TERMINAL, WholeStack
+from pixsim_local.stack import SERVICE_NAMES
+from pixsim_local.whole_stack import WholeStack
 
 SIZES = tuple(
     int(n) for n in os.environ.get("BENCH_PIPELINE_SIZES", "500,1000,2000,4000").split(",")
@@ -91,19 +90,8 @@ async def pixsim_run(stack: WholeStack, count: int, user: str) -> dict[str, Any]
     cpu_before = cpu_by_process(pids)
 
     async def one(index: int) -> None:
-        job = await stack.jobs.CreateJob(
-            pb.CreateJobRequest(
-                job=pb.Job(
-                    provider_id="pixverse",
-                    operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
-                    prompt=f"bench {user} {index}",
-                )
-            ),
-            metadata=caller,
-        )
-        async for update in stack.jobs.WatchJob(pb.WatchJobRequest(name=job.name), metadata=caller):
-            if update.state in TERMINAL:
-                return
+        job = await stack.create("pixverse", prompt=f"bench {user} {index}", metadata=caller)
+        await stack.until_done(job, metadata=caller)
 
     wall = await closed_loop(count, one)
     connection = await asyncpg.connect(stack.services.databases["job"].url)
@@ -253,9 +241,6 @@ def print_tables(figures: dict[str, Any]) -> None:
         f"scale: ms/job spread {figures['spread']:.0%} (target <= 20%), largest service "
         f"{max(services_rss):.0f} MiB (target < 200): {verdict(holds)}"
     )
-
-
-SERVICE_NAMES = ("job", "asset", "provider-gateway", "scene")
 
 
 async def main() -> dict[str, Any]:

@@ -17,7 +17,6 @@ import asyncpg
 
 from bench.common import bench_stack, use_accounts, verdict, write_result
 from pixsim.job.v1 import job_service_pb2 as pb
-from pixsim.types.v1 import types_pb2 as t
 from pixsim_local.processes import ManagedProcess, free_port
 from pixsim_local.stack import SERVICES, service_command
 from pixsim_local.whole_stack import WholeStack
@@ -39,15 +38,8 @@ async def backlog(stack: WholeStack, user: str) -> dict[str, Any]:
 
     async def one(index: int) -> pb.Job:
         async with limit:
-            return await stack.jobs.CreateJob(
-                pb.CreateJobRequest(
-                    job=pb.Job(
-                        provider_id="pixverse",
-                        operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
-                        prompt=f"saturation {user} {index}",
-                    )
-                ),
-                metadata=caller,
+            return await stack.create(
+                "pixverse", prompt=f"saturation {user} {index}", metadata=caller
             )
 
     jobs = await asyncio.gather(*(one(index) for index in range(count)))

@@ -25,8 +25,8 @@ PLAN = ChaosPlan(jobs=JOBS, rate=10.0, every=2.0 if JOBS < 500 else 3.0)
 async def test_a_chaos_run_loses_duplicates_and_strands_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    async with chaos_stack() as (stack, postgres, kafka):
-        report = await ChaosRun(stack, postgres, kafka, PLAN).run()
+    async with chaos_stack() as stack:
+        report = await ChaosRun(stack, PLAN).run()
     table = report.table()
     with capsys.disabled():
         print("\n" + table)

@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,15 +23,10 @@ import grpc
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from pixsim.job.v1 import job_service_pb2 as pb
-from pixsim.types.v1 import types_pb2 as t
-from pixsim_common.topics import ALL_TOPICS, DEFAULT_PARTITIONS, all_topic_names
-from pixsim_local.infra import Infra
-from pixsim_local.kafka import KafkaBroker, partitions_of
-from pixsim_local.postgres import PostgresCluster
-from pixsim_local.processes import free_port
-from pixsim_local.stack import SERVICES
-from pixsim_local.whole_stack import WholeStack, whole_stack
+from pixsim_common.topics import ALL_TOPICS
+from pixsim_local.kafka import partitions_of
+from pixsim_local.stack import SERVICE_NAMES
+from pixsim_local.whole_stack import WholeStack, whole_stack_of_its_own
 from pixsim_provider_gateway.service import REPLICA_STOPPED
 
 PROVIDERS = ("pixverse", "runway", "pika")
@@ -70,8 +62,6 @@ SCRIPTS = (
     Script("moderated", "[sim:moderation]", 12, 1, 1, "FAILED", "CONTENT_REJECTED"),
 )
 
-# Every service the stack gives, for the per-service checks (outbox) and the kills.
-SERVICE_NAMES = tuple(spec.name for spec in SERVICES)
 # Settings for the run: a provider call that hangs gives up soon, so an attempt whose
 # replica died is recovered (after twice this plus 5 s) within the run.
 CHAOS_SETTINGS = {"PROVIDER_TIMEOUT": "3"}
@@ -181,33 +171,20 @@ class ChaosReport:
 
 
 @contextlib.asynccontextmanager
-async def chaos_stack() -> AsyncIterator[tuple[WholeStack, PostgresCluster, KafkaBroker]]:
+async def chaos_stack() -> AsyncIterator[WholeStack]:
     """The whole stack over a PostgreSQL cluster and a broker of its own, which the run may
     crash without disturbing anything else."""
-    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-chaos-"))
-    run_dir.chmod(0o755)
-    postgres = await PostgresCluster.start(run_dir / "postgres", free_port())
-    try:
-        kafka = await KafkaBroker.start(run_dir / "kafka", free_port(), free_port())
-        try:
-            await kafka.ensure_topics(all_topic_names(), DEFAULT_PARTITIONS)
-            async with whole_stack(Infra(postgres, kafka), kafka, CHAOS_SETTINGS) as stack:
-                for provider in PROVIDERS:
-                    # A 429 cools the account down this long (the simulator's Retry-After).
-                    await stack.sim_key(provider, retry_after_s=0.3)
-                yield stack, postgres, kafka
-        finally:
-            kafka.stop()
-    finally:
-        postgres.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+    async with whole_stack_of_its_own(CHAOS_SETTINGS) as stack:
+        for provider in PROVIDERS:
+            # A 429 cools the account down this long (the simulator's Retry-After).
+            await stack.sim_key(provider, retry_after_s=0.3)
+        yield stack
 
 
 class ChaosRun:
-    def __init__(
-        self, stack: WholeStack, postgres: PostgresCluster, kafka: KafkaBroker, plan: ChaosPlan
-    ) -> None:
-        self.stack, self.postgres, self.kafka, self.plan = stack, postgres, kafka, plan
+    def __init__(self, stack: WholeStack, plan: ChaosPlan) -> None:
+        self.stack, self.plan = stack, plan
+        self.postgres, self.kafka = stack.services.infra.postgres, stack.services.infra.kafka
         self.rng = random.Random(plan.seed)  # noqa: S311 (a reproducible schedule)
         self.jobs = plan.planned_jobs(self.rng, uuid.uuid4().hex[:6])
         self.report = ChaosReport(plan)
@@ -240,18 +217,16 @@ class ChaosRun:
 
     async def _create(self, job: PlannedJob) -> None:
         """CreateJob until it answers, with the same request_id each time."""
-        request = pb.CreateJobRequest(
-            job=pb.Job(
-                provider_id=job.provider,
-                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
-                prompt=job.prompt,
-            ),
-            request_id=job.request_id,
-        )
         deadline = time.monotonic() + 120
         while True:
             try:
-                await self.stack.jobs.CreateJob(request, metadata=self.caller, timeout=10)
+                await self.stack.create(
+                    job.provider,
+                    prompt=job.prompt,
+                    metadata=self.caller,
+                    request_id=job.request_id,
+                    timeout=10,
+                )
                 return
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE or time.monotonic() > deadline:

@@ -60,6 +60,9 @@ SERVICES = (
 )
 
 
+SERVICE_NAMES = tuple(spec.name for spec in SERVICES)
+
+
 def signing_keys(directory: Path) -> tuple[Path, Path]:
     """The local Ed25519 key pair, made once: `pixsim token` signs with the private half."""
     directory.mkdir(parents=True, exist_ok=True)

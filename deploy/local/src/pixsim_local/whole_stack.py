@@ -102,6 +102,7 @@ class WholeStack:
         inputs: list[t.GenerationInput] | None = None,
         metadata: Metadata | None = None,
         request_id: str = "",
+        timeout: float | None = None,
     ) -> pb.Job:
         return await self.jobs.CreateJob(
             pb.CreateJobRequest(
@@ -114,13 +115,16 @@ class WholeStack:
                 request_id=request_id,
             ),
             metadata=metadata or self.alice,
+            timeout=timeout,
         )
 
-    async def until_done(self, job: pb.Job, timeout: float = 60) -> pb.Job:
+    async def until_done(
+        self, job: pb.Job, timeout: float = 60, metadata: Metadata | None = None
+    ) -> pb.Job:
         async def watch() -> pb.Job:
             last = job
             async for update in self.jobs.WatchJob(
-                pb.WatchJobRequest(name=job.name), metadata=self.alice
+                pb.WatchJobRequest(name=job.name), metadata=metadata or self.alice
             ):
                 last = update
                 if update.state in TERMINAL:
@@ -201,4 +205,27 @@ async def whole_stack(
         await tap.stop()
         server.close()
         services.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def whole_stack_of_its_own(
+    settings: Mapping[str, str] | None = None,
+) -> AsyncIterator[WholeStack]:
+    """The whole stack over a PostgreSQL cluster (fsync off) and a broker started for it
+    alone, all removed afterwards: for runs that crash them (the chaos run) or measure them
+    (the benchmarks). Their handles are `stack.services.infra`."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-own-"))
+    run_dir.chmod(0o755)
+    infra = await Infra.start(
+        run_dir,
+        postgres_port=free_port(),
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+    )
+    try:
+        async with whole_stack(infra, infra.kafka, settings) as stack:
+            yield stack
+    finally:
+        infra.stop()
         shutil.rmtree(run_dir, ignore_errors=True)

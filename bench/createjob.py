@@ -48,7 +48,7 @@ COMMIT;
 """
 
 
-async def start_more_job_processes(stack: WholeStack, count: int) -> list[ManagedProcess]:
+async def start_more_job_processes(stack: WholeStack, count: int) -> None:
     processes = []
     for index in range(count):
         log = stack.services.logs / f"job-{index + 2}.log"
@@ -65,7 +65,6 @@ async def start_more_job_processes(stack: WholeStack, count: int) -> list[Manage
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{process.name} did not start serving")
             await asyncio.sleep(0.2)
-    return processes
 
 
 def protoset(directory: Path) -> Path:

@@ -198,11 +198,9 @@ class PostgresCluster:
         the next start, as after a crash), then start again on the same data and port."""
         if self.process is None or self._restart_with is None:
             raise RuntimeError("only a cluster this process started can be restarted")
+        data_dir, port, durable = self._restart_with
         await asyncio.to_thread(self.process.stop, sig=signal.SIGQUIT)
-        again = await PostgresCluster.start(
-            self._restart_with[0], self._restart_with[1], durable=self._restart_with[2]
-        )
-        self.process = again.process
+        self.process = (await PostgresCluster.start(data_dir, port, durable=durable)).process
 
 
 def _quote_ident(name: str) -> str:

@@ -189,6 +189,8 @@ def test_every_topic_and_its_dead_letter_twin_is_declared(
     for topic in declared.values():
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "pixsim"
         assert topic["spec"]["replicas"] == (1 if overlay == "dev" else 3)
+        # The size limit the services' request bounds are computed from (docs/decisions.md).
+        assert topic["spec"]["config"]["max.message.bytes"] == topics.TOPIC_MAX_MESSAGE_BYTES
 
 
 @pytest.mark.parametrize("spec", SERVICES, ids=[spec.name for spec in SERVICES])

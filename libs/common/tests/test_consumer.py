@@ -13,6 +13,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from opentelemetry import trace
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
@@ -54,6 +55,14 @@ async def record_effect(session: AsyncSession, event: Any, meta: EventMeta) -> N
         raise PoisonMessage("this job does not exist", "UNKNOWN_JOB")
     if event.user_id == "bug":
         raise RuntimeError("a bug in the handler")
+    if event.user_id == "too-many-parameters":
+        # asyncpg refuses more than 32,767 parameters: a bug, however often it is retried.
+        values = {f"p{i}": i for i in range(40_000)}
+        placeholders = ", ".join(f":p{i}" for i in range(40_000))
+        await session.execute(text(f"SELECT 1 WHERE 1 IN ({placeholders})"), values)
+    if event.user_id == "always-conflicts":
+        # Classified as passing, yet it fails every time while the database answers.
+        raise DBAPIError("UPDATE ...", {}, asyncpg.SerializationError("could not serialize"))
     await session.execute(
         text("INSERT INTO effects (event_id, job_id) VALUES (:e, :j)"),
         {"e": meta.id, "j": event.job_id},
@@ -177,10 +186,13 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
             ).SerializeToString(),
             valid_headers(),
         ),
-        (
-            b"bug",
-            events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id="bug").SerializeToString(),
-            valid_headers(),
+        *(
+            (
+                name.encode(),
+                events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id=name).SerializeToString(),
+                valid_headers(),
+            )
+            for name in ("bug", "too-many-parameters", "always-conflicts")
         ),
     ]
     # One partition's worth of order: all on one key would serialize them; distinct keys
@@ -201,6 +213,8 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
         "invalid": "INVALID_EVENT",
         "rejected": "UNKNOWN_JOB",
         "bug": "HANDLER_FAILED",
+        "too-many-parameters": "HANDLER_FAILED",
+        "always-conflicts": "KEEPS_FAILING",
     }
     for record in dead:
         headers = dict(record.headers)

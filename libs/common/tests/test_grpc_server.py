@@ -286,3 +286,145 @@ async def test_health_and_reflection_answer_without_a_token(channel: grpc.aio.Ch
 
     listed = await reflected_services(channel)
     assert {"pixsim.job.v1.JobService", "grpc.health.v1.Health"} <= listed
+
+
+def _pem(private_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    pem: bytes = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pem.decode()
+
+
+def _strangers_tokens() -> dict[str, str]:
+    """A valid-looking token of every algorithm PyJWT signs with a key pair, each signed by
+    someone else's key of its type."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    keys = {
+        "RS256": rsa_key,
+        "RS512": rsa_key,
+        "PS256": rsa_key,
+        "PS384": rsa_key,
+        "ES256": ec.generate_private_key(ec.SECP256R1()),
+        "ES384": ec.generate_private_key(ec.SECP384R1()),
+        "ES512": ec.generate_private_key(ec.SECP521R1()),
+        "ES256K": ec.generate_private_key(ec.SECP256K1()),
+        "EdDSA": ed25519.Ed25519PrivateKey.generate(),
+        "EdDSA-448": ed448.Ed448PrivateKey.generate(),
+    }
+    now = int(time.time())
+    claims = {"sub": "mallory", "iss": "pixsim-local", "aud": "pixsim", "iat": now, "exp": now + 60}
+    return {
+        name: jwt.encode(claims, _pem(key), algorithm=name.split("-")[0])
+        for name, key in keys.items()
+    }
+
+
+STRANGERS = _strangers_tokens()
+
+
+@pytest.mark.parametrize("algorithm", list(STRANGERS))
+async def test_tokens_of_every_algorithm_signed_by_a_stranger_are_unauthenticated(
+    channel: grpc.aio.Channel, algorithm: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(
+            job_service_pb2.GetJobRequest(name=JOB), metadata=auth(STRANGERS[algorithm])
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert status_details(raised.value)["ErrorInfo"].reason == "BAD_TOKEN"
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def _signed(claims: dict[str, Any]) -> str:
+    import jwt
+
+    now = int(time.time())
+    base = {"sub": "alice", "iss": "pixsim-local", "aud": "pixsim", "iat": now, "exp": now + 60}
+    return jwt.encode({**base, **claims}, KEYS[0], algorithm="EdDSA")
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"sub": "al\x00ice"}, "BAD_TOKEN"),
+        ({"sub": "a\u0007b"}, "BAD_TOKEN"),
+        ({"sub": "x" * 300}, "BAD_TOKEN"),
+        ({"sub": 42}, "BAD_TOKEN"),
+        ({"roles": ["admin\x00"]}, "BAD_TOKEN"),
+        ({"roles": "admin"}, "BAD_TOKEN"),
+        ({"exp": int(time.time()) + 2 * 24 * 3600}, "TOKEN_LIFETIME_TOO_LONG"),
+        ({"iat": int(time.time()) + 3600, "exp": int(time.time()) + 3700}, "BAD_TOKEN"),
+        ({"exp": "tomorrow"}, "BAD_TOKEN"),
+    ],
+    ids=[
+        "NUL in sub",
+        "control character in sub",
+        "huge sub",
+        "numeric sub",
+        "NUL in a role",
+        "roles not a list",
+        "lives two days",
+        "issued in the future",
+        "exp not a number",
+    ],
+)
+async def test_tokens_with_claims_we_cannot_trust_or_store_are_unauthenticated(
+    channel: grpc.aio.Channel, claims: dict[str, Any], reason: str
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=auth(_signed(claims)))
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert status_details(raised.value)["ErrorInfo"].reason == reason
+
+
+def _raw_call(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xff\xff\xff",  # a field number out of range
+        job_service_pb2.GetJobRequest(name=JOB).SerializeToString()[:-5],  # truncated
+        b"\x0a\x05jobs/\xed\xa0\x80",  # a lone surrogate encoded in a string field
+        b"\x0a\x03\xc3\x28\x41",  # invalid UTF-8
+        b"\x0b",  # a group that never ends
+    ],
+    ids=["bad tag", "truncated", "lone surrogate", "invalid UTF-8", "unterminated group"],
+)
+async def test_bytes_that_are_not_a_request_are_invalid_argument(
+    channel: grpc.aio.Channel, payload: bytes
+) -> None:
+    call = _raw_call(channel, "/pixsim.job.v1.JobService/GetJob")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(payload, metadata=auth(token()))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_details(raised.value)["ErrorInfo"].reason == "UNDECODABLE_REQUEST"
+
+
+async def test_text_postgresql_cannot_store_is_invalid_argument_naming_the_field(
+    channel: grpc.aio.Channel,
+) -> None:
+    gateway = gateway_grpc.ProviderGatewayServiceStub(channel)
+    request = gateway_pb2.CreateAccountRequest(
+        account=gateway_pb2.Account(
+            provider_id="pika",
+            max_concurrency=1,
+            label="a\x00b",
+            credentials={"api_key": "k\x00"},
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway.CreateAccount(request, metadata=auth(token(roles=("admin",))))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field for v in status_details(raised.value)["BadRequest"].field_violations}
+    assert fields == {"account.label", "account.credentials['api_key']"}

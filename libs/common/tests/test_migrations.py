@@ -40,5 +40,14 @@ async def test_replicas_migrating_at_once_take_turns(new_database: DatabaseFacto
         )
     finally:
         await connection.close()
-    assert [row["version_num"] for row in versions] == ["0002"]
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from pixsim_scene.main import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert [row["version_num"] for row in versions] == ScriptDirectory.from_config(
+        config
+    ).get_heads()
     assert tables == 1

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import errno
+import socket
 import time
 import uuid
 from datetime import UTC, datetime
 
 import asyncpg
+import grpc
 import pytest
 from google.rpc import error_details_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
 from pixsim.job.v1 import job_service_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.auth import TokenVerifier, generate_keypair, issue_token
+from pixsim_common.clients import PeerBug, from_peer
 from pixsim_common.cloudevents import (
     MalformedEvent,
     encode_headers,
@@ -23,9 +29,18 @@ from pixsim_common.cloudevents import (
     parse_headers,
 )
 from pixsim_common.db import sqlalchemy_url
-from pixsim_common.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
+from pixsim_common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from pixsim_common.pagination import PageTokens
 from pixsim_common.topics import ALL_TOPICS, all_topic_names, topic_named
-from pixsim_common.transient import is_transient
+from pixsim_common.transient import is_data_error, is_transient
 from pixsim_common.validation import validate, violations_of
 
 pytestmark = pytest.mark.unit
@@ -191,6 +206,81 @@ class TestTransientErrors:
         assert not is_transient(KeyError("bug"))
         assert not is_transient(IntegrityError("s", {}, asyncpg.UniqueViolationError("dup")))
         assert not is_transient(self.dbapi(asyncpg.UndefinedTableError("no table")))
+
+    def test_a_query_over_the_parameter_limit_is_a_bug_not_a_passing_failure(self) -> None:
+        too_many = asyncpg.InterfaceError("the number of query arguments cannot exceed 32767")
+        assert not is_transient(too_many)
+        assert not is_transient(SAInterfaceError("INSERT ...", {}, too_many))
+        assert is_transient(
+            asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed")
+        )
+
+    def test_file_errors_are_not_transient_but_network_errors_are(self) -> None:
+        assert not is_transient(FileNotFoundError(errno.ENOENT, "gone"))
+        assert not is_transient(PermissionError(errno.EACCES, "no"))
+        assert not is_transient(OSError(errno.ENOSPC, "disk full"))
+        assert is_transient(OSError(errno.EHOSTUNREACH, "no route"))
+        assert is_transient(socket.gaierror(socket.EAI_AGAIN, "try again"))
+
+    def test_values_postgresql_refuses_are_data_errors(self) -> None:
+        assert is_data_error(self.dbapi(asyncpg.CharacterNotInRepertoireError("0x00")))
+        assert not is_data_error(self.dbapi(asyncpg.SerializationError("conflict")))
+
+
+class TestPeerErrors:
+    class Failed(grpc.aio.AioRpcError):
+        def __init__(self, code: grpc.StatusCode) -> None:
+            super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "why", None)
+
+    @pytest.mark.parametrize(
+        ("code", "mapped"),
+        [
+            (grpc.StatusCode.UNAVAILABLE, Unavailable),
+            (grpc.StatusCode.DEADLINE_EXCEEDED, Unavailable),
+            (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+            (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+            (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+            (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
+            (grpc.StatusCode.INTERNAL, PeerBug),
+            (grpc.StatusCode.UNIMPLEMENTED, PeerBug),
+        ],
+    )
+    def test_only_a_peer_away_or_busy_is_unavailable(
+        self, code: grpc.StatusCode, mapped: type[Exception]
+    ) -> None:
+        assert type(from_peer(self.Failed(code), "asset service")) is mapped
+
+
+class TestPageTokens:
+    TOKENS = PageTokens(b"0123456789abcdef-secret")
+
+    def test_a_token_round_trips_for_its_own_query_only(self) -> None:
+        token = self.TOKENS.encode(["2026-12-01T00:00:00+00:00", str(uuid.UUID(int=1))], {"q": 1})
+        assert self.TOKENS.decode(token, {"q": 1}) == [
+            "2026-12-01T00:00:00+00:00",
+            str(uuid.UUID(int=1)),
+        ]
+        with pytest.raises(InvalidArgument):
+            self.TOKENS.decode(token, {"q": 2})
+        with pytest.raises(InvalidArgument):
+            PageTokens(b"another secret of 16+ bytes").decode(token, {"q": 1})
+
+    @given(
+        st.text(max_size=80)
+        | st.binary(max_size=80).map(lambda b: base64.urlsafe_b64encode(b).decode())
+    )
+    def test_anything_else_is_invalid_argument(self, token: str) -> None:
+        if not token:
+            return
+        with pytest.raises(InvalidArgument) as raised:
+            self.TOKENS.decode(token, {"q": 1})
+        assert raised.value.reason == "INVALID_PAGE_TOKEN"
+
+    def test_a_forged_payload_with_a_copied_mac_is_refused(self) -> None:
+        real = self.TOKENS.encode(["2026-12-01T00:00:00+00:00", str(uuid.UUID(int=1))], {})
+        forged_payload = base64.urlsafe_b64encode(rb'["not a time", "\u0000"]').decode().rstrip("=")
+        with pytest.raises(InvalidArgument):
+            self.TOKENS.decode(f"{forged_payload}.{real.split('.')[1]}", {})
 
 
 class TestTopics:

@@ -145,7 +145,7 @@ async def stack(
             metadata=admin,
         )
     tap = EventTap(
-        own_kafka.bootstrap, [t.name for t in topics.ALL_TOPICS] + [topics.GENERATION_STARTED.dlq]
+        own_kafka.bootstrap, [name for t in topics.ALL_TOPICS for name in (t.name, t.dlq)]
     )
     await tap.start()
 
@@ -408,15 +408,100 @@ async def test_a_failure_between_the_job_and_its_event_leaves_neither(
     async def broken(*_args: Any, **_kwargs: Any) -> str:
         raise RuntimeError("the outbox write failed")
 
+    # Counted by this request's own prompt: other tests' jobs still make events meanwhile.
+    prompt = f"doomed {uuid.uuid4().hex}"
+    jobs = "SELECT count(*) FROM jobs WHERE request->>'prompt' = $1"
+    events = "SELECT count(*) FROM outbox WHERE position(convert_to($1, 'UTF8') in payload) > 0"
     connection = await asyncpg.connect(stack.database.url)
     try:
-        before = await connection.fetchval("SELECT count(*) FROM jobs")
-        outbox_before = await connection.fetchval("SELECT count(*) FROM outbox")
         monkeypatch.setattr(service_module, "enqueue", broken)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stack.create(prompt="doomed")
+            await stack.create(prompt=prompt)
         assert raised.value.code() == grpc.StatusCode.INTERNAL
-        assert await connection.fetchval("SELECT count(*) FROM jobs") == before
-        assert await connection.fetchval("SELECT count(*) FROM outbox") == outbox_before
+        assert await connection.fetchval(jobs, prompt) == 0
+        assert await connection.fetchval(events, prompt) == 0
     finally:
         await connection.close()
+
+
+async def test_a_request_id_reused_with_another_request_is_already_exists(stack: Stack) -> None:
+    key = f"reuse-{uuid.uuid4().hex}"
+    original = await stack.create(prompt="a cat", request_id=key)
+    again = await stack.create(prompt="a cat", request_id=key)
+    assert again.name == original.name  # the same request: the same job
+    for provider, prompt in (("pixverse", "a dog"), ("pika", "a cat")):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stack.create(provider, prompt, request_id=key)
+        assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        info = status_details(raised.value)["ErrorInfo"]
+        assert info.reason == "REQUEST_ID_REUSED"
+        assert info.metadata["job"] == original.name
+
+
+async def test_events_naming_another_owner_change_nothing_of_theirs(stack: Stack) -> None:
+    """A crafted generation or asset event carries alice's job id under bob's name: it is
+    poison, and her job goes on as if it never came."""
+    job = await stack.create(prompt="slow [sim:finish_ms=600000]")
+    job_id = job.name.removeprefix("jobs/")
+    await stack.state_of(job.name, pb.Job.STATE_PROCESSING)
+    asset_id = str(uuid.uuid4())
+    await stack.publish(
+        topics.ASSET_CREATED,
+        asset_id,
+        events_pb2.AssetCreated(asset_id=asset_id, user_id="bob", job_id=job_id),
+    )
+    await stack.publish(
+        topics.GENERATION_FAILED,
+        job_id,
+        events_pb2.GenerationFailed(
+            job_id=job_id,
+            user_id="bob",
+            provider_id="pixverse",
+            error_code=t.GENERATION_ERROR_CODE_TRANSIENT,
+        ),
+    )
+    (dead,) = await stack.tap.wait_for(topics.ASSET_CREATED.dlq, asset_id)
+    assert dict(dead.headers)["pixsim_error_reason"] == b"OWNER_MISMATCH"
+    (dead,) = await stack.tap.wait_for(topics.GENERATION_FAILED.dlq, job_id)
+    assert dict(dead.headers)["pixsim_error_reason"] == b"OWNER_MISMATCH"
+    unchanged = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.alice)
+    assert (unchanged.state, unchanged.asset) == (pb.Job.STATE_PROCESSING, "")
+
+
+async def test_a_submission_that_can_never_be_published_fails_its_job_alone(
+    stack: Stack,
+) -> None:
+    """An outbox row the broker would refuse (written here by hand, past every check that
+    keeps requests from making one) is set aside: its job fails with a clear code, and the
+    next caller's job is not held up behind it."""
+    doomed = await stack.create(prompt="slow [sim:finish_ms=600000]")
+    doomed_id = doomed.name.removeprefix("jobs/")
+    await stack.tap.wait_for(topics.JOB_SUBMITTED.name, doomed_id)
+    connection = await asyncpg.connect(stack.database.url)
+    try:
+        # A second, oversized submission of the same job, as a bug might write it.
+        await connection.execute(
+            "INSERT INTO outbox (event_id, topic, key, payload, headers)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb)",
+            str(uuid.uuid4()),
+            topics.JOB_SUBMITTED.name,
+            doomed_id,
+            b"\x0a" + b"x" * (2 * 1024 * 1024),
+            '{"ce_id": "x"}',
+        )
+        await connection.execute("UPDATE jobs SET state = 'PENDING' WHERE id = $1", doomed_id)
+    finally:
+        await connection.close()
+    other = await stack.jobs.CreateJob(
+        pb.CreateJobRequest(
+            job=pb.Job(
+                provider_id="pixverse",
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt="a normal job",
+            )
+        ),
+        metadata=stack.bob,
+    )
+    await stack.tap.wait_for(topics.JOB_SUBMITTED.name, other.name.removeprefix("jobs/"))
+    failed = await stack.state_of(doomed.name, pb.Job.STATE_FAILED)
+    assert failed.error_code == "EVENT_UNPUBLISHABLE"

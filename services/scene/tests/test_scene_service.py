@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -28,7 +29,9 @@ from pixsim_common.errors import status_details
 from pixsim_local.kafka import EventTap, KafkaBroker
 from pixsim_local.pytest_plugin import DatabaseFactory
 from pixsim_provider_sim.media import render_png
+from pixsim_scene import domain
 from pixsim_scene import main as scene_main
+from pixsim_scene.metrics import WRITE_ELEMENTS_LOADED
 from pixsim_scene.settings import Settings as SceneSettings
 
 pytestmark = pytest.mark.integration
@@ -451,3 +454,226 @@ async def test_bad_updates_name_their_fields(stack: Stack) -> None:
         metadata=alice,
     )
     assert (moved.asset, moved.position.x, moved.position.y) == (node.asset, 7, 8)
+
+
+async def test_an_id_taken_in_another_scene_is_already_exists_and_touches_nothing(
+    stack: Stack,
+) -> None:
+    """Ids of scene assets and connections may be chosen by the caller, and are unique
+    across scenes: bob naming alice's element ids in his own scene is refused, and her rows
+    stay as they were (no upsert reaches across scenes)."""
+    alice, bob = user(stack), user(stack)
+    hers = await stack.scene(alice)
+    a = await stack.place(hers.name, await stack.asset(alice), alice, order=1)
+    b = await stack.place(hers.name, await stack.asset(alice), alice, order=2)
+    edge = await stack.connect(hers.name, a.name, b.name, alice, CHOICE, label="hers")
+    before = await stack.graph(hers.name, alice)
+
+    his = await stack.scene(bob)
+    his_asset = await stack.asset(bob)
+    node_id, edge_id = a.name.rsplit("/", 1)[1], edge.name.rsplit("/", 1)[1]
+    mine_a = await stack.place(his.name, his_asset, bob)
+    mine_b = await stack.place(his.name, await stack.asset(bob), bob)
+    attempts: list[Awaitable[Any]] = [
+        stack.scenes.CreateSceneAsset(
+            pb.CreateSceneAssetRequest(
+                parent=his.name,
+                scene_asset=pb.SceneAsset(
+                    name=f"{his.name}/assets/{node_id}", asset=his_asset, order=9
+                ),
+            ),
+            metadata=bob,
+        ),
+        stack.scenes.CreateSceneConnection(
+            pb.CreateSceneConnectionRequest(
+                parent=his.name,
+                connection=pb.SceneConnection(
+                    name=f"{his.name}/connections/{edge_id}",
+                    from_scene_asset=mine_a.name,
+                    to_scene_asset=mine_b.name,
+                    type=NEXT,
+                    label="his",
+                ),
+            ),
+            metadata=bob,
+        ),
+        stack.scenes.ApplySceneChanges(
+            pb.ApplySceneChangesRequest(
+                name=his.name,
+                changes=[
+                    pb.SceneChange(
+                        create_asset=pb.SceneAsset(
+                            name=f"{his.name}/assets/{node_id}", asset=his_asset
+                        )
+                    )
+                ],
+            ),
+            metadata=bob,
+        ),
+        stack.scenes.ApplySceneChanges(
+            pb.ApplySceneChangesRequest(
+                name=his.name,
+                changes=[
+                    pb.SceneChange(
+                        create_connection=pb.SceneConnection(
+                            name=f"{his.name}/connections/{edge_id}",
+                            from_scene_asset=mine_b.name,
+                            to_scene_asset=mine_a.name,
+                            type=CHOICE,
+                            label="his",
+                        )
+                    )
+                ],
+            ),
+            metadata=bob,
+        ),
+    ]
+    for attempt in attempts:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await attempt
+        assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS, raised.value.details()
+        assert status_details(raised.value)["ErrorInfo"].reason == "ID_TAKEN"
+    # Alice's own id again in her own scene is taken as well.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.scenes.CreateSceneAsset(
+            pb.CreateSceneAssetRequest(
+                parent=hers.name,
+                scene_asset=pb.SceneAsset(name=a.name, asset=await stack.asset(alice)),
+            ),
+            metadata=alice,
+        )
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    after = await stack.graph(hers.name, alice)
+    assert after.assets == before.assets
+    assert after.connections == before.connections
+    assert after.scene.etag == before.scene.etag
+    his_graph = await stack.graph(his.name, bob)
+    assert sorted(n.name for n in his_graph.assets) == sorted([mine_a.name, mine_b.name])
+    assert list(his_graph.connections) == []
+
+
+async def test_a_write_answers_with_what_it_changed_not_the_whole_graph(stack: Stack) -> None:
+    alice = user(stack)
+    scene = await stack.scene(alice)
+    asset = await stack.asset(alice)
+    first = await stack.place(scene.name, asset, alice)
+    answer = await stack.scenes.ApplySceneChanges(
+        pb.ApplySceneChangesRequest(
+            name=scene.name,
+            changes=[
+                pb.SceneChange(
+                    create_asset=pb.SceneAsset(name=f"{scene.name}/assets/{u}", asset=asset)
+                )
+                for u in (uuid.uuid4(), uuid.uuid4())
+            ],
+        ),
+        metadata=alice,
+    )
+    assert len(answer.assets) == 2
+    assert first.name not in {n.name for n in answer.assets}
+    assert answer.scene.etag == "3"
+
+
+async def test_a_scene_of_the_largest_size_is_written_in_batches_read_in_pages_and_cloned(
+    stack: Stack,
+) -> None:
+    """10,000 nodes showing one asset and 10,000 connections, written in batches of 500:
+    each batch loads only what it names (so the whole write is linear in the scene's size),
+    one more node is RESOURCE_EXHAUSTED, the graph reads in pages under gRPC's limit, the
+    asset's deletion detaches all 10,000 in one event, and the scene still clones."""
+    alice = user(stack)
+    scene = await stack.scene(alice)
+    asset = await stack.asset(alice)
+    node_names = [f"{scene.name}/assets/{uuid.uuid4()}" for _ in range(domain.MAX_NODES)]
+    batch = 500
+    loaded: list[float] = []
+
+    async def write(changes: list[pb.SceneChange]) -> None:
+        before = _histogram_sum(WRITE_ELEMENTS_LOADED)
+        await stack.scenes.ApplySceneChanges(
+            pb.ApplySceneChangesRequest(name=scene.name, changes=changes),
+            metadata=alice,
+            timeout=60,
+        )
+        loaded.append(_histogram_sum(WRITE_ELEMENTS_LOADED) - before)
+
+    for start in range(0, len(node_names), batch):
+        await write(
+            [
+                pb.SceneChange(create_asset=pb.SceneAsset(name=name, asset=asset, order=i))
+                for i, name in enumerate(node_names[start : start + batch], start)
+            ]
+        )
+    for start in range(0, len(node_names), batch):
+        await write(
+            [
+                pb.SceneChange(
+                    create_connection=pb.SceneConnection(
+                        from_scene_asset=node_names[i],
+                        to_scene_asset=node_names[(i + 1) % len(node_names)],
+                        type=NEXT,
+                    )
+                )
+                for i in range(start, start + batch)
+            ]
+        )
+    # A batch of new nodes loads nothing; a batch of connections, its ends and nothing else.
+    assert max(loaded[:20]) == 0
+    assert max(loaded[20:]) <= 2 * batch
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.place(scene.name, asset, alice)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_details(raised.value)["ErrorInfo"].metadata["limit"] == str(domain.MAX_NODES)
+
+    async def read_all(
+        name: str, token: str = ""
+    ) -> tuple[list[pb.SceneAsset], list[pb.SceneConnection]]:
+        nodes: list[pb.SceneAsset] = []
+        edges: list[pb.SceneConnection] = []
+        first = token
+        while True:
+            try:
+                page = await stack.scenes.GetSceneGraph(
+                    pb.GetSceneGraphRequest(name=name, page_token=token, page_size=5000),
+                    metadata=alice,
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.ABORTED:
+                    raise
+                # The scene changed between pages (the detachment): read it again.
+                nodes, edges, token = [], [], first
+                continue
+            assert page.ByteSize() < 4 * 1024 * 1024 + 64 * 1024
+            nodes += page.assets
+            edges += page.connections
+            token = page.next_page_token
+            if not token:
+                return nodes, edges
+
+    nodes, edges = await read_all(scene.name)
+    assert (len(nodes), len(edges)) == (domain.MAX_NODES, domain.MAX_NODES)
+    assert {n.name for n in nodes} == set(node_names)
+
+    await stack.assets.DeleteAsset(asset_pb.DeleteAssetRequest(name=asset), metadata=alice)
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        nodes, _ = await read_all(scene.name)
+        if all(n.detached for n in nodes):
+            break
+        assert asyncio.get_running_loop().time() < deadline, "not every node was detached"
+        await asyncio.sleep(0.5)
+    assert all(n.asset == "" for n in nodes)
+
+    clone = await stack.scenes.CloneScene(pb.CloneSceneRequest(name=scene.name), metadata=alice)
+    cloned_nodes, cloned_edges = list(clone.assets), list(clone.connections)
+    more_nodes, more_edges = await read_all(clone.scene.name, clone.next_page_token)
+    cloned_nodes += more_nodes
+    cloned_edges += more_edges
+    assert (len(cloned_nodes), len(cloned_edges)) == (domain.MAX_NODES, domain.MAX_NODES)
+    assert all(n.detached for n in cloned_nodes)
+
+
+def _histogram_sum(histogram: Any) -> float:
+    return float(
+        sum(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_sum"))
+    )

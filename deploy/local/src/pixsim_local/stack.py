@@ -84,6 +84,15 @@ def credentials_key(directory: Path) -> str:
     return path.read_text().strip()
 
 
+def page_token_secret(directory: Path) -> str:
+    """The services' HMAC key for page tokens, made once, so a token survives a restart."""
+    path = directory / "page-token.key"
+    if not path.exists():
+        path.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def claim_pidfile(path: Path) -> None:
     if path.exists():
         with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
@@ -170,6 +179,7 @@ class LocalServices:
             # Each setting below is read by the one service it concerns; the rest ignore it.
             **{f"{prefix}{p}_BASE_URL": self.simulator_url for p in ("PIXVERSE", "RUNWAY", "PIKA")},
             f"{prefix}CREDENTIALS_KEYS": credentials_key(self.run_dir / "keys"),
+            f"{prefix}PAGE_TOKEN_SECRET": page_token_secret(self.run_dir / "keys"),
             f"{prefix}GATEWAY_ADDRESS": self.address("provider-gateway"),
             f"{prefix}ASSET_ADDRESS": self.address("asset"),
             # The simulator serves media on loopback, so the asset service may fetch there.

@@ -32,7 +32,8 @@ from pixsim_common.grpc_server import (
 )
 from pixsim_common.logging import configure_logging
 from pixsim_common.metrics import serve_metrics
-from pixsim_common.outbox import OutboxRelay
+from pixsim_common.outbox import OutboxRelay, SetAsideHook
+from pixsim_common.pagination import PageTokens
 from pixsim_common.settings import ServiceSettings
 from pixsim_common.tracing import configure_tracing, instrument_engine
 
@@ -100,6 +101,7 @@ class Kit:
     settings: ServiceSettings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    page_tokens: PageTokens
 
 
 def configure_observability(settings: ServiceSettings) -> None:
@@ -116,19 +118,25 @@ async def assemble(
     admin_methods: Iterable[str] = (),
     subscriptions: Callable[[Kit], Sequence[Subscription]] | None = None,
     workers: Callable[[Kit], Sequence[Worker]] | None = None,
+    on_set_aside: Callable[[Kit], SetAsideHook] | None = None,
 ) -> ServiceApp:
     """Wire a service from the kit: engine, server with the guard, health, reflection,
-    outbox relay, the service's own `workers`, and (when it consumes) its consumer group
-    `<service_name>`. Workers start in that order and stop in reverse."""
+    outbox relay (with the service's hook for events that can never be published), the
+    service's own `workers`, and (when it consumes) its consumer group `<service_name>`.
+    Workers start in that order and stop in reverse."""
     database_url = settings.database_url.get_secret_value()
     engine = create_engine(database_url, pool_size=settings.database_pool_size)
     instrument_engine(engine)
-    kit = Kit(settings, engine, create_sessionmaker(engine))
+    page_secret = settings.page_token_secret.get_secret_value()
+    if not page_secret:
+        log.warning("no PAGE_TOKEN_SECRET: page tokens hold only within this process")
+    kit = Kit(settings, engine, create_sessionmaker(engine), PageTokens.from_setting(page_secret))
     verifier = TokenVerifier(
         public_key=settings.jwt_public_key,
         jwks_url=settings.jwt_jwks_url,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
+        max_lifetime_seconds=settings.jwt_max_lifetime_seconds,
     )
     server = build_server(settings.service_name, AccessPolicy(verifier, frozenset(admin_methods)))
     register(server, kit)
@@ -139,6 +147,7 @@ async def assemble(
             engine=engine,
             database_url=database_url,
             kafka_bootstrap=settings.kafka_bootstrap,
+            on_set_aside=on_set_aside(kit) if on_set_aside is not None else None,
         )
     ]
     if workers is not None:

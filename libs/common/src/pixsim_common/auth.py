@@ -18,10 +18,10 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from pixsim_common.errors import PermissionDenied, Unauthenticated
+from pixsim_common.errors import PermissionDenied, Unauthenticated, Unavailable
 
-ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 ADMIN_ROLE = "admin"
 
 
@@ -65,8 +65,44 @@ def reset_identity(token: contextvars.Token[Identity | None]) -> None:
     _current.reset(token)
 
 
+# Which algorithms a key of each type can verify: a token naming any other is refused
+# before its signature is looked at (an RS256 token against an Ed25519 key is simply wrong).
+def algorithms_for(key: Any) -> list[str]:
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return ["EdDSA"]
+    if isinstance(key, rsa.RSAPublicKey):
+        return ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        by_curve = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+        return [by_curve[key.curve.name]] if key.curve.name in by_curve else []
+    return []
+
+
+MAX_TOKEN_CHARS = 8192
+MAX_SUBJECT_CHARS = 256
+MAX_ROLES = 32
+MAX_ROLE_CHARS = 64
+
+
+def _printable(value: object, limit: int) -> bool:
+    """A claim we store or log: non-empty text of at most `limit` characters, no control
+    characters (NUL among them, which PostgreSQL refuses) and no lone surrogates."""
+    if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_token(why: str) -> Unauthenticated:
+    return Unauthenticated(f"invalid token: {why}", reason="BAD_TOKEN")
+
+
 class TokenVerifier:
-    """Verifies bearer tokens with a public key or a JWKS URL."""
+    """Verifies bearer tokens with a public key or a JWKS URL. Whatever a token holds, the
+    answer is an identity or UNAUTHENTICATED (UNAVAILABLE only while the JWKS is away)."""
 
     def __init__(
         self,
@@ -76,6 +112,7 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         leeway_seconds: float = 5.0,
+        max_lifetime_seconds: float = 24 * 3600,
         cache_size: int = 4096,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,6 +126,7 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        self._max_lifetime = max_lifetime_seconds
         # A client sends the same token on every call: its signature is checked once, and
         # its expiry on every use. Bounded, oldest evicted first.
         self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
@@ -107,6 +145,8 @@ class TokenVerifier:
             if self._clock() <= expires + self._leeway:
                 return identity
             del self._verified[token]
+        if len(token) > MAX_TOKEN_CHARS:
+            raise _bad_token(f"longer than {MAX_TOKEN_CHARS} characters")
         identity, expires = self._verify_signature(token)
         if self._clock() > expires + self._leeway:
             raise Unauthenticated("token expired", reason="TOKEN_EXPIRED")
@@ -115,17 +155,27 @@ class TokenVerifier:
             self._verified.popitem(last=False)
         return identity
 
+    def _key_for(self, token: str) -> Any:
+        if self._jwks is None:
+            return self._public_key
+        try:
+            return self._jwks.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError as error:
+            raise Unavailable(
+                "the token's signing keys cannot be fetched now", reason="JWKS_UNAVAILABLE"
+            ) from error
+
     def _verify_signature(self, token: str) -> tuple[Identity, float]:
         try:
-            key = (
-                self._jwks.get_signing_key_from_jwt(token).key
-                if self._jwks is not None
-                else self._public_key
-            )
+            algorithm = jwt.get_unverified_header(token).get("alg")
+            key = self._key_for(token)
+            allowed = algorithms_for(key)
+            if algorithm not in allowed:
+                raise _bad_token(f"algorithm {str(algorithm)[:20]!r} does not fit the key")
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=ASYMMETRIC_ALGORITHMS,
+                algorithms=allowed,
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
@@ -133,14 +183,28 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as error:
             raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from error
+        except (Unauthenticated, Unavailable):
+            raise
         except jwt.PyJWTError as error:
-            raise Unauthenticated(f"invalid token: {error}", reason="BAD_TOKEN") from error
+            raise _bad_token(str(error)[:200]) from error
+        except Exception as error:  # any token at all is refused, never a bug
+            raise _bad_token(type(error).__name__) from error
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+        if lifetime > self._max_lifetime:
+            raise Unauthenticated(
+                f"token lives {lifetime:.0f}s, longer than the {self._max_lifetime:.0f}s allowed",
+                reason="TOKEN_LIFETIME_TOO_LONG",
+            )
         roles = claims.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise Unauthenticated("claim 'roles' must be a list of strings", reason="BAD_TOKEN")
+        if not (
+            isinstance(roles, list)
+            and len(roles) <= MAX_ROLES
+            and all(_printable(r, MAX_ROLE_CHARS) for r in roles)
+        ):
+            raise _bad_token(f"claim 'roles' must be at most {MAX_ROLES} short strings")
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise Unauthenticated("claim 'sub' must be a non-empty string", reason="BAD_TOKEN")
+        if not _printable(subject, MAX_SUBJECT_CHARS):
+            raise _bad_token(f"claim 'sub' must be 1 to {MAX_SUBJECT_CHARS} printable characters")
         identity = Identity(user_id=subject, roles=frozenset(roles), token=token)
         return identity, float(claims["exp"])
 

@@ -1,6 +1,6 @@
-"""Calls from one service to another: a traced channel, and the asset lookup that the job
-and scene services both make, with the caller's own token (so the asset service's scoping
-is the check, DESIGN section 7)."""
+"""Calls from one service to another: a traced channel, what a peer's failure means to our
+caller, and the asset lookup that the job and scene services both make, with the caller's
+own token (so the asset service's scoping is the check, DESIGN section 7)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,29 @@ import grpc
 
 from pixsim.asset.v1 import asset_service_pb2 as asset_pb
 from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
-from pixsim_common.errors import Unavailable
+from pixsim_common.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+
+# A peer answering one of these is away or busy: our caller may retry.
+PASSING_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+class PeerBug(Exception):
+    """A peer failed with a code no request of ours should meet (INTERNAL, UNIMPLEMENTED,
+    ...): a bug somewhere, reported as INTERNAL rather than as something to retry."""
 
 
 def channel(address: str) -> grpc.aio.Channel:
@@ -26,6 +48,25 @@ def channel(address: str) -> grpc.aio.Channel:
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     """Call metadata that forwards the caller's token."""
     return (("authorization", f"Bearer {token}"),)
+
+
+def from_peer(error: grpc.aio.AioRpcError, peer: str) -> DomainError | PeerBug:
+    """What a failed call to `peer` means for our own caller. Only a peer that is away or busy
+    becomes UNAVAILABLE: a permanent failure reported as UNAVAILABLE is retried forever."""
+    code = error.code()
+    details = error.details() or code.name
+    reason = f"{peer.upper().replace('-', '_')}_UNAVAILABLE"
+    if code in PASSING_CODES:
+        return Unavailable(f"the {peer} cannot be asked now; retry", reason=reason)
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(f"the {peer} refused the token: {details}", reason="BAD_TOKEN")
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(f"the {peer} refused: {details}")
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(f"the {peer} refused the request: {details}")
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+        return FailedPrecondition(f"the {peer} answered {code.name}: {details}")
+    return PeerBug(f"the {peer} failed with {code.name}: {details}")
 
 
 class AssetLookup:
@@ -49,8 +90,6 @@ class AssetLookup:
                     timeout=self._timeout,
                 )
             except grpc.aio.AioRpcError as error:
-                raise Unavailable(
-                    "the asset service cannot be asked now", reason="ASSET_SERVICE_UNAVAILABLE"
-                ) from error
+                raise from_peer(error, "asset service") from error
             found |= {asset.name: asset for asset in answer.assets}
         return found

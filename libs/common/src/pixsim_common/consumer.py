@@ -8,9 +8,12 @@ For every message the runner:
 3. commits the partition offset only after that transaction committed.
 
 Poison goes to the topic's `.dlq` twin with the error in headers, and the consumer moves on.
-A transient failure (the database or network away) is retried with backoff, never skipped.
-Any other exception is a bug in the handler: retried a few times, then dead-lettered with
-its error rather than blocking the partition forever.
+A failure is retried with backoff. Retrying is right only while a dependency is away, so an
+attempt counts against the message only when the service's own database (and any peer the
+consumer was given a probe for) answers: a message that keeps failing while everything it
+needs is up is poison, and after `max_handler_attempts` such attempts it is dead-lettered
+with its error, so one message never blocks its partition for everyone behind it. While the
+database is down nothing counts and nothing is skipped.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pixsim_common.cloudevents import EventMeta, MalformedEvent, parse_headers
 from pixsim_common.errors import InvalidArgument
 from pixsim_common.metrics import CONSUMER_LAG, MESSAGES_CONSUMED
-from pixsim_common.topics import Topic
+from pixsim_common.topics import MAX_EVENT_BYTES, Topic
 from pixsim_common.tracing import extract_context
 from pixsim_common.transient import is_transient
 from pixsim_common.validation import validate
@@ -41,8 +44,8 @@ from pixsim_common.validation import validate
 log = structlog.get_logger("pixsim.consumer")
 tracer = trace.get_tracer("pixsim.consumer")
 
-# Events are small; anything near the broker's 1 MiB limit is a bug upstream, not data.
-MAX_MESSAGE_BYTES = 512 * 1024
+# Producers never write more (requests are bounded to fit); anything larger is poison.
+MAX_MESSAGE_BYTES = MAX_EVENT_BYTES
 
 metadata = MetaData()
 inbox_table = Table(
@@ -63,6 +66,8 @@ INBOX_INSERT = text(
 )
 
 Handler = Callable[[AsyncSession, Any, EventMeta], Awaitable[None]]
+# Answers whether a dependency of the handlers is up (a peer service, say).
+Probe = Callable[[], Awaitable[bool]]
 
 
 class PoisonMessage(Exception):
@@ -116,10 +121,11 @@ class EventConsumer:
         kafka_bootstrap: str,
         sessions: async_sessionmaker[AsyncSession],
         subscriptions: Sequence[Subscription],
-        max_handler_attempts: int = 5,
+        max_handler_attempts: int = 8,
         backoff_base: float = 0.05,
         backoff_cap: float = 5.0,
         consumer_options: Mapping[str, Any] | None = None,
+        probes: Sequence[Probe] = (),
     ) -> None:
         self.name = name
         self._group_id = group_id
@@ -130,6 +136,7 @@ class EventConsumer:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._consumer_options = dict(consumer_options or {})
+        self._probes = list(probes)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -223,9 +230,9 @@ class EventConsumer:
         except MalformedEvent as error:
             await self._dead_letter(subscription.topic, record, error.reason, str(error))
             return
-        attempt = 0
+        counted = tries = 0
         while True:
-            attempt += 1
+            tries += 1
             try:
                 outcome = await self._apply(subscription, meta, event)
             except PoisonMessage as error:
@@ -233,31 +240,54 @@ class EventConsumer:
                 return
             except Exception as error:
                 transient = is_transient(error)
-                if not transient and attempt >= self._max_handler_attempts:
-                    log.exception(
-                        "handler failed; dead-lettering",
+                if not transient or await self._dependencies_answer():
+                    counted += 1
+                if counted >= self._max_handler_attempts:
+                    log.warning(
+                        "message keeps failing while its dependencies answer; dead-lettering",
                         topic=record.topic,
                         offset=record.offset,
                         ce_id=meta.id,
+                        attempts=tries,
+                        error=repr(error),
+                        exc_info=not transient,
                     )
                     await self._dead_letter(
-                        subscription.topic, record, "HANDLER_FAILED", repr(error)
+                        subscription.topic,
+                        record,
+                        "KEEPS_FAILING" if transient else "HANDLER_FAILED",
+                        repr(error),
                     )
                     return
-                delay = min(self._backoff_cap, self._backoff_base * 2 ** min(attempt, 10))
+                delay = min(self._backoff_cap, self._backoff_base * 2 ** min(tries, 10))
                 log.warning(
                     "handler retrying",
                     topic=record.topic,
                     offset=record.offset,
                     ce_id=meta.id,
                     transient=transient,
-                    attempt=attempt,
+                    attempt=tries,
+                    counted=counted,
                     error=repr(error),
                 )
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
                 continue
             MESSAGES_CONSUMED.labels(self._group_id, record.topic, outcome).inc()
             return
+
+    async def _dependencies_answer(self) -> bool:
+        """Whether the database (and every probed peer) answers now: only then does a failed
+        attempt count against the message."""
+        try:
+            async with asyncio.timeout(5), self._sessions() as session:
+                await session.execute(text("SELECT 1"))
+            for probe in self._probes:
+                async with asyncio.timeout(5):
+                    if not await probe():
+                        return False
+        except Exception:  # away, or too slow to tell: not the message's fault
+            return False
+        return True
 
     async def _apply(self, subscription: Subscription, meta: EventMeta, event: Message) -> str:
         parent = extract_context(meta.trace_headers)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from sqlalchemy import ColumnElement, any_, literal
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,6 +28,22 @@ def sqlalchemy_url(url: str) -> str:
 def libpq_url(url: str) -> str:
     """The same URL in the form asyncpg and libpq accept."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+# asyncpg sends at most 32,767 parameters with one statement; a query whose parameter count
+# grows with a caller's list must not exist (an array is one parameter).
+MAX_QUERY_PARAMETERS = 32_767
+
+
+def any_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column = ANY($1)`: one array parameter, however many values (never `IN` over a
+    caller-sized list, which is one parameter per value)."""
+    return column == any_(literal(list(values), ARRAY(column.type)))  # type: ignore[no-any-return]
+
+
+def rows_per_statement(columns: int) -> int:
+    """How many rows of `columns` values one multi-row statement may carry."""
+    return max(1, MAX_QUERY_PARAMETERS // max(columns, 1) // 2)
 
 
 def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:

@@ -22,9 +22,9 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from pixsim_common.auth import Identity, TokenVerifier, reset_identity, set_identity
-from pixsim_common.errors import DomainError, Unavailable, internal_status
+from pixsim_common.errors import DomainError, InvalidArgument, Unavailable, internal_status
 from pixsim_common.metrics import RPC_LATENCY, RPC_REQUESTS
-from pixsim_common.transient import is_transient
+from pixsim_common.transient import is_data_error, is_transient
 from pixsim_common.validation import validate
 
 log = structlog.get_logger("pixsim.grpc")
@@ -99,7 +99,15 @@ class _CallGuard:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as error:
-            if is_transient(error):  # e.g. the database restarting: the caller may retry
+            if is_data_error(error):
+                # A value PostgreSQL refused that no check caught first: still the caller's.
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                log.warning("rpc met a refused value", method=self.method, error=repr(error))
+                refused = InvalidArgument(
+                    "a value in the request cannot be stored", reason="UNSTORABLE_VALUE"
+                )
+                await abort(context, refused.to_status())
+            elif is_transient(error):  # e.g. the database restarting: the caller may retry
                 code = grpc.StatusCode.UNAVAILABLE
                 log.warning("rpc met a transient failure", method=self.method, error=repr(error))
                 unavailable = Unavailable(
@@ -125,11 +133,43 @@ class _CallGuard:
             structlog.contextvars.unbind_contextvars("rpc", "user_id")
 
 
-def _validated(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What the server got instead of a request: bytes that are no message of its type.
+    gRPC itself would answer INTERNAL; the guard answers INVALID_ARGUMENT."""
+
+    method: str
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Any:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError, invalid UTF-8 in a string, ...
+            return Undecodable(method, str(error)[:200])
+
+    return decode
+
+
+def checked(request: Any) -> Message:
+    """A decoded, valid request; anything else is INVALID_ARGUMENT."""
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(
+            f"the bytes sent to {request.method} are not its request message: {request.error}",
+            reason="UNDECODABLE_REQUEST",
+        )
+    validate(request)
+    return cast(Message, request)
+
+
+def _validated(requests: AsyncIterator[Any]) -> AsyncIterator[Message]:
     async def each() -> AsyncIterator[Message]:
         async for request in requests:
-            validate(request)
-            yield request
+            yield checked(request)
 
     return each()
 
@@ -139,16 +179,15 @@ def _guard_handler(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with every behaviour wrapped by `guard`."""
     serializers = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(handler.request_deserializer, guard.short_method),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
         inner_uu = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
 
-        async def unary_unary(request: Message, context: Any) -> Any:
+        async def unary_unary(request: Any, context: Any) -> Any:
             async with guard.guarded(context):
-                validate(request)
-                return await inner_uu(request, context)
+                return await inner_uu(checked(request), context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
     if handler.stream_unary is not None:
@@ -162,10 +201,9 @@ def _guard_handler(
     if handler.unary_stream is not None:
         inner_us = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
 
-        async def unary_stream(request: Message, context: Any) -> AsyncIterator[Any]:
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             async with guard.guarded(context):
-                validate(request)
-                async for response in inner_us(request, context):
+                async for response in inner_us(checked(request), context):
                     yield response
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)

@@ -26,6 +26,11 @@ MESSAGES_CONSUMED = Counter(
 OUTBOX_BACKLOG = Gauge(
     "pixsim_outbox_backlog_events", "Outbox events not yet published", ["service"]
 )
+OUTBOX_SET_ASIDE = Counter(
+    "pixsim_outbox_set_aside_total",
+    "Outbox events that can never be published, set aside with their error",
+    ["service", "topic", "reason"],
+)
 OUTBOX_PUBLISHED = Counter(
     "pixsim_outbox_published_total", "Outbox events published to Kafka", ["service", "topic"]
 )

@@ -35,6 +35,20 @@ def create_messaging_tables() -> None:
     create_messaging_schema(op.get_bind())
 
 
+def add_outbox_set_aside() -> None:
+    """For a revision after the first: the outbox columns of rows set aside for good
+    (`failed_at`, `error`), which leave the unsent index. A first revision run today makes
+    them already, so each step is a no-op there."""
+    op.execute(
+        "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS failed_at timestamptz,"
+        " ADD COLUMN IF NOT EXISTS error text"
+    )
+    op.execute("DROP INDEX IF EXISTS outbox_unsent")
+    op.execute(
+        "CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL AND failed_at IS NULL"
+    )
+
+
 def drop_messaging_tables() -> None:
     op.drop_table("inbox")
     op.drop_table("outbox")

@@ -10,6 +10,12 @@ and a relay in the same process publishes them to Kafka and marks them sent.
   replica runs it. The producer is idempotent with `acks=all`; rows are marked sent only
   after every send of the batch is acknowledged, so a crash in between resends (at least
   once) and never loses.
+- A row that can never be published (larger than the topic takes, headers that do not
+  encode, a topic that refuses it) is set aside with its error (`failed_at`, `error`) and
+  counted in `pixsim_outbox_set_aside_total`, and the service's `on_set_aside` hook fails
+  the aggregate it was about with a clear code. It is never retried in front of the rows
+  behind it. A failure that may pass (the broker away, a leader moving) rolls the batch
+  back and is retried, as before.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from google.protobuf.message import Message
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +40,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
+    Row,
     Table,
     Text,
     func,
@@ -39,12 +48,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from pixsim_common.cloudevents import encode_headers, event_headers
 from pixsim_common.db import libpq_url
-from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
-from pixsim_common.topics import Topic
+from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED, OUTBOX_SET_ASIDE
+from pixsim_common.topics import MAX_EVENT_BYTES, TOPIC_MAX_MESSAGE_BYTES, Topic
 from pixsim_common.tracing import inject_context
 
 log = structlog.get_logger("pixsim.outbox")
@@ -65,7 +74,10 @@ outbox_table = Table(
     Column("headers", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("sent_at", DateTime(timezone=True)),
-    Index("outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),
+    # Set when the row can never be published: it waits here for an operator, not in line.
+    Column("failed_at", DateTime(timezone=True)),
+    Column("error", Text),
+    Index("outbox_unsent", "id", postgresql_where=text("sent_at IS NULL AND failed_at IS NULL")),
 )
 
 # Run by each service's first migration, after creating the table.
@@ -75,6 +87,37 @@ NOTIFY_TRIGGER_DDL = (
     """CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     FOR EACH STATEMENT EXECUTE FUNCTION pixsim_outbox_notify()""",
 )
+
+
+# Brokers' answers that no retry changes: the record itself is what the topic refuses.
+PERMANENT_SEND_ERRORS: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.PolicyViolationError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.UnsupportedForMessageFormatError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """An outbox row that can never be published, and why."""
+
+    event_id: str
+    topic: str
+    key: str
+    error: str
+
+
+# Fails whatever aggregate a set-aside event was about, in the relay's transaction.
+SetAsideHook = Callable[[AsyncSession, SetAside], Awaitable[None]]
+
+
+class Unpublishable(Exception):
+    """An event that no broker of ours would take; refused at `enqueue`."""
 
 
 async def enqueue(
@@ -89,6 +132,11 @@ async def enqueue(
     """Write `event` to the outbox in `session`'s transaction; returns its ce_id."""
     if not isinstance(event, topic.message_type):
         raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(event)}")
+    payload = event.SerializeToString()
+    if len(payload) > MAX_EVENT_BYTES:
+        raise Unpublishable(
+            f"a {topic.name} event of {len(payload)} bytes is over the {MAX_EVENT_BYTES} limit"
+        )
     event_id = event_id or str(uuid.uuid4())
     headers = event_headers(
         event_type=topic.event_type,
@@ -101,7 +149,7 @@ async def enqueue(
             event_id=event_id,
             topic=topic.name,
             key=key,
-            payload=event.SerializeToString(),
+            payload=payload,
             headers=headers,
         )
     )
@@ -122,8 +170,10 @@ class OutboxRelay:
         sweep_seconds: float = 5.0,
         retention: timedelta = timedelta(days=1),
         producer_options: Mapping[str, Any] | None = None,
+        on_set_aside: SetAsideHook | None = None,
     ) -> None:
         self._service = service
+        self._on_set_aside = on_set_aside
         self._engine = engine
         self._listen_url = libpq_url(database_url)
         self._bootstrap = kafka_bootstrap
@@ -142,6 +192,7 @@ class OutboxRelay:
             "acks": "all",
             "linger_ms": 2,
             "request_timeout_ms": 15000,
+            "max_request_size": TOPIC_MAX_MESSAGE_BYTES,
         }
         options.update(self._producer_options)
         self._producer = AIOKafkaProducer(**options)
@@ -215,40 +266,87 @@ class OutboxRelay:
             rows = (
                 await connection.execute(
                     text(
-                        "SELECT id, topic, key, payload, headers FROM outbox "
-                        "WHERE sent_at IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+                        "SELECT id, event_id, topic, key, payload, headers FROM outbox "
+                        "WHERE sent_at IS NULL AND failed_at IS NULL "
+                        "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
                     ),
                     {"limit": self._batch_size},
                 )
             ).all()
             if not rows:
                 return 0
-            deliveries = [
-                await producer.send(
-                    row.topic,
-                    value=row.payload,
-                    key=row.key.encode(),
-                    headers=encode_headers(row.headers),
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*deliveries)
-            await connection.execute(
-                text("UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids)"),
-                {"ids": [row.id for row in rows]},
+            outcomes = await asyncio.gather(
+                *(self._send(producer, row) for row in rows), return_exceptions=True
             )
-        for row in rows:
-            OUTBOX_PUBLISHED.labels(self._service, row.topic).inc()
+            passing = next(
+                (o for o in outcomes if isinstance(o, BaseException) and not _permanent(o)), None
+            )
+            if passing is not None:
+                raise passing  # the batch rolls back and goes again, in order
+            sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+            if sent:
+                await connection.execute(
+                    text("UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids)"), {"ids": sent}
+                )
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    await self._set_aside(connection, row, outcome)
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome is None:
+                OUTBOX_PUBLISHED.labels(self._service, row.topic).inc()
         return len(rows)
+
+    async def _send(self, producer: AIOKafkaProducer, row: Row[Any]) -> None:
+        """One row to the broker, acknowledged; what it raises says whether it may pass."""
+        if len(row.payload) > MAX_EVENT_BYTES:
+            raise Unpublishable(f"{len(row.payload)} bytes is over the {MAX_EVENT_BYTES} limit")
+        try:
+            headers = encode_headers(row.headers)
+            key = row.key.encode()
+        except (AttributeError, TypeError, ValueError, UnicodeError) as error:
+            raise Unpublishable(f"the row does not encode: {error!r}") from error
+        delivery = await producer.send(row.topic, value=row.payload, key=key, headers=headers)
+        await delivery
+
+    async def _set_aside(
+        self, connection: AsyncConnection, row: Row[Any], error: BaseException
+    ) -> None:
+        """Take a row out of line for good, count it, and let the service fail what it was
+        about."""
+        why = f"{type(error).__name__}: {error}"[:2000]
+        log.error(
+            "outbox event set aside: it can never be published",
+            service=self._service,
+            topic=row.topic,
+            key=row.key,
+            event_id=row.event_id,
+            error=why,
+        )
+        await connection.execute(
+            text("UPDATE outbox SET failed_at = now(), error = :error WHERE id = :id"),
+            {"id": row.id, "error": why},
+        )
+        OUTBOX_SET_ASIDE.labels(self._service, row.topic, type(error).__name__).inc()
+        if self._on_set_aside is not None:
+            session = AsyncSession(bind=connection)
+            try:
+                await self._on_set_aside(session, SetAside(row.event_id, row.topic, row.key, why))
+                await session.flush()
+            finally:
+                await session.close()  # the relay's transaction commits, not the session
 
     async def housekeeping(self) -> None:
         """Report the backlog and prune rows sent longer ago than the retention."""
         async with self._engine.begin() as connection:
             backlog = await connection.scalar(
-                text("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                text("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")
             )
             OUTBOX_BACKLOG.labels(self._service).set(backlog or 0)
             await connection.execute(
                 text("DELETE FROM outbox WHERE sent_at < now() - CAST(:retention AS interval)"),
                 {"retention": self._retention},
             )
+
+
+def _permanent(error: BaseException) -> bool:
+    return isinstance(error, (Unpublishable, *PERMANENT_SEND_ERRORS))

@@ -45,5 +45,10 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str = "http://127.0.0.1:4317"
+    # The HMAC key of page tokens, shared by a service's replicas (a Secret in Kubernetes).
+    # Empty: a random key of this process, so tokens do not pass between replicas.
+    page_token_secret: SecretStr = SecretStr("")
+    # Tokens living longer than this (`exp - iat`) are refused, whoever signed them.
+    jwt_max_lifetime_seconds: int = Field(default=24 * 3600, ge=60)
     # How long SIGTERM waits for in-flight RPCs and messages before cancelling them.
     drain_seconds: float = Field(default=20.0, ge=0)

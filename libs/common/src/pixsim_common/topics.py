@@ -10,6 +10,15 @@ from pixsim.events.v1 import events_pb2
 
 DLQ_SUFFIX = ".dlq"
 DEFAULT_PARTITIONS = 6
+# Every topic the project makes says how large a record it takes (`max.message.bytes`: the
+# local broker's topics and the KafkaTopic manifests), rather than inheriting a broker's
+# default, so the limits below are a promise and not a guess.
+TOPIC_MAX_MESSAGE_BYTES = 1024 * 1024
+# The largest event value a service writes or reads. The rest of the topic's limit is room
+# for the key, the CloudEvents headers and the batch framing. Requests are bounded so that
+# their events fit (docs/decisions.md, "Limits"); a consumer treats anything larger as poison.
+MAX_EVENT_BYTES = 512 * 1024
+TOPIC_CONFIG = {"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from pixsim_asset import repository as repo
 from pixsim_asset.domain import Asset, Relative
 from pixsim_asset.service import AssetService
 from pixsim_common.auth import current_identity
+from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import from_request, to_timestamp
 
 
@@ -71,9 +72,10 @@ def _id(name: str) -> str:
 
 
 class AssetApi(pb_grpc.AssetServiceServicer):
-    def __init__(self, service: AssetService, sessions: Any) -> None:
+    def __init__(self, service: AssetService, sessions: Any, tokens: PageTokens) -> None:
         self._service = service
         self._sessions = sessions
+        self._tokens = tokens
 
     async def GetAsset(self, request: pb.GetAssetRequest, context: Any) -> pb.Asset:
         return to_proto(await self._service.get(current_identity(), _id(request.name)))
@@ -106,6 +108,7 @@ class AssetApi(pb_grpc.AssetServiceServicer):
         async with self._sessions() as session:
             found, token = await repo.list_page(
                 session,
+                self._tokens,
                 current_identity().user_id,
                 filters,
                 page_token=request.page_token,

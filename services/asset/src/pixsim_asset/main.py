@@ -53,7 +53,9 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         return services["asset"]
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
-        pb_grpc.add_AssetServiceServicer_to_server(AssetApi(service(kit), kit.sessions), server)
+        pb_grpc.add_AssetServiceServicer_to_server(
+            AssetApi(service(kit), kit.sessions, kit.page_tokens), server
+        )
 
     def workers(_kit: Kit) -> Sequence[Worker]:
         return [CloseOnStop(client.aclose)]

@@ -43,7 +43,8 @@ from pixsim_asset.domain import (
     Variant,
     media_type_of,
 )
-from pixsim_common import pagination
+from pixsim_common.db import any_of
+from pixsim_common.pagination import PageTokens
 
 metadata = MetaData()
 
@@ -228,7 +229,7 @@ async def _with_variants(session: AsyncSession, rows: Sequence[Row[Any]]) -> lis
     if ids:
         for v in await session.execute(
             select(asset_variants)
-            .where(asset_variants.c.asset_id.in_(ids))
+            .where(any_of(asset_variants.c.asset_id, ids))
             .order_by(asset_variants.c.kind)
         ):
             found.setdefault(v.asset_id, []).append(
@@ -252,7 +253,7 @@ async def load_many(session: AsyncSession, ids: Sequence[str], owner_id: str) ->
     """The owner's live assets among `ids`, in the order asked, each once."""
     rows = (
         await session.execute(
-            select(assets).where(assets.c.id.in_(set(ids)), assets.c.owner_id == owner_id, LIVE)
+            select(assets).where(any_of(assets.c.id, set(ids)), assets.c.owner_id == owner_id, LIVE)
         )
     ).all()
     by_id = {a.id: a for a in await _with_variants(session, rows)}
@@ -265,7 +266,7 @@ async def owned_ids(session: AsyncSession, ids: Iterable[str], owner_id: str) ->
     if not wanted:
         return set()
     result = await session.scalars(
-        select(assets.c.id).where(assets.c.id.in_(wanted), assets.c.owner_id == owner_id, LIVE)
+        select(assets.c.id).where(any_of(assets.c.id, wanted), assets.c.owner_id == owner_id, LIVE)
     )
     return set(result)
 
@@ -329,6 +330,7 @@ async def soft_delete(session: AsyncSession, asset_id: str, owner_id: str) -> As
 
 async def list_page(
     session: AsyncSession,
+    tokens: PageTokens,
     owner_id: str,
     filters: dict[str, Any],
     *,
@@ -347,7 +349,7 @@ async def list_page(
         query = query.where(assets.c.create_time >= filters["create_time_start"])
     if filters.get("create_time_end") is not None:
         query = query.where(assets.c.create_time < filters["create_time_end"])
-    rows, token = await pagination.fetch_page(
+    rows, token = await tokens.fetch_page(
         session, query, assets, page_token, page_size, filters, newest_first=True
     )
     return await _with_variants(session, rows), token

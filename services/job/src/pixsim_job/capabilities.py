@@ -13,8 +13,8 @@ from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gw_grpc
 from pixsim.types.v1 import types_pb2
-from pixsim_common.clients import bearer
-from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+from pixsim_common.clients import bearer, from_peer
+from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 
 class ProviderCatalog:
@@ -41,9 +41,7 @@ class ProviderCatalog:
                     f"unknown provider {provider_id!r}",
                     [FieldViolation("job.provider_id", "no such provider", "UNKNOWN_PROVIDER")],
                 ) from None
-            raise Unavailable(
-                "the provider gateway cannot be asked now", reason="GATEWAY_UNAVAILABLE"
-            ) from error
+            raise from_peer(error, "provider gateway") from error
         self._cache[provider_id] = (time.monotonic(), provider)
         return provider
 

@@ -105,6 +105,7 @@ class Job:
     retry_count: int = 0
     asset_id: str = ""
     request_id: str = ""
+    request_hash: str = ""
     create_time: datetime | None = None
     start_time: datetime | None = None
     complete_time: datetime | None = None
@@ -119,6 +120,7 @@ class Job:
         provider_id: str,
         request: dict[str, Any],
         request_id: str = "",
+        request_hash: str = "",
     ) -> Job:
         return cls(
             id=str(uuid.uuid4()),
@@ -127,7 +129,13 @@ class Job:
             provider_id=provider_id,
             request=request,
             request_id=request_id,
+            request_hash=request_hash,
         )
+
+    def same_request(self, request_hash: str) -> bool:
+        """Whether a request with this fingerprint is the one this job was made from (a job
+        from before fingerprints were kept counts as the same)."""
+        return not self.request_hash or self.request_hash == request_hash
 
     def _move(self, target: JobState, now: datetime) -> None:
         if target not in LEGAL[self.state]:
@@ -159,6 +167,12 @@ class Job:
             self.asset_id = fact.asset_id
         self._move(target, now)
         return True
+
+    def fail(self, error_code: str, error_message: str, now: datetime) -> None:
+        """The job cannot go on (its submission could not be sent, say); only one that has not
+        ended can fail."""
+        self.error_code, self.error_message = error_code, error_message
+        self._move(JobState.FAILED, now)
 
     def cancel(self, now: datetime) -> None:
         """The caller cancels; only a job that has not ended can be."""

@@ -17,7 +17,9 @@ def subscriptions(service: JobService) -> list[Subscription]:
     async def started(
         session: AsyncSession, event: events_pb2.GenerationStarted, meta: EventMeta
     ) -> None:
-        await service.learn(session, event.job_id, GenerationStarted(event.job_retry_count))
+        await service.learn(
+            session, event.job_id, event.user_id, GenerationStarted(event.job_retry_count)
+        )
 
     async def failed(
         session: AsyncSession, event: events_pb2.GenerationFailed, meta: EventMeta
@@ -28,6 +30,7 @@ def subscriptions(service: JobService) -> list[Subscription]:
         await service.learn(
             session,
             event.job_id,
+            event.user_id,
             GenerationFailed(event.job_retry_count, code, event.error_message),
         )
 
@@ -35,7 +38,7 @@ def subscriptions(service: JobService) -> list[Subscription]:
         session: AsyncSession, event: events_pb2.AssetCreated, meta: EventMeta
     ) -> None:
         if event.job_id:  # uploads make assets too; only a generation's answers a job
-            await service.learn(session, event.job_id, AssetCreated(event.asset_id))
+            await service.learn(session, event.job_id, event.user_id, AssetCreated(event.asset_id))
 
     return [
         Subscription(topics.GENERATION_STARTED, started),

@@ -6,13 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
-from pixsim_common import pagination
 from pixsim_common.auth import current_identity
+from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import from_request, to_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.domain import Job
@@ -49,11 +48,16 @@ def _id(name: str) -> str:
 
 class JobApi(pb_grpc.JobServiceServicer):
     def __init__(
-        self, service: JobService, feed: ChangeFeed, sessions: async_sessionmaker[AsyncSession]
+        self,
+        service: JobService,
+        feed: ChangeFeed,
+        sessions: async_sessionmaker[AsyncSession],
+        tokens: PageTokens,
     ) -> None:
         self._service = service
         self._feed = feed
         self._sessions = sessions
+        self._tokens = tokens
 
     async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.Job:
         return to_proto(await self._service.create(current_identity(), request))
@@ -84,30 +88,19 @@ class JobApi(pb_grpc.JobServiceServicer):
             else None
         )
         filters = {
-            "states": sorted(request.states),
+            "states": sorted({pb.Job.State.Name(s).removeprefix("STATE_") for s in request.states}),
             "provider": request.provider_id,
             "operation": request.operation_type,
             "start": start.isoformat() if start else "",
             "end": end.isoformat() if end else "",
         }
-        j = repo.jobs
-        query = select(j).where(j.c.user_id == identity.user_id)
-        if request.states:
-            query = query.where(
-                j.c.state.in_([pb.Job.State.Name(s).removeprefix("STATE_") for s in request.states])
-            )
-        if request.provider_id:
-            query = query.where(j.c.provider_id == request.provider_id)
-        if request.operation_type:
-            query = query.where(j.c.operation_type == request.operation_type)
-        if start is not None:
-            query = query.where(j.c.create_time >= start)
-        if end is not None:
-            query = query.where(j.c.create_time < end)
         async with self._sessions() as session:
-            rows, token = await pagination.fetch_page(
-                session, query, j, request.page_token, request.page_size, filters, newest_first=True
+            found, token = await repo.list_page(
+                session,
+                self._tokens,
+                identity.user_id,
+                filters,
+                page_token=request.page_token,
+                page_size=request.page_size,
             )
-        return pb.ListJobsResponse(
-            jobs=[to_proto(repo.to_job(r)) for r in rows], next_page_token=token
-        )
+        return pb.ListJobsResponse(jobs=[to_proto(j) for j in found], next_page_token=token)

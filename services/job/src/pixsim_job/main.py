@@ -39,7 +39,9 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         return services["job"]
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
-        pb_grpc.add_JobServiceServicer_to_server(JobApi(service(kit), feed, kit.sessions), server)
+        pb_grpc.add_JobServiceServicer_to_server(
+            JobApi(service(kit), feed, kit.sessions, kit.page_tokens), server
+        )
 
     def workers(_kit: Kit) -> Sequence[Worker]:
         return [
@@ -57,6 +59,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         register=register,
         workers=workers,
         subscriptions=consumed,
+        on_set_aside=lambda kit: service(kit).event_set_aside,
     )
 
 

@@ -8,6 +8,7 @@ the migration), which is what `WatchJob` waits on in every replica.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pixsim_common.db import any_of
+from pixsim_common.pagination import PageTokens
 from pixsim_job.domain import Job, JobState
 
 CHANGE_CHANNEL = "pixsim_job_changed"
@@ -48,6 +51,8 @@ jobs = Table(
     Column("retry_count", Integer, nullable=False, server_default="0"),
     Column("asset_id", Text, nullable=False, server_default=""),
     Column("request_id", Text),
+    # sha256 of the request as the caller sent it: the same request_id means the same request.
+    Column("request_hash", Text),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("start_time", DateTime(timezone=True)),
@@ -76,6 +81,7 @@ def to_job(row: Row[Any]) -> Job:
         retry_count=row.retry_count,
         asset_id=row.asset_id,
         request_id=row.request_id or "",
+        request_hash=row.request_hash or "",
         create_time=row.create_time,
         start_time=row.start_time,
         complete_time=row.complete_time,
@@ -86,8 +92,10 @@ def to_job(row: Row[Any]) -> Job:
 # no cache key, so SQLAlchemy compiled it on every call (10 % of the job service's CPU under
 # load, docs/performance.md); a text() statement is compiled once.
 _INSERT_JOB = (
-    "INSERT INTO jobs (id, user_id, operation_type, provider_id, request, state, request_id)"
-    " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id)"
+    "INSERT INTO jobs"
+    " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash)"
+    " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id,"
+    " :request_hash)"
     " ON CONFLICT DO NOTHING RETURNING "
 )
 _JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
@@ -112,6 +120,7 @@ async def insert_new(session: AsyncSession, job: Job) -> Job | None:
                 "request": job.request,
                 "state": job.state.value,
                 "request_id": job.request_id or None,
+                "request_hash": job.request_hash or None,
             },
         )
     ).first()
@@ -128,6 +137,15 @@ async def load(
     if lock:
         query = query.with_for_update()
     row = (await session.execute(query)).first()
+    return to_job(row) if row is not None else None
+
+
+async def find_by_request_id(session: AsyncSession, user_id: str, request_id: str) -> Job | None:
+    row = (
+        await session.execute(
+            select(jobs).where(jobs.c.user_id == user_id, jobs.c.request_id == request_id)
+        )
+    ).first()
     return to_job(row) if row is not None else None
 
 
@@ -160,3 +178,31 @@ async def save(session: AsyncSession, job: Job) -> Job:
         )
     ).one()
     return to_job(row)
+
+
+async def list_page(
+    session: AsyncSession,
+    tokens: PageTokens,
+    user_id: str,
+    filters: dict[str, Any],
+    *,
+    page_token: str,
+    page_size: int,
+) -> tuple[list[Job], str]:
+    """One page of the user's jobs, newest first, and the next page's token. `filters`: states
+    (names), provider, operation, start and end (ISO times; empty values do not filter)."""
+    query = select(jobs).where(jobs.c.user_id == user_id)
+    if filters["states"]:
+        query = query.where(any_of(jobs.c.state, filters["states"]))
+    if filters["provider"]:
+        query = query.where(jobs.c.provider_id == filters["provider"])
+    if filters["operation"]:
+        query = query.where(jobs.c.operation_type == filters["operation"])
+    if filters["start"]:
+        query = query.where(jobs.c.create_time >= datetime.fromisoformat(filters["start"]))
+    if filters["end"]:
+        query = query.where(jobs.c.create_time < datetime.fromisoformat(filters["end"]))
+    rows, token = await tokens.fetch_page(
+        session, query, jobs, page_token, page_size, filters, newest_first=True
+    )
+    return [to_job(r) for r in rows], token

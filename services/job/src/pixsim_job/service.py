@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,10 +21,17 @@ from pixsim_common import topics
 from pixsim_common.auth import Identity
 from pixsim_common.consumer import PoisonMessage
 from pixsim_common.db import UnitOfWork
-from pixsim_common.errors import FailedPrecondition, NotFound
+from pixsim_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from pixsim_common.notify import Listener
-from pixsim_common.outbox import enqueue
+from pixsim_common.outbox import SetAside, enqueue
 from pixsim_common.timestamps import now_timestamp
+from pixsim_common.topics import MAX_EVENT_BYTES
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import ProviderCatalog, check_request
 from pixsim_job.domain import Fact, IllegalTransition, Job
@@ -49,6 +57,13 @@ class JobService:
         self._resolver = resolver
 
     async def create(self, identity: Identity, request: pb.CreateJobRequest) -> Job:
+        fingerprint = request_fingerprint(request.job)
+        if request.request_id:
+            # A retry of a request we have answered is answered again, even while the
+            # gateway or the asset service is away.
+            existing = await self._by_request_id(identity, request.request_id, fingerprint)
+            if existing is not None:
+                return existing
         provider = await self._catalog.get(request.job.provider_id, identity.token)
         check_request(request.job, provider)
         spec = pb.Job()
@@ -61,42 +76,38 @@ class JobService:
             operation_type=spec.operation_type,
             provider_id=spec.provider_id,
             request_id=request.request_id,
+            request_hash=fingerprint,
             request={
                 "prompt": spec.prompt,
                 "inputs": [json_format.MessageToDict(i) for i in spec.inputs],
                 "params": json_format.MessageToDict(spec.params),
             },
         )
+        submitted = submitted_event(job, spec)
+        refuse_oversized(submitted, spec)
         async with UnitOfWork(self._sessions) as uow:
             stored = await repo.insert_new(uow.session, job)
             if stored is None:
-                # The same caller sent the same request_id before: that job, no second one.
+                # The same caller sent the same request_id meanwhile: that job, no second.
                 existing = await repo.load_by_request_id(
                     uow.session, identity.user_id, request.request_id
                 )
                 await uow.commit()
-                return existing
-            await self._submitted(uow.session, job, spec)
+                return _same_request(existing, fingerprint)
+            await enqueue(uow.session, topics.JOB_SUBMITTED, job.id, submitted, source=SOURCE)
             await uow.commit()
         return stored
 
+    async def _by_request_id(
+        self, identity: Identity, request_id: str, fingerprint: str
+    ) -> Job | None:
+        async with self._sessions() as session:
+            existing = await repo.find_by_request_id(session, identity.user_id, request_id)
+        return _same_request(existing, fingerprint) if existing is not None else None
+
     async def _submitted(self, session: AsyncSession, job: Job, spec: Any) -> None:
         await enqueue(
-            session,
-            topics.JOB_SUBMITTED,
-            job.id,
-            events_pb2.JobSubmitted(
-                job_id=job.id,
-                user_id=job.user_id,
-                operation_type=types_pb2.OperationType.ValueType(job.operation_type),
-                provider_id=job.provider_id,
-                prompt=spec.prompt,
-                inputs=list(spec.inputs),
-                params=spec.params,
-                retry_count=job.retry_count,
-                submit_time=now_timestamp(),
-            ),
-            source=SOURCE,
+            session, topics.JOB_SUBMITTED, job.id, submitted_event(job, spec), source=SOURCE
         )
 
     async def get(self, identity: Identity, job_id: str) -> Job:
@@ -153,13 +164,27 @@ class JobService:
             await self._submitted(session, job, spec)
             return await self._save(session, job)
 
-    async def learn(self, session: AsyncSession, job_id: str, fact: Fact) -> None:
-        """Apply a fact from an event inside the consumer's transaction."""
+    async def learn(self, session: AsyncSession, job_id: str, user_id: str, fact: Fact) -> None:
+        """Apply a fact from an event inside the consumer's transaction. An event about a
+        job must name its owner: one naming someone else changes nothing of theirs."""
         job = await repo.load(session, job_id, lock=True)
         if job is None:
             raise PoisonMessage(f"job {job_id} does not exist", "UNKNOWN_JOB")
+        if job.user_id != user_id:
+            raise PoisonMessage(f"job {job_id} is not {user_id[:64]!r}'s", "OWNER_MISMATCH")
         if job.learn(fact, _now()):
             await self._save(session, job)
+
+    async def event_set_aside(self, session: AsyncSession, row: SetAside) -> None:
+        """The relay could never publish an event about a job (too large, refused by the
+        topic): a job whose submission never leaves fails, rather than waiting forever."""
+        if row.topic != topics.JOB_SUBMITTED.name:
+            return  # a status change or a cancel: the job itself is already where it is
+        job = await repo.load(session, row.key, lock=True)
+        if job is None or job.state.terminal:
+            return
+        job.fail("EVENT_UNPUBLISHABLE", f"the job could not be submitted: {row.error}", _now())
+        await self._save(session, job)
 
     async def _save(self, session: AsyncSession, job: Job) -> Job:
         for transition in job.transitions:
@@ -232,3 +257,57 @@ async def watch(
             with contextlib.suppress(TimeoutError):
                 # The timeout only guards against a missed notification.
                 await asyncio.wait_for(changed.wait(), timeout=15)
+
+
+def request_fingerprint(job: pb.Job) -> str:
+    """sha256 of the request as the caller sent it (the fields a caller sets), so a reused
+    request_id can be told from a retry of the same request."""
+    sent = pb.Job(
+        provider_id=job.provider_id,
+        operation_type=job.operation_type,
+        prompt=job.prompt,
+        inputs=job.inputs,
+        params=job.params if job.HasField("params") else None,
+    )
+    return hashlib.sha256(sent.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _same_request(existing: Job, fingerprint: str) -> Job:
+    if not existing.same_request(fingerprint):
+        raise AlreadyExists(
+            "this request_id was used for another request: use a new key for a new request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"job": f"jobs/{existing.id}"},
+        )
+    return existing
+
+
+def submitted_event(job: Job, spec: pb.Job) -> events_pb2.JobSubmitted:
+    return events_pb2.JobSubmitted(
+        job_id=job.id,
+        user_id=job.user_id,
+        operation_type=types_pb2.OperationType.ValueType(job.operation_type),
+        provider_id=job.provider_id,
+        prompt=spec.prompt,
+        inputs=list(spec.inputs),
+        params=spec.params,
+        retry_count=job.retry_count,
+        submit_time=now_timestamp(),
+    )
+
+
+def refuse_oversized(event: events_pb2.JobSubmitted, spec: pb.Job) -> None:
+    """A request whose job.submitted the broker would refuse is INVALID_ARGUMENT, naming the
+    field that takes the most room (the proto limits keep this from happening; this is the
+    check that it holds)."""
+    size = event.ByteSize()
+    if size <= MAX_EVENT_BYTES:
+        return
+    sizes = {
+        "job.prompt": len(spec.prompt.encode()),
+        "job.inputs": sum(i.ByteSize() for i in spec.inputs),
+        "job.params": spec.params.ByteSize(),
+    }
+    largest = max(sizes, key=lambda name: sizes[name])
+    why = f"the job would make a {size}-byte event; the limit is {MAX_EVENT_BYTES}"
+    raise InvalidArgument(why, [FieldViolation(largest, why, "TOO_LARGE")], reason="TOO_LARGE")

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pixsim.provider.v1 import provider_gateway_service_pb2 as pb
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.types.v1 import types_pb2
-from pixsim_common import pagination
 from pixsim_common.auth import current_identity
 from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import to_timestamp
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
@@ -87,10 +87,12 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         sessions: async_sessionmaker[AsyncSession],
         registry: ProviderRegistry,
         cipher: CredentialCipher,
+        tokens: PageTokens,
     ) -> None:
         self._sessions = sessions
         self._registry = registry
         self._cipher = cipher
+        self._tokens = tokens
 
     # ---- providers ---------------------------------------------------------------------
 
@@ -166,7 +168,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         if request.provider_id:
             query = query.where(repo.accounts.c.provider_id == request.provider_id)
         async with self._sessions() as session:
-            rows, token = await pagination.fetch_page(
+            rows, token = await self._tokens.fetch_page(
                 session, query, repo.accounts, request.page_token, request.page_size, filters
             )
         return pb.ListAccountsResponse(
@@ -264,7 +266,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         if not identity.is_admin:
             query = query.where(s.c.user_id == identity.user_id)
         async with self._sessions() as session:
-            rows, token = await pagination.fetch_page(
+            rows, token = await self._tokens.fetch_page(
                 session, query, s, request.page_token, request.page_size, filters
             )
         return pb.ListSubmissionsResponse(

@@ -73,7 +73,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         settings,
         service_names=SERVICE_NAMES,
         register=lambda server, kit: pb_grpc.add_ProviderGatewayServiceServicer_to_server(
-            ProviderGatewayApi(kit.sessions, registry, cipher), server
+            ProviderGatewayApi(kit.sessions, registry, cipher, kit.page_tokens), server
         ),
         admin_methods=ADMIN_METHODS,
         workers=parts,

@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pixsim_common.db import any_of
 from pixsim_provider_gateway.domain import AccountState, SubmissionState
 
 metadata = MetaData()
@@ -249,7 +250,7 @@ async def claim_for_polling(
         return []
     result = await session.execute(
         update(submissions)
-        .where(submissions.c.id.in_(due))
+        .where(any_of(submissions.c.id, due))
         .values(lease_owner=owner, lease_until=func.now() + lease)
         .returning(*submissions.c)
     )

@@ -25,7 +25,7 @@ from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common import topics
-from pixsim_common.db import UnitOfWork
+from pixsim_common.db import UnitOfWork, any_of
 from pixsim_common.outbox import enqueue
 from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
@@ -352,7 +352,7 @@ class ProviderService:
                 for account in (
                     await uow.session.execute(
                         select(repo.accounts).where(
-                            repo.accounts.c.id.in_({r.account_id for r in rows if r.account_id})
+                            any_of(repo.accounts.c.id, {r.account_id for r in rows if r.account_id})
                         )
                     )
                 ).all()

@@ -12,17 +12,18 @@ from google.protobuf import empty_pb2
 from pixsim.scene.v1 import scene_service_pb2 as pb
 from pixsim.scene.v1 import scene_service_pb2_grpc as pb_grpc
 from pixsim_common.auth import current_identity
+from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import to_timestamp
 from pixsim_scene import repository as repo
-from pixsim_scene.repository import Scene
-from pixsim_scene.service import (
+from pixsim_scene.changes import (
     Change,
-    SceneService,
     edge_to_proto,
     node_name,
     node_to_proto,
     parse_element,
 )
+from pixsim_scene.repository import Scene
+from pixsim_scene.service import Applied, GraphPage, SceneService
 
 
 def scene_to_proto(scene: Scene) -> pb.Scene:
@@ -40,18 +41,14 @@ def scene_to_proto(scene: Scene) -> pb.Scene:
     )
 
 
-def graph_to_proto(scene: Scene) -> pb.SceneGraph:
-    graph = scene.graph
+def graph_to_proto(result: Applied | GraphPage) -> pb.SceneGraph:
+    """A graph page, or what a write changed, with the scene it belongs to."""
+    scene = result.scene
     return pb.SceneGraph(
         scene=scene_to_proto(scene),
-        assets=[
-            node_to_proto(scene.id, n)
-            for n in sorted(graph.nodes.values(), key=lambda n: (n.order, n.id))
-        ],
-        connections=[
-            edge_to_proto(scene.id, e)
-            for e in sorted(graph.edges.values(), key=lambda e: (e.from_id, e.order, e.id))
-        ],
+        assets=[node_to_proto(scene.id, n) for n in result.nodes],
+        connections=[edge_to_proto(scene.id, e) for e in result.edges],
+        next_page_token=result.next_page_token if isinstance(result, GraphPage) else "",
     )
 
 
@@ -77,9 +74,10 @@ def _named(element: Element, collection: str) -> Element:
 
 
 class SceneApi(pb_grpc.SceneServiceServicer):
-    def __init__(self, service: SceneService, sessions: Any) -> None:
+    def __init__(self, service: SceneService, sessions: Any, tokens: PageTokens) -> None:
         self._service = service
         self._sessions = sessions
+        self._tokens = tokens
 
     async def CreateScene(self, request: pb.CreateSceneRequest, context: Any) -> pb.Scene:
         return scene_to_proto(await self._service.create(current_identity(), request.scene))
@@ -97,6 +95,7 @@ class SceneApi(pb_grpc.SceneServiceServicer):
         async with self._sessions() as session:
             found, token = await repo.list_page(
                 session,
+                self._tokens,
                 current_identity().user_id,
                 filters,
                 page_token=request.page_token,
@@ -116,7 +115,10 @@ class SceneApi(pb_grpc.SceneServiceServicer):
         return empty_pb2.Empty()
 
     async def _one(self, scene_name: str, etag: str, change: Change) -> Scene:
-        return await self._service.apply(current_identity(), _scene_id(scene_name), etag, [change])
+        applied = await self._service.apply(
+            current_identity(), _scene_id(scene_name), etag, [change]
+        )
+        return applied.scene
 
     async def CreateSceneAsset(
         self, request: pb.CreateSceneAssetRequest, context: Any
@@ -176,7 +178,9 @@ class SceneApi(pb_grpc.SceneServiceServicer):
 
     async def GetSceneGraph(self, request: pb.GetSceneGraphRequest, context: Any) -> pb.SceneGraph:
         return graph_to_proto(
-            await self._service.get(current_identity(), _scene_id(request.name), with_graph=True)
+            await self._service.graph_page(
+                current_identity(), _scene_id(request.name), request.page_token, request.page_size
+            )
         )
 
     async def CloneScene(self, request: pb.CloneSceneRequest, context: Any) -> pb.SceneGraph:

@@ -30,11 +30,13 @@ async def build(settings: ServiceSettings) -> ServiceApp:
 
     def service(kit: Kit) -> SceneService:
         if "scene" not in services:
-            services["scene"] = SceneService(kit.sessions, directory)
+            services["scene"] = SceneService(kit.sessions, directory, kit.page_tokens)
         return services["scene"]
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
-        pb_grpc.add_SceneServiceServicer_to_server(SceneApi(service(kit), kit.sessions), server)
+        pb_grpc.add_SceneServiceServicer_to_server(
+            SceneApi(service(kit), kit.sessions, kit.page_tokens), server
+        )
 
     def workers(_kit: Kit) -> Sequence[Worker]:
         return [CloseOnStop(lambda: channel.close(None))]

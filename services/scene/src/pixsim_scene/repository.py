@@ -1,15 +1,25 @@
 """The scene tables, and loading and saving a scene with its graph.
 
-Every write locks the scene row (`SELECT ... FOR UPDATE`), edits the graph in memory and
-stores the difference, and bumps `version` (the etag), so concurrent writers of one scene
-take turns and a writer holding an old etag is refused. Deleted assets are remembered in
-`deleted_assets`, and writers and the `asset.deleted` consumer take a transaction-scoped
-advisory lock per asset id, so an asset deleted while a write that places it is in flight
-is either refused by the write or detached by the consumer, never left attached.
+Every write locks the scene row (`SELECT ... FOR UPDATE`), loads the part of the graph its
+changes touch (`load_part`: the elements they name, the connections that could duplicate
+one of theirs, the connections of nodes they delete), edits it in memory and stores the
+difference, and bumps `version` (the etag). So concurrent writers of one scene take turns,
+a writer holding an old etag is refused, and a write costs what it changes, not what the
+scene holds.
+
+Element ids may be chosen by the caller, and ids are unique across every scene. A new
+element is a plain INSERT and a changed one an UPDATE under its own scene: no write can
+reach a row of another scene, whoever owns it.
+
+Deleted assets are remembered in `deleted_assets` per owner, and writers and the
+`asset.deleted` consumer take a transaction-scoped advisory lock per asset id, so an asset
+deleted while a write that places it is in flight is either refused by the write or
+detached by the consumer, never left attached.
 """
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,20 +36,25 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Row,
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     func,
+    literal,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pixsim_common import pagination
+from pixsim_common.db import any_of
+from pixsim_common.pagination import PageTokens
 from pixsim_scene.domain import Edge, EdgeType, Graph, Node
 
 metadata = MetaData()
@@ -55,6 +70,9 @@ scenes = Table(
     Column("is_template", Boolean, nullable=False, server_default="false"),
     Column("start_scene_asset_id", UUID(as_uuid=False)),
     Column("version", BigInteger, nullable=False, server_default="1"),
+    # Kept by every write, so the size limit is checked without counting the graph.
+    Column("node_count", Integer, nullable=False, server_default="0"),
+    Column("edge_count", Integer, nullable=False, server_default="0"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("scenes_by_owner_newest", "owner_id", text("create_time DESC"), text("id DESC")),
@@ -113,12 +131,14 @@ scene_connections = Table(
     Index("scene_connections_by_scene", "scene_id"),
 )
 
+# Per owner: an event naming another owner's asset records nothing of theirs.
 deleted_assets = Table(
     "deleted_assets",
     metadata,
-    Column("asset_id", UUID(as_uuid=False), primary_key=True),
+    Column("asset_id", UUID(as_uuid=False), nullable=False),
     Column("owner_id", Text, nullable=False),
     Column("deleted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("asset_id", "owner_id"),
 )
 
 
@@ -131,6 +151,8 @@ class Scene:
     tags: list[str] = field(default_factory=list)
     is_template: bool = False
     version: int = 1
+    node_count: int = 0
+    edge_count: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
     graph: Graph = field(default_factory=Graph)
@@ -149,6 +171,8 @@ def _to_scene(row: Row[Any], graph: Graph | None = None) -> Scene:
         tags=list(row.tags),
         is_template=row.is_template,
         version=row.version,
+        node_count=row.node_count,
+        edge_count=row.edge_count,
         create_time=row.create_time,
         update_time=row.update_time,
         graph=graph or Graph(start_id=row.start_scene_asset_id or ""),
@@ -218,6 +242,8 @@ async def insert_scene(session: AsyncSession, scene: Scene) -> Scene:
                 tags=scene.tags,
                 is_template=scene.is_template,
                 start_scene_asset_id=scene.graph.start_id or None,
+                node_count=len(scene.graph.nodes),
+                edge_count=len(scene.graph.edges),
             )
             .returning(*scenes.c)
         )
@@ -243,55 +269,175 @@ async def load(
     row = (await session.execute(query)).first()
     if row is None:
         return None
-    scene = _to_scene(row)
-    if with_graph:
-        scene.graph.nodes = {
-            r.id: _node(r)
-            for r in await session.execute(
-                select(scene_assets).where(scene_assets.c.scene_id == scene_id)
-            )
-        }
-        scene.graph.edges = {
-            r.id: _edge(r)
-            for r in await session.execute(
-                select(scene_connections).where(scene_connections.c.scene_id == scene_id)
-            )
-        }
-    return scene
+    if not with_graph:
+        return _to_scene(row)
+    nodes = await session.execute(select(scene_assets).where(scene_assets.c.scene_id == scene_id))
+    edges = await session.execute(
+        select(scene_connections).where(scene_connections.c.scene_id == scene_id)
+    )
+    graph = Graph(
+        {r.id: _node(r) for r in nodes},
+        {r.id: _edge(r) for r in edges},
+        row.start_scene_asset_id or "",
+    )
+    return _to_scene(row, graph)
 
 
-async def save_graph(session: AsyncSession, scene_id: str, before: Graph, after: Graph) -> None:
-    """Store the difference between two versions of a scene's graph."""
+@dataclass(frozen=True)
+class Refs:
+    """What a batch of changes names, so that only that part of a graph is loaded."""
+
+    nodes: set[str] = field(default_factory=set)  # scene assets named anywhere
+    edges: set[str] = field(default_factory=set)  # connections named anywhere
+    deleted_nodes: set[str] = field(default_factory=set)  # their connections go with them
+    # Connections created or updated -> (from, to) when the change sets them, else None.
+    ends: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Part:
+    """The part of a scene's graph a write touches, and the ids it named that belong to
+    another scene (whoever's): a create with one of those is ALREADY_EXISTS."""
+
+    graph: Graph
+    foreign_nodes: set[str]
+    foreign_edges: set[str]
+
+
+async def load_part(session: AsyncSession, scene: Scene, refs: Refs) -> Part:
+    """The elements `refs` names, the connections that could duplicate one the changes make,
+    and the connections of nodes they delete: everything the domain's rules look at."""
+    edge_rows = await _rows(session, scene_connections, refs.edges)
+    mine_edges = {r.id: _edge(r) for r in edge_rows if r.scene_id == scene.id}
+    node_ids = refs.nodes | {end for e in mine_edges.values() for end in (e.from_id, e.to_id)}
+    node_rows = await _rows(session, scene_assets, node_ids)
+    edges = dict(mine_edges)
+    pairs = set()
+    for edge_id, (from_id, to_id) in refs.ends.items():
+        current = mine_edges.get(edge_id)
+        from_id = from_id or (current.from_id if current else None)
+        to_id = to_id or (current.to_id if current else None)
+        if from_id and to_id:
+            pairs.add((from_id, to_id))
+    if pairs:
+        froms, tos = zip(*sorted(pairs), strict=True)
+        joining = await session.execute(
+            text(
+                "SELECT c.* FROM scene_connections c"
+                " JOIN unnest(CAST(:froms AS uuid[]), CAST(:tos AS uuid[])) AS p(f, t)"
+                " ON c.from_id = p.f AND c.to_id = p.t WHERE c.scene_id = :scene"
+            ).columns(*scene_connections.c),
+            {"froms": list(froms), "tos": list(tos), "scene": scene.id},
+        )
+        edges |= {r.id: _edge(r) for r in joining}
+    if refs.deleted_nodes:
+        touching = await session.execute(
+            select(scene_connections).where(
+                scene_connections.c.scene_id == scene.id,
+                any_of(scene_connections.c.from_id, refs.deleted_nodes)
+                | any_of(scene_connections.c.to_id, refs.deleted_nodes),
+            )
+        )
+        edges |= {r.id: _edge(r) for r in touching}
+    graph = Graph(
+        {r.id: _node(r) for r in node_rows if r.scene_id == scene.id},
+        edges,
+        scene.graph.start_id,
+    )
+    return Part(
+        graph,
+        {r.id for r in node_rows if r.scene_id != scene.id},
+        {r.id for r in edge_rows if r.scene_id != scene.id},
+    )
+
+
+async def _rows(session: AsyncSession, table: Table, ids: set[str]) -> list[Row[Any]]:
+    """Rows of `table` with these ids, in any scene; ids that are no UUID name nothing."""
+    wanted = [i for i in ids if _is_uuid(i)]
+    if not wanted:
+        return []
+    return list((await session.execute(select(table).where(any_of(table.c.id, wanted)))).all())
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Delta:
+    nodes: int
+    edges: int
+
+
+async def save_graph(session: AsyncSession, scene_id: str, before: Graph, after: Graph) -> Delta:
+    """Store the difference between two versions of (a part of) a scene's graph: new
+    elements inserted, changed ones updated within this scene, gone ones deleted from it.
+    Returns how many nodes and edges the scene gained (negative when it lost some)."""
     gone_edges = [i for i in before.edges if i not in after.edges]
     gone_nodes = [i for i in before.nodes if i not in after.nodes]
     if gone_edges:
         await session.execute(
-            delete(scene_connections).where(scene_connections.c.id.in_(gone_edges))
+            delete(scene_connections).where(
+                scene_connections.c.scene_id == scene_id,
+                any_of(scene_connections.c.id, gone_edges),
+            )
         )
     if gone_nodes:
-        await session.execute(delete(scene_assets).where(scene_assets.c.id.in_(gone_nodes)))
-    await _upsert(
-        session,
-        scene_assets,
-        [_node_values(scene_id, n) for i, n in after.nodes.items() if before.nodes.get(i) != n],
+        await session.execute(
+            delete(scene_assets).where(
+                scene_assets.c.scene_id == scene_id, any_of(scene_assets.c.id, gone_nodes)
+            )
+        )
+    new_nodes = [n for i, n in after.nodes.items() if i not in before.nodes]
+    new_edges = [e for i, e in after.edges.items() if i not in before.edges]
+    changed_nodes = [
+        n for i, n in after.nodes.items() if i in before.nodes and before.nodes[i] != n
+    ]
+    changed_edges = [
+        e for i, e in after.edges.items() if i in before.edges and before.edges[i] != e
+    ]
+    if new_nodes:
+        await session.execute(insert(scene_assets), [_node_values(scene_id, n) for n in new_nodes])
+    if changed_nodes:
+        await session.execute(
+            _UPDATE_NODE, [_keyed(_node_values(scene_id, n)) for n in changed_nodes]
+        )
+    if new_edges:
+        await session.execute(
+            insert(scene_connections), [_edge_values(scene_id, e) for e in new_edges]
+        )
+    if changed_edges:
+        await session.execute(
+            _UPDATE_EDGE, [_keyed(_edge_values(scene_id, e)) for e in changed_edges]
+        )
+    return Delta(len(new_nodes) - len(gone_nodes), len(new_edges) - len(gone_edges))
+
+
+def _update_within_scene(table: Table) -> Any:
+    """UPDATE one row by id, only where it belongs to the scene the write holds."""
+    columns = [c.name for c in table.c if c.name not in ("id", "scene_id")]
+    return (
+        update(table)
+        .where(table.c.id == bindparam("key_id"), table.c.scene_id == bindparam("key_scene"))
+        .values({name: bindparam(f"new_{name}") for name in columns})
     )
-    await _upsert(
-        session,
-        scene_connections,
-        [_edge_values(scene_id, e) for i, e in after.edges.items() if before.edges.get(i) != e],
-    )
 
 
-async def _upsert(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    statement = insert(table).values(rows)
-    columns = {c: statement.excluded[c] for c in rows[0] if c not in ("id", "scene_id")}
-    await session.execute(statement.on_conflict_do_update(index_elements=["id"], set_=columns))
+_UPDATE_NODE = _update_within_scene(scene_assets)
+_UPDATE_EDGE = _update_within_scene(scene_connections)
 
 
-async def save_scene(session: AsyncSession, scene: Scene) -> Scene:
-    """Write the scene's own fields and start mark, bumping its version (the etag)."""
+def _keyed(values: dict[str, Any]) -> dict[str, Any]:
+    keyed = {f"new_{k}": v for k, v in values.items() if k not in ("id", "scene_id")}
+    return keyed | {"key_id": values["id"], "key_scene": values["scene_id"]}
+
+
+async def save_scene(session: AsyncSession, scene: Scene, delta: Delta = Delta(0, 0)) -> Scene:
+    """Write the scene's own fields and start mark, add `delta` to its counts, and bump its
+    version (the etag)."""
     row = (
         await session.execute(
             update(scenes)
@@ -302,13 +448,18 @@ async def save_scene(session: AsyncSession, scene: Scene) -> Scene:
                 tags=scene.tags,
                 is_template=scene.is_template,
                 start_scene_asset_id=scene.graph.start_id or None,
+                node_count=scenes.c.node_count + delta.nodes,
+                edge_count=scenes.c.edge_count + delta.edges,
                 version=scenes.c.version + 1,
                 update_time=func.now(),
             )
-            .returning(scenes.c.version, scenes.c.update_time)
+            .returning(
+                scenes.c.version, scenes.c.update_time, scenes.c.node_count, scenes.c.edge_count
+            )
         )
     ).one()
     scene.version, scene.update_time = row.version, row.update_time
+    scene.node_count, scene.edge_count = row.node_count, row.edge_count
     return scene
 
 
@@ -318,6 +469,7 @@ async def delete_scene(session: AsyncSession, scene_id: str) -> None:
 
 async def list_page(
     session: AsyncSession,
+    tokens: PageTokens,
     owner_id: str,
     filters: dict[str, Any],
     *,
@@ -329,7 +481,7 @@ async def list_page(
         query = query.where(scenes.c.tags.contains([filters["tag"]]))
     if filters.get("is_template") is not None:
         query = query.where(scenes.c.is_template == filters["is_template"])
-    rows, token = await pagination.fetch_page(
+    rows, token = await tokens.fetch_page(
         session, query, scenes, page_token, page_size, filters, newest_first=True
     )
     return [_to_scene(r) for r in rows], token
@@ -340,17 +492,27 @@ def _lock_key(asset_id: str) -> int:
 
 
 async def lock_assets(session: AsyncSession, asset_ids: Iterable[str]) -> None:
-    """Serialize with the `asset.deleted` consumer on these assets (sorted: no deadlocks)."""
-    for key in sorted({_lock_key(a) for a in asset_ids}):
-        await session.execute(select(func.pg_advisory_xact_lock(key)))
+    """Serialize with the `asset.deleted` consumer on these assets: one statement, the locks
+    taken in key order (so two writers never deadlock on them)."""
+    keys = sorted({_lock_key(a) for a in asset_ids})
+    if keys:
+        await session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k)"
+                " FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
+            ),
+            {"keys": keys},
+        )
 
 
-async def deleted_among(session: AsyncSession, asset_ids: Iterable[str]) -> set[str]:
+async def deleted_among(session: AsyncSession, asset_ids: Iterable[str], owner_id: str) -> set[str]:
     wanted = set(asset_ids)
     if not wanted:
         return set()
     result = await session.scalars(
-        select(deleted_assets.c.asset_id).where(deleted_assets.c.asset_id.in_(wanted))
+        select(deleted_assets.c.asset_id).where(
+            any_of(deleted_assets.c.asset_id, wanted), deleted_assets.c.owner_id == owner_id
+        )
     )
     return set(result)
 
@@ -361,8 +523,67 @@ async def remember_deleted(session: AsyncSession, asset_id: str, owner_id: str) 
     )
 
 
-async def scenes_showing(session: AsyncSession, asset_id: str) -> list[str]:
-    result = await session.scalars(
-        select(scene_assets.c.scene_id).where(scene_assets.c.asset_id == asset_id).distinct()
+async def detach_everywhere(
+    session: AsyncSession, asset_id: str, owner_id: str
+) -> list[tuple[str, int]]:
+    """Detach the asset from every node of its owner's scenes that shows it, in one
+    statement however many there are; then bump those scenes' versions. Returns (scene id,
+    new version) of each."""
+    touched = await session.scalars(
+        text(
+            "UPDATE scene_assets AS n SET asset_id = NULL, detached = true FROM scenes AS s"
+            " WHERE n.scene_id = s.id AND s.owner_id = :owner AND n.asset_id = :asset"
+            " RETURNING n.scene_id"
+        ),
+        {"owner": owner_id, "asset": asset_id},
     )
-    return sorted(result)
+    scene_ids = sorted({str(i) for i in touched})
+    if not scene_ids:
+        return []
+    bumped = await session.execute(
+        update(scenes)
+        .where(any_of(scenes.c.id, scene_ids))
+        .values(version=scenes.c.version + 1, update_time=func.now())
+        .returning(scenes.c.id, scenes.c.version)
+    )
+    return sorted((row.id, row.version) for row in bumped)
+
+
+async def graph_page(
+    session: AsyncSession, scene_id: str, after: list[Any] | None, limit: int
+) -> tuple[list[Node], list[Edge]]:
+    """Up to `limit` elements of the graph after the position `after`: nodes in (order, id)
+    order, then connections in (from, order, id) order. Positions are ["nodes", order, id]
+    or ["edges", from, order, id]."""
+    nodes: list[Node] = []
+    edges: list[Edge] = []
+    if after is None or after[0] == "nodes":
+        query = select(scene_assets).where(scene_assets.c.scene_id == scene_id)
+        if after is not None:
+            order, last = after[1], after[2]
+            query = query.where(
+                tuple_(scene_assets.c.order, scene_assets.c.id)
+                > tuple_(literal(order), literal(last, UUID(as_uuid=False)))
+            )
+        rows = await session.execute(
+            query.order_by(scene_assets.c.order, scene_assets.c.id).limit(limit)
+        )
+        nodes = [_node(r) for r in rows]
+        after = None
+    left = limit - len(nodes)
+    if left > 0:
+        c = scene_connections.c
+        query = select(scene_connections).where(c.scene_id == scene_id)
+        if after is not None:
+            start, order, last = after[1], after[2], after[3]
+            query = query.where(
+                tuple_(c.from_id, c.order, c.id)
+                > tuple_(
+                    literal(start, UUID(as_uuid=False)),
+                    literal(order),
+                    literal(last, UUID(as_uuid=False)),
+                )
+            )
+        rows = await session.execute(query.order_by(c.from_id, c.order, c.id).limit(left))
+        edges = [_edge(r) for r in rows]
+    return nodes, edges

@@ -1,6 +1,8 @@
 """`SceneService`: the use cases. Every write is one transaction that locks the scene, checks
-its etag, applies the changes to the graph in memory (the domain refuses what would break
-it), stores the difference, bumps the etag and enqueues `scene.updated`.
+its etag, loads the part of the graph its changes touch, applies them in memory (the domain
+refuses what would break the graph), stores the difference, bumps the etag and enqueues
+`scene.updated`. A write costs what it changes, whatever the scene holds; a scene's size is
+bounded (`domain.MAX_NODES`, `domain.MAX_EDGES`) and its graph is read in pages.
 
 Assets placed in a scene are checked with the asset service, with the caller's token, in one
 batch per write and before the transaction; inside it, an advisory lock per asset and the
@@ -9,14 +11,13 @@ batch per write and before the transaction; inside it, an advisory lock per asse
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
-from google.protobuf import field_mask_pb2, json_format
+from google.protobuf import field_mask_pb2
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.events.v1 import events_pb2
@@ -25,127 +26,86 @@ from pixsim_common import topics
 from pixsim_common.auth import Identity
 from pixsim_common.clients import AssetLookup
 from pixsim_common.db import UnitOfWork
-from pixsim_common.errors import Aborted, FieldViolation, InvalidArgument, NotFound
+from pixsim_common.errors import (
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from pixsim_common.outbox import enqueue
+from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import now_timestamp
 from pixsim_scene import domain
 from pixsim_scene import repository as repo
-from pixsim_scene.domain import Edge, EdgeType, Graph, Node, Rejected
-from pixsim_scene.repository import Scene
+from pixsim_scene.changes import (
+    EDGE_FIELDS,
+    NODE_FIELDS,
+    SCENE_FIELDS,
+    Change,
+    edge_from,
+    edge_to_proto,
+    element_id,
+    invalid,
+    masked,
+    node_from,
+    node_to_proto,
+    parse_scene,
+    referenced,
+)
+from pixsim_scene.domain import Edge, EdgeType, Node, Rejected
+from pixsim_scene.metrics import WRITE_ELEMENTS_LOADED
+from pixsim_scene.repository import Part, Refs, Scene
 
 log = structlog.get_logger("pixsim.scene")
 SOURCE = "/scene"
-UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-ELEMENT_NAME = re.compile(rf"^scenes/({UUID})/(assets|connections)/({UUID})$")
-SCENE_NAME = re.compile(rf"^scenes/({UUID})$")
-
-SCENE_FIELDS = ("display_name", "description", "tags", "is_template", "start_scene_asset")
-NODE_FIELDS = ("asset", "order", "position", "metadata")
-EDGE_FIELDS = ("from_scene_asset", "to_scene_asset", "type", "label", "metadata", "order")
+# GetSceneGraph pages: this many elements unless asked otherwise, never more than the
+# maximum, and never more bytes than fit a gRPC answer with room to spare.
+DEFAULT_GRAPH_PAGE = 1000
+MAX_GRAPH_PAGE = 5000
+MAX_GRAPH_PAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class Change:
-    """One change of a write, and where its fields sit in the request (for errors)."""
+class Applied:
+    """A write's result: the scene after it, and the elements it created or updated."""
 
-    kind: str  # a `SceneChange.change` oneof name
-    value: Any  # SceneAsset, SceneConnection, or an element name for deletes
-    path: str
-    mask: field_mask_pb2.FieldMask | None = None
-
-
-def node_name(scene_id: str, node_id: str) -> str:
-    return f"scenes/{scene_id}/assets/{node_id}" if node_id else ""
+    scene: Scene
+    nodes: list[Node]
+    edges: list[Edge]
 
 
-def edge_name(scene_id: str, edge_id: str) -> str:
-    return f"scenes/{scene_id}/connections/{edge_id}"
-
-
-def node_to_proto(scene_id: str, node: Node) -> pb.SceneAsset:
-    message = pb.SceneAsset(
-        name=node_name(scene_id, node.id),
-        asset=f"assets/{node.asset_id}" if node.asset_id else "",
-        order=node.order,
-        position=pb.CanvasPosition(x=node.x, y=node.y),
-        detached=node.detached,
-    )
-    message.metadata.update(node.metadata)
-    return message
-
-
-def edge_to_proto(scene_id: str, edge: Edge) -> pb.SceneConnection:
-    message = pb.SceneConnection(
-        name=edge_name(scene_id, edge.id),
-        from_scene_asset=node_name(scene_id, edge.from_id),
-        to_scene_asset=node_name(scene_id, edge.to_id),
-        type=pb.SceneConnection.Type.Value(f"TYPE_{edge.type.value}"),
-        label=edge.label,
-        order=edge.order,
-    )
-    message.metadata.update(edge.metadata)
-    return message
-
-
-def _invalid(path: str, why: str, reason: str) -> InvalidArgument:
-    return InvalidArgument(why, [FieldViolation(path, why, reason)], reason=reason)
-
-
-def parse_scene(name: str, field: str) -> str:
-    """The id in a `scenes/{id}` that arrived inside a message (which no rule checked)."""
-    match = SCENE_NAME.match(name)
-    if match is None:
-        raise _invalid(field, f"{name[:80]!r} is not a scene name (scenes/<uuid>)", "BAD_NAME")
-    return match.group(1)
-
-
-def parse_element(name: str, kind: str, field: str) -> tuple[str, str]:
-    """(scene id, element id) of a `scenes/{id}/{kind}/{id}`; anything else is refused."""
-    match = ELEMENT_NAME.match(name)
-    if match is None or match.group(2) != kind:
-        why = f"{name[:80]!r} is not a scene {kind[:-1]} name (scenes/<uuid>/{kind}/<uuid>)"
-        raise _invalid(field, why, "BAD_NAME")
-    return match.group(1), match.group(3)
-
-
-def _element_id(scene_id: str, name: str, kind: str, path: str) -> str:
-    """The id in `scenes/{scene_id}/{kind}/{id}`; a name in another scene is refused."""
-    owner, element_id = parse_element(name, kind, path)
-    if owner != scene_id:
-        raise _invalid(path, f"{name} is not in scenes/{scene_id}", "NOT_IN_SCENE")
-    return element_id
-
-
-def _masked(mask: field_mask_pb2.FieldMask | None, allowed: Sequence[str], path: str) -> list[str]:
-    """The top-level fields an update writes: those named (an empty mask or `*` is all)."""
-    if mask is None or not mask.paths or list(mask.paths) == ["*"]:
-        return list(allowed)
-    fields = []
-    for field_path in mask.paths:
-        top = field_path.split(".", 1)[0]
-        if top not in allowed or (field_path != top and top != "position"):
-            raise _invalid(path, f"{field_path!r} cannot be updated", "INVALID_FIELD_MASK")
-        fields.append(top)
-    return fields
+@dataclass(frozen=True)
+class GraphPage:
+    scene: Scene
+    nodes: list[Node]
+    edges: list[Edge]
+    next_page_token: str
 
 
 class SceneService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], assets: AssetLookup) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        assets: AssetLookup,
+        page_tokens: PageTokens,
+    ) -> None:
         self._sessions = sessions
         self._assets = assets
+        self._tokens = page_tokens
 
     async def _owned(self, asset_ids: Iterable[str], identity: Identity) -> set[str]:
         """The ids among `asset_ids` that name live assets of the caller's."""
         found = await self._assets.batch_get((f"assets/{a}" for a in asset_ids), identity.token)
         return {name.removeprefix("assets/") for name in found}
 
-    # ---- scenes -----------------------------------------------------------------------
-
     async def create(self, identity: Identity, message: pb.Scene) -> Scene:
         if not message.display_name.strip():
-            raise _invalid("scene.display_name", "a scene needs a name", "REQUIRED")
+            raise invalid("scene.display_name", "a scene needs a name", "REQUIRED")
         if message.start_scene_asset:
-            raise _invalid(
+            raise invalid(
                 "scene.start_scene_asset", "a new scene has no assets to start from", "NOT_IN_SCENE"
             )
         scene = Scene(
@@ -171,16 +131,53 @@ class SceneService:
             raise NotFound(f"scenes/{scene_id} does not exist", reason="SCENE_NOT_FOUND")
         return scene
 
+    async def graph_page(
+        self, identity: Identity, scene_id: str, page_token: str, page_size: int
+    ) -> GraphPage:
+        """One page of the graph: nodes first, then connections. A token is bound to the
+        scene's etag; a page asked for after the scene changed is ABORTED."""
+        size = min(page_size or DEFAULT_GRAPH_PAGE, MAX_GRAPH_PAGE)
+        bound = {"graph": scene_id}
+        async with self._sessions() as session:
+            scene = await repo.load(session, scene_id, owner_id=identity.user_id, with_graph=False)
+            if scene is None:
+                raise NotFound(f"scenes/{scene_id} does not exist", reason="SCENE_NOT_FOUND")
+            position = self._tokens.decode(page_token, bound)
+            if position is not None and position[0] != scene.etag:
+                raise Aborted(
+                    f"scenes/{scene_id} changed since its first page was read; read it again",
+                    reason="STALE_ETAG",
+                    metadata={"etag": scene.etag},
+                )
+            nodes, edges = await repo.graph_page(
+                session, scene_id, position[1:] if position else None, size + 1
+            )
+        nodes, edges, more = _fit(scene_id, nodes, edges, size)
+        token = ""
+        if more:
+            last = (
+                ["edges", edges[-1].from_id, edges[-1].order, edges[-1].id]
+                if edges
+                else ["nodes", nodes[-1].order, nodes[-1].id]
+            )
+            token = self._tokens.encode([scene.etag, *last], bound)
+        return GraphPage(scene, nodes, edges, token)
+
     async def update(
         self, identity: Identity, message: pb.Scene, mask: field_mask_pb2.FieldMask
     ) -> Scene:
         scene_id = parse_scene(message.name, "scene.name")
-        fields = _masked(mask, SCENE_FIELDS, "update_mask")
+        fields = masked(mask, SCENE_FIELDS, "update_mask")
+        start = ""
+        if "start_scene_asset" in fields and message.start_scene_asset:
+            start = element_id(
+                scene_id, message.start_scene_asset, "assets", "scene.start_scene_asset"
+            )
         async with UnitOfWork(self._sessions) as uow:
             scene = await self._locked(uow.session, identity, scene_id, message.etag)
             if "display_name" in fields:
                 if not message.display_name.strip():
-                    raise _invalid("scene.display_name", "a scene needs a name", "REQUIRED")
+                    raise invalid("scene.display_name", "a scene needs a name", "REQUIRED")
                 scene.display_name = message.display_name
             if "description" in fields:
                 scene.description = message.description
@@ -189,31 +186,27 @@ class SceneService:
             if "is_template" in fields:
                 scene.is_template = message.is_template
             if "start_scene_asset" in fields:
-                start = (
-                    _element_id(
-                        scene_id, message.start_scene_asset, "assets", "scene.start_scene_asset"
-                    )
-                    if message.start_scene_asset
-                    else ""
-                )
+                part = await repo.load_part(uow.session, scene, Refs(nodes={start} - {""}))
                 try:
-                    domain.set_start(scene.graph, start)
+                    domain.set_start(part.graph, start)
                 except Rejected as error:
-                    raise _invalid(f"scene.{error.field}", str(error), error.reason) from error
+                    raise invalid(f"scene.{error.field}", str(error), error.reason) from error
+                scene.graph = part.graph
             await self._save(uow.session, scene)
             await uow.commit()
         return scene
 
     async def delete(self, identity: Identity, scene_id: str, etag: str) -> None:
         async with UnitOfWork(self._sessions) as uow:
-            scene = await self._locked(uow.session, identity, scene_id, etag, with_graph=False)
+            scene = await self._locked(uow.session, identity, scene_id, etag)
             await repo.delete_scene(uow.session, scene_id)
             await self._updated(uow.session, scene, deleted=True)
             await uow.commit()
 
-    async def clone(self, identity: Identity, scene_id: str, display_name: str) -> Scene:
+    async def clone(self, identity: Identity, scene_id: str, display_name: str) -> GraphPage:
         """Copy one of the caller's scenes, or anyone's template, into a new scene of the
-        caller's. Assets the caller does not own (or that are gone) come over detached."""
+        caller's, and answer with the new graph's first page. Assets the caller does not own
+        (or that are gone) come over detached."""
         async with self._sessions() as session:
             source = await repo.load(session, scene_id)
         if source is None or not (source.is_template or source.owner_id == identity.user_id):
@@ -231,41 +224,53 @@ class SceneService:
         )
         async with UnitOfWork(self._sessions) as uow:
             await repo.lock_assets(uow.session, owned)
-            for asset_id in await repo.deleted_among(uow.session, owned):
+            for asset_id in await repo.deleted_among(uow.session, owned, identity.user_id):
                 domain.detach(graph, asset_id)
             stored = await repo.insert_scene(uow.session, scene)
             await self._updated(uow.session, stored)
             await uow.commit()
-        return stored
-
-    # ---- graph writes -----------------------------------------------------------------
+        return await self.graph_page(identity, stored.id, "", 0)
 
     async def apply(
         self, identity: Identity, scene_id: str, etag: str, changes: Sequence[Change]
-    ) -> Scene:
+    ) -> Applied:
         """Apply `changes` in order, all or none."""
         placed = self._placed_assets(changes)
         if placed:
-            owned = await self._owned(placed, identity)
-            self._refuse_unowned(placed, owned)
+            self._refuse_unowned(placed, await self._owned(placed, identity))
+        refs = referenced(scene_id, changes)
         async with UnitOfWork(self._sessions) as uow:
-            scene = await self._locked(uow.session, identity, scene_id, etag)
+            # Assets before the scene row: the order the asset.deleted consumer locks in.
             await repo.lock_assets(uow.session, placed)
-            self._refuse_unowned(
-                placed, set(placed) - await repo.deleted_among(uow.session, placed)
-            )
-            before = scene.graph.copy()
+            scene = await self._locked(uow.session, identity, scene_id, etag)
+            gone = await repo.deleted_among(uow.session, placed, identity.user_id)
+            self._refuse_unowned(placed, set(placed) - gone)
+            part = await repo.load_part(uow.session, scene, refs)
+            WRITE_ELEMENTS_LOADED.observe(len(part.graph.nodes) + len(part.graph.edges))
+            before = part.graph.copy()
+            touched: dict[str, None] = {}
             for change in changes:
                 try:
-                    self._apply_one(scene_id, scene.graph, change)
+                    made = self._apply_one(scene_id, part, change)
                 except Rejected as error:
-                    raise _invalid(
-                        f"{change.path}.{error.field}", str(error), error.reason
-                    ) from error
-            await repo.save_graph(uow.session, scene_id, before, scene.graph)
-            await self._save(uow.session, scene)
-            await uow.commit()
-        return scene
+                    raise _refused(change, error) from error
+                if made:
+                    touched[made] = None
+            graph = scene.graph = part.graph
+            nodes = scene.node_count + len(graph.nodes) - len(before.nodes)
+            edges = scene.edge_count + len(graph.edges) - len(before.edges)
+            _check_size(nodes, edges)
+            try:
+                delta = await repo.save_graph(uow.session, scene_id, before, graph)
+                await self._save(uow.session, scene, delta)
+                await uow.commit()
+            except IntegrityError as error:  # a concurrent write won the same id
+                raise _conflict(error) from error
+        return Applied(
+            scene,
+            [graph.nodes[i] for i in touched if i in graph.nodes],
+            [graph.edges[i] for i in touched if i in graph.edges],
+        )
 
     @staticmethod
     def _placed_assets(changes: Sequence[Change]) -> dict[str, str]:
@@ -274,12 +279,12 @@ class SceneService:
         for change in changes:
             if change.kind not in ("create_asset", "update_asset"):
                 continue
-            fields = _masked(change.mask, NODE_FIELDS, f"{change.path}.update_mask")
+            fields = masked(change.mask, NODE_FIELDS, f"{change.path}.update_mask")
             if "asset" not in fields:
                 continue
             asset = change.value.asset
             if not asset:
-                raise _invalid(f"{change.path}.asset", "a scene asset needs an asset", "REQUIRED")
+                raise invalid(f"{change.path}.asset", "a scene asset needs an asset", "REQUIRED")
             placed.setdefault(asset.removeprefix("assets/"), f"{change.path}.asset")
         return placed
 
@@ -298,127 +303,81 @@ class SceneService:
                 reason="ASSET_NOT_FOUND",
             )
 
-    def _apply_one(self, scene_id: str, graph: Graph, change: Change) -> None:
-        value = change.value
-        if change.kind == "create_asset":
-            node_id = (
-                _element_id(scene_id, value.name, "assets", f"{change.path}.name")
-                if value.name
-                else str(uuid.uuid4())
+    @staticmethod
+    def _new_id(scene_id: str, name: str, kind: str, path: str, foreign: set[str]) -> str:
+        """The id of a created element: the caller's choice, unless another scene has it."""
+        if not name:
+            return str(uuid.uuid4())
+        chosen = element_id(scene_id, name, kind, path)
+        if chosen in foreign:
+            raise AlreadyExists(
+                f"{kind[:-1]} id {chosen} is taken; choose another or let the service choose",
+                reason="ID_TAKEN",
+                metadata={"field": path},
             )
-            domain.add_node(graph, self._node_from(Node(node_id, ""), value, list(NODE_FIELDS)))
-        elif change.kind == "update_asset":
-            node_id = _element_id(scene_id, value.name, "assets", f"{change.path}.name")
+        return chosen
+
+    def _apply_one(self, scene_id: str, part: Part, change: Change) -> str | None:
+        """Apply one change to the loaded part; the id it created or updated, if any."""
+        graph, value, path = part.graph, change.value, change.path
+        if change.kind == "create_asset":
+            node_id = self._new_id(
+                scene_id, value.name, "assets", f"{path}.name", part.foreign_nodes
+            )
+            domain.add_node(graph, node_from(Node(node_id, ""), value, list(NODE_FIELDS)))
+            return node_id
+        if change.kind == "update_asset":
+            node_id = element_id(scene_id, value.name, "assets", f"{path}.name")
             current = graph.nodes.get(node_id)
             if current is None:
                 raise Rejected(
                     f"no scene asset {node_id} in this scene", field="name", reason="NOT_FOUND"
                 )
-            fields = _masked(change.mask, NODE_FIELDS, f"{change.path}.update_mask")
-            domain.replace_node(graph, self._node_from(current, value, fields))
-        elif change.kind == "delete_asset":
-            domain.remove_node(graph, _element_id(scene_id, value, "assets", change.path))
-        elif change.kind == "create_connection":
-            edge_id = (
-                _element_id(scene_id, value.name, "connections", f"{change.path}.name")
-                if value.name
-                else str(uuid.uuid4())
+            fields = masked(change.mask, NODE_FIELDS, f"{path}.update_mask")
+            domain.replace_node(graph, node_from(current, value, fields))
+            return node_id
+        if change.kind == "delete_asset":
+            domain.remove_node(graph, element_id(scene_id, value, "assets", path))
+            return None
+        if change.kind == "create_connection":
+            edge_id = self._new_id(
+                scene_id, value.name, "connections", f"{path}.name", part.foreign_edges
             )
             blank = Edge(edge_id, "", "", EdgeType.NEXT)
-            domain.add_edge(
-                graph, self._edge_from(scene_id, blank, value, list(EDGE_FIELDS), change.path)
-            )
-        elif change.kind == "update_connection":
-            edge_id = _element_id(scene_id, value.name, "connections", f"{change.path}.name")
+            domain.add_edge(graph, edge_from(scene_id, blank, value, list(EDGE_FIELDS), path))
+            return edge_id
+        if change.kind == "update_connection":
+            edge_id = element_id(scene_id, value.name, "connections", f"{path}.name")
             current_edge = graph.edges.get(edge_id)
             if current_edge is None:
                 raise Rejected(
                     f"no connection {edge_id} in this scene", field="name", reason="NOT_FOUND"
                 )
-            fields = _masked(change.mask, EDGE_FIELDS, f"{change.path}.update_mask")
-            domain.replace_edge(
-                graph, self._edge_from(scene_id, current_edge, value, fields, change.path)
-            )
-        elif change.kind == "delete_connection":
-            domain.remove_edge(graph, _element_id(scene_id, value, "connections", change.path))
-        else:  # pragma: no cover - the oneof has no other members
-            raise AssertionError(change.kind)
-
-    @staticmethod
-    def _node_from(current: Node, message: pb.SceneAsset, fields: list[str]) -> Node:
-        node = current
-        if "asset" in fields:
-            node = replace(node, asset_id=message.asset.removeprefix("assets/"), detached=False)
-        if "order" in fields:
-            node = replace(node, order=message.order)
-        if "position" in fields:
-            node = replace(node, x=message.position.x, y=message.position.y)
-        if "metadata" in fields:
-            node = replace(node, metadata=json_format.MessageToDict(message.metadata))
-        return node
-
-    @staticmethod
-    def _edge_from(
-        scene_id: str, current: Edge, message: pb.SceneConnection, fields: list[str], path: str
-    ) -> Edge:
-        def end(field_name: str, current_id: str) -> str:
-            if field_name not in fields:
-                return current_id
-            name = getattr(message, field_name)
-            if not name:
-                raise Rejected("a connection needs both ends", field=field_name, reason="REQUIRED")
-            return _element_id(scene_id, name, "assets", f"{path}.{field_name}")
-
-        edge = replace(
-            current,
-            from_id=end("from_scene_asset", current.from_id),
-            to_id=end("to_scene_asset", current.to_id),
-        )
-        if "type" in fields:
-            if message.type == pb.SceneConnection.TYPE_UNSPECIFIED:
-                raise Rejected("a connection needs a type", field="type", reason="REQUIRED")
-            edge = replace(
-                edge,
-                type=EdgeType(pb.SceneConnection.Type.Name(message.type).removeprefix("TYPE_")),
-            )
-        if "label" in fields:
-            edge = replace(edge, label=message.label)
-        if "order" in fields:
-            edge = replace(edge, order=message.order)
-        if "metadata" in fields:
-            edge = replace(edge, metadata=json_format.MessageToDict(message.metadata))
-        return edge
-
-    # ---- reads and events -------------------------------------------------------------
+            fields = masked(change.mask, EDGE_FIELDS, f"{path}.update_mask")
+            domain.replace_edge(graph, edge_from(scene_id, current_edge, value, fields, path))
+            return edge_id
+        if change.kind == "delete_connection":
+            domain.remove_edge(graph, element_id(scene_id, value, "connections", path))
+            return None
+        raise AssertionError(change.kind)  # pragma: no cover - the oneof has no other members
 
     async def validate(self, identity: Identity, scene_id: str) -> list[domain.Problem]:
         return domain.problems((await self.get(identity, scene_id, with_graph=True)).graph)
 
     async def asset_deleted(self, session: AsyncSession, asset_id: str, owner_id: str) -> None:
-        """Detach a deleted asset from every scene that shows it (the consumer's transaction)."""
+        """Detach a deleted asset from every scene of its owner that shows it, in the
+        consumer's transaction: one statement however many nodes show it."""
         await repo.lock_assets(session, [asset_id])
         await repo.remember_deleted(session, asset_id, owner_id)
-        for scene_id in await repo.scenes_showing(session, asset_id):
-            scene = await repo.load(session, scene_id, lock=True)
-            if scene is None:
-                continue
-            before = scene.graph.copy()
-            domain.detach(scene.graph, asset_id)
-            await repo.save_graph(session, scene_id, before, scene.graph)
-            await self._save(session, scene)
+        for scene_id, version in await repo.detach_everywhere(session, asset_id, owner_id):
+            await self._announce(session, scene_id, owner_id, str(version))
             log.info("asset detached", asset_id=asset_id, scene_id=scene_id)
 
     async def _locked(
-        self,
-        session: AsyncSession,
-        identity: Identity,
-        scene_id: str,
-        etag: str,
-        *,
-        with_graph: bool = True,
+        self, session: AsyncSession, identity: Identity, scene_id: str, etag: str
     ) -> Scene:
         scene = await repo.load(
-            session, scene_id, owner_id=identity.user_id, lock=True, with_graph=with_graph
+            session, scene_id, owner_id=identity.user_id, lock=True, with_graph=False
         )
         if scene is None:
             raise NotFound(f"scenes/{scene_id} does not exist", reason="SCENE_NOT_FOUND")
@@ -430,21 +389,89 @@ class SceneService:
             )
         return scene
 
-    async def _save(self, session: AsyncSession, scene: Scene) -> None:
-        await repo.save_scene(session, scene)
+    async def _save(
+        self, session: AsyncSession, scene: Scene, delta: repo.Delta | None = None
+    ) -> None:
+        await repo.save_scene(session, scene, delta or repo.Delta(0, 0))
         await self._updated(session, scene)
 
     async def _updated(self, session: AsyncSession, scene: Scene, *, deleted: bool = False) -> None:
+        await self._announce(session, scene.id, scene.owner_id, scene.etag, deleted=deleted)
+
+    async def _announce(
+        self,
+        session: AsyncSession,
+        scene_id: str,
+        owner_id: str,
+        etag: str,
+        *,
+        deleted: bool = False,
+    ) -> None:
         await enqueue(
             session,
             topics.SCENE_UPDATED,
-            scene.id,
+            scene_id,
             events_pb2.SceneUpdated(
-                scene_id=scene.id,
-                user_id=scene.owner_id,
-                etag=scene.etag,
+                scene_id=scene_id,
+                user_id=owner_id,
+                etag=etag,
                 deleted=deleted,
                 update_time=now_timestamp(),
             ),
             source=SOURCE,
         )
+
+
+def _check_size(nodes: int, edges: int) -> None:
+    for kind, count, limit in (
+        ("nodes", nodes, domain.MAX_NODES),
+        ("edges", edges, domain.MAX_EDGES),
+    ):
+        if count > limit:
+            raise ResourceExhausted(
+                f"a scene holds at most {limit} {kind}; this write would make {count}",
+                reason="SCENE_TOO_LARGE",
+                metadata={"kind": kind, "limit": str(limit), "count": str(count)},
+            )
+
+
+def _refused(change: Change, error: Rejected) -> DomainError:
+    path = f"{change.path}.{error.field}"
+    if error.reason == "DUPLICATE":
+        return AlreadyExists(str(error), reason="ID_TAKEN", metadata={"field": path})
+    return invalid(path, str(error), error.reason)
+
+
+def _conflict(error: IntegrityError) -> DomainError:
+    constraint = getattr(getattr(error.orig, "__cause__", None), "constraint_name", "") or ""
+    if "one_per_type" in constraint:
+        return invalid(
+            "changes", "a connection of this type between these two exists", "DUPLICATE_CONNECTION"
+        )
+    return AlreadyExists(
+        "an element id of this write was taken meanwhile; try again", reason="ID_TAKEN"
+    )
+
+
+def _fit(
+    scene_id: str, nodes: list[Node], edges: list[Edge], size: int
+) -> tuple[list[Node], list[Edge], bool]:
+    """The elements that fit one page (`size` of them, and `MAX_GRAPH_PAGE_BYTES`), and
+    whether more follow."""
+    kept_nodes: list[Node] = []
+    kept_edges: list[Edge] = []
+    used = 0
+    elements: list[tuple[Node | None, Edge | None]] = [(n, None) for n in nodes]
+    elements += [(None, e) for e in edges]
+    for node, edge in elements:
+        if len(kept_nodes) + len(kept_edges) == size:
+            return kept_nodes, kept_edges, True
+        message = node_to_proto(scene_id, node) if node else edge_to_proto(scene_id, edge)  # type: ignore[arg-type]
+        used += message.ByteSize() + 8
+        if used > MAX_GRAPH_PAGE_BYTES and (kept_nodes or kept_edges):
+            return kept_nodes, kept_edges, True
+        if node is not None:
+            kept_nodes.append(node)
+        elif edge is not None:
+            kept_edges.append(edge)
+    return kept_nodes, kept_edges, False

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from pixsim_common.background import Background
 from pixsim_common.cloudevents import encode_headers, event_headers
-from pixsim_common.topics import Topic
+from pixsim_common.topics import TOPIC_CONFIG, Topic
 from pixsim_local.processes import ManagedProcess
 
 POM = Path(__file__).with_name("pom.xml")
@@ -239,7 +239,7 @@ class KafkaBroker:
         await admin.start()
         try:
             response = await admin.create_topics(
-                [NewTopic(name, partitions, 1) for name in names],
+                [NewTopic(name, partitions, 1, topic_configs=dict(TOPIC_CONFIG)) for name in names],
                 timeout_ms=int(timeout * 1000),
             )
             for name, code, message in response.topic_errors:

@@ -210,13 +210,16 @@ Global___SceneConnection: _TypeAlias = SceneConnection  # noqa: Y015
 
 @_typing.final
 class SceneGraph(_message.Message):
-    """A scene with every node and edge."""
+    """A scene with nodes and edges of its graph: every one, or one page of them."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SCENE_FIELD_NUMBER: _builtins.int
     ASSETS_FIELD_NUMBER: _builtins.int
     CONNECTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """GetSceneGraph and CloneScene: the token of the next page, empty on the last one."""
     @_builtins.property
     def scene(self) -> Global___Scene: ...
     @_builtins.property
@@ -229,10 +232,11 @@ class SceneGraph(_message.Message):
         scene: Global___Scene | None = ...,
         assets: _abc.Iterable[Global___SceneAsset] | None = ...,
         connections: _abc.Iterable[Global___SceneConnection] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scene", b"scene"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "connections", b"connections", "scene", b"scene"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "connections", b"connections", "next_page_token", b"next_page_token", "scene", b"scene"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -583,15 +587,27 @@ class GetSceneGraphRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    page_size: _builtins.int
+    """Elements (assets and connections together) per page: at most 5000, 0 means 1000. A page
+    also stops before 4 MiB.
+    """
+    page_token: _builtins.str
+    """From a previous page's `next_page_token`; a page asked for after the scene changed is
+    ABORTED (read it again from the first page).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

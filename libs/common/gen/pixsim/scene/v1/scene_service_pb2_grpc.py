@@ -186,7 +186,8 @@ class SceneServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSceneGraph(self, request, context):
-        """Returns the scene with all its assets and connections in one answer.
+        """Returns the scene with its assets and connections, a page at a time: assets first, then
+        connections. A small scene is one page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +195,8 @@ class SceneServiceServicer:
 
     def CloneScene(self, request, context):
         """Copies a scene (usually a template) into a new scene of the caller's, ids remapped.
+        Answers with the new scene's first graph page; `next_page_token` goes on with
+        GetSceneGraph of the new scene.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,7 +210,8 @@ class SceneServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplySceneChanges(self, request, context):
-        """Applies many changes in one transaction, all or none.
+        """Applies many changes in one transaction, all or none. Answers with the scene (its new
+        etag) and the assets and connections the changes created or updated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

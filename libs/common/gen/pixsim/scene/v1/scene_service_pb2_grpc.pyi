@@ -48,13 +48,20 @@ class SceneServiceStub:
     UpdateSceneConnection: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.UpdateSceneConnectionRequest, _scene_service_pb2.SceneConnection]
     DeleteSceneConnection: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.DeleteSceneConnectionRequest, _empty_pb2.Empty]
     GetSceneGraph: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.GetSceneGraphRequest, _scene_service_pb2.SceneGraph]
-    """Returns the scene with all its assets and connections in one answer."""
+    """Returns the scene with its assets and connections, a page at a time: assets first, then
+    connections. A small scene is one page.
+    """
     CloneScene: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.CloneSceneRequest, _scene_service_pb2.SceneGraph]
-    """Copies a scene (usually a template) into a new scene of the caller's, ids remapped."""
+    """Copies a scene (usually a template) into a new scene of the caller's, ids remapped.
+    Answers with the new scene's first graph page; `next_page_token` goes on with
+    GetSceneGraph of the new scene.
+    """
     ValidateScene: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.ValidateSceneRequest, _scene_service_pb2.ValidateSceneResponse]
     """Reports the problems of a scene's graph without changing it."""
     ApplySceneChanges: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.ApplySceneChangesRequest, _scene_service_pb2.SceneGraph]
-    """Applies many changes in one transaction, all or none."""
+    """Applies many changes in one transaction, all or none. Answers with the scene (its new
+    etag) and the assets and connections the changes created or updated.
+    """
 
 @_typing.type_check_only
 class SceneServiceAsyncStub(SceneServiceStub):
@@ -75,13 +82,20 @@ class SceneServiceAsyncStub(SceneServiceStub):
     UpdateSceneConnection: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.UpdateSceneConnectionRequest, _scene_service_pb2.SceneConnection]  # type: ignore[assignment]
     DeleteSceneConnection: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.DeleteSceneConnectionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     GetSceneGraph: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.GetSceneGraphRequest, _scene_service_pb2.SceneGraph]  # type: ignore[assignment]
-    """Returns the scene with all its assets and connections in one answer."""
+    """Returns the scene with its assets and connections, a page at a time: assets first, then
+    connections. A small scene is one page.
+    """
     CloneScene: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.CloneSceneRequest, _scene_service_pb2.SceneGraph]  # type: ignore[assignment]
-    """Copies a scene (usually a template) into a new scene of the caller's, ids remapped."""
+    """Copies a scene (usually a template) into a new scene of the caller's, ids remapped.
+    Answers with the new scene's first graph page; `next_page_token` goes on with
+    GetSceneGraph of the new scene.
+    """
     ValidateScene: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.ValidateSceneRequest, _scene_service_pb2.ValidateSceneResponse]  # type: ignore[assignment]
     """Reports the problems of a scene's graph without changing it."""
     ApplySceneChanges: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.ApplySceneChangesRequest, _scene_service_pb2.SceneGraph]  # type: ignore[assignment]
-    """Applies many changes in one transaction, all or none."""
+    """Applies many changes in one transaction, all or none. Answers with the scene (its new
+    etag) and the assets and connections the changes created or updated.
+    """
 
 class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -171,7 +185,9 @@ class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scene_service_pb2.GetSceneGraphRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scene_service_pb2.SceneGraph, _abc.Awaitable[_scene_service_pb2.SceneGraph]]:
-        """Returns the scene with all its assets and connections in one answer."""
+        """Returns the scene with its assets and connections, a page at a time: assets first, then
+        connections. A small scene is one page.
+        """
 
     @_abc_1.abstractmethod
     def CloneScene(
@@ -179,7 +195,10 @@ class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scene_service_pb2.CloneSceneRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scene_service_pb2.SceneGraph, _abc.Awaitable[_scene_service_pb2.SceneGraph]]:
-        """Copies a scene (usually a template) into a new scene of the caller's, ids remapped."""
+        """Copies a scene (usually a template) into a new scene of the caller's, ids remapped.
+        Answers with the new scene's first graph page; `next_page_token` goes on with
+        GetSceneGraph of the new scene.
+        """
 
     @_abc_1.abstractmethod
     def ValidateScene(
@@ -195,6 +214,8 @@ class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scene_service_pb2.ApplySceneChangesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scene_service_pb2.SceneGraph, _abc.Awaitable[_scene_service_pb2.SceneGraph]]:
-        """Applies many changes in one transaction, all or none."""
+        """Applies many changes in one transaction, all or none. Answers with the scene (its new
+        etag) and the assets and connections the changes created or updated.
+        """
 
 def add_SceneServiceServicer_to_server(servicer: SceneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

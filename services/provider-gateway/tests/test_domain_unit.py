@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pixsim.types.v1 import types_pb2 as t
 from pixsim_provider_gateway.crypto import CredentialCipher, new_key
 from pixsim_provider_gateway.domain import (
     AccountEffect,
@@ -16,8 +17,10 @@ from pixsim_provider_gateway.domain import (
     judge,
     poll_delay,
     retry_delay,
+    unusable_output,
+    unusable_task_id,
 )
-from pixsim_provider_gateway.providers.base import ErrorKind
+from pixsim_provider_gateway.providers.base import ErrorKind, MediaOutput
 
 pytestmark = pytest.mark.unit
 POLICY = RetryPolicy(max_retries=2, default_cooldown_seconds=30)
@@ -121,3 +124,31 @@ def test_rotation_new_key_encrypts_old_key_still_decrypts() -> None:
 def test_bad_key_settings_are_refused(keys: str) -> None:
     with pytest.raises(ValueError, match="key"):
         CredentialCipher(keys)
+
+
+@pytest.mark.parametrize(
+    ("uri", "usable"),
+    [
+        ("https://cdn.example/o/1.mp4", True),
+        ("http://127.0.0.1:8300/_sim/media/x.mp4", True),
+        ("data:video/mp4;base64,AAAA", False),
+        ("https://cdn.example/" + "a" * 5000, False),
+        ("https://cdn.example/x\x00.mp4", False),
+        ("", False),
+    ],
+)
+def test_a_result_url_we_cannot_pass_on_is_unusable(uri: str, usable: bool) -> None:
+    assert (unusable_output(MediaOutput(uri, t.MEDIA_TYPE_VIDEO)) is None) is usable
+
+
+@pytest.mark.parametrize(
+    ("task_id", "usable"),
+    [
+        ("17f20503-6c24-4c16-946b-35dbbce2af2f", True),
+        ("123456", True),
+        ("", False),
+        ("x" * 300, False),
+    ],
+)
+def test_a_task_id_we_cannot_poll_by_is_unusable(task_id: str, usable: bool) -> None:
+    assert (unusable_task_id(task_id) is None) is usable

@@ -96,9 +96,9 @@ class Gateway:
         await self._produce(topics.JOB_SUBMITTED, job_id, event)
         return job_id
 
-    async def cancel(self, job_id: str) -> None:
+    async def cancel(self, job_id: str, user_id: str = "alice") -> None:
         await self._produce(
-            topics.JOB_CANCELLED, job_id, events_pb2.JobCancelled(job_id=job_id, user_id="alice")
+            topics.JOB_CANCELLED, job_id, events_pb2.JobCancelled(job_id=job_id, user_id=user_id)
         )
 
     async def _produce(self, topic: topics.Topic, key: str, event: Any) -> None:
@@ -335,6 +335,22 @@ async def test_a_job_cancelled_before_it_arrives_is_never_sent(gateway: Gateway)
     await asyncio.sleep(1.5)
     assert await gateway.submissions(job_id) == []
     assert (await gateway.sim_stats(key)).get("submits", 0) == 0
+
+
+async def test_a_cancel_naming_another_owner_cancels_nothing_of_theirs(gateway: Gateway) -> None:
+    """A crafted job.cancelled carries alice's job id under bob's name, before and after her
+    job.submitted: her job is sent and completes all the same."""
+    await gateway.account("pixverse")
+    early, late = str(uuid.uuid4()), str(uuid.uuid4())
+    await gateway.cancel(early, user_id="bob")
+    await asyncio.sleep(0.5)
+    await gateway.submit("pixverse", job_id=early)
+    await gateway.submit("pixverse", "slow [sim:finish_ms=1500]", job_id=late)
+    await gateway.tap.wait_for(topics.GENERATION_STARTED.name, late)
+    await gateway.cancel(late, user_id="bob")
+    for job_id in (early, late):
+        outcome = await gateway.outcome(job_id)
+        assert isinstance(outcome, events_pb2.GenerationCompleted), outcome
 
 
 async def test_accounts_hide_credentials_and_need_admin(gateway: Gateway) -> None:

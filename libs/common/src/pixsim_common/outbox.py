@@ -110,6 +110,7 @@ class SetAside:
     topic: str
     key: str
     error: str
+    payload: bytes = b""
 
 
 # Fails whatever aggregate a set-aside event was about, in the relay's transaction.
@@ -330,7 +331,8 @@ class OutboxRelay:
         if self._on_set_aside is not None:
             session = AsyncSession(bind=connection)
             try:
-                await self._on_set_aside(session, SetAside(row.event_id, row.topic, row.key, why))
+                aside = SetAside(row.event_id, row.topic, row.key, why, bytes(row.payload))
+                await self._on_set_aside(session, aside)
                 await session.flush()
             finally:
                 await session.close()  # the relay's transaction commits, not the session

@@ -10,7 +10,12 @@ from types import SimpleNamespace
 
 from tenacity import wait_exponential, wait_random_exponential
 
-from pixsim_provider_gateway.providers.base import ErrorKind
+from pixsim_provider_gateway.providers.base import ErrorKind, MediaOutput
+
+# What we pass on of a provider's answers is bounded like any input: a task id we store and
+# poll by, and a result URL the asset service fetches (the events' limits).
+MAX_TASK_ID_CHARS = 256
+MAX_OUTPUT_URL_CHARS = 4096
 
 
 class AccountState(StrEnum):
@@ -125,3 +130,22 @@ def poll_delay(poll_count: int, policy: RetryPolicy, rng: random.Random | None =
     )
     delay = float(wait(SimpleNamespace(attempt_number=poll_count + 1)))  # type: ignore[arg-type]
     return delay * (0.9 + 0.2 * (rng or random).random())
+
+
+def unusable_task_id(task_id: str) -> str | None:
+    """Why a provider's task id cannot be kept and polled by, or None."""
+    if not task_id:
+        return "the provider accepted the task without an id"
+    if len(task_id) > MAX_TASK_ID_CHARS or not task_id.isprintable():
+        return f"the provider's task id is not {MAX_TASK_ID_CHARS} printable characters or fewer"
+    return None
+
+
+def unusable_output(output: MediaOutput) -> str | None:
+    """Why a provider's result cannot be handed to the asset service, or None."""
+    uri = output.uri
+    if len(uri) > MAX_OUTPUT_URL_CHARS:
+        return f"the provider's result URL is longer than {MAX_OUTPUT_URL_CHARS} characters"
+    if not uri.startswith(("https://", "http://")) or not uri.isprintable():
+        return "the provider's result is not an http(s) URL"
+    return None

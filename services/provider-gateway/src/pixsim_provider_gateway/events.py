@@ -27,13 +27,19 @@ async def on_job_submitted(
     session: AsyncSession, event: events_pb2.JobSubmitted, meta: EventMeta
 ) -> None:
     """A new attempt chain for the job, waiting for an account (unless it was cancelled)."""
+    cancelled = repo.cancelled_jobs.c
     if await session.scalar(
-        select(repo.cancelled_jobs.c.job_id).where(repo.cancelled_jobs.c.job_id == event.job_id)
+        select(cancelled.job_id).where(
+            cancelled.job_id == event.job_id, cancelled.user_id == event.user_id
+        )
     ):
         return
     previous = await session.scalar(
         select(repo.submissions.c.id)
-        .where(repo.submissions.c.job_id == event.job_id)
+        .where(
+            repo.submissions.c.job_id == event.job_id,
+            repo.submissions.c.user_id == event.user_id,
+        )
         .order_by(repo.submissions.c.create_time.desc())
         .limit(1)
     )
@@ -67,13 +73,16 @@ async def on_job_cancelled(
     """Stop the job's attempts: their slots come back now, the provider is told where it can
     be, and nothing more is published for the job."""
     await session.execute(
-        insert(repo.cancelled_jobs).values(job_id=event.job_id).on_conflict_do_nothing()
+        insert(repo.cancelled_jobs)
+        .values(job_id=event.job_id, user_id=event.user_id)
+        .on_conflict_do_nothing()
     )
     active = (
         await session.execute(
             select(repo.submissions)
             .where(
                 repo.submissions.c.job_id == event.job_id,
+                repo.submissions.c.user_id == event.user_id,
                 repo.submissions.c.state.in_([s.value for s in SubmissionState if not s.terminal]),
             )
             .with_for_update()

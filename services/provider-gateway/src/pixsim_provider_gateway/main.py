@@ -47,21 +47,27 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         deadline_seconds=settings.deadline_seconds,
     )
 
+    services: dict[str, ProviderService] = {}
+
+    def service(kit: Kit) -> ProviderService:
+        if "gateway" not in services:
+            services["gateway"] = ProviderService(
+                kit.sessions,
+                registry,
+                cipher,
+                policy,
+                replica_id=f"{socket.gethostname()}:{os.getpid()}",
+                # A submit call may take the whole provider timeout; the lease outlives it.
+                submit_lease=timedelta(seconds=2 * settings.provider_timeout + 5),
+                poll_lease=timedelta(seconds=settings.poll_lease_seconds),
+            )
+        return services["gateway"]
+
     def parts(kit: Kit) -> Sequence[Worker]:
-        service = ProviderService(
-            kit.sessions,
-            registry,
-            cipher,
-            policy,
-            replica_id=f"{socket.gethostname()}:{os.getpid()}",
-            # A submit call may take the whole provider timeout; the lease outlives it.
-            submit_lease=timedelta(seconds=2 * settings.provider_timeout + 5),
-            poll_lease=timedelta(seconds=settings.poll_lease_seconds),
-        )
         return [
             CloseOnStop(registry.aclose),
             *gateway_workers(
-                service,
+                service(kit),
                 kit.sessions,
                 settings.database_url.get_secret_value(),
                 dispatch_batch=settings.dispatch_batch,
@@ -77,6 +83,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         ),
         admin_methods=ADMIN_METHODS,
         workers=parts,
+        on_set_aside=lambda kit: service(kit).event_set_aside,
         subscriptions=lambda _kit: [
             Subscription(topics.JOB_SUBMITTED, on_job_submitted),
             Subscription(topics.JOB_CANCELLED, on_job_cancelled),

@@ -99,7 +99,11 @@ submissions = Table(
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("submit_time", DateTime(timezone=True)),
     Column("complete_time", DateTime(timezone=True)),
-    UniqueConstraint("job_id", "job_retry_count", "retry_attempt", name="one_row_per_attempt"),
+    # Per owner: a crafted job.submitted naming another user's job makes a chain of its own,
+    # which their job never hears of (the job service checks the owner of every event).
+    UniqueConstraint(
+        "job_id", "user_id", "job_retry_count", "retry_attempt", name="one_row_per_attempt"
+    ),
     Index(
         "provider_submissions_waiting", "available_at", postgresql_where=text("state = 'WAITING'")
     ),
@@ -112,11 +116,13 @@ submissions = Table(
     Index("provider_submissions_served", "submit_time"),
 )
 
-# Jobs cancelled, kept even when their job.submitted has not arrived yet (it may come later).
+# Jobs cancelled, kept even when their job.submitted has not arrived yet (it may come later),
+# per owner: a cancel naming another user's job cancels nothing of theirs.
 cancelled_jobs = Table(
     "cancelled_jobs",
     metadata,
     Column("job_id", UUID(as_uuid=False), primary_key=True),
+    Column("user_id", Text, primary_key=True),
     Column("cancel_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
@@ -284,3 +290,9 @@ async def now(session: AsyncSession) -> datetime:
     value = await session.scalar(select(func.now()))
     assert isinstance(value, datetime)
     return value
+
+
+async def update_submission(session: AsyncSession, submission_id: str, **values: Any) -> None:
+    await session.execute(
+        update(submissions).where(submissions.c.id == submission_id).values(**values)
+    )

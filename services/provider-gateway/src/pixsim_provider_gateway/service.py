@@ -21,12 +21,14 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from google.protobuf.message import DecodeError
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixsim.events.v1 import events_pb2
 from pixsim_common import topics
 from pixsim_common.db import UnitOfWork, any_of
-from pixsim_common.outbox import enqueue
+from pixsim_common.outbox import SetAside, enqueue
 from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
@@ -40,6 +42,8 @@ from pixsim_provider_gateway.domain import (
     judge,
     poll_delay,
     retry_delay,
+    unusable_output,
+    unusable_task_id,
 )
 from pixsim_provider_gateway.events import (
     generation_completed,
@@ -178,6 +182,10 @@ class ProviderService:
             )
             return
         metrics.observe_call(row.provider_id, "submit", started, "OK")
+        unusable = unusable_task_id(result.provider_job_id)
+        if unusable is not None:  # we could never poll it: as if the call had failed
+            await self._record_submit_error(prepared, ProviderError(ErrorKind.TRANSIENT, unusable))
+            return
         await self._record_accepted(prepared, result)
 
     async def _record_accepted(self, prepared: Prepared, result: GenerationResult) -> None:
@@ -432,6 +440,11 @@ class ProviderService:
             )
             return
         await repo.release_account(session, row.account_id, row.reserved_credits, status.cost)
+        unusable = unusable_output(status.outputs[0]) if status.outputs else None
+        if status.state is TaskState.SUCCEEDED and unusable is not None:
+            status = ProviderStatusResult(
+                TaskState.FAILED, error=ProviderError(ErrorKind.TRANSIENT, unusable)
+            )
         if status.state is TaskState.SUCCEEDED and status.outputs:
             await session.execute(
                 update(repo.submissions)
@@ -478,6 +491,30 @@ class ProviderService:
                 .values(provider_cancel_pending=False, lease_owner=None, lease_until=None)
             )
             await uow.commit()
+
+    # ---- events that can never leave ---------------------------------------------------
+
+    async def event_set_aside(self, session: AsyncSession, row: SetAside) -> None:
+        """A generation.completed the relay could never publish (refused by the broker): its
+        job would wait forever, so the attempt fails and says so in a generation.failed."""
+        if row.topic != topics.GENERATION_COMPLETED.name:
+            return
+        try:
+            event = events_pb2.GenerationCompleted.FromString(row.payload)
+        except DecodeError:
+            return
+        submission = await repo.get_submission(session, event.submission_id, lock=True)
+        if submission is None:
+            return
+        message = f"the result could not be announced: {row.error}"
+        await repo.update_submission(
+            session,
+            submission.id,
+            state=SubmissionState.FAILED.value,
+            error_code="UNPUBLISHABLE",
+            error_message=message[:2000],
+        )
+        await self._publish_failure(session, submission, "UNPUBLISHABLE", message)
 
     # ---- recovery ----------------------------------------------------------------------
 

@@ -123,6 +123,10 @@ class _GenerationErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_G
     GENERATION_ERROR_CODE_DEADLINE_EXCEEDED: _GenerationErrorCode.ValueType  # 8
     GENERATION_ERROR_CODE_ASSET_FAILED: _GenerationErrorCode.ValueType  # 9
     """The asset service could not fetch or store the result."""
+    GENERATION_ERROR_CODE_UNPUBLISHABLE: _GenerationErrorCode.ValueType  # 10
+    """An event of the generation could never be published (the broker refused it), so the
+    job fails rather than waits for it.
+    """
 
 class GenerationErrorCode(_GenerationErrorCode, metaclass=_GenerationErrorCodeEnumTypeWrapper):
     """The closed set of reasons a generation fails, so the gateway and the job can act on them."""
@@ -145,6 +149,10 @@ GENERATION_ERROR_CODE_RETRIES_EXHAUSTED: GenerationErrorCode.ValueType  # 7
 GENERATION_ERROR_CODE_DEADLINE_EXCEEDED: GenerationErrorCode.ValueType  # 8
 GENERATION_ERROR_CODE_ASSET_FAILED: GenerationErrorCode.ValueType  # 9
 """The asset service could not fetch or store the result."""
+GENERATION_ERROR_CODE_UNPUBLISHABLE: GenerationErrorCode.ValueType  # 10
+"""An event of the generation could never be published (the broker refused it), so the
+job fails rather than waits for it.
+"""
 Global___GenerationErrorCode: _TypeAlias = GenerationErrorCode  # noqa: Y015
 
 @_typing.final

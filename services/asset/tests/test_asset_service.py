@@ -5,8 +5,15 @@ scripts (whole files, files that break off once, files over the limit)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
+import signal
+import struct
+import subprocess
+import sys
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +23,7 @@ import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
+from PIL import Image
 from pydantic import SecretStr
 
 from pixsim.asset.v1 import asset_service_pb2 as pb
@@ -24,6 +32,7 @@ from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_asset import main as asset_main
 from pixsim_asset.settings import Settings
+from pixsim_asset.storage import LocalStorage
 from pixsim_common import topics
 from pixsim_common.auth import issue_token
 from pixsim_common.db import run_migrations
@@ -136,7 +145,8 @@ class Stack:
             await connection.close()
 
     def stored_files(self) -> list[Path]:
-        return sorted(p for p in self.storage.rglob("*") if p.is_file())
+        """Every file in the store and its scratch space (a process's scratch lock aside)."""
+        return sorted(p for p in self.storage.rglob("*") if p.is_file() and p.suffix != ".lock")
 
     async def upload(self, body: bytes, who: Metadata | None = None, **metadata: Any) -> pb.Asset:
         async def requests() -> AsyncIterator[pb.UploadAssetRequest]:
@@ -457,3 +467,106 @@ async def test_a_malformed_generation_event_is_dead_lettered(stack: Stack) -> No
     await publish_events(stack.kafka.bootstrap, topics.GENERATION_COMPLETED, [(job_id, broken)])
     (dead,) = await stack.tap.wait_for(topics.GENERATION_COMPLETED.dlq, job_id)
     assert dict(dead.headers)["pixsim_error_reason"] == b"INVALID_EVENT"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares `width`x`height` and whose data backs none of it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _real_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (_png_claiming(30000, 30000), "NOT_MEDIA"),
+        (_png_claiming(4000, 4000), "NOT_MEDIA"),
+        (_real_png(20000, 2), "MEDIA_TOO_LARGE"),  # over the 16,384-pixel side
+    ],
+    ids=["74 bytes declaring 30000x30000", "74 bytes declaring 4000x4000", "a side too long"],
+)
+async def test_media_over_the_decoding_limits_or_undecodable_is_refused_and_stores_nothing(
+    stack: Stack, body: bytes, reason: str
+) -> None:
+    who = stack.as_user(f"limits-{uuid.uuid4().hex[:6]}")
+    before = stack.stored_files()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.upload(body, who=who)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (violation,) = status_details(refused.value)["BadRequest"].field_violations
+    assert (violation.field, violation.reason) == ("chunk", reason)
+    listed = await stack.assets.ListAssets(pb.ListAssetsRequest(), metadata=who)
+    assert list(listed.assets) == []
+    assert stack.stored_files() == before
+
+
+async def test_an_upload_cancelled_midway_leaves_no_staging_file(stack: Stack, clip: bytes) -> None:
+    who = stack.as_user(f"cancel-{uuid.uuid4().hex[:6]}")
+    sent = asyncio.Event()
+
+    async def parts() -> AsyncIterator[pb.UploadAssetRequest]:
+        yield pb.UploadAssetRequest(metadata=pb.UploadAssetRequest.Metadata())
+        yield pb.UploadAssetRequest(chunk=clip[: len(clip) // 2])
+        sent.set()
+        await asyncio.sleep(60)  # never finishes: the client gives up first
+
+    call = stack.assets.UploadAsset(parts(), metadata=who)
+    task = asyncio.ensure_future(call)
+    await sent.wait()
+    await asyncio.sleep(0.3)  # the first half is being staged
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        await task
+    for _ in range(50):
+        if not [p for p in stack.stored_files() if ".scratch" in p.parts]:
+            break
+        await asyncio.sleep(0.1)
+    assert not [p for p in stack.stored_files() if ".scratch" in p.parts]
+
+
+LEAVE_A_STAGING_FILE = """
+import os, signal, sys
+from pathlib import Path
+from pixsim_asset.storage import LocalStorage
+storage = LocalStorage(Path(sys.argv[1]))
+(storage.scratch() / ".staging-half").write_bytes(b"half an upload")
+print(storage.scratch(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_sweep_at_start_removes_what_a_killed_process_left_and_nothing_live(
+    tmp_path: Path,
+) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-c", LEAVE_A_STAGING_FILE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    left = Path(killed.stdout.strip())
+    assert (left / ".staging-half").exists()
+    live = LocalStorage(tmp_path)  # another replica, writing right now
+    (live.scratch() / ".staging-mine").write_bytes(b"in progress")
+    restarted = LocalStorage(tmp_path)
+    assert restarted.sweep() == 1
+    assert not left.exists()
+    assert (live.scratch() / ".staging-mine").exists()
+    live.close()
+    restarted.close()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import httpx
+import structlog
 
 from pixsim.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from pixsim.asset.v1.asset_service_pb2 import DESCRIPTOR
 from pixsim_asset.events import subscriptions
 from pixsim_asset.fetch import AddressPolicy, Downloader
 from pixsim_asset.grpc_api import AssetApi
+from pixsim_asset.probe import DecodeLimits
 from pixsim_asset.service import AssetService
 from pixsim_asset.settings import Settings
 from pixsim_asset.storage import LocalStorage
@@ -21,12 +23,16 @@ from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["AssetService"].full_name]
+log = structlog.get_logger("pixsim.asset")
 MIGRATIONS = migrations_of(__file__)
 
 
 async def build(settings: ServiceSettings) -> ServiceApp:
     assert isinstance(settings, Settings)
     storage = LocalStorage(settings.storage_root)
+    swept = storage.sweep()
+    if swept:
+        log.info("removed staging files that stopped processes left", entries=swept)
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.fetch_timeout_seconds),
         limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
@@ -48,7 +54,15 @@ async def build(settings: ServiceSettings) -> ServiceApp:
     def service(kit: Kit) -> AssetService:
         if "asset" not in services:
             services["asset"] = AssetService(
-                kit.sessions, storage, downloader, max_upload_bytes=settings.max_upload_bytes
+                kit.sessions,
+                storage,
+                downloader,
+                max_upload_bytes=settings.max_upload_bytes,
+                limits=DecodeLimits(
+                    max_pixels=settings.max_image_pixels,
+                    max_side=settings.max_media_side,
+                    max_duration_seconds=settings.max_media_duration_seconds,
+                ),
             )
         return services["asset"]
 
@@ -58,7 +72,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         )
 
     def workers(_kit: Kit) -> Sequence[Worker]:
-        return [CloseOnStop(client.aclose)]
+        return [CloseOnStop(client.aclose), CloseOnStop(_closing(storage))]
 
     def consumed(kit: Kit) -> Sequence[Subscription]:
         return subscriptions(service(kit))
@@ -70,6 +84,13 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         workers=workers,
         subscriptions=consumed,
     )
+
+
+def _closing(storage: LocalStorage) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        storage.close()
+
+    return close
 
 
 def run() -> None:

@@ -1,17 +1,36 @@
 """What a stored file is, read from its own bytes with PyAV (never trusted from a provider),
-and its thumbnail."""
+and its thumbnail.
+
+Decoding is bounded before it starts: the container's header says each stream's size and
+duration, and a file over the limits is refused unread (as Pillow's `MAX_IMAGE_PIXELS`
+does), so a 74-byte PNG declaring 30000x30000 never allocates 3.6 GB. Within the limits, a
+file must also back what its header claims: its first frame has to decode, or the file is
+refused as undecodable.
+"""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 
 
 class ProbeFailed(Exception):
-    pass
+    """Not a file we can read: no media, or its first frame does not decode."""
+
+
+class OverLimits(ProbeFailed):
+    """A file whose header says it is larger than the decoding limits allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    max_pixels: int = 40_000_000  # per frame; Pillow's own default is 89 million
+    max_side: int = 16_384  # pixels, width or height
+    max_duration_seconds: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,54 +47,82 @@ class MediaInfo:
 IMAGE_CODECS = {"png": "image/png", "mjpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 
 
-def probe(path: Path) -> MediaInfo:
-    try:
-        with av.open(str(path), mode="r") as container:
-            size = path.stat().st_size
-            if container.streams.video:
-                stream = container.streams.video[0]
-                codec = stream.codec_context.name
-                if codec in IMAGE_CODECS and (container.duration or 0) <= 0:
-                    return MediaInfo(
-                        "image", IMAGE_CODECS[codec], stream.width, stream.height, 0.0, codec, size
-                    )
-                duration = (container.duration or 0) / 1_000_000
-                return MediaInfo(
-                    "video",
-                    "video/mp4"
-                    if "mp4" in container.format.name
-                    else f"video/{container.format.name.split(',')[0]}",
-                    stream.width,
-                    stream.height,
-                    duration,
-                    codec,
-                    size,
+def _check(width: int, height: int, duration: float, limits: DecodeLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise ProbeFailed(f"a frame of {width}x{height} has nothing to show")
+    if max(width, height) > limits.max_side:
+        raise OverLimits(f"{width}x{height} is over the {limits.max_side}-pixel side limit")
+    if width * height > limits.max_pixels:
+        raise OverLimits(f"{width}x{height} is over the {limits.max_pixels}-pixel limit")
+    if duration > limits.max_duration_seconds:
+        raise OverLimits(f"{duration:.0f}s is over the {limits.max_duration_seconds:.0f}s limit")
+
+
+def _read(path: Path, limits: DecodeLimits) -> tuple[MediaInfo, Any]:
+    """The file's info and its first decoded frame (None for audio), within the limits."""
+    with av.open(str(path), mode="r") as container:
+        size = path.stat().st_size
+        duration = max(container.duration or 0, 0) / 1_000_000
+        if container.streams.video:
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            _check(stream.width, stream.height, duration, limits)
+            frame = next(container.decode(video=0), None)
+            if frame is None:
+                raise ProbeFailed("its first frame does not decode")
+            if codec in IMAGE_CODECS and duration <= 0:
+                info = MediaInfo(
+                    "image", IMAGE_CODECS[codec], stream.width, stream.height, 0.0, codec, size
                 )
-            if container.streams.audio:
-                audio = container.streams.audio[0]
-                return MediaInfo(
-                    "audio",
-                    f"audio/{container.format.name.split(',')[0]}",
-                    0,
-                    0,
-                    (container.duration or 0) / 1_000_000,
-                    audio.codec_context.name,
-                    size,
-                )
-    except av.FFmpegError as error:
-        raise ProbeFailed(f"not a media file: {error}") from error
+                return info, frame
+            mime = (
+                "video/mp4"
+                if "mp4" in container.format.name
+                else f"video/{container.format.name.split(',')[0]}"
+            )
+            info = MediaInfo("video", mime, stream.width, stream.height, duration, codec, size)
+            return info, frame
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            if duration > limits.max_duration_seconds:
+                raise OverLimits(f"{duration:.0f}s is over the limit")
+            if next(container.decode(audio=0), None) is None:
+                raise ProbeFailed("its first frame does not decode")
+            mime = f"audio/{container.format.name.split(',')[0]}"
+            return MediaInfo("audio", mime, 0, 0, duration, audio.codec_context.name, size), None
     raise ProbeFailed("no video, image or audio stream")
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def probe(path: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> MediaInfo:
+    return inspect(path, limits, thumbnail_side=0)[0]
+
+
+def inspect(
+    path: Path, limits: DecodeLimits = DEFAULT_LIMITS, thumbnail_side: int = 320
+) -> tuple[MediaInfo, tuple[bytes, int, int] | None]:
+    """The file's info and, for a video or an image, a PNG of its first frame at most
+    `thumbnail_side` pixels on its longer side (with its size); one decode for both."""
+    try:
+        info, frame = _read(path, limits)
+    except ProbeFailed:
+        raise
+    except (av.FFmpegError, ValueError, MemoryError) as error:
+        raise ProbeFailed(f"not a media file we can read: {error}") from error
+    if frame is None or thumbnail_side <= 0:
+        return info, None
+    image = frame.to_image()
+    image.thumbnail((thumbnail_side, thumbnail_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return info, (buffer.getvalue(), image.width, image.height)
 
 
 def thumbnail(path: Path, max_side: int = 320) -> tuple[bytes, int, int]:
     """A PNG of the first frame, at most `max_side` pixels on its longer side."""
-    try:
-        with av.open(str(path), mode="r") as container:
-            frame = next(container.decode(video=0))
-            image = frame.to_image()  # type: ignore[no-untyped-call]
-    except (av.FFmpegError, StopIteration) as error:
-        raise ProbeFailed(f"no frame to make a thumbnail of: {error}") from error
-    image.thumbnail((max_side, max_side))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), image.width, image.height
+    _, made = inspect(path, thumbnail_side=max_side)
+    if made is None:
+        raise ProbeFailed("no frame to make a thumbnail of")
+    return made

@@ -34,17 +34,17 @@ from pixsim_asset.domain import (
     wants_thumbnail,
 )
 from pixsim_asset.fetch import Downloader, FetchFailed, FetchRefused
-from pixsim_asset.probe import ProbeFailed, probe, thumbnail
-from pixsim_asset.storage import Storage, TooLarge, stage
+from pixsim_asset.probe import DecodeLimits, OverLimits, ProbeFailed, inspect
+from pixsim_asset.storage import Storage, TooLarge, remove, stage
 from pixsim_common import topics
 from pixsim_common.auth import Identity
 from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import (
+    Aborted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from pixsim_common.outbox import enqueue
 from pixsim_common.timestamps import now_timestamp, to_timestamp
@@ -55,7 +55,12 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 
 class NotMedia(Exception):
-    """The bytes are not a video, image or audio file we can read."""
+    """The bytes are not a video, image or audio file we can read, or one over the decoding
+    limits (`reason` says which)."""
+
+    def __init__(self, message: str, reason: str = "NOT_MEDIA") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -70,11 +75,13 @@ class AssetService:
         downloader: Downloader,
         *,
         max_upload_bytes: int,
+        limits: DecodeLimits | None = None,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
         self._downloader = downloader
         self._max_upload_bytes = max_upload_bytes
+        self._limits = limits or DecodeLimits()
 
     # ---- the one way in ---------------------------------------------------------------
 
@@ -93,7 +100,7 @@ class AssetService:
                 provider_key=(origin.provider_id, origin.provider_asset_id),
             )
             if asset is None:  # the one we collided with was deleted meanwhile
-                raise Unavailable("a concurrent change; try again", reason="CONCURRENT_CHANGE")
+                raise Aborted("a concurrent change; try again", reason="CONCURRENT_CHANGE")
         await self._announce(session, asset, job_id=job_id, deduplicated=deduplicated)
         return asset, deduplicated
 
@@ -118,27 +125,33 @@ class AssetService:
         )
 
     async def _ingest(self, path: Path, sha256: str) -> StoredFile:
-        """Probe a staged file and move it into the store with its thumbnail."""
+        """Probe a staged file and move it into the store with its thumbnail. The staged
+        file is gone afterwards whatever happens (moved in, or removed)."""
         try:
-            info = await asyncio.to_thread(probe, path)
-        except ProbeFailed as error:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-            raise NotMedia(str(error)) from error
-        variants: tuple[Variant, ...] = ()
-        if wants_thumbnail(info):
             try:
-                png, width, height = await asyncio.to_thread(thumbnail, path)
-            except ProbeFailed as error:  # a readable file without a decodable frame
-                log.warning("no thumbnail", sha256=sha256, error=str(error))
-            else:
+                info, made = await asyncio.to_thread(inspect, path, self._limits)
+            except OverLimits as error:
+                raise NotMedia(str(error), "MEDIA_TOO_LARGE") from error
+            except ProbeFailed as error:
+                raise NotMedia(str(error)) from error
+            variants: tuple[Variant, ...] = ()
+            if made is not None and wants_thumbnail(info):
+                png, width, height = made
                 staged = await stage(
                     _one(png), max_bytes=len(png), directory=self._storage.scratch()
                 )
-                uri = await asyncio.to_thread(self._storage.put, staged.path, staged.sha256, "png")
+                try:
+                    uri = await asyncio.to_thread(
+                        self._storage.put, staged.path, staged.sha256, "png"
+                    )
+                finally:
+                    await remove(staged.path)
                 variants = (Variant(THUMBNAIL, uri, "image/png", width, height, len(png)),)
-        storage_uri = await asyncio.to_thread(
-            self._storage.put, path, sha256, extension_for(info.mime_type)
-        )
+            storage_uri = await asyncio.to_thread(
+                self._storage.put, path, sha256, extension_for(info.mime_type)
+            )
+        finally:
+            await remove(path)  # moved in already, or refused
         return StoredFile(storage_uri, sha256, info, variants)
 
     # ---- sources ----------------------------------------------------------------------
@@ -249,7 +262,7 @@ class AssetService:
         except TooLarge as error:
             raise _too_large("chunk", self._max_upload_bytes) from error
         if staged.size == 0 or (metadata.size_bytes and staged.size != metadata.size_bytes):
-            await asyncio.to_thread(staged.path.unlink, missing_ok=True)
+            await remove(staged.path)
             raise _bad_upload(
                 "metadata.size_bytes",
                 f"{staged.size} bytes arrived, {metadata.size_bytes or 'some'} were announced",
@@ -263,7 +276,14 @@ class AssetService:
         try:
             return await self._ingest(path, sha256)
         except NotMedia as error:
-            raise _bad_upload(field, f"not a video, image or audio file: {error}") from error
+            why = (
+                f"over the decoding limits: {error}"
+                if error.reason == "MEDIA_TOO_LARGE"
+                else f"not a video, image or audio file we can decode: {error}"
+            )
+            raise InvalidArgument(
+                why, [FieldViolation(field, why, error.reason)], reason=error.reason
+            ) from error
 
     async def _create_now(self, origin: Origin, stored: StoredFile) -> Asset:
         async with UnitOfWork(self._sessions) as uow:

@@ -27,6 +27,11 @@ class Settings(ServiceSettings):
     # Attempts at a download that fails for a passing reason (5xx, reset, timeout).
     download_attempts: int = Field(default=4, ge=1)
     download_backoff_seconds: float = Field(default=0.5, ge=0)
+    # Decoding limits, checked from a file's header before anything is decoded: pixels per
+    # frame (Pillow's MAX_IMAGE_PIXELS is the same idea), either side, and duration.
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_media_side: int = Field(default=16_384, ge=1)
+    max_media_duration_seconds: float = Field(default=600.0, gt=0)
     # SSRF guard: internal addresses are refused unless allowed (the local stack allows
     # loopback, where the provider simulator serves its media).
     fetch_allow_loopback: bool = False

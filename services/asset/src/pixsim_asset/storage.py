@@ -4,9 +4,15 @@ S3-compatible store can stand in for the local filesystem."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import os
+import secrets
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,67 @@ async def stage(chunks: AsyncIterable[bytes], *, max_bytes: int, directory: Path
     return Staged(path, digest.hexdigest(), size)
 
 
+class Scratch:
+    """Where this process keeps files in progress: a directory of its own under `base`,
+    claimed by an flock on `<dir>.lock` beside it. A crash leaves the directory behind with
+    its lock released, so the sweep at start removes exactly what dead processes left, and
+    never what a live one (another replica on the same volume) is writing."""
+
+    def __init__(self, base: Path) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        self._base = base
+        name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        # The lock first: a sweep never sees this directory without its held lock.
+        self._lock = (base / f"{name}.lock").open("w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = base / name
+        self.path.mkdir()
+
+    def sweep(self, loose_older_than: float = 3600.0) -> int:
+        """Remove what dead processes left; how many entries went. Loose files (staging
+        files of the layout before per-process directories) go once they are an hour old."""
+        removed = 0
+        for entry in sorted(self._base.iterdir()):
+            if entry == self.path or entry.name == f"{self.path.name}.lock":
+                continue
+            if not entry.exists():  # went with its lock file, just now
+                continue
+            if entry.suffix == ".lock":
+                if _claim(entry):
+                    shutil.rmtree(entry.with_suffix(""), ignore_errors=True)
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+            elif entry.is_dir():
+                if not entry.with_name(f"{entry.name}.lock").exists():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+            elif time.time() - entry.stat().st_mtime > loose_older_than:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        (self._base / f"{self.path.name}.lock").unlink(missing_ok=True)
+        self._lock.close()
+
+
+def _claim(lock: Path) -> bool:
+    """Whether nobody holds `lock` (its process died): then it is ours to remove."""
+    try:
+        with lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
+
+
+async def remove(path: Path) -> None:
+    """Remove a staged file whatever happens meanwhile (a cancelled RPC included)."""
+    with contextlib.suppress(FileNotFoundError):
+        await asyncio.shield(asyncio.to_thread(path.unlink, missing_ok=True))
+
+
 class Storage(Protocol):
     def put(self, source: Path, sha256: str, extension: str) -> str:
         """Move a finished file in; returns its storage URI. Idempotent for equal content."""
@@ -62,16 +129,28 @@ class Storage(Protocol):
         """A directory for downloads in progress, on the same filesystem as the store."""
         ...
 
+    def sweep(self) -> int: ...
+
+    def close(self) -> None: ...
+
 
 class LocalStorage:
     """`file://<root>/ab/cd/<sha256>.<ext>`: the same bytes are stored once."""
 
     def __init__(self, root: Path) -> None:
         self._root = root.resolve()
-        (self._root / ".scratch").mkdir(parents=True, exist_ok=True)
+        # On the store's own filesystem, so a finished file moves in atomically.
+        self._scratch = Scratch(self._root / ".scratch")
 
     def scratch(self) -> Path:
-        return self._root / ".scratch"
+        return self._scratch.path
+
+    def sweep(self) -> int:
+        """Remove staging files that processes which died left behind."""
+        return self._scratch.sweep()
+
+    def close(self) -> None:
+        self._scratch.close()
 
     def _path(self, uri: str) -> Path:
         path = Path(uri.removeprefix("file://")).resolve()

@@ -369,3 +369,90 @@ async def test_access_control_matrix(
     )
     assert (len(graph.assets), len(graph.connections)) == (2, 1)
     assert graph.scene.description == ""
+
+
+async def test_ids_a_caller_chooses_never_reach_another_tenants_rows(
+    whole_stack: WholeStack, objects: Objects, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every resource whose id a caller may choose, written by bob with the id of alice's:
+    scene assets and connections (by name, alone or in a batch) are ALREADY_EXISTS, and an
+    idempotency key is bob's own (a job of his). Alice's rows stay as they were."""
+    stack, bob = whole_stack, whole_stack.auth("bob")
+    before = await stack.scenes.GetSceneGraph(
+        scene_pb.GetSceneGraphRequest(name=objects.scene), metadata=stack.alice
+    )
+    his_scene = await stack.scenes.CreateScene(
+        scene_pb.CreateSceneRequest(scene=scene_pb.Scene(display_name="his")), metadata=bob
+    )
+    his_asset = await stack.registered(
+        render_png(uuid.uuid4().int % 9999, 24, 24), "image/png", bob
+    )
+    ends = [
+        await stack.scenes.CreateSceneAsset(
+            scene_pb.CreateSceneAssetRequest(
+                parent=his_scene.name, scene_asset=scene_pb.SceneAsset(asset=his_asset)
+            ),
+            metadata=bob,
+        )
+        for _ in range(2)
+    ]
+    node_id, edge_id = objects.node.rsplit("/", 1)[1], objects.edge.rsplit("/", 1)[1]
+    his_node = scene_pb.SceneAsset(name=f"{his_scene.name}/assets/{node_id}", asset=his_asset)
+    his_edge = scene_pb.SceneConnection(
+        name=f"{his_scene.name}/connections/{edge_id}",
+        from_scene_asset=ends[0].name,
+        to_scene_asset=ends[1].name,
+        type=scene_pb.SceneConnection.TYPE_CHOICE,
+        label="his",
+    )
+    writes: dict[str, Any] = {
+        "scene asset / CreateSceneAsset": lambda: stack.scenes.CreateSceneAsset(
+            scene_pb.CreateSceneAssetRequest(parent=his_scene.name, scene_asset=his_node),
+            metadata=bob,
+        ),
+        "scene asset / ApplySceneChanges": lambda: stack.scenes.ApplySceneChanges(
+            scene_pb.ApplySceneChangesRequest(
+                name=his_scene.name, changes=[scene_pb.SceneChange(create_asset=his_node)]
+            ),
+            metadata=bob,
+        ),
+        "connection / CreateSceneConnection": lambda: stack.scenes.CreateSceneConnection(
+            scene_pb.CreateSceneConnectionRequest(parent=his_scene.name, connection=his_edge),
+            metadata=bob,
+        ),
+        "connection / ApplySceneChanges": lambda: stack.scenes.ApplySceneChanges(
+            scene_pb.ApplySceneChangesRequest(
+                name=his_scene.name, changes=[scene_pb.SceneChange(create_connection=his_edge)]
+            ),
+            metadata=bob,
+        ),
+    }
+    rows: list[tuple[str, str]] = []
+    for what, write in writes.items():
+        try:
+            await write()
+            got = CODES.OK
+        except grpc.aio.AioRpcError as error:
+            got = error.code()
+        rows.append((what, got.name))
+        assert got == CODES.ALREADY_EXISTS, what
+
+    key = f"shared-{uuid.uuid4().hex[:8]}"
+    hers = await stack.create("pixverse", request_id=key)
+    his = await stack.create("pixverse", request_id=key, metadata=bob)
+    outcome = "OK, his own job" if his.name != hers.name else "HERS"
+    rows.append(("request_id / CreateJob", outcome))
+    assert his.name != hers.name
+    assert his.owner == "users/bob"
+    with capsys.disabled():
+        print("\nclient-chosen ids, bob writing with alice's")
+        for what, answer in rows:
+            print(f"  {what:<38} {answer}")
+
+    after = await stack.scenes.GetSceneGraph(
+        scene_pb.GetSceneGraphRequest(name=objects.scene), metadata=stack.alice
+    )
+    assert (after.assets, after.connections) == (before.assets, before.connections)
+    assert after.scene.etag == before.scene.etag
+    again = await stack.jobs.GetJob(job_pb.GetJobRequest(name=hers.name), metadata=stack.alice)
+    assert again.owner == "users/alice"

@@ -43,12 +43,17 @@ def main() -> None:
     infra.add_argument("--kafka-port", type=int, default=9092)
     run = commands.add_parser("run", help="run the whole local stack until Ctrl-C")
     run.add_argument("--run-dir", type=Path, default=Path(".run"))
+    run.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="listen on free ports (written to <run dir>/ports.json), not the defaults",
+    )
     commands.add_parser("fetch-jars", help="fetch the Kafka broker's jars into the cache")
     args = parser.parse_args()
     if args.command == "fetch-jars":
         print(ensure_jars())
     elif args.command == "run":
-        stack.main(args.run_dir.resolve())
+        stack.main(args.run_dir.resolve(), stack.StackPorts.free() if args.free_ports else None)
     else:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_infra(args.run_dir.resolve(), args.postgres_port, args.kafka_port))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -69,6 +71,7 @@ class ManagedProcess:
     ) -> None:
         self.name = name
         self.log_path = log_path
+        self.argv, self.user, self.env, self.cwd = list(argv), user, env, cwd
         self._log: IO[bytes] = log_path.open("ab")
         self.process = subprocess.Popen(
             list(argv),
@@ -85,6 +88,13 @@ class ManagedProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def respawn(self) -> ManagedProcess:
+        """The same command started again (after it exited), logging to the same file."""
+        self._log.close()
+        return ManagedProcess(
+            self.name, self.argv, self.log_path, user=self.user, env=self.env, cwd=self.cwd
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -119,3 +129,64 @@ class ManagedProcess:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+class Supervisor:
+    """Restarts the processes it watches when they die, with backoff, as a process
+    supervisor or the kubelet would: 1 s, then twice as long each time up to 30 s, back to
+    1 s once a process has stayed up for a minute. Each exit and restart is a line in its log
+    (which `make run` merges into all.log)."""
+
+    def __init__(
+        self,
+        processes: dict[str, ManagedProcess],
+        log_path: Path,
+        *,
+        first_delay: float = 1.0,
+        max_delay: float = 30.0,
+        stable_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._processes = processes
+        self._log_path = log_path
+        self._first, self._max, self._stable = first_delay, max_delay, stable_after
+        self._clock = clock
+        self._delay: dict[str, float] = {}
+        self._started: dict[str, float] = dict.fromkeys(processes, clock())
+        self._due: dict[str, float] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(processes, 0)
+
+    def say(self, event: str, **fields: object) -> None:
+        line = json.dumps({"event": event, "logger": "supervisor", **fields})
+        with self._log_path.open("a") as log:
+            log.write(line + "\n")
+
+    def check(self) -> list[str]:
+        """Notice exits and start what is due; the names (re)started now."""
+        now = self._clock()
+        started: list[str] = []
+        for name, process in list(self._processes.items()):
+            if name in self._due:
+                if now >= self._due[name]:
+                    del self._due[name]
+                    self._processes[name] = process.respawn()
+                    self._started[name] = now
+                    self.restarts[name] += 1
+                    self.say("restarted", service=name, pid=self._processes[name].pid)
+                    started.append(name)
+                continue
+            if process.alive():
+                if now - self._started[name] >= self._stable:
+                    self._delay.pop(name, None)
+                continue
+            delay = self._delay.get(name, self._first / 2) * 2
+            delay = min(delay, self._max)
+            self._delay[name] = delay
+            self._due[name] = now + delay
+            self.say(
+                "exited; restarting",
+                service=name,
+                code=process.process.returncode,
+                restart_in_s=delay,
+            )
+        return started

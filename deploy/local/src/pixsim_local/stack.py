@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from pixsim_common.auth import generate_keypair
 from pixsim_local.grpc_probe import wait_serving
 from pixsim_local.infra import Infra
 from pixsim_local.postgres import ServiceDatabase
-from pixsim_local.processes import ManagedProcess, port_in_use
+from pixsim_local.processes import ManagedProcess, Supervisor, free_port, port_in_use
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,11 @@ class LocalServices:
         for process in self.processes.values():
             process.check_alive()
 
+    def write_pids(self) -> None:
+        """`<run dir>/pids.json`: each process's pid now, for whoever watches the stack."""
+        pids = {name: process.pid for name, process in self.processes.items()}
+        (self.run_dir / "pids.json").write_text(json.dumps(pids))
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
@@ -258,10 +264,13 @@ async def merge_logs(sources: Mapping[str, Path], target: Path, interval: float 
     with target.open("ab") as out:
         while True:
             for name, path in sources.items():
-                with contextlib.suppress(FileNotFoundError), path.open("rb") as source:
-                    source.seek(offsets[name])
-                    data = pending[name] + source.read()
-                    offsets[name] = source.tell()
+                try:
+                    with path.open("rb") as source:
+                        source.seek(offsets[name])
+                        data = pending[name] + source.read()
+                        offsets[name] = source.tell()
+                except FileNotFoundError:  # a log nothing has written to yet
+                    continue
                 *lines, pending[name] = data.split(b"\n")
                 for line in lines:
                     out.write(f"{name:<{width}} | ".encode() + line + b"\n")
@@ -269,23 +278,61 @@ async def merge_logs(sources: Mapping[str, Path], target: Path, interval: float 
             await asyncio.sleep(interval)
 
 
-async def run_stack(run_dir: Path) -> None:
+@dataclass(frozen=True)
+class StackPorts:
+    """Where `make run` listens: the defaults of DESIGN.md, or free ones (`--free-ports`,
+    for a test that runs it beside another stack)."""
+
+    grpc: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    metrics: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+    postgres: int = 5433
+    kafka: int = 9092
+    kafka_controller: int = 9093
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        return cls(
+            {name: free_port() for name in DEFAULT_PORTS},
+            {name: free_port() for name in DEFAULT_METRICS_PORTS},
+            free_port(),
+            free_port(),
+            free_port(),
+        )
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {
+                "grpc": dict(self.grpc),
+                "metrics": dict(self.metrics),
+                "postgres": self.postgres,
+                "kafka": self.kafka,
+            }
+        )
+
+
+async def run_stack(run_dir: Path, ports: StackPorts | None = None) -> None:
+    ports = ports or StackPorts()
     started = time.monotonic()
-    busy = [(port, name) for name, port in DEFAULT_PORTS.items() if port_in_use(port)]
+    busy = [(port, name) for name, port in ports.grpc.items() if port_in_use(port)]
     if busy:
         raise SystemExit(f"port {busy[0][0]} ({busy[0][1]}) is already in use")
     infra = await Infra.start(
-        run_dir, postgres_port=5433, kafka_port=9092, kafka_controller_port=9093, durable=True
+        run_dir,
+        postgres_port=ports.postgres,
+        kafka_port=ports.kafka,
+        kafka_controller_port=ports.kafka_controller,
+        durable=True,
     )
-    services = LocalServices(infra, run_dir)
+    services = LocalServices(infra, run_dir, ports=ports.grpc, metrics_ports=ports.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     services.logs.mkdir(parents=True, exist_ok=True)
+    (run_dir / "ports.json").write_text(ports.as_json())
     merged = asyncio.create_task(
         merge_logs(
-            {name: services.logs / f"{name}.log" for name in DEFAULT_PORTS},
+            {name: services.logs / f"{name}.log" for name in [*DEFAULT_PORTS, "supervisor"]},
             services.logs / "all.log",
         )
     )
@@ -294,11 +341,14 @@ async def run_stack(run_dir: Path) -> None:
         seeded = await seed_accounts(services.keys[0], services.address("provider-gateway"))
         if seeded:
             print(f"seeded simulator accounts for {', '.join(seeded)}", flush=True)
+        supervisor = Supervisor(services.processes, services.logs / "supervisor.log")
+        services.write_pids()
         print_ready(infra, services, time.monotonic() - started)
         while not stop.is_set():
-            services.check_alive()
+            if supervisor.check():
+                services.write_pids()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1)
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
     finally:
         print("stopping ...", flush=True)
         services.stop()
@@ -345,11 +395,14 @@ async def seed_accounts(private_key: Path, gateway_address: str) -> list[str]:
 def print_ready(infra: Infra, services: LocalServices, seconds: float) -> None:
     private_key, logs = services.keys[0], services.logs
     lines = [f"PixSim7 local stack is up in {seconds:.1f}s", ""]
-    lines += [f"  {s.name:<17} 127.0.0.1:{s.port}   metrics :{s.metrics_port}" for s in SERVICES]
+    lines += [
+        f"  {s.name:<17} {services.address(s.name)}   metrics :{services.metrics_ports[s.name]}"
+        for s in SERVICES
+    ]
     lines += [
         f"  {'postgres':<17} {infra.postgres.host}:{infra.postgres.port}",
         f"  {'kafka':<17} {infra.kafka.bootstrap}",
-        f"  {'provider-sim':<17} {SIMULATOR_URL}   (PixVerse, Runway, fal/Pika APIs)",
+        f"  {'provider-sim':<17} {services.simulator_url}   (PixVerse, Runway, fal/Pika APIs)",
         "",
         f"logs:         {logs}/all.log (every process, each line prefixed by its name)",
         f"              {logs}/<service>.log",
@@ -363,16 +416,16 @@ def print_ready(infra: Infra, services: LocalServices, seconds: float) -> None:
         "  export PIXSIM_TOKEN=$(uv run pixsim token --user $USER)",
         "  .cache/bin/grpcurl -plaintext 127.0.0.1:50051 list",
         "",
-        "Ctrl-C stops everything.",
+        "A service that dies is restarted (see logs/supervisor.log). Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)
 
 
-def main(run_dir: Path) -> None:
+def main(run_dir: Path, ports: StackPorts | None = None) -> None:
     pidfile = run_dir / "stack.pid"
     claim_pidfile(pidfile)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_stack(run_dir))
+            asyncio.run(run_stack(run_dir, ports))
     finally:
         pidfile.unlink(missing_ok=True)

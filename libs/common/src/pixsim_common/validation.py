@@ -36,6 +36,9 @@ class JsonLimits:
 
 JSON_LIMITS = JsonLimits()
 _JSON_TYPES = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
+# An update mask names fields of one resource: a handful, each a short path.
+MAX_MASK_PATHS = 64
+MAX_MASK_PATH_CHARS = 256
 
 
 def field_path(violation: Any) -> str:
@@ -134,6 +137,14 @@ def _scalar_problems(field: d.FieldDescriptor, value: Any, path: str) -> Iterato
         yield from content_violations(value, path)
 
 
+def _mask_violations(mask: Any, path: str) -> Iterator[FieldViolation]:
+    if len(mask.paths) > MAX_MASK_PATHS:
+        yield FieldViolation(path, f"names more than {MAX_MASK_PATHS} paths", "MASK_TOO_LARGE")
+        return
+    for index, item in enumerate(mask.paths):
+        yield from _text_violations(item, f"{path}.paths[{index}]", MAX_MASK_PATH_CHARS)
+
+
 def content_violations(
     message: Message, prefix: str = "", limits: JsonLimits = JSON_LIMITS
 ) -> Iterator[FieldViolation]:
@@ -149,6 +160,8 @@ def content_violations(
                 if key_field.type == d.FieldDescriptor.TYPE_STRING:
                     yield from _text_violations(key, f"{item_path}(key)")
                 yield from _scalar_problems(value_field, item, item_path)
+        elif entry is not None and entry.full_name == "google.protobuf.FieldMask":
+            yield from _mask_violations(value, path)
         elif entry is not None and entry.full_name in _JSON_TYPES:
             items = value if field.is_repeated else [value]
             for index, item in enumerate(items):

@@ -20,9 +20,8 @@ class InputResolver:
     ) -> list[types_pb2.GenerationInput]:
         """`inputs` with every asset input's `resolved_uri` set."""
         named = [i.asset for i in inputs if i.WhichOneof("source") == "asset"]
-        if not named:
-            return list(inputs)
-        return resolved(inputs, await self._assets.batch_get(named, token))
+        found = await self._assets.batch_get(named, token) if named else {}
+        return resolved(inputs, found)
 
 
 def resolved(
@@ -41,6 +40,7 @@ def resolved(
     for item in inputs:
         copy = types_pb2.GenerationInput()
         copy.CopyFrom(item)
+        copy.ClearField("resolved_uri")  # the service's to set, never the caller's
         if item.WhichOneof("source") == "asset":
             remote = found[item.asset].remote_uri
             if not remote:

@@ -138,11 +138,11 @@ class SceneService:
         scene's etag; a page asked for after the scene changed is ABORTED."""
         size = min(page_size or DEFAULT_GRAPH_PAGE, MAX_GRAPH_PAGE)
         bound = {"graph": scene_id}
+        position = self._tokens.decode(page_token, bound)  # a forged token names nothing
         async with self._sessions() as session:
             scene = await repo.load(session, scene_id, owner_id=identity.user_id, with_graph=False)
             if scene is None:
                 raise NotFound(f"scenes/{scene_id} does not exist", reason="SCENE_NOT_FOUND")
-            position = self._tokens.decode(page_token, bound)
             if position is not None and position[0] != scene.etag:
                 raise Aborted(
                     f"scenes/{scene_id} changed since its first page was read; read it again",

@@ -172,7 +172,8 @@ class GenerationInput(_message.Message):
     """An http(s) URL the provider can fetch."""
     resolved_uri: _builtins.str
     """For an asset input: the URL the job service resolved it to at CreateJob (the asset's
-    own remote URL), which is what the provider is given. Set by the service.
+    own remote URL), which is what the provider is given. Set by the service; whatever a
+    caller puts here is discarded.
     """
     def __init__(
         self,

@@ -1,0 +1,178 @@
+"""`make run` as a newcomer runs it (`pixsim-local run`, here on free ports beside the other
+tests' stacks): each service SIGKILLed in turn while clients create and watch jobs. The
+supervisor restarts it, the merged log says so, every acknowledged job completes, the
+clients meet nothing but UNAVAILABLE in the gaps, and Ctrl-C still stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.job.v1 import job_service_pb2_grpc as job_grpc
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_common.auth import issue_token
+from pixsim_local.grpc_probe import wait_serving
+from pixsim_local.stack import SERVICES
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {pb.Job.STATE_COMPLETED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def make_run(run_dir: Path) -> AsyncIterator[subprocess.Popen[str]]:
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "pixsim_local", "run", "--run-dir", str(run_dir), "--free-ports"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        assert stack.stdout is not None
+        while True:
+            line = await asyncio.to_thread(stack.stdout.readline)
+            if "local stack is up" in line:
+                break
+            assert line or stack.poll() is None, "make run exited before it was up"
+            assert time.monotonic() < deadline, "make run was not up in time"
+        yield stack
+    finally:
+        if stack.poll() is None:  # a failed test: Ctrl-C it too, so nothing is left running
+            stack.send_signal(signal.SIGINT)
+            try:
+                await asyncio.to_thread(stack.wait, 90)
+            except subprocess.TimeoutExpired:
+                stack.kill()
+        stack.wait()
+
+
+class Clients:
+    """Callers that keep creating jobs (retrying UNAVAILABLE with their request_id) and
+    watch each to its end (watching again after UNAVAILABLE), counting every code met."""
+
+    def __init__(self, jobs: job_grpc.JobServiceAsyncStub, metadata: tuple[tuple[str, str]]):
+        self.jobs, self.metadata = jobs, metadata
+        self.codes: Counter[str] = Counter()
+        self.acknowledged: list[str] = []
+        self.finished: dict[str, int] = {}
+        self.creating = True
+
+    async def _retrying(self, call: object) -> object:
+        while True:
+            try:
+                return await call()  # type: ignore[operator]
+            except grpc.aio.AioRpcError as error:
+                self.codes[error.code().name] += 1
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def create(self) -> None:
+        while self.creating:
+            request = pb.CreateJobRequest(
+                job=pb.Job(
+                    provider_id="pixverse",
+                    operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                    prompt="a fox that survives",
+                ),
+                request_id=f"survive-{uuid.uuid4().hex}",
+            )
+            job = await self._retrying(
+                lambda request=request: self.jobs.CreateJob(
+                    request, metadata=self.metadata, timeout=10
+                )
+            )
+            assert isinstance(job, pb.Job)
+            self.acknowledged.append(job.name)
+            asyncio.get_running_loop().create_task(self.watch(job.name))
+            await asyncio.sleep(0.3)
+
+    async def watch(self, name: str) -> None:
+        while name not in self.finished:
+            try:
+                async for update in self.jobs.WatchJob(
+                    pb.WatchJobRequest(name=name), metadata=self.metadata, timeout=60
+                ):
+                    if update.state in TERMINAL:
+                        self.finished[name] = update.state
+                        return
+            except grpc.aio.AioRpcError as error:
+                self.codes[error.code().name] += 1
+                await asyncio.sleep(0.2)
+
+
+async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-make-run-"))
+    run_dir.chmod(0o755)
+    async with make_run(run_dir) as stack:
+        ports = json.loads((run_dir / "ports.json").read_text())
+        async with httpx.AsyncClient() as client:
+            for provider in ("pixverse", "runway", "pika"):
+                await client.put(
+                    f"http://127.0.0.1:{ports['grpc']['provider-sim']}"
+                    f"/_sim/keys/local-{provider}-key",
+                    json={"finish_ms": 300},
+                )
+        key = (run_dir / "keys" / "signing-key.pem").read_text()
+        metadata = (("authorization", f"Bearer {issue_token(key, user_id='survivor')}"),)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']['job']}") as channel:
+            clients = Clients(job_grpc.JobServiceStub(channel), metadata)
+            creating = asyncio.create_task(clients.create())
+            await asyncio.sleep(2)
+            for spec in SERVICES:
+                old = json.loads((run_dir / "pids.json").read_text())[spec.name]
+                os.kill(old, signal.SIGKILL)
+                deadline = time.monotonic() + 60
+                while json.loads((run_dir / "pids.json").read_text())[spec.name] == old:
+                    assert time.monotonic() < deadline, f"{spec.name} was not restarted"
+                    await asyncio.sleep(0.2)
+                address = f"127.0.0.1:{ports['grpc'][spec.name]}"
+                async with grpc.aio.insecure_channel(address) as probe:
+                    await wait_serving(probe, spec.grpc_service, timeout=60)
+                await asyncio.sleep(1.5)  # clients work against the restarted service
+            clients.creating = False
+            await creating
+            deadline = time.monotonic() + 90
+            while set(clients.finished) != set(clients.acknowledged):
+                assert time.monotonic() < deadline, "some acknowledged jobs never finished"
+                await asyncio.sleep(0.5)
+        assert len(clients.acknowledged) >= 10
+        assert set(clients.finished.values()) == {pb.Job.STATE_COMPLETED}
+        assert set(clients.codes) <= {"UNAVAILABLE"}, clients.codes
+
+        merged = (run_dir / "logs" / "all.log").read_text()
+        for spec in SERVICES:
+            assert (
+                f'"exited; restarting", "logger": "supervisor", "service": "{spec.name}"' in merged
+            )
+        last_pids = json.loads((run_dir / "pids.json").read_text())
+
+        stack.send_signal(signal.SIGINT)  # Ctrl-C
+        await asyncio.to_thread(stack.wait, 90)
+    assert stack.returncode == 0
+    assert not [name for name, pid in last_pids.items() if _alive(pid)]

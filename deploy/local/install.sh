@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, `make run` and the linters need, each only when missing:
-# uv, PostgreSQL 15, a JDK and Maven (from Debian's packages), buf, grpcurl and kustomize (from
-# the Go module proxy, into .cache/bin), the locked Python packages, the Kafka broker's jars
+# uv, PostgreSQL 15, a JDK and Maven (from Debian's packages), buf, grpcurl, kustomize and the
+# Versity S3 gateway (from the Go module proxy, into .cache/bin), the locked Python packages, the Kafka broker's jars
 # (from Maven Central, into ~/.cache/pixsim), and the CRD schema validators for the
 # Kubernetes manifests (npm, locked). Safe to run again: it is quick when all is there.
 set -euo pipefail
@@ -11,6 +11,7 @@ BUF_VERSION=v1.72.0
 GRPCURL_VERSION=v1.9.3
 KUSTOMIZE_VERSION=v5.8.0
 GHZ_VERSION=v0.120.0
+VERSITYGW_VERSION=v1.8.0  # the S3 server of the tests and `make run --storage s3`
 BIN="$PWD/.cache/bin"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -50,6 +51,7 @@ install_go_tool buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
 install_go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 install_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"  # make bench
+install_go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 
 validators=deploy/k8s/validate
 if [ ! -d "$validators/node_modules" ] || [ "$validators/package-lock.json" -nt "$validators/node_modules" ]; then

@@ -31,11 +31,12 @@ from pixsim.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_asset import main as asset_main
+from pixsim_asset.collector import BlobCollector
 from pixsim_asset.settings import Settings
-from pixsim_asset.storage import LocalStorage
+from pixsim_asset.storage.local import LocalStorage
 from pixsim_common import topics
 from pixsim_common.auth import issue_token
-from pixsim_common.db import run_migrations
+from pixsim_common.db import create_engine, create_sessionmaker, run_migrations
 from pixsim_common.errors import status_details
 from pixsim_local.kafka import EventTap, KafkaBroker, publish_events
 from pixsim_local.postgres import ServiceDatabase
@@ -55,6 +56,8 @@ class MediaServer:
 
     files: dict[str, bytes] = field(default_factory=dict)
     break_once: set[str] = field(default_factory=set)
+    # Seconds a path takes before its body starts (a provider's slow CDN).
+    slow: dict[str, float] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
     port: int = 0
 
@@ -75,6 +78,7 @@ class MediaServer:
             if body is None:
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 return
+            await asyncio.sleep(self.slow.get(path, 0))
             head = f"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {len(body)}\r\n"
             writer.write(head.encode() + b"Connection: close\r\n\r\n")
             if path in self.break_once and self.hits[path] == 1:
@@ -178,6 +182,8 @@ async def stack(
             max_upload_bytes=MAX_BYTES,
             download_backoff_seconds=0.05,
             fetch_allow_loopback=True,
+            blob_grace_seconds=0,
+            blob_collect_seconds=0.1,
         )
     )
     await app.start()
@@ -249,13 +255,13 @@ async def test_a_completed_generation_becomes_one_probed_asset_with_a_thumbnail(
     assert asset.size_bytes == len(clip)
     assert asset.source_job == f"jobs/{event.job_id}"
     assert (asset.provider_id, asset.provider_asset_id) == ("pixverse", event.provider_asset_id)
-    (thumb,) = asset.variants
-    assert (thumb.kind, thumb.mime_type, thumb.width, thumb.height) == (
-        "thumbnail",
-        "image/png",
-        96,
-        64,
-    )
+    # A video's pictures: its thumbnail, and its first and last frames at full size (what a
+    # transition between two clips goes from and to).
+    assert sorted((v.kind, v.mime_type, v.width, v.height) for v in asset.variants) == [
+        ("first_frame", "image/png", 96, 64),
+        ("last_frame", "image/png", 96, 64),
+        ("thumbnail", "image/png", 96, 64),
+    ]
 
     content = b"".join(
         [
@@ -276,7 +282,9 @@ async def test_a_completed_generation_becomes_one_probed_asset_with_a_thumbnail(
         ]
     )
     assert png.startswith(b"\x89PNG")
-    assert len(png) == thumb.size_bytes
+    assert (
+        len(png) == asset.variants[[v.kind for v in asset.variants].index("thumbnail")].size_bytes
+    )
 
     lineage = await stack.assets.GetAssetLineage(
         pb.GetAssetLineageRequest(name=asset.name), metadata=stack.alice
@@ -542,7 +550,7 @@ async def test_an_upload_cancelled_midway_leaves_no_staging_file(stack: Stack, c
 LEAVE_A_STAGING_FILE = """
 import os, signal, sys
 from pathlib import Path
-from pixsim_asset.storage import LocalStorage
+from pixsim_asset.storage.local import LocalStorage
 storage = LocalStorage(Path(sys.argv[1]))
 (storage.scratch() / ".staging-half").write_bytes(b"half an upload")
 print(storage.scratch(), flush=True)
@@ -550,7 +558,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_sweep_at_start_removes_what_a_killed_process_left_and_nothing_live(
+async def test_a_sweep_at_start_removes_what_a_killed_process_left_and_nothing_live(
     tmp_path: Path,
 ) -> None:
     killed = subprocess.run(
@@ -568,5 +576,71 @@ def test_a_sweep_at_start_removes_what_a_killed_process_left_and_nothing_live(
     assert restarted.sweep() == 1
     assert not left.exists()
     assert (live.scratch() / ".staging-mine").exists()
-    live.close()
-    restarted.close()
+    await live.close()
+    await restarted.close()
+
+
+async def _read(stack: Stack, asset: str, who: Metadata) -> bytes:
+    return b"".join(
+        [
+            r.chunk
+            async for r in stack.assets.ReadAssetContent(
+                pb.ReadAssetContentRequest(name=asset), metadata=who
+            )
+        ]
+    )
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_file_goes_when_nothing_holds_it_and_stays_while_anyone_does(stack: Stack) -> None:
+    """Dedup shares one file between alice's and bob's assets: it stays through her deletion
+    and goes (with its pictures) after his, once the collector runs (grace 0 here)."""
+    body = render_png(uuid.uuid4().int % 100_000, 20, 20)
+    hers = await stack.upload(body, who=stack.alice)
+    his = await stack.upload(body, who=stack.bob)
+    assert hers.storage_uri == his.storage_uri
+    held = [
+        Path(u.removeprefix("file://"))
+        for u in [hers.storage_uri] + [v.storage_uri for v in hers.variants]
+    ]
+    await stack.assets.DeleteAsset(pb.DeleteAssetRequest(name=hers.name), metadata=stack.alice)
+    await asyncio.sleep(0.5)  # the collector has had its chance
+    assert all(p.exists() for p in held)
+    assert await _read(stack, his.name, stack.bob) == body
+    await stack.assets.DeleteAsset(pb.DeleteAssetRequest(name=his.name), metadata=stack.bob)
+    await _until(lambda: not any(p.exists() for p in held))
+    assert not await stack.rows("SELECT 1 FROM blobs WHERE uri = $1", hers.storage_uri)
+
+
+async def test_a_deletion_racing_a_dedup_onto_the_same_file_never_loses_it(stack: Stack) -> None:
+    """Alice deletes the last asset of some content while bob uploads the same bytes and two
+    collectors run: whichever order they meet in, bob's asset reads back whole."""
+    engine = create_engine(stack.database.url, pool_size=4)
+    collector = BlobCollector(
+        create_sessionmaker(engine), LocalStorage(stack.storage), grace_seconds=0
+    )
+    try:
+        for round_ in range(25):
+            body = render_png(uuid.uuid4().int % 1_000_000, 16 + round_ % 4, 16)
+            first = await stack.upload(body, who=stack.alice)
+            _, second, _, _ = await asyncio.gather(
+                stack.assets.DeleteAsset(
+                    pb.DeleteAssetRequest(name=first.name), metadata=stack.alice
+                ),
+                stack.upload(body, who=stack.bob),
+                collector.collect_once(),
+                collector.collect_once(),
+            )
+            await collector.collect_once()
+            assert await _read(stack, second.name, stack.bob) == body, f"round {round_}"
+            await stack.assets.DeleteAsset(
+                pb.DeleteAssetRequest(name=second.name), metadata=stack.bob
+            )
+    finally:
+        await engine.dispose()

@@ -27,6 +27,7 @@ from pixsim_local.infra import Infra
 from pixsim_local.kafka import KafkaBroker
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import ManagedProcess, free_port
+from pixsim_local.s3 import S3Server
 from pixsim_local.whole_stack import WholeStack
 from pixsim_local.whole_stack import whole_stack as pixsim_whole_stack
 
@@ -143,6 +144,19 @@ def provider_sim() -> Iterator[str]:
     finally:
         process.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def s3_server() -> AsyncIterator[S3Server]:
+    """A real S3 server (the Versity gateway over a directory) for the whole run; each test
+    that needs one makes a bucket of its own."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-s3-"))
+    server = await S3Server.start(run_dir, free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

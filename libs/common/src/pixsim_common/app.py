@@ -125,7 +125,11 @@ async def assemble(
     service's own `workers`, and (when it consumes) its consumer group `<service_name>`.
     Workers start in that order and stop in reverse."""
     database_url = settings.database_url.get_secret_value()
-    engine = create_engine(database_url, pool_size=settings.database_pool_size)
+    engine = create_engine(
+        database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     instrument_engine(engine)
     page_secret = settings.page_token_secret.get_secret_value()
     if not page_secret:

@@ -1,10 +1,15 @@
-"""Workers with no work of their own to start: one task for life, or a close on stop."""
+"""Workers with no work of their own to start: one task for life, a loop of steps, or a
+close on stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+
+import structlog
+
+log = structlog.get_logger("pixsim.background")
 
 
 class Background:
@@ -37,3 +42,36 @@ class CloseOnStop:
 
     async def stop(self) -> None:
         await self._close()
+
+
+class Loop(Background):
+    """Runs `step` again and again; sleeps when it found nothing to do; never dies of an
+    error (the database or a provider may be away) but logs it and backs off."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[int]],
+        wake: asyncio.Event | None = None,
+        idle: float = 0.2,
+    ) -> None:
+        self.name = name
+        self._step = step
+        self._wake = wake or asyncio.Event()
+        self._idle = idle
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                done = await self._step()
+                backoff = 0.1
+            except Exception as error:
+                log.exception("loop step failed", loop=self.name, error=repr(error))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if not done:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle)

@@ -4,7 +4,9 @@ For every message the runner:
 1. reads the CloudEvents headers and decodes the value as the topic's protobuf type, then
    validates it (protovalidate); a message that fails any of these is poison;
 2. in one transaction inserts `(consumer, ce_id)` into `inbox` (a seen id is skipped) and
-   runs the handler;
+   runs the handler. A subscription may `prepare` first, outside any transaction (a
+   download, say, which must hold no pooled connection): what it makes is handed to the
+   handler, and to `discard` if the handler never commits (a duplicate, a dead letter);
 3. commits the partition offset only after that transaction committed.
 
 Poison goes to the topic's `.dlq` twin with the error in headers, and the consumer moves on.
@@ -65,6 +67,8 @@ INBOX_INSERT = text(
     " ON CONFLICT DO NOTHING RETURNING event_id"
 )
 
+INBOX_SEEN = text("SELECT 1 FROM inbox WHERE consumer = :consumer AND event_id = :event_id")
+
 Handler = Callable[[AsyncSession, Any, EventMeta], Awaitable[None]]
 # Answers whether a dependency of the handlers is up (a peer service, say).
 Probe = Callable[[], Awaitable[bool]]
@@ -106,8 +110,13 @@ def decode(topic: Topic, record: ConsumerRecord[bytes, bytes]) -> tuple[EventMet
 
 @dataclass(frozen=True)
 class Subscription:
+    """What a consumer does with one topic. Without `prepare` the handler is called as
+    `handler(session, event, meta)`; with it, `handler(session, event, meta, prepared)`."""
+
     topic: Topic
-    handler: Handler
+    handler: Callable[..., Awaitable[None]]
+    prepare: Callable[[Any, EventMeta], Awaitable[Any]] | None = None
+    discard: Callable[[Any], Awaitable[None]] | None = None
 
 
 class EventConsumer:
@@ -231,11 +240,18 @@ class EventConsumer:
             await self._dead_letter(subscription.topic, record, error.reason, str(error))
             return
         counted = tries = 0
+        prepared: list[Any] = []  # what `prepare` made, once made
+        if subscription.prepare is not None and await self._seen(meta.id):
+            MESSAGES_CONSUMED.labels(self._group_id, record.topic, "duplicate").inc()
+            return  # a redelivery: prepare nothing again
         while True:
             tries += 1
             try:
-                outcome = await self._apply(subscription, meta, event)
+                if subscription.prepare is not None and not prepared:
+                    prepared.append(await subscription.prepare(event, meta))
+                outcome = await self._apply(subscription, meta, event, prepared)
             except PoisonMessage as error:
+                await self._discard(subscription, prepared)
                 await self._dead_letter(subscription.topic, record, error.reason, str(error))
                 return
             except Exception as error:
@@ -252,6 +268,7 @@ class EventConsumer:
                         error=repr(error),
                         exc_info=not transient,
                     )
+                    await self._discard(subscription, prepared)
                     await self._dead_letter(
                         subscription.topic,
                         record,
@@ -272,8 +289,23 @@ class EventConsumer:
                 )
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
                 continue
+            if outcome == "duplicate":
+                await self._discard(subscription, prepared)
             MESSAGES_CONSUMED.labels(self._group_id, record.topic, outcome).inc()
             return
+
+    async def _seen(self, event_id: str) -> bool:
+        async with self._sessions() as session:
+            found = await session.scalar(
+                INBOX_SEEN, {"consumer": self._group_id, "event_id": event_id}
+            )
+        return found is not None
+
+    async def _discard(self, subscription: Subscription, prepared: list[Any]) -> None:
+        """What `prepare` made for a handler that will never commit: the subscription
+        undoes it (a staged file's claim, say). Shielded: it must not be cut short."""
+        if subscription.discard is not None and prepared:
+            await asyncio.shield(subscription.discard(prepared[0]))
 
     async def _dependencies_answer(self) -> bool:
         """Whether the database (and every probed peer) answers now: only then does a failed
@@ -289,7 +321,9 @@ class EventConsumer:
             return False
         return True
 
-    async def _apply(self, subscription: Subscription, meta: EventMeta, event: Message) -> str:
+    async def _apply(
+        self, subscription: Subscription, meta: EventMeta, event: Message, prepared: list[Any]
+    ) -> str:
         parent = extract_context(meta.trace_headers)
         with (
             tracer.start_as_current_span(
@@ -311,7 +345,7 @@ class EventConsumer:
                 )
                 if inserted is None:
                     return "duplicate"
-                await subscription.handler(session, event, meta)
+                await subscription.handler(session, event, meta, *prepared)
             return "processed"
 
     async def _dead_letter(

@@ -46,11 +46,13 @@ def rows_per_statement(columns: int) -> int:
     return max(1, MAX_QUERY_PARAMETERS // max(columns, 1) // 2)
 
 
-def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int | None = None, echo: bool = False
+) -> AsyncEngine:
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         # A connection broken by a database restart is noticed at checkout, not mid-request.
         pool_pre_ping=True,
         pool_recycle=1800,

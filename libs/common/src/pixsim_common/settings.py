@@ -35,6 +35,8 @@ class ServiceSettings(BaseSettings):
     # A libpq URL (postgresql://role:password@host:port/db) of the service's own database.
     database_url: SecretStr
     database_pool_size: int = Field(default=10, ge=1)
+    # Connections beyond the pool when it is busy; unset means as many as the pool holds.
+    database_max_overflow: int | None = Field(default=None, ge=0)
     kafka_bootstrap: str = "127.0.0.1:9092"
     # A PEM public key (RS256/ES256/EdDSA) or a JWKS URL that verifies callers' tokens.
     jwt_public_key: str = ""

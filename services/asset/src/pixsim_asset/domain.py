@@ -33,6 +33,10 @@ EXTENSIONS = {
 }
 
 THUMBNAIL = "thumbnail"
+# A video's first and last frames at full size: a transition between two clips goes from
+# the first clip's last frame to the second clip's first.
+FIRST_FRAME = "first_frame"
+LAST_FRAME = "last_frame"
 
 
 def extension_for(mime_type: str) -> str:
@@ -66,6 +70,11 @@ class StoredFile:
     sha256: str
     info: MediaInfo
     variants: tuple[Variant, ...] = ()
+
+    @property
+    def uris(self) -> list[str]:
+        """Every file it holds (a reference each, claimed before they were put)."""
+        return [self.storage_uri, *(v.storage_uri for v in self.variants)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,9 @@ def _edges(relatives: list[Relative]) -> list[pb.AssetLineage.Edge]:
     ]
 
 
+DEFAULT_URL_SECONDS = 15 * 60
+
+
 def _id(name: str) -> str:
     return name.removeprefix("assets/")
 
@@ -133,6 +136,22 @@ class AssetApi(pb_grpc.AssetServiceServicer):
             current_identity(), _id(request.name), request.variant
         ):
             yield pb.ReadAssetContentResponse(chunk=chunk)
+
+    async def GenerateAssetDownloadUrl(
+        self, request: pb.GenerateAssetDownloadUrlRequest, context: Any
+    ) -> pb.AssetDownloadUrl:
+        identity = current_identity()
+        seconds = request.ttl.seconds if request.HasField("ttl") else DEFAULT_URL_SECONDS
+        asset = await self._service.get(identity, _id(request.name))
+        made = await self._service.download_url(identity, asset.id, request.variant, seconds)
+        variant = asset.variant(request.variant) if request.variant else None
+        return pb.AssetDownloadUrl(
+            url=made.url,
+            expire_time=to_timestamp(made.expire_time),
+            sha256=asset.sha256 if variant is None else "",
+            mime_type=variant.mime_type if variant is not None else asset.mime_type,
+            size_bytes=variant.size_bytes if variant is not None else asset.size_bytes,
+        )
 
     async def GetAssetLineage(
         self, request: pb.GetAssetLineageRequest, context: Any

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import grpc
 import httpx
@@ -10,15 +10,18 @@ import structlog
 
 from pixsim.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from pixsim.asset.v1.asset_service_pb2 import DESCRIPTOR
+from pixsim_asset.collector import BlobCollector
 from pixsim_asset.events import subscriptions
 from pixsim_asset.fetch import AddressPolicy, Downloader
 from pixsim_asset.grpc_api import AssetApi
 from pixsim_asset.probe import DecodeLimits
 from pixsim_asset.service import AssetService
 from pixsim_asset.settings import Settings
-from pixsim_asset.storage import LocalStorage
+from pixsim_asset.storage import Storage
+from pixsim_asset.storage.local import LocalStorage
+from pixsim_asset.storage.s3 import S3Storage
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
-from pixsim_common.background import CloseOnStop
+from pixsim_common.background import CloseOnStop, Loop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 
@@ -29,7 +32,7 @@ MIGRATIONS = migrations_of(__file__)
 
 async def build(settings: ServiceSettings) -> ServiceApp:
     assert isinstance(settings, Settings)
-    storage = LocalStorage(settings.storage_root)
+    storage = await open_storage(settings)
     swept = storage.sweep()
     if swept:
         log.info("removed staging files that stopped processes left", entries=swept)
@@ -71,8 +74,13 @@ async def build(settings: ServiceSettings) -> ServiceApp:
             AssetApi(service(kit), kit.sessions, kit.page_tokens), server
         )
 
-    def workers(_kit: Kit) -> Sequence[Worker]:
-        return [CloseOnStop(client.aclose), CloseOnStop(_closing(storage))]
+    def workers(kit: Kit) -> Sequence[Worker]:
+        collector = BlobCollector(kit.sessions, storage, grace_seconds=settings.blob_grace_seconds)
+        return [
+            CloseOnStop(client.aclose),
+            CloseOnStop(storage.close),
+            Loop("blob-collector", collector.collect_once, idle=settings.blob_collect_seconds),
+        ]
 
     def consumed(kit: Kit) -> Sequence[Subscription]:
         return subscriptions(service(kit))
@@ -86,11 +94,23 @@ async def build(settings: ServiceSettings) -> ServiceApp:
     )
 
 
-def _closing(storage: LocalStorage) -> Callable[[], Awaitable[None]]:
-    async def close() -> None:
-        storage.close()
-
-    return close
+async def open_storage(settings: Settings) -> Storage:
+    """The backend the settings name, ready to use."""
+    if settings.storage_backend == "local":
+        return LocalStorage(settings.storage_root)
+    if not settings.s3_endpoint_url:
+        raise SystemExit("STORAGE_BACKEND=s3 needs S3_ENDPOINT_URL")
+    storage = S3Storage(
+        endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+        bucket=settings.s3_bucket,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id.get_secret_value(),
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        scratch_root=settings.storage_root / ".scratch",
+    )
+    await storage.start()
+    return storage
 
 
 def run() -> None:

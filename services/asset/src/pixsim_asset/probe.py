@@ -58,8 +58,43 @@ def _check(width: int, height: int, duration: float, limits: DecodeLimits) -> No
         raise OverLimits(f"{duration:.0f}s is over the {limits.max_duration_seconds:.0f}s limit")
 
 
-def _read(path: Path, limits: DecodeLimits) -> tuple[MediaInfo, Any]:
-    """The file's info and its first decoded frame (None for audio), within the limits."""
+Png = tuple[bytes, int, int]  # a PNG and its width and height
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """What a file is, and the pictures made of it: a thumbnail of its first frame, and for
+    a video its first and last frames at full size (what a transition between two clips
+    starts from and ends at)."""
+
+    info: MediaInfo
+    thumbnail: Png | None = None
+    first_frame: Png | None = None
+    last_frame: Png | None = None
+
+
+def _png(frame: Any, max_side: int | None = None) -> Png:
+    image = frame.to_image()
+    if max_side is not None:
+        image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue(), image.width, image.height
+
+
+def _last_frame(container: Any, duration: float) -> Any:
+    """The last frame of the first video stream: decoded from a second before the end, so a
+    long clip is not decoded whole."""
+    if duration > 2:
+        container.seek(int((duration - 1.5) * 1_000_000), any_frame=False, backward=True)
+    last = None
+    for frame in container.decode(video=0):
+        last = frame
+    return last
+
+
+def _read(path: Path, limits: DecodeLimits, thumbnail_side: int, frames: bool) -> Inspection:
+    """Info and pictures of the file, within the limits."""
     with av.open(str(path), mode="r") as container:
         size = path.stat().st_size
         duration = max(container.duration or 0, 0) / 1_000_000
@@ -70,18 +105,23 @@ def _read(path: Path, limits: DecodeLimits) -> tuple[MediaInfo, Any]:
             frame = next(container.decode(video=0), None)
             if frame is None:
                 raise ProbeFailed("its first frame does not decode")
+            thumbnail = _png(frame, thumbnail_side) if thumbnail_side > 0 else None
             if codec in IMAGE_CODECS and duration <= 0:
                 info = MediaInfo(
                     "image", IMAGE_CODECS[codec], stream.width, stream.height, 0.0, codec, size
                 )
-                return info, frame
+                return Inspection(info, thumbnail)
             mime = (
                 "video/mp4"
                 if "mp4" in container.format.name
                 else f"video/{container.format.name.split(',')[0]}"
             )
             info = MediaInfo("video", mime, stream.width, stream.height, duration, codec, size)
-            return info, frame
+            if not frames:
+                return Inspection(info, thumbnail)
+            first = _png(frame)
+            last = _last_frame(container, duration)
+            return Inspection(info, thumbnail, first, _png(last) if last is not None else first)
         if container.streams.audio:
             audio = container.streams.audio[0]
             if duration > limits.max_duration_seconds:
@@ -89,7 +129,9 @@ def _read(path: Path, limits: DecodeLimits) -> tuple[MediaInfo, Any]:
             if next(container.decode(audio=0), None) is None:
                 raise ProbeFailed("its first frame does not decode")
             mime = f"audio/{container.format.name.split(',')[0]}"
-            return MediaInfo("audio", mime, 0, 0, duration, audio.codec_context.name, size), None
+            return Inspection(
+                MediaInfo("audio", mime, 0, 0, duration, audio.codec_context.name, size)
+            )
     raise ProbeFailed("no video, image or audio stream")
 
 
@@ -97,32 +139,27 @@ DEFAULT_LIMITS = DecodeLimits()
 
 
 def probe(path: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> MediaInfo:
-    return inspect(path, limits, thumbnail_side=0)[0]
+    return inspect(path, limits, thumbnail_side=0).info
 
 
 def inspect(
-    path: Path, limits: DecodeLimits = DEFAULT_LIMITS, thumbnail_side: int = 320
-) -> tuple[MediaInfo, tuple[bytes, int, int] | None]:
-    """The file's info and, for a video or an image, a PNG of its first frame at most
-    `thumbnail_side` pixels on its longer side (with its size); one decode for both."""
+    path: Path,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    thumbnail_side: int = 320,
+    frames: bool = False,
+) -> Inspection:
+    """What the file is and its pictures (one open, one decode of the first frame)."""
     try:
-        info, frame = _read(path, limits)
+        return _read(path, limits, thumbnail_side, frames)
     except ProbeFailed:
         raise
     except (av.FFmpegError, ValueError, MemoryError) as error:
         raise ProbeFailed(f"not a media file we can read: {error}") from error
-    if frame is None or thumbnail_side <= 0:
-        return info, None
-    image = frame.to_image()
-    image.thumbnail((thumbnail_side, thumbnail_side))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return info, (buffer.getvalue(), image.width, image.height)
 
 
-def thumbnail(path: Path, max_side: int = 320) -> tuple[bytes, int, int]:
+def thumbnail(path: Path, max_side: int = 320) -> Png:
     """A PNG of the first frame, at most `max_side` pixels on its longer side."""
-    _, made = inspect(path, thumbnail_side=max_side)
+    made = inspect(path, thumbnail_side=max_side).thumbnail
     if made is None:
         raise ProbeFailed("no frame to make a thumbnail of")
     return made

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -116,6 +117,77 @@ asset_lineage = Table(
     PrimaryKeyConstraint("child_id", "parent_id", "role"),
     Index("asset_lineage_by_parent", "parent_id"),
 )
+
+
+# Every stored file and how many things hold it: live assets and variants, and creations in
+# progress (a claim is taken before a file is put, and kept by the row that names it). A
+# file nothing holds is `orphaned_at`, and the collector deletes it after a grace period,
+# holding the row's lock while it deletes: a new claim on the same content waits for that,
+# then finds no row, makes one and puts the file again. So a file is never deleted under an
+# asset that names it, however a deletion and a dedup race.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("uri", Text, primary_key=True),
+    Column("refs", Integer, nullable=False, server_default="0"),
+    Column("orphaned_at", DateTime(timezone=True)),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("refs >= 0", name="blob_refs_not_negative"),
+    Index("blobs_orphaned", "orphaned_at", postgresql_where=text("refs = 0")),
+)
+
+# The content URI is derived from the bytes, never chosen by a caller; the update only
+# counts, so sharing one row across owners reaches nothing of theirs.
+_CLAIM = text(
+    "INSERT INTO blobs (uri, refs) SELECT u, 1 FROM unnest(CAST(:uris AS text[])) AS u"
+    " ORDER BY u ON CONFLICT (uri) DO UPDATE SET refs = blobs.refs + 1, orphaned_at = NULL,"
+    " update_time = now()"
+)
+_RELEASE = text(
+    "UPDATE blobs SET refs = refs - 1, update_time = now(),"
+    " orphaned_at = CASE WHEN refs = 1 THEN now() ELSE orphaned_at END"
+    " WHERE uri = ANY(CAST(:uris AS text[]))"
+)
+
+
+async def claim_blobs(session: AsyncSession, uris: Iterable[str]) -> None:
+    """Hold these files (one more reference each) before they are put."""
+    wanted = sorted(set(uris))
+    if wanted:
+        await session.execute(_CLAIM, {"uris": wanted})
+
+
+async def release_blobs(session: AsyncSession, uris: Iterable[str]) -> None:
+    """One reference fewer each; a file nothing holds any more is orphaned from now."""
+    wanted = sorted(set(uris))
+    if wanted:
+        await session.execute(_RELEASE, {"uris": wanted})
+
+
+async def collectable_blobs(session: AsyncSession, grace_seconds: float, limit: int) -> list[str]:
+    """Orphaned files past their grace period, locked (other collectors skip them)."""
+    result = await session.scalars(
+        text(
+            "SELECT uri FROM blobs WHERE refs = 0"
+            " AND orphaned_at <= now() - make_interval(secs => :grace)"
+            " ORDER BY orphaned_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"grace": grace_seconds, "limit": limit},
+    )
+    return list(result)
+
+
+async def forget_blob(session: AsyncSession, uri: str) -> None:
+    await session.execute(text("DELETE FROM blobs WHERE uri = :uri"), {"uri": uri})
+
+
+async def uris_of(session: AsyncSession, asset_id: str) -> list[str]:
+    """The files an asset holds: its own and its variants'."""
+    own = await session.scalar(select(assets.c.storage_uri).where(assets.c.id == asset_id))
+    variants = await session.scalars(
+        select(asset_variants.c.storage_uri).where(asset_variants.c.asset_id == asset_id)
+    )
+    return [u for u in [own, *variants] if u]
 
 
 def _to_asset(row: Row[Any], variants: Sequence[Variant] = ()) -> Asset:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from pixsim_common.settings import ServiceSettings, settings_config
 
@@ -16,8 +17,18 @@ class Settings(ServiceSettings):
     grpc_port: int = 50052
     metrics_port: int = 9102
 
+    # `local`: files under STORAGE_ROOT (one replica); `s3`: an S3-compatible bucket (any
+    # number of replicas), staging under STORAGE_ROOT on local disk.
+    storage_backend: Literal["local", "s3"] = "local"
     # Where the local storage backend keeps files (content-addressed under it).
     storage_root: Path = Path(".run/storage")
+    s3_endpoint_url: str = ""
+    # The endpoint providers reach presigned URLs at, when it is not the one we use.
+    s3_public_endpoint_url: str = ""
+    s3_bucket: str = "pixsim-assets"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr = SecretStr("")
+    s3_secret_access_key: SecretStr = SecretStr("")
     # Largest file fetched from a URL or accepted by UploadAsset.
     max_download_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
@@ -27,6 +38,10 @@ class Settings(ServiceSettings):
     # Attempts at a download that fails for a passing reason (5xx, reset, timeout).
     download_attempts: int = Field(default=4, ge=1)
     download_backoff_seconds: float = Field(default=0.5, ge=0)
+    # A stored file nothing holds any more is deleted this long after its last reference
+    # went (deduplication means several assets may share one), looked for this often.
+    blob_grace_seconds: float = Field(default=3600.0, ge=0)
+    blob_collect_seconds: float = Field(default=30.0, gt=0)
     # Decoding limits, checked from a file's header before anything is decoded: pixels per
     # frame (Pillow's MAX_IMAGE_PIXELS is the same idea), either side, and duration.
     max_image_pixels: int = Field(default=40_000_000, ge=1)

@@ -5,14 +5,12 @@ other: every loop claims its rows under locks or leases."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
 
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixsim_common.background import Background
+from pixsim_common.background import Loop
 from pixsim_common.notify import Listener
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
@@ -20,40 +18,6 @@ from pixsim_provider_gateway.events import WORK_CHANNEL
 from pixsim_provider_gateway.service import ProviderService
 
 log = structlog.get_logger("pixsim.gateway.workers")
-IDLE_SECONDS = 0.2
-
-
-class Loop(Background):
-    """Runs `step` again and again; sleeps when it found nothing to do; never dies of an
-    error (the database or a provider may be away) but logs it and backs off."""
-
-    def __init__(
-        self,
-        name: str,
-        step: Callable[[], Awaitable[int]],
-        wake: asyncio.Event | None = None,
-        idle: float = IDLE_SECONDS,
-    ) -> None:
-        self.name = name
-        self._step = step
-        self._wake = wake or asyncio.Event()
-        self._idle = idle
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                done = await self._step()
-                backoff = 0.1
-            except Exception as error:
-                log.exception("loop step failed", loop=self.name, error=repr(error))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if not done:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle)
 
 
 async def refresh_metrics(sessions: async_sessionmaker[AsyncSession]) -> int:

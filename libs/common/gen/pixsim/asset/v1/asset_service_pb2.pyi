@@ -425,6 +425,69 @@ class ReadAssetContentResponse(_message.Message):
 Global___ReadAssetContentResponse: _TypeAlias = ReadAssetContentResponse  # noqa: Y015
 
 @_typing.final
+class GenerateAssetDownloadUrlRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    variant: _builtins.str
+    """A variant's kind (`thumbnail`, `first_frame`, `last_frame`); empty for the file itself."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the URL works: at most an hour; unset means 15 minutes."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ttl", b"ttl", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateAssetDownloadUrlRequest: _TypeAlias = GenerateAssetDownloadUrlRequest  # noqa: Y015
+
+@_typing.final
+class AssetDownloadUrl(_message.Message):
+    """A URL anyone holding it can GET the bytes from, until it expires."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    sha256: _builtins.str
+    mime_type: _builtins.str
+    size_bytes: _builtins.int
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        sha256: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "mime_type", b"mime_type", "sha256", b"sha256", "size_bytes", b"size_bytes", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssetDownloadUrl: _TypeAlias = AssetDownloadUrl  # noqa: Y015
+
+@_typing.final
 class GetAssetLineageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -65,6 +65,11 @@ class AssetServiceStub:
                 request_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentRequest.SerializeToString,
                 response_deserializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentResponse.FromString,
                 _registered_method=True)
+        self.GenerateAssetDownloadUrl = channel.unary_unary(
+                '/pixsim.asset.v1.AssetService/GenerateAssetDownloadUrl',
+                request_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.GenerateAssetDownloadUrlRequest.SerializeToString,
+                response_deserializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.AssetDownloadUrl.FromString,
+                _registered_method=True)
         self.GetAssetLineage = channel.unary_unary(
                 '/pixsim.asset.v1.AssetService/GetAssetLineage',
                 request_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.GetAssetLineageRequest.SerializeToString,
@@ -123,6 +128,15 @@ class AssetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateAssetDownloadUrl(self, request, context):
+        """Returns a time-limited URL of the stored bytes (or a variant's), for a provider to fetch
+        at the moment it is given one. FAILED_PRECONDITION (`NO_DOWNLOAD_URLS`) where the store
+        has no URLs of its own (the local filesystem): read the content instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetAssetLineage(self, request, context):
         """Returns the assets this one was made from, and those made from it.
         """
@@ -170,6 +184,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.ReadAssetContent,
                     request_deserializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentRequest.FromString,
                     response_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentResponse.SerializeToString,
+            ),
+            'GenerateAssetDownloadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateAssetDownloadUrl,
+                    request_deserializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.GenerateAssetDownloadUrlRequest.FromString,
+                    response_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.AssetDownloadUrl.SerializeToString,
             ),
             'GetAssetLineage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAssetLineage,
@@ -344,6 +363,33 @@ class AssetService:
             '/pixsim.asset.v1.AssetService/ReadAssetContent',
             pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentRequest.SerializeToString,
             pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateAssetDownloadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.asset.v1.AssetService/GenerateAssetDownloadUrl',
+            pixsim_dot_asset_dot_v1_dot_asset__service__pb2.GenerateAssetDownloadUrlRequest.SerializeToString,
+            pixsim_dot_asset_dot_v1_dot_asset__service__pb2.AssetDownloadUrl.FromString,
             options,
             channel_credentials,
             insecure,

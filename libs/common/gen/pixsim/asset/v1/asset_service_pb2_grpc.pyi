@@ -46,6 +46,11 @@ class AssetServiceStub:
     """Uploads a file: the first message carries its metadata, every later one a chunk."""
     ReadAssetContent: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetContentRequest, _asset_service_pb2.ReadAssetContentResponse]
     """Streams the stored file's bytes."""
+    GenerateAssetDownloadUrl: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GenerateAssetDownloadUrlRequest, _asset_service_pb2.AssetDownloadUrl]
+    """Returns a time-limited URL of the stored bytes (or a variant's), for a provider to fetch
+    at the moment it is given one. FAILED_PRECONDITION (`NO_DOWNLOAD_URLS`) where the store
+    has no URLs of its own (the local filesystem): read the content instead.
+    """
     GetAssetLineage: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetLineageRequest, _asset_service_pb2.AssetLineage]
     """Returns the assets this one was made from, and those made from it."""
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _empty_pb2.Empty]
@@ -70,6 +75,11 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """Uploads a file: the first message carries its metadata, every later one a chunk."""
     ReadAssetContent: _aio.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetContentRequest, _asset_service_pb2.ReadAssetContentResponse]  # type: ignore[assignment]
     """Streams the stored file's bytes."""
+    GenerateAssetDownloadUrl: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GenerateAssetDownloadUrlRequest, _asset_service_pb2.AssetDownloadUrl]  # type: ignore[assignment]
+    """Returns a time-limited URL of the stored bytes (or a variant's), for a provider to fetch
+    at the moment it is given one. FAILED_PRECONDITION (`NO_DOWNLOAD_URLS`) where the store
+    has no URLs of its own (the local filesystem): read the content instead.
+    """
     GetAssetLineage: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetLineageRequest, _asset_service_pb2.AssetLineage]  # type: ignore[assignment]
     """Returns the assets this one was made from, and those made from it."""
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
@@ -127,6 +137,17 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_asset_service_pb2.ReadAssetContentResponse], _abc.AsyncIterator[_asset_service_pb2.ReadAssetContentResponse]]:
         """Streams the stored file's bytes."""
+
+    @_abc_1.abstractmethod
+    def GenerateAssetDownloadUrl(
+        self,
+        request: _asset_service_pb2.GenerateAssetDownloadUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.AssetDownloadUrl, _abc.Awaitable[_asset_service_pb2.AssetDownloadUrl]]:
+        """Returns a time-limited URL of the stored bytes (or a variant's), for a provider to fetch
+        at the moment it is given one. FAILED_PRECONDITION (`NO_DOWNLOAD_URLS`) where the store
+        has no URLs of its own (the local filesystem): read the content instead.
+        """
 
     @_abc_1.abstractmethod
     def GetAssetLineage(

@@ -1,5 +1,7 @@
-"""Where asset files live: a content-addressed layout behind a small interface, so an
-S3-compatible store can stand in for the local filesystem."""
+"""Where asset files live: one content-addressed layout (`ab/cd/<sha256>.<ext>`) behind a
+small async interface, with two backends: the local filesystem (`make run`'s default, one
+replica) and S3-compatible object storage (`local.py`, `s3.py`). Both pass the same
+contract tests. Files are staged here first, on local disk, while they are hashed."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 
 class TooLarge(Exception):
@@ -116,64 +118,46 @@ async def remove(path: Path) -> None:
         await asyncio.shield(asyncio.to_thread(path.unlink, missing_ok=True))
 
 
+class ChecksumMismatch(Exception):
+    """What arrived in the store is not the content it was announced as."""
+
+
+def content_key(sha256: str, extension: str) -> str:
+    """Where content lives in either backend: `ab/cd/<sha256>.<ext>`."""
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise ValueError("sha256 must be 64 lowercase hex digits")
+    extension = extension.lstrip(".")
+    if not (0 < len(extension) <= 8 and extension.isalnum() and extension.isascii()):
+        raise ValueError(f"extension {extension!r} must be 1 to 8 letters or digits")
+    return f"{sha256[:2]}/{sha256[2:4]}/{sha256}.{extension}"
+
+
 class Storage(Protocol):
-    def put(self, source: Path, sha256: str, extension: str) -> str:
-        """Move a finished file in; returns its storage URI. Idempotent for equal content."""
+    """A content-addressed store. `uri_for` is known before anything is stored, so a file's
+    references can be counted before it exists (see the blob table)."""
+
+    def uri_for(self, sha256: str, extension: str) -> str: ...
+
+    async def put(self, source: Path, sha256: str, extension: str, content_type: str) -> str:
+        """Move a finished staged file in (it is gone afterwards); returns its storage URI.
+        Idempotent for equal content; the store checks the bytes against `sha256`."""
         ...
 
-    def open(self, uri: str) -> BinaryIO: ...
+    def read(self, uri: str, chunk_bytes: int = 1024 * 1024) -> AsyncIterator[bytes]: ...
 
-    def delete(self, uri: str) -> None: ...
+    async def exists(self, uri: str) -> bool: ...
+
+    async def delete(self, uri: str) -> None: ...
+
+    async def presign(self, uri: str, expires_seconds: int) -> str | None:
+        """A time-limited HTTPS URL anyone can GET the file from, or None where the backend
+        has none (the local filesystem)."""
+        ...
 
     def scratch(self) -> Path:
-        """A directory for downloads in progress, on the same filesystem as the store."""
+        """A directory for files in progress (on the store's filesystem when local)."""
         ...
 
     def sweep(self) -> int: ...
 
-    def close(self) -> None: ...
-
-
-class LocalStorage:
-    """`file://<root>/ab/cd/<sha256>.<ext>`: the same bytes are stored once."""
-
-    def __init__(self, root: Path) -> None:
-        self._root = root.resolve()
-        # On the store's own filesystem, so a finished file moves in atomically.
-        self._scratch = Scratch(self._root / ".scratch")
-
-    def scratch(self) -> Path:
-        return self._scratch.path
-
-    def sweep(self) -> int:
-        """Remove staging files that processes which died left behind."""
-        return self._scratch.sweep()
-
-    def close(self) -> None:
-        self._scratch.close()
-
-    def _path(self, uri: str) -> Path:
-        path = Path(uri.removeprefix("file://")).resolve()
-        if self._root not in path.parents:
-            raise ValueError(f"{uri} is outside the store")
-        return path
-
-    def put(self, source: Path, sha256: str, extension: str) -> str:
-        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
-            raise ValueError("sha256 must be 64 lowercase hex digits")
-        extension = extension.lstrip(".")
-        if not (0 < len(extension) <= 8 and extension.isalnum() and extension.isascii()):
-            raise ValueError(f"extension {extension!r} must be 1 to 8 letters or digits")
-        target = self._root / sha256[:2] / sha256[2:4] / f"{sha256}.{extension}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            source.unlink(missing_ok=True)  # already stored: content addressing dedups
-        else:
-            os.replace(source, target)  # atomic: a reader never sees half a file
-        return f"file://{target}"
-
-    def open(self, uri: str) -> BinaryIO:
-        return self._path(uri).open("rb")
-
-    def delete(self, uri: str) -> None:
-        self._path(uri).unlink(missing_ok=True)
+    async def close(self) -> None: ...

@@ -2,17 +2,18 @@
 announces every asset it answers with (new or the duplicate it resolved to) as
 `asset.created` in the same transaction.
 
-Files are stored before their row is written: a row only ever names a stored, probed file,
-and a failure before the row leaves at most a content-addressed file that the same bytes
-would reuse. A generation whose media cannot be had (refused, too large, not media, or still
-failing after the retries) answers the job with `generation.failed` (`ASSET_FAILED`) instead,
-so the job ends rather than waiting forever.
+Files are stored before their row is written (`ingest.py`), with no transaction open while
+bytes move: a row only ever names a stored, probed file it holds a reference to. A
+generation's result is staged before the consumer's transaction (`generations.py`).
+Deleting an asset gives its files' references back; the collector deletes what nothing
+holds (`collector.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -22,22 +23,15 @@ from pixsim.asset.v1 import asset_service_pb2 as pb
 from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_asset import repository as repo
-from pixsim_asset.domain import (
-    THUMBNAIL,
-    Asset,
-    Origin,
-    Relative,
-    StoredFile,
-    Variant,
-    extension_for,
-    lineage_edges,
-    wants_thumbnail,
-)
+from pixsim_asset.domain import Asset, Origin, Relative, StoredFile
 from pixsim_asset.fetch import Downloader, FetchFailed, FetchRefused
-from pixsim_asset.probe import DecodeLimits, OverLimits, ProbeFailed, inspect
+from pixsim_asset.probe import DecodeLimits
+from pixsim_asset.service.generations import Generations, Staged
+from pixsim_asset.service.ingest import Ingest, NotMedia
 from pixsim_asset.storage import Storage, TooLarge, remove, stage
 from pixsim_common import topics
 from pixsim_common.auth import Identity
+from pixsim_common.cloudevents import EventMeta
 from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import (
     Aborted,
@@ -52,19 +46,13 @@ from pixsim_common.timestamps import now_timestamp, to_timestamp
 log = structlog.get_logger("pixsim.asset")
 SOURCE = "/asset"
 READ_CHUNK_BYTES = 1024 * 1024
+MAX_URL_SECONDS = 3600
 
 
-class NotMedia(Exception):
-    """The bytes are not a video, image or audio file we can read, or one over the decoding
-    limits (`reason` says which)."""
-
-    def __init__(self, message: str, reason: str = "NOT_MEDIA") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+@dataclass(frozen=True)
+class DownloadUrl:
+    url: str
+    expire_time: datetime
 
 
 class AssetService:
@@ -81,15 +69,15 @@ class AssetService:
         self._storage = storage
         self._downloader = downloader
         self._max_upload_bytes = max_upload_bytes
-        self._limits = limits or DecodeLimits()
-
-    # ---- the one way in ---------------------------------------------------------------
+        self._ingest = Ingest(sessions, storage, limits or DecodeLimits())
+        self.generations = Generations(sessions, downloader, self._ingest, self)
 
     async def create(
         self, session: AsyncSession, origin: Origin, stored: StoredFile, *, job_id: str = ""
     ) -> tuple[Asset, bool]:
         """The asset for `stored` (new, or the owner's existing one with the same content or
-        provider result) and whether it was a duplicate; announced as `asset.created`."""
+        provider result) and whether it was a duplicate; announced as `asset.created`. A
+        new asset keeps the references `stored` claimed; a duplicate gives them back."""
         asset = await repo.insert_new(session, origin, stored)
         deduplicated = asset is None
         if asset is None:
@@ -101,10 +89,11 @@ class AssetService:
             )
             if asset is None:  # the one we collided with was deleted meanwhile
                 raise Aborted("a concurrent change; try again", reason="CONCURRENT_CHANGE")
-        await self._announce(session, asset, job_id=job_id, deduplicated=deduplicated)
+            await repo.release_blobs(session, stored.uris)
+        await self.announce(session, asset, job_id=job_id, deduplicated=deduplicated)
         return asset, deduplicated
 
-    async def _announce(
+    async def announce(
         self, session: AsyncSession, asset: Asset, *, job_id: str, deduplicated: bool
     ) -> None:
         await enqueue(
@@ -124,101 +113,22 @@ class AssetService:
             source=SOURCE,
         )
 
-    async def _ingest(self, path: Path, sha256: str) -> StoredFile:
-        """Probe a staged file and move it into the store with its thumbnail. The staged
-        file is gone afterwards whatever happens (moved in, or removed)."""
-        try:
-            try:
-                info, made = await asyncio.to_thread(inspect, path, self._limits)
-            except OverLimits as error:
-                raise NotMedia(str(error), "MEDIA_TOO_LARGE") from error
-            except ProbeFailed as error:
-                raise NotMedia(str(error)) from error
-            variants: tuple[Variant, ...] = ()
-            if made is not None and wants_thumbnail(info):
-                png, width, height = made
-                staged = await stage(
-                    _one(png), max_bytes=len(png), directory=self._storage.scratch()
-                )
-                try:
-                    uri = await asyncio.to_thread(
-                        self._storage.put, staged.path, staged.sha256, "png"
-                    )
-                finally:
-                    await remove(staged.path)
-                variants = (Variant(THUMBNAIL, uri, "image/png", width, height, len(png)),)
-            storage_uri = await asyncio.to_thread(
-                self._storage.put, path, sha256, extension_for(info.mime_type)
-            )
-        finally:
-            await remove(path)  # moved in already, or refused
-        return StoredFile(storage_uri, sha256, info, variants)
+    async def stage_generation(
+        self, event: events_pb2.GenerationCompleted, meta: EventMeta
+    ) -> Staged:
+        return await self.generations.stage(event, meta)
 
-    # ---- sources ----------------------------------------------------------------------
-
-    async def from_generation(
-        self, session: AsyncSession, event: events_pb2.GenerationCompleted
-    ) -> None:
-        """Store a provider's result and answer its job, inside the consumer's transaction."""
-        origin = Origin(
-            owner_id=event.user_id,
-            remote_uri=event.media.uri,
-            provider_id=event.provider_id,
-            provider_asset_id=event.provider_asset_id,
-            source_job_id=event.job_id,
-        )
-        asset = await repo.find_duplicate(
-            session, origin.owner_id, provider_key=(origin.provider_id, origin.provider_asset_id)
-        )
-        deduplicated = asset is not None
-        if asset is None:
-            try:
-                fetched = await self._downloader.download(event.media.uri)
-                stored = await self._ingest(fetched.path, fetched.sha256)
-            except (FetchRefused, FetchFailed, NotMedia) as error:
-                await self._generation_failed(session, event, error)
-                return
-            asset, deduplicated = await self.create(session, origin, stored, job_id=event.job_id)
-        else:
-            await self._announce(session, asset, job_id=event.job_id, deduplicated=True)
-        inputs = [(i.asset_id, i.role) for i in event.input_assets]
-        owned = await repo.owned_ids(session, (i for i, _ in inputs), origin.owner_id)
-        await repo.add_lineage(
-            session, asset.id, lineage_edges(inputs, event.operation_type, owned, asset.id)
-        )
-        log.info(
-            "generation stored",
-            job_id=event.job_id,
-            asset_id=asset.id,
-            deduplicated=deduplicated,
-        )
-
-    async def _generation_failed(
+    async def record_generation(
         self,
         session: AsyncSession,
         event: events_pb2.GenerationCompleted,
-        error: Exception,
+        meta: EventMeta,
+        staged: Staged,
     ) -> None:
-        reason = getattr(error, "reason", type(error).__name__)
-        log.warning(
-            "generation media refused", job_id=event.job_id, reason=reason, error=str(error)
-        )
-        await enqueue(
-            session,
-            topics.GENERATION_FAILED,
-            event.job_id,
-            events_pb2.GenerationFailed(
-                job_id=event.job_id,
-                user_id=event.user_id,
-                submission_id=event.submission_id,
-                provider_id=event.provider_id,
-                error_code=types_pb2.GENERATION_ERROR_CODE_ASSET_FAILED,
-                error_message=f"the result could not be stored ({reason}): {error}"[:2000],
-                fail_time=now_timestamp(),
-                job_retry_count=event.job_retry_count,
-            ),
-            source=SOURCE,
-        )
+        await self.generations.record(session, event, meta, staged)
+
+    async def discard_generation(self, staged: Staged) -> None:
+        await self.generations.discard(staged)
 
     async def register(self, identity: Identity, uri: str, display_name: str) -> Asset:
         """CreateAsset: fetch a URL the caller names and keep it as their asset."""
@@ -274,7 +184,7 @@ class AssetService:
 
     async def _ingest_or_refuse(self, path: Path, sha256: str, field: str) -> StoredFile:
         try:
-            return await self._ingest(path, sha256)
+            return await self._ingest.ingest(path, sha256)
         except NotMedia as error:
             why = (
                 f"over the decoding limits: {error}"
@@ -286,12 +196,14 @@ class AssetService:
             ) from error
 
     async def _create_now(self, origin: Origin, stored: StoredFile) -> Asset:
-        async with UnitOfWork(self._sessions) as uow:
-            asset, _ = await self.create(uow.session, origin, stored)
-            await uow.commit()
+        try:
+            async with UnitOfWork(self._sessions) as uow:
+                asset, _ = await self.create(uow.session, origin, stored)
+                await uow.commit()
+        except BaseException:
+            await self._ingest.release(stored.uris)  # nothing committed holds them
+            raise
         return asset
-
-    # ---- reads and deletion -----------------------------------------------------------
 
     async def get(self, identity: Identity, asset_id: str) -> Asset:
         async with self._sessions() as session:
@@ -315,10 +227,12 @@ class AssetService:
         return parents, children
 
     async def delete(self, identity: Identity, asset_id: str) -> None:
+        """Soft: gone from every read at once; its files' references are given back."""
         async with UnitOfWork(self._sessions) as uow:
             asset = await repo.soft_delete(uow.session, asset_id, identity.user_id)
             if asset is None:
                 raise NotFound(f"assets/{asset_id} does not exist", reason="ASSET_NOT_FOUND")
+            await repo.release_blobs(uow.session, await repo.uris_of(uow.session, asset.id))
             await enqueue(
                 uow.session,
                 topics.ASSET_DELETED,
@@ -330,23 +244,38 @@ class AssetService:
             )
             await uow.commit()
 
+    async def _uri(self, identity: Identity, asset_id: str, variant: str) -> str:
+        asset = await self.get(identity, asset_id)
+        if not variant:
+            return asset.storage_uri
+        found = asset.variant(variant)
+        if found is None:
+            raise NotFound(
+                f"assets/{asset_id} has no {variant} variant", reason="VARIANT_NOT_FOUND"
+            )
+        return found.storage_uri
+
     async def read(self, identity: Identity, asset_id: str, variant: str) -> AsyncIterator[bytes]:
         """The stored bytes of the asset or of one of its variants, in chunks."""
-        asset = await self.get(identity, asset_id)
-        uri = asset.storage_uri
-        if variant:
-            found = asset.variant(variant)
-            if found is None:
-                raise NotFound(
-                    f"assets/{asset_id} has no {variant} variant", reason="VARIANT_NOT_FOUND"
-                )
-            uri = found.storage_uri
-        handle = await asyncio.to_thread(self._storage.open, uri)
-        try:
-            while chunk := await asyncio.to_thread(handle.read, READ_CHUNK_BYTES):
-                yield chunk
-        finally:
-            handle.close()
+        uri = await self._uri(identity, asset_id, variant)
+        async for chunk in self._storage.read(uri, READ_CHUNK_BYTES):
+            yield chunk
+
+    async def download_url(
+        self, identity: Identity, asset_id: str, variant: str, seconds: int
+    ) -> DownloadUrl:
+        """A time-limited URL of the stored bytes, for a provider to fetch; where the store
+        has no URLs (the local filesystem) FAILED_PRECONDITION, and the caller sends the
+        bytes themselves."""
+        uri = await self._uri(identity, asset_id, variant)
+        seconds = min(max(seconds, 1), MAX_URL_SECONDS)
+        url = await self._storage.presign(uri, seconds)
+        if url is None:
+            raise FailedPrecondition(
+                "this store makes no download URLs; read the content instead",
+                reason="NO_DOWNLOAD_URLS",
+            )
+        return DownloadUrl(url, datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 def _bad_upload(field: str, why: str) -> InvalidArgument:

@@ -20,7 +20,14 @@ from pixsim.asset.v1 import asset_service_pb2, asset_service_pb2_grpc
 from pixsim.job.v1 import job_service_pb2, job_service_pb2_grpc
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gateway_grpc
-from pixsim_common.auth import TokenVerifier, current_identity, generate_keypair, issue_token
+from pixsim_common.auth import (
+    TokenVerifier,
+    WorkloadSigner,
+    WorkloadTrust,
+    current_identity,
+    generate_keypair,
+    issue_token,
+)
 from pixsim_common.errors import NotFound, status_details
 from pixsim_common.grpc_server import (
     AccessPolicy,
@@ -428,3 +435,92 @@ async def test_text_postgresql_cannot_store_is_invalid_argument_naming_the_field
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = {v.field for v in status_details(raised.value)["BadRequest"].field_violations}
     assert fields == {"account.label", "account.credentials['api_key']"}
+
+
+WORKLOAD_KEYS = generate_keypair()
+
+
+@pytest.fixture
+async def workload_channel() -> AsyncIterator[grpc.aio.Channel]:
+    """A server that trusts the gateway's workload key, for GetJob only (a stand-in for the
+    asset service's read methods)."""
+    verifier = TokenVerifier(
+        public_key=KEYS[1],
+        issuer="pixsim-local",
+        audience="pixsim",
+        workload=WorkloadTrust("pixsim-provider-gateway", WORKLOAD_KEYS[1]),
+    )
+    policy = AccessPolicy(
+        verifier,
+        frozenset({CREATE_ACCOUNT}),
+        {"/pixsim.job.v1.JobService/GetJob": "jobs:read"},
+    )
+    server = build_server("test", policy)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(Jobs(), server)  # type: ignore[abstract]
+    gateway_grpc.add_ProviderGatewayServiceServicer_to_server(Accounts(), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as open_channel:
+        yield open_channel
+    await server.stop(0)
+
+
+def _workload(keys: tuple[str, str] = WORKLOAD_KEYS, scope: str = "jobs:read") -> str:
+    return WorkloadSigner(
+        keys[0], issuer="pixsim-provider-gateway", actor="provider-gateway"
+    ).token_for("alice", *scope.split())
+
+
+async def test_a_workload_token_acts_for_its_user_on_the_methods_of_its_scope_only(
+    workload_channel: grpc.aio.Channel,
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(workload_channel)
+    job = await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=auth(_workload()))
+    assert job.owner == "users/alice"  # on behalf of the job's owner
+    watch = jobs.WatchJob(job_service_pb2.WatchJobRequest(name=JOB), metadata=auth(_workload()))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await anext(aiter(watch))
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_grpc.ProviderGatewayServiceStub(workload_channel).CreateAccount(
+            gateway_pb2.CreateAccountRequest(
+                account=gateway_pb2.Account(provider_id="pika", max_concurrency=1)
+            ),
+            metadata=auth(_workload()),
+        )
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await jobs.GetJob(
+            job_service_pb2.GetJobRequest(name=JOB), metadata=auth(_workload(scope="other"))
+        )
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_workload_token_from_another_key_or_with_roles_is_unauthenticated(
+    workload_channel: grpc.aio.Channel,
+) -> None:
+    import jwt as pyjwt
+
+    now = int(time.time())
+    claims = {
+        "iss": "pixsim-provider-gateway",
+        "aud": "pixsim",
+        "sub": "alice",
+        "act": {"sub": "provider-gateway"},
+        "scope": "jobs:read",
+        "iat": now,
+        "exp": now + 60,
+    }
+    forged = [
+        _workload(keys=OTHER_KEYS),  # the right issuer, someone else's key
+        pyjwt.encode({**claims, "roles": ["admin"]}, WORKLOAD_KEYS[0], algorithm="EdDSA"),
+        pyjwt.encode({**claims, "exp": now + 3600}, WORKLOAD_KEYS[0], algorithm="EdDSA"),
+        pyjwt.encode(
+            {k: v for k, v in claims.items() if k != "act"}, WORKLOAD_KEYS[0], algorithm="EdDSA"
+        ),
+    ]
+    jobs = job_service_pb2_grpc.JobServiceStub(workload_channel)
+    for token_text in forged:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await jobs.GetJob(job_service_pb2.GetJobRequest(name=JOB), metadata=auth(token_text))
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -109,14 +110,14 @@ async def test_slow_downloads_hold_no_connection_and_rpcs_keep_answering(
                 answered += 1
                 await asyncio.sleep(0.2)
             assert answered >= 10
-            for event in events:
-                await tap.wait_matching(
-                    topics.ASSET_CREATED.name,
-                    lambda r, job=event.job_id: (
-                        events_pb2.AssetCreated.FromString(r.value).job_id == job
-                    ),
-                    timeout=90,
-                )
+            jobs = {e.job_id for e in events}
+
+            def answers(record: Any) -> bool:
+                return events_pb2.AssetCreated.FromString(record.value).job_id in jobs
+
+            await tap.wait_matching(
+                topics.ASSET_CREATED.name, answers, count=len(events), timeout=90
+            )
         assert all(slow_media.hits.get("/" + e.media.uri.split("/", 3)[3]) for e in events)
     finally:
         await tap.stop()

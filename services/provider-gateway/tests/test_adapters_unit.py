@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from pixsim.types.v1 import types_pb2 as t
+from pixsim_provider_gateway.inputs import UrlInput
 from pixsim_provider_gateway.providers.base import (
     Credentials,
     ErrorKind,
@@ -79,15 +80,16 @@ class TestRunway:
             t.OPERATION_TYPE_IMAGE_TO_VIDEO,
             GenerationRequest(t.OPERATION_TYPE_IMAGE_TO_VIDEO, "", (IMAGE,)),
         )
-        assert i2v["body"]["promptImage"] == IMAGE.uri
+        # Inputs are placeholders, filled at execute time with what the intake takes.
+        assert i2v["body"]["promptImage"] == {"$input": 0}
         assert i2v["body"]["model"] == "gen4_turbo"
         transition = runway.map_parameters(
             t.OPERATION_TYPE_VIDEO_TRANSITION,
             GenerationRequest(t.OPERATION_TYPE_VIDEO_TRANSITION, "", (START, END)),
         )
         assert transition["body"]["promptImage"] == [
-            {"uri": START.uri, "position": "first"},
-            {"uri": END.uri, "position": "last"},
+            {"uri": {"$input": 0}, "position": "first"},
+            {"uri": {"$input": 1}, "position": "last"},
         ]
         extend = runway.map_parameters(
             t.OPERATION_TYPE_VIDEO_EXTEND,
@@ -99,7 +101,7 @@ class TestRunway:
                 "model": "seedance2_5",
                 "promptText": "go on",
                 "mode": "extend",
-                "promptVideo": VIDEO.uri,
+                "promptVideo": {"$input": 0},
             },
         }
 
@@ -249,20 +251,20 @@ class TestPika:
             t.OPERATION_TYPE_IMAGE_TO_VIDEO,
             GenerationRequest(t.OPERATION_TYPE_IMAGE_TO_VIDEO, "move", (IMAGE,)),
         )
-        assert i2v["body"]["image_url"] == IMAGE.uri
+        assert i2v["body"]["image_url"] == {"$input": 0}
         frames = pika.map_parameters(
             t.OPERATION_TYPE_VIDEO_TRANSITION,
             GenerationRequest(t.OPERATION_TYPE_VIDEO_TRANSITION, "morph", (START, END)),
         )
         assert frames["path"].endswith("/pikaframes")
-        assert frames["body"]["image_urls"] == [START.uri, END.uri]
+        assert frames["body"]["image_urls"] == [{"$input": 0}, {"$input": 1}]
         assert frames["body"]["transitions"] == [{"duration": 5, "prompt": "morph"}]
         scenes = pika.map_parameters(
             t.OPERATION_TYPE_FUSION,
             GenerationRequest(t.OPERATION_TYPE_FUSION, "together", (reference(1), reference(2))),
         )
         assert scenes["path"].endswith("/pikascenes")
-        assert scenes["body"]["image_urls"] == [reference(1).uri, reference(2).uri]
+        assert scenes["body"]["image_urls"] == [{"$input": 0}, {"$input": 1}]
         with pytest.raises(UnsupportedOperation):
             pika.map_parameters(
                 t.OPERATION_TYPE_VIDEO_EXTEND,
@@ -416,7 +418,9 @@ class TestPixverse:
             t.OPERATION_TYPE_IMAGE_TO_VIDEO,
             GenerationRequest(t.OPERATION_TYPE_IMAGE_TO_VIDEO, "move", (IMAGE,)),
         )
-        result = await pixverse.execute(t.OPERATION_TYPE_IMAGE_TO_VIDEO, KEY, payload)
+        result = await pixverse.execute(
+            t.OPERATION_TYPE_IMAGE_TO_VIDEO, KEY, payload, [UrlInput(IMAGE.uri)]
+        )
         assert result.provider_job_id == "99"
         upload, generate = seen
         assert b'name="image_url"' in upload.content

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -12,6 +13,8 @@ import fal_client.client
 import httpx
 import pytest
 from runwayml import RunwayML
+
+from pixsim_provider_sim.media import render_png
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +45,20 @@ def probe(url: str) -> tuple[int, int, float, str]:
 def test_runway_sdk_creates_a_task_and_retrieves_it_to_succeeded(sim: str) -> None:
     configure(sim, "key_runway", finish_ms=300)
     client = RunwayML(base_url=sim, api_key="key_runway", max_retries=0)
+    # The SDK's own uploads flow: a slot, the file to the slot's URL, the runway:// URI.
+    image = render_png(5, 32, 32)
+    uploaded = client.uploads.create_ephemeral(file=("frame.png", image, "image/png"))
     created = client.image_to_video.create(
         model="gen4_turbo",
-        prompt_image="https://example.com/a.png",
-        prompt_text="a cat",
+        prompt_image=uploaded.uri,
+        prompt_text="a cat from an upload",
         ratio="1280:720",
         duration=5,
     )
+    (task_record,) = httpx.get(
+        f"{sim}/_sim/tasks", params={"prompt": "a cat from an upload"}
+    ).json()
+    assert [i["sha256"] for i in task_record["inputs"]] == [hashlib.sha256(image).hexdigest()]
     task = client.tasks.retrieve(created.id)
     assert task.status in ("PENDING", "RUNNING")
     time.sleep(0.5)

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +85,19 @@ def credentials_key(directory: Path) -> str:
     return path.read_text().strip()
 
 
+def workload_keys(directory: Path) -> tuple[str, str]:
+    """The gateway's workload key pair, made once: it signs with the private half, the asset
+    service trusts the public one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = directory / "workload-key.pem", directory / "workload-key.pub.pem"
+    if not private.exists():
+        private_pem, public_pem = generate_keypair()
+        private.write_text(private_pem)
+        private.chmod(0o600)
+        public.write_text(public_pem)
+    return private.read_text(), public.read_text()
+
+
 def page_token_secret(directory: Path) -> str:
     """The services' HMAC key for page tokens, made once, so a token survives a restart."""
     path = directory / "page-token.key"
@@ -148,6 +161,8 @@ class LocalServices:
     metrics_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
     database_prefix: str = ""
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Arguments of the provider simulator (e.g. `--url-ttl 3`: outputs that expire soon).
+    simulator_args: Sequence[str] = ()
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     databases: dict[str, ServiceDatabase] = field(default_factory=dict)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -170,6 +185,15 @@ class LocalServices:
 
     def env_for(self, spec: ServiceSpec, database_url: str) -> dict[str, str]:
         prefix = spec.env_prefix
+        signing, trusted = workload_keys(self.run_dir / "keys")
+        # The private half only where it signs: the gateway's workload tokens.
+        workload = (
+            {f"{prefix}WORKLOAD_SIGNING_KEY": signing}
+            if spec.name == "provider-gateway"
+            else {f"{prefix}WORKLOAD_PUBLIC_KEY": trusted}
+            if spec.name == "asset"
+            else {}
+        )
         return {
             **os.environ,
             f"{prefix}DATABASE_URL": database_url,
@@ -186,6 +210,7 @@ class LocalServices:
             # The simulator serves media on loopback, so the asset service may fetch there.
             f"{prefix}STORAGE_ROOT": str(self.run_dir / "storage"),
             f"{prefix}FETCH_ALLOW_LOOPBACK": "true",
+            **workload,
             **{f"{prefix}{k}": v for k, v in self.extra_env.items()},
         }
 
@@ -199,26 +224,39 @@ class LocalServices:
                 "pixsim_provider_sim",
                 "--port",
                 str(self.ports["provider-sim"]),
+                *self.simulator_args,
             ],
             self.logs / "provider-sim.log",
         )
         self.processes["provider-sim"] = simulator
         await wait_http(f"{self.simulator_url}/_sim/stats", simulator)
+        migrating: dict[str, ManagedProcess] = {}
         for spec in SERVICES:
             database = await self.infra.postgres.create_service_database(
                 self.database_prefix + spec.package
             )
             env = self.env_for(spec, database.url)
             self.databases[spec.name], self.envs[spec.name] = database, env
-            log = self.logs / f"{spec.name}.log"
-            migrate = ManagedProcess(
-                f"{spec.name}-migrate", service_command(spec, "migrate"), log, env=env
+            migrating[spec.name] = ManagedProcess(
+                f"{spec.name}-migrate",
+                service_command(spec, "migrate"),
+                self.logs / f"{spec.name}.log",
+                env=env,
             )
-            if await asyncio.to_thread(migrate.process.wait) != 0:
-                raise RuntimeError(f"{spec.name} migration failed:\n{migrate.log_tail()}")
+        # All at once: each is a process that spends its first seconds importing.
+        codes = await asyncio.gather(
+            *(asyncio.to_thread(m.process.wait) for m in migrating.values())
+        )
+        for (name, migrate), code in zip(migrating.items(), codes, strict=True):
             migrate.stop()
+            if code != 0:
+                raise RuntimeError(f"{name} migration failed:\n{migrate.log_tail()}")
+        for spec in SERVICES:
             self.processes[spec.name] = ManagedProcess(
-                spec.name, service_command(spec, "serve"), log, env=env
+                spec.name,
+                service_command(spec, "serve"),
+                self.logs / f"{spec.name}.log",
+                env=self.envs[spec.name],
             )
         await asyncio.gather(
             *(

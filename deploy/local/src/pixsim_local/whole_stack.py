@@ -9,7 +9,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,36 @@ class WholeStack:
         )
         return asset.name
 
+    async def uploaded(self, body: bytes, who: Metadata | None = None) -> asset_pb.Asset:
+        """An asset uploaded as a file (it has no URL anywhere)."""
+
+        async def parts() -> AsyncIterator[asset_pb.UploadAssetRequest]:
+            yield asset_pb.UploadAssetRequest(metadata=asset_pb.UploadAssetRequest.Metadata())
+            for start in range(0, len(body), 1024 * 1024):
+                yield asset_pb.UploadAssetRequest(chunk=body[start : start + 1024 * 1024])
+
+        return await self.assets.UploadAsset(parts(), metadata=who or self.alice)
+
+    async def content(self, name: str, variant: str = "", who: Metadata | None = None) -> bytes:
+        return b"".join(
+            [
+                part.chunk
+                async for part in self.assets.ReadAssetContent(
+                    asset_pb.ReadAssetContentRequest(name=name, variant=variant),
+                    metadata=who or self.alice,
+                )
+            ]
+        )
+
+    async def sim_tasks(self, prompt: str) -> list[dict[str, Any]]:
+        """The simulator's record of the tasks with this prompt, with the inputs it got."""
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(
+                f"{self.services.simulator_url}/_sim/tasks", params={"prompt": prompt}
+            )
+        tasks: list[dict[str, Any]] = answer.raise_for_status().json()
+        return tasks
+
     async def sim_key(self, provider: str, **knobs: Any) -> None:
         async with httpx.AsyncClient() as client:
             answer = await client.put(
@@ -142,7 +172,10 @@ class WholeStack:
 
 @asynccontextmanager
 async def whole_stack(
-    postgres_infra: Infra, kafka: KafkaBroker, settings: Mapping[str, str] | None = None
+    postgres_infra: Infra,
+    kafka: KafkaBroker,
+    settings: Mapping[str, str] | None = None,
+    simulator_args: Sequence[str] = (),
 ) -> AsyncIterator[WholeStack]:
     """Start everything (about 15 s), yield the clients, stop everything. `settings` (names
     without a service prefix) are given to every service, over the defaults below."""
@@ -166,6 +199,7 @@ async def whole_stack(
             "OTEL_EXPORTER": "console",
             **(settings or {}),
         },
+        simulator_args=simulator_args,
     )
     files = MediaFiles()
     server = await asyncio.start_server(files.handle, "127.0.0.1", 0)
@@ -211,6 +245,7 @@ async def whole_stack(
 @asynccontextmanager
 async def whole_stack_of_its_own(
     settings: Mapping[str, str] | None = None,
+    simulator_args: Sequence[str] = (),
 ) -> AsyncIterator[WholeStack]:
     """The whole stack over a PostgreSQL cluster (fsync off) and a broker started for it
     alone, all removed afterwards: for runs that crash them (the chaos run) or measure them
@@ -224,7 +259,7 @@ async def whole_stack_of_its_own(
         kafka_controller_port=free_port(),
     )
     try:
-        async with whole_stack(infra, infra.kafka, settings) as stack:
+        async with whole_stack(infra, infra.kafka, settings, simulator_args) as stack:
             yield stack
     finally:
         infra.stop()

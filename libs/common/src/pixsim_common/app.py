@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +20,7 @@ import grpc
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from pixsim_common.auth import TokenVerifier
+from pixsim_common.auth import TokenVerifier, WorkloadTrust
 from pixsim_common.consumer import EventConsumer, Subscription
 from pixsim_common.db import create_engine, create_sessionmaker
 from pixsim_common.grpc_server import (
@@ -116,6 +116,7 @@ async def assemble(
     service_names: Sequence[str],
     register: Callable[[grpc.aio.Server, Kit], None],
     admin_methods: Iterable[str] = (),
+    workload_methods: Mapping[str, str] | None = None,
     subscriptions: Callable[[Kit], Sequence[Subscription]] | None = None,
     workers: Callable[[Kit], Sequence[Worker]] | None = None,
     on_set_aside: Callable[[Kit], SetAsideHook] | None = None,
@@ -141,8 +142,12 @@ async def assemble(
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         max_lifetime_seconds=settings.jwt_max_lifetime_seconds,
+        workload=WorkloadTrust(settings.workload_issuer, settings.workload_public_key)
+        if settings.workload_public_key
+        else None,
     )
-    server = build_server(settings.service_name, AccessPolicy(verifier, frozenset(admin_methods)))
+    policy = AccessPolicy(verifier, frozenset(admin_methods), dict(workload_methods or {}))
+    server = build_server(settings.service_name, policy)
     register(server, kit)
     health = await add_health_and_reflection(server, service_names)
     parts: list[Worker] = [

@@ -5,6 +5,12 @@ public key or a JWKS URL from settings; only asymmetric algorithms are accepted,
 that can verify a token can never mint one. The identity of the current call is available
 to handlers through `current_identity()`, and is forwarded on service-to-service calls by
 passing `identity.token` on.
+
+Where no caller is present (work started by an event), a service acts with a workload token
+of its own (`WorkloadSigner`): issued by that service's key, acting (`act`) on behalf of the
+user it works for (`sub`), with a narrow `scope`, living minutes. A verifier trusts such
+tokens only from the issuer and key it was given (`WorkloadTrust`), and the gRPC guard lets
+them call only the methods that declare their scope. The user's token is never stored.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ class Identity:
     user_id: str
     roles: frozenset[str]
     token: str
+    # A workload token's: what it may do, and the service acting for `user_id`.
+    scopes: frozenset[str] = frozenset()
+    actor: str = ""
+
+    @property
+    def is_workload(self) -> bool:
+        return bool(self.actor)
 
     @property
     def is_admin(self) -> bool:
@@ -100,9 +113,22 @@ def _bad_token(why: str) -> Unauthenticated:
     return Unauthenticated(f"invalid token: {why}", reason="BAD_TOKEN")
 
 
+@dataclass(frozen=True)
+class WorkloadTrust:
+    """Workload tokens this service accepts: from `issuer`, signed by `public_key`."""
+
+    issuer: str
+    public_key: str
+    max_lifetime_seconds: float = 600.0
+
+
+MAX_SCOPES = 8
+
+
 class TokenVerifier:
-    """Verifies bearer tokens with a public key or a JWKS URL. Whatever a token holds, the
-    answer is an identity or UNAUTHENTICATED (UNAVAILABLE only while the JWKS is away)."""
+    """Verifies bearer tokens with a public key or a JWKS URL (and workload tokens with the
+    key of the service that issues them). Whatever a token holds, the answer is an identity
+    or UNAUTHENTICATED (UNAVAILABLE only while the JWKS is away)."""
 
     def __init__(
         self,
@@ -115,9 +141,14 @@ class TokenVerifier:
         max_lifetime_seconds: float = 24 * 3600,
         cache_size: int = 4096,
         clock: Callable[[], float] = time.time,
+        workload: WorkloadTrust | None = None,
     ) -> None:
         if not public_key and not jwks_url:
             raise ValueError("a JWT public key or JWKS URL is required")
+        self._workload = workload
+        self._workload_key: Any = (
+            serialization.load_pem_public_key(workload.public_key.encode()) if workload else None
+        )
         # Parsed once: PyJWT would parse a PEM string again on every call.
         self._public_key: Any = (
             serialization.load_pem_public_key(public_key.encode()) if public_key else None
@@ -165,10 +196,17 @@ class TokenVerifier:
                 "the token's signing keys cannot be fetched now", reason="JWKS_UNAVAILABLE"
             ) from error
 
+    def _is_workload(self, token: str) -> bool:
+        if self._workload is None:
+            return False
+        unverified = jwt.decode(token, options={"verify_signature": False})
+        return isinstance(unverified, dict) and unverified.get("iss") == self._workload.issuer
+
     def _verify_signature(self, token: str) -> tuple[Identity, float]:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
-            key = self._key_for(token)
+            workload = self._is_workload(token)
+            key = self._workload_key if workload else self._key_for(token)
             allowed = algorithms_for(key)
             if algorithm not in allowed:
                 raise _bad_token(f"algorithm {str(algorithm)[:20]!r} does not fit the key")
@@ -176,7 +214,7 @@ class TokenVerifier:
                 token,
                 key,
                 algorithms=allowed,
-                issuer=self._issuer,
+                issuer=self._workload.issuer if workload and self._workload else self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
                 options={"require": ["sub", "exp", "iat"]},
@@ -190,9 +228,14 @@ class TokenVerifier:
         except Exception as error:  # any token at all is refused, never a bug
             raise _bad_token(type(error).__name__) from error
         lifetime = float(claims["exp"]) - float(claims["iat"])
-        if lifetime > self._max_lifetime:
+        longest = (
+            self._workload.max_lifetime_seconds
+            if workload and self._workload
+            else self._max_lifetime
+        )
+        if lifetime > longest:
             raise Unauthenticated(
-                f"token lives {lifetime:.0f}s, longer than the {self._max_lifetime:.0f}s allowed",
+                f"token lives {lifetime:.0f}s, longer than the {longest:.0f}s allowed",
                 reason="TOKEN_LIFETIME_TOO_LONG",
             )
         roles = claims.get("roles", [])
@@ -205,8 +248,75 @@ class TokenVerifier:
         subject = claims["sub"]
         if not _printable(subject, MAX_SUBJECT_CHARS):
             raise _bad_token(f"claim 'sub' must be 1 to {MAX_SUBJECT_CHARS} printable characters")
+        if workload:
+            return _workload_identity(claims, token), float(claims["exp"])
         identity = Identity(user_id=subject, roles=frozenset(roles), token=token)
         return identity, float(claims["exp"])
+
+
+def _workload_identity(claims: dict[str, Any], token: str) -> Identity:
+    """A workload token names its actor and scopes; it never carries roles."""
+    scope, actor = claims.get("scope"), claims.get("act")
+    scopes = scope.split() if isinstance(scope, str) else []
+    actor_id = actor.get("sub") if isinstance(actor, dict) else None
+    if not scopes or len(scopes) > MAX_SCOPES or not all(_printable(s, 64) for s in scopes):
+        raise _bad_token("a workload token needs a 'scope'")
+    if not _printable(actor_id, MAX_SUBJECT_CHARS):
+        raise _bad_token("a workload token needs an actor ('act.sub')")
+    if claims.get("roles"):
+        raise _bad_token("a workload token carries no roles")
+    assert isinstance(actor_id, str)
+    return Identity(
+        user_id=claims["sub"],
+        roles=frozenset(),
+        token=token,
+        scopes=frozenset(scopes),
+        actor=actor_id,
+    )
+
+
+class WorkloadSigner:
+    """Issues this service's workload tokens: on behalf of one user, with narrow scopes,
+    living `ttl_seconds`; each is reused until a minute before it expires."""
+
+    def __init__(
+        self,
+        private_key: str,
+        *,
+        issuer: str,
+        actor: str,
+        audience: str = "pixsim",
+        ttl_seconds: int = 300,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = serialization.load_pem_private_key(private_key.encode(), password=None)
+        self._issuer, self._actor, self._audience = issuer, actor, audience
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._issued: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def token_for(self, user_id: str, *scopes: str) -> str:
+        scope = " ".join(sorted(scopes))
+        now = self._clock()
+        cached = self._issued.get((user_id, scope))
+        if cached is not None and cached[1] - now > 60:
+            return cached[0]
+        issued = int(now)
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": user_id,
+            "act": {"sub": self._actor},
+            "scope": scope,
+            "iat": issued,
+            "exp": issued + self._ttl,
+        }
+        algorithm = "EdDSA" if isinstance(self._key, ed25519.Ed25519PrivateKey) else "ES256"
+        token = jwt.encode(claims, self._key, algorithm=algorithm)  # type: ignore[arg-type]
+        if len(self._issued) > 4096:
+            self._issued.clear()
+        self._issued[(user_id, scope)] = (token, issued + self._ttl)
+        return token
 
 
 def issue_token(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -22,7 +22,13 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from pixsim_common.auth import Identity, TokenVerifier, reset_identity, set_identity
-from pixsim_common.errors import DomainError, InvalidArgument, Unavailable, internal_status
+from pixsim_common.errors import (
+    DomainError,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    internal_status,
+)
 from pixsim_common.metrics import RPC_LATENCY, RPC_REQUESTS
 from pixsim_common.transient import is_data_error, is_transient
 from pixsim_common.validation import validate
@@ -55,10 +61,12 @@ def is_infrastructure_method(method: str) -> bool:
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Who may call what. Every method needs a valid token; `admin_methods` need the role."""
+    """Who may call what. Every method needs a valid token; `admin_methods` need the role;
+    a workload token may call only `workload_methods`, each with the scope it names."""
 
     verifier: TokenVerifier
     admin_methods: frozenset[str] = field(default_factory=frozenset)
+    workload_methods: Mapping[str, str] = field(default_factory=dict)
 
 
 class _CallGuard:
@@ -78,6 +86,13 @@ class _CallGuard:
         )
         if self.method in self.policy.admin_methods:
             identity.require_admin()
+        if identity.is_workload:
+            scope = self.policy.workload_methods.get(self.method)
+            if scope is None or scope not in identity.scopes:
+                raise PermissionDenied(
+                    f"a workload token may not call {self.short_method}",
+                    reason="WORKLOAD_NOT_ALLOWED",
+                )
         return identity
 
     @contextlib.asynccontextmanager

@@ -43,6 +43,10 @@ class ServiceSettings(BaseSettings):
     jwt_jwks_url: str = ""
     jwt_issuer: str = "pixsim-local"
     jwt_audience: str = "pixsim"
+    # Workload tokens this service accepts (a PEM public key of the service that issues
+    # them, and its issuer); only methods that declare a workload scope take them.
+    workload_public_key: str = ""
+    workload_issuer: str = "pixsim-provider-gateway"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     otel_exporter: Literal["none", "console", "otlp"] = "none"

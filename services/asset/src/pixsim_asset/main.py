@@ -25,7 +25,15 @@ from pixsim_common.background import CloseOnStop, Loop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 
-SERVICE_NAMES = [DESCRIPTOR.services_by_name["AssetService"].full_name]
+_SERVICE = DESCRIPTOR.services_by_name["AssetService"]
+SERVICE_NAMES = [_SERVICE.full_name]
+# What the provider gateway's workload token may do, on behalf of a job's owner: read the
+# inputs it hands to a provider. Nothing else takes a workload token.
+READ_SCOPE = "assets:read"
+WORKLOAD_METHODS = {
+    f"/{_SERVICE.full_name}/{name}": READ_SCOPE
+    for name in ("GetAsset", "BatchGetAssets", "ReadAssetContent", "GenerateAssetDownloadUrl")
+}
 log = structlog.get_logger("pixsim.asset")
 MIGRATIONS = migrations_of(__file__)
 
@@ -91,6 +99,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         register=register,
         workers=workers,
         subscriptions=consumed,
+        workload_methods=WORKLOAD_METHODS,
     )
 
 

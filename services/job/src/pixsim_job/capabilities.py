@@ -57,9 +57,10 @@ def _as_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def check_request(job: job_pb.Job, provider: gw_pb.Provider) -> None:
-    """FAILED_PRECONDITION (with the supported operations) for an operation the provider
-    lacks; INVALID_ARGUMENT naming every field that does not fit what it supports."""
+def check_request(job: job_pb.Job, provider: gw_pb.Provider) -> gw_pb.OperationCapability:
+    """The provider's capability for the job's operation: FAILED_PRECONDITION (with the
+    supported operations) for an operation the provider lacks; INVALID_ARGUMENT naming every
+    field that does not fit what it supports."""
     capability = next(
         (op for op in provider.operations if op.operation_type == job.operation_type), None
     )
@@ -107,6 +108,7 @@ def check_request(job: job_pb.Job, provider: gw_pb.Provider) -> None:
             violations,
             reason="INVALID_FOR_PROVIDER",
         )
+    return capability
 
 
 def _problem(spec: gw_pb.ParameterSpec, value: Any) -> str | None:

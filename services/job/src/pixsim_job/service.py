@@ -65,10 +65,10 @@ class JobService:
             if existing is not None:
                 return existing
         provider = await self._catalog.get(request.job.provider_id, identity.token)
-        check_request(request.job, provider)
+        capability = check_request(request.job, provider)
         spec = pb.Job()
         spec.CopyFrom(request.job)
-        inputs = await self._resolver.resolve(spec.inputs, identity.token)
+        inputs = await self._resolver.resolve(spec.inputs, identity.token, capability)
         del spec.inputs[:]
         spec.inputs.extend(inputs)
         job = Job.submit(

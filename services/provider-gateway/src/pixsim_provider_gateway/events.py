@@ -105,16 +105,17 @@ async def on_job_cancelled(
 
 
 def request_of(row: Row[Any]) -> GenerationRequest:
-    """The stored request as the adapters take it. An input naming an asset is given to the
-    provider by the URL the job service resolved it to."""
+    """The stored request as the adapters take it: every input in order, a URL the caller
+    gave or one of their assets (read at dispatch, `inputs.InputFiles`)."""
     request = row.request
     inputs = tuple(
         GenerationInput(
             types_pb2.InputRole.Value(i.get("role", "INPUT_ROLE_UNSPECIFIED")),
-            i.get("uri") or i["resolvedUri"],
+            uri=i.get("uri", ""),
+            asset=i.get("asset", ""),
+            variant=i.get("variant", ""),
         )
         for i in request.get("inputs", [])
-        if i.get("uri") or i.get("resolvedUri")
     )
     return GenerationRequest(
         row.operation_type, request.get("prompt", ""), inputs, request.get("params", {})

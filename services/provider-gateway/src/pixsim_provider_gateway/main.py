@@ -9,8 +9,9 @@ from datetime import timedelta
 
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.provider.v1.provider_gateway_service_pb2 import DESCRIPTOR
-from pixsim_common import topics
+from pixsim_common import clients, topics
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
+from pixsim_common.auth import WorkloadSigner
 from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
@@ -18,6 +19,7 @@ from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import RetryPolicy
 from pixsim_provider_gateway.events import on_job_cancelled, on_job_submitted
 from pixsim_provider_gateway.grpc_api import ProviderGatewayApi
+from pixsim_provider_gateway.inputs import InputFiles
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service import ProviderService
 from pixsim_provider_gateway.settings import Settings
@@ -47,6 +49,14 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         deadline_seconds=settings.deadline_seconds,
     )
 
+    assets = clients.channel(settings.asset_address)
+    signing_key = settings.workload_signing_key.get_secret_value()
+    signer = (
+        WorkloadSigner(signing_key, issuer=settings.workload_issuer, actor="provider-gateway")
+        if signing_key
+        else None
+    )
+    inputs = InputFiles(assets, signer)
     services: dict[str, ProviderService] = {}
 
     def service(kit: Kit) -> ProviderService:
@@ -60,12 +70,14 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 # A submit call may take the whole provider timeout; the lease outlives it.
                 submit_lease=timedelta(seconds=2 * settings.provider_timeout + 5),
                 poll_lease=timedelta(seconds=settings.poll_lease_seconds),
+                inputs=inputs,
             )
         return services["gateway"]
 
     def parts(kit: Kit) -> Sequence[Worker]:
         return [
             CloseOnStop(registry.aclose),
+            CloseOnStop(lambda: assets.close(None)),
             *gateway_workers(
                 service(kit),
                 kit.sessions,

@@ -51,6 +51,7 @@ from pixsim_provider_gateway.events import (
     generation_started,
     request_of,
 )
+from pixsim_provider_gateway.inputs import InputFiles
 from pixsim_provider_gateway.providers.base import (
     Credentials,
     ErrorKind,
@@ -92,7 +93,9 @@ class ProviderService:
         replica_id: str,
         submit_lease: timedelta,
         poll_lease: timedelta,
+        inputs: InputFiles | None = None,
     ) -> None:
+        self._inputs = inputs or InputFiles(None, None)
         self._sessions = sessions
         self._registry = registry
         self._cipher = cipher
@@ -167,8 +170,10 @@ class ProviderService:
         row = prepared.submission
         started = time.perf_counter()
         try:
+            # Inputs are read now, at dispatch: a presigned URL minted now, or the bytes.
+            files = await self._inputs.of(row.user_id, request_of(row).inputs)
             result = await prepared.provider.execute(
-                row.operation_type, prepared.credentials, prepared.payload
+                row.operation_type, prepared.credentials, prepared.payload, files
             )
         except ProviderError as error:
             metrics.observe_call(row.provider_id, "submit", started, error.kind.value)

@@ -22,6 +22,11 @@ class Settings(ServiceSettings):
     # Seconds for one provider HTTP call; a hung provider becomes a TRANSIENT error.
     provider_timeout: float = 30.0
 
+    # The asset service, read (with a workload token, for a job's owner) for asset inputs.
+    asset_address: str = "127.0.0.1:50052"
+    # The PEM private key the gateway signs its workload tokens with; the asset service
+    # trusts the public half (its WORKLOAD_PUBLIC_KEY).
+    workload_signing_key: SecretStr = SecretStr("")
     # `id:base64key[,id:base64key...]`: AES keys for account credentials; the first encrypts.
     credentials_keys: SecretStr
     # Attempts after the first for transient failures, each a new linked submission.

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
+import secrets
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pixsim_provider_sim.inputs import Received, Refused, take
+from pixsim_provider_sim.inputs import fetch as fetch_input
 from pixsim_provider_sim.media import render_mp4, render_png
 from pixsim_provider_sim.state import Fault, KeyConfig, SimState, Task
 
@@ -46,6 +53,18 @@ def _render(kind: str, seed: int, width: int, height: int, seconds: float) -> by
 class Simulator:
     def __init__(self, state: SimState) -> None:
         self.state = state
+        self._secret = secrets.token_bytes(16)
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """Fetches inputs given by URL, as a provider's servers would."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=True)
+        return self._client
+
+    async def take_all(self, values: list[object]) -> list[Received]:
+        return [await take(value, self.state.uploads, self.client) for value in values]
 
     # ---- shared ------------------------------------------------------------------------
 
@@ -57,14 +76,31 @@ class Simulator:
             await asyncio.sleep(config.latency_ms / 1000)
         return config
 
+    def _signature(self, name: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
     def media_url(self, request: Request, task: Task) -> str:
-        return str(request.base_url).rstrip("/") + f"/_sim/media/{task.media_name}"
+        """The output's URL, signed and expiring as real providers' are: Runway's "expire
+        within 24-48 hours" (the `--url-ttl` here, or the key's `url_ttl_s`)."""
+        wall = time.time() + (task.url_expires_at - self.state.clock())
+        expires = int(min(wall, 2**40))
+        query = f"expires={expires}&signature={self._signature(task.media_name, expires)}"
+        return str(request.base_url).rstrip("/") + f"/_sim/media/{task.media_name}?{query}"
 
     async def media(self, request: Request) -> Response:
         name = request.path_params["name"]
         task = self.state.tasks.get(name.rsplit(".", 1)[0])
         if task is None or task.media_name != name:
             return JSONResponse({"error": "not found"}, status_code=404)
+        try:
+            expires = int(request.query_params.get("expires", ""))
+        except ValueError:
+            return JSONResponse({"error": "AccessDenied: no signature"}, status_code=403)
+        given = request.query_params.get("signature", "")
+        if not hmac.compare_digest(given, self._signature(name, expires)):
+            return JSONResponse({"error": "AccessDenied: bad signature"}, status_code=403)
+        if time.time() > expires:
+            return JSONResponse({"error": "AccessDenied: the URL has expired"}, status_code=403)
         body = await asyncio.to_thread(
             _render, task.kind, task.seed, task.width, task.height, task.seconds
         )
@@ -78,6 +114,23 @@ class Simulator:
     async def submits(self, request: Request) -> Response:
         """Submit requests received per prompt (see `SimState.prompt_submits`)."""
         return JSONResponse(dict(self.state.prompt_submits))
+
+    async def tasks(self, request: Request) -> Response:
+        """Tasks received (filtered by `prompt`): what each was given of its inputs."""
+        prompt = request.query_params.get("prompt")
+        return JSONResponse(
+            [
+                {
+                    "id": task.id,
+                    "provider": task.provider,
+                    "prompt": task.request.get("prompt") or task.request.get("promptText", ""),
+                    "inputs": [vars_of(received) for received in task.inputs],
+                }
+                for task in self.state.tasks.values()
+                if prompt is None
+                or prompt in (task.request.get("prompt"), task.request.get("promptText"))
+            ]
+        )
 
     async def reset(self, request: Request) -> Response:
         body = await request.json() if await request.body() else {}
@@ -137,6 +190,11 @@ class Simulator:
             return JSONResponse({"error": "promptText is required"}, status_code=400)
         if len(prompt) > 1000:
             return JSONResponse({"error": "promptText is too long"}, status_code=400)
+        try:
+            inputs = await self.take_all(_runway_inputs(body))
+        except Refused as error:
+            field = "promptVideo" if endpoint == "video_to_video" else "promptImage"
+            return JSONResponse({"error": f"{field}: {error}"}, status_code=400)
         ratio = str(body.get("ratio", "1280:720"))
         try:
             width, height = (int(x) for x in ratio.split(":"))
@@ -157,8 +215,41 @@ class Simulator:
             cost=cost,
             prompt=prompt,
             request=body,
+            inputs=inputs,
         )
         return JSONResponse({"id": task.id, "estimatedCost": {"credits": cost}})
+
+    async def runway_upload_slot(self, request: Request) -> Response:
+        """`POST /v1/uploads`: a slot to send one file to, as Runway's SDK uses it."""
+        key = self._runway_key(request)
+        if key is None:
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        await self._enter(key)
+        body = await request.json()
+        if not body.get("filename") or body.get("type") != "ephemeral":
+            return JSONResponse({"error": "filename and type ephemeral are required"}, 400)
+        slot = self.state.new_id()
+        self.state.uploads.pending.add(slot)
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {
+                "uploadUrl": f"{base}/_sim/runway-uploads/{slot}",
+                "fields": {"key": f"uploads/{slot}/{body['filename']}", "x-sim-slot": slot},
+                "runwayUri": f"runway://{slot}",
+            }
+        )
+
+    async def runway_upload(self, request: Request) -> Response:
+        """The slot's URL: the file as a multipart form, with the slot's fields, no auth."""
+        slot = request.path_params["slot"]
+        form = await request.form()
+        file = form.get("file")
+        if slot not in self.state.uploads.pending or form.get("x-sim-slot") != slot:
+            return Response("<Error><Code>AccessDenied</Code></Error>", status_code=403)
+        if file is None or isinstance(file, str):
+            return Response("<Error><Code>MissingFile</Code></Error>", status_code=400)
+        self.state.uploads.keep(slot, await file.read())
+        return Response(status_code=204)
 
     def _runway_fault(self, fault: Fault | None, config: KeyConfig) -> Response | None:
         match fault:
@@ -271,6 +362,19 @@ class Simulator:
                 },
                 status_code=422,
             )
+        images = body.get("image_urls") or ([body["image_url"]] if body.get("image_url") else [])
+        try:
+            inputs = await self.take_all(list(images))
+        except Refused as error:
+            field = "image_urls" if "image_urls" in body else "image_url"
+            return JSONResponse(
+                {
+                    "detail": [
+                        {"loc": ["body", field], "msg": str(error), "type": "file_download_error"}
+                    ]
+                },
+                status_code=422,
+            )
         resolution = int(str(body.get("resolution", "720p")).rstrip("p") or 720)
         width, height = _dimensions(resolution, str(body.get("aspect_ratio", "16:9")))
         seconds = float(body.get("duration", 5))
@@ -292,6 +396,7 @@ class Simulator:
             cost=1,
             prompt=prompt,
             request=body,
+            inputs=inputs,
         )
         return JSONResponse({"request_id": task.id, **self._fal_urls(request, task.id)})
 
@@ -494,6 +599,12 @@ class Simulator:
             return self._pixverse(None, 400011, "Parameter video_media_id is empty", status=400)
         if len(prompt) > 2048:
             return self._pixverse(None, 400018, "Prompt exceeds 2048 characters", status=400)
+        inputs = []
+        for upload_id in _pixverse_inputs(body):
+            received = self.state.uploads.files.get(str(upload_id))
+            if received is None:
+                return self._pixverse(None, 400032, f"Invalid image ID {upload_id}", status=400)
+            inputs.append(received)
         quality = str(body.get("quality"))
         short_sides = {"360p": 360, "540p": 576, "720p": 720, "1080p": 1080}
         if quality not in short_sides or body.get("duration") not in (5, 8):
@@ -515,6 +626,7 @@ class Simulator:
             prompt=prompt,
             request=body,
             task_id=str(self.state.new_int_id()),
+            inputs=inputs,
         )
         return self._pixverse({"video_id": int(task.id)})
 
@@ -531,11 +643,19 @@ class Simulator:
         form = await request.form()
         media = request.url.path.endswith("/media/upload")
         url_field, file_field = ("file_url", "file") if media else ("image_url", "image")
-        source = form.get(url_field) or form.get(file_field)
-        if not source:
+        given_url, given_file = form.get(url_field), form.get(file_field)
+        if not given_url and (given_file is None or isinstance(given_file, str)):
             return self._pixverse(None, 400011, f"Parameter {file_field} is empty", status=400)
+        try:
+            if given_url:
+                body = await fetch_input(str(given_url), self.client)
+            else:
+                body = await given_file.read()  # type: ignore[union-attr]
+        except Refused as error:
+            return self._pixverse(None, 500042, f"Invalid image path: {error}", status=400)
         upload_id = self.state.new_int_id()
-        url = str(form.get(url_field) or f"https://media.sim.local/{upload_id}")
+        self.state.uploads.keep(str(upload_id), body)
+        url = str(given_url or f"https://media.sim.local/{upload_id}")
         if media:
             return self._pixverse({"media_id": upload_id, "media_type": "video", "url": url})
         return self._pixverse({"img_id": upload_id, "img_url": url})
@@ -584,6 +704,34 @@ class Simulator:
         return self._pixverse({"account_id": 1, "credit_monthly": 0, "credit_package": credits})
 
 
+def vars_of(received: Received) -> dict[str, Any]:
+    return {"sha256": received.sha256, "size": received.size, "via": received.via}
+
+
+def _runway_inputs(body: dict[str, Any]) -> list[object]:
+    """The input fields of a Runway request, in order: `promptImage` (a value or a list of
+    `{uri, position}`), then `promptVideo` or `videoUri`."""
+    image = body.get("promptImage")
+    found: list[object] = []
+    if isinstance(image, list):
+        found += [item.get("uri") if isinstance(item, dict) else item for item in image]
+    elif image is not None:
+        found.append(image)
+    for name in ("promptVideo", "videoUri"):
+        if body.get(name) is not None:
+            found.append(body[name])
+    return found
+
+
+def _pixverse_inputs(body: dict[str, Any]) -> list[object]:
+    """The ids of uploads a PixVerse generation names, in order."""
+    found = [body[name] for name in ("img_id", "first_frame_img", "last_frame_img") if name in body]
+    found += [r.get("img_id") for r in body.get("image_references") or [] if isinstance(r, dict)]
+    if body.get("video_media_id"):
+        found.append(body["video_media_id"])
+    return found
+
+
 def _fal_missing(operation: str, body: dict[str, Any]) -> str | None:
     """The first required field of a Pika endpoint that the body lacks."""
     required = {
@@ -600,16 +748,19 @@ def _fal_missing(operation: str, body: dict[str, Any]) -> str | None:
     return None
 
 
-def create_app(seed: int = 0) -> Starlette:
-    simulator = Simulator(SimState(seed=seed))
+def create_app(seed: int = 0, url_ttl_s: float = 86400.0) -> Starlette:
+    simulator = Simulator(SimState(seed=seed, url_ttl_s=url_ttl_s))
     sim = simulator
 
     routes = [
+        Route("/v1/uploads", sim.runway_upload_slot, methods=["POST"]),
         Route(
             "/v1/{endpoint:str}",
             sim.runway_create,
             methods=["POST"],
         ),
+        Route("/_sim/runway-uploads/{slot:str}", sim.runway_upload, methods=["POST"]),
+        Route("/_sim/tasks", sim.tasks, methods=["GET"]),
         Route("/v1/tasks/{task_id:str}", sim.runway_task, methods=["GET", "DELETE"]),
         Route("/v1/organization", sim.runway_organization, methods=["GET"]),
         Route("/fal-ai/pika/requests/{request_id:str}/status", sim.fal_status, methods=["GET"]),

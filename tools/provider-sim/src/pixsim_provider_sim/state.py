@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pixsim_provider_sim.inputs import Received, Uploads
+
 
 class Fault(StrEnum):
     """What a key or a request can be scripted to do instead of succeeding."""
@@ -49,6 +51,8 @@ class KeyConfig:
     fault_count: int | None = None
     retry_after_s: float = 1.0
     credits: int = 1_000_000
+    # How long this key's output URLs work (None: the simulator's `--url-ttl`).
+    url_ttl_s: float | None = None
 
 
 @dataclass
@@ -75,6 +79,10 @@ class Task:
     outcome: Outcome
     request: dict[str, Any]
     cancelled_at: float | None = None
+    # What the provider received of the task's inputs, in the order of the request.
+    inputs: list[Received] = field(default_factory=list)
+    # When the task's output URL stops working (Runway's expire in 24-48 hours).
+    url_expires_at: float = float("inf")
 
     def ended_at(self) -> float:
         return self.cancelled_at if self.cancelled_at is not None else self.finish_at
@@ -119,6 +127,9 @@ class SimState:
     # of how often a request was sent, which tests compare with the gateway's attempts.
     prompt_submits: Counter[str] = field(default_factory=Counter)
     clock: Any = time.monotonic
+    # Output URLs work this long after the task finishes, unless its key says otherwise.
+    url_ttl_s: float = 86400.0
+    uploads: Uploads = field(default_factory=Uploads)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -130,6 +141,7 @@ class SimState:
         self.stats.clear()
         self.tasks.clear()
         self.prompt_submits.clear()
+        self.uploads.clear()
         self._rng = random.Random(self.seed)
 
     def config(self, key: str) -> KeyConfig:
@@ -181,6 +193,7 @@ class SimState:
         request: dict[str, Any],
         fault: Fault | None,
         task_id: str | None = None,
+        inputs: list[Received] | None = None,
     ) -> Task:
         now = self.clock()
         config = self.config(key)
@@ -210,7 +223,10 @@ class SimState:
             finish_at=now + finish_ms / 1000,
             outcome=outcome,
             request=request,
+            inputs=list(inputs or []),
         )
+        ttl = config.url_ttl_s if config.url_ttl_s is not None else self.url_ttl_s
+        task.url_expires_at = task.finish_at + ttl
         self.tasks[identifier] = task
         config.credits -= cost
         stats = self.stats_of(key)

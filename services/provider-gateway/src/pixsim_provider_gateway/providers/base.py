@@ -6,7 +6,8 @@ API, and classifies every failure into the closed set of `ErrorKind`s the gatewa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
@@ -100,6 +101,20 @@ class ParameterSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class InputLimit:
+    """What a provider's intake takes for one role (its documented limits)."""
+
+    role: InputRole
+    media_types: tuple[MediaType, ...]
+    max_size_bytes: int = 0
+    max_side: int = 0
+    max_duration_seconds: float = 0.0
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class OperationSpec:
     operation: OperationType
     parameters: tuple[ParameterSpec, ...] = ()
@@ -110,6 +125,7 @@ class OperationSpec:
     # Roles accepted beyond the required ones, and how many inputs in all.
     optional_inputs: tuple[InputRole, ...] = ()
     max_inputs: int = 0
+    input_limits: tuple[InputLimit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,21 +146,68 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class GenerationInput:
+    """An input as the caller gave it: a URL, or one of their assets (and which of its
+    files, for a video given where an image is wanted)."""
+
     role: InputRole
-    uri: str
+    uri: str = ""
+    asset: str = ""
+    variant: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """What the caller asked for, in PixSim7's terms (inputs resolved to URLs)."""
+    """What the caller asked for, in PixSim7's terms."""
 
     operation: OperationType
     prompt: str = ""
     inputs: tuple[GenerationInput, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    def inputs_with(self, role: InputRole) -> list[str]:
-        return [i.uri for i in self.inputs if i.role == role]
+    def inputs_with(self, role: InputRole) -> list[dict[str, int]]:
+        """Placeholders (`{"$input": n}`) of this role's inputs, filled at execute time with
+        whatever the provider's intake takes of input n (`fill_inputs`)."""
+        return [input_ref(i) for i, given in enumerate(self.inputs) if given.role == role]
+
+
+def input_ref(index: int) -> dict[str, int]:
+    return {"$input": index}
+
+
+class InputFile(Protocol):
+    """One input's bytes as a provider's intake may want them, got only when asked for: a
+    URL it can fetch now (the caller's own, or a presigned one minted now), or the bytes."""
+
+    @property
+    def mime_type(self) -> str: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    @property
+    def file_name(self) -> str: ...
+
+    async def url(self) -> str | None: ...
+
+    async def read(self) -> bytes: ...
+
+
+async def data_uri(file: InputFile) -> str:
+    """`data:<type>;base64,...` of an input (fal's `encode_file`, Runway's small inputs)."""
+    return f"data:{file.mime_type};base64,{base64.b64encode(await file.read()).decode()}"
+
+
+async def fill_inputs(
+    body: Any, inputs: Sequence[InputFile], render: Callable[[InputFile], Awaitable[Any]]
+) -> Any:
+    """`body` with each `{"$input": n}` replaced by what `render` makes of input n."""
+    if isinstance(body, dict):
+        if set(body) == {"$input"}:
+            return await render(inputs[int(body["$input"])])
+        return {key: await fill_inputs(value, inputs, render) for key, value in body.items()}
+    if isinstance(body, list):
+        return [await fill_inputs(item, inputs, render) for item in body]
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +278,15 @@ class Provider(Protocol):
         ...
 
     async def execute(
-        self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
-    ) -> GenerationResult: ...
+        self,
+        operation: OperationType,
+        credentials: Credentials,
+        payload: Mapping[str, Any],
+        inputs: Sequence[InputFile] = (),
+    ) -> GenerationResult:
+        """Send the task; `inputs` are the request's inputs, by index, for the payload's
+        placeholders."""
+        ...
 
     async def check_status(
         self, credentials: Credentials, provider_job_id: str

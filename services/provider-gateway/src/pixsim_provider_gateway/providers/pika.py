@@ -1,10 +1,11 @@
 """Pika through fal's queue API (queue.fal.run): text-to-video, image-to-video, transition
-(pikaframes) and fusion (pikascenes). No extend and no images. Shapes: shared/PROVIDERS.md
-section 2."""
+(pikaframes) and fusion (pikascenes). No extend and no images. Inputs go as fal's file
+handling takes them: a URL where the input has one (a presigned one), else a data URI, as
+`fal_client.encode_file` makes. Shapes: shared/PROVIDERS.md section 2."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -16,6 +17,9 @@ from pixsim_provider_gateway.providers.base import (
     ErrorKind,
     GenerationRequest,
     GenerationResult,
+    InputFile,
+    InputLimit,
+    InputRole,
     MediaOutput,
     OperationSpec,
     OperationType,
@@ -25,6 +29,8 @@ from pixsim_provider_gateway.providers.base import (
     ProviderStatusResult,
     TaskState,
     check_request,
+    data_uri,
+    fill_inputs,
 )
 from pixsim_provider_gateway.providers.http import (
     classify_status,
@@ -49,6 +55,13 @@ RESOLUTION = ParameterSpec(
 )
 NEGATIVE_PROMPT = ParameterSpec("negative_prompt", ParamType.STRING)
 SEED = ParameterSpec("seed", ParamType.INTEGER, minimum=0, maximum=2147483647)
+# fal documents no input limits (unconfirmed); ours keep a data URI of a request sane.
+IMAGE_INPUT = (t.MEDIA_TYPE_IMAGE, t.MEDIA_TYPE_VIDEO)  # a video gives one of its frames
+
+
+def _image_limit(role: InputRole) -> InputLimit:
+    return InputLimit(role, IMAGE_INPUT, max_size_bytes=20 * 1024 * 1024, max_side=8192)
+
 
 CAPABILITIES = Capabilities(
     provider_id="pika",
@@ -63,6 +76,7 @@ CAPABILITIES = Capabilities(
             t.OPERATION_TYPE_IMAGE_TO_VIDEO,
             (DURATION, RESOLUTION, NEGATIVE_PROMPT, SEED),
             required_inputs=(t.INPUT_ROLE_IMAGE,),
+            input_limits=(_image_limit(t.INPUT_ROLE_IMAGE),),
         ),
         OperationSpec(
             t.OPERATION_TYPE_VIDEO_TRANSITION,
@@ -81,6 +95,10 @@ CAPABILITIES = Capabilities(
             ),
             required_inputs=(t.INPUT_ROLE_START_FRAME, t.INPUT_ROLE_END_FRAME),
             prompt_required=False,
+            input_limits=(
+                _image_limit(t.INPUT_ROLE_START_FRAME),
+                _image_limit(t.INPUT_ROLE_END_FRAME),
+            ),
         ),
         OperationSpec(
             t.OPERATION_TYPE_FUSION,
@@ -102,6 +120,7 @@ CAPABILITIES = Capabilities(
             required_inputs=(t.INPUT_ROLE_REFERENCE,),
             optional_inputs=(t.INPUT_ROLE_REFERENCE,),
             max_inputs=6,
+            input_limits=(_image_limit(t.INPUT_ROLE_REFERENCE),),
         ),
     ),
 )
@@ -181,15 +200,20 @@ class PikaProvider:
         # fal bills money, not credits; one credit a request keeps a budget countable.
         return 1
 
+    @staticmethod
+    async def _intake(file: InputFile) -> str:
+        return await file.url() or await data_uri(file)
+
     async def execute(
-        self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
+        self,
+        operation: OperationType,
+        credentials: Credentials,
+        payload: Mapping[str, Any],
+        inputs: Sequence[InputFile] = (),
     ) -> GenerationResult:
+        body = await fill_inputs(payload["body"], inputs, self._intake)
         response = await send(
-            self._client,
-            "POST",
-            payload["path"],
-            json=payload["body"],
-            headers=self._headers(credentials),
+            self._client, "POST", payload["path"], json=body, headers=self._headers(credentials)
         )
         if response.status_code != 200:
             raise self._error(response)

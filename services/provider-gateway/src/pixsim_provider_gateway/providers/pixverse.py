@@ -1,23 +1,28 @@
 """PixVerse platform API (app-api.pixverse.ai): text-to-video, image-to-video, transition,
-extend and fusion. No images. Inputs are uploaded first (by URL) and referenced by the id
-PixVerse gives them. Shapes: shared/PROVIDERS.md section 3."""
+extend and fusion. No images. Inputs go through PixVerse's own intake first (the image and
+media upload endpoints: by URL where the input has one, else the file itself as multipart)
+and are referenced by the id PixVerse gives them. Shapes: shared/PROVIDERS.md section 3."""
 
 from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_provider_gateway.providers.base import (
+    MIB,
     Capabilities,
     Credentials,
     ErrorKind,
     GenerationRequest,
     GenerationResult,
+    InputFile,
+    InputLimit,
+    InputRole,
     MediaOutput,
     OperationSpec,
     OperationType,
@@ -55,6 +60,17 @@ STYLE = ParameterSpec(
     "style", ParamType.STRING, allowed=("anime", "3d_animation", "clay", "comic", "cyberpunk")
 )
 PROMPT_LIMIT = 2048
+# Upload Image: 20 MB, 4000 px (one later page says 10000); Upload Video&audio: 50 MB, 30 s.
+IMAGE_INPUT = (t.MEDIA_TYPE_IMAGE, t.MEDIA_TYPE_VIDEO)  # a video gives one of its frames
+
+
+def _image_limit(role: InputRole) -> InputLimit:
+    return InputLimit(role, IMAGE_INPUT, max_size_bytes=20 * MIB, max_side=4000)
+
+
+VIDEO_LIMIT = InputLimit(
+    t.INPUT_ROLE_VIDEO, (t.MEDIA_TYPE_VIDEO,), max_size_bytes=50 * MIB, max_duration_seconds=30
+)
 
 CAPABILITIES = Capabilities(
     provider_id="pixverse",
@@ -71,18 +87,24 @@ CAPABILITIES = Capabilities(
             (MODEL, DURATION, QUALITY, SEED, NEGATIVE_PROMPT, MOTION_MODE, STYLE),
             required_inputs=(t.INPUT_ROLE_IMAGE,),
             max_prompt_length=PROMPT_LIMIT,
+            input_limits=(_image_limit(t.INPUT_ROLE_IMAGE),),
         ),
         OperationSpec(
             t.OPERATION_TYPE_VIDEO_TRANSITION,
             (MODEL, DURATION, QUALITY, SEED, MOTION_MODE),
             required_inputs=(t.INPUT_ROLE_START_FRAME, t.INPUT_ROLE_END_FRAME),
             max_prompt_length=PROMPT_LIMIT,
+            input_limits=(
+                _image_limit(t.INPUT_ROLE_START_FRAME),
+                _image_limit(t.INPUT_ROLE_END_FRAME),
+            ),
         ),
         OperationSpec(
             t.OPERATION_TYPE_VIDEO_EXTEND,
             (MODEL, DURATION, QUALITY, SEED, NEGATIVE_PROMPT, MOTION_MODE, STYLE),
             required_inputs=(t.INPUT_ROLE_VIDEO,),
             max_prompt_length=PROMPT_LIMIT,
+            input_limits=(VIDEO_LIMIT,),
         ),
         OperationSpec(
             t.OPERATION_TYPE_FUSION,
@@ -97,6 +119,7 @@ CAPABILITIES = Capabilities(
             optional_inputs=(t.INPUT_ROLE_REFERENCE, t.INPUT_ROLE_REFERENCE),
             max_inputs=3,
             max_prompt_length=PROMPT_LIMIT,
+            input_limits=(_image_limit(t.INPUT_ROLE_REFERENCE),),
         ),
     ),
 )
@@ -166,13 +189,13 @@ class PixverseProvider:
                 "params.motion_mode: fast needs 5 s, below 1080p, before v5",
             )
         body: dict[str, Any] = {"prompt": request.prompt, **params}
-        # Inputs are uploaded by URL at execute time; each upload fills one body field.
+        # Inputs are uploaded at execute time; each upload fills one body field.
         uploads: list[dict[str, Any]] = []
         if operation == t.OPERATION_TYPE_IMAGE_TO_VIDEO:
             uploads.append(
                 {
                     "kind": "image",
-                    "url": request.inputs_with(t.INPUT_ROLE_IMAGE)[0],
+                    "input": request.inputs_with(t.INPUT_ROLE_IMAGE)[0]["$input"],
                     "target": ["img_id"],
                 }
             )
@@ -180,12 +203,12 @@ class PixverseProvider:
             uploads += [
                 {
                     "kind": "image",
-                    "url": request.inputs_with(t.INPUT_ROLE_START_FRAME)[0],
+                    "input": request.inputs_with(t.INPUT_ROLE_START_FRAME)[0]["$input"],
                     "target": ["first_frame_img"],
                 },
                 {
                     "kind": "image",
-                    "url": request.inputs_with(t.INPUT_ROLE_END_FRAME)[0],
+                    "input": request.inputs_with(t.INPUT_ROLE_END_FRAME)[0]["$input"],
                     "target": ["last_frame_img"],
                 },
             ]
@@ -193,7 +216,7 @@ class PixverseProvider:
             uploads.append(
                 {
                     "kind": "media",
-                    "url": request.inputs_with(t.INPUT_ROLE_VIDEO)[0],
+                    "input": request.inputs_with(t.INPUT_ROLE_VIDEO)[0]["$input"],
                     "target": ["video_media_id"],
                 }
             )
@@ -204,8 +227,12 @@ class PixverseProvider:
                 for index in range(len(references))
             ]
             uploads += [
-                {"kind": "image", "url": url, "target": ["image_references", index, "img_id"]}
-                for index, url in enumerate(references)
+                {
+                    "kind": "image",
+                    "input": ref["$input"],
+                    "target": ["image_references", index, "img_id"],
+                }
+                for index, ref in enumerate(references)
             ]
         return {
             "path": f"/openapi/v2/video/{ENDPOINTS[operation]}/generate",
@@ -241,27 +268,32 @@ class PixverseProvider:
         # PixVerse prices by duration and quality; an upper bound of 9 credits a second.
         return 9 * int(payload["body"].get("duration", 5))
 
+    async def _upload(self, credentials: Credentials, kind: str, file: InputFile) -> Any:
+        """Through PixVerse's intake: by URL where the input has one, else the file."""
+        path, id_field, url_field, file_field = (
+            ("/openapi/v2/image/upload", "img_id", "image_url", "image")
+            if kind == "image"
+            else ("/openapi/v2/media/upload", "media_id", "file_url", "file")
+        )
+        url = await file.url()
+        files: dict[str, Any] = (
+            {url_field: (None, url)}
+            if url
+            else {file_field: (file.file_name, await file.read(), file.mime_type)}
+        )
+        resp = await self._call("POST", path, credentials, files=files)
+        return resp[id_field]
+
     async def execute(
-        self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
+        self,
+        operation: OperationType,
+        credentials: Credentials,
+        payload: Mapping[str, Any],
+        inputs: Sequence[InputFile] = (),
     ) -> GenerationResult:
         body = copy.deepcopy(dict(payload["body"]))
         for upload in payload.get("uploads", []):
-            if upload["kind"] == "image":
-                resp = await self._call(
-                    "POST",
-                    "/openapi/v2/image/upload",
-                    credentials,
-                    files={"image_url": (None, upload["url"])},
-                )
-                value = resp["img_id"]
-            else:
-                resp = await self._call(
-                    "POST",
-                    "/openapi/v2/media/upload",
-                    credentials,
-                    files={"file_url": (None, upload["url"])},
-                )
-                value = resp["media_id"]
+            value = await self._upload(credentials, upload["kind"], inputs[upload["input"]])
             *parents, last = upload["target"]
             holder: Any = body
             for step in parents:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
 from pixsim_provider_gateway.providers.base import Capabilities, ParamType, Provider
@@ -93,6 +93,18 @@ def capabilities_to_proto(capabilities: Capabilities) -> gateway_pb2.Provider:
                         description=p.description,
                     )
                     for p in spec.parameters
+                ],
+                input_limits=[
+                    gateway_pb2.InputLimits(
+                        role=limit.role,
+                        media_types=list(limit.media_types),
+                        max_size_bytes=limit.max_size_bytes,
+                        max_side=limit.max_side,
+                        max_duration=duration_pb2.Duration(seconds=int(limit.max_duration_seconds))
+                        if limit.max_duration_seconds
+                        else None,
+                    )
+                    for limit in spec.input_limits
                 ],
             )
             for spec in capabilities.operations

@@ -1,9 +1,12 @@
 """Runway (api.dev.runwayml.com): text-to-video, image-to-video, first/last-frame transition
-and video extend. No fusion and no images. Shapes: shared/PROVIDERS.md section 1."""
+and video extend. No fusion and no images. Inputs go as Runway takes them: an HTTPS URL
+where the input has one (a presigned one), else a data URI up to Runway's 5 MB, else the
+uploads flow (`POST /v1/uploads`, then the file to the URL it answers with, then the
+`runway://` URI). Shapes: shared/PROVIDERS.md section 1."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -15,6 +18,9 @@ from pixsim_provider_gateway.providers.base import (
     ErrorKind,
     GenerationRequest,
     GenerationResult,
+    InputFile,
+    InputLimit,
+    InputRole,
     MediaOutput,
     OperationSpec,
     OperationType,
@@ -24,6 +30,8 @@ from pixsim_provider_gateway.providers.base import (
     ProviderStatusResult,
     TaskState,
     check_request,
+    data_uri,
+    fill_inputs,
 )
 from pixsim_provider_gateway.providers.http import (
     classify_status,
@@ -49,6 +57,22 @@ I2V_RATIOS = (
 )
 VEO_MODELS = ("veo3.1", "veo3.1_fast")
 VEO_DURATIONS = (4, 6, 8)
+# A data URI may be 5 MB (RW-SDK); base64 makes 4 bytes of 3, and the type prefix takes some.
+DATA_URI_BYTES = 5 * 1000 * 1000 * 3 // 4 - 64
+# Runway documents no upload limits here (unconfirmed): these are ours.
+IMAGE_INPUT = (t.MEDIA_TYPE_IMAGE, t.MEDIA_TYPE_VIDEO)  # a video gives one of its frames
+
+
+def _image_limit(role: InputRole) -> InputLimit:
+    return InputLimit(role, IMAGE_INPUT, max_size_bytes=16 * 1024 * 1024, max_side=8192)
+
+
+VIDEO_LIMIT = InputLimit(
+    t.INPUT_ROLE_VIDEO,
+    (t.MEDIA_TYPE_VIDEO,),
+    max_size_bytes=64 * 1024 * 1024,
+    max_duration_seconds=60,
+)
 
 CAPABILITIES = Capabilities(
     provider_id="runway",
@@ -90,6 +114,7 @@ CAPABILITIES = Capabilities(
             required_inputs=(t.INPUT_ROLE_IMAGE,),
             prompt_required=False,
             max_prompt_length=1000,
+            input_limits=(_image_limit(t.INPUT_ROLE_IMAGE),),
         ),
         OperationSpec(
             t.OPERATION_TYPE_VIDEO_TRANSITION,
@@ -108,6 +133,10 @@ CAPABILITIES = Capabilities(
             required_inputs=(t.INPUT_ROLE_START_FRAME, t.INPUT_ROLE_END_FRAME),
             prompt_required=False,
             max_prompt_length=1000,
+            input_limits=(
+                _image_limit(t.INPUT_ROLE_START_FRAME),
+                _image_limit(t.INPUT_ROLE_END_FRAME),
+            ),
         ),
         OperationSpec(
             t.OPERATION_TYPE_VIDEO_EXTEND,
@@ -122,6 +151,7 @@ CAPABILITIES = Capabilities(
             ),
             required_inputs=(t.INPUT_ROLE_VIDEO,),
             max_prompt_length=1000,
+            input_limits=(VIDEO_LIMIT,),
         ),
     ),
 )
@@ -212,15 +242,51 @@ class RunwayProvider:
         # Runway bills per second of output (gen4_turbo: 5 credits a second).
         return 5 * int(payload["body"].get("duration", 5))
 
-    async def execute(
-        self, operation: OperationType, credentials: Credentials, payload: Mapping[str, Any]
-    ) -> GenerationResult:
-        response = await send(
+    async def _intake(self, credentials: Credentials, file: InputFile) -> str:
+        url = await file.url()
+        if url:
+            return url
+        if file.size_bytes <= DATA_URI_BYTES:
+            return await data_uri(file)
+        return await self._uploaded(credentials, file)
+
+    async def _uploaded(self, credentials: Credentials, file: InputFile) -> str:
+        """Runway's uploads flow, as its SDK does it: a slot, then the file to the slot's URL
+        (without our authorization), then the slot's `runway://` URI."""
+        slot = await send(
             self._client,
             "POST",
-            payload["path"],
-            json=payload["body"],
+            "/v1/uploads",
+            json={"filename": file.file_name, "type": "ephemeral"},
             headers=self._headers(credentials),
+        )
+        if slot.status_code != 200:
+            raise self._error(slot)
+        answer = slot.json()
+        sent = await send(
+            self._client,
+            "POST",
+            answer["uploadUrl"],
+            data=answer.get("fields") or {},
+            files={"file": (file.file_name, await file.read(), file.mime_type)},
+        )
+        if sent.status_code not in (200, 201, 204):
+            raise self._error(sent)
+        return str(answer["runwayUri"])
+
+    async def execute(
+        self,
+        operation: OperationType,
+        credentials: Credentials,
+        payload: Mapping[str, Any],
+        inputs: Sequence[InputFile] = (),
+    ) -> GenerationResult:
+        async def intake(file: InputFile) -> str:
+            return await self._intake(credentials, file)
+
+        body = await fill_inputs(payload["body"], inputs, intake)
+        response = await send(
+            self._client, "POST", payload["path"], json=body, headers=self._headers(credentials)
         )
         if response.status_code != 200:
             raise self._error(response)

@@ -7,6 +7,7 @@ submissions made with them.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -70,6 +71,7 @@ class OperationCapability(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     REQUIRED_INPUTS_FIELD_NUMBER: _builtins.int
     PROMPT_REQUIRED_FIELD_NUMBER: _builtins.int
+    INPUT_LIMITS_FIELD_NUMBER: _builtins.int
     operation_type: _types_pb2.OperationType.ValueType
     prompt_required: _builtins.bool
     """Whether it needs a prompt."""
@@ -79,6 +81,10 @@ class OperationCapability(_message.Message):
     def required_inputs(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.InputRole.ValueType]:
         """The input roles it needs, e.g. one INPUT_ROLE_IMAGE for image-to-video."""
 
+    @_builtins.property
+    def input_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputLimits]:
+        """What each input role accepts; an asset outside it is refused at CreateJob."""
+
     def __init__(
         self,
         *,
@@ -86,14 +92,56 @@ class OperationCapability(_message.Message):
         parameters: _abc.Iterable[Global___ParameterSpec] | None = ...,
         required_inputs: _abc.Iterable[_types_pb2.InputRole.ValueType] | None = ...,
         prompt_required: _builtins.bool = ...,
+        input_limits: _abc.Iterable[Global___InputLimits] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation_type", b"operation_type", "parameters", b"parameters", "prompt_required", b"prompt_required", "required_inputs", b"required_inputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_limits", b"input_limits", "operation_type", b"operation_type", "parameters", b"parameters", "prompt_required", b"prompt_required", "required_inputs", b"required_inputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OperationCapability: _TypeAlias = OperationCapability  # noqa: Y015
+
+@_typing.final
+class InputLimits(_message.Message):
+    """What a provider accepts for one input role (from its documented intake limits)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPES_FIELD_NUMBER: _builtins.int
+    MAX_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_SIDE_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_FIELD_NUMBER: _builtins.int
+    role: _types_pb2.InputRole.ValueType
+    max_size_bytes: _builtins.int
+    """The file's size at most, 0 when the provider documents none."""
+    max_side: _builtins.int
+    """Width and height at most, in pixels, 0 when none."""
+    @_builtins.property
+    def media_types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.MediaType.ValueType]:
+        """The kinds of media the role takes (a video where an image is wanted gives a frame)."""
+
+    @_builtins.property
+    def max_duration(self) -> _duration_pb2.Duration:
+        """A video's length at most, unset when none."""
+
+    def __init__(
+        self,
+        *,
+        role: _types_pb2.InputRole.ValueType = ...,
+        media_types: _abc.Iterable[_types_pb2.MediaType.ValueType] | None = ...,
+        max_size_bytes: _builtins.int = ...,
+        max_side: _builtins.int = ...,
+        max_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_duration", b"max_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_duration", b"max_duration", "max_side", b"max_side", "max_size_bytes", b"max_size_bytes", "media_types", b"media_types", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputLimits: _TypeAlias = InputLimits  # noqa: Y015
 
 @_typing.final
 class ParameterSpec(_message.Message):

@@ -165,15 +165,22 @@ class GenerationInput(_message.Message):
     ASSET_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
     RESOLVED_URI_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     role: Global___InputRole.ValueType
     asset: _builtins.str
     """An asset of the caller's, as `assets/{asset}`."""
     uri: _builtins.str
     """An http(s) URL the provider can fetch."""
     resolved_uri: _builtins.str
-    """For an asset input: the URL the job service resolved it to at CreateJob (the asset's
-    own remote URL), which is what the provider is given. Set by the service; whatever a
-    caller puts here is discarded.
+    """Not used any more: an asset input reaches the provider through the provider's own
+    intake at dispatch (an upload, a presigned URL or a data URI), never by a URL fixed at
+    CreateJob (providers' URLs expire). Whatever a caller puts here is discarded.
+    """
+    variant: _builtins.str
+    """For an asset input: which of its files the provider is given. Empty for the file
+    itself; a video given where an image is wanted gives a frame: its `last_frame` as an
+    image to start from or a transition's start, its `first_frame` as a transition's end or
+    a reference. Set by the job service; whatever a caller puts here is discarded.
     """
     def __init__(
         self,
@@ -182,10 +189,11 @@ class GenerationInput(_message.Message):
         asset: _builtins.str = ...,
         uri: _builtins.str = ...,
         resolved_uri: _builtins.str = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "source", b"source", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "resolved_uri", b"resolved_uri", "role", b"role", "source", b"source", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "resolved_uri", b"resolved_uri", "role", b"role", "source", b"source", "uri", b"uri", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["asset", "uri"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015

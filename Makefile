@@ -12,9 +12,10 @@ TYPED := $(wildcard libs/common/src deploy/local/src services/*/src tools/cli/sr
 setup:
 	@deploy/local/install.sh
 
-## The whole local stack in the foreground; Ctrl-C stops all of it.
+## The whole local stack in the foreground; Ctrl-C stops all of it. STORAGE=s3 keeps assets
+## in a local S3 server instead of files.
 run: setup
-	$(RUN) pixsim-local run
+	$(RUN) pixsim-local run $(if $(STORAGE),--storage $(STORAGE))
 
 ## Everything CI runs: setup, lint, generated code up to date, every test tier.
 test: setup lint check-protos

@@ -171,6 +171,11 @@ def catalog(o: Objects) -> list[Rpc]:
             lambda: asset_pb.ReadAssetContentRequest(name=o.asset),
             "server_stream",
         ),
+        Rpc(
+            "assets",
+            "GenerateAssetDownloadUrl",
+            lambda: asset_pb.GenerateAssetDownloadUrlRequest(name=o.asset),
+        ),
         Rpc("assets", "GetAssetLineage", lambda: asset_pb.GetAssetLineageRequest(name=o.asset)),
         Rpc("assets", "DeleteAsset", lambda: asset_pb.DeleteAssetRequest(name=o.asset)),
         Rpc(

@@ -28,13 +28,13 @@ from pixsim_common.topics import DEFAULT_PARTITIONS, all_topic_names
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import KafkaBroker
 from pixsim_local.processes import free_port
-from pixsim_local.pytest_plugin import SHORT_URL_TTL_SECONDS
 from pixsim_local.s3 import S3Server
 from pixsim_local.whole_stack import WholeStack, whole_stack
 from pixsim_provider_sim.media import render_png
 
 pytestmark = pytest.mark.e2e
-URL_TTL_SECONDS = SHORT_URL_TTL_SECONDS
+# How long the first clips' provider URLs live (providers' live a day or two).
+URL_TTL_SECONDS = 4.0
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
@@ -49,9 +49,7 @@ async def s3_stack(
     broker = await KafkaBroker.start(run_dir, free_port(), free_port())
     try:
         await broker.ensure_topics(all_topic_names(), DEFAULT_PARTITIONS)
-        async with whole_stack(
-            infra, broker, settings, simulator_args=["--url-ttl", str(URL_TTL_SECONDS)]
-        ) as made:
+        async with whole_stack(infra, broker, settings) as made:
             yield made
     finally:
         broker.stop()
@@ -100,12 +98,18 @@ async def test_an_uploaded_image_becomes_a_video_on_every_provider(stack: WholeS
 async def test_clips_past_their_provider_urls_expiry_are_extended_and_joined(
     stack: WholeStack,
 ) -> None:
-    first = await stack.asset_of(
-        await stack.until_done(await stack.create("pixverse", prompt="the first clip"), 60)
-    )
-    second = await stack.asset_of(
-        await stack.until_done(await stack.create("runway", prompt="the second clip"), 60)
-    )
+    for provider in ("pixverse", "runway"):
+        await stack.sim_key(provider, url_ttl_s=URL_TTL_SECONDS)
+    try:
+        first = await stack.asset_of(
+            await stack.until_done(await stack.create("pixverse", prompt="the first clip"), 60)
+        )
+        second = await stack.asset_of(
+            await stack.until_done(await stack.create("runway", prompt="the second clip"), 60)
+        )
+    finally:
+        for provider in ("pixverse", "runway"):
+            await stack.sim_key(provider, url_ttl_s=None)
     # Past the providers' URL expiry, their links are dead; our copies are not.
     await asyncio.sleep(URL_TTL_SECONDS + 0.5)
     async with httpx.AsyncClient() as client:

@@ -1,6 +1,7 @@
 """The chaos run (pixsim_local.chaos): jobs with scripted provider faults through the whole
-stack while services are SIGKILLed and restarted and the broker and the database cluster
-crash once each; afterwards nothing is lost, duplicated or stuck.
+stack (the asset service as two replicas over S3) while service processes are SIGKILLed and
+restarted and the broker and the database cluster crash once each; afterwards nothing is
+lost, duplicated or stuck.
 
 The suite runs a short version; `make chaos` runs 1,000 jobs (PIXSIM_CHAOS_JOBS).
 """
@@ -35,6 +36,7 @@ async def test_a_chaos_run_loses_duplicates_and_strands_nothing(
     assert {action[1] for action in report.actions} >= {
         "job",
         "asset",
+        "asset#2",
         "provider-gateway",
         "scene",
         "kafka",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -23,11 +24,14 @@ import grpc
 import httpx
 import pytest
 
+from pixsim.asset.v1 import asset_service_pb2 as asset_pb
+from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as job_grpc
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common.auth import issue_token
 from pixsim_local.grpc_probe import wait_serving
+from pixsim_local.processes import port_in_use
 from pixsim_local.stack import SERVICES
 
 pytestmark = pytest.mark.e2e
@@ -44,9 +48,12 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def make_run(run_dir: Path) -> AsyncIterator[subprocess.Popen[str]]:
+async def make_run(run_dir: Path, *args: str) -> AsyncIterator[subprocess.Popen[str]]:
     stack = subprocess.Popen(
-        [sys.executable, "-m", "pixsim_local", "run", "--run-dir", str(run_dir), "--free-ports"],
+        [
+            *(sys.executable, "-m", "pixsim_local", "run", "--run-dir", str(run_dir)),
+            *("--free-ports", *args),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -176,3 +183,50 @@ async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
         await asyncio.to_thread(stack.wait, 90)
     assert stack.returncode == 0
     assert not [name for name, pid in last_pids.items() if _alive(pid)]
+
+
+async def test_make_run_with_s3_storage_keeps_results_in_the_bucket() -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-make-run-s3-"))
+    async with make_run(run_dir, "--storage", "s3") as stack:
+        ports = json.loads((run_dir / "ports.json").read_text())
+        key = (run_dir / "keys" / "signing-key.pem").read_text()
+        metadata = (("authorization", f"Bearer {issue_token(key, user_id='bucketeer')}"),)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']['job']}") as job_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']['asset']}") as asset_channel,
+        ):
+            jobs = job_grpc.JobServiceStub(job_channel)
+            job = await jobs.CreateJob(
+                pb.CreateJobRequest(
+                    job=pb.Job(
+                        provider_id="pixverse",
+                        operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                        prompt="a fox in a bucket",
+                    )
+                ),
+                metadata=metadata,
+            )
+            async for update in jobs.WatchJob(
+                pb.WatchJobRequest(name=job.name), metadata=metadata, timeout=60
+            ):
+                if update.state in TERMINAL:
+                    break
+            assert update.state == pb.Job.STATE_COMPLETED, update
+            assets = asset_grpc.AssetServiceStub(asset_channel)
+            asset = await assets.GetAsset(
+                asset_pb.GetAssetRequest(name=update.asset), metadata=metadata
+            )
+            assert asset.storage_uri.startswith("s3://pixsim-assets/"), asset.storage_uri
+            link = await assets.GenerateAssetDownloadUrl(
+                asset_pb.GenerateAssetDownloadUrlRequest(name=asset.name), metadata=metadata
+            )
+        assert link.url.startswith(f"http://127.0.0.1:{ports['s3']}/pixsim-assets/")
+        async with httpx.AsyncClient() as client:
+            body = (await client.get(link.url)).raise_for_status().content
+        assert hashlib.sha256(body).hexdigest() == asset.sha256
+        assert not list((run_dir / "storage").rglob("*.mp4"))  # nothing kept as local files
+
+        stack.send_signal(signal.SIGINT)
+        await asyncio.to_thread(stack.wait, 90)
+    assert stack.returncode == 0
+    assert not port_in_use(ports["s3"])

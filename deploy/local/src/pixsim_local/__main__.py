@@ -48,12 +48,19 @@ def main() -> None:
         action="store_true",
         help="listen on free ports (written to <run dir>/ports.json), not the defaults",
     )
+    run.add_argument(
+        "--storage",
+        choices=["local", "s3"],
+        default="local",
+        help="where assets are stored: files under <run dir>/storage, or an S3 server",
+    )
     commands.add_parser("fetch-jars", help="fetch the Kafka broker's jars into the cache")
     args = parser.parse_args()
     if args.command == "fetch-jars":
         print(ensure_jars())
     elif args.command == "run":
-        stack.main(args.run_dir.resolve(), stack.StackPorts.free() if args.free_ports else None)
+        ports = stack.StackPorts.free() if args.free_ports else None
+        stack.main(args.run_dir.resolve(), ports, args.storage)
     else:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_infra(args.run_dir.resolve(), args.postgres_port, args.kafka_port))

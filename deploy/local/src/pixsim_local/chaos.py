@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
+import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,6 +29,8 @@ from aiokafka import AIOKafkaConsumer
 
 from pixsim_common.topics import ALL_TOPICS
 from pixsim_local.kafka import partitions_of
+from pixsim_local.processes import free_port
+from pixsim_local.s3 import S3Server
 from pixsim_local.stack import SERVICE_NAMES
 from pixsim_local.whole_stack import WholeStack, whole_stack_of_its_own
 from pixsim_provider_gateway.service import REPLICA_STOPPED
@@ -98,19 +104,21 @@ class ChaosPlan:
             )
         return jobs
 
-    def actions(self, rng: random.Random) -> list[tuple[float, str]]:
-        """(seconds from the start, what): a service kill every `every` seconds while jobs
-        are submitted (each service in turn, in a shuffled order), with the broker crash a
-        third of the way and the database crash two thirds."""
-        count = max(len(SERVICE_NAMES) + 2, int(self.jobs / self.rate / self.every))
-        order = list(SERVICE_NAMES)
+    def actions(self, rng: random.Random, targets: list[str]) -> list[tuple[float, str]]:
+        """(seconds from the start, what): a kill of one of `targets` (service processes,
+        replicas each on their own) every `every` seconds while jobs are submitted (each in
+        turn, in a shuffled order), with the broker crash a third of the way and the
+        database crash two thirds."""
+        count = max(len(targets) + 2, int(self.jobs / self.rate / self.every))
+        order = list(targets)
         kills: list[str] = []
-        while len(kills) < count:
+        while len(kills) < count - 2:
             rng.shuffle(order)
             kills += order
-        kills[count // 3] = "kafka"
-        kills[2 * count // 3] = "postgres"
-        return [(self.every * (k + 1), what) for k, what in enumerate(kills[:count])]
+        kills = kills[: count - 2]  # whole cycles first, so each target is hit at least once
+        kills.insert(count // 3, "kafka")
+        kills.insert(2 * count // 3, "postgres")
+        return [(self.every * (k + 1), what) for k, what in enumerate(kills)]
 
 
 @dataclass
@@ -173,12 +181,21 @@ class ChaosReport:
 @contextlib.asynccontextmanager
 async def chaos_stack() -> AsyncIterator[WholeStack]:
     """The whole stack over a PostgreSQL cluster and a broker of its own, which the run may
-    crash without disturbing anything else."""
-    async with whole_stack_of_its_own(CHAOS_SETTINGS) as stack:
-        for provider in PROVIDERS:
-            # A 429 cools the account down this long (the simulator's Retry-After).
-            await stack.sim_key(provider, retry_after_s=0.3)
-        yield stack
+    crash without disturbing anything else; the asset service as two replicas sharing an S3
+    bucket (on a real S3 server of the run's own), as it runs on Kubernetes."""
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-chaos-s3-"))
+    s3 = await S3Server.start(run_dir, free_port())
+    try:
+        await s3.create_bucket("chaos")
+        settings = {**CHAOS_SETTINGS, **s3.settings("chaos")}
+        async with whole_stack_of_its_own(settings, replicas={"asset": 2}) as stack:
+            for provider in PROVIDERS:
+                # A 429 cools the account down this long (the simulator's Retry-After).
+                await stack.sim_key(provider, retry_after_s=0.3)
+            yield stack
+    finally:
+        s3.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 class ChaosRun:
@@ -235,7 +252,7 @@ class ChaosRun:
                 await asyncio.sleep(0.2 + self.rng.random() * 0.3)
 
     async def _make_chaos(self, started: float) -> None:
-        for at, what in self.plan.actions(self.rng):
+        for at, what in self.plan.actions(self.rng, self.stack.services.service_processes):
             await _sleep_until(started + at)
             began = time.monotonic()
             if what == "kafka":
@@ -316,7 +333,7 @@ class ChaosRun:
         completed = {row["id"]: row for row in jobs if row["state"] == "COMPLETED"}
         assets = await self._fetch(
             "asset",
-            "SELECT id::text AS id, source_job_id::text AS job_id FROM assets"
+            "SELECT id::text AS id, source_job_id::text AS job_id, sha256 FROM assets"
             " WHERE deleted_at IS NULL",
         )
         per_job = Counter(row["job_id"] for row in assets)
@@ -334,6 +351,14 @@ class ChaosRun:
             len(completed),
             len(completed) - len(unmatched),
             not unmatched,
+        )
+        # Every asset's bytes are in the bucket, as stored, whichever replica wrote them.
+        intact = 0
+        for row in assets:
+            body = await self.stack.content(f"assets/{row['id']}", who=self.caller)
+            intact += hashlib.sha256(body).hexdigest() == row["sha256"]
+        report.check(
+            "assets whose file reads back intact", len(assets), intact, intact == len(assets)
         )
 
         attempts = {

@@ -32,7 +32,6 @@ from pixsim_local.whole_stack import WholeStack
 from pixsim_local.whole_stack import whole_stack as pixsim_whole_stack
 
 _timings: dict[str, float] = {}
-SHORT_URL_TTL_SECONDS = 5.0
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -182,11 +181,7 @@ async def whole_stack(infra: Infra) -> AsyncIterator[WholeStack]:
     broker = await KafkaBroker.start(run_dir, free_port(), free_port())
     try:
         await broker.ensure_topics(all_topic_names(), DEFAULT_PARTITIONS)
-        # Output URLs die within seconds, as providers' do within a day: nothing may lean on
-        # them after the result is stored.
-        async with pixsim_whole_stack(
-            infra, broker, simulator_args=["--url-ttl", str(SHORT_URL_TTL_SECONDS)]
-        ) as stack:
+        async with pixsim_whole_stack(infra, broker) as stack:
             yield stack
     finally:
         broker.stop()

@@ -83,8 +83,9 @@ class S3Server:
                         raise TimeoutError("the S3 server did not answer in time") from None
                     await asyncio.sleep(0.1)
 
-    async def create_bucket(self, name: str) -> None:
+    async def create_bucket(self, name: str, *, exist_ok: bool = False) -> None:
         from aiobotocore.session import get_session
+        from botocore.exceptions import ClientError
 
         session = get_session()
         async with session.create_client(
@@ -94,7 +95,12 @@ class S3Server:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
         ) as client:
-            await client.create_bucket(Bucket=name)
+            try:
+                await client.create_bucket(Bucket=name)
+            except ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if not (exist_ok and code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")):
+                    raise
 
     def settings(self, bucket: str) -> dict[str, str]:
         """The asset service's settings (without prefix) for `bucket` on this server."""

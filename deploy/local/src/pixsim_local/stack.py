@@ -27,6 +27,7 @@ from pixsim_local.grpc_probe import wait_serving
 from pixsim_local.infra import Infra
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import ManagedProcess, Supervisor, free_port, port_in_use
+from pixsim_local.s3 import S3Server
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,15 @@ class LocalServices:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     # Arguments of the provider simulator (e.g. `--url-ttl 3`: outputs that expire soon).
     simulator_args: Sequence[str] = ()
+    # Processes per service (default one). Replicas share the service's port (gRPC servers
+    # listen with SO_REUSEPORT), as pods behind one Service do; the second is `<name>#2`.
+    replicas: Mapping[str, int] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     databases: dict[str, ServiceDatabase] = field(default_factory=dict)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def address(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports[name]}"
+        return f"127.0.0.1:{self.ports[name.split('#', 1)[0]]}"
 
     @property
     def simulator_url(self) -> str:
@@ -252,12 +256,8 @@ class LocalServices:
             if code != 0:
                 raise RuntimeError(f"{name} migration failed:\n{migrate.log_tail()}")
         for spec in SERVICES:
-            self.processes[spec.name] = ManagedProcess(
-                spec.name,
-                service_command(spec, "serve"),
-                self.logs / f"{spec.name}.log",
-                env=self.envs[spec.name],
-            )
+            for replica in self.replica_names(spec.name):
+                self.processes[replica] = self._serve(replica)
         await asyncio.gather(
             *(
                 wait_until_serving(
@@ -267,16 +267,30 @@ class LocalServices:
             )
         )
 
+    def replica_names(self, service: str) -> list[str]:
+        count = self.replicas.get(service, 1)
+        return [service, *(f"{service}#{n}" for n in range(2, count + 1))]
+
+    @property
+    def service_processes(self) -> list[str]:
+        """Every service process's name (replicas too), the simulator aside."""
+        return [r for spec in SERVICES for r in self.replica_names(spec.name)]
+
+    def _serve(self, replica: str) -> ManagedProcess:
+        service = replica.split("#", 1)[0]
+        spec = next(s for s in SERVICES if s.name == service)
+        log = self.logs / f"{replica.replace('#', '-')}.log"
+        return ManagedProcess(replica, service_command(spec, "serve"), log, env=self.envs[service])
+
     async def restart(self, name: str, *, crash: bool = False) -> None:
-        """Stop a service as Kubernetes would (SIGTERM, then it drains), or as a crash would
-        (SIGKILL), and start it again."""
-        spec = next(s for s in SERVICES if s.name == name)
+        """Stop a service process as Kubernetes would (SIGTERM, then it drains), or as a
+        crash would (SIGKILL), and start it again."""
+        service = name.split("#", 1)[0]
+        spec = next(s for s in SERVICES if s.name == service)
         stopped = self.processes[name]
         await asyncio.to_thread(stopped.kill if crash else stopped.stop)
-        self.processes[name] = ManagedProcess(
-            name, service_command(spec, "serve"), self.logs / f"{name}.log", env=self.envs[name]
-        )
-        await wait_until_serving(self.address(name), spec.grpc_service, self.processes[name])
+        self.processes[name] = self._serve(name)
+        await wait_until_serving(self.address(service), spec.grpc_service, self.processes[name])
 
     def check_alive(self) -> None:
         for process in self.processes.values():
@@ -326,12 +340,14 @@ class StackPorts:
     postgres: int = 5433
     kafka: int = 9092
     kafka_controller: int = 9093
+    s3: int = 7070  # the S3 server of `--storage s3`
 
     @classmethod
     def free(cls) -> StackPorts:
         return cls(
             {name: free_port() for name in DEFAULT_PORTS},
             {name: free_port() for name in DEFAULT_METRICS_PORTS},
+            free_port(),
             free_port(),
             free_port(),
             free_port(),
@@ -344,11 +360,15 @@ class StackPorts:
                 "metrics": dict(self.metrics),
                 "postgres": self.postgres,
                 "kafka": self.kafka,
+                "s3": self.s3,
             }
         )
 
 
-async def run_stack(run_dir: Path, ports: StackPorts | None = None) -> None:
+BUCKET = "pixsim-assets"
+
+
+async def run_stack(run_dir: Path, ports: StackPorts | None = None, storage: str = "local") -> None:
     ports = ports or StackPorts()
     started = time.monotonic()
     busy = [(port, name) for name, port in ports.grpc.items() if port_in_use(port)]
@@ -361,7 +381,23 @@ async def run_stack(run_dir: Path, ports: StackPorts | None = None) -> None:
         kafka_controller_port=ports.kafka_controller,
         durable=True,
     )
-    services = LocalServices(infra, run_dir, ports=ports.grpc, metrics_ports=ports.metrics)
+    s3: S3Server | None = None
+    if storage == "s3":
+        try:
+            s3 = await S3Server.start(run_dir, ports.s3)
+            await s3.create_bucket(BUCKET, exist_ok=True)
+        except BaseException:
+            infra.stop()
+            if s3 is not None:
+                s3.stop()
+            raise
+    services = LocalServices(
+        infra,
+        run_dir,
+        ports=ports.grpc,
+        metrics_ports=ports.metrics,
+        extra_env=s3.settings(BUCKET) if s3 is not None else {},
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -381,7 +417,7 @@ async def run_stack(run_dir: Path, ports: StackPorts | None = None) -> None:
             print(f"seeded simulator accounts for {', '.join(seeded)}", flush=True)
         supervisor = Supervisor(services.processes, services.logs / "supervisor.log")
         services.write_pids()
-        print_ready(infra, services, time.monotonic() - started)
+        print_ready(infra, services, time.monotonic() - started, s3)
         while not stop.is_set():
             if supervisor.check():
                 services.write_pids()
@@ -390,6 +426,8 @@ async def run_stack(run_dir: Path, ports: StackPorts | None = None) -> None:
     finally:
         print("stopping ...", flush=True)
         services.stop()
+        if s3 is not None:
+            s3.stop()
         infra.stop()
         merged.cancel()
 
@@ -430,7 +468,9 @@ async def seed_accounts(private_key: Path, gateway_address: str) -> list[str]:
     return seeded
 
 
-def print_ready(infra: Infra, services: LocalServices, seconds: float) -> None:
+def print_ready(
+    infra: Infra, services: LocalServices, seconds: float, s3: S3Server | None = None
+) -> None:
     private_key, logs = services.keys[0], services.logs
     lines = [f"PixSim7 local stack is up in {seconds:.1f}s", ""]
     lines += [
@@ -441,6 +481,7 @@ def print_ready(infra: Infra, services: LocalServices, seconds: float) -> None:
         f"  {'postgres':<17} {infra.postgres.host}:{infra.postgres.port}",
         f"  {'kafka':<17} {infra.kafka.bootstrap}",
         f"  {'provider-sim':<17} {services.simulator_url}   (PixVerse, Runway, fal/Pika APIs)",
+        *([f"  {'s3':<17} {s3.endpoint}/{BUCKET}   (assets)"] if s3 is not None else []),
         "",
         f"logs:         {logs}/all.log (every process, each line prefixed by its name)",
         f"              {logs}/<service>.log",
@@ -459,11 +500,11 @@ def print_ready(infra: Infra, services: LocalServices, seconds: float) -> None:
     print("\n".join(lines), flush=True)
 
 
-def main(run_dir: Path, ports: StackPorts | None = None) -> None:
+def main(run_dir: Path, ports: StackPorts | None = None, storage: str = "local") -> None:
     pidfile = run_dir / "stack.pid"
     claim_pidfile(pidfile)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_stack(run_dir, ports))
+            asyncio.run(run_stack(run_dir, ports, storage))
     finally:
         pidfile.unlink(missing_ok=True)

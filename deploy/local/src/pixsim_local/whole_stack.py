@@ -176,9 +176,11 @@ async def whole_stack(
     kafka: KafkaBroker,
     settings: Mapping[str, str] | None = None,
     simulator_args: Sequence[str] = (),
+    replicas: Mapping[str, int] | None = None,
 ) -> AsyncIterator[WholeStack]:
     """Start everything (about 15 s), yield the clients, stop everything. `settings` (names
-    without a service prefix) are given to every service, over the defaults below."""
+    without a service prefix) are given to every service, over the defaults below;
+    `replicas` runs more than one process of a service."""
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-e2e-"))
     services = LocalServices(
         Infra(postgres_infra.postgres, kafka),
@@ -200,6 +202,7 @@ async def whole_stack(
             **(settings or {}),
         },
         simulator_args=simulator_args,
+        replicas=dict(replicas or {}),
     )
     files = MediaFiles()
     server = await asyncio.start_server(files.handle, "127.0.0.1", 0)
@@ -246,6 +249,7 @@ async def whole_stack(
 async def whole_stack_of_its_own(
     settings: Mapping[str, str] | None = None,
     simulator_args: Sequence[str] = (),
+    replicas: Mapping[str, int] | None = None,
 ) -> AsyncIterator[WholeStack]:
     """The whole stack over a PostgreSQL cluster (fsync off) and a broker started for it
     alone, all removed afterwards: for runs that crash them (the chaos run) or measure them
@@ -259,7 +263,7 @@ async def whole_stack_of_its_own(
         kafka_controller_port=free_port(),
     )
     try:
-        async with whole_stack(infra, infra.kafka, settings, simulator_args) as stack:
+        async with whole_stack(infra, infra.kafka, settings, simulator_args, replicas) as stack:
             yield stack
     finally:
         infra.stop()

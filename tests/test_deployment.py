@@ -5,6 +5,7 @@ invariants. And each service's Dockerfile has the shape the manifests rely on.""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -141,6 +142,39 @@ def test_each_service_runs_safely_and_drains(built: tuple[str, list[dict[str, An
         assert secret_refs == [f"{app}-secrets"]
         assert all(e.get("prefix", spec.env_prefix) == spec.env_prefix for e in server["envFrom"])
     assert of_kind(objects, "Secret") == {}  # credentials are the operator's, never ours
+
+
+def test_every_configured_setting_is_one_its_service_reads(
+    built: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """A misspelt name in a ConfigMap would be ignored silently: each is a field of the
+    service's settings, and the values parse as those settings."""
+    _, objects = built
+    config_maps = of_kind(objects, "ConfigMap")
+    for spec in SERVICES:
+        model = importlib.import_module(f"{spec.package}.settings").Settings
+        data = config_maps[f"pixsim-{spec.name}-settings"]["data"]
+        fields = {name.removeprefix(spec.env_prefix).lower(): value for name, value in data.items()}
+        assert all(name.startswith(spec.env_prefix) for name in data), spec.name
+        assert set(fields) <= set(model.model_fields), set(fields) - set(model.model_fields)
+        secrets = {"database_url": "postgresql://u:p@db/x", "credentials_keys": "k1:" + "A" * 44}
+        parsed = model(**fields, **{k: v for k, v in secrets.items() if k in model.model_fields})
+        assert parsed.grpc_port == spec.port, spec.name
+
+
+def test_asset_replicas_share_a_bucket_and_the_gateway_reads_inputs_from_them(
+    built: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = built
+    deployments, config_maps = of_kind(objects, "Deployment"), of_kind(objects, "ConfigMap")
+    asset = config_maps["pixsim-asset-settings"]["data"]
+    if deployments["pixsim-asset"]["spec"]["replicas"] > 1:  # files in a pod are that pod's
+        assert asset["PIXSIM_ASSET_STORAGE_BACKEND"] == "s3"
+        assert asset["PIXSIM_ASSET_S3_ENDPOINT_URL"].startswith("https://")
+        assert asset["PIXSIM_ASSET_S3_BUCKET"]
+    gateway = config_maps["pixsim-provider-gateway-settings"]["data"]
+    (asset_spec,) = [spec for spec in SERVICES if spec.name == "asset"]
+    assert gateway["PIXSIM_GATEWAY_ASSET_ADDRESS"] == f"pixsim-asset:{asset_spec.port}"
 
 
 def test_each_service_has_its_service_budget_and_scrape(

@@ -24,6 +24,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from PIL import Image
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from pixsim.asset.v1 import asset_service_pb2 as pb
@@ -591,6 +592,10 @@ async def _read(stack: Stack, asset: str, who: Metadata) -> bytes:
     )
 
 
+def _files_deleted() -> float:
+    return REGISTRY.get_sample_value("pixsim_asset_files_deleted_total") or 0.0
+
+
 async def _until(condition: Callable[[], bool], timeout: float = 15) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
@@ -613,9 +618,11 @@ async def test_a_file_goes_when_nothing_holds_it_and_stays_while_anyone_does(sta
     await asyncio.sleep(0.5)  # the collector has had its chance
     assert all(p.exists() for p in held)
     assert await _read(stack, his.name, stack.bob) == body
+    deleted_before = _files_deleted()
     await stack.assets.DeleteAsset(pb.DeleteAssetRequest(name=his.name), metadata=stack.bob)
     await _until(lambda: not any(p.exists() for p in held))
     assert not await stack.rows("SELECT 1 FROM blobs WHERE uri = $1", hers.storage_uri)
+    assert _files_deleted() - deleted_before >= len(held)
 
 
 async def test_a_deletion_racing_a_dedup_onto_the_same_file_never_loses_it(stack: Stack) -> None:

@@ -8,6 +8,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_asset import repository as repo
+from pixsim_asset.metrics import FILES_DELETED
 from pixsim_asset.storage import Storage
 from pixsim_common.db import UnitOfWork
 
@@ -37,5 +38,6 @@ class BlobCollector:
                 await repo.forget_blob(uow.session, uri)
             await uow.commit()
         if uris:
+            FILES_DELETED.inc(len(uris))
             log.info("deleted files nothing holds", files=len(uris))
         return len(uris)

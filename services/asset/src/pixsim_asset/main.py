@@ -112,6 +112,7 @@ async def open_storage(settings: Settings) -> Storage:
     storage = S3Storage(
         endpoint_url=settings.s3_endpoint_url,
         public_endpoint_url=settings.s3_public_endpoint_url,
+        addressing_style=settings.s3_addressing_style,
         bucket=settings.s3_bucket,
         region=settings.s3_region,
         access_key_id=settings.s3_access_key_id.get_secret_value(),

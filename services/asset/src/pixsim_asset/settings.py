@@ -27,6 +27,8 @@ class Settings(ServiceSettings):
     s3_public_endpoint_url: str = ""
     s3_bucket: str = "pixsim-assets"
     s3_region: str = "us-east-1"
+    # `path` (bucket in the URL path) suits S3-compatible servers; AWS prefers `virtual`.
+    s3_addressing_style: Literal["path", "virtual"] = "path"
     s3_access_key_id: SecretStr = SecretStr("")
     s3_secret_access_key: SecretStr = SecretStr("")
     # Largest file fetched from a URL or accepted by UploadAsset.

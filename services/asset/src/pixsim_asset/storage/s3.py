@@ -43,6 +43,7 @@ class S3Storage:
         region: str = "us-east-1",
         scratch_root: Path,
         public_endpoint_url: str = "",
+        addressing_style: str = "path",
         multipart_threshold: int = 8 * MIB,
         part_bytes: int = 8 * MIB,
     ) -> None:
@@ -52,13 +53,18 @@ class S3Storage:
         self._scratch = Scratch(scratch_root)
         self._threshold = multipart_threshold
         self._part = part_bytes
+        # No keys given: botocore's default chain (environment, web identity, instance role).
+        keys = (
+            {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key}
+            if access_key_id
+            else {}
+        )
         self._settings: dict[str, Any] = {
             "region_name": region,
-            "aws_access_key_id": access_key_id,
-            "aws_secret_access_key": secret_access_key,
+            **keys,
             "config": AioConfig(
                 signature_version="s3v4",
-                s3={"addressing_style": "path"},
+                s3={"addressing_style": addressing_style},
                 # The checksums are ours (sha256, which we have already); no CRC on top.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",

@@ -78,21 +78,35 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU the process has used so far (its exited children not included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_of_tree(root: int) -> float:
-    """CPU of a process and its live children (PostgreSQL's backends under the postmaster)."""
-    total = cpu_seconds(root)
+def children_of(root: int) -> list[int]:
+    found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                status = (entry / "status").read_text()
-                if f"\nPPid:\t{root}\n" in status:
-                    total += cpu_seconds(int(entry.name))
+                if f"\nPPid:\t{root}\n" in (entry / "status").read_text():
+                    found.append(int(entry.name))
+    return found
+
+
+def cpu_of_tree(root: int) -> float:
+    """CPU of a process and its children, live (PostgreSQL's backends under the postmaster,
+    the asset service's decoders) and exited (counted once the parent has reaped them)."""
+    fields = _stat_fields(root)
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    total = cpu_seconds(root) + reaped
+    for child in children_of(root):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
     return total
 
 

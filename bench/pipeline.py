@@ -8,6 +8,9 @@ Run at 500, 1,000, 2,000 and 4,000 jobs in a row; the 2,000 run is the one compa
 Baseline: an ARQ worker over Redis doing each job's work in one function (bench.arq_baseline),
 the same 2,000 jobs at the same 32 in flight, against the same simulator and cluster.
 
+`BENCH_STORAGE=s3` stores the assets in an S3 bucket (a Versity gateway of the run's own), as
+production does; the default is local files, as the baseline's worker keeps them.
+
 Overhead per job is CreateJob to COMPLETED (enqueue to finish for ARQ), minus the simulator's
 time, which is nil here: what is left is the architecture's own cost.
 """
@@ -15,10 +18,15 @@ time, which is nil here: what is left is the architecture's own cost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -29,6 +37,7 @@ from arq.connections import RedisSettings
 from bench.common import (
     ROOT,
     bench_stack,
+    children_of,
     cpu_of_tree,
     cpu_seconds,
     peak_rss_mib,
@@ -38,6 +47,7 @@ from bench.common import (
     write_result,
 )
 from pixsim_local.processes import ManagedProcess, free_port
+from pixsim_local.s3 import S3Server
 from pixsim_local.stack import SERVICE_NAMES
 from pixsim_local.whole_stack import WholeStack
 
@@ -52,6 +62,7 @@ WARM_UP = 50
 SETTINGS = {"POLL_FIRST_SECONDS": "0.02", "POLL_CAP_SECONDS": "0.3"}
 TARGET_RATIO, TARGET_P50_MS, TARGET_P99_MS = 1.0, 100.0, 500.0
 TARGET_FLAT, TARGET_RSS_MIB = 0.20, 200.0
+STORAGE = os.environ.get("BENCH_STORAGE", "local")
 
 
 async def closed_loop(count: int, one: Any) -> float:
@@ -79,7 +90,7 @@ def processes_of(stack: WholeStack) -> dict[str, int]:
 
 def cpu_by_process(pids: dict[str, int]) -> dict[str, float]:
     return {
-        name: cpu_of_tree(pid) if name == "postgres" else cpu_seconds(pid)
+        name: cpu_of_tree(pid) if name in ("postgres", "asset") else cpu_seconds(pid)
         for name, pid in pids.items()
     }
 
@@ -201,7 +212,7 @@ def print_tables(figures: dict[str, Any]) -> None:
     pixsim, arq = figures["pixsim_at_compared"], figures["arq"]
     print(
         f"\n2. The pipeline against an ARQ worker: {COMPARED} jobs, {IN_FLIGHT} in flight, "
-        "the simulator finishing at once"
+        f"the simulator finishing at once, assets stored in {figures['storage']}"
     )
     print(f"{'':<12}{'jobs/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}   (overhead per job)")
     for label, row in (("PixSim7", pixsim), ("ARQ+Redis", arq)):
@@ -232,8 +243,13 @@ def print_tables(figures: dict[str, Any]) -> None:
             f"{k} {v:.1f}" for k, v in figures["pixsim_at_compared"]["cpu_ms_per_job"].items()
         )
     )
+    rss = dict(figures["peak_rss_mib"])
+    decoders = rss.pop("asset decoders", 0)
+    each = rss.pop("asset decoder (each)", 0.0)
     print(
-        "peak RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in figures["peak_rss_mib"].items())
+        "peak RSS (MiB): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+        + f"; the asset service's decoder processes {each:.0f} each, {decoders:.0f} of them"
     )
     services_rss = [v for k, v in figures["peak_rss_mib"].items() if k in SERVICE_NAMES]
     holds = figures["spread"] <= TARGET_FLAT and max(services_rss) <= TARGET_RSS_MIB
@@ -243,12 +259,33 @@ def print_tables(figures: dict[str, Any]) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def storage_settings() -> AsyncIterator[dict[str, str]]:
+    """The asset service's storage settings for `BENCH_STORAGE`, and its server if any."""
+    if STORAGE == "local":
+        yield {}
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-bench-s3-"))
+    server = await S3Server.start(run_dir, free_port())
+    try:
+        await server.create_bucket("bench")
+        yield server.settings("bench")
+    finally:
+        server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 async def main() -> dict[str, Any]:
-    async with bench_stack(SETTINGS) as stack:
+    async with storage_settings() as storage, bench_stack(SETTINGS | storage) as stack:
         await use_accounts(stack, [("pixverse", 64)], finish_ms=0)
         await pixsim_run(stack, WARM_UP, "bench-warm-up")
         sizes = [await pixsim_run(stack, size, f"bench-{size}") for size in SIZES]
         rss = {name: peak_rss_mib(stack.services.processes[name].pid) for name in SERVICE_NAMES}
+        # The asset service decodes in worker processes of its own (recycled every few
+        # hundred files): the largest peak among those alive at the end, and how many.
+        decoders = [peak_rss_mib(pid) for pid in children_of(stack.services.processes["asset"].pid)]
+        rss["asset decoder (each)"] = max(decoders, default=0.0)
+        rss["asset decoders"] = len(decoders)
         arq, arq_rss = await arq_run(stack, COMPARED)
     rss["arq-worker"] = arq_rss
     compared = (
@@ -256,6 +293,7 @@ async def main() -> dict[str, Any]:
     )
     per_job = [row["ms_per_job"] for row in sizes]
     figures = {
+        "storage": STORAGE,
         "in_flight": IN_FLIGHT,
         "settings": SETTINGS,
         "sizes": sizes,

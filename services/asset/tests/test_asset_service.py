@@ -259,8 +259,8 @@ async def test_a_completed_generation_becomes_one_probed_asset_with_a_thumbnail(
     # A video's pictures: its thumbnail, and its first and last frames at full size (what a
     # transition between two clips goes from and to).
     assert sorted((v.kind, v.mime_type, v.width, v.height) for v in asset.variants) == [
-        ("first_frame", "image/png", 96, 64),
-        ("last_frame", "image/png", 96, 64),
+        ("first_frame", "image/jpeg", 96, 64),
+        ("last_frame", "image/jpeg", 96, 64),
         ("thumbnail", "image/png", 96, 64),
     ]
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pixsim_asset.fetch import AddressPolicy, FetchFailed, FetchRefused, fetch
-from pixsim_asset.probe import ProbeFailed, probe, thumbnail
+from pixsim_asset.probe import ProbeFailed, inspect, probe, thumbnail
 from pixsim_asset.storage.local import LocalStorage
 from pixsim_provider_sim.media import render_mp4, render_png
 
@@ -67,9 +67,16 @@ async def test_a_download_is_stored_once_by_content_and_probed(
         "h264",
     )
     assert info.size_bytes == first.size
-    png, width, height = thumbnail(stored)
-    assert png.startswith(b"\x89PNG")
-    assert (width, height) == (320, 180)
+    made = thumbnail(stored)
+    assert made.data.startswith(b"\x89PNG")
+    assert (made.mime_type, made.width, made.height) == ("image/png", 320, 180)
+    seen = inspect(stored, frames=True)
+    assert seen.first_frame is not None
+    assert seen.last_frame is not None
+    for frame in (seen.first_frame, seen.last_frame):
+        assert frame.data.startswith(b"\xff\xd8\xff")  # JPEG
+        assert (frame.mime_type, frame.width, frame.height) == ("image/jpeg", 640, 360)
+    assert seen.first_frame.data != seen.last_frame.data
 
 
 async def test_an_oversize_download_leaves_nothing(

@@ -173,6 +173,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
 
 
+TEST_URL_TTL_SECONDS = 30.0
+
+
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def whole_stack(infra: Infra) -> AsyncIterator[WholeStack]:
     """The simulator and the four services as processes, on free ports, with databases and
@@ -181,7 +184,11 @@ async def whole_stack(infra: Infra) -> AsyncIterator[WholeStack]:
     broker = await KafkaBroker.start(run_dir, free_port(), free_port())
     try:
         await broker.ensure_topics(all_topic_names(), DEFAULT_PARTITIONS)
-        async with pixsim_whole_stack(infra, broker) as stack:
+        # Provider URLs die soon, as real ones do within a day or two (a test that needs
+        # them dead sets a key's lifetime shorter still).
+        async with pixsim_whole_stack(
+            infra, broker, simulator_args=["--url-ttl", str(TEST_URL_TTL_SECONDS)]
+        ) as stack:
             yield stack
     finally:
         broker.stop()

@@ -11,6 +11,7 @@ import structlog
 from pixsim.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from pixsim.asset.v1.asset_service_pb2 import DESCRIPTOR
 from pixsim_asset.collector import BlobCollector
+from pixsim_asset.decoders import DecodePool
 from pixsim_asset.events import subscriptions
 from pixsim_asset.fetch import AddressPolicy, Downloader
 from pixsim_asset.grpc_api import AssetApi
@@ -19,7 +20,6 @@ from pixsim_asset.service import AssetService
 from pixsim_asset.settings import Settings
 from pixsim_asset.storage import Storage
 from pixsim_asset.storage.local import LocalStorage
-from pixsim_asset.storage.s3 import S3Storage
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
 from pixsim_common.background import CloseOnStop, Loop
 from pixsim_common.consumer import Subscription
@@ -60,6 +60,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         backoff_seconds=settings.download_backoff_seconds,
         deadline_seconds=settings.download_deadline_seconds,
     )
+    decoders = DecodePool(settings.decode_workers, address_space_bytes=settings.decode_memory_bytes)
     services: dict[str, AssetService] = {}
 
     def service(kit: Kit) -> AssetService:
@@ -74,6 +75,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                     max_side=settings.max_media_side,
                     max_duration_seconds=settings.max_media_duration_seconds,
                 ),
+                decoders=decoders,
             )
         return services["asset"]
 
@@ -87,6 +89,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         return [
             CloseOnStop(client.aclose),
             CloseOnStop(storage.close),
+            CloseOnStop(decoders.close),
             Loop("blob-collector", collector.collect_once, idle=settings.blob_collect_seconds),
         ]
 
@@ -109,6 +112,9 @@ async def open_storage(settings: Settings) -> Storage:
         return LocalStorage(settings.storage_root)
     if not settings.s3_endpoint_url:
         raise SystemExit("STORAGE_BACKEND=s3 needs S3_ENDPOINT_URL")
+    # botocore costs about 40 MiB of memory: paid only by a service that stores in S3.
+    from pixsim_asset.storage.s3 import S3Storage
+
     storage = S3Storage(
         endpoint_url=settings.s3_endpoint_url,
         public_endpoint_url=settings.s3_public_endpoint_url,

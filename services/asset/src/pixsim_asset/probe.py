@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
-
 
 class ProbeFailed(Exception):
     """Not a file we can read: no media, or its first frame does not decode."""
@@ -58,28 +56,52 @@ def _check(width: int, height: int, duration: float, limits: DecodeLimits) -> No
         raise OverLimits(f"{duration:.0f}s is over the {limits.max_duration_seconds:.0f}s limit")
 
 
-Png = tuple[bytes, int, int]  # a PNG and its width and height
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A still made of a file: its encoded bytes, type and size."""
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return "png" if self.mime_type == "image/png" else "jpg"
 
 
 @dataclass(frozen=True, slots=True)
 class Inspection:
-    """What a file is, and the pictures made of it: a thumbnail of its first frame, and for
-    a video its first and last frames at full size (what a transition between two clips
-    starts from and ends at)."""
+    """What a file is, and the pictures made of it: a thumbnail of its first frame (PNG),
+    and for a video its first and last frames at full size (what a transition between two
+    clips starts from and ends at). The frames are JPEG at high quality: encoding a
+    full-size PNG costs ten times the CPU, and the video they come from is lossy anyway."""
 
     info: MediaInfo
-    thumbnail: Png | None = None
-    first_frame: Png | None = None
-    last_frame: Png | None = None
+    thumbnail: Picture | None = None
+    first_frame: Picture | None = None
+    last_frame: Picture | None = None
 
 
-def _png(frame: Any, max_side: int | None = None) -> Png:
-    image = frame.to_image()
-    if max_side is not None:
-        image.thumbnail((max_side, max_side))
+FRAME_QUALITY = 95
+
+
+def _encoded(image: Any, format_: str, **options: Any) -> Picture:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), image.width, image.height
+    image.save(buffer, format=format_, **options)
+    return Picture(buffer.getvalue(), f"image/{format_.lower()}", image.width, image.height)
+
+
+def _thumbnail(frame: Any, max_side: int) -> Picture:
+    """The frame scaled (by libswscale, area-averaged: a tenth of Pillow's cost) to at most
+    `max_side` on its longer side, as a PNG."""
+    scale = min(1.0, max_side / max(frame.width, frame.height))
+    width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+    return _encoded(frame.to_image(width=width, height=height, interpolation="AREA"), "PNG")
+
+
+def _frame(frame: Any) -> Picture:
+    return _encoded(frame.to_image(), "JPEG", quality=FRAME_QUALITY)
 
 
 def _last_frame(container: Any, duration: float) -> Any:
@@ -95,6 +117,8 @@ def _last_frame(container: Any, duration: float) -> Any:
 
 def _read(path: Path, limits: DecodeLimits, thumbnail_side: int, frames: bool) -> Inspection:
     """Info and pictures of the file, within the limits."""
+    import av  # here, not at the top: the service decodes in worker processes (decoders.py)
+
     with av.open(str(path), mode="r") as container:
         size = path.stat().st_size
         duration = max(container.duration or 0, 0) / 1_000_000
@@ -102,10 +126,13 @@ def _read(path: Path, limits: DecodeLimits, thumbnail_side: int, frames: bool) -
             stream = container.streams.video[0]
             codec = stream.codec_context.name
             _check(stream.width, stream.height, duration, limits)
+            # One decoding thread: frame threading keeps a frame set per thread, and the
+            # service bounds how many files it probes at once instead.
+            stream.thread_type = "NONE"
             frame = next(container.decode(video=0), None)
             if frame is None:
                 raise ProbeFailed("its first frame does not decode")
-            thumbnail = _png(frame, thumbnail_side) if thumbnail_side > 0 else None
+            thumbnail = _thumbnail(frame, thumbnail_side) if thumbnail_side > 0 else None
             if codec in IMAGE_CODECS and duration <= 0:
                 info = MediaInfo(
                     "image", IMAGE_CODECS[codec], stream.width, stream.height, 0.0, codec, size
@@ -119,9 +146,9 @@ def _read(path: Path, limits: DecodeLimits, thumbnail_side: int, frames: bool) -
             info = MediaInfo("video", mime, stream.width, stream.height, duration, codec, size)
             if not frames:
                 return Inspection(info, thumbnail)
-            first = _png(frame)
+            first = _frame(frame)
             last = _last_frame(container, duration)
-            return Inspection(info, thumbnail, first, _png(last) if last is not None else first)
+            return Inspection(info, thumbnail, first, _frame(last) if last is not None else first)
         if container.streams.audio:
             audio = container.streams.audio[0]
             if duration > limits.max_duration_seconds:
@@ -149,6 +176,8 @@ def inspect(
     frames: bool = False,
 ) -> Inspection:
     """What the file is and its pictures (one open, one decode of the first frame)."""
+    import av
+
     try:
         return _read(path, limits, thumbnail_side, frames)
     except ProbeFailed:
@@ -157,7 +186,7 @@ def inspect(
         raise ProbeFailed(f"not a media file we can read: {error}") from error
 
 
-def thumbnail(path: Path, max_side: int = 320) -> Png:
+def thumbnail(path: Path, max_side: int = 320) -> Picture:
     """A PNG of the first frame, at most `max_side` pixels on its longer side."""
     made = inspect(path, thumbnail_side=max_side).thumbnail
     if made is None:

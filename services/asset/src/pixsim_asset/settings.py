@@ -49,6 +49,10 @@ class Settings(ServiceSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_media_side: int = Field(default=16_384, ge=1)
     max_media_duration_seconds: float = Field(default=600.0, gt=0)
+    # Worker processes decoding files (probe, thumbnail, frames), one file each at a time;
+    # more than the cores gains nothing. Each may map at most DECODE_MEMORY_BYTES.
+    decode_workers: int = Field(default=2, ge=1, le=64)
+    decode_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     # SSRF guard: internal addresses are refused unless allowed (the local stack allows
     # loopback, where the provider simulator serves its media).
     fetch_allow_loopback: bool = False

@@ -23,6 +23,7 @@ from pixsim.asset.v1 import asset_service_pb2 as pb
 from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_asset import repository as repo
+from pixsim_asset.decoders import DecodePool
 from pixsim_asset.domain import Asset, Origin, Relative, StoredFile
 from pixsim_asset.fetch import Downloader, FetchFailed, FetchRefused
 from pixsim_asset.probe import DecodeLimits
@@ -64,12 +65,13 @@ class AssetService:
         *,
         max_upload_bytes: int,
         limits: DecodeLimits | None = None,
+        decoders: DecodePool,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
         self._downloader = downloader
         self._max_upload_bytes = max_upload_bytes
-        self._ingest = Ingest(sessions, storage, limits or DecodeLimits())
+        self._ingest = Ingest(sessions, storage, limits or DecodeLimits(), decoders)
         self.generations = Generations(sessions, downloader, self._ingest, self)
 
     async def create(

@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_asset import repository as repo
+from pixsim_asset.decoders import DecodePool
 from pixsim_asset.domain import (
     FIRST_FRAME,
     LAST_FRAME,
@@ -26,7 +27,7 @@ from pixsim_asset.domain import (
     extension_for,
     wants_thumbnail,
 )
-from pixsim_asset.probe import DecodeLimits, OverLimits, Png, ProbeFailed, inspect
+from pixsim_asset.probe import DecodeLimits, OverLimits, Picture, ProbeFailed
 from pixsim_asset.storage import Storage, remove, stage
 from pixsim_common.db import UnitOfWork
 
@@ -50,10 +51,12 @@ class Ingest:
         sessions: async_sessionmaker[AsyncSession],
         storage: Storage,
         limits: DecodeLimits,
+        decoders: DecodePool,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
         self._limits = limits
+        self._decoders = decoders
 
     async def ingest(self, path: Path, sha256: str) -> StoredFile:
         """Probe a staged file, then claim and put it and its pictures. The staged file is
@@ -61,13 +64,13 @@ class Ingest:
         made is released again."""
         try:
             try:
-                seen = await asyncio.to_thread(inspect, path, self._limits, 320, True)
+                seen = await self._decoders.inspect(path, self._limits)
             except OverLimits as error:
                 raise NotMedia(str(error), "MEDIA_TOO_LARGE") from error
             except ProbeFailed as error:
                 raise NotMedia(str(error)) from error
             info = seen.info
-            pictures: dict[str, Png] = {}
+            pictures: dict[str, Picture] = {}
             if wants_thumbnail(info):
                 for kind, made in (
                     (THUMBNAIL, seen.thumbnail),
@@ -80,19 +83,19 @@ class Ingest:
             variants = tuple(
                 Variant(
                     kind,
-                    self._storage.uri_for(hashlib.sha256(png).hexdigest(), "png"),
-                    "image/png",
-                    width,
-                    height,
-                    len(png),
+                    self._storage.uri_for(hashlib.sha256(made.data).hexdigest(), made.extension),
+                    made.mime_type,
+                    made.width,
+                    made.height,
+                    len(made.data),
                 )
-                for kind, (png, width, height) in pictures.items()
+                for kind, made in pictures.items()
             )
             stored = StoredFile(self._storage.uri_for(sha256, extension), sha256, info, variants)
             await self.claim(stored.uris)
             try:
-                for png, _, _ in pictures.values():
-                    await self._put_bytes(png)
+                for made in pictures.values():
+                    await self._put_picture(made)
                 await self._storage.put(path, sha256, extension, info.mime_type)
             except BaseException:
                 await self.release(stored.uris)
@@ -101,10 +104,12 @@ class Ingest:
             await remove(path)  # moved in already, or refused
         return stored
 
-    async def _put_bytes(self, png: bytes) -> None:
-        staged = await stage(_one(png), max_bytes=len(png), directory=self._storage.scratch())
+    async def _put_picture(self, made: Picture) -> None:
+        staged = await stage(
+            _one(made.data), max_bytes=len(made.data), directory=self._storage.scratch()
+        )
         try:
-            await self._storage.put(staged.path, staged.sha256, "png", "image/png")
+            await self._storage.put(staged.path, staged.sha256, made.extension, made.mime_type)
         finally:
             await remove(staged.path)
 

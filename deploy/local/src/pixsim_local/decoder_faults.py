@@ -1,0 +1,25 @@
+"""A decoder worker that crashes on request, for the asset service's decode-pool tests
+(`python -m pixsim_local.decoder_faults <address-space-bytes>`): a file named `crash*`
+kills it as a segfault would; any other file is decoded as the real worker does."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pixsim_asset.decode_worker import serve
+from pixsim_asset.probe import DecodeLimits, Inspection, inspect
+
+CRASHING_PREFIX = "crash"
+
+
+def inspect_or_crash(
+    path: Path, limits: DecodeLimits, thumbnail_side: int, frames: bool
+) -> Inspection:
+    if path.name.startswith(CRASHING_PREFIX):
+        os.abort()
+    return inspect(path, limits, thumbnail_side, frames)
+
+
+if __name__ == "__main__":
+    serve(inspect_or_crash)

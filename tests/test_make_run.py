@@ -135,7 +135,6 @@ class Clients:
 
 async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-make-run-"))
-    run_dir.chmod(0o755)
     async with make_run(run_dir) as stack:
         ports = json.loads((run_dir / "ports.json").read_text())
         async with httpx.AsyncClient() as client:

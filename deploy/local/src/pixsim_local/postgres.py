@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 import asyncpg
 
-from pixsim_local.processes import ManagedProcess, hand_over, unprivileged_user
+from pixsim_local.processes import ManagedProcess, hand_over, open_path_to, unprivileged_user
 
 SUPERUSER = "postgres"
 PG_MAJOR = "15"
@@ -86,6 +86,7 @@ class PostgresCluster:
         """
         bindir = find_bindir()
         user = unprivileged_user()
+        open_path_to(data_dir.parent, user)
         data_dir.mkdir(parents=True, exist_ok=True)
         password_file = data_dir.parent / f"{data_dir.name}.superuser-password"
         if not (data_dir / "PG_VERSION").exists():

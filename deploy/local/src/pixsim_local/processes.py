@@ -8,6 +8,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,25 @@ def unprivileged_user() -> str | None:
     raise RuntimeError("running as root and no unprivileged user (postgres, nobody) exists")
 
 
+def open_path_to(directory: Path, user: str | None) -> None:
+    """Let `user` reach `directory`: a server dropped to that user must traverse every ancestor.
+
+    The directory itself (a run directory, often a 0700 mkdtemp) is opened for traversal only
+    (o+x, never read); an ancestor that blocks the user is reported rather than changed.
+    """
+    if user is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(directory.stat().st_mode | stat.S_IXOTH)
+    uid = pwd.getpwnam(user).pw_uid
+    for ancestor in directory.resolve().parents:
+        mode = ancestor.stat()
+        if mode.st_uid != uid and not mode.st_mode & stat.S_IXOTH:
+            raise RuntimeError(
+                f"{user} cannot reach {directory}: {ancestor} is not traversable by others"
+            )
+
+
 def hand_over(path: Path, user: str | None) -> None:
     """Give `path` (recursively) to `user`, so a server running as that user can write it."""
     if user is None:
@@ -73,12 +93,17 @@ class ManagedProcess:
         self.log_path = log_path
         self.argv, self.user, self.env, self.cwd = list(argv), user, env, cwd
         self._log: IO[bytes] = log_path.open("ab")
+        # A dropped user gets its own group too, and none of root's: kept, root's groups would
+        # decide its access to root's directories instead of their "other" bits.
+        group = None if user is None else pwd.getpwnam(user).pw_gid
         self.process = subprocess.Popen(
             list(argv),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             user=user,
+            group=group,
+            extra_groups=None if user is None else [],
             env=env,
             cwd=cwd,
             # Its own process group: Ctrl-C in the terminal reaches us, and we stop it in order.

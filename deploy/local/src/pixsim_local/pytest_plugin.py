@@ -36,9 +36,9 @@ _timings: dict[str, float] = {}
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def infra() -> AsyncIterator[Infra]:
-    # Not pytest's tmp_path: that is private to root, and PostgreSQL runs as `postgres`.
+    # Not pytest's tmp_path: its ancestors are private to root, and PostgreSQL runs as
+    # `postgres` (the cluster opens its own run directory to that user).
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-test-"))
-    run_dir.chmod(0o755)
     started = await Infra.start(
         run_dir,
         postgres_port=free_port(),

@@ -255,7 +255,6 @@ async def whole_stack_of_its_own(
     alone, all removed afterwards: for runs that crash them (the chaos run) or measure them
     (the benchmarks). Their handles are `stack.services.infra`."""
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-own-"))
-    run_dir.chmod(0o755)
     infra = await Infra.start(
         run_dir,
         postgres_port=free_port(),

@@ -395,3 +395,53 @@ async def test_enqueue_refuses_an_event_over_the_limit(messaging_db: MessagingDa
     async with UnitOfWork(messaging_db.sessions) as uow:
         with pytest.raises(Unpublishable):
             await enqueue(uow.session, topic, huge.job_id, huge, source="/job")
+
+
+async def test_stop_lets_the_round_under_way_finish(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    """Stopped in the middle of a round, the relay finishes it: cut short, the round would roll
+    back what the broker already has (sent again after a restart) and run hooks twice."""
+    topic = await new_topic(events_pb2.JobSubmitted)
+    in_hook = asyncio.Event()
+    handed: list[str] = []
+
+    async def slow_hook(session: AsyncSession, row: SetAside) -> None:
+        handed.append(row.key)
+        in_hook.set()
+        await asyncio.sleep(1.0)  # stop() arrives meanwhile
+
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    async with messaging_db.engine.begin() as connection:
+        await connection.execute(
+            insert(outbox_table).values(
+                event_id=str(uuid.uuid4()),
+                topic=topic.name,
+                key=bad,
+                payload=b"\x0a" + b"x" * (2 * TOPIC_MAX_MESSAGE_BYTES),
+                headers={"ce_id": "x"},
+            )
+        )
+    async with UnitOfWork(messaging_db.sessions) as uow:
+        await enqueue(uow.session, topic, good, submitted(good), source="/job")
+        await uow.commit()
+    relay = OutboxRelay(
+        service="kit-test",
+        engine=messaging_db.engine,
+        database_url=messaging_db.database.url,
+        kafka_bootstrap=infra.kafka.bootstrap,
+        on_set_aside=slow_hook,
+    )
+    await relay.start()
+    await asyncio.wait_for(in_hook.wait(), timeout=20)
+    await relay.stop()
+
+    assert handed == [bad]
+    async with messaging_db.engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT key, sent_at IS NOT NULL OR failed_at IS NOT NULL AS done FROM outbox")
+        )
+        states = {row.key: row.done for row in rows}
+    assert states == {bad: True, good: True}
+    records = await read_topic(infra.kafka.bootstrap, topic.name, until=1, timeout=20)
+    assert [r.key.decode() for r in records] == [good]

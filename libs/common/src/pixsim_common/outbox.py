@@ -183,6 +183,7 @@ class OutboxRelay:
         self._retention = retention
         self._producer_options = dict(producer_options or {})
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -198,14 +199,22 @@ class OutboxRelay:
         options.update(self._producer_options)
         self._producer = AIOKafkaProducer(**options)
         await self._producer.start()
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
 
-    async def stop(self) -> None:
-        """Publish what is committed now (best effort), then stop."""
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Let the round under way finish, publish what is committed now (best effort), then
+        stop. A round cut short would roll back rows the broker already has: they would go
+        out again after a restart, and set-aside hooks would run twice."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_seconds)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.publish_pending(), timeout=5)
@@ -219,32 +228,38 @@ class OutboxRelay:
         listener: asyncpg.Connection | None = None
         last_housekeeping = 0.0
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                if listener is None or listener.is_closed():
-                    listener = await asyncpg.connect(self._listen_url)
-                    await listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-                self._wake.clear()
-                await self.publish_pending()
-                if loop.time() - last_housekeeping >= self._sweep_seconds:
-                    await self.housekeeping()
-                    last_housekeeping = loop.time()
-                backoff = 0.1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._sweep_seconds)
-            except asyncio.CancelledError:
-                if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.close()
-                raise
-            except Exception as error:  # Kafka or PostgreSQL away: wait and try again.
-                log.warning("outbox relay retrying", error=repr(error), backoff_s=backoff)
-                if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.close()
-                    listener = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if listener is None or listener.is_closed():
+                        listener = await asyncpg.connect(self._listen_url)
+                        await listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                    self._wake.clear()
+                    await self.publish_pending()
+                    if loop.time() - last_housekeeping >= self._sweep_seconds:
+                        await self.housekeeping()
+                        last_housekeeping = loop.time()
+                    backoff = 0.1
+                    await self._pause(self._sweep_seconds, until=self._wake)
+                except Exception as error:  # Kafka or PostgreSQL away: wait and try again.
+                    log.warning("outbox relay retrying", error=repr(error), backoff_s=backoff)
+                    if listener is not None:
+                        with contextlib.suppress(Exception):
+                            await listener.close()
+                        listener = None
+                    await self._pause(backoff, until=self._stopping)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close()
+
+    async def _pause(self, seconds: float, *, until: asyncio.Event) -> None:
+        """Sleep up to `seconds`, less if `until` is set; stop() sets both events."""
+        if self._stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), timeout=seconds)
 
     async def publish_pending(self) -> int:
         """Publish batches until none is left (or another relay holds the lock)."""

@@ -67,6 +67,27 @@ async def test_a_crashing_decoder_costs_one_file_and_the_pool_goes_on(tmp_path: 
         await pool.close()
 
 
+async def test_a_file_that_keeps_its_decoder_busy_is_refused_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    pool = DecodePool(
+        1,
+        address_space_bytes=GIB,
+        seconds_per_file=2.0,
+        command=[sys.executable, "-m", "pixsim_local.decoder_faults"],
+    )
+    try:
+        good = _video(tmp_path / "good.mp4", 1)
+        hanging = Path(shutil.copy(good, tmp_path / "hang.mp4"))
+        with pytest.raises(ProbeFailed, match="longer than 2 s"):
+            await pool.inspect(hanging, DecodeLimits())
+        # The one slot it held is free again, with a fresh worker.
+        seen = await pool.inspect(good, DecodeLimits())
+        assert seen.info.media_type == "video"
+    finally:
+        await pool.close()
+
+
 async def test_a_file_needing_more_memory_than_a_worker_may_map_is_refused(
     tmp_path: Path,
 ) -> None:

@@ -83,9 +83,11 @@ class DecodePool:
         workers: int,
         *,
         address_space_bytes: int,
+        seconds_per_file: float = 120.0,
         command: Sequence[str] = (sys.executable, "-m", WORKER_MODULE),
     ) -> None:
         self._command = [*command, str(address_space_bytes)]
+        self._seconds_per_file = seconds_per_file
         self._slots = asyncio.Semaphore(workers)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
@@ -95,7 +97,17 @@ class DecodePool:
         async with self._slots:
             worker = self._idle.pop() if self._idle else await self._start()
             try:
-                answer = await worker.ask(Request(str(path), limits))
+                answer = await asyncio.wait_for(
+                    worker.ask(Request(str(path), limits)), timeout=self._seconds_per_file
+                )
+            except TimeoutError as error:
+                # A file that keeps a decoder busy this long would hold its partition for good.
+                self._all.discard(worker)
+                worker.kill()
+                log.warning("a file outlasted its decoder's deadline; refused", file=path.name)
+                raise ProbeFailed(
+                    f"decoding took longer than {self._seconds_per_file:g} s"
+                ) from error
             except WorkerDied as error:
                 self._all.discard(worker)
                 log.warning("a file crashed its decoder; refused", file=path.name, error=str(error))

@@ -60,7 +60,11 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         backoff_seconds=settings.download_backoff_seconds,
         deadline_seconds=settings.download_deadline_seconds,
     )
-    decoders = DecodePool(settings.decode_workers, address_space_bytes=settings.decode_memory_bytes)
+    decoders = DecodePool(
+        settings.decode_workers,
+        address_space_bytes=settings.decode_memory_bytes,
+        seconds_per_file=settings.decode_seconds_per_file,
+    )
     services: dict[str, AssetService] = {}
 
     def service(kit: Kit) -> AssetService:

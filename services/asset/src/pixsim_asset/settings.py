@@ -53,6 +53,8 @@ class Settings(ServiceSettings):
     # more than the cores gains nothing. Each may map at most DECODE_MEMORY_BYTES.
     decode_workers: int = Field(default=2, ge=1, le=64)
     decode_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    # Longer than any sane file takes on a busy node; a file that outlasts it is refused.
+    decode_seconds_per_file: float = Field(default=120.0, gt=0, le=3600)
     # SSRF guard: internal addresses are refused unless allowed (the local stack allows
     # loopback, where the provider simulator serves its media).
     fetch_allow_loopback: bool = False

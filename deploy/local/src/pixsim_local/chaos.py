@@ -26,6 +26,7 @@ import asyncpg
 import grpc
 import httpx
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from pixsim_common.topics import ALL_TOPICS
 from pixsim_local.kafka import partitions_of
@@ -138,6 +139,7 @@ class ChaosReport:
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # one line per job that broke a rule
+    diagnosis: list[str] = field(default_factory=list)  # where unfinished jobs wait
 
     def check(self, what: str, expected: object, actual: object, holds: bool) -> None:
         self.checks.append(Check(what, str(expected), str(actual), holds))
@@ -175,6 +177,7 @@ class ChaosReport:
             for c in self.checks
         ]
         lines += [f"  ! {problem}" for problem in self.problems[:20]]
+        lines += [f"  ? {line}" for line in self.diagnosis]
         return "\n".join(lines)
 
 
@@ -323,6 +326,9 @@ class ChaosRun:
             )
         ]
         report.problems += wrong_state
+        unfinished = [row["id"] for row in jobs if row["state"] not in TERMINAL]
+        if unfinished:
+            report.diagnosis += await self._where_they_wait(unfinished)
         report.check(
             "jobs in their scripted state",
             len(self.jobs),
@@ -436,6 +442,42 @@ class ChaosRun:
                 )
             )
 
+    async def _where_they_wait(self, job_ids: list[str]) -> list[str]:
+        """For a run that did not drain: which stage holds the unfinished jobs (their latest
+        submission's state at the gateway, whether the asset service has their file) and what
+        each consumer group has left to read, so a failure says where to look."""
+        latest = {
+            row["job_id"]: row["state"]
+            for row in await self._fetch(
+                "provider-gateway",
+                "SELECT DISTINCT ON (job_id) job_id::text AS job_id, state"
+                " FROM provider_submissions WHERE job_id = ANY($1::uuid[])"
+                " ORDER BY job_id, create_time DESC",
+                job_ids,
+            )
+        }
+        stored = {
+            row["job_id"]
+            for row in await self._fetch(
+                "asset",
+                "SELECT source_job_id::text AS job_id FROM assets"
+                " WHERE source_job_id = ANY($1::uuid[])",
+                job_ids,
+            )
+        }
+        stages = Counter(
+            f"submission {latest.get(job_id, 'none')}, "
+            f"asset {'stored' if job_id in stored else 'none'}"
+            for job_id in job_ids
+        )
+        lines = [f"unfinished jobs: {n} with {stage}" for stage, n in stages.most_common()]
+        lines += [
+            f"consumer lag: {group} on {topic}: {lag}"
+            for (group, topic), lag in sorted((await _consumer_lag(self.kafka.bootstrap)).items())
+            if lag
+        ] or ["consumer lag: none"]
+        return lines
+
     # ---- reading the services' databases -----------------------------------------------
 
     async def _with(self, service: str, use: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
@@ -470,3 +512,22 @@ async def _message_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
         return dict(counts)
     finally:
         await consumer.stop()
+
+
+async def _consumer_lag(bootstrap: str) -> dict[tuple[str, str], int]:
+    """(group, topic) -> messages not yet committed by that consumer group."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        lag = Counter[tuple[str, str]]()
+        for group, _ in await admin.list_consumer_groups():
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await consumer.end_offsets(list(committed))
+            for partition, meta in committed.items():
+                lag[group, partition.topic] += max(0, ends[partition] - meta.offset)
+        return dict(lag)
+    finally:
+        await consumer.stop()
+        await admin.close()

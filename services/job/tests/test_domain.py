@@ -114,3 +114,45 @@ def test_timestamps() -> None:
     job.learn(STARTED, NOW)
     job.learn(COMPLETED, NOW)
     assert job.start_time == job.complete_time == NOW
+
+
+EXPIRED_UNSENT = GenerationFailed(0, "START_DEADLINE_EXCEEDED", "not sent by its start deadline")
+
+
+@pytest.mark.parametrize("before", [JobState.PENDING, JobState.QUEUED])
+def test_a_job_unsent_by_its_start_deadline_expires(before: JobState) -> None:
+    job = new_job()
+    job.state = before
+    assert job.learn(EXPIRED_UNSENT, NOW)
+    assert (job.state, job.error_code, job.complete_time) == (
+        JobState.EXPIRED,
+        "START_DEADLINE_EXCEEDED",
+        NOW,
+    )
+    assert job.state.terminal
+    # Nothing moves an expired job, and it is not retried (it never failed at a provider).
+    assert not job.learn(STARTED, NOW)
+    assert not job.learn(COMPLETED, NOW)
+    with pytest.raises(IllegalTransition):
+        job.retry(NOW)
+
+
+def test_a_started_job_does_not_expire() -> None:
+    job = new_job()
+    assert job.learn(STARTED, NOW)
+    assert not job.learn(EXPIRED_UNSENT, NOW)
+    assert job.state is JobState.PROCESSING
+
+
+def test_a_retry_runs_without_the_first_tries_deadlines() -> None:
+    job = Job.submit(
+        user_id="u",
+        operation_type=1,
+        provider_id="pixverse",
+        request={"prompt": "a cat"},
+        start_deadline_time=NOW,
+        run_deadline_time=NOW,
+    )
+    assert job.learn(FAILED, NOW)
+    job.retry(NOW)
+    assert (job.start_deadline_time, job.run_deadline_time) == (None, None)

@@ -11,7 +11,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_cli.connection import CliError, Exit, explain
-from pixsim_cli.jobs import operation_value, parse_input, parse_params
+from pixsim_cli.jobs import operation_value, parse_duration, parse_input, parse_params
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +78,15 @@ def test_a_refusal_lists_its_field_violations_and_exits_2() -> None:
     )
     assert unavailable.exit_code == Exit.UNAVAILABLE
     assert "make run" in str(unavailable)
+
+
+def test_deadlines_are_durations_with_a_unit() -> None:
+    seconds = {
+        text: parse_duration(text, "--start-within").ToTimedelta().total_seconds()  # type: ignore[union-attr]
+        for text in ("45", "30s", "5m", "1.5h", "2d")
+    }
+    assert seconds == {"45": 45, "30s": 30, "5m": 300, "1.5h": 5400, "2d": 172800}
+    assert parse_duration(None, "--start-within") is None
+    with pytest.raises(CliError) as refused:
+        parse_duration("soon", "--start-within")
+    assert refused.value.exit_code == Exit.INVALID

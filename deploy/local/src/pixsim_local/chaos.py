@@ -37,7 +37,7 @@ from pixsim_local.whole_stack import WholeStack, whole_stack_of_its_own
 from pixsim_provider_gateway.service import REPLICA_STOPPED
 
 PROVIDERS = ("pixverse", "runway", "pika")
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED")
 # What a client retries with the same request_id: the service was down or went down.
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,

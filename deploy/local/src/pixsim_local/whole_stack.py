@@ -33,7 +33,12 @@ from pixsim_local.processes import free_port
 from pixsim_local.stack import DEFAULT_PORTS, LocalServices, seed_accounts
 
 Metadata = tuple[tuple[str, str], ...]
-TERMINAL = {pb.Job.STATE_COMPLETED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED}
+TERMINAL = {
+    pb.Job.STATE_COMPLETED,
+    pb.Job.STATE_FAILED,
+    pb.Job.STATE_CANCELLED,
+    pb.Job.STATE_EXPIRED,
+}
 
 
 class MediaFiles:

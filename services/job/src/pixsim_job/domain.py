@@ -1,6 +1,7 @@
 """The `Job` aggregate and its state machine, pure: the one place transitions are decided.
 
     PENDING → QUEUED → PROCESSING → COMPLETED | FAILED | CANCELLED
+    PENDING | QUEUED → EXPIRED (the start deadline passed before any attempt was sent)
     FAILED → PENDING (RetryJob)
 
 Facts from other services arrive in any order and any number of times. Each moves the job
@@ -25,10 +26,20 @@ class JobState(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+        return self in (
+            JobState.COMPLETED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.EXPIRED,
+        )
+
+
+# The gateway's code for a job whose start deadline passed unsent: it ends EXPIRED, not FAILED.
+START_DEADLINE_EXCEEDED = "START_DEADLINE_EXCEEDED"
 
 
 # How far along each state is; a fact never moves a job to a lower rank (except RetryJob).
@@ -39,6 +50,7 @@ RANK = {
     JobState.COMPLETED: 3,
     JobState.FAILED: 3,
     JobState.CANCELLED: 3,
+    JobState.EXPIRED: 3,
 }
 
 LEGAL = {
@@ -48,12 +60,20 @@ LEGAL = {
         JobState.COMPLETED,
         JobState.FAILED,
         JobState.CANCELLED,
+        JobState.EXPIRED,
     },
-    JobState.QUEUED: {JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED},
+    JobState.QUEUED: {
+        JobState.PROCESSING,
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.EXPIRED,
+    },
     JobState.PROCESSING: {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED},
     JobState.FAILED: {JobState.PENDING},  # RetryJob
     JobState.COMPLETED: set(),
     JobState.CANCELLED: set(),
+    JobState.EXPIRED: set(),
 }
 
 
@@ -109,6 +129,9 @@ class Job:
     create_time: datetime | None = None
     start_time: datetime | None = None
     complete_time: datetime | None = None
+    # Deadlines of the first try (None: none); the gateway enforces them.
+    start_deadline_time: datetime | None = None
+    run_deadline_time: datetime | None = None
     transitions: list[Transition] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -121,8 +144,12 @@ class Job:
         request: dict[str, Any],
         request_id: str = "",
         request_hash: str = "",
+        start_deadline_time: datetime | None = None,
+        run_deadline_time: datetime | None = None,
     ) -> Job:
         return cls(
+            start_deadline_time=start_deadline_time,
+            run_deadline_time=run_deadline_time,
             id=str(uuid.uuid4()),
             user_id=user_id,
             operation_type=operation_type,
@@ -159,6 +186,10 @@ class Job:
             GenerationFailed: JobState.FAILED,
             AssetCreated: JobState.COMPLETED,
         }[type(fact)]
+        if isinstance(fact, GenerationFailed) and fact.error_code == START_DEADLINE_EXCEEDED:
+            target = JobState.EXPIRED
+            if self.state is JobState.PROCESSING:
+                return False  # sent after all: the gateway's own answer decides
         if self.state.terminal or RANK[target] <= RANK[self.state]:
             return False
         if isinstance(fact, GenerationFailed):
@@ -184,3 +215,5 @@ class Job:
         self.retry_count += 1
         self.error_code = self.error_message = ""
         self.start_time = self.complete_time = None
+        # A retry is a try the caller asks for now: the first try's deadlines are past it.
+        self.start_deadline_time = self.run_deadline_time = None

@@ -33,6 +33,8 @@ def to_proto(job: Job) -> pb.Job:
         create_time=to_timestamp(job.create_time),
         start_time=to_timestamp(job.start_time),
         complete_time=to_timestamp(job.complete_time),
+        start_deadline_time=to_timestamp(job.start_deadline_time),
+        run_deadline_time=to_timestamp(job.run_deadline_time),
     )
     json_format.ParseDict(
         {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},

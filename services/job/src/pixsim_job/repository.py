@@ -57,6 +57,8 @@ jobs = Table(
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("start_time", DateTime(timezone=True)),
     Column("complete_time", DateTime(timezone=True)),
+    Column("start_deadline_time", DateTime(timezone=True)),
+    Column("run_deadline_time", DateTime(timezone=True)),
     Index(
         "jobs_idempotency",
         "user_id",
@@ -85,6 +87,8 @@ def to_job(row: Row[Any]) -> Job:
         create_time=row.create_time,
         start_time=row.start_time,
         complete_time=row.complete_time,
+        start_deadline_time=row.start_deadline_time,
+        run_deadline_time=row.run_deadline_time,
     )
 
 
@@ -93,15 +97,21 @@ def to_job(row: Row[Any]) -> Job:
 # load, docs/performance.md); a text() statement is compiled once.
 _INSERT_JOB = (
     "INSERT INTO jobs"
-    " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash)"
+    " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash,"
+    " start_deadline_time, run_deadline_time)"
     " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id,"
-    " :request_hash)"
+    " :request_hash, :start_deadline_time, :run_deadline_time)"
     " ON CONFLICT DO NOTHING RETURNING "
 )
 _JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
 INSERT_NEW = (
     text(_INSERT_JOB + _JOB_COLUMNS)
-    .bindparams(bindparam("id", type_=UUID(as_uuid=False)), bindparam("request", type_=JSONB))
+    .bindparams(
+        bindparam("id", type_=UUID(as_uuid=False)),
+        bindparam("request", type_=JSONB),
+        bindparam("start_deadline_time", type_=DateTime(timezone=True)),
+        bindparam("run_deadline_time", type_=DateTime(timezone=True)),
+    )
     .columns(*jobs.c)
 )
 
@@ -121,6 +131,8 @@ async def insert_new(session: AsyncSession, job: Job) -> Job | None:
                 "state": job.state.value,
                 "request_id": job.request_id or None,
                 "request_hash": job.request_hash or None,
+                "start_deadline_time": job.start_deadline_time,
+                "run_deadline_time": job.run_deadline_time,
             },
         )
     ).first()
@@ -172,6 +184,8 @@ async def save(session: AsyncSession, job: Job) -> Job:
                 asset_id=job.asset_id,
                 start_time=job.start_time,
                 complete_time=job.complete_time,
+                start_deadline_time=job.start_deadline_time,
+                run_deadline_time=job.run_deadline_time,
                 update_time=func.now(),
             )
             .returning(*jobs.c)

@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import structlog
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.events.v1 import events_pb2
@@ -30,7 +30,7 @@ from pixsim_common.errors import (
 )
 from pixsim_common.notify import Listener
 from pixsim_common.outbox import SetAside, enqueue
-from pixsim_common.timestamps import now_timestamp
+from pixsim_common.timestamps import from_request, now_timestamp, to_timestamp
 from pixsim_common.topics import MAX_EVENT_BYTES
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import ProviderCatalog, check_request
@@ -71,7 +71,10 @@ class JobService:
         inputs = await self._resolver.resolve(spec.inputs, identity.token, capability)
         del spec.inputs[:]
         spec.inputs.extend(inputs)
+        now = _now()
         job = Job.submit(
+            start_deadline_time=deadline_of(request.job, "start_deadline", now),
+            run_deadline_time=deadline_of(request.job, "run_deadline", now),
             user_id=identity.user_id,
             operation_type=spec.operation_type,
             provider_id=spec.provider_id,
@@ -269,6 +272,10 @@ def request_fingerprint(job: pb.Job) -> str:
         inputs=job.inputs,
         params=job.params if job.HasField("params") else None,
     )
+    for deadline in ("start_deadline", "run_deadline"):
+        given = job.WhichOneof(deadline)
+        if given is not None:
+            getattr(sent, given).CopyFrom(getattr(job, given))
     return hashlib.sha256(sent.SerializeToString(deterministic=True)).hexdigest()
 
 
@@ -293,7 +300,41 @@ def submitted_event(job: Job, spec: pb.Job) -> events_pb2.JobSubmitted:
         params=spec.params,
         retry_count=job.retry_count,
         submit_time=now_timestamp(),
+        start_deadline_time=to_timestamp(job.start_deadline_time),
+        run_deadline_time=to_timestamp(job.run_deadline_time),
     )
+
+
+# The furthest a deadline may be; a job waiting longer than this is a mistake, not a plan.
+MAX_DEADLINE = timedelta(days=7)
+
+
+def deadline_of(
+    job: pb.Job, which: Literal["start_deadline", "run_deadline"], now: datetime
+) -> datetime | None:
+    """The start or run deadline the caller gave, as a time: `..._deadline_time` as it is,
+    or now plus `..._timeout` (its bounds are in the proto). A time that has passed, or one
+    beyond MAX_DEADLINE, is INVALID_ARGUMENT naming its field."""
+    given = job.WhichOneof(which)
+    if given is None:
+        return None
+    if given.endswith("_timeout"):
+        timeout: duration_pb2.Duration = getattr(job, given)
+        return now + timeout.ToTimedelta()
+    field = f"job.{given}"
+    deadline = from_request(getattr(job, given), field)
+    why = (
+        "is in the past"
+        if deadline <= now
+        else f"is more than {MAX_DEADLINE.days} days away"
+        if deadline > now + MAX_DEADLINE
+        else None
+    )
+    if why is not None:
+        raise InvalidArgument(
+            f"{field} {why}", [FieldViolation(field, why, "DEADLINE_OUT_OF_RANGE")]
+        )
+    return deadline
 
 
 def refuse_oversized(event: events_pb2.JobSubmitted, spec: pb.Job) -> None:

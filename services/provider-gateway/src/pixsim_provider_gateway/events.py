@@ -4,7 +4,8 @@ publishes."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from google.protobuf import duration_pb2, json_format
 from sqlalchemy import Row, func, select, text, update
@@ -60,11 +61,19 @@ async def on_job_submitted(
             retry_attempt=0,
             previous_submission_id=previous,
             trace_headers=inject_context(),
+            start_deadline_at=_time_of(event, "start_deadline_time"),
+            run_deadline_at=_time_of(event, "run_deadline_time"),
             state=SubmissionState.WAITING.value,
         )
         .on_conflict_do_nothing(constraint="one_row_per_attempt")
     )
     await session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
+
+
+def _time_of(
+    event: events_pb2.JobSubmitted, field: Literal["start_deadline_time", "run_deadline_time"]
+) -> datetime | None:
+    return getattr(event, field).ToDatetime(tzinfo=UTC) if event.HasField(field) else None
 
 
 async def on_job_cancelled(

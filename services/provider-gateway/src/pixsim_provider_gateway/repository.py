@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     func,
     select,
     text,
@@ -94,7 +95,12 @@ submissions = Table(
     Column("poll_count", Integer, nullable=False, server_default="0"),
     Column("lease_owner", Text),
     Column("lease_until", DateTime(timezone=True)),
+    # This attempt's deadline at the provider: the gateway's own, or the job's run deadline.
     Column("deadline_at", DateTime(timezone=True)),
+    # The job's deadlines (job.submitted), copied to every attempt of the chain: not sent by
+    # `start_deadline_at`, the job expires unsent; not ended by `run_deadline_at`, it fails.
+    Column("start_deadline_at", DateTime(timezone=True)),
+    Column("run_deadline_at", DateTime(timezone=True)),
     Column("provider_cancel_pending", Boolean, nullable=False, server_default="false"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("submit_time", DateTime(timezone=True)),
@@ -113,6 +119,13 @@ submissions = Table(
         postgresql_where=text("state IN ('RUNNING', 'SUBMITTING')"),
     ),
     Index("provider_submissions_job", "job_id", "create_time"),
+    Index(
+        "provider_submissions_expiring",
+        text("least(start_deadline_at, run_deadline_at)"),
+        postgresql_where=text(
+            "state = 'WAITING' AND (start_deadline_at IS NOT NULL OR run_deadline_at IS NOT NULL)"
+        ),
+    ),
     Index("provider_submissions_served", "submit_time"),
 )
 
@@ -150,6 +163,10 @@ async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]
             SELECT {columns} FROM provider_submissions s
             LEFT JOIN busy b USING (user_id) LEFT JOIN served v USING (user_id)
             WHERE s.state = 'WAITING' AND s.available_at <= now()
+              -- past a deadline: never sent now; the expiry sweep ends it
+              AND NOT coalesce(s.retry_attempt = 0 AND s.submit_time IS NULL
+                               AND s.start_deadline_at <= now(), false)
+              AND coalesce(s.run_deadline_at > now(), true)
             ORDER BY coalesce(b.n, 0), v.last NULLS FIRST, s.create_time
             LIMIT :limit
             FOR UPDATE OF s SKIP LOCKED
@@ -259,6 +276,40 @@ async def claim_for_polling(
         .where(any_of(submissions.c.id, due))
         .values(lease_owner=owner, lease_until=func.now() + lease)
         .returning(*submissions.c)
+    )
+    return result.all()
+
+
+def _start_deadline_passed() -> Any:
+    """Never sent (its first attempt, no send yet: a 429 put back counts as sent) and past
+    its start deadline."""
+    c = submissions.c
+    return (
+        (c.retry_attempt == 0)
+        & c.submit_time.is_(None)
+        & c.start_deadline_at.is_not(None)
+        & (c.start_deadline_at <= func.now())
+    )
+
+
+def _run_deadline_passed() -> Any:
+    return submissions.c.run_deadline_at.is_not(None) & (
+        submissions.c.run_deadline_at <= func.now()
+    )
+
+
+async def passed_deadline(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
+    """Waiting submissions whose job's deadline has passed, locked, each with `why`: the
+    START or the RUN deadline."""
+    why = case((_start_deadline_passed(), "START"), else_="RUN").label("why")
+    result = await session.execute(
+        select(submissions, why)
+        .where(
+            submissions.c.state == "WAITING",
+            _start_deadline_passed() | _run_deadline_passed(),
+        )
+        .limit(limit)
+        .with_for_update(of=submissions, skip_locked=True)
     )
     return result.all()
 

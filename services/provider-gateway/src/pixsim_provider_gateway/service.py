@@ -68,6 +68,7 @@ log = structlog.get_logger("pixsim.gateway")
 SOURCE = "/provider-gateway"
 # The error message of an attempt ended by recovery: its outcome at the provider is unknown.
 REPLICA_STOPPED = "the replica submitting this attempt stopped"
+START_DEADLINE_EXCEEDED = "START_DEADLINE_EXCEEDED"
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,11 @@ class ProviderService:
                     provider_job_id=result.provider_job_id,
                     response={"estimated_cost": result.estimated_cost},
                     next_poll_at=func.now() + timedelta(seconds=poll_delay(0, self._policy)),
-                    deadline_at=func.now() + timedelta(seconds=self._policy.deadline_seconds),
+                    # The gateway's own bound, or the job's run deadline when that is sooner.
+                    deadline_at=func.least(
+                        func.now() + timedelta(seconds=self._policy.deadline_seconds),
+                        row.run_deadline_at,
+                    ),
                     lease_owner=None,
                     lease_until=None,
                 )
@@ -320,6 +325,8 @@ class ProviderService:
                     job_retry_count=row.job_retry_count,
                     retry_attempt=attempt,
                     trace_headers=row.trace_headers,
+                    start_deadline_at=row.start_deadline_at,
+                    run_deadline_at=row.run_deadline_at,
                     previous_submission_id=row.id,
                     state=SubmissionState.WAITING.value,
                     available_at=func.now() + timedelta(seconds=retry_delay(attempt, self._policy)),
@@ -520,6 +527,24 @@ class ProviderService:
             error_message=message[:2000],
         )
         await self._publish_failure(session, submission, "UNPUBLISHABLE", message)
+
+    # ---- deadlines ---------------------------------------------------------------------
+
+    async def expire_once(self, limit: int = 100) -> int:
+        """Waiting submissions past their job's deadline end, and their jobs with them:
+        unsent by the start deadline is START_DEADLINE_EXCEEDED (nothing reached a provider,
+        nothing was reserved); past the run deadline between attempts, DEADLINE_EXCEEDED.
+        Dispatch never claims such a row, so this sweep is the only way out of WAITING."""
+        async with UnitOfWork(self._sessions) as uow:
+            rows = await repo.passed_deadline(uow.session, limit)
+            for row in rows:
+                if row.why == "START":
+                    code, message = START_DEADLINE_EXCEEDED, "not sent by its start deadline"
+                else:
+                    code, message = "DEADLINE_EXCEEDED", "the job's run deadline passed"
+                await self._fail(uow.session, row, code, message)
+            await uow.commit()
+        return len(rows)
 
     # ---- recovery ----------------------------------------------------------------------
 

@@ -53,5 +53,7 @@ def gateway_workers(
         Loop("dispatch", lambda: service.dispatch_once(dispatch_batch), wake),
         Loop("poll", lambda: service.poll_once(poll_batch)),
         Loop("recover", service.recover_once, idle=5.0),
+        # A deadline is kept to within about this idle time.
+        Loop("expire", service.expire_once, idle=0.5),
         Loop("metrics", lambda: refresh_metrics(sessions), idle=5.0),
     ]

@@ -26,7 +26,7 @@ class Exit:
     """Exit codes, stable for scripts."""
 
     OK = 0
-    FAILED = 1  # the job ended FAILED or CANCELLED, or a scene has errors
+    FAILED = 1  # the job ended FAILED, CANCELLED or EXPIRED, or a scene has errors
     INVALID = 2  # bad arguments, or the service refused the request as invalid
     NOT_FOUND = 3
     DENIED = 4  # no, expired or wrong token; not an admin

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Annotated
 
 import typer
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from rich.live import Live
 from rich.text import Text
 
@@ -20,7 +21,12 @@ from pixsim_cli.state import session
 
 app = typer.Typer(help="Generation jobs.", no_args_is_help=True)
 
-TERMINAL = {pb.Job.STATE_COMPLETED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED}
+TERMINAL = {
+    pb.Job.STATE_COMPLETED,
+    pb.Job.STATE_FAILED,
+    pb.Job.STATE_CANCELLED,
+    pb.Job.STATE_EXPIRED,
+}
 
 
 def job_name(value: str) -> str:
@@ -89,6 +95,13 @@ def create(
     request_id: Annotated[
         str, typer.Option(help="Idempotency key: a repeat is the same job.")
     ] = "",
+    start_within: Annotated[
+        str | None,
+        typer.Option(help="Start deadline, e.g. 30s, 5m, 1h: unsent by then, it EXPIRES."),
+    ] = None,
+    run_within: Annotated[
+        str | None, typer.Option(help="Run deadline, e.g. 10m: not done by then, it FAILS.")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
 ) -> None:
     """Create a job; with --wait, show its progress and the stored asset at the end."""
@@ -97,6 +110,8 @@ def create(
         connection.jobs.CreateJob,
         pb.CreateJobRequest(
             job=pb.Job(
+                start_timeout=parse_duration(start_within, "--start-within"),
+                run_timeout=parse_duration(run_within, "--run-within"),
                 provider_id=provider,
                 operation_type=operation_value(operation),
                 prompt=prompt,
@@ -117,6 +132,25 @@ def create(
         follow(connection, out, job)
         return
     out.show(job, lambda: console.print(jobs_table([job])))
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | None, option: str) -> duration_pb2.Duration | None:
+    """`90s`, `5m`, `1.5h`, `2d` (a bare number is seconds) as a Duration; None for none."""
+    if text is None:
+        return None
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        raise CliError(
+            f"{option}: {text!r} is not a duration such as 30s, 5m or 1h", Exit.INVALID
+        ) from None
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(timedelta(seconds=seconds))
+    return duration
 
 
 def follow(connection: Connection, out: Output, job: pb.Job) -> None:

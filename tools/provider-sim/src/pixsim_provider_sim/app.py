@@ -116,13 +116,16 @@ class Simulator:
         return JSONResponse(dict(self.state.prompt_submits))
 
     async def tasks(self, request: Request) -> Response:
-        """Tasks received (filtered by `prompt`): what each was given of its inputs."""
+        """Tasks received (filtered by `prompt`): what each was given of its inputs, and where
+        it is now (`phase`)."""
         prompt = request.query_params.get("prompt")
+        now = self.state.clock()
         return JSONResponse(
             [
                 {
                     "id": task.id,
                     "provider": task.provider,
+                    "phase": task.phase(now),
                     "prompt": task.request.get("prompt") or task.request.get("promptText", ""),
                     "inputs": [vars_of(received) for received in task.inputs],
                 }

@@ -42,6 +42,8 @@ class JobSubmitted(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     RETRY_COUNT_FIELD_NUMBER: _builtins.int
     SUBMIT_TIME_FIELD_NUMBER: _builtins.int
+    START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    RUN_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     user_id: _builtins.str
     operation_type: _types_pb2.OperationType.ValueType
@@ -55,6 +57,14 @@ class JobSubmitted(_message.Message):
     def params(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def submit_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def start_deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """Unset: none. Not dispatched by `start_deadline_time`, the job fails with
+        START_DEADLINE_EXCEEDED, unsent; not ended by `run_deadline_time`, with DEADLINE_EXCEEDED.
+        """
+
+    @_builtins.property
+    def run_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -67,10 +77,12 @@ class JobSubmitted(_message.Message):
         params: _struct_pb2.Struct | None = ...,
         retry_count: _builtins.int = ...,
         submit_time: _timestamp_pb2.Timestamp | None = ...,
+        start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "submit_time", b"submit_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "run_deadline_time", b"run_deadline_time", "start_deadline_time", b"start_deadline_time", "submit_time", b"submit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "job_id", b"job_id", "operation_type", b"operation_type", "params", b"params", "prompt", b"prompt", "provider_id", b"provider_id", "retry_count", b"retry_count", "submit_time", b"submit_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "job_id", b"job_id", "operation_type", b"operation_type", "params", b"params", "prompt", b"prompt", "provider_id", b"provider_id", "retry_count", b"retry_count", "run_deadline_time", b"run_deadline_time", "start_deadline_time", b"start_deadline_time", "submit_time", b"submit_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

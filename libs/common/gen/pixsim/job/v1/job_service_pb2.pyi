@@ -5,6 +5,7 @@ The job service: the front door of every generation and the place a client learn
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -47,9 +48,15 @@ class Job(_message.Message):
         """It ended with an error; see `error_code`."""
         STATE_CANCELLED: Job._State.ValueType  # 6
         """The caller cancelled it."""
+        STATE_EXPIRED: Job._State.ValueType  # 7
+        """Its start deadline passed before it was sent to a provider (`error_code`
+        START_DEADLINE_EXCEEDED): nothing was sent, reserved or spent.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
-        """The lifecycle: PENDING -> QUEUED -> PROCESSING -> COMPLETED | FAILED | CANCELLED."""
+        """The lifecycle: PENDING -> QUEUED -> PROCESSING -> COMPLETED | FAILED | CANCELLED, and
+        PENDING | QUEUED -> EXPIRED when the start deadline passes first.
+        """
 
     STATE_UNSPECIFIED: Job.State.ValueType  # 0
     STATE_PENDING: Job.State.ValueType  # 1
@@ -64,6 +71,10 @@ class Job(_message.Message):
     """It ended with an error; see `error_code`."""
     STATE_CANCELLED: Job.State.ValueType  # 6
     """The caller cancelled it."""
+    STATE_EXPIRED: Job.State.ValueType  # 7
+    """Its start deadline passed before it was sent to a provider (`error_code`
+    START_DEADLINE_EXCEEDED): nothing was sent, reserved or spent.
+    """
 
     NAME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
@@ -82,6 +93,10 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    START_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RUN_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    RUN_TIMEOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job}`."""
     owner: _builtins.str
@@ -115,6 +130,18 @@ class Job(_message.Message):
     def complete_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def start_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def start_timeout(self) -> _duration_pb2.Duration:
+        """Up to 7 days; answered as `start_deadline_time`."""
+
+    @_builtins.property
+    def run_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def run_timeout(self) -> _duration_pb2.Duration:
+        """Up to 7 days; answered as `run_deadline_time`."""
+
     def __init__(
         self,
         *,
@@ -135,12 +162,23 @@ class Job(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        start_timeout: _duration_pb2.Duration | None = ...,
+        run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        run_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "params", b"params", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "params", b"params", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "prompt", b"prompt", "provider_id", b"provider_id", "request_id", b"request_id", "retry_count", b"retry_count", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "prompt", b"prompt", "provider_id", b"provider_id", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_run_deadline: _TypeAlias = _typing.Literal["run_deadline_time", "run_timeout"]  # noqa: Y015
+    _WhichOneofArgType_run_deadline: _TypeAlias = _typing.Literal["run_deadline", b"run_deadline"]  # noqa: Y015
+    _WhichOneofReturnType_start_deadline: _TypeAlias = _typing.Literal["start_deadline_time", "start_timeout"]  # noqa: Y015
+    _WhichOneofArgType_start_deadline: _TypeAlias = _typing.Literal["start_deadline", b"start_deadline"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_run_deadline) -> _WhichOneofReturnType_run_deadline | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_start_deadline) -> _WhichOneofReturnType_start_deadline | None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
 

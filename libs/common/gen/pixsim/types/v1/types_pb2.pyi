@@ -127,6 +127,8 @@ class _GenerationErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_G
     """An event of the generation could never be published (the broker refused it), so the
     job fails rather than waits for it.
     """
+    GENERATION_ERROR_CODE_START_DEADLINE_EXCEEDED: _GenerationErrorCode.ValueType  # 11
+    """The job's start deadline passed before any attempt was sent: nothing reached a provider."""
 
 class GenerationErrorCode(_GenerationErrorCode, metaclass=_GenerationErrorCodeEnumTypeWrapper):
     """The closed set of reasons a generation fails, so the gateway and the job can act on them."""
@@ -153,6 +155,8 @@ GENERATION_ERROR_CODE_UNPUBLISHABLE: GenerationErrorCode.ValueType  # 10
 """An event of the generation could never be published (the broker refused it), so the
 job fails rather than waits for it.
 """
+GENERATION_ERROR_CODE_START_DEADLINE_EXCEEDED: GenerationErrorCode.ValueType  # 11
+"""The job's start deadline passed before any attempt was sent: nothing reached a provider."""
 Global___GenerationErrorCode: _TypeAlias = GenerationErrorCode  # noqa: Y015
 
 @_typing.final

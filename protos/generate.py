@@ -1,9 +1,10 @@
 """Generate Python code and typed stubs from protos/ into libs/common/gen.
 
-Third-party protos come from packages, never pasted: google/api/*.proto from the
-googleapis-common-protos wheel, buf/validate/validate.proto from protovalidate's Go module
-(through the Go module proxy), the well-known types from grpcio-tools. They are gathered
-into build/protodeps/ so that buf sees the same files protoc does.
+Third-party protos come from packages, never pasted: google/api/*.proto and
+google/rpc/*.proto from the googleapis-common-protos wheel, buf/validate/validate.proto from
+protovalidate's Go module (through the Go module proxy), the well-known types from
+grpcio-tools. They are gathered into build/protodeps/ so that buf sees the same files
+protoc does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from google.api import annotations_pb2
+from google.rpc import status_pb2
 
 PROTOVALIDATE_MODULE = "github.com/bufbuild/protovalidate"
 PROTOVALIDATE_VERSION = "v1.2.2"
@@ -28,12 +30,14 @@ GENERATED_PACKAGES = ("pixsim", "buf")
 
 
 def gather_dependencies() -> None:
-    """Copy google/api and buf/validate protos into build/protodeps."""
+    """Copy google/api, google/rpc and buf/validate protos into build/protodeps."""
     shutil.rmtree(DEPS, ignore_errors=True)
-    google_api = Path(annotations_pb2.__file__).parent
-    (DEPS / "google" / "api").mkdir(parents=True)
-    for proto in sorted(google_api.glob("*.proto")):
-        shutil.copy2(proto, DEPS / "google" / "api" / proto.name)
+    for package in (annotations_pb2, status_pb2):
+        source = Path(package.__file__).parent
+        target = DEPS / "google" / source.name
+        target.mkdir(parents=True)
+        for proto in sorted(source.glob("*.proto")):
+            shutil.copy2(proto, target / proto.name)
 
     module = f"{PROTOVALIDATE_MODULE}@{PROTOVALIDATE_VERSION}"
     download = subprocess.run(

@@ -139,6 +139,28 @@ def catalog(o: Objects) -> list[Rpc]:
             ),
             as_bob=CODES.INVALID_ARGUMENT,  # her asset is no input of his
         ),
+        Rpc(
+            "jobs",
+            "BatchCreateJobs",
+            lambda: job_pb.BatchCreateJobsRequest(
+                requests=[
+                    job_pb.CreateJobRequest(
+                        job=job_pb.Job(
+                            provider_id="pixverse",
+                            operation_type=t.OPERATION_TYPE_IMAGE_TO_VIDEO,
+                            inputs=[t.GenerationInput(role=t.INPUT_ROLE_IMAGE, asset=o.asset)],
+                        )
+                    )
+                ]
+            ),
+            as_bob=None,  # answered, the item refused: checked below
+        ),
+        Rpc(
+            "jobs",
+            "CancelJobs",
+            lambda: job_pb.CancelJobsRequest(labels={"matrix": "nothing-has-this"}),
+            as_bob=None,  # his own jobs only, and none match
+        ),
         Rpc("jobs", "GetJob", lambda: job_pb.GetJobRequest(name=o.job)),
         Rpc("jobs", "ListJobs", lambda: job_pb.ListJobsRequest(), as_bob=None),
         Rpc("jobs", "CancelJob", lambda: job_pb.CancelJobRequest(name=o.job)),
@@ -353,6 +375,9 @@ async def test_access_control_matrix(
     assert wrong == []
 
     # Where bob is answered, he sees nothing of alice's.
+    batch_rpc = next(r for r in rpcs if r.method == "BatchCreateJobs")
+    his_batch = await stack.jobs.BatchCreateJobs(batch_rpc.request(), metadata=bob)
+    assert [r.error.code for r in his_batch.results] == [CODES.INVALID_ARGUMENT.value[0]]
     batch = await stack.assets.BatchGetAssets(
         asset_pb.BatchGetAssetsRequest(names=[objects.asset]), metadata=bob
     )

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from pixsim.events.v1 import events_pb2
 from pixsim.job.v1 import job_service_pb2 as pb
-from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common.errors import status_details
 from pixsim_local.whole_stack import WholeStack
@@ -34,35 +31,6 @@ def at(moment: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment)
     return stamp
-
-
-async def account_of(stack: WholeStack, provider: str) -> gw_pb.Account:
-    accounts = await stack.gateway.ListAccounts(
-        gw_pb.ListAccountsRequest(), metadata=stack.auth("root", admin=True)
-    )
-    return next(a for a in accounts.accounts if a.provider_id == provider)
-
-
-@asynccontextmanager
-async def no_credits_on(stack: WholeStack, provider: str) -> AsyncIterator[gw_pb.Account]:
-    """The provider's account at 0 credits meanwhile, so nothing of it can be dispatched;
-    yields it as it was."""
-    before = await account_of(stack, provider)
-
-    async def set_credits(credits: int) -> None:
-        await stack.gateway.UpdateAccount(
-            gw_pb.UpdateAccountRequest(
-                account=gw_pb.Account(name=before.name, credits=credits),
-                update_mask=field_mask_pb2.FieldMask(paths=["credits"]),
-            ),
-            metadata=stack.auth("root", admin=True),
-        )
-
-    await set_credits(0)
-    try:
-        yield before
-    finally:
-        await set_credits(before.credits)
 
 
 async def create(stack: WholeStack, provider: str, prompt: str, **deadlines: object) -> pb.Job:
@@ -84,17 +52,17 @@ async def test_a_job_unsent_by_its_start_deadline_expires_with_nothing_sent_or_r
 ) -> None:
     stack = whole_stack
     prompt = f"never sent {uuid.uuid4()}"
-    async with no_credits_on(stack, "pika") as before:
+    async with stack.starved("pika") as before:
         job = await create(stack, "pika", prompt, start_timeout=seconds(1.5))
         assert job.HasField("start_deadline_time")
         assert not job.HasField("start_timeout")  # answered as the time it makes
         done = await stack.until_done(job, timeout=20)
-        during = await account_of(stack, "pika")
+        during = await stack.account_of("pika")
     assert (done.state, done.error_code) == (pb.Job.STATE_EXPIRED, "START_DEADLINE_EXCEEDED")
     assert done.complete_time.ToDatetime() >= done.start_deadline_time.ToDatetime()
     assert await stack.sim_tasks(prompt) == []  # the provider never heard of it
     assert (during.in_flight, during.credits) == (0, 0)  # nothing was ever reserved
-    assert (await account_of(stack, "pika")).credits == before.credits
+    assert (await stack.account_of("pika")).credits == before.credits
     (record,) = await stack.tap.wait_for(
         "pixsim.generation.failed.v1", job.name.removeprefix("jobs/")
     )
@@ -127,7 +95,7 @@ async def test_a_job_past_its_run_deadline_fails_and_its_task_is_cancelled(
             break
         await asyncio.sleep(0.1)
     assert await cancelled()
-    slots = await account_of(stack, "runway")
+    slots = await stack.account_of("runway")
     assert slots.in_flight == 0
 
 

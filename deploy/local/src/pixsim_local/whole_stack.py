@@ -17,11 +17,13 @@ from typing import Any
 
 import grpc
 import httpx
+from google.protobuf import field_mask_pb2
 
 from pixsim.asset.v1 import asset_service_pb2 as asset_pb
 from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as job_grpc
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gw_grpc
 from pixsim.scene.v1 import scene_service_pb2_grpc as scene_grpc
 from pixsim.types.v1 import types_pb2 as t
@@ -128,6 +130,34 @@ class WholeStack:
                 f"{self.services.simulator_url}/_sim/keys/local-{provider}-key", json=knobs
             )
             answer.raise_for_status()
+
+    async def account_of(self, provider: str) -> gw_pb.Account:
+        """The provider's (first) account, as an admin sees it."""
+        accounts = await self.gateway.ListAccounts(
+            gw_pb.ListAccountsRequest(), metadata=self.auth("root", admin=True)
+        )
+        return next(a for a in accounts.accounts if a.provider_id == provider)
+
+    @asynccontextmanager
+    async def starved(self, provider: str) -> AsyncIterator[gw_pb.Account]:
+        """The provider's account at 0 credits meanwhile, so nothing of it is dispatched
+        (its jobs wait); yields the account as it was, and gives its credits back."""
+        before = await self.account_of(provider)
+
+        async def set_credits(credits: int) -> None:
+            await self.gateway.UpdateAccount(
+                gw_pb.UpdateAccountRequest(
+                    account=gw_pb.Account(name=before.name, credits=credits),
+                    update_mask=field_mask_pb2.FieldMask(paths=["credits"]),
+                ),
+                metadata=self.auth("root", admin=True),
+            )
+
+        await set_credits(0)
+        try:
+            yield before
+        finally:
+            await set_credits(before.credits)
 
     async def create(
         self,

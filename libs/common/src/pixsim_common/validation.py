@@ -19,6 +19,7 @@ from google.protobuf import descriptor as d
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
+from buf.validate import validate_pb2
 from pixsim_common.errors import FieldViolation, InvalidArgument
 
 
@@ -167,11 +168,21 @@ def content_violations(
             for index, item in enumerate(items):
                 item_path = f"{path}[{index}]" if field.is_repeated else path
                 yield from _json_field(item, item_path, limits)
+        elif field.is_repeated and items_validated_by_handler(field):
+            continue
         elif field.is_repeated:
             for index, item in enumerate(value):
                 yield from _scalar_problems(field, item, f"{path}[{index}]")
         else:
             yield from _scalar_problems(field, value, path)
+
+
+def items_validated_by_handler(field: d.FieldDescriptor) -> bool:
+    """A repeated field whose items the proto leaves out of request validation
+    (`repeated.items.ignore = IGNORE_ALWAYS`): a batch, whose handler validates each item on
+    its own (`violations_of`) so one bad item does not refuse the others."""
+    rules = field.GetOptions().Extensions[validate_pb2.field]
+    return bool(rules.repeated.items.ignore == validate_pb2.IGNORE_ALWAYS)
 
 
 def violations_of(message: Message) -> list[FieldViolation]:

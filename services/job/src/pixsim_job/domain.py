@@ -129,6 +129,8 @@ class Job:
     create_time: datetime | None = None
     start_time: datetime | None = None
     complete_time: datetime | None = None
+    # The caller's labels, to find and cancel jobs by.
+    labels: dict[str, str] = field(default_factory=dict)
     # Deadlines of the first try (None: none); the gateway enforces them.
     start_deadline_time: datetime | None = None
     run_deadline_time: datetime | None = None
@@ -146,8 +148,10 @@ class Job:
         request_hash: str = "",
         start_deadline_time: datetime | None = None,
         run_deadline_time: datetime | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Job:
         return cls(
+            labels=dict(labels or {}),
             start_deadline_time=start_deadline_time,
             run_deadline_time=run_deadline_time,
             id=str(uuid.uuid4()),

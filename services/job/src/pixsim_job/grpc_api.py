@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from google.protobuf import json_format
@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim_common.auth import current_identity
+from pixsim_common.errors import DomainError
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import from_request, to_timestamp
 from pixsim_job import repository as repo
@@ -35,6 +36,7 @@ def to_proto(job: Job) -> pb.Job:
         complete_time=to_timestamp(job.complete_time),
         start_deadline_time=to_timestamp(job.start_deadline_time),
         run_deadline_time=to_timestamp(job.run_deadline_time),
+        labels=job.labels,
     )
     json_format.ParseDict(
         {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},
@@ -42,6 +44,10 @@ def to_proto(job: Job) -> pb.Job:
         ignore_unknown_fields=True,
     )
     return message
+
+
+def _state_names(states: Iterable[pb.Job.State.ValueType]) -> list[str]:
+    return sorted({pb.Job.State.Name(state).removeprefix("STATE_") for state in states})
 
 
 def _id(name: str) -> str:
@@ -63,6 +69,30 @@ class JobApi(pb_grpc.JobServiceServicer):
 
     async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.Job:
         return to_proto(await self._service.create(current_identity(), request))
+
+    async def BatchCreateJobs(
+        self, request: pb.BatchCreateJobsRequest, context: Any
+    ) -> pb.BatchCreateJobsResponse:
+        answers = await self._service.create_many(current_identity(), request.requests)
+        return pb.BatchCreateJobsResponse(
+            results=[
+                pb.BatchCreateJobsResult(error=answer.to_status())
+                if isinstance(answer, DomainError)
+                else pb.BatchCreateJobsResult(job=to_proto(answer))
+                for answer in answers
+            ]
+        )
+
+    async def CancelJobs(
+        self, request: pb.CancelJobsRequest, context: Any
+    ) -> pb.CancelJobsResponse:
+        count = await self._service.cancel_matching(
+            current_identity(),
+            states=_state_names(request.states),
+            provider=request.provider_id,
+            labels=dict(request.labels),
+        )
+        return pb.CancelJobsResponse(cancelled_count=count)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
         return to_proto(await self._service.get(current_identity(), _id(request.name)))
@@ -90,11 +120,12 @@ class JobApi(pb_grpc.JobServiceServicer):
             else None
         )
         filters = {
-            "states": sorted({pb.Job.State.Name(s).removeprefix("STATE_") for s in request.states}),
+            "states": _state_names(request.states),
             "provider": request.provider_id,
             "operation": request.operation_type,
             "start": start.isoformat() if start else "",
             "end": end.isoformat() if end else "",
+            "labels": dict(sorted(request.labels.items())),
         }
         async with self._sessions() as session:
             found, token = await repo.list_page(

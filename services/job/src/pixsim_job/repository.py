@@ -59,6 +59,7 @@ jobs = Table(
     Column("complete_time", DateTime(timezone=True)),
     Column("start_deadline_time", DateTime(timezone=True)),
     Column("run_deadline_time", DateTime(timezone=True)),
+    Column("labels", JSONB, nullable=False, server_default="{}"),
     Index(
         "jobs_idempotency",
         "user_id",
@@ -67,6 +68,9 @@ jobs = Table(
         postgresql_where=text("request_id IS NOT NULL"),
     ),
     Index("jobs_by_user_newest", "user_id", text("create_time DESC"), text("id DESC")),
+    Index(
+        "jobs_labels", "labels", postgresql_using="gin", postgresql_ops={"labels": "jsonb_path_ops"}
+    ),
 )
 
 
@@ -89,6 +93,7 @@ def to_job(row: Row[Any]) -> Job:
         complete_time=row.complete_time,
         start_deadline_time=row.start_deadline_time,
         run_deadline_time=row.run_deadline_time,
+        labels=row.labels,
     )
 
 
@@ -98,9 +103,9 @@ def to_job(row: Row[Any]) -> Job:
 _INSERT_JOB = (
     "INSERT INTO jobs"
     " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash,"
-    " start_deadline_time, run_deadline_time)"
+    " start_deadline_time, run_deadline_time, labels)"
     " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id,"
-    " :request_hash, :start_deadline_time, :run_deadline_time)"
+    " :request_hash, :start_deadline_time, :run_deadline_time, :labels)"
     " ON CONFLICT DO NOTHING RETURNING "
 )
 _JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
@@ -111,6 +116,7 @@ INSERT_NEW = (
         bindparam("request", type_=JSONB),
         bindparam("start_deadline_time", type_=DateTime(timezone=True)),
         bindparam("run_deadline_time", type_=DateTime(timezone=True)),
+        bindparam("labels", type_=JSONB),
     )
     .columns(*jobs.c)
 )
@@ -133,6 +139,7 @@ async def insert_new(session: AsyncSession, job: Job) -> Job | None:
                 "request_hash": job.request_hash or None,
                 "start_deadline_time": job.start_deadline_time,
                 "run_deadline_time": job.run_deadline_time,
+                "labels": job.labels,
             },
         )
     ).first()
@@ -216,7 +223,32 @@ async def list_page(
         query = query.where(jobs.c.create_time >= datetime.fromisoformat(filters["start"]))
     if filters["end"]:
         query = query.where(jobs.c.create_time < datetime.fromisoformat(filters["end"]))
+    if filters.get("labels"):
+        query = query.where(jobs.c.labels.contains(filters["labels"]))
     rows, token = await tokens.fetch_page(
         session, query, jobs, page_token, page_size, filters, newest_first=True
     )
     return [to_job(r) for r in rows], token
+
+
+async def lock_unfinished(
+    session: AsyncSession,
+    user_id: str,
+    *,
+    states: list[str],
+    provider: str,
+    labels: dict[str, str],
+    limit: int,
+) -> list[Job]:
+    """Up to `limit` of the user's jobs that have not ended and match, locked for update."""
+    unfinished = [state.value for state in JobState if not state.terminal]
+    query = select(jobs).where(
+        jobs.c.user_id == user_id,
+        any_of(jobs.c.state, [s for s in states if s in unfinished] if states else unfinished),
+    )
+    if provider:
+        query = query.where(jobs.c.provider_id == provider)
+    if labels:
+        query = query.where(jobs.c.labels.contains(labels))
+    rows = (await session.execute(query.order_by(jobs.c.id).limit(limit).with_for_update())).all()
+    return [to_job(row) for row in rows]

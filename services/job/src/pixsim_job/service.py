@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from pixsim_common.consumer import PoisonMessage
 from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import (
     AlreadyExists,
+    DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -32,6 +33,7 @@ from pixsim_common.notify import Listener
 from pixsim_common.outbox import SetAside, enqueue
 from pixsim_common.timestamps import from_request, now_timestamp, to_timestamp
 from pixsim_common.topics import MAX_EVENT_BYTES
+from pixsim_common.validation import validate
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import ProviderCatalog, check_request
 from pixsim_job.domain import Fact, IllegalTransition, Job
@@ -39,6 +41,10 @@ from pixsim_job.inputs import InputResolver
 
 log = structlog.get_logger("pixsim.job")
 SOURCE = "/job"
+# Items of a batch created at once (each its own transaction), and jobs cancelled per
+# transaction by a bulk cancel.
+BATCH_CONCURRENCY = 8
+CANCEL_CHUNK = 200
 
 
 def _now() -> datetime:
@@ -73,6 +79,7 @@ class JobService:
         spec.inputs.extend(inputs)
         now = _now()
         job = Job.submit(
+            labels=dict(request.job.labels),
             start_deadline_time=deadline_of(request.job, "start_deadline", now),
             run_deadline_time=deadline_of(request.job, "run_deadline", now),
             user_id=identity.user_id,
@@ -132,6 +139,23 @@ class JobService:
             yield uow.session, job
             await uow.commit()
 
+    async def create_many(
+        self, identity: Identity, requests: Sequence[pb.CreateJobRequest]
+    ) -> list[Job | DomainError]:
+        """BatchCreateJobs: each request validated and created on its own (a few at a time),
+        answered in order with its job or its error."""
+        slots = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(request: pb.CreateJobRequest) -> Job | DomainError:
+            try:
+                validate(request)
+                async with slots:
+                    return await self.create(identity, request)
+            except DomainError as error:
+                return error
+
+        return list(await asyncio.gather(*(one(request) for request in requests)))
+
     async def cancel(self, identity: Identity, job_id: str) -> Job:
         async with self._changing(identity, job_id) as (session, job):
             try:
@@ -142,16 +166,50 @@ class JobService:
                     reason="JOB_NOT_CANCELLABLE",
                     metadata={"state": error.current.value},
                 ) from None
-            await enqueue(
-                session,
-                topics.JOB_CANCELLED,
-                job.id,
-                events_pb2.JobCancelled(
-                    job_id=job.id, user_id=job.user_id, cancel_time=now_timestamp()
-                ),
-                source=SOURCE,
+            return await self._cancelled(session, job)
+
+    async def cancel_matching(
+        self, identity: Identity, *, states: list[str], provider: str, labels: dict[str, str]
+    ) -> int:
+        """CancelJobs: every unfinished job of the caller's that matches, a chunk per
+        transaction; how many were cancelled."""
+        if not (states or provider or labels):
+            why = "name at least one of states, provider_id or labels"
+            raise InvalidArgument(
+                f"a bulk cancel must be filtered: {why}",
+                [FieldViolation("labels", why, "FILTER_REQUIRED")],
+                reason="FILTER_REQUIRED",
             )
-            return await self._save(session, job)
+        cancelled = 0
+        while True:
+            async with UnitOfWork(self._sessions) as uow:
+                jobs = await repo.lock_unfinished(
+                    uow.session,
+                    identity.user_id,
+                    states=states,
+                    provider=provider,
+                    labels=labels,
+                    limit=CANCEL_CHUNK,
+                )
+                for job in jobs:
+                    job.cancel(_now())
+                    await self._cancelled(uow.session, job)
+                await uow.commit()
+            cancelled += len(jobs)
+            if len(jobs) < CANCEL_CHUNK:
+                return cancelled
+
+    async def _cancelled(self, session: AsyncSession, job: Job) -> Job:
+        await enqueue(
+            session,
+            topics.JOB_CANCELLED,
+            job.id,
+            events_pb2.JobCancelled(
+                job_id=job.id, user_id=job.user_id, cancel_time=now_timestamp()
+            ),
+            source=SOURCE,
+        )
+        return await self._save(session, job)
 
     async def retry(self, identity: Identity, job_id: str) -> Job:
         async with self._changing(identity, job_id) as (session, job):
@@ -271,6 +329,7 @@ def request_fingerprint(job: pb.Job) -> str:
         prompt=job.prompt,
         inputs=job.inputs,
         params=job.params if job.HasField("params") else None,
+        labels=job.labels,
     )
     for deadline in ("start_deadline", "run_deadline"):
         given = job.WhichOneof(deadline)

@@ -95,6 +95,9 @@ def create(
     request_id: Annotated[
         str, typer.Option(help="Idempotency key: a repeat is the same job.")
     ] = "",
+    label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE label to find it by; repeatable.")
+    ] = None,
     start_within: Annotated[
         str | None,
         typer.Option(help="Start deadline, e.g. 30s, 5m, 1h: unsent by then, it EXPIRES."),
@@ -110,6 +113,7 @@ def create(
         connection.jobs.CreateJob,
         pb.CreateJobRequest(
             job=pb.Job(
+                labels=parse_labels(label or []),
                 start_timeout=parse_duration(start_within, "--start-within"),
                 run_timeout=parse_duration(run_within, "--run-within"),
                 provider_id=provider,
@@ -132,6 +136,23 @@ def create(
         follow(connection, out, job)
         return
     out.show(job, lambda: console.print(jobs_table([job])))
+
+
+def parse_states(names: list[str]) -> list[pb.Job.State.ValueType]:
+    try:
+        return [pb.Job.State.Value(f"STATE_{name.upper()}") for name in names]
+    except ValueError as error:
+        raise CliError(f"unknown state: {error}", Exit.INVALID) from None
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"{pair!r}: want KEY=VALUE", Exit.INVALID)
+        labels[key] = value
+    return labels
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -214,19 +235,22 @@ def get(name: str) -> None:
 def list_(
     state: Annotated[list[str] | None, typer.Option(help="e.g. COMPLETED; repeatable.")] = None,
     provider: Annotated[str, typer.Option()] = "",
+    label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE: only jobs with it; repeatable.")
+    ] = None,
     page_size: Annotated[int, typer.Option(min=0, max=1000)] = 20,
     page_token: Annotated[str, typer.Option()] = "",
 ) -> None:
     """List your jobs, newest first."""
     connection, out = session()
-    try:
-        states = [pb.Job.State.Value(f"STATE_{s.upper()}") for s in state or []]
-    except ValueError as error:
-        raise CliError(f"unknown state: {error}", Exit.INVALID) from None
     answer = connection.call(
         connection.jobs.ListJobs,
         pb.ListJobsRequest(
-            states=states, provider_id=provider, page_size=page_size, page_token=page_token
+            states=parse_states(state or []),
+            provider_id=provider,
+            labels=parse_labels(label or []),
+            page_size=page_size,
+            page_token=page_token,
         ),
     )
 
@@ -252,6 +276,73 @@ def cancel(name: str) -> None:
     connection, out = session()
     job = connection.call(connection.jobs.CancelJob, pb.CancelJobRequest(name=job_name(name)))
     out.show(job, lambda: console.print(jobs_table([job])))
+
+
+@app.command("cancel-all")
+def cancel_all(
+    label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE: only jobs with it; repeatable.")
+    ] = None,
+    state: Annotated[list[str] | None, typer.Option(help="e.g. QUEUED; repeatable.")] = None,
+    provider: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Cancel every job of yours that matches and has not ended; prints how many."""
+    connection, out = session()
+    answer = connection.call(
+        connection.jobs.CancelJobs,
+        pb.CancelJobsRequest(
+            states=parse_states(state or []), provider_id=provider, labels=parse_labels(label or [])
+        ),
+    )
+    out.show(answer, lambda: console.print(f"cancelled {answer.cancelled_count} jobs"))
+
+
+@app.command()
+def batch(
+    provider: Annotated[str, typer.Option(help="pixverse, runway or pika.")],
+    operation: Annotated[str, typer.Option(help="e.g. text-to-video.")],
+    prompt: Annotated[list[str], typer.Option(help="One job per prompt; repeatable.")],
+    label: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE label on every job; repeatable.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE provider parameter; repeatable.")
+    ] = None,
+    request_id: Annotated[
+        str, typer.Option(help="Idempotency key prefix: item i is PREFIX-i.")
+    ] = "",
+) -> None:
+    """Create one job per --prompt in one BatchCreateJobs; each is answered on its own."""
+    connection, out = session()
+    job_of = {
+        "provider_id": provider,
+        "operation_type": operation_value(operation),
+        "labels": parse_labels(label or []),
+        "params": parse_params(param or []),
+    }
+    answer = connection.call(
+        connection.jobs.BatchCreateJobs,
+        pb.BatchCreateJobsRequest(
+            requests=[
+                pb.CreateJobRequest(
+                    job=pb.Job(prompt=text, **job_of),  # type: ignore[arg-type]
+                    request_id=f"{request_id}-{index}" if request_id else "",
+                )
+                for index, text in enumerate(prompt)
+            ]
+        ),
+    )
+    refused = [r for r in answer.results if r.HasField("error")]
+
+    def human() -> None:
+        console.print(jobs_table([r.job for r in answer.results if r.HasField("job")]))
+        for index, result in enumerate(answer.results):
+            if result.HasField("error"):
+                console.print(f"[red]item {index} refused[/]: {result.error.message}")
+
+    out.show(answer, human)
+    if refused:
+        raise typer.Exit(Exit.INVALID)
 
 
 @app.command()

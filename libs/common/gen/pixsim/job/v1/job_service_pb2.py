@@ -29,10 +29,11 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from pixsim.types.v1 import types_pb2 as pixsim_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpixsim/job/v1/job_service.proto\x12\rpixsim.job.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpixsim/types/v1/types.proto\"\xda\t\n\x03Job\x12\x1a\n\x04name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x08\xbaH\x05r\x03\x18\x80\x02\x12\x13\n\x05owner\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12G\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x0f\xe2\x41\x02\x02\x05\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x38\n\x0bprovider_id\x18\x04 \x01(\tB#\xe2\x41\x02\x02\x05\xbaH\x1br\x19\x32\x17^[a-z][a-z0-9_-]{1,31}$\x12\x1c\n\x06prompt\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\xa0\x1f\x12>\n\x06inputs\x18\x06 \x03(\x0b\x32 .pixsim.types.v1.GenerationInputB\x0c\xe2\x41\x01\x05\xbaH\x05\x92\x01\x02\x10\x08\x12-\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x05\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_code\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rerror_message\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bretry_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61sset\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12?\n\x13start_deadline_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x00\x12\x46\n\rstart_timeout\x18\x13 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x00\x12=\n\x11run_deadline_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x01\x12\x44\n\x0brun_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x01\"\xa8\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x14\n\x10STATE_PROCESSING\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x11\n\rSTATE_EXPIRED\x10\x07:*\xea\x41\'\n\x0epixsim.dev/Job\x12\njobs/{job}*\x04jobs2\x03jobB\x10\n\x0estart_deadlineB\x0e\n\x0crun_deadline\"u\n\x10\x43reateJobRequest\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x12.pixsim.job.v1.JobB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x34\n\nrequest_id\x18\x02 \x01(\tB \xe2\x41\x01\x01\xbaH\x19r\x17\x18\x80\x01\x32\x12^[A-Za-z0-9._:-]*$\"\x80\x01\n\rGetJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\xf1\x02\n\x0fListJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12;\n\x06states\x18\x03 \x03(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07\x82\x01\x04\x10\x01 \x00\x12\x36\n\x0bprovider_id\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x32\x1a^([a-z][a-z0-9_-]{1,31})?$\x12@\n\x0eoperation_type\x18\x05 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x35\n\x11\x63reate_time_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.pixsim.job.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x10\x43\x61ncelJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fRetryJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fWatchJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$2\xc9\x04\n\nJobService\x12W\n\tCreateJob\x12\x1f.pixsim.job.v1.CreateJobRequest\x1a\x12.pixsim.job.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\"\x08/v1/jobs:\x03job\x12U\n\x06GetJob\x12\x1c.pixsim.job.v1.GetJobRequest\x1a\x12.pixsim.job.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.pixsim.job.v1.ListJobsRequest\x1a\x1f.pixsim.job.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x65\n\tCancelJob\x12\x1f.pixsim.job.v1.CancelJobRequest\x1a\x12.pixsim.job.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12\x62\n\x08RetryJob\x12\x1e.pixsim.job.v1.RetryJobRequest\x1a\x12.pixsim.job.v1.Job\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12\x61\n\x08WatchJob\x12\x1e.pixsim.job.v1.WatchJobRequest\x1a\x12.pixsim.job.v1.Job\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x42\x15Z\x13pixsim/job/v1;jobv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpixsim/job/v1/job_service.proto\x12\rpixsim.job.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1bpixsim/types/v1/types.proto\"\x82\x0b\n\x03Job\x12\x1a\n\x04name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x08\xbaH\x05r\x03\x18\x80\x02\x12\x13\n\x05owner\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12G\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x0f\xe2\x41\x02\x02\x05\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x38\n\x0bprovider_id\x18\x04 \x01(\tB#\xe2\x41\x02\x02\x05\xbaH\x1br\x19\x32\x17^[a-z][a-z0-9_-]{1,31}$\x12\x1c\n\x06prompt\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\xa0\x1f\x12>\n\x06inputs\x18\x06 \x03(\x0b\x32 .pixsim.types.v1.GenerationInputB\x0c\xe2\x41\x01\x05\xbaH\x05\x92\x01\x02\x10\x08\x12-\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x05\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_code\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rerror_message\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bretry_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61sset\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12w\n\x06labels\x18\x16 \x03(\x0b\x32\x1e.pixsim.job.v1.Job.LabelsEntryBG\xe2\x41\x01\x05\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x12?\n\x13start_deadline_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x00\x12\x46\n\rstart_timeout\x18\x13 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x00\x12=\n\x11run_deadline_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x01\x12\x44\n\x0brun_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x14\n\x10STATE_PROCESSING\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x11\n\rSTATE_EXPIRED\x10\x07:*\xea\x41\'\n\x0epixsim.dev/Job\x12\njobs/{job}*\x04jobs2\x03jobB\x10\n\x0estart_deadlineB\x0e\n\x0crun_deadline\"u\n\x10\x43reateJobRequest\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x12.pixsim.job.v1.JobB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x34\n\nrequest_id\x18\x02 \x01(\tB \xe2\x41\x01\x01\xbaH\x19r\x17\x18\x80\x01\x32\x12^[A-Za-z0-9._:-]*$\"\x80\x01\n\rGetJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\xa1\x04\n\x0fListJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12;\n\x06states\x18\x03 \x03(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07\x82\x01\x04\x10\x01 \x00\x12\x36\n\x0bprovider_id\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x32\x1a^([a-z][a-z0-9_-]{1,31})?$\x12@\n\x0eoperation_type\x18\x05 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x35\n\x11\x63reate_time_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x7f\n\x06labels\x18\x08 \x03(\x0b\x32*.pixsim.job.v1.ListJobsRequest.LabelsEntryBC\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.pixsim.job.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x10\x43\x61ncelJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fRetryJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fWatchJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"`\n\x16\x42\x61tchCreateJobsRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.pixsim.job.v1.CreateJobRequestB\x13\xe2\x41\x01\x02\xbaH\x0c\x92\x01\t\x08\x01\x10\x64\"\x03\xd8\x01\x03\"P\n\x17\x42\x61tchCreateJobsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.pixsim.job.v1.BatchCreateJobsResult\"i\n\x15\x42\x61tchCreateJobsResult\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x12.pixsim.job.v1.JobH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\xbb\x02\n\x11\x43\x61ncelJobsRequest\x12;\n\x06states\x18\x01 \x03(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07\x82\x01\x04\x10\x01 \x00\x12\x36\n\x0bprovider_id\x18\x02 \x01(\tB!\xbaH\x1er\x1c\x32\x1a^([a-z][a-z0-9_-]{1,31})?$\x12\x81\x01\n\x06labels\x18\x03 \x03(\x0b\x32,.pixsim.job.v1.CancelJobsRequest.LabelsEntryBC\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x12\x43\x61ncelJobsResponse\x12\x17\n\x0f\x63\x61ncelled_count\x18\x01 \x01(\x05\x32\xbc\x06\n\nJobService\x12W\n\tCreateJob\x12\x1f.pixsim.job.v1.CreateJobRequest\x1a\x12.pixsim.job.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\"\x08/v1/jobs:\x03job\x12U\n\x06GetJob\x12\x1c.pixsim.job.v1.GetJobRequest\x1a\x12.pixsim.job.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.pixsim.job.v1.ListJobsRequest\x1a\x1f.pixsim.job.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x65\n\tCancelJob\x12\x1f.pixsim.job.v1.CancelJobRequest\x1a\x12.pixsim.job.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12\x62\n\x08RetryJob\x12\x1e.pixsim.job.v1.RetryJobRequest\x1a\x12.pixsim.job.v1.Job\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12\x81\x01\n\x0f\x42\x61tchCreateJobs\x12%.pixsim.job.v1.BatchCreateJobsRequest\x1a&.pixsim.job.v1.BatchCreateJobsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/jobs:batchCreate:\x01*\x12m\n\nCancelJobs\x12 .pixsim.job.v1.CancelJobsRequest\x1a!.pixsim.job.v1.CancelJobsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/jobs:cancel:\x01*\x12\x61\n\x08WatchJob\x12\x1e.pixsim.job.v1.WatchJobRequest\x1a\x12.pixsim.job.v1.Job\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x42\x15Z\x13pixsim/job/v1;jobv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +41,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pixsim.job.v1.job_service_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\023pixsim/job/v1;jobv1'
+  _globals['_JOB_LABELSENTRY']._loaded_options = None
+  _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_JOB'].fields_by_name['name']._loaded_options = None
   _globals['_JOB'].fields_by_name['name']._serialized_options = b'\342A\001\010\272H\005r\003\030\200\002'
   _globals['_JOB'].fields_by_name['owner']._loaded_options = None
@@ -74,6 +77,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB'].fields_by_name['complete_time']._serialized_options = b'\342A\001\003'
   _globals['_JOB'].fields_by_name['update_time']._loaded_options = None
   _globals['_JOB'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_JOB'].fields_by_name['labels']._loaded_options = None
+  _globals['_JOB'].fields_by_name['labels']._serialized_options = b'\342A\001\005\272H@\232\001=\020 \"\034r\0322\030^[a-z][a-z0-9_.-]{0,62}$*\033r\0312\027^[A-Za-z0-9_.:-]{0,63}$'
   _globals['_JOB'].fields_by_name['start_deadline_time']._loaded_options = None
   _globals['_JOB'].fields_by_name['start_deadline_time']._serialized_options = b'\342A\001\005'
   _globals['_JOB'].fields_by_name['start_timeout']._loaded_options = None
@@ -90,6 +95,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEJOBREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001\272H\031r\027\030\200\0012\022^[A-Za-z0-9._:-]*$'
   _globals['_GETJOBREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\020\n\016pixsim.dev/Job\272HGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTJOBSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTJOBSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
   _globals['_LISTJOBSREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -100,12 +107,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSREQUEST'].fields_by_name['provider_id']._serialized_options = b'\272H\036r\0342\032^([a-z][a-z0-9_-]{1,31})?$'
   _globals['_LISTJOBSREQUEST'].fields_by_name['operation_type']._loaded_options = None
   _globals['_LISTJOBSREQUEST'].fields_by_name['operation_type']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_LISTJOBSREQUEST'].fields_by_name['labels']._loaded_options = None
+  _globals['_LISTJOBSREQUEST'].fields_by_name['labels']._serialized_options = b'\272H@\232\001=\020 \"\034r\0322\030^[a-z][a-z0-9_.-]{0,62}$*\033r\0312\027^[A-Za-z0-9_.:-]{0,63}$'
   _globals['_CANCELJOBREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CANCELJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\020\n\016pixsim.dev/Job\272HGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
   _globals['_RETRYJOBREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_RETRYJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\020\n\016pixsim.dev/Job\272HGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
   _globals['_WATCHJOBREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_WATCHJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\020\n\016pixsim.dev/Job\272HGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+  _globals['_BATCHCREATEJOBSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHCREATEJOBSREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002\272H\014\222\001\t\010\001\020d\"\003\330\001\003'
+  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_CANCELJOBSREQUEST'].fields_by_name['states']._loaded_options = None
+  _globals['_CANCELJOBSREQUEST'].fields_by_name['states']._serialized_options = b'\272H\016\222\001\013\020\020\"\007\202\001\004\020\001 \000'
+  _globals['_CANCELJOBSREQUEST'].fields_by_name['provider_id']._loaded_options = None
+  _globals['_CANCELJOBSREQUEST'].fields_by_name['provider_id']._serialized_options = b'\272H\036r\0342\032^([a-z][a-z0-9_-]{1,31})?$'
+  _globals['_CANCELJOBSREQUEST'].fields_by_name['labels']._loaded_options = None
+  _globals['_CANCELJOBSREQUEST'].fields_by_name['labels']._serialized_options = b'\272H@\232\001=\020 \"\034r\0322\030^[a-z][a-z0-9_.-]{0,62}$*\033r\0312\027^[A-Za-z0-9_.:-]{0,63}$'
   _globals['_JOBSERVICE'].methods_by_name['CreateJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['CreateJob']._serialized_options = b'\202\323\344\223\002\017\"\010/v1/jobs:\003job'
   _globals['_JOBSERVICE'].methods_by_name['GetJob']._loaded_options = None
@@ -116,26 +135,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['CancelJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/{name=jobs/*}:cancel:\001*'
   _globals['_JOBSERVICE'].methods_by_name['RetryJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['RetryJob']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/{name=jobs/*}:retry:\001*'
+  _globals['_JOBSERVICE'].methods_by_name['BatchCreateJobs']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['BatchCreateJobs']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/jobs:batchCreate:\001*'
+  _globals['_JOBSERVICE'].methods_by_name['CancelJobs']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['CancelJobs']._serialized_options = b'\202\323\344\223\002\024\"\017/v1/jobs:cancel:\001*'
   _globals['_JOBSERVICE'].methods_by_name['WatchJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['WatchJob']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/{name=jobs/*}:watch'
-  _globals['_JOB']._serialized_start=294
-  _globals['_JOB']._serialized_end=1536
-  _globals['_JOB_STATE']._serialized_start=1290
-  _globals['_JOB_STATE']._serialized_end=1458
-  _globals['_CREATEJOBREQUEST']._serialized_start=1538
-  _globals['_CREATEJOBREQUEST']._serialized_end=1655
-  _globals['_GETJOBREQUEST']._serialized_start=1658
-  _globals['_GETJOBREQUEST']._serialized_end=1786
-  _globals['_LISTJOBSREQUEST']._serialized_start=1789
-  _globals['_LISTJOBSREQUEST']._serialized_end=2158
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2160
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2237
-  _globals['_CANCELJOBREQUEST']._serialized_start=2240
-  _globals['_CANCELJOBREQUEST']._serialized_end=2371
-  _globals['_RETRYJOBREQUEST']._serialized_start=2374
-  _globals['_RETRYJOBREQUEST']._serialized_end=2504
-  _globals['_WATCHJOBREQUEST']._serialized_start=2507
-  _globals['_WATCHJOBREQUEST']._serialized_end=2637
-  _globals['_JOBSERVICE']._serialized_start=2640
-  _globals['_JOBSERVICE']._serialized_end=3225
+  _globals['_JOB']._serialized_start=319
+  _globals['_JOB']._serialized_end=1729
+  _globals['_JOB_LABELSENTRY']._serialized_start=1435
+  _globals['_JOB_LABELSENTRY']._serialized_end=1480
+  _globals['_JOB_STATE']._serialized_start=1483
+  _globals['_JOB_STATE']._serialized_end=1651
+  _globals['_CREATEJOBREQUEST']._serialized_start=1731
+  _globals['_CREATEJOBREQUEST']._serialized_end=1848
+  _globals['_GETJOBREQUEST']._serialized_start=1851
+  _globals['_GETJOBREQUEST']._serialized_end=1979
+  _globals['_LISTJOBSREQUEST']._serialized_start=1982
+  _globals['_LISTJOBSREQUEST']._serialized_end=2527
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=1435
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=1480
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2529
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2606
+  _globals['_CANCELJOBREQUEST']._serialized_start=2609
+  _globals['_CANCELJOBREQUEST']._serialized_end=2740
+  _globals['_RETRYJOBREQUEST']._serialized_start=2743
+  _globals['_RETRYJOBREQUEST']._serialized_end=2873
+  _globals['_WATCHJOBREQUEST']._serialized_start=2876
+  _globals['_WATCHJOBREQUEST']._serialized_end=3006
+  _globals['_BATCHCREATEJOBSREQUEST']._serialized_start=3008
+  _globals['_BATCHCREATEJOBSREQUEST']._serialized_end=3104
+  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_start=3106
+  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_end=3186
+  _globals['_BATCHCREATEJOBSRESULT']._serialized_start=3188
+  _globals['_BATCHCREATEJOBSRESULT']._serialized_end=3293
+  _globals['_CANCELJOBSREQUEST']._serialized_start=3296
+  _globals['_CANCELJOBSREQUEST']._serialized_end=3611
+  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._serialized_start=1435
+  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._serialized_end=1480
+  _globals['_CANCELJOBSRESPONSE']._serialized_start=3613
+  _globals['_CANCELJOBSRESPONSE']._serialized_end=3658
+  _globals['_JOBSERVICE']._serialized_start=3661
+  _globals['_JOBSERVICE']._serialized_end=4489
 # @@protoc_insertion_point(module_scope)

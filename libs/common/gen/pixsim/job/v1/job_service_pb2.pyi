@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from pixsim.types.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -76,6 +77,26 @@ class Job(_message.Message):
     START_DEADLINE_EXCEEDED): nothing was sent, reserved or spent.
     """
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     OPERATION_TYPE_FIELD_NUMBER: _builtins.int
@@ -93,6 +114,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
     RUN_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
@@ -131,6 +153,13 @@ class Job(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's labels, to find and cancel jobs by (ListJobs, CancelJobs): up to 32, keys
+        lowercase (`[a-z][a-z0-9_.-]*`, up to 63 characters), values up to 63 characters of
+        `[A-Za-z0-9_.:-]`.
+        """
+
+    @_builtins.property
     def start_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def start_timeout(self) -> _duration_pb2.Duration:
@@ -162,6 +191,7 @@ class Job(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
         run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
@@ -169,7 +199,7 @@ class Job(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "params", b"params", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "prompt", b"prompt", "provider_id", b"provider_id", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "prompt", b"prompt", "provider_id", b"provider_id", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_run_deadline: _TypeAlias = _typing.Literal["run_deadline_time", "run_timeout"]  # noqa: Y015
     _WhichOneofArgType_run_deadline: _TypeAlias = _typing.Literal["run_deadline", b"run_deadline"]  # noqa: Y015
@@ -229,6 +259,26 @@ Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
 class ListJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
@@ -236,6 +286,7 @@ class ListJobsRequest(_message.Message):
     OPERATION_TYPE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_START_FIELD_NUMBER: _builtins.int
     CREATE_TIME_END_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most 1000; 0 means the default of 50."""
     page_token: _builtins.str
@@ -254,6 +305,10 @@ class ListJobsRequest(_message.Message):
     def create_time_end(self) -> _timestamp_pb2.Timestamp:
         """Only jobs created before this time."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs carrying every one of these labels, with these values."""
+
     def __init__(
         self,
         *,
@@ -264,10 +319,11 @@ class ListJobsRequest(_message.Message):
         operation_type: _types_pb2.OperationType.ValueType = ...,
         create_time_start: _timestamp_pb2.Timestamp | None = ...,
         create_time_end: _timestamp_pb2.Timestamp | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start", "operation_type", b"operation_type", "page_size", b"page_size", "page_token", b"page_token", "provider_id", b"provider_id", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start", "labels", b"labels", "operation_type", b"operation_type", "page_size", b"page_size", "page_token", b"page_token", "provider_id", b"provider_id", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,3 +409,151 @@ class WatchJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateJobRequest]:
+        """1 to 100 jobs. Validated item by item (a bad item is answered with its error), so the
+        rules of CreateJobRequest apply to each item and not to the batch as a whole.
+        """
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreateJobRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateJobsRequest: _TypeAlias = BatchCreateJobsRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchCreateJobsResult]:
+        """One per request, in the order of the requests."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchCreateJobsResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateJobsResponse: _TypeAlias = BatchCreateJobsResponse  # noqa: Y015
+
+@_typing.final
+class BatchCreateJobsResult(_message.Message):
+    """What became of one item of a batch: its job, or why it was refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The error CreateJob would have answered for this item, with its details (field
+        violations named from the item, e.g. `job.prompt`).
+        """
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["job", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchCreateJobsResult: _TypeAlias = BatchCreateJobsResult  # noqa: Y015
+
+@_typing.final
+class CancelJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATES_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___Job.State.ValueType]:
+        """Only jobs in one of these states (of those not yet ended)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs carrying every one of these labels, with these values."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[Global___Job.State.ValueType] | None = ...,
+        provider_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "provider_id", b"provider_id", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobsRequest: _TypeAlias = CancelJobsRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_COUNT_FIELD_NUMBER: _builtins.int
+    cancelled_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        cancelled_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_count", b"cancelled_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobsResponse: _TypeAlias = CancelJobsResponse  # noqa: Y015

@@ -60,6 +60,16 @@ class JobServiceStub:
                 request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Job.FromString,
                 _registered_method=True)
+        self.BatchCreateJobs = channel.unary_unary(
+                '/pixsim.job.v1.JobService/BatchCreateJobs',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.SerializeToString,
+                response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJobs = channel.unary_unary(
+                '/pixsim.job.v1.JobService/CancelJobs',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/pixsim.job.v1.JobService/WatchJob',
                 request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
@@ -106,6 +116,23 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateJobs(self, request, context):
+        """Submits up to 100 jobs at once. Each item is validated and answered on its own: a bad
+        item is answered with its error and does not refuse the others. Each item's
+        `request_id` makes it idempotent as in CreateJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJobs(self, request, context):
+        """Cancels every job of the caller's that matches the filter and has not ended, and says
+        how many it cancelled. The filter must name at least one criterion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Sends the job as it is now, then again on every change, and ends when it is terminal.
         """
@@ -140,6 +167,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.RetryJobRequest.FromString,
                     response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Job.SerializeToString,
+            ),
+            'BatchCreateJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateJobs,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.FromString,
+                    response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.SerializeToString,
+            ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsRequest.FromString,
+                    response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -283,6 +320,60 @@ class JobService:
             '/pixsim.job.v1.JobService/RetryJob',
             pixsim_dot_job_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
             pixsim_dot_job_dot_v1_dot_job__service__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/BatchCreateJobs',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.SerializeToString,
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/CancelJobs',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

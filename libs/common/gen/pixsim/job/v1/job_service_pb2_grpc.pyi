@@ -43,6 +43,15 @@ class JobServiceStub:
     """Cancels a job that is not yet terminal."""
     RetryJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.Job]
     """Submits a FAILED job again, as a new attempt linked to the last one."""
+    BatchCreateJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.BatchCreateJobsRequest, _job_service_pb2.BatchCreateJobsResponse]
+    """Submits up to 100 jobs at once. Each item is validated and answered on its own: a bad
+    item is answered with its error and does not refuse the others. Each item's
+    `request_id` makes it idempotent as in CreateJob.
+    """
+    CancelJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]
+    """Cancels every job of the caller's that matches the filter and has not ended, and says
+    how many it cancelled. The filter must name at least one criterion.
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.Job]
     """Sends the job as it is now, then again on every change, and ends when it is terminal."""
 
@@ -61,6 +70,15 @@ class JobServiceAsyncStub(JobServiceStub):
     """Cancels a job that is not yet terminal."""
     RetryJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.Job]  # type: ignore[assignment]
     """Submits a FAILED job again, as a new attempt linked to the last one."""
+    BatchCreateJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.BatchCreateJobsRequest, _job_service_pb2.BatchCreateJobsResponse]  # type: ignore[assignment]
+    """Submits up to 100 jobs at once. Each item is validated and answered on its own: a bad
+    item is answered with its error and does not refuse the others. Each item's
+    `request_id` makes it idempotent as in CreateJob.
+    """
+    CancelJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobsRequest, _job_service_pb2.CancelJobsResponse]  # type: ignore[assignment]
+    """Cancels every job of the caller's that matches the filter and has not ended, and says
+    how many it cancelled. The filter must name at least one criterion.
+    """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.Job]  # type: ignore[assignment]
     """Sends the job as it is now, then again on every change, and ends when it is terminal."""
 
@@ -106,6 +124,27 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.Job, _abc.Awaitable[_job_service_pb2.Job]]:
         """Submits a FAILED job again, as a new attempt linked to the last one."""
+
+    @_abc_1.abstractmethod
+    def BatchCreateJobs(
+        self,
+        request: _job_service_pb2.BatchCreateJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.BatchCreateJobsResponse, _abc.Awaitable[_job_service_pb2.BatchCreateJobsResponse]]:
+        """Submits up to 100 jobs at once. Each item is validated and answered on its own: a bad
+        item is answered with its error and does not refuse the others. Each item's
+        `request_id` makes it idempotent as in CreateJob.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelJobs(
+        self,
+        request: _job_service_pb2.CancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.CancelJobsResponse, _abc.Awaitable[_job_service_pb2.CancelJobsResponse]]:
+        """Cancels every job of the caller's that matches the filter and has not ended, and says
+        how many it cancelled. The filter must name at least one criterion.
+        """
 
     @_abc_1.abstractmethod
     def WatchJob(

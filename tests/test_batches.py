@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
@@ -155,3 +156,28 @@ async def test_cancel_jobs_cancels_exactly_the_unfinished_matching_ones(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stack.jobs.CancelJobs(pb.CancelJobsRequest(), metadata=stack.alice)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_priority_is_answered_and_reaches_the_gateway(whole_stack: WholeStack) -> None:
+    stack = whole_stack
+    low = await stack.jobs.CreateJob(
+        item("a slow fox", {}, priority=pb.Job.PRIORITY_LOW), metadata=stack.alice
+    )
+    plain = await stack.jobs.CreateJob(item("a fox", {}), metadata=stack.alice)
+    assert (low.priority, plain.priority) == (pb.Job.PRIORITY_LOW, pb.Job.PRIORITY_NORMAL)
+    await asyncio.gather(stack.until_done(low), stack.until_done(plain))
+    connection = await asyncpg.connect(stack.services.databases["provider-gateway"].url)
+    try:
+        rows = await connection.fetch(
+            "SELECT job_id::text AS job, priority, turn_at - create_time AS delay"
+            " FROM provider_submissions WHERE job_id = ANY($1::uuid[])",
+            [job.name.removeprefix("jobs/") for job in (low, plain)],
+        )
+    finally:
+        await connection.close()
+    seen = {row["job"]: (row["priority"], row["delay"].total_seconds()) for row in rows}
+    # The default aging bound is 300 s: LOW turns 300 s after arrival, NORMAL 150 s.
+    assert seen[low.name.removeprefix("jobs/")][0] == "LOW"
+    assert seen[plain.name.removeprefix("jobs/")][0] == "NORMAL"
+    assert seen[low.name.removeprefix("jobs/")][1] == pytest.approx(300, abs=1)
+    assert seen[plain.name.removeprefix("jobs/")][1] == pytest.approx(150, abs=1)

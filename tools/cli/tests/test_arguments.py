@@ -9,9 +9,16 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_cli.connection import CliError, Exit, explain
-from pixsim_cli.jobs import operation_value, parse_duration, parse_input, parse_params
+from pixsim_cli.jobs import (
+    operation_value,
+    parse_duration,
+    parse_input,
+    parse_params,
+    parse_priority,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -90,3 +97,9 @@ def test_deadlines_are_durations_with_a_unit() -> None:
     with pytest.raises(CliError) as refused:
         parse_duration("soon", "--start-within")
     assert refused.value.exit_code == Exit.INVALID
+
+
+def test_priorities_are_named_in_any_case() -> None:
+    assert parse_priority("LOW") == parse_priority("low") == job_pb.Job.PRIORITY_LOW
+    with pytest.raises(CliError):
+        parse_priority("urgent")

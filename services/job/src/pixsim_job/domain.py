@@ -129,6 +129,8 @@ class Job:
     create_time: datetime | None = None
     start_time: datetime | None = None
     complete_time: datetime | None = None
+    # HIGH, NORMAL or LOW: its turn among its owner's waiting jobs (the gateway's).
+    priority: str = "NORMAL"
     # The caller's labels, to find and cancel jobs by.
     labels: dict[str, str] = field(default_factory=dict)
     # Deadlines of the first try (None: none); the gateway enforces them.
@@ -149,8 +151,10 @@ class Job:
         start_deadline_time: datetime | None = None,
         run_deadline_time: datetime | None = None,
         labels: dict[str, str] | None = None,
+        priority: str = "NORMAL",
     ) -> Job:
         return cls(
+            priority=priority,
             labels=dict(labels or {}),
             start_deadline_time=start_deadline_time,
             run_deadline_time=run_deadline_time,

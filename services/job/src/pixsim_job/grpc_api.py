@@ -37,6 +37,7 @@ def to_proto(job: Job) -> pb.Job:
         start_deadline_time=to_timestamp(job.start_deadline_time),
         run_deadline_time=to_timestamp(job.run_deadline_time),
         labels=job.labels,
+        priority=pb.Job.Priority.Value(f"PRIORITY_{job.priority}"),
     )
     json_format.ParseDict(
         {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},

@@ -60,6 +60,7 @@ jobs = Table(
     Column("start_deadline_time", DateTime(timezone=True)),
     Column("run_deadline_time", DateTime(timezone=True)),
     Column("labels", JSONB, nullable=False, server_default="{}"),
+    Column("priority", Text, nullable=False, server_default="NORMAL"),
     Index(
         "jobs_idempotency",
         "user_id",
@@ -94,6 +95,7 @@ def to_job(row: Row[Any]) -> Job:
         start_deadline_time=row.start_deadline_time,
         run_deadline_time=row.run_deadline_time,
         labels=row.labels,
+        priority=row.priority,
     )
 
 
@@ -103,9 +105,9 @@ def to_job(row: Row[Any]) -> Job:
 _INSERT_JOB = (
     "INSERT INTO jobs"
     " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash,"
-    " start_deadline_time, run_deadline_time, labels)"
+    " start_deadline_time, run_deadline_time, labels, priority)"
     " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id,"
-    " :request_hash, :start_deadline_time, :run_deadline_time, :labels)"
+    " :request_hash, :start_deadline_time, :run_deadline_time, :labels, :priority)"
     " ON CONFLICT DO NOTHING RETURNING "
 )
 _JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
@@ -140,6 +142,7 @@ async def insert_new(session: AsyncSession, job: Job) -> Job | None:
                 "start_deadline_time": job.start_deadline_time,
                 "run_deadline_time": job.run_deadline_time,
                 "labels": job.labels,
+                "priority": job.priority,
             },
         )
     ).first()

@@ -80,6 +80,7 @@ class JobService:
         now = _now()
         job = Job.submit(
             labels=dict(request.job.labels),
+            priority=priority_of(request.job),
             start_deadline_time=deadline_of(request.job, "start_deadline", now),
             run_deadline_time=deadline_of(request.job, "run_deadline", now),
             user_id=identity.user_id,
@@ -330,6 +331,7 @@ def request_fingerprint(job: pb.Job) -> str:
         inputs=job.inputs,
         params=job.params if job.HasField("params") else None,
         labels=job.labels,
+        priority=job.priority,
     )
     for deadline in ("start_deadline", "run_deadline"):
         given = job.WhichOneof(deadline)
@@ -361,7 +363,14 @@ def submitted_event(job: Job, spec: pb.Job) -> events_pb2.JobSubmitted:
         submit_time=now_timestamp(),
         start_deadline_time=to_timestamp(job.start_deadline_time),
         run_deadline_time=to_timestamp(job.run_deadline_time),
+        priority=pb.Job.Priority.Value(f"PRIORITY_{job.priority}"),
     )
+
+
+def priority_of(job: pb.Job) -> str:
+    """HIGH, NORMAL or LOW; NORMAL when not given."""
+    given = pb.Job.Priority.Name(job.priority).removeprefix("PRIORITY_")
+    return "NORMAL" if given == "UNSPECIFIED" else given
 
 
 # The furthest a deadline may be; a job waiting longer than this is a mistake, not a plan.

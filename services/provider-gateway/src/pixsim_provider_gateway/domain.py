@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from types import SimpleNamespace
 
@@ -149,3 +150,22 @@ def unusable_output(output: MediaOutput) -> str | None:
     if not uri.startswith(("https://", "http://")) or not uri.isprintable():
         return "the provider's result is not an http(s) URL"
     return None
+
+
+class Priority(StrEnum):
+    HIGH = "HIGH"
+    NORMAL = "NORMAL"
+    LOW = "LOW"
+
+
+# How far behind a HIGH arrival each priority starts, as a share of the aging bound.
+_TURN_SHARE = {Priority.HIGH: 0.0, Priority.NORMAL: 0.5, Priority.LOW: 1.0}
+
+
+def turn_delay(priority: Priority, aging: timedelta) -> timedelta:
+    """How much later than its arrival a submission's turn is among its owner's waiting
+    work (the `turn_at` its queue is ordered by): none for HIGH, half the aging bound for
+    NORMAL, all of it for LOW. So a LOW job is never passed by HIGH work arriving more than
+    `aging` after it, nor by NORMAL work arriving more than half of it after: under any
+    sustained load of higher priority, its wait is bounded."""
+    return aging * _TURN_SHARE[priority]

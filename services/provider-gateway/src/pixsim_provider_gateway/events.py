@@ -4,7 +4,7 @@ publishes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from google.protobuf import duration_pb2, json_format
@@ -13,21 +13,29 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
+from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.types.v1 import types_pb2
 from pixsim_common.cloudevents import EventMeta
 from pixsim_common.timestamps import now_timestamp
 from pixsim_common.tracing import inject_context
 from pixsim_provider_gateway import repository as repo
-from pixsim_provider_gateway.domain import SubmissionState
+from pixsim_provider_gateway.domain import Priority, SubmissionState, turn_delay
 from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest, MediaOutput
 
 WORK_CHANNEL = "pixsim_gateway_work"
+# PRIORITY_AGING_SECONDS: the longest a LOW job can be passed by HIGH work arriving after it.
+DEFAULT_AGING = timedelta(minutes=5)
 
 
 async def on_job_submitted(
-    session: AsyncSession, event: events_pb2.JobSubmitted, meta: EventMeta
+    session: AsyncSession,
+    event: events_pb2.JobSubmitted,
+    meta: EventMeta,
+    *,
+    aging: timedelta = DEFAULT_AGING,
 ) -> None:
-    """A new attempt chain for the job, waiting for an account (unless it was cancelled)."""
+    """A new attempt chain for the job, waiting for an account (unless it was cancelled),
+    its turn set by its priority (`domain.turn_delay`)."""
     cancelled = repo.cancelled_jobs.c
     if await session.scalar(
         select(cancelled.job_id).where(
@@ -35,6 +43,7 @@ async def on_job_submitted(
         )
     ):
         return
+    priority = priority_of(event)
     previous = await session.scalar(
         select(repo.submissions.c.id)
         .where(
@@ -61,6 +70,8 @@ async def on_job_submitted(
             retry_attempt=0,
             previous_submission_id=previous,
             trace_headers=inject_context(),
+            priority=priority.value,
+            turn_at=func.now() + turn_delay(priority, aging),
             start_deadline_at=_time_of(event, "start_deadline_time"),
             run_deadline_at=_time_of(event, "run_deadline_time"),
             state=SubmissionState.WAITING.value,
@@ -68,6 +79,11 @@ async def on_job_submitted(
         .on_conflict_do_nothing(constraint="one_row_per_attempt")
     )
     await session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
+
+
+def priority_of(event: events_pb2.JobSubmitted) -> Priority:
+    named = job_pb.Job.Priority.Name(event.priority).removeprefix("PRIORITY_")
+    return Priority.NORMAL if named == "UNSPECIFIED" else Priority(named)
 
 
 def _time_of(

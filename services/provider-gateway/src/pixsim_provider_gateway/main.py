@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Sequence
@@ -97,7 +98,12 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         workers=parts,
         on_set_aside=lambda kit: service(kit).event_set_aside,
         subscriptions=lambda _kit: [
-            Subscription(topics.JOB_SUBMITTED, on_job_submitted),
+            Subscription(
+                topics.JOB_SUBMITTED,
+                functools.partial(
+                    on_job_submitted, aging=timedelta(seconds=settings.priority_aging_seconds)
+                ),
+            ),
             Subscription(topics.JOB_CANCELLED, on_job_cancelled),
         ],
     )

@@ -101,6 +101,10 @@ submissions = Table(
     # `start_deadline_at`, the job expires unsent; not ended by `run_deadline_at`, it fails.
     Column("start_deadline_at", DateTime(timezone=True)),
     Column("run_deadline_at", DateTime(timezone=True)),
+    Column("priority", Text, nullable=False, server_default="NORMAL"),
+    # Its place in its owner's queue: arrival plus `domain.turn_delay` of its priority; a
+    # retry keeps the place of the attempt before it.
+    Column("turn_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("provider_cancel_pending", Boolean, nullable=False, server_default="false"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("submit_time", DateTime(timezone=True)),
@@ -147,8 +151,9 @@ def new_id() -> str:
 async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
     """Waiting submissions whose turn it is, locked, fair across users (round robin): a user
     with fewer submissions in flight goes first, then the one served least recently, then
-    the oldest submission. So one user's thousand queued jobs take turns with another's one
-    even when a single slot frees at a time."""
+    within a user the earliest `turn_at` (arrival, later for a lower priority). So one
+    user's thousand queued jobs take turns with another's one even when a single slot frees
+    at a time, and priority orders a user's own work without costing others their share."""
     columns = ", ".join(f"s.{column.name}" for column in submissions.c)
     result = await session.execute(
         text(
@@ -167,7 +172,7 @@ async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]
               AND NOT coalesce(s.retry_attempt = 0 AND s.submit_time IS NULL
                                AND s.start_deadline_at <= now(), false)
               AND coalesce(s.run_deadline_at > now(), true)
-            ORDER BY coalesce(b.n, 0), v.last NULLS FIRST, s.create_time
+            ORDER BY coalesce(b.n, 0), v.last NULLS FIRST, s.turn_at, s.create_time
             LIMIT :limit
             FOR UPDATE OF s SKIP LOCKED
             """  # noqa: S608 - the column names come from the table definition

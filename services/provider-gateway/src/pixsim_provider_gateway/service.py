@@ -327,6 +327,8 @@ class ProviderService:
                     trace_headers=row.trace_headers,
                     start_deadline_at=row.start_deadline_at,
                     run_deadline_at=row.run_deadline_at,
+                    priority=row.priority,
+                    turn_at=row.turn_at,  # a retry keeps its job's place in line
                     previous_submission_id=row.id,
                     state=SubmissionState.WAITING.value,
                     available_at=func.now() + timedelta(seconds=retry_delay(attempt, self._policy)),

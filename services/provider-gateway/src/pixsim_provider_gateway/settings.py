@@ -40,5 +40,8 @@ class Settings(ServiceSettings):
     deadline_seconds: float = Field(default=900.0, gt=0)
     # How long a replica owns a poll (then another may take it over).
     poll_lease_seconds: float = Field(default=30.0, gt=0)
+    # HIGH work arriving this long after a LOW job no longer passes it (NORMAL: half as
+    # long): the bound aging puts on a low-priority job's wait behind its owner's own work.
+    priority_aging_seconds: float = Field(default=300.0, gt=0, le=86400)
     dispatch_batch: int = Field(default=32, ge=1)
     poll_batch: int = Field(default=64, ge=1)

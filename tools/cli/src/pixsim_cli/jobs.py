@@ -98,6 +98,9 @@ def create(
     label: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE label to find it by; repeatable.")
     ] = None,
+    priority: Annotated[
+        str, typer.Option(help="high, normal or low: its turn among your waiting jobs.")
+    ] = "normal",
     start_within: Annotated[
         str | None,
         typer.Option(help="Start deadline, e.g. 30s, 5m, 1h: unsent by then, it EXPIRES."),
@@ -114,6 +117,7 @@ def create(
         pb.CreateJobRequest(
             job=pb.Job(
                 labels=parse_labels(label or []),
+                priority=parse_priority(priority),
                 start_timeout=parse_duration(start_within, "--start-within"),
                 run_timeout=parse_duration(run_within, "--run-within"),
                 provider_id=provider,
@@ -143,6 +147,13 @@ def parse_states(names: list[str]) -> list[pb.Job.State.ValueType]:
         return [pb.Job.State.Value(f"STATE_{name.upper()}") for name in names]
     except ValueError as error:
         raise CliError(f"unknown state: {error}", Exit.INVALID) from None
+
+
+def parse_priority(name: str) -> pb.Job.Priority.ValueType:
+    try:
+        return pb.Job.Priority.Value(f"PRIORITY_{name.upper()}")
+    except ValueError:
+        raise CliError(f"{name!r}: want high, normal or low", Exit.INVALID) from None
 
 
 def parse_labels(pairs: list[str]) -> dict[str, str]:
@@ -311,6 +322,7 @@ def batch(
     request_id: Annotated[
         str, typer.Option(help="Idempotency key prefix: item i is PREFIX-i.")
     ] = "",
+    priority: Annotated[str, typer.Option(help="high, normal or low.")] = "normal",
 ) -> None:
     """Create one job per --prompt in one BatchCreateJobs; each is answered on its own."""
     connection, out = session()
@@ -319,6 +331,7 @@ def batch(
         "operation_type": operation_value(operation),
         "labels": parse_labels(label or []),
         "params": parse_params(param or []),
+        "priority": parse_priority(priority),
     }
     answer = connection.call(
         connection.jobs.BatchCreateJobs,

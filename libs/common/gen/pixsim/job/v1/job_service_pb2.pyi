@@ -77,6 +77,29 @@ class Job(_message.Message):
     START_DEADLINE_EXCEEDED): nothing was sent, reserved or spent.
     """
 
+    class _Priority:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Job._Priority.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PRIORITY_UNSPECIFIED: Job._Priority.ValueType  # 0
+        """NORMAL."""
+        PRIORITY_HIGH: Job._Priority.ValueType  # 1
+        PRIORITY_NORMAL: Job._Priority.ValueType  # 2
+        PRIORITY_LOW: Job._Priority.ValueType  # 3
+
+    class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
+        """How soon the job is sent among its owner's waiting jobs: the owner's fair share
+        against other users is unchanged, and a lower priority waits a bounded time (aging).
+        """
+
+    PRIORITY_UNSPECIFIED: Job.Priority.ValueType  # 0
+    """NORMAL."""
+    PRIORITY_HIGH: Job.Priority.ValueType  # 1
+    PRIORITY_NORMAL: Job.Priority.ValueType  # 2
+    PRIORITY_LOW: Job.Priority.ValueType  # 3
+
     @_typing.final
     class LabelsEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
@@ -115,6 +138,7 @@ class Job(_message.Message):
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
     RUN_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
@@ -136,6 +160,8 @@ class Job(_message.Message):
     """The stored result when COMPLETED, as `assets/{asset}`."""
     request_id: _builtins.str
     """The idempotency key it was created with, if any."""
+    priority: Global___Job.Priority.ValueType
+    """Answered as NORMAL when not given."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.GenerationInput]: ...
     @_builtins.property
@@ -192,6 +218,7 @@ class Job(_message.Message):
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        priority: Global___Job.Priority.ValueType = ...,
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
         run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
@@ -199,7 +226,7 @@ class Job(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "params", b"params", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "prompt", b"prompt", "provider_id", b"provider_id", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "priority", b"priority", "prompt", b"prompt", "provider_id", b"provider_id", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_run_deadline: _TypeAlias = _typing.Literal["run_deadline_time", "run_timeout"]  # noqa: Y015
     _WhichOneofArgType_run_deadline: _TypeAlias = _typing.Literal["run_deadline", b"run_deadline"]  # noqa: Y015

@@ -18,6 +18,7 @@ from pixsim_cli.jobs import (
     parse_input,
     parse_params,
     parse_priority,
+    progress_line,
 )
 
 pytestmark = pytest.mark.unit
@@ -103,3 +104,22 @@ def test_priorities_are_named_in_any_case() -> None:
     assert parse_priority("LOW") == parse_priority("low") == job_pb.Job.PRIORITY_LOW
     with pytest.raises(CliError):
         parse_priority("urgent")
+
+
+def test_the_live_line_shows_the_place_in_line_then_the_progress() -> None:
+    from rich.console import Console
+
+    def shown(job: job_pb.Job) -> str:
+        console = Console(width=120, record=True, color_system=None)
+        console.print(progress_line(job, ["PENDING", "QUEUED"], 1.5))
+        return console.export_text()
+
+    waiting = job_pb.Job(name="jobs/x", state=job_pb.Job.STATE_QUEUED, queue_position=3)
+    assert "3 ahead in line" in shown(waiting)
+    waiting.queue_position = 0
+    assert "next in line" in shown(waiting)
+    running = job_pb.Job(
+        name="jobs/x", state=job_pb.Job.STATE_PROCESSING, progress=0.4, provider_state="RUNNING"
+    )
+    assert "40%" in shown(running)
+    assert "running" in shown(running)

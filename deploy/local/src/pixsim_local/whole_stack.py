@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,25 +139,30 @@ class WholeStack:
         return next(a for a in accounts.accounts if a.provider_id == provider)
 
     @asynccontextmanager
-    async def starved(self, provider: str) -> AsyncIterator[gw_pb.Account]:
-        """The provider's account at 0 credits meanwhile, so nothing of it is dispatched
-        (its jobs wait); yields the account as it was, and gives its credits back."""
+    async def account_changed(self, provider: str, **fields: int) -> AsyncIterator[gw_pb.Account]:
+        """The provider's account with `fields` (credits, max_concurrency, ...) changed
+        meanwhile; yields it as it was, and puts the fields back."""
         before = await self.account_of(provider)
 
-        async def set_credits(credits: int) -> None:
+        async def update(values: dict[str, int]) -> None:
             await self.gateway.UpdateAccount(
                 gw_pb.UpdateAccountRequest(
-                    account=gw_pb.Account(name=before.name, credits=credits),
-                    update_mask=field_mask_pb2.FieldMask(paths=["credits"]),
+                    account=gw_pb.Account(name=before.name, **values),  # type: ignore[arg-type]
+                    update_mask=field_mask_pb2.FieldMask(paths=sorted(values)),
                 ),
                 metadata=self.auth("root", admin=True),
             )
 
-        await set_credits(0)
+        await update(fields)
         try:
             yield before
         finally:
-            await set_credits(before.credits)
+            await update({name: getattr(before, name) for name in fields})
+
+    def starved(self, provider: str) -> AbstractAsyncContextManager[gw_pb.Account]:
+        """The provider's account at 0 credits meanwhile, so nothing of it is dispatched
+        (its jobs wait)."""
+        return self.account_changed(provider, credits=0)
 
     async def create(
         self,

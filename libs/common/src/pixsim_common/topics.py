@@ -43,6 +43,7 @@ JOB_STATUS_CHANGED = Topic("pixsim.job.status_changed.v1", events_pb2.JobStatusC
 GENERATION_STARTED = Topic("pixsim.generation.started.v1", events_pb2.GenerationStarted)
 GENERATION_COMPLETED = Topic("pixsim.generation.completed.v1", events_pb2.GenerationCompleted)
 GENERATION_FAILED = Topic("pixsim.generation.failed.v1", events_pb2.GenerationFailed)
+GENERATION_QUEUED = Topic("pixsim.generation.queued.v1", events_pb2.GenerationQueued)
 ASSET_CREATED = Topic("pixsim.asset.created.v1", events_pb2.AssetCreated)
 ASSET_DELETED = Topic("pixsim.asset.deleted.v1", events_pb2.AssetDeleted)
 SCENE_UPDATED = Topic("pixsim.scene.updated.v1", events_pb2.SceneUpdated)
@@ -54,6 +55,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     GENERATION_STARTED,
     GENERATION_COMPLETED,
     GENERATION_FAILED,
+    GENERATION_QUEUED,
     ASSET_CREATED,
     ASSET_DELETED,
     SCENE_UPDATED,

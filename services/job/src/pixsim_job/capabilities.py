@@ -46,6 +46,27 @@ class ProviderCatalog:
         return provider
 
 
+class LiveStatus:
+    """A job's place in line and progress, asked of the gateway (with the caller's token)
+    when the job is read; None when the gateway does not answer in time, and the job is
+    answered without them rather than late."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float = 1.0) -> None:
+        self._stub = gw_grpc.ProviderGatewayServiceStub(channel)
+        self._timeout = timeout
+
+    async def of(self, job_id: str, token: str) -> gw_pb.QueueStatus | None:
+        try:
+            status: gw_pb.QueueStatus = await self._stub.GetQueueStatus(
+                gw_pb.GetQueueStatusRequest(job=f"jobs/{job_id}"),
+                metadata=bearer(token),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return status
+
+
 def _value(value: struct_pb2.Value) -> Any:
     kind = value.WhichOneof("kind")
     return getattr(value, kind) if kind else None

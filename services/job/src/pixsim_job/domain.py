@@ -92,6 +92,12 @@ class Transition:
 
 # Facts the job learns from events.
 @dataclass(frozen=True, slots=True)
+class GenerationQueued:
+    retry_count: int
+    queue_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationStarted:
     retry_count: int
 
@@ -108,7 +114,7 @@ class AssetCreated:
     asset_id: str
 
 
-Fact = GenerationStarted | GenerationFailed | AssetCreated
+Fact = GenerationQueued | GenerationStarted | GenerationFailed | AssetCreated
 
 
 @dataclass
@@ -129,6 +135,8 @@ class Job:
     create_time: datetime | None = None
     start_time: datetime | None = None
     complete_time: datetime | None = None
+    # When the gateway took it into its queue (the try's QUEUED).
+    queue_time: datetime | None = None
     # HIGH, NORMAL or LOW: its turn among its owner's waiting jobs (the gateway's).
     priority: str = "NORMAL"
     # The caller's labels, to find and cancel jobs by.
@@ -185,11 +193,12 @@ class Job:
     def learn(self, fact: Fact, now: datetime) -> bool:
         """Apply a fact from another service; False when it changes nothing (late, repeated,
         or about an earlier try)."""
-        if isinstance(fact, GenerationStarted | GenerationFailed) and (
+        if isinstance(fact, GenerationQueued | GenerationStarted | GenerationFailed) and (
             fact.retry_count != self.retry_count
         ):
             return False
         target = {
+            GenerationQueued: JobState.QUEUED,
             GenerationStarted: JobState.PROCESSING,
             GenerationFailed: JobState.FAILED,
             AssetCreated: JobState.COMPLETED,
@@ -204,6 +213,8 @@ class Job:
             self.error_code, self.error_message = fact.error_code, fact.error_message
         if isinstance(fact, AssetCreated):
             self.asset_id = fact.asset_id
+        if isinstance(fact, GenerationQueued):
+            self.queue_time = fact.queue_time
         self._move(target, now)
         return True
 
@@ -222,6 +233,6 @@ class Job:
         self._move(JobState.PENDING, now)
         self.retry_count += 1
         self.error_code = self.error_message = ""
-        self.start_time = self.complete_time = None
+        self.start_time = self.complete_time = self.queue_time = None
         # A retry is a try the caller asks for now: the first try's deadlines are past it.
         self.start_deadline_time = self.run_deadline_time = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
@@ -9,11 +11,22 @@ from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.cloudevents import EventMeta
 from pixsim_common.consumer import Subscription
-from pixsim_job.domain import AssetCreated, GenerationFailed, GenerationStarted
+from pixsim_job.domain import (
+    AssetCreated,
+    GenerationFailed,
+    GenerationQueued,
+    GenerationStarted,
+)
 from pixsim_job.service import JobService
 
 
 def subscriptions(service: JobService) -> list[Subscription]:
+    async def queued(
+        session: AsyncSession, event: events_pb2.GenerationQueued, meta: EventMeta
+    ) -> None:
+        fact = GenerationQueued(event.job_retry_count, event.queue_time.ToDatetime(tzinfo=UTC))
+        await service.learn(session, event.job_id, event.user_id, fact)
+
     async def started(
         session: AsyncSession, event: events_pb2.GenerationStarted, meta: EventMeta
     ) -> None:
@@ -41,6 +54,7 @@ def subscriptions(service: JobService) -> list[Subscription]:
             await service.learn(session, event.job_id, event.user_id, AssetCreated(event.asset_id))
 
     return [
+        Subscription(topics.GENERATION_QUEUED, queued),
         Subscription(topics.GENERATION_STARTED, started),
         Subscription(topics.GENERATION_FAILED, failed),
         Subscription(topics.ASSET_CREATED, created),

@@ -10,16 +10,34 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim_common.auth import current_identity
 from pixsim_common.errors import DomainError
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import from_request, to_timestamp
 from pixsim_job import repository as repo
-from pixsim_job.domain import Job
-from pixsim_job.service import ChangeFeed, JobService, watch
+from pixsim_job.capabilities import LiveStatus
+from pixsim_job.domain import Job, JobState
+from pixsim_job.service import LIVE_STATES, ChangeFeed, JobService, watch
 
 
-def to_proto(job: Job) -> pb.Job:
+def to_proto(job: Job, live: gw_pb.QueueStatus | None = None) -> pb.Job:
+    """The job as stored, with what the gateway says of it now where `live` is given."""
+    message = stored_to_proto(job)
+    if live is None:
+        return message
+    if job.state is JobState.QUEUED and live.state == gw_pb.Submission.STATE_WAITING:
+        message.queue_position = live.queue_position
+    if job.state is JobState.PROCESSING and live.state == gw_pb.Submission.STATE_RUNNING:
+        message.provider_state = live.provider_state
+        if live.progress > 0:
+            message.progress = live.progress
+        if live.provider_state == "IN_QUEUE":
+            message.queue_position = live.provider_queue_position
+    return message
+
+
+def stored_to_proto(job: Job) -> pb.Job:
     message = pb.Job(
         name=f"jobs/{job.id}",
         owner=f"users/{job.user_id}",
@@ -38,6 +56,7 @@ def to_proto(job: Job) -> pb.Job:
         run_deadline_time=to_timestamp(job.run_deadline_time),
         labels=job.labels,
         priority=pb.Job.Priority.Value(f"PRIORITY_{job.priority}"),
+        queue_time=to_timestamp(job.queue_time),
     )
     json_format.ParseDict(
         {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},
@@ -62,7 +81,9 @@ class JobApi(pb_grpc.JobServiceServicer):
         feed: ChangeFeed,
         sessions: async_sessionmaker[AsyncSession],
         tokens: PageTokens,
+        live: LiveStatus,
     ) -> None:
+        self._live = live
         self._service = service
         self._feed = feed
         self._sessions = sessions
@@ -96,7 +117,10 @@ class JobApi(pb_grpc.JobServiceServicer):
         return pb.CancelJobsResponse(cancelled_count=count)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
-        return to_proto(await self._service.get(current_identity(), _id(request.name)))
+        identity = current_identity()
+        job = await self._service.get(identity, _id(request.name))
+        live = await self._live.of(job.id, identity.token) if job.state in LIVE_STATES else None
+        return to_proto(job, live)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
         return to_proto(await self._service.cancel(current_identity(), _id(request.name)))
@@ -105,8 +129,11 @@ class JobApi(pb_grpc.JobServiceServicer):
         return to_proto(await self._service.retry(current_identity(), _id(request.name)))
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.Job]:
-        async for job in watch(self._service, self._feed, current_identity(), _id(request.name)):
-            yield to_proto(job)
+        updates = watch(
+            self._service, self._feed, current_identity(), _id(request.name), self._live
+        )
+        async for job, live in updates:
+            yield to_proto(job, live)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
         identity = current_identity()

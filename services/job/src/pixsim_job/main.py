@@ -13,7 +13,7 @@ from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, 
 from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
-from pixsim_job.capabilities import ProviderCatalog
+from pixsim_job.capabilities import LiveStatus, ProviderCatalog
 from pixsim_job.events import subscriptions
 from pixsim_job.grpc_api import JobApi
 from pixsim_job.inputs import InputResolver
@@ -40,7 +40,8 @@ async def build(settings: ServiceSettings) -> ServiceApp:
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
         pb_grpc.add_JobServiceServicer_to_server(
-            JobApi(service(kit), feed, kit.sessions, kit.page_tokens), server
+            JobApi(service(kit), feed, kit.sessions, kit.page_tokens, LiveStatus(gateway)),
+            server,
         )
 
     def workers(_kit: Kit) -> Sequence[Worker]:

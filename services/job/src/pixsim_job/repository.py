@@ -61,6 +61,7 @@ jobs = Table(
     Column("run_deadline_time", DateTime(timezone=True)),
     Column("labels", JSONB, nullable=False, server_default="{}"),
     Column("priority", Text, nullable=False, server_default="NORMAL"),
+    Column("queue_time", DateTime(timezone=True)),
     Index(
         "jobs_idempotency",
         "user_id",
@@ -96,6 +97,7 @@ def to_job(row: Row[Any]) -> Job:
         run_deadline_time=row.run_deadline_time,
         labels=row.labels,
         priority=row.priority,
+        queue_time=row.queue_time,
     )
 
 
@@ -196,6 +198,7 @@ async def save(session: AsyncSession, job: Job) -> Job:
                 complete_time=job.complete_time,
                 start_deadline_time=job.start_deadline_time,
                 run_deadline_time=job.run_deadline_time,
+                queue_time=job.queue_time,
                 update_time=func.now(),
             )
             .returning(*jobs.c)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.events.v1 import events_pb2
 from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.auth import Identity
@@ -35,8 +36,8 @@ from pixsim_common.timestamps import from_request, now_timestamp, to_timestamp
 from pixsim_common.topics import MAX_EVENT_BYTES
 from pixsim_common.validation import validate
 from pixsim_job import repository as repo
-from pixsim_job.capabilities import ProviderCatalog, check_request
-from pixsim_job.domain import Fact, IllegalTransition, Job
+from pixsim_job.capabilities import LiveStatus, ProviderCatalog, check_request
+from pixsim_job.domain import Fact, IllegalTransition, Job, JobState
 from pixsim_job.inputs import InputResolver
 
 log = structlog.get_logger("pixsim.job")
@@ -301,24 +302,48 @@ class ChangeFeed:
                 del self._watchers[job_id]
 
 
+# While a job waits or runs, its place in line and progress are looked at this often: at
+# most this many messages a second reach a watcher.
+LIVE_INTERVAL = 0.25
+LIVE_STATES = (JobState.QUEUED, JobState.PROCESSING)
+
+
 async def watch(
-    service: JobService, feed: ChangeFeed, identity: Identity, job_id: str
-) -> AsyncIterator[Job]:
-    """The job now, then on every change, until it is terminal."""
+    service: JobService,
+    feed: ChangeFeed,
+    identity: Identity,
+    job_id: str,
+    live: LiveStatus | None = None,
+) -> AsyncIterator[tuple[Job, gw_pb.QueueStatus | None]]:
+    """The job now, then on every change (of its state, or while it waits or runs of its
+    place in line or its progress), until it is terminal."""
     with feed.subscribe(job_id) as changed:
         last: tuple[Any, ...] | None = None
         while True:
             changed.clear()
             job = await service.get(identity, job_id)
-            current = (job.state, job.retry_count, job.asset_id, job.error_code)
+            status = (
+                await live.of(job.id, identity.token)
+                if live is not None and job.state in LIVE_STATES
+                else None
+            )
+            current = (
+                job.state,
+                job.retry_count,
+                job.asset_id,
+                job.error_code,
+                None if status is None else status.SerializeToString(deterministic=True),
+            )
             if current != last:
-                yield job
+                yield job, status
                 last = current
             if job.state.terminal:
                 return
+            # Long for a job at rest (the timeout only guards a missed notification); short
+            # while the gateway's answer may change without a change of the job's row.
+            wait = LIVE_INTERVAL if job.state in LIVE_STATES and live is not None else 15
             with contextlib.suppress(TimeoutError):
-                # The timeout only guards against a missed notification.
-                await asyncio.wait_for(changed.wait(), timeout=15)
+                await asyncio.wait_for(changed.wait(), timeout=wait)
 
 
 def request_fingerprint(job: pb.Job) -> str:

@@ -15,14 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pixsim.events.v1 import events_pb2
 from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.types.v1 import types_pb2
+from pixsim_common import topics
 from pixsim_common.cloudevents import EventMeta
-from pixsim_common.timestamps import now_timestamp
+from pixsim_common.outbox import enqueue
+from pixsim_common.timestamps import now_timestamp, to_timestamp
 from pixsim_common.tracing import inject_context
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import Priority, SubmissionState, turn_delay
 from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest, MediaOutput
 
 WORK_CHANNEL = "pixsim_gateway_work"
+SOURCE = "/provider-gateway"
 # PRIORITY_AGING_SECONDS: the longest a LOW job can be passed by HIGH work arriving after it.
 DEFAULT_AGING = timedelta(minutes=5)
 
@@ -53,7 +56,7 @@ async def on_job_submitted(
         .order_by(repo.submissions.c.create_time.desc())
         .limit(1)
     )
-    await session.execute(
+    inserted = await session.scalar(
         insert(repo.submissions)
         .values(
             id=repo.new_id(),
@@ -77,7 +80,18 @@ async def on_job_submitted(
             state=SubmissionState.WAITING.value,
         )
         .on_conflict_do_nothing(constraint="one_row_per_attempt")
+        .returning(repo.submissions.c.create_time)
     )
+    if inserted is None:
+        return  # a redelivery of a chain we have
+    queued = events_pb2.GenerationQueued(
+        job_id=event.job_id,
+        user_id=event.user_id,
+        provider_id=event.provider_id,
+        queue_time=to_timestamp(inserted),
+        job_retry_count=event.retry_count,
+    )
+    await enqueue(session, topics.GENERATION_QUEUED, event.job_id, queued, source=SOURCE)
     await session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
 
 

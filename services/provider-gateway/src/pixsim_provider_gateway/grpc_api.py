@@ -4,6 +4,7 @@ account methods are admin-only by `main.ADMIN_METHODS`."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -22,7 +23,7 @@ from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import to_timestamp
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
-from pixsim_provider_gateway.domain import AccountState
+from pixsim_provider_gateway.domain import AccountState, SubmissionState
 from pixsim_provider_gateway.providers.registry import (
     ProviderRegistry,
     UnknownProvider,
@@ -93,6 +94,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         self._registry = registry
         self._cipher = cipher
         self._tokens = tokens
+        self._positions = QueuePositions()
 
     # ---- providers ---------------------------------------------------------------------
 
@@ -249,6 +251,29 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
 
     # ---- submissions -------------------------------------------------------------------
 
+    async def GetQueueStatus(
+        self, request: pb.GetQueueStatusRequest, context: Any
+    ) -> pb.QueueStatus:
+        async with self._sessions() as session:
+            row = await repo.latest_submission(session, _id_of(request.job))
+            if row is None or not _visible(row):
+                raise NotFound(f"{request.job} has no attempt here", reason="JOB_NOT_FOUND")
+            position = (
+                (await self._positions.of(session, row.provider_id)).get(row.id)
+                if row.state == SubmissionState.WAITING.value
+                else None
+            )
+        state = {"SUBMITTING": "RUNNING"}.get(row.state, row.state)
+        return pb.QueueStatus(
+            job=request.job,
+            state=pb.Submission.State.Value(f"STATE_{state}"),
+            queue_position=position or 0,
+            queue_time=to_timestamp(row.create_time),
+            progress=row.progress or 0.0,
+            provider_state=row.provider_state,
+            provider_queue_position=row.provider_queue_position or 0,
+        )
+
     async def GetSubmission(self, request: pb.GetSubmissionRequest, context: Any) -> pb.Submission:
         async with self._sessions() as session:
             row = await repo.get_submission(session, _id_of(request.name))
@@ -272,6 +297,23 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         return pb.ListSubmissionsResponse(
             submissions=[submission_to_proto(r) for r in rows], next_page_token=token
         )
+
+
+class QueuePositions:
+    """Each provider's queue positions, computed in one query and kept for `ttl` seconds:
+    any number of watchers cost one query per provider per `ttl`."""
+
+    def __init__(self, ttl: float = 0.2) -> None:
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, dict[str, int]]] = {}
+
+    async def of(self, session: AsyncSession, provider_id: str) -> dict[str, int]:
+        cached = self._cache.get(provider_id)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        positions = await repo.queue_positions(session, provider_id)
+        self._cache[provider_id] = (time.monotonic(), positions)
+        return positions
 
 
 def _visible(row: Row[Any]) -> bool:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -102,6 +103,11 @@ submissions = Table(
     Column("start_deadline_at", DateTime(timezone=True)),
     Column("run_deadline_at", DateTime(timezone=True)),
     Column("priority", Text, nullable=False, server_default="NORMAL"),
+    # What the last status check said, for GetQueueStatus: progress (0 to 1), the
+    # provider's own state word, and its place in the provider's own queue.
+    Column("progress", Float),
+    Column("provider_state", Text, nullable=False, server_default=""),
+    Column("provider_queue_position", Integer),
     # Its place in its owner's queue: arrival plus `domain.turn_delay` of its priority; a
     # retry keeps the place of the attempt before it.
     Column("turn_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -148,31 +154,86 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+# The order waiting work is served in, shared by dispatch and by queue positions: per user,
+# how many of theirs are in flight and when they were last served; then each one's turn.
+_FAIR_ORDER_INPUTS = """
+    WITH busy AS (
+        SELECT user_id, count(*) AS n FROM provider_submissions
+        WHERE state IN ('SUBMITTING', 'RUNNING') GROUP BY user_id
+    ), served AS (
+        SELECT user_id, max(submit_time) AS last FROM provider_submissions
+        WHERE submit_time > now() - interval '1 hour' GROUP BY user_id
+    )"""
+_FAIR_ORDER = "coalesce(b.n, 0), v.last NULLS FIRST, s.turn_at, s.create_time"
+
+QUEUE_POSITIONS = text(
+    f"""
+    {_FAIR_ORDER_INPUTS}
+    SELECT s.id::text AS id, (row_number() OVER (ORDER BY {_FAIR_ORDER}) - 1)::int AS position
+    FROM provider_submissions s
+    LEFT JOIN busy b USING (user_id) LEFT JOIN served v USING (user_id)
+    WHERE s.state = 'WAITING' AND s.provider_id = :provider
+    """  # noqa: S608 - constant SQL
+)
+
+
+async def queue_positions(session: AsyncSession, provider_id: str) -> dict[str, int]:
+    """Every waiting submission of the provider by id, with how many go before it in the
+    order dispatch serves them (0: next). One in a retry's backoff counts in line."""
+    rows = (await session.execute(QUEUE_POSITIONS, {"provider": provider_id})).all()
+    return {row.id: row.position for row in rows}
+
+
+async def latest_submission(session: AsyncSession, job_id: str) -> Row[Any] | None:
+    """The job's newest attempt."""
+    return (
+        await session.execute(
+            select(submissions)
+            .where(submissions.c.job_id == job_id)
+            .order_by(submissions.c.create_time.desc(), submissions.c.retry_attempt.desc())
+            .limit(1)
+        )
+    ).first()
+
+
 async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
     """Waiting submissions whose turn it is, locked, fair across users (round robin): a user
     with fewer submissions in flight goes first, then the one served least recently, then
     within a user the earliest `turn_at` (arrival, later for a lower priority). So one
     user's thousand queued jobs take turns with another's one even when a single slot frees
-    at a time, and priority orders a user's own work without costing others their share."""
+    at a time, and priority orders a user's own work without costing others their share.
+
+    Per provider only as many as its accounts have free slots, from the head of its line:
+    a slot that frees goes to the submission at the head, and the ones behind stay where
+    they are, so the queue positions GetQueueStatus reports are the order of service. A
+    provider with no usable account at all has one submission looked at a round (dispatch
+    fails it when the provider is unknown, else it waits)."""
     columns = ", ".join(f"s.{column.name}" for column in submissions.c)
     result = await session.execute(
         text(
             f"""
-            WITH busy AS (
-                SELECT user_id, count(*) AS n FROM provider_submissions
-                WHERE state IN ('SUBMITTING', 'RUNNING') GROUP BY user_id
-            ), served AS (
-                SELECT user_id, max(submit_time) AS last FROM provider_submissions
-                WHERE submit_time > now() - interval '1 hour' GROUP BY user_id
+            {_FAIR_ORDER_INPUTS}, free AS (
+                SELECT provider_id, sum(max_concurrency - in_flight) AS slots
+                FROM provider_accounts
+                WHERE state = 'ACTIVE' AND credits > 0
+                  AND (cooldown_until IS NULL OR cooldown_until <= now())
+                GROUP BY provider_id
+            ), ranked AS (
+                SELECT s.id, coalesce(f.slots, 1) AS slots,
+                       row_number() OVER (PARTITION BY s.provider_id ORDER BY {_FAIR_ORDER})
+                           AS place
+                FROM provider_submissions s
+                LEFT JOIN busy b USING (user_id) LEFT JOIN served v USING (user_id)
+                LEFT JOIN free f ON f.provider_id = s.provider_id
+                WHERE s.state = 'WAITING' AND s.available_at <= now()
+                  -- past a deadline: never sent now; the expiry sweep ends it
+                  AND NOT coalesce(s.retry_attempt = 0 AND s.submit_time IS NULL
+                                   AND s.start_deadline_at <= now(), false)
+                  AND coalesce(s.run_deadline_at > now(), true)
             )
-            SELECT {columns} FROM provider_submissions s
-            LEFT JOIN busy b USING (user_id) LEFT JOIN served v USING (user_id)
-            WHERE s.state = 'WAITING' AND s.available_at <= now()
-              -- past a deadline: never sent now; the expiry sweep ends it
-              AND NOT coalesce(s.retry_attempt = 0 AND s.submit_time IS NULL
-                               AND s.start_deadline_at <= now(), false)
-              AND coalesce(s.run_deadline_at > now(), true)
-            ORDER BY coalesce(b.n, 0), v.last NULLS FIRST, s.turn_at, s.create_time
+            SELECT {columns} FROM provider_submissions s JOIN ranked r ON r.id = s.id
+            WHERE r.place <= r.slots AND s.state = 'WAITING'
+            ORDER BY r.place
             LIMIT :limit
             FOR UPDATE OF s SKIP LOCKED
             """  # noqa: S608 - the column names come from the table definition

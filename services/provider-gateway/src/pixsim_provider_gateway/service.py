@@ -46,6 +46,7 @@ from pixsim_provider_gateway.domain import (
     unusable_task_id,
 )
 from pixsim_provider_gateway.events import (
+    SOURCE,
     generation_completed,
     generation_failed,
     generation_started,
@@ -65,7 +66,6 @@ from pixsim_provider_gateway.providers.base import (
 from pixsim_provider_gateway.providers.registry import ProviderRegistry, UnknownProvider
 
 log = structlog.get_logger("pixsim.gateway")
-SOURCE = "/provider-gateway"
 # The error message of an attempt ended by recovery: its outcome at the provider is unknown.
 REPLICA_STOPPED = "the replica submitting this attempt stopped"
 START_DEADLINE_EXCEEDED = "START_DEADLINE_EXCEEDED"
@@ -427,6 +427,9 @@ class ProviderService:
                     .where(repo.submissions.c.id == row.id)
                     .values(
                         poll_count=row.poll_count + 1,
+                        progress=status.progress,
+                        provider_state=status.provider_state[:64],
+                        provider_queue_position=status.queue_position,
                         lease_owner=None,
                         lease_until=None,
                         next_poll_at=func.now()

@@ -9,7 +9,10 @@ from typing import Annotated
 
 import typer
 from google.protobuf import duration_pb2, struct_pb2
+from rich.console import RenderableType
 from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 from rich.text import Text
 
 from pixsim.asset.v1 import asset_service_pb2 as asset_pb
@@ -185,6 +188,26 @@ def parse_duration(text: str | None, option: str) -> duration_pb2.Duration | Non
     return duration
 
 
+def progress_line(job: pb.Job, states: list[str], elapsed: float) -> RenderableType:
+    """One live line: the states so far and the time; while the job waits its place in
+    line, while it runs a bar of the provider's progress (or the provider's own word)."""
+    line = Table.grid(padding=(0, 2))
+    cells: list[RenderableType] = [Text(f"{job.name}  {' → '.join(states)}  {elapsed:.1f}s")]
+    if job.state == pb.Job.STATE_QUEUED and job.HasField("queue_position"):
+        ahead = job.queue_position
+        cells.append(Text("next in line" if ahead == 0 else f"{ahead} ahead in line"))
+    elif job.state == pb.Job.STATE_PROCESSING:
+        if job.HasField("progress"):
+            cells.append(ProgressBar(total=1.0, completed=job.progress, width=30))
+            cells.append(Text(f"{job.progress:.0%}"))
+        if job.provider_state:
+            cells.append(Text(job.provider_state.lower().replace("_", " ")))
+    for _ in cells:
+        line.add_column()
+    line.add_row(*cells)
+    return line
+
+
 def follow(connection: Connection, out: Output, job: pb.Job) -> None:
     """Watch `job` to its end, then show it (and its asset); exit 1 unless COMPLETED."""
     started = time.monotonic()
@@ -200,7 +223,7 @@ def follow(connection: Connection, out: Output, job: pb.Job) -> None:
                 states.append(state_of(update))
             elapsed = time.monotonic() - started
             if not out.json:
-                live.update(Text(f"{job.name}  {' → '.join(states)}  {elapsed:.1f}s"))
+                live.update(progress_line(update, states, elapsed))
             if update.state in TERMINAL:
                 break
     elapsed = time.monotonic() - started

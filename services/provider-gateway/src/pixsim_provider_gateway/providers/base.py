@@ -257,6 +257,10 @@ class ProviderStatusResult:
     outputs: tuple[MediaOutput, ...] = ()
     error: ProviderError | None = None
     cost: int | None = None
+    # The provider's own word for the task's state (Runway's THROTTLED, fal's IN_QUEUE), and
+    # its place in the provider's own queue where one is reported (fal's queue_position).
+    provider_state: str = ""
+    queue_position: int | None = None
 
 
 class Provider(Protocol):

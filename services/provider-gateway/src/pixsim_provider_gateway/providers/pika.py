@@ -232,11 +232,17 @@ class PikaProvider:
         )
         if response.status_code not in (200, 202):
             raise self._error(response)
-        status = response.json()["status"]
+        answer = response.json()
+        status = answer["status"]
         if status == "IN_QUEUE":
-            return ProviderStatusResult(TaskState.PENDING)
+            position = answer.get("queue_position")
+            return ProviderStatusResult(
+                TaskState.PENDING,
+                provider_state=status,
+                queue_position=position if isinstance(position, int) else None,
+            )
         if status == "IN_PROGRESS":
-            return ProviderStatusResult(TaskState.RUNNING)
+            return ProviderStatusResult(TaskState.RUNNING, provider_state=status)
         if status != "COMPLETED":
             raise ProviderError(ErrorKind.TRANSIENT, f"unknown queue status {status!r}")
         # A failed request also ends COMPLETED; its error is the result's answer.

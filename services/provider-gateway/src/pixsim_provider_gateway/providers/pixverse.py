@@ -308,7 +308,7 @@ class PixverseProvider:
         resp = await self._call("GET", f"/openapi/v2/video/result/{provider_job_id}", credentials)
         status = resp.get("status")
         if status == 5:
-            return ProviderStatusResult(TaskState.RUNNING)
+            return ProviderStatusResult(TaskState.RUNNING, provider_state="GENERATING")
         if status == 1:
             output = MediaOutput(
                 uri=str(resp["url"]),

@@ -306,9 +306,15 @@ class RunwayProvider:
         status = body["status"]
         cost = (body.get("cost") or body.get("estimatedCost") or {}).get("credits")
         if status in ("PENDING", "THROTTLED"):
-            return ProviderStatusResult(TaskState.PENDING, cost=cost)
+            return ProviderStatusResult(TaskState.PENDING, cost=cost, provider_state=status)
         if status == "RUNNING":
-            return ProviderStatusResult(TaskState.RUNNING, progress=body.get("progress"), cost=cost)
+            progress = body.get("progress")
+            return ProviderStatusResult(
+                TaskState.RUNNING,
+                progress=float(progress) if isinstance(progress, int | float) else None,
+                cost=cost,
+                provider_state=status,
+            )
         if status == "SUCCEEDED":
             outputs = tuple(MediaOutput(uri, t.MEDIA_TYPE_VIDEO) for uri in body["output"])
             return ProviderStatusResult(TaskState.SUCCEEDED, 1.0, outputs, cost=cost)

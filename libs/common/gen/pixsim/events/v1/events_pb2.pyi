@@ -164,6 +164,43 @@ class JobStatusChanged(_message.Message):
 Global___JobStatusChanged: _TypeAlias = JobStatusChanged  # noqa: Y015
 
 @_typing.final
+class GenerationQueued(_message.Message):
+    """pixsim.generation.queued.v1: the gateway holds the job and it waits for a provider account
+    (the job becomes QUEUED). Its place in line is read from the gateway (GetQueueStatus).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_TIME_FIELD_NUMBER: _builtins.int
+    JOB_RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    user_id: _builtins.str
+    provider_id: _builtins.str
+    job_retry_count: _builtins.int
+    """The job's retry_count this attempt chain serves (from its job.submitted)."""
+    @_builtins.property
+    def queue_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        provider_id: _builtins.str = ...,
+        queue_time: _timestamp_pb2.Timestamp | None = ...,
+        job_retry_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_time", b"queue_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "job_retry_count", b"job_retry_count", "provider_id", b"provider_id", "queue_time", b"queue_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationQueued: _TypeAlias = GenerationQueued  # noqa: Y015
+
+@_typing.final
 class GenerationStarted(_message.Message):
     """pixsim.generation.started.v1: a provider accepted the task."""
 

@@ -138,6 +138,10 @@ class Job(_message.Message):
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    QUEUE_TIME_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    PROVIDER_STATE_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
@@ -160,6 +164,14 @@ class Job(_message.Message):
     """The stored result when COMPLETED, as `assets/{asset}`."""
     request_id: _builtins.str
     """The idempotency key it was created with, if any."""
+    queue_position: _builtins.int
+    """Live, from the gateway, in GetJob and WatchJob (not ListJobs): while QUEUED, how many
+    of its provider's waiting jobs go first (0: next); while PROCESSING, the provider's
+    progress (0 to 1, where it reports one) and its own word for the task's state
+    (`THROTTLED`: the provider queues it, `RUNNING`, ...).
+    """
+    progress: _builtins.float
+    provider_state: _builtins.str
     priority: Global___Job.Priority.ValueType
     """Answered as NORMAL when not given."""
     @_builtins.property
@@ -184,6 +196,10 @@ class Job(_message.Message):
         lowercase (`[a-z][a-z0-9_.-]*`, up to 63 characters), values up to 63 characters of
         `[A-Za-z0-9_.:-]`.
         """
+
+    @_builtins.property
+    def queue_time(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway took the job into its queue (it became QUEUED)."""
 
     @_builtins.property
     def start_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -218,20 +234,32 @@ class Job(_message.Message):
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        queue_time: _timestamp_pb2.Timestamp | None = ...,
+        queue_position: _builtins.int | None = ...,
+        progress: _builtins.float | None = ...,
+        provider_state: _builtins.str = ...,
         priority: Global___Job.Priority.ValueType = ...,
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
         run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         run_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "params", b"params", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "params", b"params", "progress", b"progress", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "priority", b"priority", "prompt", b"prompt", "provider_id", b"provider_id", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_id", b"provider_id", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__progress: _TypeAlias = _typing.Literal["progress"]  # noqa: Y015
+    _WhichOneofArgType__progress: _TypeAlias = _typing.Literal["_progress", b"_progress"]  # noqa: Y015
+    _WhichOneofReturnType__queue_position: _TypeAlias = _typing.Literal["queue_position"]  # noqa: Y015
+    _WhichOneofArgType__queue_position: _TypeAlias = _typing.Literal["_queue_position", b"_queue_position"]  # noqa: Y015
     _WhichOneofReturnType_run_deadline: _TypeAlias = _typing.Literal["run_deadline_time", "run_timeout"]  # noqa: Y015
     _WhichOneofArgType_run_deadline: _TypeAlias = _typing.Literal["run_deadline", b"run_deadline"]  # noqa: Y015
     _WhichOneofReturnType_start_deadline: _TypeAlias = _typing.Literal["start_deadline_time", "start_timeout"]  # noqa: Y015
     _WhichOneofArgType_start_deadline: _TypeAlias = _typing.Literal["start_deadline", b"start_deadline"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__progress) -> _WhichOneofReturnType__progress | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__queue_position) -> _WhichOneofReturnType__queue_position | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_run_deadline) -> _WhichOneofReturnType_run_deadline | None: ...
     @_typing.overload

@@ -688,3 +688,72 @@ class ListSubmissionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSubmissionsResponse: _TypeAlias = ListSubmissionsResponse  # noqa: Y015
+
+@_typing.final
+class GetQueueStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    """The job, as `jobs/{job}`."""
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQueueStatusRequest: _TypeAlias = GetQueueStatusRequest  # noqa: Y015
+
+@_typing.final
+class QueueStatus(_message.Message):
+    """A job's latest attempt as the gateway sees it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    QUEUE_TIME_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    PROVIDER_STATE_FIELD_NUMBER: _builtins.int
+    PROVIDER_QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    """`jobs/{job}`."""
+    state: Global___Submission.State.ValueType
+    queue_position: _builtins.int
+    """While WAITING: how many of its provider's waiting submissions go before it, in the
+    order the gateway serves them (fair across users, then by priority); 0 is next.
+    """
+    progress: _builtins.float
+    """While RUNNING: the provider's progress, 0 to 1, where it reports one (Runway)."""
+    provider_state: _builtins.str
+    """The provider's own word for the task's state (`THROTTLED`, `IN_QUEUE`, `RUNNING`, ...)."""
+    provider_queue_position: _builtins.int
+    """Where the provider keeps its own queue (fal): the task's place in it."""
+    @_builtins.property
+    def queue_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job entered the queue."""
+
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+        state: Global___Submission.State.ValueType = ...,
+        queue_position: _builtins.int = ...,
+        queue_time: _timestamp_pb2.Timestamp | None = ...,
+        progress: _builtins.float = ...,
+        provider_state: _builtins.str = ...,
+        provider_queue_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_time", b"queue_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "progress", b"progress", "provider_queue_position", b"provider_queue_position", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueStatus: _TypeAlias = QueueStatus  # noqa: Y015

@@ -69,6 +69,11 @@ class ProviderGatewayServiceStub:
                 request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DisableAccountRequest.SerializeToString,
                 response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
                 _registered_method=True)
+        self.GetQueueStatus = channel.unary_unary(
+                '/pixsim.provider.v1.ProviderGatewayService/GetQueueStatus',
+                request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetQueueStatusRequest.SerializeToString,
+                response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.QueueStatus.FromString,
+                _registered_method=True)
         self.GetSubmission = channel.unary_unary(
                 '/pixsim.provider.v1.ProviderGatewayService/GetSubmission',
                 request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetSubmissionRequest.SerializeToString,
@@ -133,9 +138,17 @@ class ProviderGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetSubmission(self, request, context):
+    def GetQueueStatus(self, request, context):
         """Returns one attempt at a generation.
+        Where a job is now at the gateway: its place in its provider's queue while it waits,
+        the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubmission(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -184,6 +197,11 @@ def add_ProviderGatewayServiceServicer_to_server(servicer, server):
                     servicer.DisableAccount,
                     request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DisableAccountRequest.FromString,
                     response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.SerializeToString,
+            ),
+            'GetQueueStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStatus,
+                    request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetQueueStatusRequest.FromString,
+                    response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.QueueStatus.SerializeToString,
             ),
             'GetSubmission': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSubmission,
@@ -385,6 +403,33 @@ class ProviderGatewayService:
             '/pixsim.provider.v1.ProviderGatewayService/DisableAccount',
             pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DisableAccountRequest.SerializeToString,
             pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.provider.v1.ProviderGatewayService/GetQueueStatus',
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetQueueStatusRequest.SerializeToString,
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.QueueStatus.FromString,
             options,
             channel_credentials,
             insecure,

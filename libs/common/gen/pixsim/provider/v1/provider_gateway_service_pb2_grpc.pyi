@@ -47,8 +47,12 @@ class ProviderGatewayServiceStub:
     """Changes the fields named in `update_mask`. Admin only."""
     DisableAccount: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.DisableAccountRequest, _provider_gateway_service_pb2.Account]
     """Stops an account from being selected; its running tasks finish. Admin only."""
+    GetQueueStatus: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetQueueStatusRequest, _provider_gateway_service_pb2.QueueStatus]
+    """Returns one attempt at a generation.
+    Where a job is now at the gateway: its place in its provider's queue while it waits,
+    the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
+    """
     GetSubmission: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetSubmissionRequest, _provider_gateway_service_pb2.Submission]
-    """Returns one attempt at a generation."""
     ListSubmissions: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ListSubmissionsRequest, _provider_gateway_service_pb2.ListSubmissionsResponse]
     """Lists the attempts made for one of the caller's jobs, oldest first."""
 
@@ -69,8 +73,12 @@ class ProviderGatewayServiceAsyncStub(ProviderGatewayServiceStub):
     """Changes the fields named in `update_mask`. Admin only."""
     DisableAccount: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.DisableAccountRequest, _provider_gateway_service_pb2.Account]  # type: ignore[assignment]
     """Stops an account from being selected; its running tasks finish. Admin only."""
+    GetQueueStatus: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetQueueStatusRequest, _provider_gateway_service_pb2.QueueStatus]  # type: ignore[assignment]
+    """Returns one attempt at a generation.
+    Where a job is now at the gateway: its place in its provider's queue while it waits,
+    the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
+    """
     GetSubmission: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetSubmissionRequest, _provider_gateway_service_pb2.Submission]  # type: ignore[assignment]
-    """Returns one attempt at a generation."""
     ListSubmissions: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ListSubmissionsRequest, _provider_gateway_service_pb2.ListSubmissionsResponse]  # type: ignore[assignment]
     """Lists the attempts made for one of the caller's jobs, oldest first."""
 
@@ -132,12 +140,22 @@ class ProviderGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stops an account from being selected; its running tasks finish. Admin only."""
 
     @_abc_1.abstractmethod
+    def GetQueueStatus(
+        self,
+        request: _provider_gateway_service_pb2.GetQueueStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_gateway_service_pb2.QueueStatus, _abc.Awaitable[_provider_gateway_service_pb2.QueueStatus]]:
+        """Returns one attempt at a generation.
+        Where a job is now at the gateway: its place in its provider's queue while it waits,
+        the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
+        """
+
+    @_abc_1.abstractmethod
     def GetSubmission(
         self,
         request: _provider_gateway_service_pb2.GetSubmissionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_provider_gateway_service_pb2.Submission, _abc.Awaitable[_provider_gateway_service_pb2.Submission]]:
-        """Returns one attempt at a generation."""
+    ) -> _typing.Union[_provider_gateway_service_pb2.Submission, _abc.Awaitable[_provider_gateway_service_pb2.Submission]]: ...
 
     @_abc_1.abstractmethod
     def ListSubmissions(

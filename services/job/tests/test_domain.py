@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -13,6 +13,7 @@ from pixsim_job.domain import (
     AssetCreated,
     Fact,
     GenerationFailed,
+    GenerationFinished,
     GenerationStarted,
     IllegalTransition,
     Job,
@@ -156,3 +157,22 @@ def test_a_retry_runs_without_the_first_tries_deadlines() -> None:
     assert job.learn(FAILED, NOW)
     job.retry(NOW)
     assert (job.start_deadline_time, job.run_deadline_time) == (None, None)
+
+
+def test_timings_come_in_any_order_and_the_overhead_is_what_the_provider_did_not_take() -> None:
+    job = new_job()
+    job.create_time = NOW
+    accepted = NOW.replace(second=2)
+    finished = NOW.replace(second=7)
+    stored = NOW.replace(second=8)
+    # The asset first, then the provider's end, then a late start: each time is kept.
+    assert job.learn(AssetCreated("a"), stored)
+    assert job.overhead() is None
+    assert job.learn(GenerationFinished(0, finished), stored)
+    assert job.learn(GenerationStarted(0, NOW.replace(second=1), accepted), stored)
+    assert job.state is JobState.COMPLETED
+    assert job.provider_duration() == timedelta(seconds=5)
+    assert job.overhead() == timedelta(seconds=3)  # 8 s in all, 5 of them the provider's
+    # Repeats change nothing.
+    assert not job.learn(GenerationFinished(0, stored), stored)
+    assert not job.learn(GenerationStarted(0, stored, stored), stored)

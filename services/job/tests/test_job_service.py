@@ -17,6 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from pixsim.events.v1 import events_pb2
@@ -206,6 +207,49 @@ async def test_a_job_runs_to_completion_and_watch_streams_every_state(stack: Sta
     )
     await asyncio.sleep(1)
     assert (await stack.state_of(job.name, pb.Job.STATE_COMPLETED)).asset == done.asset
+
+
+async def test_a_completed_job_reports_its_timings_and_our_overhead(stack: Stack) -> None:
+    def observed() -> float:
+        return (
+            REGISTRY.get_sample_value("pixsim_job_overhead_seconds_count", {"provider": "pixverse"})
+            or 0.0
+        )
+
+    before = observed()
+    job = await stack.create(prompt="timed [sim:finish_ms=1500]")
+    job_id = job.name.removeprefix("jobs/")
+    await stack.tap.wait_for(topics.GENERATION_COMPLETED.name, job_id)
+    asset_id = str(uuid.uuid4())
+    await stack.publish(
+        topics.ASSET_CREATED,
+        asset_id,
+        events_pb2.AssetCreated(asset_id=asset_id, user_id="alice", job_id=job_id),
+    )
+    done = await stack.state_of(job.name, pb.Job.STATE_COMPLETED)
+    for _ in range(100):  # generation.completed and asset.created come in any order
+        if done.HasField("overhead_duration"):
+            break
+        await asyncio.sleep(0.05)
+        done = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.alice)
+    times = [
+        getattr(done, field).ToDatetime()
+        for field in (
+            "create_time",
+            "queue_time",
+            "dispatch_time",
+            "provider_start_time",
+            "provider_end_time",
+            "complete_time",
+        )
+    ]
+    assert times == sorted(times), times
+    provider = done.provider_duration.ToTimedelta().total_seconds()
+    overhead = done.overhead_duration.ToTimedelta().total_seconds()
+    total = (times[-1] - times[0]).total_seconds()
+    assert provider >= 1.5  # the task took 1.5 s at the provider, seen at its next poll
+    assert overhead == pytest.approx(total - provider, abs=0.01)
+    assert observed() == before + 1
 
 
 FAIL_JOB_ELSEWHERE = """

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -100,6 +100,17 @@ class GenerationQueued:
 @dataclass(frozen=True, slots=True)
 class GenerationStarted:
     retry_count: int
+    # When the gateway sent the attempt, and when the provider accepted it (None: unsaid).
+    dispatch_time: datetime | None = None
+    provider_start_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFinished:
+    """The provider finished the try's task (generation.completed): a time, not a state."""
+
+    retry_count: int
+    provider_end_time: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +125,7 @@ class AssetCreated:
     asset_id: str
 
 
-Fact = GenerationQueued | GenerationStarted | GenerationFailed | AssetCreated
+Fact = GenerationQueued | GenerationStarted | GenerationFinished | GenerationFailed | AssetCreated
 
 
 @dataclass
@@ -135,8 +146,12 @@ class Job:
     create_time: datetime | None = None
     start_time: datetime | None = None
     complete_time: datetime | None = None
-    # When the gateway took it into its queue (the try's QUEUED).
+    # When the gateway took it into its queue (the try's QUEUED), sent it, the provider
+    # accepted it, and the gateway saw the provider finish.
     queue_time: datetime | None = None
+    dispatch_time: datetime | None = None
+    provider_start_time: datetime | None = None
+    provider_end_time: datetime | None = None
     # HIGH, NORMAL or LOW: its turn among its owner's waiting jobs (the gateway's).
     priority: str = "NORMAL"
     # The caller's labels, to find and cancel jobs by.
@@ -175,6 +190,21 @@ class Job:
             request_hash=request_hash,
         )
 
+    def provider_duration(self) -> timedelta | None:
+        """The provider's time on the try that completed: accepted to seen finished."""
+        if self.provider_start_time is None or self.provider_end_time is None:
+            return None
+        return max(self.provider_end_time - self.provider_start_time, timedelta(0))
+
+    def overhead(self) -> timedelta | None:
+        """Ours, once COMPLETED: created to completed, less the provider's time."""
+        provider = self.provider_duration()
+        if self.state is not JobState.COMPLETED or provider is None:
+            return None
+        if self.create_time is None or self.complete_time is None:
+            return None
+        return max(self.complete_time - self.create_time - provider, timedelta(0))
+
     def same_request(self, request_hash: str) -> bool:
         """Whether a request with this fingerprint is the one this job was made from (a job
         from before fingerprints were kept counts as the same)."""
@@ -193,10 +223,21 @@ class Job:
     def learn(self, fact: Fact, now: datetime) -> bool:
         """Apply a fact from another service; False when it changes nothing (late, repeated,
         or about an earlier try)."""
-        if isinstance(fact, GenerationQueued | GenerationStarted | GenerationFailed) and (
-            fact.retry_count != self.retry_count
-        ):
+        if isinstance(
+            fact, GenerationQueued | GenerationStarted | GenerationFinished | GenerationFailed
+        ) and (fact.retry_count != self.retry_count):
             return False
+        if isinstance(fact, GenerationFinished):
+            if self.provider_end_time is not None:
+                return False
+            self.provider_end_time = fact.provider_end_time
+            return True
+        timed = False
+        if isinstance(fact, GenerationStarted) and self.provider_start_time is None:
+            # Kept even when the start itself comes late (after the asset): timings only.
+            self.dispatch_time = fact.dispatch_time
+            self.provider_start_time = fact.provider_start_time
+            timed = fact.provider_start_time is not None
         target = {
             GenerationQueued: JobState.QUEUED,
             GenerationStarted: JobState.PROCESSING,
@@ -208,7 +249,7 @@ class Job:
             if self.state is JobState.PROCESSING:
                 return False  # sent after all: the gateway's own answer decides
         if self.state.terminal or RANK[target] <= RANK[self.state]:
-            return False
+            return timed
         if isinstance(fact, GenerationFailed):
             self.error_code, self.error_message = fact.error_code, fact.error_message
         if isinstance(fact, AssetCreated):
@@ -234,5 +275,6 @@ class Job:
         self.retry_count += 1
         self.error_code = self.error_message = ""
         self.start_time = self.complete_time = self.queue_time = None
+        self.dispatch_time = self.provider_start_time = self.provider_end_time = None
         # A retry is a try the caller asks for now: the first try's deadlines are past it.
         self.start_deadline_time = self.run_deadline_time = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
@@ -14,6 +16,7 @@ from pixsim_common.consumer import Subscription
 from pixsim_job.domain import (
     AssetCreated,
     GenerationFailed,
+    GenerationFinished,
     GenerationQueued,
     GenerationStarted,
 )
@@ -30,9 +33,20 @@ def subscriptions(service: JobService) -> list[Subscription]:
     async def started(
         session: AsyncSession, event: events_pb2.GenerationStarted, meta: EventMeta
     ) -> None:
-        await service.learn(
-            session, event.job_id, event.user_id, GenerationStarted(event.job_retry_count)
+        fact = GenerationStarted(
+            event.job_retry_count,
+            dispatch_time=_time(event, "dispatch_time"),
+            provider_start_time=_time(event, "start_time"),
         )
+        await service.learn(session, event.job_id, event.user_id, fact)
+
+    async def finished(
+        session: AsyncSession, event: events_pb2.GenerationCompleted, meta: EventMeta
+    ) -> None:
+        end = _time(event, "complete_time")
+        if end is not None:
+            fact = GenerationFinished(event.job_retry_count, end)
+            await service.learn(session, event.job_id, event.user_id, fact)
 
     async def failed(
         session: AsyncSession, event: events_pb2.GenerationFailed, meta: EventMeta
@@ -56,6 +70,15 @@ def subscriptions(service: JobService) -> list[Subscription]:
     return [
         Subscription(topics.GENERATION_QUEUED, queued),
         Subscription(topics.GENERATION_STARTED, started),
+        Subscription(topics.GENERATION_COMPLETED, finished),
         Subscription(topics.GENERATION_FAILED, failed),
         Subscription(topics.ASSET_CREATED, created),
     ]
+
+
+def _time(event: Message, field: str) -> datetime | None:
+    """An event's time field; None when the producer left it out."""
+    if not event.HasField(field):
+        return None
+    stamp: Timestamp = getattr(event, field)
+    return stamp.ToDatetime(tzinfo=UTC)

@@ -57,7 +57,17 @@ def stored_to_proto(job: Job) -> pb.Job:
         labels=job.labels,
         priority=pb.Job.Priority.Value(f"PRIORITY_{job.priority}"),
         queue_time=to_timestamp(job.queue_time),
+        dispatch_time=to_timestamp(job.dispatch_time),
+        provider_start_time=to_timestamp(job.provider_start_time),
+        provider_end_time=to_timestamp(job.provider_end_time),
     )
+    if job.state is JobState.COMPLETED:
+        for field, value in (
+            ("provider_duration", job.provider_duration()),
+            ("overhead_duration", job.overhead()),
+        ):
+            if value is not None:
+                getattr(message, field).FromTimedelta(value)
     json_format.ParseDict(
         {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},
         message,

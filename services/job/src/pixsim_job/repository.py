@@ -62,6 +62,9 @@ jobs = Table(
     Column("labels", JSONB, nullable=False, server_default="{}"),
     Column("priority", Text, nullable=False, server_default="NORMAL"),
     Column("queue_time", DateTime(timezone=True)),
+    Column("dispatch_time", DateTime(timezone=True)),
+    Column("provider_start_time", DateTime(timezone=True)),
+    Column("provider_end_time", DateTime(timezone=True)),
     Index(
         "jobs_idempotency",
         "user_id",
@@ -98,6 +101,9 @@ def to_job(row: Row[Any]) -> Job:
         labels=row.labels,
         priority=row.priority,
         queue_time=row.queue_time,
+        dispatch_time=row.dispatch_time,
+        provider_start_time=row.provider_start_time,
+        provider_end_time=row.provider_end_time,
     )
 
 
@@ -199,6 +205,9 @@ async def save(session: AsyncSession, job: Job) -> Job:
                 start_deadline_time=job.start_deadline_time,
                 run_deadline_time=job.run_deadline_time,
                 queue_time=job.queue_time,
+                dispatch_time=job.dispatch_time,
+                provider_start_time=job.provider_start_time,
+                provider_end_time=job.provider_end_time,
                 update_time=func.now(),
             )
             .returning(*jobs.c)

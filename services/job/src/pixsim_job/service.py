@@ -39,6 +39,7 @@ from pixsim_job import repository as repo
 from pixsim_job.capabilities import LiveStatus, ProviderCatalog, check_request
 from pixsim_job.domain import Fact, IllegalTransition, Job, JobState
 from pixsim_job.inputs import InputResolver
+from pixsim_job.metrics import JOB_OVERHEAD
 
 log = structlog.get_logger("pixsim.job")
 SOURCE = "/job"
@@ -235,8 +236,14 @@ class JobService:
             raise PoisonMessage(f"job {job_id} does not exist", "UNKNOWN_JOB")
         if job.user_id != user_id:
             raise PoisonMessage(f"job {job_id} is not {user_id[:64]!r}'s", "OWNER_MISMATCH")
+        overhead_before = job.overhead()
         if job.learn(fact, _now()):
             await self._save(session, job)
+            overhead = job.overhead()
+            if overhead_before is None and overhead is not None:
+                # Once per job: a redelivery finds the overhead known. (A transaction that
+                # fails after this is observed again when retried: a histogram, not a ledger.)
+                JOB_OVERHEAD.labels(job.provider_id).observe(overhead.total_seconds())
 
     async def event_set_aside(self, session: AsyncSession, row: SetAside) -> None:
         """The relay could never publish an event about a job (too large, refused by the

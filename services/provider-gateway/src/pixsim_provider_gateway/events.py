@@ -171,6 +171,7 @@ def generation_started(row: Row[Any], provider_job_id: str) -> events_pb2.Genera
         retry_attempt=row.retry_attempt,
         start_time=now_timestamp(),
         job_retry_count=row.job_retry_count,
+        dispatch_time=to_timestamp(row.submit_time),
     )
 
 

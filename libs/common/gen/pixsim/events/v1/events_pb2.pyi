@@ -214,6 +214,7 @@ class GenerationStarted(_message.Message):
     RETRY_ATTEMPT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     JOB_RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    DISPATCH_TIME_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     user_id: _builtins.str
     submission_id: _builtins.str
@@ -226,6 +227,10 @@ class GenerationStarted(_message.Message):
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def dispatch_time(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway sent this attempt (`start_time`: when the provider accepted it)."""
+
     def __init__(
         self,
         *,
@@ -237,10 +242,11 @@ class GenerationStarted(_message.Message):
         retry_attempt: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         job_retry_count: _builtins.int = ...,
+        dispatch_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch_time", b"dispatch_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "job_retry_count", b"job_retry_count", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "retry_attempt", b"retry_attempt", "start_time", b"start_time", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_time", b"dispatch_time", "job_id", b"job_id", "job_retry_count", b"job_retry_count", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "retry_attempt", b"retry_attempt", "start_time", b"start_time", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -142,6 +142,11 @@ class Job(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     PROVIDER_STATE_FIELD_NUMBER: _builtins.int
+    DISPATCH_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_START_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_END_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_DURATION_FIELD_NUMBER: _builtins.int
+    OVERHEAD_DURATION_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
@@ -202,6 +207,24 @@ class Job(_message.Message):
         """When the gateway took the job into its queue (it became QUEUED)."""
 
     @_builtins.property
+    def dispatch_time(self) -> _timestamp_pb2.Timestamp:
+        """Timings, as Replicate's `metrics`: when the gateway sent the attempt that the provider
+        accepted, when the provider took it (accepted it), and when the gateway saw it finish.
+        """
+
+    @_builtins.property
+    def provider_start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def provider_end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def provider_duration(self) -> _duration_pb2.Duration:
+        """Once COMPLETED: the provider's time (provider_start_time to provider_end_time), and ours
+        (create_time to complete_time, less the provider's): queueing, dispatch, polling, storing.
+        """
+
+    @_builtins.property
+    def overhead_duration(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
     def start_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def start_timeout(self) -> _duration_pb2.Duration:
@@ -238,15 +261,20 @@ class Job(_message.Message):
         queue_position: _builtins.int | None = ...,
         progress: _builtins.float | None = ...,
         provider_state: _builtins.str = ...,
+        dispatch_time: _timestamp_pb2.Timestamp | None = ...,
+        provider_start_time: _timestamp_pb2.Timestamp | None = ...,
+        provider_end_time: _timestamp_pb2.Timestamp | None = ...,
+        provider_duration: _duration_pb2.Duration | None = ...,
+        overhead_duration: _duration_pb2.Duration | None = ...,
         priority: Global___Job.Priority.ValueType = ...,
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
         run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         run_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "params", b"params", "progress", b"progress", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "overhead_duration", b"overhead_duration", "params", b"params", "progress", b"progress", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_start_time", b"provider_start_time", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_id", b"provider_id", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "overhead_duration", b"overhead_duration", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_id", b"provider_id", "provider_start_time", b"provider_start_time", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__progress: _TypeAlias = _typing.Literal["progress"]  # noqa: Y015
     _WhichOneofArgType__progress: _TypeAlias = _typing.Literal["_progress", b"_progress"]  # noqa: Y015

@@ -143,10 +143,15 @@ _CLAIM = text(
     " ORDER BY u ON CONFLICT (uri) DO UPDATE SET refs = blobs.refs + 1, orphaned_at = NULL,"
     " update_time = now()"
 )
+# Rows are locked in uri order, as _CLAIM's insert takes them: an UPDATE alone locks in
+# whatever order its scan meets them, and two releases (or a release and a claim) of the
+# same files, e.g. concurrent duplicates of one upload, deadlocked.
 _RELEASE = text(
-    "UPDATE blobs SET refs = refs - 1, update_time = now(),"
-    " orphaned_at = CASE WHEN refs = 1 THEN now() ELSE orphaned_at END"
-    " WHERE uri = ANY(CAST(:uris AS text[]))"
+    "UPDATE blobs SET refs = blobs.refs - 1, update_time = now(),"
+    " orphaned_at = CASE WHEN blobs.refs = 1 THEN now() ELSE blobs.orphaned_at END"
+    " FROM (SELECT uri FROM blobs WHERE uri = ANY(CAST(:uris AS text[]))"
+    " ORDER BY uri FOR UPDATE) AS locked"
+    " WHERE blobs.uri = locked.uri"
 )
 
 

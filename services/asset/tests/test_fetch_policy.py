@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from pixsim_asset.fetch import AddressPolicy, FetchRefused, check_url, resolve
+from pixsim_common.outbound import AddressPolicy, UrlRefused, check_url, resolve
 
 pytestmark = pytest.mark.unit
 
@@ -67,13 +67,13 @@ def test_settings_can_allow_loopback_alone() -> None:
     ],
 )
 def test_urls_other_than_plain_http_are_refused(url: str, reason: str) -> None:
-    with pytest.raises(FetchRefused) as raised:
+    with pytest.raises(UrlRefused) as raised:
         check_url(url)
     assert raised.value.reason == reason
 
 
 async def test_literal_addresses_are_checked_without_dns() -> None:
     for host in ("169.254.169.254", "10.0.0.5", "::1"):
-        with pytest.raises(FetchRefused):
+        with pytest.raises(UrlRefused):
             await resolve(host, 80, STRICT)
     assert str(await resolve("127.0.0.1", 80, AddressPolicy(allow_loopback=True))) == ("127.0.0.1")

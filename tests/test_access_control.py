@@ -161,6 +161,17 @@ def catalog(o: Objects) -> list[Rpc]:
             lambda: job_pb.CancelJobsRequest(labels={"matrix": "nothing-has-this"}),
             as_bob=None,  # his own jobs only, and none match
         ),
+        Rpc(
+            "jobs",
+            "RotateWebhookSecret",
+            lambda: job_pb.RotateWebhookSecretRequest(),
+            as_bob=None,  # his own secret
+        ),
+        Rpc(
+            "jobs",
+            "ListWebhookDeliveries",
+            lambda: job_pb.ListWebhookDeliveriesRequest(job=o.job),
+        ),
         Rpc("jobs", "GetJob", lambda: job_pb.GetJobRequest(name=o.job)),
         Rpc("jobs", "ListJobs", lambda: job_pb.ListJobsRequest(), as_bob=None),
         Rpc("jobs", "CancelJob", lambda: job_pb.CancelJobRequest(name=o.job)),
@@ -234,6 +245,7 @@ def catalog(o: Objects) -> list[Rpc]:
             lambda: gw_pb.DisableAccountRequest(name=o.account),
             admin=True,
         ),
+        Rpc("gateway", "GetQueueStatus", lambda: gw_pb.GetQueueStatusRequest(job=o.job)),
         Rpc("gateway", "GetSubmission", lambda: gw_pb.GetSubmissionRequest(name=o.submission)),
         Rpc(
             "gateway",

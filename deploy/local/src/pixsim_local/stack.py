@@ -214,6 +214,8 @@ class LocalServices:
             # The simulator serves media on loopback, so the asset service may fetch there.
             f"{prefix}STORAGE_ROOT": str(self.run_dir / "storage"),
             f"{prefix}FETCH_ALLOW_LOOPBACK": "true",
+            # Webhook receivers of a local stack listen on loopback too.
+            f"{prefix}WEBHOOK_ALLOW_LOOPBACK": "true",
             **workload,
             **{f"{prefix}{k}": v for k, v in self.extra_env.items()},
         }

@@ -236,6 +236,7 @@ async def whole_stack(
             # A replica restarted mid-poll hands its polls over this soon.
             "POLL_LEASE_SECONDS": "3",
             "DOWNLOAD_BACKOFF_SECONDS": "0.05",
+            "WEBHOOK_RETRY_BASE_SECONDS": "0.2",
             "LOG_LEVEL": "INFO",
             # Spans go to the logs too, so the secrets scan reads traces as well.
             "OTEL_EXPORTER": "console",

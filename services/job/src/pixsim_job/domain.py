@@ -154,6 +154,8 @@ class Job:
     provider_end_time: datetime | None = None
     # HIGH, NORMAL or LOW: its turn among its owner's waiting jobs (the gateway's).
     priority: str = "NORMAL"
+    # {"url": ..., "events": ["EVENT_COMPLETED", ...]}: where its changes are pushed.
+    webhook: dict[str, Any] | None = None
     # The caller's labels, to find and cancel jobs by.
     labels: dict[str, str] = field(default_factory=dict)
     # Deadlines of the first try (None: none); the gateway enforces them.
@@ -175,8 +177,10 @@ class Job:
         run_deadline_time: datetime | None = None,
         labels: dict[str, str] | None = None,
         priority: str = "NORMAL",
+        webhook: dict[str, Any] | None = None,
     ) -> Job:
         return cls(
+            webhook=webhook,
             priority=priority,
             labels=dict(labels or {}),
             start_deadline_time=start_deadline_time,

@@ -5,75 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import duration_pb2
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
-from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim_common.auth import current_identity
 from pixsim_common.errors import DomainError
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import from_request, to_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import LiveStatus
-from pixsim_job.domain import Job, JobState
+from pixsim_job.resources import to_proto
 from pixsim_job.service import LIVE_STATES, ChangeFeed, JobService, watch
-
-
-def to_proto(job: Job, live: gw_pb.QueueStatus | None = None) -> pb.Job:
-    """The job as stored, with what the gateway says of it now where `live` is given."""
-    message = stored_to_proto(job)
-    if live is None:
-        return message
-    if job.state is JobState.QUEUED and live.state == gw_pb.Submission.STATE_WAITING:
-        message.queue_position = live.queue_position
-    if job.state is JobState.PROCESSING and live.state == gw_pb.Submission.STATE_RUNNING:
-        message.provider_state = live.provider_state
-        if live.progress > 0:
-            message.progress = live.progress
-        if live.provider_state == "IN_QUEUE":
-            message.queue_position = live.provider_queue_position
-    return message
-
-
-def stored_to_proto(job: Job) -> pb.Job:
-    message = pb.Job(
-        name=f"jobs/{job.id}",
-        owner=f"users/{job.user_id}",
-        operation_type=job.operation_type,  # type: ignore[arg-type]
-        provider_id=job.provider_id,
-        state=pb.Job.State.Value(f"STATE_{job.state.value}"),
-        error_code=job.error_code,
-        error_message=job.error_message,
-        retry_count=job.retry_count,
-        asset=f"assets/{job.asset_id}" if job.asset_id else "",
-        request_id=job.request_id,
-        create_time=to_timestamp(job.create_time),
-        start_time=to_timestamp(job.start_time),
-        complete_time=to_timestamp(job.complete_time),
-        start_deadline_time=to_timestamp(job.start_deadline_time),
-        run_deadline_time=to_timestamp(job.run_deadline_time),
-        labels=job.labels,
-        priority=pb.Job.Priority.Value(f"PRIORITY_{job.priority}"),
-        queue_time=to_timestamp(job.queue_time),
-        dispatch_time=to_timestamp(job.dispatch_time),
-        provider_start_time=to_timestamp(job.provider_start_time),
-        provider_end_time=to_timestamp(job.provider_end_time),
-    )
-    if job.state is JobState.COMPLETED:
-        for field, value in (
-            ("provider_duration", job.provider_duration()),
-            ("overhead_duration", job.overhead()),
-        ):
-            if value is not None:
-                getattr(message, field).FromTimedelta(value)
-    json_format.ParseDict(
-        {k: v for k, v in job.request.items() if k in ("prompt", "inputs", "params")},
-        message,
-        ignore_unknown_fields=True,
-    )
-    return message
 
 
 def _state_names(states: Iterable[pb.Job.State.ValueType]) -> list[str]:
@@ -105,7 +49,11 @@ class JobApi(pb_grpc.JobServiceServicer):
     async def BatchCreateJobs(
         self, request: pb.BatchCreateJobsRequest, context: Any
     ) -> pb.BatchCreateJobsResponse:
-        answers = await self._service.create_many(current_identity(), request.requests)
+        answers = await self._service.create_many(
+            current_identity(),
+            request.requests,
+            request.webhook if request.HasField("webhook") else None,
+        )
         return pb.BatchCreateJobsResponse(
             results=[
                 pb.BatchCreateJobsResult(error=answer.to_status())
@@ -125,6 +73,43 @@ class JobApi(pb_grpc.JobServiceServicer):
             labels=dict(request.labels),
         )
         return pb.CancelJobsResponse(cancelled_count=count)
+
+    async def RotateWebhookSecret(
+        self, request: pb.RotateWebhookSecretRequest, context: Any
+    ) -> pb.WebhookSecret:
+        secret, previous_until = await self._service.rotate_webhook_secret(current_identity())
+        return pb.WebhookSecret(secret=secret, previous_expire_time=to_timestamp(previous_until))
+
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: Any
+    ) -> pb.ListWebhookDeliveriesResponse:
+        found = await self._service.deliveries(current_identity(), _id(request.job))
+        return pb.ListWebhookDeliveriesResponse(
+            deliveries=[
+                pb.WebhookDelivery(
+                    id=row.id,
+                    event=pb.Webhook.Event.Value(row.event),
+                    url=row.url,
+                    state=pb.WebhookDelivery.State.Value(f"STATE_{row.state}"),
+                    create_time=to_timestamp(row.create_time),
+                    next_attempt_time=(
+                        to_timestamp(row.next_attempt_at) if row.state == "PENDING" else None
+                    ),
+                    attempts=[
+                        pb.WebhookAttempt(
+                            attempt_time=to_timestamp(a.attempt_time),
+                            status_code=a.status_code,
+                            error=a.error,
+                            duration=duration_pb2.Duration(
+                                seconds=a.duration_ms // 1000, nanos=a.duration_ms % 1000 * 10**6
+                            ),
+                        )
+                        for a in attempts
+                    ],
+                )
+                for row, attempts in found
+            ]
+        )
 
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
         identity = current_identity()

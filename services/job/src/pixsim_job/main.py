@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import grpc
 
@@ -10,8 +11,9 @@ from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
 from pixsim.job.v1.job_service_pb2 import DESCRIPTOR
 from pixsim_common import clients
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
-from pixsim_common.background import CloseOnStop
+from pixsim_common.background import CloseOnStop, Loop
 from pixsim_common.consumer import Subscription
+from pixsim_common.outbound import AddressPolicy
 from pixsim_common.settings import ServiceSettings
 from pixsim_job.capabilities import LiveStatus, ProviderCatalog
 from pixsim_job.events import subscriptions
@@ -19,6 +21,7 @@ from pixsim_job.grpc_api import JobApi
 from pixsim_job.inputs import InputResolver
 from pixsim_job.service import ChangeFeed, JobService
 from pixsim_job.settings import Settings
+from pixsim_job.webhooks import WebhookSender
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["JobService"].full_name]
 MIGRATIONS = migrations_of(__file__)
@@ -33,9 +36,20 @@ async def build(settings: ServiceSettings) -> ServiceApp:
     feed = ChangeFeed(settings.database_url.get_secret_value())
     services: dict[str, JobService] = {}
 
+    webhook_policy = AddressPolicy(
+        allow_loopback=settings.webhook_allow_loopback,
+        allow_private=settings.webhook_allow_private,
+    )
+
     def service(kit: Kit) -> JobService:
         if "job" not in services:
-            services["job"] = JobService(kit.sessions, catalog, resolver)
+            services["job"] = JobService(
+                kit.sessions,
+                catalog,
+                resolver,
+                webhook_policy=webhook_policy,
+                secret_overlap=timedelta(seconds=settings.webhook_secret_overlap_seconds),
+            )
         return services["job"]
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
@@ -44,11 +58,20 @@ async def build(settings: ServiceSettings) -> ServiceApp:
             server,
         )
 
-    def workers(_kit: Kit) -> Sequence[Worker]:
+    def workers(kit: Kit) -> Sequence[Worker]:
+        sender = WebhookSender(
+            kit.sessions,
+            webhook_policy,
+            timeout=settings.webhook_timeout_seconds,
+            retry_base=settings.webhook_retry_base_seconds,
+            retry_for=settings.webhook_retry_for_seconds,
+        )
         return [
             CloseOnStop(lambda: gateway.close(None)),
             CloseOnStop(lambda: assets.close(None)),
+            CloseOnStop(sender.aclose),
             feed,
+            Loop("webhooks", sender.deliver_once),
         ]
 
     def consumed(kit: Kit) -> Sequence[Subscription]:

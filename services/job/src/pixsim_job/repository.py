@@ -8,7 +8,7 @@ the migration), which is what `WatchJob` waits on in every replica.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Row,
     Table,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim_common.db import any_of
@@ -65,6 +67,8 @@ jobs = Table(
     Column("dispatch_time", DateTime(timezone=True)),
     Column("provider_start_time", DateTime(timezone=True)),
     Column("provider_end_time", DateTime(timezone=True)),
+    # {"url": ..., "events": [EVENT_...]}: where the job's changes are pushed; NULL: nowhere.
+    Column("webhook", JSONB),
     Index(
         "jobs_idempotency",
         "user_id",
@@ -76,6 +80,46 @@ jobs = Table(
     Index(
         "jobs_labels", "labels", postgresql_using="gin", postgresql_ops={"labels": "jsonb_path_ops"}
     ),
+)
+
+
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text),
+    Column("previous_until", DateTime(timezone=True)),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# A webhook outbox: written in the transaction of the change it announces, sent by the
+# deliverer (webhooks.py) until the receiver answers 2xx or the retry window closes.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),  # the webhook-id header
+    Column("job_id", UUID(as_uuid=False), nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", Text, nullable=False, server_default="PENDING"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("webhook_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'PENDING'")),
+    Index("webhook_deliveries_job", "job_id", "create_time"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("delivery_id", UUID(as_uuid=False), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("attempt_time", DateTime(timezone=True), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("error", Text, nullable=False, server_default=""),
+    Column("duration_ms", Integer, nullable=False),
 )
 
 
@@ -104,6 +148,7 @@ def to_job(row: Row[Any]) -> Job:
         dispatch_time=row.dispatch_time,
         provider_start_time=row.provider_start_time,
         provider_end_time=row.provider_end_time,
+        webhook=row.webhook,
     )
 
 
@@ -113,9 +158,9 @@ def to_job(row: Row[Any]) -> Job:
 _INSERT_JOB = (
     "INSERT INTO jobs"
     " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash,"
-    " start_deadline_time, run_deadline_time, labels, priority)"
+    " start_deadline_time, run_deadline_time, labels, priority, webhook)"
     " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id,"
-    " :request_hash, :start_deadline_time, :run_deadline_time, :labels, :priority)"
+    " :request_hash, :start_deadline_time, :run_deadline_time, :labels, :priority, :webhook)"
     " ON CONFLICT DO NOTHING RETURNING "
 )
 _JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
@@ -127,6 +172,7 @@ INSERT_NEW = (
         bindparam("start_deadline_time", type_=DateTime(timezone=True)),
         bindparam("run_deadline_time", type_=DateTime(timezone=True)),
         bindparam("labels", type_=JSONB),
+        bindparam("webhook", type_=JSONB(none_as_null=True)),
     )
     .columns(*jobs.c)
 )
@@ -151,6 +197,7 @@ async def insert_new(session: AsyncSession, job: Job) -> Job | None:
                 "run_deadline_time": job.run_deadline_time,
                 "labels": job.labels,
                 "priority": job.priority,
+                "webhook": job.webhook,
             },
         )
     ).first()
@@ -267,3 +314,43 @@ async def lock_unfinished(
         query = query.where(jobs.c.labels.contains(labels))
     rows = (await session.execute(query.order_by(jobs.c.id).limit(limit).with_for_update())).all()
     return [to_job(row) for row in rows]
+
+
+async def webhook_secrets_of(session: AsyncSession, user_id: str) -> list[str]:
+    """The user's signing secrets now: the current one, and the previous while it overlaps."""
+    row = (
+        await session.execute(select(webhook_secrets).where(webhook_secrets.c.user_id == user_id))
+    ).first()
+    if row is None:
+        return []
+    keep_previous = row.previous_secret and row.previous_until and row.previous_until > now_utc()
+    return [row.secret, row.previous_secret] if keep_previous else [row.secret]
+
+
+async def rotate_webhook_secret(
+    session: AsyncSession, user_id: str, secret: str, overlap: timedelta
+) -> datetime | None:
+    """Make `secret` the user's; the one it replaces signs beside it for `overlap`. When the
+    previous one stops (None: there was none)."""
+    until = now_utc() + overlap
+    row = (
+        await session.execute(
+            pg_insert(webhook_secrets)
+            .values(user_id=user_id, secret=secret)
+            .on_conflict_do_update(
+                index_elements=[webhook_secrets.c.user_id],
+                set_={
+                    "previous_secret": webhook_secrets.c.secret,
+                    "previous_until": until,
+                    "secret": secret,
+                    "update_time": func.now(),
+                },
+            )
+            .returning(webhook_secrets.c.previous_until)
+        )
+    ).one()
+    return row.previous_until  # type: ignore[no-any-return]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

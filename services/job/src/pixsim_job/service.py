@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import structlog
 from google.protobuf import duration_pb2, json_format
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.events.v1 import events_pb2
@@ -31,6 +32,7 @@ from pixsim_common.errors import (
     NotFound,
 )
 from pixsim_common.notify import Listener
+from pixsim_common.outbound import AddressPolicy, UrlRefused, UrlUnreachable, check_url, resolve
 from pixsim_common.outbox import SetAside, enqueue
 from pixsim_common.timestamps import from_request, now_timestamp, to_timestamp
 from pixsim_common.topics import MAX_EVENT_BYTES
@@ -40,6 +42,8 @@ from pixsim_job.capabilities import LiveStatus, ProviderCatalog, check_request
 from pixsim_job.domain import Fact, IllegalTransition, Job, JobState
 from pixsim_job.inputs import InputResolver
 from pixsim_job.metrics import JOB_OVERHEAD
+from pixsim_job.resources import to_proto
+from pixsim_job.webhooks import enqueue_delivery, new_secret, wanted_event
 
 log = structlog.get_logger("pixsim.job")
 SOURCE = "/job"
@@ -59,7 +63,12 @@ class JobService:
         sessions: async_sessionmaker[AsyncSession],
         catalog: ProviderCatalog,
         resolver: InputResolver,
+        *,
+        webhook_policy: AddressPolicy | None = None,
+        secret_overlap: timedelta = timedelta(days=1),
     ) -> None:
+        self._webhook_policy = webhook_policy or AddressPolicy()
+        self._secret_overlap = secret_overlap
         self._sessions = sessions
         self._catalog = catalog
         self._resolver = resolver
@@ -72,6 +81,7 @@ class JobService:
             existing = await self._by_request_id(identity, request.request_id, fingerprint)
             if existing is not None:
                 return existing
+        webhook = await self._checked_webhook(identity, request.job)
         provider = await self._catalog.get(request.job.provider_id, identity.token)
         capability = check_request(request.job, provider)
         spec = pb.Job()
@@ -83,6 +93,7 @@ class JobService:
         job = Job.submit(
             labels=dict(request.job.labels),
             priority=priority_of(request.job),
+            webhook=webhook,
             start_deadline_time=deadline_of(request.job, "start_deadline", now),
             run_deadline_time=deadline_of(request.job, "run_deadline", now),
             user_id=identity.user_id,
@@ -142,14 +153,73 @@ class JobService:
             yield uow.session, job
             await uow.commit()
 
+    async def _checked_webhook(self, identity: Identity, job: pb.Job) -> dict[str, Any] | None:
+        """The job's webhook as stored, once its URL is known to lead somewhere public and
+        its owner has a secret to sign with."""
+        if not job.HasField("webhook"):
+            return None
+        field = "job.webhook.url"
+        try:
+            _, host, port = check_url(job.webhook.url)
+            await resolve(host, port, self._webhook_policy)
+        except (UrlRefused, UrlUnreachable) as error:
+            why = f"cannot be a webhook: {error}"
+            raise InvalidArgument(
+                f"{field} {why}", [FieldViolation(field, why, "WEBHOOK_REFUSED")]
+            ) from None
+        async with self._sessions() as session:
+            signing = await repo.webhook_secrets_of(session, identity.user_id)
+        if not signing:
+            raise FailedPrecondition(
+                "make a webhook secret first (RotateWebhookSecret): deliveries are signed",
+                reason="NO_WEBHOOK_SECRET",
+            )
+        return {
+            "url": job.webhook.url,
+            "events": [pb.Webhook.Event.Name(e) for e in job.webhook.events],
+        }
+
+    async def rotate_webhook_secret(self, identity: Identity) -> tuple[str, datetime | None]:
+        secret = new_secret()
+        async with UnitOfWork(self._sessions) as uow:
+            until = await repo.rotate_webhook_secret(
+                uow.session, identity.user_id, secret, self._secret_overlap
+            )
+            await uow.commit()
+        return secret, until
+
+    async def deliveries(self, identity: Identity, job_id: str) -> list[tuple[Any, list[Any]]]:
+        """The job's webhook deliveries, oldest first, each with its attempts."""
+        await self.get(identity, job_id)  # the caller's, or NOT_FOUND
+        d, a = repo.webhook_deliveries, repo.webhook_attempts
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(d).where(d.c.job_id == job_id).order_by(d.c.create_time)
+                )
+            ).all()
+            attempts = (
+                await session.execute(
+                    select(a)
+                    .where(a.c.delivery_id.in_([row.id for row in rows]))
+                    .order_by(a.c.attempt)
+                )
+            ).all()
+        return [(row, [x for x in attempts if x.delivery_id == row.id]) for row in rows]
+
     async def create_many(
-        self, identity: Identity, requests: Sequence[pb.CreateJobRequest]
+        self,
+        identity: Identity,
+        requests: Sequence[pb.CreateJobRequest],
+        webhook: pb.Webhook | None = None,
     ) -> list[Job | DomainError]:
         """BatchCreateJobs: each request validated and created on its own (a few at a time),
         answered in order with its job or its error."""
         slots = asyncio.Semaphore(BATCH_CONCURRENCY)
 
         async def one(request: pb.CreateJobRequest) -> Job | DomainError:
+            if webhook is not None and not request.job.HasField("webhook"):
+                request.job.webhook.CopyFrom(webhook)
             try:
                 validate(request)
                 async with slots:
@@ -274,7 +344,19 @@ class JobService:
                 ),
                 source=SOURCE,
             )
-        return await repo.save(session, job)
+        stored = await repo.save(session, job)
+        for transition in job.transitions:
+            event = wanted_event(stored.webhook, transition.state)
+            if event is not None and stored.webhook is not None:
+                await enqueue_delivery(
+                    session,
+                    job_id=stored.id,
+                    user_id=stored.user_id,
+                    url=stored.webhook["url"],
+                    event=event,
+                    body=json_format.MessageToJson(to_proto(stored), indent=None).encode(),
+                )
+        return stored
 
 
 class ChangeFeed:
@@ -364,6 +446,7 @@ def request_fingerprint(job: pb.Job) -> str:
         params=job.params if job.HasField("params") else None,
         labels=job.labels,
         priority=job.priority,
+        webhook=job.webhook if job.HasField("webhook") else None,
     )
     for deadline in ("start_deadline", "run_deadline"):
         given = job.WhichOneof(deadline)

@@ -147,6 +147,7 @@ class Job(_message.Message):
     PROVIDER_END_TIME_FIELD_NUMBER: _builtins.int
     PROVIDER_DURATION_FIELD_NUMBER: _builtins.int
     OVERHEAD_DURATION_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
@@ -225,6 +226,10 @@ class Job(_message.Message):
     @_builtins.property
     def overhead_duration(self) -> _duration_pb2.Duration: ...
     @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """Where to push the job's changes (Standard Webhooks, signed with the caller's secret)."""
+
+    @_builtins.property
     def start_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def start_timeout(self) -> _duration_pb2.Duration:
@@ -266,15 +271,16 @@ class Job(_message.Message):
         provider_end_time: _timestamp_pb2.Timestamp | None = ...,
         provider_duration: _duration_pb2.Duration | None = ...,
         overhead_duration: _duration_pb2.Duration | None = ...,
+        webhook: Global___Webhook | None = ...,
         priority: Global___Job.Priority.ValueType = ...,
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
         run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         run_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "overhead_duration", b"overhead_duration", "params", b"params", "progress", b"progress", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_start_time", b"provider_start_time", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "overhead_duration", b"overhead_duration", "params", b"params", "progress", b"progress", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_start_time", b"provider_start_time", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "overhead_duration", b"overhead_duration", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_id", b"provider_id", "provider_start_time", b"provider_start_time", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "overhead_duration", b"overhead_duration", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_id", b"provider_id", "provider_start_time", b"provider_start_time", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__progress: _TypeAlias = _typing.Literal["progress"]  # noqa: Y015
     _WhichOneofArgType__progress: _TypeAlias = _typing.Literal["_progress", b"_progress"]  # noqa: Y015
@@ -498,20 +504,25 @@ class BatchCreateJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateJobRequest]:
         """1 to 100 jobs. Validated item by item (a bad item is answered with its error), so the
-        rules of CreateJobRequest apply to each item and not to the batch as a whole.
+        rules of CreateJobRequest apply to each item and not to the batch as a whole. An item
+        without a webhook of its own takes the batch's `webhook`.
         """
 
+    @_builtins.property
+    def webhook(self) -> Global___Webhook: ...
     def __init__(
         self,
         *,
         requests: _abc.Iterable[Global___CreateJobRequest] | None = ...,
+        webhook: Global___Webhook | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -640,3 +651,237 @@ class CancelJobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobsResponse: _TypeAlias = CancelJobsResponse  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """A URL that receives a job's changes as Standard Webhooks deliveries: POSTed, the body the
+    job in protobuf's JSON mapping, signed in `webhook-signature` (HMAC-SHA256 with the
+    owner's secret), retried with backoff for a day until it answers 2xx. The URL must reach
+    a public address (checked at CreateJob and at every delivery; redirects are not followed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Event:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _EventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Webhook._Event.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        EVENT_UNSPECIFIED: Webhook._Event.ValueType  # 0
+        EVENT_STARTED: Webhook._Event.ValueType  # 1
+        """The provider accepted the job (PROCESSING)."""
+        EVENT_PROGRESS: Webhook._Event.ValueType  # 2
+        """The job entered the gateway's queue (QUEUED)."""
+        EVENT_COMPLETED: Webhook._Event.ValueType  # 3
+        EVENT_FAILED: Webhook._Event.ValueType  # 4
+        EVENT_CANCELLED: Webhook._Event.ValueType  # 5
+        EVENT_EXPIRED: Webhook._Event.ValueType  # 6
+
+    class Event(_Event, metaclass=_EventEnumTypeWrapper): ...
+    EVENT_UNSPECIFIED: Webhook.Event.ValueType  # 0
+    EVENT_STARTED: Webhook.Event.ValueType  # 1
+    """The provider accepted the job (PROCESSING)."""
+    EVENT_PROGRESS: Webhook.Event.ValueType  # 2
+    """The job entered the gateway's queue (QUEUED)."""
+    EVENT_COMPLETED: Webhook.Event.ValueType  # 3
+    EVENT_FAILED: Webhook.Event.ValueType  # 4
+    EVENT_CANCELLED: Webhook.Event.ValueType  # 5
+    EVENT_EXPIRED: Webhook.Event.ValueType  # 6
+
+    URL_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedScalarFieldContainer[Global___Webhook.Event.ValueType]:
+        """Empty: the ends (COMPLETED, FAILED, CANCELLED, EXPIRED)."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        events: _abc.Iterable[Global___Webhook.Event.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class WebhookSecret(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_FIELD_NUMBER: _builtins.int
+    PREVIOUS_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """`whsec_` and the base64 of 32 random bytes, as Standard Webhooks libraries take it."""
+    @_builtins.property
+    def previous_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Until when the previous secret (if any) still signs beside this one."""
+
+    def __init__(
+        self,
+        *,
+        secret: _builtins.str = ...,
+        previous_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous_expire_time", b"previous_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_expire_time", b"previous_expire_time", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookSecret: _TypeAlias = WebhookSecret  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    """`jobs/{job}`."""
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One event of a job pushed to its webhook: the same `webhook-id` on every attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookDelivery._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: WebhookDelivery._State.ValueType  # 0
+        STATE_PENDING: WebhookDelivery._State.ValueType  # 1
+        """Not yet answered 2xx; `next_attempt_time` says when it is tried again."""
+        STATE_DELIVERED: WebhookDelivery._State.ValueType  # 2
+        STATE_FAILED: WebhookDelivery._State.ValueType  # 3
+        """A day of attempts went unanswered, or the URL is refused now."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: WebhookDelivery.State.ValueType  # 0
+    STATE_PENDING: WebhookDelivery.State.ValueType  # 1
+    """Not yet answered 2xx; `next_attempt_time` says when it is tried again."""
+    STATE_DELIVERED: WebhookDelivery.State.ValueType  # 2
+    STATE_FAILED: WebhookDelivery.State.ValueType  # 3
+    """A day of attempts went unanswered, or the URL is refused now."""
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The `webhook-id` header."""
+    event: Global___Webhook.Event.ValueType
+    url: _builtins.str
+    state: Global___WebhookDelivery.State.ValueType
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookAttempt]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        event: Global___Webhook.Event.ValueType = ...,
+        url: _builtins.str = ...,
+        state: Global___WebhookDelivery.State.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _abc.Iterable[Global___WebhookAttempt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "event", b"event", "id", b"id", "next_attempt_time", b"next_attempt_time", "state", b"state", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class WebhookAttempt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    status_code: _builtins.int
+    """The HTTP status answered; 0 when none was (a timeout, a refused connection)."""
+    error: _builtins.str
+    @_builtins.property
+    def attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        status_code: _builtins.int = ...,
+        error: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "duration", b"duration", "error", b"error", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookAttempt: _TypeAlias = WebhookAttempt  # noqa: Y015

@@ -70,6 +70,16 @@ class JobServiceStub:
                 request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
                 response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
                 _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/pixsim.job.v1.JobService/RotateWebhookSecret',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.WebhookSecret.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/pixsim.job.v1.JobService/ListWebhookDeliveries',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/pixsim.job.v1.JobService/WatchJob',
                 request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
@@ -133,6 +143,22 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateWebhookSecret(self, request, context):
+        """Makes a new webhook signing secret for the caller and answers it (the only time it is
+        shown). The previous one keeps signing beside it for a day, so receivers can switch.
+        Needed once before any job names a webhook.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """The webhook deliveries of one of the caller's jobs, with every attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Sends the job as it is now, then again on every change, and ends when it is terminal.
         """
@@ -177,6 +203,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJobs,
                     request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsRequest.FromString,
                     response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.WebhookSecret.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.ListWebhookDeliveriesResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -374,6 +410,60 @@ class JobService:
             '/pixsim.job.v1.JobService/CancelJobs',
             pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsRequest.SerializeToString,
             pixsim_dot_job_dot_v1_dot_job__service__pb2.CancelJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/RotateWebhookSecret',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.WebhookSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/ListWebhookDeliveries',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.ListWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

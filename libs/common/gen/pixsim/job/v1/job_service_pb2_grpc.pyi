@@ -52,6 +52,13 @@ class JobServiceStub:
     """Cancels every job of the caller's that matches the filter and has not ended, and says
     how many it cancelled. The filter must name at least one criterion.
     """
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RotateWebhookSecretRequest, _job_service_pb2.WebhookSecret]
+    """Makes a new webhook signing secret for the caller and answers it (the only time it is
+    shown). The previous one keeps signing beside it for a day, so receivers can switch.
+    Needed once before any job names a webhook.
+    """
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListWebhookDeliveriesRequest, _job_service_pb2.ListWebhookDeliveriesResponse]
+    """The webhook deliveries of one of the caller's jobs, with every attempt."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.Job]
     """Sends the job as it is now, then again on every change, and ends when it is terminal."""
 
@@ -79,6 +86,13 @@ class JobServiceAsyncStub(JobServiceStub):
     """Cancels every job of the caller's that matches the filter and has not ended, and says
     how many it cancelled. The filter must name at least one criterion.
     """
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RotateWebhookSecretRequest, _job_service_pb2.WebhookSecret]  # type: ignore[assignment]
+    """Makes a new webhook signing secret for the caller and answers it (the only time it is
+    shown). The previous one keeps signing beside it for a day, so receivers can switch.
+    Needed once before any job names a webhook.
+    """
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListWebhookDeliveriesRequest, _job_service_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """The webhook deliveries of one of the caller's jobs, with every attempt."""
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.Job]  # type: ignore[assignment]
     """Sends the job as it is now, then again on every change, and ends when it is terminal."""
 
@@ -145,6 +159,25 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Cancels every job of the caller's that matches the filter and has not ended, and says
         how many it cancelled. The filter must name at least one criterion.
         """
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _job_service_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.WebhookSecret, _abc.Awaitable[_job_service_pb2.WebhookSecret]]:
+        """Makes a new webhook signing secret for the caller and answers it (the only time it is
+        shown). The previous one keeps signing beside it for a day, so receivers can switch.
+        Needed once before any job names a webhook.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _job_service_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_job_service_pb2.ListWebhookDeliveriesResponse]]:
+        """The webhook deliveries of one of the caller's jobs, with every attempt."""
 
     @_abc_1.abstractmethod
     def WatchJob(

@@ -18,6 +18,7 @@ from pixsim_cli.jobs import (
     parse_input,
     parse_params,
     parse_priority,
+    parse_webhook,
     progress_line,
 )
 
@@ -123,3 +124,13 @@ def test_the_live_line_shows_the_place_in_line_then_the_progress() -> None:
     )
     assert "40%" in shown(running)
     assert "running" in shown(running)
+
+
+def test_a_webhook_names_its_events() -> None:
+    hook = parse_webhook("https://example.com/hook", ["completed", "FAILED"])
+    assert hook is not None
+    assert list(hook.events) == [job_pb.Webhook.EVENT_COMPLETED, job_pb.Webhook.EVENT_FAILED]
+    assert parse_webhook(None, []) is None
+    for url, events in ((None, ["completed"]), ("https://example.com", ["soon"])):
+        with pytest.raises(CliError):
+            parse_webhook(url, events)

@@ -104,6 +104,13 @@ def create(
     priority: Annotated[
         str, typer.Option(help="high, normal or low: its turn among your waiting jobs.")
     ] = "normal",
+    webhook: Annotated[
+        str | None, typer.Option(help="URL to push its changes to (Standard Webhooks).")
+    ] = None,
+    webhook_event: Annotated[
+        list[str] | None,
+        typer.Option(help="started, progress, completed, failed, cancelled, expired; repeatable."),
+    ] = None,
     start_within: Annotated[
         str | None,
         typer.Option(help="Start deadline, e.g. 30s, 5m, 1h: unsent by then, it EXPIRES."),
@@ -121,6 +128,7 @@ def create(
             job=pb.Job(
                 labels=parse_labels(label or []),
                 priority=parse_priority(priority),
+                webhook=parse_webhook(webhook, webhook_event or []),
                 start_timeout=parse_duration(start_within, "--start-within"),
                 run_timeout=parse_duration(run_within, "--run-within"),
                 provider_id=provider,
@@ -150,6 +158,18 @@ def parse_states(names: list[str]) -> list[pb.Job.State.ValueType]:
         return [pb.Job.State.Value(f"STATE_{name.upper()}") for name in names]
     except ValueError as error:
         raise CliError(f"unknown state: {error}", Exit.INVALID) from None
+
+
+def parse_webhook(url: str | None, events: list[str]) -> pb.Webhook | None:
+    if url is None:
+        if events:
+            raise CliError("--webhook-event needs --webhook URL", Exit.INVALID)
+        return None
+    try:
+        named = [pb.Webhook.Event.Value(f"EVENT_{event.upper()}") for event in events]
+    except ValueError as error:
+        raise CliError(f"unknown webhook event: {error}", Exit.INVALID) from None
+    return pb.Webhook(url=url, events=named)
 
 
 def parse_priority(name: str) -> pb.Job.Priority.ValueType:
@@ -329,6 +349,33 @@ def cancel_all(
         ),
     )
     out.show(answer, lambda: console.print(f"cancelled {answer.cancelled_count} jobs"))
+
+
+@app.command("rotate-webhook-secret")
+def rotate_webhook_secret() -> None:
+    """Make a new webhook signing secret (shown once); the old one signs beside it a day."""
+    connection, out = session()
+    answer = connection.call(connection.jobs.RotateWebhookSecret, pb.RotateWebhookSecretRequest())
+    out.show(answer, lambda: console.print(answer.secret))
+
+
+@app.command()
+def deliveries(name: str) -> None:
+    """A job's webhook deliveries and their attempts."""
+    connection, out = session()
+    answer = connection.call(
+        connection.jobs.ListWebhookDeliveries,
+        pb.ListWebhookDeliveriesRequest(job=job_name(name)),
+    )
+
+    def human() -> None:
+        for delivery in answer.deliveries:
+            event = pb.Webhook.Event.Name(delivery.event).removeprefix("EVENT_").lower()
+            state = pb.WebhookDelivery.State.Name(delivery.state).removeprefix("STATE_")
+            codes = " ".join(str(a.status_code or a.error[:20]) for a in delivery.attempts)
+            console.print(f"{delivery.id}  {event:<9} {state:<9} {codes}")
+
+    out.show(answer, human)
 
 
 @app.command()

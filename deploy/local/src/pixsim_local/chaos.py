@@ -28,8 +28,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pixsim_common.topics import ALL_TOPICS
-from pixsim_local.kafka import partitions_of
+from pixsim_common.topics import ALL_TOPICS, GENERATION_COMPLETED
+from pixsim_local.kafka import partitions_of, read_topic
 from pixsim_local.processes import free_port
 from pixsim_local.s3 import S3Server
 from pixsim_local.stack import SERVICE_NAMES
@@ -328,7 +328,10 @@ class ChaosRun:
         report.problems += wrong_state
         unfinished = [row["id"] for row in jobs if row["state"] not in TERMINAL]
         if unfinished:
-            report.diagnosis += await self._where_they_wait(unfinished)
+            try:
+                report.diagnosis += await self._where_they_wait(unfinished)
+            except Exception as error:  # a diagnosis must not hide the report
+                report.diagnosis.append(f"the diagnosis failed: {error!r}")
         report.check(
             "jobs in their scripted state",
             len(self.jobs),
@@ -471,6 +474,27 @@ class ChaosRun:
             for job_id in job_ids
         )
         lines = [f"unfinished jobs: {n} with {stage}" for stage, n in stages.most_common()]
+        # Whether their results ever reached the broker: lost there, or consumed to no effect.
+        total = (await _message_counts(self.kafka.bootstrap, [GENERATION_COMPLETED.name]))[
+            GENERATION_COMPLETED.name
+        ]
+        on_topic = await read_topic(
+            self.kafka.bootstrap, GENERATION_COMPLETED.name, until=total, timeout=30
+        )
+        keys = Counter(record.key.decode() for record in on_topic if record.key)
+        event_ids = [
+            dict(record.headers).get("ce_id", b"").decode()
+            for record in on_topic
+            if record.key and record.key.decode() in job_ids
+        ]
+        seen = await self._fetchval(
+            "asset", "SELECT count(*) FROM inbox WHERE event_id = ANY($1::text[])", event_ids
+        )
+        lines.append(
+            f"of those, with a generation.completed on the topic: "
+            f"{sum(1 for job_id in job_ids if keys[job_id])}"
+            f" (the topic holds {total} records); in the asset service's inbox: {seen}"
+        )
         lines += [
             f"consumer lag: {group} on {topic}: {lag}"
             for (group, topic), lag in sorted((await _consumer_lag(self.kafka.bootstrap)).items())

@@ -324,3 +324,58 @@ async def test_a_rebalance_during_a_batch_leaves_both_members_consuming(
     finally:
         await second.stop()
         await first.stop()
+
+
+async def test_a_database_outage_before_prepare_skips_nothing(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    """A subscription with `prepare` looks up its inbox before preparing. Found by the chaos
+    run: with the database away that lookup failed outside the retries, the batch was
+    abandoned with the consumer's position already past it, and its other records were
+    never consumed (their jobs waited forever, with no lag and nothing in a .dlq)."""
+    topic = await new_topic(events_pb2.JobCancelled, partitions=1)
+
+    async def prepare(event: Any, meta: EventMeta) -> str:
+        return str(event.job_id)
+
+    async def record_prepared(
+        session: AsyncSession, event: Any, meta: EventMeta, prepared: str
+    ) -> None:
+        await record_effect(session, event, meta)
+
+    consumer = EventConsumer(
+        name="kit-test",
+        group_id=f"group-{uuid.uuid4().hex[:8]}",
+        kafka_bootstrap=infra.kafka.bootstrap,
+        sessions=messaging_db.sessions,
+        subscriptions=[Subscription(topic, record_prepared, prepare=prepare)],
+        backoff_base=0.01,
+        backoff_cap=0.2,
+    )
+    warmup = cancelled_event(str(uuid.uuid4()))
+    await produce_raw(infra.kafka.bootstrap, topic.name, [message(topic, warmup)])
+    await consumer.start()
+    try:
+        await wait_for_effect(messaging_db, warmup.job_id)
+        name = messaging_db.database.name
+        admin = await asyncpg.connect(infra.postgres.admin_url)
+        during = [cancelled_event(str(uuid.uuid4())) for _ in range(5)]
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            # One batch of five while the database is away.
+            await produce_raw(
+                infra.kafka.bootstrap, topic.name, [message(topic, e) for e in during]
+            )
+            await asyncio.sleep(2.0)
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await admin.close()
+        for event in during:
+            await wait_for_effect(messaging_db, event.job_id)
+    finally:
+        await consumer.stop()

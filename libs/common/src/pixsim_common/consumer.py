@@ -200,11 +200,14 @@ class EventConsumer:
         if not batch:
             return
         done: dict[TopicPartition, int] = {}
+        # Every partition runs to its end or its failure before anything is committed:
+        # a failure in one must neither abandon the others mid-record nor lose its own rest.
         try:
-            await asyncio.gather(
-                *(self._process_partition(tp, records, done) for tp, records in batch.items())
+            outcomes = await asyncio.gather(
+                *(self._process_partition(tp, records, done) for tp, records in batch.items()),
+                return_exceptions=True,
             )
-        finally:
+        finally:  # stopped mid-batch too: what was processed is committed
             # A rebalance during the batch may have given some partitions to another
             # member: theirs to commit now (they redeliver; the inbox drops the repeats).
             assigned = consumer.assignment()
@@ -214,6 +217,18 @@ class EventConsumer:
                     await asyncio.shield(consumer.commit(mine))
                 except KafkaError as error:
                     log.info("offsets not committed", consumer=self.name, error=repr(error))
+        for (tp, records), outcome in zip(batch.items(), outcomes, strict=True):
+            if isinstance(outcome, BaseException) and tp in assigned:
+                # getmany moved the position past the whole batch: back to the first record
+                # not processed, or the rest of this partition's batch is never consumed.
+                consumer.seek(tp, done.get(tp, records[0].offset))
+                log.warning(
+                    "partition batch failed; consuming it again from its first unprocessed",
+                    consumer=self.name,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    error=repr(outcome),
+                )
         for tp, offset in mine.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
@@ -241,13 +256,14 @@ class EventConsumer:
             return
         counted = tries = 0
         prepared: list[Any] = []  # what `prepare` made, once made
-        if subscription.prepare is not None and await self._seen(meta.id):
-            MESSAGES_CONSUMED.labels(self._group_id, record.topic, "duplicate").inc()
-            return  # a redelivery: prepare nothing again
         while True:
             tries += 1
             try:
                 if subscription.prepare is not None and not prepared:
+                    # Inside the retries: a database away here is waited out like anywhere.
+                    if await self._seen(meta.id):
+                        MESSAGES_CONSUMED.labels(self._group_id, record.topic, "duplicate").inc()
+                        return  # a redelivery: prepare nothing again
                     prepared.append(await subscription.prepare(event, meta))
                 outcome = await self._apply(subscription, meta, event, prepared)
             except PoisonMessage as error:

@@ -259,11 +259,13 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
             if row is None or not _visible(row):
                 raise NotFound(f"{request.job} has no attempt here", reason="JOB_NOT_FOUND")
             position = (
-                (await self._positions.of(session, row.provider_id)).get(row.id)
+                await self._positions.of(session, row.provider_id, row.id)
                 if row.state == SubmissionState.WAITING.value
                 else None
             )
         state = {"SUBMITTING": "RUNNING"}.get(row.state, row.state)
+        if row.state == SubmissionState.WAITING.value and position is None:
+            state = "UNSPECIFIED"  # it left the queue meanwhile
         return pb.QueueStatus(
             job=request.job,
             state=pb.Submission.State.Value(f"STATE_{state}"),
@@ -307,13 +309,17 @@ class QueuePositions:
         self._ttl = ttl
         self._cache: dict[str, tuple[float, dict[str, int]]] = {}
 
-    async def of(self, session: AsyncSession, provider_id: str) -> dict[str, int]:
+    async def of(self, session: AsyncSession, provider_id: str, submission_id: str) -> int | None:
+        """The submission's position; a submission newer than the cached positions has
+        them computed again, and one that is not waiting any more has none."""
         cached = self._cache.get(provider_id)
-        if cached is not None and time.monotonic() - cached[0] < self._ttl:
-            return cached[1]
-        positions = await repo.queue_positions(session, provider_id)
-        self._cache[provider_id] = (time.monotonic(), positions)
-        return positions
+        fresh = cached is not None and time.monotonic() - cached[0] < self._ttl
+        if cached is None or not fresh or submission_id not in cached[1]:
+            positions = await repo.queue_positions(session, provider_id)
+            self._cache[provider_id] = (time.monotonic(), positions)
+        else:
+            positions = cached[1]
+        return positions.get(submission_id)
 
 
 def _visible(row: Row[Any]) -> bool:

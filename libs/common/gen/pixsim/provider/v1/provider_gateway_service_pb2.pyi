@@ -728,6 +728,8 @@ class QueueStatus(_message.Message):
     queue_position: _builtins.int
     """While WAITING: how many of its provider's waiting submissions go before it, in the
     order the gateway serves them (fair across users, then by priority); 0 is next.
+    Meaningful while `state` is WAITING (a submission that left the queue as its position
+    was read is answered with state UNSPECIFIED: look again).
     """
     progress: _builtins.float
     """While RUNNING: the provider's progress, 0 to 1, where it reports one (Runway)."""

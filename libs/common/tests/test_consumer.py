@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,6 +114,24 @@ async def wait_for_effect(db: MessagingDatabase, job_id: str) -> None:
         return await effects(db, job_id) == 1
 
     await wait_for(recorded)
+
+
+@contextlib.asynccontextmanager
+async def database_away(db: MessagingDatabase, infra: Infra) -> AsyncIterator[None]:
+    """The service's database refuses connections (and drops the open ones) meanwhile."""
+    admin = await asyncpg.connect(infra.postgres.admin_url)
+    name = db.database.name
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
@@ -239,23 +258,12 @@ async def test_a_database_outage_is_retried_and_never_skipped(
 
     await wait_for_effect(messaging_db, warmup.job_id)
 
-    name = messaging_db.database.name
-    admin = await asyncpg.connect(infra.postgres.admin_url)
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
+    async with database_away(messaging_db, infra):
         during = cancelled_event(str(uuid.uuid4()))
         await produce_raw(infra.kafka.bootstrap, topic.name, [message(topic, during)])
         await asyncio.sleep(2.0)  # the consumer meets the outage and retries meanwhile
         dead_letters = await read_topic(infra.kafka.bootstrap, topic.dlq, until=1, timeout=1)
         assert dead_letters == []
-    finally:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await admin.close()
 
     await wait_for_effect(messaging_db, during.job_id)
 
@@ -357,24 +365,13 @@ async def test_a_database_outage_before_prepare_skips_nothing(
     await consumer.start()
     try:
         await wait_for_effect(messaging_db, warmup.job_id)
-        name = messaging_db.database.name
-        admin = await asyncpg.connect(infra.postgres.admin_url)
         during = [cancelled_event(str(uuid.uuid4())) for _ in range(5)]
-        try:
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
+        async with database_away(messaging_db, infra):
             # One batch of five while the database is away.
             await produce_raw(
                 infra.kafka.bootstrap, topic.name, [message(topic, e) for e in during]
             )
             await asyncio.sleep(2.0)
-        finally:
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            await admin.close()
         for event in during:
             await wait_for_effect(messaging_db, event.job_id)
     finally:

@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from pixsim.asset.v1 import asset_service_pb2, asset_service_pb2_grpc
 from pixsim.job.v1 import job_service_pb2, job_service_pb2_grpc
@@ -293,6 +294,29 @@ async def test_health_and_reflection_answer_without_a_token(channel: grpc.aio.Ch
 
     listed = await reflected_services(channel)
     assert {"pixsim.job.v1.JobService", "grpc.health.v1.Health"} <= listed
+
+    # grpc.reflection.v1 too, as newer clients ask first: list, then a service's file.
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    answers = [
+        answer
+        async for answer in call(
+            iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="pixsim.job.v1.JobService"
+                    ),
+                ]
+            )
+        )
+    ]
+    names = {entry.name for entry in answers[0].list_services_response.service}
+    assert {"pixsim.job.v1.JobService", "grpc.reflection.v1.ServerReflection"} <= names
+    assert answers[1].file_descriptor_response.file_descriptor_proto
 
 
 def _pem(private_key: Any) -> str:

@@ -190,6 +190,9 @@ async def test_a_job_runs_to_completion_and_watch_streams_every_state(stack: Sta
     )
     done = await stack.state_of(job.name, pb.Job.STATE_COMPLETED)
     assert done.asset == f"assets/{asset_id}"
+    # AIP-148: update_time records the last change, here the completion.
+    assert done.update_time.ToDatetime() >= done.complete_time.ToDatetime()
+    assert done.update_time.ToDatetime() > job.create_time.ToDatetime()
     await asyncio.wait_for(watcher, timeout=10)
     assert watched[-2:] == [pb.Job.STATE_PROCESSING, pb.Job.STATE_COMPLETED]
     assert watched[0] in (pb.Job.STATE_PENDING, pb.Job.STATE_QUEUED, pb.Job.STATE_PROCESSING)

@@ -17,7 +17,8 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from grpc_status import rpc_status
 from opentelemetry import trace
 
@@ -34,6 +35,9 @@ from pixsim_common.transient import is_data_error, is_transient
 from pixsim_common.validation import validate
 
 log = structlog.get_logger("pixsim.grpc")
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class HealthServicer(Protocol):
@@ -287,13 +291,30 @@ async def add_health_and_reflection(
     for name in names:
         await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    listed = [
+        *names,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        REFLECTION_V1,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(listed, server)
+    # grpcio-reflection serves only v1alpha. v1 is the same protocol under its final name
+    # (the same messages, field for field), which newer clients ask for first: the same
+    # servicer answers it.
+    v1 = ReflectionServicer(listed)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        v1.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
     )
     return servicer
 

@@ -144,6 +144,7 @@ class Job:
     request_id: str = ""
     request_hash: str = ""
     create_time: datetime | None = None
+    update_time: datetime | None = None  # its last change (AIP-148), as stored
     start_time: datetime | None = None
     complete_time: datetime | None = None
     # When the gateway took it into its queue (the try's QUEUED), sent it, the provider
@@ -219,6 +220,7 @@ class Job:
             raise IllegalTransition(self.state, target)
         self.transitions.append(Transition(self.state, target))
         self.state = target
+        self.update_time = now
         if target is JobState.PROCESSING and self.start_time is None:
             self.start_time = now
         if target.terminal:
@@ -235,6 +237,7 @@ class Job:
             if self.provider_end_time is not None:
                 return False
             self.provider_end_time = fact.provider_end_time
+            self.update_time = now
             return True
         timed = False
         if isinstance(fact, GenerationStarted) and self.provider_start_time is None:
@@ -253,6 +256,8 @@ class Job:
             if self.state is JobState.PROCESSING:
                 return False  # sent after all: the gateway's own answer decides
         if self.state.terminal or RANK[target] <= RANK[self.state]:
+            if timed:
+                self.update_time = now
             return timed
         if isinstance(fact, GenerationFailed):
             self.error_code, self.error_message = fact.error_code, fact.error_message

@@ -138,6 +138,7 @@ def to_job(row: Row[Any]) -> Job:
         request_id=row.request_id or "",
         request_hash=row.request_hash or "",
         create_time=row.create_time,
+        update_time=row.update_time,
         start_time=row.start_time,
         complete_time=row.complete_time,
         start_deadline_time=row.start_deadline_time,
@@ -255,7 +256,8 @@ async def save(session: AsyncSession, job: Job) -> Job:
                 dispatch_time=job.dispatch_time,
                 provider_start_time=job.provider_start_time,
                 provider_end_time=job.provider_end_time,
-                update_time=func.now(),
+                # When the aggregate changed, on the same clock as its other times.
+                update_time=job.update_time or func.now(),
             )
             .returning(*jobs.c)
         )

@@ -39,6 +39,7 @@ def stored_to_proto(job: Job) -> pb.Job:
         asset=f"assets/{job.asset_id}" if job.asset_id else "",
         request_id=job.request_id,
         create_time=to_timestamp(job.create_time),
+        update_time=to_timestamp(job.update_time),
         start_time=to_timestamp(job.start_time),
         complete_time=to_timestamp(job.complete_time),
         start_deadline_time=to_timestamp(job.start_deadline_time),

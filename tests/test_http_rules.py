@@ -1,0 +1,43 @@
+"""Every RPC of every service has a `google.api.http` rule, so a transcoding edge
+(grpc-gateway, Envoy's transcoder) can serve all of it, and no two rules collide."""
+
+from __future__ import annotations
+
+import pytest
+from google.api import annotations_pb2
+
+from pixsim.asset.v1 import asset_service_pb2
+from pixsim.job.v1 import job_service_pb2
+from pixsim.provider.v1 import provider_gateway_service_pb2
+from pixsim.scene.v1 import scene_service_pb2
+
+pytestmark = pytest.mark.unit
+
+SERVICES = [
+    service
+    for module in (
+        job_service_pb2,
+        asset_service_pb2,
+        scene_service_pb2,
+        provider_gateway_service_pb2,
+    )
+    for service in module.DESCRIPTOR.services_by_name.values()
+]
+
+
+def test_every_rpc_has_an_http_rule_and_none_collide() -> None:
+    missing: list[str] = []
+    routes: dict[tuple[str, str], str] = {}
+    for service in SERVICES:
+        for method in service.methods:
+            options = method.GetOptions()
+            if not options.HasExtension(annotations_pb2.http):
+                missing.append(f"{service.name}.{method.name}")
+                continue
+            rule = options.Extensions[annotations_pb2.http]
+            verb = rule.WhichOneof("pattern")
+            route = (verb, getattr(rule, verb))
+            assert route not in routes, f"{method.name} and {routes[route]} share {route}"
+            routes[route] = method.name
+    assert missing == []
+    assert len(routes) == sum(len(service.methods) for service in SERVICES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from pixsim_common.errors import FieldViolation, InvalidArgument
 
@@ -23,6 +24,15 @@ def now_timestamp() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     return stamp
+
+
+def time_of(message: Message, field: str) -> datetime | None:
+    """A time field of a message we trust (an event a service wrote), as an aware datetime;
+    None when it was left out."""
+    if not message.HasField(field):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
 
 
 def from_request(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:

@@ -1,5 +1,6 @@
-"""What providers can do, asked of the provider gateway over gRPC (with the caller's token)
-and cached; and the check of a job's request against it (pure)."""
+"""What the job service asks of the provider gateway over gRPC, with the caller's token:
+what a provider can do (cached) and a job's live status; and the check of a job's request
+against a provider's capabilities (pure)."""
 
 from __future__ import annotations
 

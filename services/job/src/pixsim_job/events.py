@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
@@ -13,6 +11,7 @@ from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.cloudevents import EventMeta
 from pixsim_common.consumer import Subscription
+from pixsim_common.timestamps import time_of
 from pixsim_job.domain import (
     AssetCreated,
     GenerationFailed,
@@ -35,15 +34,15 @@ def subscriptions(service: JobService) -> list[Subscription]:
     ) -> None:
         fact = GenerationStarted(
             event.job_retry_count,
-            dispatch_time=_time(event, "dispatch_time"),
-            provider_start_time=_time(event, "start_time"),
+            dispatch_time=time_of(event, "dispatch_time"),
+            provider_start_time=time_of(event, "start_time"),
         )
         await service.learn(session, event.job_id, event.user_id, fact)
 
     async def finished(
         session: AsyncSession, event: events_pb2.GenerationCompleted, meta: EventMeta
     ) -> None:
-        end = _time(event, "complete_time")
+        end = time_of(event, "complete_time")
         if end is not None:
             fact = GenerationFinished(event.job_retry_count, end)
             await service.learn(session, event.job_id, event.user_id, fact)
@@ -74,11 +73,3 @@ def subscriptions(service: JobService) -> list[Subscription]:
         Subscription(topics.GENERATION_FAILED, failed),
         Subscription(topics.ASSET_CREATED, created),
     ]
-
-
-def _time(event: Message, field: str) -> datetime | None:
-    """An event's time field; None when the producer left it out."""
-    if not event.HasField(field):
-        return None
-    stamp: Timestamp = getattr(event, field)
-    return stamp.ToDatetime(tzinfo=UTC)

@@ -22,7 +22,7 @@ from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.auth import Identity
 from pixsim_common.consumer import PoisonMessage
-from pixsim_common.db import UnitOfWork
+from pixsim_common.db import UnitOfWork, any_of
 from pixsim_common.errors import (
     AlreadyExists,
     DomainError,
@@ -201,7 +201,7 @@ class JobService:
             attempts = (
                 await session.execute(
                     select(a)
-                    .where(a.c.delivery_id.in_([row.id for row in rows]))
+                    .where(any_of(a.c.delivery_id, [row.id for row in rows]))
                     .order_by(a.c.attempt)
                 )
             ).all()
@@ -345,17 +345,20 @@ class JobService:
                 source=SOURCE,
             )
         stored = await repo.save(session, job)
-        for transition in job.transitions:
-            event = wanted_event(stored.webhook, transition.state)
-            if event is not None and stored.webhook is not None:
-                await enqueue_delivery(
-                    session,
-                    job_id=stored.id,
-                    user_id=stored.user_id,
-                    url=stored.webhook["url"],
-                    event=event,
-                    body=json_format.MessageToJson(to_proto(stored), indent=None).encode(),
-                )
+        wanted = [wanted_event(stored.webhook, t.state) for t in job.transitions]
+        events = [event for event in wanted if event is not None]
+        if stored.webhook is None or not events:
+            return stored
+        body = json_format.MessageToJson(to_proto(stored), indent=None).encode()
+        for event in events:
+            await enqueue_delivery(
+                session,
+                job_id=stored.id,
+                user_id=stored.user_id,
+                url=stored.webhook["url"],
+                event=event,
+                body=body,
+            )
         return stored
 
 

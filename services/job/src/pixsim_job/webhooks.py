@@ -29,7 +29,7 @@ import structlog
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixsim_common.db import UnitOfWork
+from pixsim_common.db import UnitOfWork, any_of
 from pixsim_common.outbound import AddressPolicy, UrlRefused, UrlUnreachable, pinned_request
 from pixsim_job import repository as repo
 from pixsim_job.domain import JobState
@@ -132,7 +132,7 @@ class WebhookSender:
                 lease = timedelta(seconds=2 * self._timeout + 5)
                 await uow.session.execute(
                     update(d)
-                    .where(d.c.id.in_([row.id for row in due]))
+                    .where(any_of(d.c.id, [row.id for row in due]))
                     .values(next_attempt_at=func.now() + lease)
                 )
             await uow.commit()

@@ -4,8 +4,8 @@ publishes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 from sqlalchemy import Row, func, select, text, update
@@ -18,7 +18,7 @@ from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.cloudevents import EventMeta
 from pixsim_common.outbox import enqueue
-from pixsim_common.timestamps import now_timestamp, to_timestamp
+from pixsim_common.timestamps import now_timestamp, time_of, to_timestamp
 from pixsim_common.tracing import inject_context
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import Priority, SubmissionState, turn_delay
@@ -75,8 +75,8 @@ async def on_job_submitted(
             trace_headers=inject_context(),
             priority=priority.value,
             turn_at=func.now() + turn_delay(priority, aging),
-            start_deadline_at=_time_of(event, "start_deadline_time"),
-            run_deadline_at=_time_of(event, "run_deadline_time"),
+            start_deadline_at=time_of(event, "start_deadline_time"),
+            run_deadline_at=time_of(event, "run_deadline_time"),
             state=SubmissionState.WAITING.value,
         )
         .on_conflict_do_nothing(constraint="one_row_per_attempt")
@@ -98,12 +98,6 @@ async def on_job_submitted(
 def priority_of(event: events_pb2.JobSubmitted) -> Priority:
     named = job_pb.Job.Priority.Name(event.priority).removeprefix("PRIORITY_")
     return Priority.NORMAL if named == "UNSPECIFIED" else Priority(named)
-
-
-def _time_of(
-    event: events_pb2.JobSubmitted, field: Literal["start_deadline_time", "run_deadline_time"]
-) -> datetime | None:
-    return getattr(event, field).ToDatetime(tzinfo=UTC) if event.HasField(field) else None
 
 
 async def on_job_cancelled(

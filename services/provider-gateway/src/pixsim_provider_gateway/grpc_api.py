@@ -50,11 +50,15 @@ def account_to_proto(row: Row[Any]) -> pb.Account:
     )
 
 
+def public_state(stored: str) -> pb.Submission.State.ValueType:
+    """The contract's state of a stored one: SUBMITTING is RUNNING to a caller."""
+    return pb.Submission.State.Value(f"STATE_{'RUNNING' if stored == 'SUBMITTING' else stored}")
+
+
 def submission_to_proto(row: Row[Any]) -> pb.Submission:
     payload = None
     if row.payload is not None:
         payload = json_format.ParseDict(row.payload, pb.Submission().payload)
-    state = {"SUBMITTING": "RUNNING"}.get(row.state, row.state)
     return pb.Submission(
         name=f"submissions/{row.id}",
         job=f"jobs/{row.job_id}",
@@ -63,7 +67,7 @@ def submission_to_proto(row: Row[Any]) -> pb.Submission:
         account=f"accounts/{row.account_id}" if row.account_id else "",
         payload=payload,
         provider_job_id=row.provider_job_id or "",
-        state=pb.Submission.State.Value(f"STATE_{state}"),
+        state=public_state(row.state),
         retry_attempt=row.retry_attempt,
         previous_submission=(
             f"submissions/{row.previous_submission_id}" if row.previous_submission_id else ""
@@ -263,12 +267,12 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
                 if row.state == SubmissionState.WAITING.value
                 else None
             )
-        state = {"SUBMITTING": "RUNNING"}.get(row.state, row.state)
+        state = public_state(row.state)
         if row.state == SubmissionState.WAITING.value and position is None:
-            state = "UNSPECIFIED"  # it left the queue meanwhile
+            state = pb.Submission.STATE_UNSPECIFIED  # it left the queue meanwhile
         return pb.QueueStatus(
             job=request.job,
-            state=pb.Submission.State.Value(f"STATE_{state}"),
+            state=state,
             queue_position=position or 0,
             queue_time=to_timestamp(row.create_time),
             progress=row.progress or 0.0,

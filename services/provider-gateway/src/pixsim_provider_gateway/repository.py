@@ -31,7 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    case,
+    column,
     func,
     select,
     text,
@@ -154,6 +154,16 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+_COLUMNS = ", ".join(f"s.{c.name}" for c in submissions.c)
+# The deadline rules, once, over a submissions row `s`: dispatch never claims a row past
+# one, and the expiry sweep ends it. Never sent (its first attempt, no send yet: a 429 put
+# back counts as sent) and past the start deadline; or past the run deadline.
+_START_DEADLINE_PASSED = (
+    "coalesce(s.retry_attempt = 0 AND s.submit_time IS NULL AND s.start_deadline_at <= now(),"
+    " false)"
+)
+_RUN_DEADLINE_PASSED = "coalesce(s.run_deadline_at <= now(), false)"
+
 # The order waiting work is served in, shared by dispatch and by queue positions: per user,
 # how many of theirs are in flight and when they were last served; then each one's turn.
 _FAIR_ORDER_INPUTS = """
@@ -208,7 +218,6 @@ async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]
     they are, so the queue positions GetQueueStatus reports are the order of service. A
     provider with no usable account at all has one submission looked at a round (dispatch
     fails it when the provider is unknown, else it waits)."""
-    columns = ", ".join(f"s.{column.name}" for column in submissions.c)
     result = await session.execute(
         text(
             f"""
@@ -226,12 +235,9 @@ async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]
                 LEFT JOIN busy b USING (user_id) LEFT JOIN served v USING (user_id)
                 LEFT JOIN free f ON f.provider_id = s.provider_id
                 WHERE s.state = 'WAITING' AND s.available_at <= now()
-                  -- past a deadline: never sent now; the expiry sweep ends it
-                  AND NOT coalesce(s.retry_attempt = 0 AND s.submit_time IS NULL
-                                   AND s.start_deadline_at <= now(), false)
-                  AND coalesce(s.run_deadline_at > now(), true)
+                  AND NOT {_START_DEADLINE_PASSED} AND NOT {_RUN_DEADLINE_PASSED}
             )
-            SELECT {columns} FROM provider_submissions s JOIN ranked r ON r.id = s.id
+            SELECT {_COLUMNS} FROM provider_submissions s JOIN ranked r ON r.id = s.id
             WHERE r.place <= r.slots AND s.state = 'WAITING'
             ORDER BY r.place
             LIMIT :limit
@@ -346,38 +352,21 @@ async def claim_for_polling(
     return result.all()
 
 
-def _start_deadline_passed() -> Any:
-    """Never sent (its first attempt, no send yet: a 429 put back counts as sent) and past
-    its start deadline."""
-    c = submissions.c
-    return (
-        (c.retry_attempt == 0)
-        & c.submit_time.is_(None)
-        & c.start_deadline_at.is_not(None)
-        & (c.start_deadline_at <= func.now())
-    )
-
-
-def _run_deadline_passed() -> Any:
-    return submissions.c.run_deadline_at.is_not(None) & (
-        submissions.c.run_deadline_at <= func.now()
-    )
+_PASSED_DEADLINE = text(
+    f"""
+    SELECT {_COLUMNS}, CASE WHEN {_START_DEADLINE_PASSED} THEN 'START' ELSE 'RUN' END AS why
+    FROM provider_submissions s
+    WHERE s.state = 'WAITING' AND ({_START_DEADLINE_PASSED} OR {_RUN_DEADLINE_PASSED})
+    LIMIT :limit
+    FOR UPDATE OF s SKIP LOCKED
+    """  # noqa: S608 - the column names come from the table definition
+).columns(*submissions.c, column("why", Text))
 
 
 async def passed_deadline(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
     """Waiting submissions whose job's deadline has passed, locked, each with `why`: the
     START or the RUN deadline."""
-    why = case((_start_deadline_passed(), "START"), else_="RUN").label("why")
-    result = await session.execute(
-        select(submissions, why)
-        .where(
-            submissions.c.state == "WAITING",
-            _start_deadline_passed() | _run_deadline_passed(),
-        )
-        .limit(limit)
-        .with_for_update(of=submissions, skip_locked=True)
-    )
-    return result.all()
+    return (await session.execute(_PASSED_DEADLINE, {"limit": limit})).all()
 
 
 async def expired_submitting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:

@@ -5,21 +5,15 @@ and one slot frees per tick, so nothing sleeps."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixsim_common.db import create_engine, create_sessionmaker, run_migrations
-from pixsim_local.pytest_plugin import DatabaseFactory
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import Priority, SubmissionState, turn_delay
-from pixsim_provider_gateway.main import MIGRATIONS
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -32,19 +26,6 @@ def test_a_lower_priority_turns_later_by_its_share_of_the_bound() -> None:
         timedelta(seconds=30),
         timedelta(seconds=60),
     ]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(
-    new_database: DatabaseFactory,
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    database = await new_database("priority")
-    await asyncio.to_thread(run_migrations, database.url, MIGRATIONS)
-    engine = create_engine(database.url, pool_size=2)
-    try:
-        yield create_sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 class Queue:

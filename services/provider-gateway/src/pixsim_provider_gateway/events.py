@@ -39,6 +39,7 @@ async def on_job_submitted(
 ) -> None:
     """A new attempt chain for the job, waiting for an account (unless it was cancelled),
     its turn set by its priority (`domain.turn_delay`)."""
+    await repo.lock_job(session, event.job_id, event.user_id)
     cancelled = repo.cancelled_jobs.c
     if await session.scalar(
         select(cancelled.job_id).where(
@@ -105,6 +106,7 @@ async def on_job_cancelled(
 ) -> None:
     """Stop the job's attempts: their slots come back now, the provider is told where it can
     be, and nothing more is published for the job."""
+    await repo.lock_job(session, event.job_id, event.user_id)
     await session.execute(
         insert(repo.cancelled_jobs)
         .values(job_id=event.job_id, user_id=event.user_id)

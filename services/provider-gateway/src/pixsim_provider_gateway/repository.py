@@ -187,6 +187,16 @@ QUEUE_POSITIONS = text(
 )
 
 
+async def lock_job(session: AsyncSession, job_id: str, user_id: str) -> None:
+    """Serialize the handlers of one job's `job.submitted` and `job.cancelled` until commit.
+    Without it each misses the other's uncommitted row: the cancellation finds no attempt
+    to stop, the submission finds no cancellation, and a cancelled job is sent."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"pixsim-job:{user_id}/{job_id}"},
+    )
+
+
 async def queue_positions(session: AsyncSession, provider_id: str) -> dict[str, int]:
     """Every waiting submission of the provider by id, with how many go before it in the
     order dispatch serves them (0: next). One in a retry's backoff counts in line."""

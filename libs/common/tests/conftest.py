@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -10,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from pixsim_common.db import create_engine, create_sessionmaker
 from pixsim_common.migrations import create_messaging_schema
 from pixsim_common.tracing import configure_tracing
+from pixsim_local.infra import Infra
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.pytest_plugin import DatabaseFactory
 
@@ -35,3 +38,21 @@ async def messaging_db(new_database: DatabaseFactory) -> AsyncIterator[Messaging
         )
     yield MessagingDatabase(database, engine, create_sessionmaker(engine))
     await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def database_away(db: MessagingDatabase, infra: Infra) -> AsyncIterator[None]:
+    """The service's database refuses connections (and drops the open ones) meanwhile."""
+    admin = await asyncpg.connect(infra.postgres.admin_url)
+    name = db.database.name
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +24,7 @@ from pixsim_local.infra import Infra
 from pixsim_local.kafka import produce_raw, read_topic
 from pixsim_local.pytest_plugin import TopicFactory
 
-from .conftest import MessagingDatabase
+from .conftest import MessagingDatabase, database_away
 
 pytestmark = pytest.mark.integration
 
@@ -114,24 +113,6 @@ async def wait_for_effect(db: MessagingDatabase, job_id: str) -> None:
         return await effects(db, job_id) == 1
 
     await wait_for(recorded)
-
-
-@contextlib.asynccontextmanager
-async def database_away(db: MessagingDatabase, infra: Infra) -> AsyncIterator[None]:
-    """The service's database refuses connections (and drops the open ones) meanwhile."""
-    admin = await asyncpg.connect(infra.postgres.admin_url)
-    name = db.database.name
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-        yield
-    finally:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await admin.close()
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:

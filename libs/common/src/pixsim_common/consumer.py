@@ -36,6 +36,7 @@ from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, Table, 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common.cloudevents import EventMeta, MalformedEvent, parse_headers
+from pixsim_common.dependencies import CONNECT_WAIT_SECONDS, started_kafka_client
 from pixsim_common.errors import InvalidArgument
 from pixsim_common.metrics import CONSUMER_LAG, MESSAGES_CONSUMED
 from pixsim_common.topics import MAX_EVENT_BYTES, Topic
@@ -149,6 +150,7 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
 
     async def start(self) -> None:
         options: dict[str, Any] = {
@@ -160,17 +162,28 @@ class EventConsumer:
             "fetch_max_bytes": 16 * MAX_MESSAGE_BYTES,
         }
         options.update(self._consumer_options)
-        self._consumer = AIOKafkaConsumer(**options)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, enable_idempotence=True, acks="all"
+        self._task = asyncio.create_task(self._run(options), name=f"{self.name}-consumer")
+        # With the broker away, the service serves RPCs meanwhile; this keeps connecting.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout=CONNECT_WAIT_SECONDS)
+
+    async def _connect(self, options: Mapping[str, Any]) -> AIOKafkaConsumer:
+        self._producer = await started_kafka_client(
+            lambda: AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap, enable_idempotence=True, acks="all"
+            ),
+            what=f"{self.name} dead-letter producer",
         )
-        await self._producer.start()
-        await self._consumer.start()
+        consumer = await started_kafka_client(
+            lambda: AIOKafkaConsumer(**options), what=f"{self.name} consumer"
+        )
+        self._consumer = consumer
         # Subscribing after start: given topics up front, start() waits for the group to
         # assign partitions, which after a crash is the dead member's whole session timeout,
         # and the service would not serve RPCs meanwhile. The group joins on the first poll.
-        self._consumer.subscribe(list(self._routes))
-        self._task = asyncio.create_task(self._run(), name=f"{self.name}-consumer")
+        consumer.subscribe(list(self._routes))
+        self._connected.set()
+        return consumer
 
     async def stop(self) -> None:
         """Finish the message in hand, commit what was processed, leave the group."""
@@ -183,9 +196,8 @@ class EventConsumer:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
+    async def _run(self, options: Mapping[str, Any]) -> None:
+        consumer = await self._connect(options)
         while True:
             try:
                 await self._consume_batch(consumer)

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from pixsim_common.dependencies import with_database
+
 
 def sqlalchemy_url(url: str) -> str:
     """`postgresql://...` (libpq form, as settings hold it) for SQLAlchemy's asyncpg dialect."""
@@ -132,17 +134,21 @@ async def ensure_migrated(database_url: str, migrations_dir: Path) -> None:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     heads = set(ScriptDirectory.from_config(config).get_heads())
-    connection = await asyncpg.connect(libpq_url(database_url))
-    try:
+
+    async def applied() -> set[str]:
+        connection = await asyncpg.connect(libpq_url(database_url))
         try:
-            current = {
+            return {
                 row["version_num"]
                 for row in await connection.fetch("SELECT version_num FROM alembic_version")
             }
         except asyncpg.UndefinedTableError:
-            current = set()
-    finally:
-        await connection.close()
+            return set()
+        finally:
+            await connection.close()
+
+    # A service restarted while its database restarts waits for it, rather than exiting.
+    current = await with_database(applied)
     if current != heads:
         found = ", ".join(sorted(current)) or "no migrations"
         raise SystemExit(

@@ -52,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from pixsim_common.cloudevents import encode_headers, event_headers
 from pixsim_common.db import libpq_url
+from pixsim_common.dependencies import CONNECT_WAIT_SECONDS, started_kafka_client
 from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED, OUTBOX_SET_ASIDE
 from pixsim_common.topics import MAX_EVENT_BYTES, TOPIC_MAX_MESSAGE_BYTES, Topic
 from pixsim_common.tracing import inject_context
@@ -186,8 +187,18 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._connected = asyncio.Event()
 
     async def start(self) -> None:
+        """Connect and start relaying. With the broker away this returns after a short wait
+        and the relay keeps connecting in the background: the service serves meanwhile and
+        its events wait in the outbox."""
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout=CONNECT_WAIT_SECONDS)
+
+    def _new_producer(self) -> AIOKafkaProducer:
         options: dict[str, Any] = {
             "bootstrap_servers": self._bootstrap,
             "enable_idempotence": True,
@@ -197,10 +208,7 @@ class OutboxRelay:
             "max_request_size": TOPIC_MAX_MESSAGE_BYTES,
         }
         options.update(self._producer_options)
-        self._producer = AIOKafkaProducer(**options)
-        await self._producer.start()
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
+        return AIOKafkaProducer(**options)
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Let the round under way finish, publish what is committed now (best effort), then
@@ -209,6 +217,8 @@ class OutboxRelay:
         if self._task is not None:
             self._stopping.set()
             self._wake.set()
+            if self._producer is None:  # still connecting: nothing can be published
+                self._task.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_seconds)
             except TimeoutError:
@@ -229,6 +239,11 @@ class OutboxRelay:
         last_housekeeping = 0.0
         loop = asyncio.get_running_loop()
         try:
+            if self._producer is None:
+                self._producer = await started_kafka_client(
+                    self._new_producer, what=f"{self._service} outbox relay"
+                )
+            self._connected.set()
             while not self._stopping.is_set():
                 try:
                     if listener is None or listener.is_closed():

@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from pixsim_local.processes import free_port
 from pixsim_local.s3 import S3Server
 from pixsim_local.stack import SERVICE_NAMES
 from pixsim_local.whole_stack import WholeStack, whole_stack_of_its_own
+from pixsim_provider_gateway.providers import http
 from pixsim_provider_gateway.service import REPLICA_STOPPED
 
 PROVIDERS = ("pixverse", "runway", "pika")
@@ -375,16 +377,21 @@ class ChaosRun:
             for row in await self._fetch(
                 "provider-gateway",
                 "SELECT job_id::text AS job_id, count(*) AS attempts,"
-                " count(*) FILTER (WHERE error_message = $1) AS interrupted"
+                " count(*) FILTER (WHERE error_message = $1 OR error_message LIKE $2"
+                " OR error_message LIKE $3) AS interrupted"
                 " FROM provider_submissions GROUP BY job_id",
                 REPLICA_STOPPED,
+                f"%{http.TIMED_OUT}",
+                f"%{http.TRANSPORT_FAILED}%",
             )
         }
         async with httpx.AsyncClient() as client:
             sends = (await client.get(f"{self.stack.services.simulator_url}/_sim/submits")).json()
             stats = (await client.get(f"{self.stack.services.simulator_url}/_sim/stats")).json()
-        # (jobs, of which as scripted) without and with an attempt cut short by a crash
+        # (jobs, of which as scripted) without and with an attempt cut short, by a crash or
+        # by a call that timed out under the run's load: either may have reached the provider.
         plain, cut = [0, 0], [0, 0]
+        mismatched: list[str] = []
         for row in jobs:
             job = planned[row["request_id"]]
             calls, (tries, interrupted) = sends.get(job.prompt, 0), attempts.get(row["id"], (0, 0))
@@ -407,6 +414,12 @@ class ChaosRun:
                     f"{job.request_id} ({job.script.label}): {calls} provider calls and "
                     f"{tries} attempts, {interrupted} cut short; scripted {scripted}"
                 )
+                mismatched.append(row["id"])
+        if mismatched:
+            try:
+                report.diagnosis += await self._attempts_of(mismatched)
+            except Exception as error:  # a diagnosis must not hide the report
+                report.diagnosis.append(f"the diagnosis failed: {error!r}")
         report.check("calls = 1 + scripted retries", plain[0], plain[1], plain[0] == plain[1])
         report.check("  jobs with an attempt cut: +0..1 each", cut[0], cut[1], cut[0] == cut[1])
 
@@ -444,6 +457,25 @@ class ChaosRun:
                     script.sends * len(mine),
                 )
             )
+
+    async def _attempts_of(self, job_ids: list[str]) -> list[str]:
+        """Each attempt of jobs whose calls and attempts were not as scripted, in order: how
+        it ended and why, so a failure says which path made the extra one."""
+        rows = await self._fetch(
+            "provider-gateway",
+            "SELECT job_id::text AS job_id, job_retry_count, retry_attempt, state, error_code,"
+            " error_message, provider_job_id, lease_owner, create_time, submit_time,"
+            " complete_time FROM provider_submissions WHERE job_id = ANY($1::uuid[])"
+            " ORDER BY job_id, job_retry_count, retry_attempt",
+            job_ids,
+        )
+        return [
+            f"{row['job_id']} try {row['job_retry_count']}.{row['retry_attempt']}: "
+            f"{row['state']} {row['error_code'] or ''} {(row['error_message'] or '')[:160]!r}"
+            f" task={row['provider_job_id']} created={_clock(row['create_time'])}"
+            f" sent={_clock(row['submit_time'])} ended={_clock(row['complete_time'])}"
+            for row in rows
+        ]
 
     async def _where_they_wait(self, job_ids: list[str]) -> list[str]:
         """For a run that did not drain: which stage holds the unfinished jobs (their latest
@@ -555,3 +587,7 @@ async def _consumer_lag(bootstrap: str) -> dict[tuple[str, str], int]:
     finally:
         await consumer.stop()
         await admin.close()
+
+
+def _clock(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%H:%M:%S.%f}"

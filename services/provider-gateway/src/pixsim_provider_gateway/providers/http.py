@@ -11,6 +11,11 @@ import httpx
 
 from pixsim_provider_gateway.providers.base import ErrorKind, ProviderError
 
+# The endings of the message of a call whose outcome at the provider is unknown: it timed
+# out, or the connection failed, perhaps after the provider had the request.
+TIMED_OUT = " timed out"
+TRANSPORT_FAILED = " failed: "
+
 
 def new_client(
     base_url: str, timeout: float, transport: httpx.AsyncBaseTransport | None = None
@@ -29,9 +34,10 @@ async def send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) 
     try:
         return await client.request(method, url, **kwargs)
     except httpx.TimeoutException as error:
-        raise ProviderError(ErrorKind.TRANSIENT, f"{method} {url} timed out") from error
+        raise ProviderError(ErrorKind.TRANSIENT, f"{method} {url}{TIMED_OUT}") from error
     except httpx.TransportError as error:
-        raise ProviderError(ErrorKind.TRANSIENT, f"{method} {url} failed: {error!r}") from error
+        message = f"{method} {url}{TRANSPORT_FAILED}{error!r}"
+        raise ProviderError(ErrorKind.TRANSIENT, message) from error
 
 
 def retry_after(response: httpx.Response) -> float | None:

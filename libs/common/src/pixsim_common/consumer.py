@@ -39,6 +39,7 @@ from pixsim_common.cloudevents import EventMeta, MalformedEvent, parse_headers
 from pixsim_common.dependencies import CONNECT_WAIT_SECONDS, started_kafka_client
 from pixsim_common.errors import InvalidArgument
 from pixsim_common.metrics import CONSUMER_LAG, MESSAGES_CONSUMED
+from pixsim_common.outbox import write_collected
 from pixsim_common.topics import MAX_EVENT_BYTES, Topic
 from pixsim_common.tracing import extract_context
 from pixsim_common.transient import is_transient
@@ -374,6 +375,7 @@ class EventConsumer:
                 if inserted is None:
                     return "duplicate"
                 await subscription.handler(session, event, meta, *prepared)
+                await write_collected(session)
             return "processed"
 
     async def _dead_letter(

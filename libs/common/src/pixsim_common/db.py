@@ -92,6 +92,10 @@ class UnitOfWork:
         return self
 
     async def commit(self) -> None:
+        """Write the events its aggregates raised (`outbox.collect`), then commit."""
+        from pixsim_common.outbox import write_collected  # the outbox builds on this module
+
+        await write_collected(self.session)
         await self.session.commit()
         self._committed = True
 

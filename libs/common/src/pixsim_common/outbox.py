@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -122,16 +122,47 @@ class Unpublishable(Exception):
     """An event that no broker of ours would take; refused at `enqueue`."""
 
 
-async def enqueue(
-    session: AsyncSession,
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event an aggregate raised, as it leaves: its topic, key and message."""
+
+    topic: Topic
+    key: str
+    message: Message
+    source: str
+
+
+_COLLECTED = "pixsim.outbox.collected"
+
+
+def collect(session: AsyncSession, events: Iterable[Outgoing]) -> None:
+    """Events to write to the outbox when `session`'s transaction commits (by
+    `UnitOfWork.commit`, or by the consumer after its handler): a repository hands over
+    what its aggregates raised when it saves them, and no use case enqueues by hand. Each
+    is checked now, and carries the trace context of now."""
+    pending: list[dict[str, Any]] = session.info.setdefault(_COLLECTED, [])
+    trace_headers = inject_context()
+    for event in events:
+        pending.append(
+            _outbox_row(event.topic, event.key, event.message, event.source, None, trace_headers)
+        )
+
+
+async def write_collected(session: AsyncSession) -> None:
+    """Write the collected events to the outbox, in the order they were raised."""
+    rows = session.info.pop(_COLLECTED, None)
+    if rows:
+        await session.execute(insert(outbox_table), rows)
+
+
+def _outbox_row(
     topic: Topic,
     key: str,
     event: Message,
-    *,
     source: str,
-    event_id: str | None = None,
-) -> str:
-    """Write `event` to the outbox in `session`'s transaction; returns its ce_id."""
+    event_id: str | None,
+    trace_headers: Mapping[str, str],
+) -> dict[str, Any]:
     if not isinstance(event, topic.message_type):
         raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(event)}")
     payload = event.SerializeToString()
@@ -141,21 +172,31 @@ async def enqueue(
         )
     event_id = event_id or str(uuid.uuid4())
     headers = event_headers(
-        event_type=topic.event_type,
-        source=source,
-        event_id=event_id,
-        trace_headers=inject_context(),
+        event_type=topic.event_type, source=source, event_id=event_id, trace_headers=trace_headers
     )
-    await session.execute(
-        insert(outbox_table).values(
-            event_id=event_id,
-            topic=topic.name,
-            key=key,
-            payload=payload,
-            headers=headers,
-        )
-    )
-    return event_id
+    return {
+        "event_id": event_id,
+        "topic": topic.name,
+        "key": key,
+        "payload": payload,
+        "headers": headers,
+    }
+
+
+async def enqueue(
+    session: AsyncSession,
+    topic: Topic,
+    key: str,
+    event: Message,
+    *,
+    source: str,
+    event_id: str | None = None,
+) -> str:
+    """Write `event` to the outbox in `session`'s transaction now; returns its ce_id. The
+    primitive under `collect`, for code that is not a use case (tests, tools)."""
+    row = _outbox_row(topic, key, event, source, event_id, inject_context())
+    await session.execute(insert(outbox_table).values(**row))
+    return str(row["event_id"])
 
 
 class OutboxRelay:
@@ -363,6 +404,7 @@ class OutboxRelay:
             try:
                 aside = SetAside(row.event_id, row.topic, row.key, why, bytes(row.payload))
                 await self._on_set_aside(session, aside)
+                await write_collected(session)
                 await session.flush()
             finally:
                 await session.close()  # the relay's transaction commits, not the session

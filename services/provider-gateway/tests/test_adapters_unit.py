@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from pixsim.types.v1 import types_pb2 as t
+from pixsim_provider_gateway.domain import ErrorKind
 from pixsim_provider_gateway.inputs import UrlInput
 from pixsim_provider_gateway.providers.base import (
     Credentials,
-    ErrorKind,
     GenerationInput,
     GenerationRequest,
     ProviderError,

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pixsim.types.v1 import types_pb2 as t
 from pixsim_provider_gateway.crypto import CredentialCipher, new_key
 from pixsim_provider_gateway.domain import (
     AccountEffect,
     AttemptAction,
+    ErrorKind,
     RetryPolicy,
     judge,
     poll_delay,
@@ -20,7 +20,6 @@ from pixsim_provider_gateway.domain import (
     unusable_output,
     unusable_task_id,
 )
-from pixsim_provider_gateway.providers.base import ErrorKind, MediaOutput
 
 pytestmark = pytest.mark.unit
 POLICY = RetryPolicy(max_retries=2, default_cooldown_seconds=30)
@@ -138,7 +137,7 @@ def test_bad_key_settings_are_refused(keys: str) -> None:
     ],
 )
 def test_a_result_url_we_cannot_pass_on_is_unusable(uri: str, usable: bool) -> None:
-    assert (unusable_output(MediaOutput(uri, t.MEDIA_TYPE_VIDEO)) is None) is usable
+    assert (unusable_output(uri) is None) is usable
 
 
 @pytest.mark.parametrize(

@@ -1,22 +1,34 @@
 """The gateway's decisions, pure: what a provider's answer means for the attempt, for the
-account, and when to look again. Persistence and HTTP happen elsewhere."""
+account, and when to look again; and the `Submission` aggregate, whose every change of state
+goes through its transition table. Persistence and HTTP happen elsewhere."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
-from types import SimpleNamespace
+from typing import Any, TypeAlias
 
-from tenacity import wait_exponential, wait_random_exponential
-
-from pixsim_provider_gateway.providers.base import ErrorKind, MediaOutput
+from pixsim.types.v1 import types_pb2
 
 # What we pass on of a provider's answers is bounded like any input: a task id we store and
 # poll by, and a result URL the asset service fetches (the events' limits).
 MAX_TASK_ID_CHARS = 256
 MAX_OUTPUT_URL_CHARS = 4096
+MediaType: TypeAlias = types_pb2.MediaType.ValueType
+
+
+class ErrorKind(StrEnum):
+    """What a provider's failure means, whichever provider said it (adapters classify)."""
+
+    RATE_LIMITED = "RATE_LIMITED"
+    TRANSIENT = "TRANSIENT"
+    CONTENT_REJECTED = "CONTENT_REJECTED"
+    INVALID_PARAMETERS = "INVALID_PARAMETERS"
+    ACCOUNT_EXHAUSTED = "ACCOUNT_EXHAUSTED"
+    ACCOUNT_INVALID = "ACCOUNT_INVALID"
 
 
 class AccountState(StrEnum):
@@ -24,6 +36,18 @@ class AccountState(StrEnum):
     DISABLED = "DISABLED"
     EXHAUSTED = "EXHAUSTED"
     INVALID = "INVALID"
+
+
+def account_state_after_update(
+    state: AccountState, *, new_credentials: bool, credits: int | None
+) -> AccountState:
+    """An operator's update brings an account back where it fixes why it stopped: new
+    credentials for an INVALID one, credits for an EXHAUSTED one. DISABLED stays so."""
+    if state is AccountState.INVALID and new_credentials:
+        return AccountState.ACTIVE
+    if state is AccountState.EXHAUSTED and credits is not None and credits > 0:
+        return AccountState.ACTIVE
+    return state
 
 
 class SubmissionState(StrEnum):
@@ -45,6 +69,31 @@ class SubmissionState(StrEnum):
     @property
     def holds_slot(self) -> bool:
         return self in (SubmissionState.SUBMITTING, SubmissionState.RUNNING)
+
+
+_S = SubmissionState
+# Every change of a submission's state, and nothing else. A cancellation can come at any
+# point before the end; a SUCCEEDED attempt fails afterwards only when its result could
+# never be announced (the broker refused the event for good).
+LEGAL: dict[SubmissionState, frozenset[SubmissionState]] = {
+    _S.WAITING: frozenset({_S.SUBMITTING, _S.FAILED, _S.CANCELLED}),
+    _S.SUBMITTING: frozenset({_S.RUNNING, _S.WAITING, _S.FAILED, _S.CANCELLED}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED}),
+    _S.SUCCEEDED: frozenset({_S.FAILED}),
+    _S.FAILED: frozenset(),
+    _S.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, current: SubmissionState, wanted: SubmissionState) -> None:
+        super().__init__(f"a submission cannot go from {current} to {wanted}")
+        self.current, self.wanted = current, wanted
+
+
+def check_transition(current: SubmissionState, wanted: SubmissionState) -> None:
+    if wanted not in LEGAL[current]:
+        raise IllegalTransition(current, wanted)
 
 
 class AttemptAction(StrEnum):
@@ -112,24 +161,18 @@ def judge(
     return Verdict(AttemptAction.FAIL, error_code=kind.value)  # moderation, bad parameters
 
 
-def retry_delay(retry_attempt: int, policy: RetryPolicy) -> float:
-    """Seconds before attempt `retry_attempt` (1, 2, ...): exponential, full jitter."""
-    wait = wait_random_exponential(
-        multiplier=policy.retry_base_seconds, max=policy.retry_cap_seconds
-    )
-    return float(wait(SimpleNamespace(attempt_number=retry_attempt)))  # type: ignore[arg-type]
+def retry_delay(retry_attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
+    """Seconds before attempt `retry_attempt` (1, 2, ...): exponential with full jitter, so
+    the retries of many jobs failed together spread out instead of arriving together."""
+    ceiling = min(policy.retry_cap_seconds, policy.retry_base_seconds * 2 ** (retry_attempt - 1))
+    return (rng or random).uniform(0, ceiling)
 
 
 def poll_delay(poll_count: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
-    """Seconds until the next status check after `poll_count` checks: backing off to a cap,
-    with a little jitter so replicas' polls spread out."""
-    wait = wait_exponential(
-        multiplier=policy.poll_first_seconds,
-        min=policy.poll_first_seconds,
-        max=policy.poll_cap_seconds,
-        exp_base=1.5,
-    )
-    delay = float(wait(SimpleNamespace(attempt_number=poll_count + 1)))  # type: ignore[arg-type]
+    """Seconds until the next status check after `poll_count` checks: backing off by half
+    again each time to a cap, with a little jitter so replicas' polls spread out."""
+    first, cap = policy.poll_first_seconds, policy.poll_cap_seconds
+    delay = min(max(first * 1.5 ** min(poll_count, 64), first), cap)
     return delay * (0.9 + 0.2 * (rng or random).random())
 
 
@@ -142,9 +185,8 @@ def unusable_task_id(task_id: str) -> str | None:
     return None
 
 
-def unusable_output(output: MediaOutput) -> str | None:
-    """Why a provider's result cannot be handed to the asset service, or None."""
-    uri = output.uri
+def unusable_output(uri: str) -> str | None:
+    """Why a provider's result URL cannot be handed to the asset service, or None."""
     if len(uri) > MAX_OUTPUT_URL_CHARS:
         return f"the provider's result URL is longer than {MAX_OUTPUT_URL_CHARS} characters"
     if not uri.startswith(("https://", "http://")) or not uri.isprintable():
@@ -169,3 +211,302 @@ def turn_delay(priority: Priority, aging: timedelta) -> timedelta:
     `aging` after it, nor by NORMAL work arriving more than half of it after: under any
     sustained load of higher priority, its wait is bounded."""
     return aging * _TURN_SHARE[priority]
+
+
+@dataclass(frozen=True, slots=True)
+class FromNow:
+    """A moment on the database's clock, `after` from the moment a change is saved, so every
+    replica's times agree; never later than `not_after` when that is set."""
+
+    after: timedelta = timedelta(0)
+    not_after: datetime | None = None
+
+
+NOW = FromNow()
+
+
+@dataclass(frozen=True, slots=True)
+class MediaOutput:
+    """A produced file, with what the provider reports of it (None: not reported)."""
+
+    uri: str
+    media_type: MediaType
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+    seed: int | None = None
+
+
+# ---- the submission aggregate -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The job's attempt chain is in the gateway's queue."""
+
+    attempt: Submission
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The provider accepted the attempt as task `provider_job_id`."""
+
+    attempt: Submission
+    provider_job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    attempt: Submission
+    output: MediaOutput
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job fails with `code` (a generation error code): no attempt follows."""
+
+    attempt: Submission
+    code: str
+    message: str
+
+
+SubmissionEvent = Queued | Started | Completed | Failed
+# What a retry takes over from the attempt before it: the job's request and its place.
+_CARRIED_TO_THE_NEXT_ATTEMPT = (
+    "job_id",
+    "user_id",
+    "provider_id",
+    "operation_type",
+    "request",
+    "payload",
+    "job_retry_count",
+    "trace_headers",
+    "start_deadline_at",
+    "run_deadline_at",
+    "priority",
+)
+
+
+class Submission:
+    """One attempt of a job at its provider, as stored (`record`: its columns by name).
+
+    Every change goes through a method here: it checks the transition table (`LEGAL`),
+    records the columns it changes (`changes`, which the repository saves compare-and-set on
+    the state the attempt was loaded in) and the events it raises (`take_events`). Columns
+    read as attributes, changed values first."""
+
+    def __init__(self, record: Mapping[str, Any], *, new: bool = False) -> None:
+        self._record = dict(record)
+        self.changes: dict[str, Any] = {}
+        self.loaded_state = SubmissionState(self._record["state"])
+        self.new = new
+        self._events: list[SubmissionEvent] = []
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            changes = object.__getattribute__(self, "changes")
+            return changes[name] if name in changes else self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """Every column, changed values included."""
+        return self._record | self.changes
+
+    @property
+    def state(self) -> SubmissionState:
+        return SubmissionState(self.changes.get("state", self._record["state"]))
+
+    def stored(self, record: Mapping[str, Any]) -> None:
+        """The repository saved it: `record` is what the database holds now."""
+        self._record = dict(record)
+        self.changes = {}
+        self.loaded_state = SubmissionState(self._record["state"])
+        self.new = False
+
+    def take_events(self) -> list[SubmissionEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def _move(self, to: SubmissionState, **values: Any) -> None:
+        check_transition(self.state, to)
+        self.changes |= values | {"state": to.value}
+
+    # -- a new chain, and the attempts that follow --------------------------------------
+
+    @classmethod
+    def first(cls, record: Mapping[str, Any]) -> Submission:
+        """The first attempt of a job's chain, waiting for an account."""
+        made = cls({**record, "state": SubmissionState.WAITING.value}, new=True)
+        made._events.append(Queued(made))
+        return made
+
+    def _next_attempt(self, new_id: str, delay: timedelta) -> Submission:
+        keep = _CARRIED_TO_THE_NEXT_ATTEMPT
+        return Submission(
+            {name: getattr(self, name) for name in keep}
+            | {
+                "id": new_id,
+                "retry_attempt": self.retry_attempt + 1,
+                "turn_at": self.turn_at,  # a retry keeps its job's place in line
+                "previous_submission_id": self.id,
+                "state": SubmissionState.WAITING.value,
+                "available_at": FromNow(delay),
+            },
+            new=True,
+        )
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def wait_for_account(self, payload: dict[str, Any], delay: timedelta) -> None:
+        """No account can take it now: its turn comes again after `delay`."""
+        self.changes |= {"available_at": FromNow(delay), "payload": payload}
+
+    def send(
+        self, account_id: str, cost: int, payload: dict[str, Any], replica: str, lease: timedelta
+    ) -> None:
+        """Reserved on `account_id`, about to be sent by `replica` (under a lease)."""
+        self._move(
+            SubmissionState.SUBMITTING,
+            account_id=account_id,
+            reserved_credits=cost,
+            payload=payload,
+            submit_time=NOW,
+            lease_owner=replica,
+            lease_until=FromNow(lease),
+        )
+
+    def accepted(
+        self,
+        provider_job_id: str,
+        estimated_cost: int | None,
+        first_poll: timedelta,
+        bound: timedelta,
+    ) -> None:
+        """The provider took it: polled from `first_poll` on, until the gateway's `bound` or
+        the job's run deadline, whichever is sooner."""
+        self._move(
+            SubmissionState.RUNNING,
+            provider_job_id=provider_job_id,
+            response={"estimated_cost": estimated_cost},
+            next_poll_at=FromNow(first_poll),
+            deadline_at=FromNow(bound, not_after=self.run_deadline_at),
+            lease_owner=None,
+            lease_until=None,
+        )
+        self._events.append(Started(self, provider_job_id))
+
+    def accepted_after_cancel(self, provider_job_id: str, can_cancel: bool) -> None:
+        """The provider took it after the job was cancelled: cancel it there too."""
+        self.changes |= {
+            "provider_job_id": provider_job_id,
+            "provider_cancel_pending": can_cancel,
+            "lease_owner": None,
+            "lease_until": None,
+        }
+
+    def requeue(self) -> None:
+        """The account was the trouble, not the attempt: the same attempt waits for another."""
+        self._move(
+            SubmissionState.WAITING,
+            account_id=None,
+            reserved_credits=0,
+            lease_owner=None,
+            lease_until=None,
+            available_at=NOW,
+        )
+
+    def refused(
+        self, kind: ErrorKind, message: str, verdict: Verdict, new_id: str, policy: RetryPolicy
+    ) -> Submission | None:
+        """The attempt failed with `kind`: the one that follows it (by `verdict`), if any;
+        else the job fails."""
+        self._move(
+            SubmissionState.FAILED,
+            error_code=kind.value,
+            error_message=message[:2000],
+            complete_time=NOW,
+            lease_owner=None,
+            lease_until=None,
+        )
+        if verdict.action is AttemptAction.RETRY:
+            delay = timedelta(seconds=retry_delay(self.retry_attempt + 1, policy))
+            return self._next_attempt(new_id, delay)
+        self._events.append(Failed(self, verdict.error_code or kind.value, message))
+        return None
+
+    def fail(self, code: str, message: str, **also: Any) -> None:
+        """The job fails now with `code`, without another attempt."""
+        self._move(
+            SubmissionState.FAILED,
+            error_code=code,
+            error_message=message[:2000],
+            complete_time=NOW,
+            **also,
+        )
+        self._events.append(Failed(self, code, message))
+
+    # -- polling -------------------------------------------------------------------------
+
+    def polled(
+        self,
+        progress: float | None,
+        provider_state: str,
+        queue_position: int | None,
+        next_poll: timedelta,
+    ) -> None:
+        """Still under way at the provider, as it says."""
+        self.changes |= {
+            "poll_count": self.poll_count + 1,
+            "progress": progress,
+            "provider_state": provider_state[:64],
+            "provider_queue_position": queue_position,
+            "lease_owner": None,
+            "lease_until": None,
+            "next_poll_at": FromNow(next_poll),
+        }
+
+    def timed_out(self, can_cancel: bool) -> None:
+        """Past its deadline at the provider: stopped there where it can be, and failed."""
+        self.fail(
+            "DEADLINE_EXCEEDED",
+            "the provider did not finish in time",
+            lease_owner=None,
+            lease_until=None,
+            provider_cancel_pending=can_cancel,
+        )
+
+    def succeeded(
+        self, outputs: list[dict[str, Any]], first: MediaOutput, cost: int | None
+    ) -> None:
+        self._move(
+            SubmissionState.SUCCEEDED,
+            complete_time=NOW,
+            lease_owner=None,
+            lease_until=None,
+            response={"outputs": outputs, "cost": cost},
+        )
+        self._events.append(Completed(self, first))
+
+    # -- cancelling ----------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The job was cancelled: the provider is told where a task exists there."""
+        self._move(
+            SubmissionState.CANCELLED,
+            complete_time=NOW,
+            provider_cancel_pending=self.provider_job_id is not None,
+            lease_owner=None,
+            lease_until=None,
+        )
+
+    def cancel_sent(self) -> None:
+        self.changes |= {"provider_cancel_pending": False, "lease_owner": None, "lease_until": None}
+
+    def unpublishable(self, message: str) -> None:
+        """Its result could never be announced: the attempt fails and says so (once)."""
+        if self.state is not SubmissionState.SUCCEEDED:
+            return
+        self._move(SubmissionState.FAILED, error_code="UNPUBLISHABLE", error_message=message[:2000])
+        self._events.append(Failed(self, "UNPUBLISHABLE", message))

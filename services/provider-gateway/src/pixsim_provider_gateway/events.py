@@ -1,15 +1,13 @@
-"""Kafka in and out: the handlers of `job.submitted` and `job.cancelled` (thin: each is one
-statement or two in the consumer's transaction), and the generation events the gateway
-publishes."""
+"""Kafka in and out: the handlers of `job.submitted` and `job.cancelled` (thin: each is a few
+statements in the consumer's transaction), and the generation events the gateway publishes,
+made from what its submissions raise (`outgoing`)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from google.protobuf import duration_pb2, json_format
-from sqlalchemy import Row, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
@@ -17,14 +15,24 @@ from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.cloudevents import EventMeta
-from pixsim_common.outbox import enqueue
+from pixsim_common.outbox import Outgoing
 from pixsim_common.timestamps import now_timestamp, time_of, to_timestamp
 from pixsim_common.tracing import inject_context
+from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
-from pixsim_provider_gateway.domain import Priority, SubmissionState, turn_delay
-from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest, MediaOutput
+from pixsim_provider_gateway.domain import (
+    Completed,
+    FromNow,
+    MediaOutput,
+    Priority,
+    Queued,
+    Started,
+    Submission,
+    SubmissionEvent,
+    turn_delay,
+)
+from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest
 
-WORK_CHANNEL = "pixsim_gateway_work"
 SOURCE = "/provider-gateway"
 # PRIORITY_AGING_SECONDS: the longest a LOW job can be passed by HIGH work arriving after it.
 DEFAULT_AGING = timedelta(minutes=5)
@@ -40,60 +48,34 @@ async def on_job_submitted(
     """A new attempt chain for the job, waiting for an account (unless it was cancelled),
     its turn set by its priority (`domain.turn_delay`)."""
     await repo.lock_job(session, event.job_id, event.user_id)
-    cancelled = repo.cancelled_jobs.c
-    if await session.scalar(
-        select(cancelled.job_id).where(
-            cancelled.job_id == event.job_id, cancelled.user_id == event.user_id
-        )
-    ):
+    if await repo.is_cancelled(session, event.job_id, event.user_id):
         return
+    attempts = repo.Submissions(session, outgoing)
     priority = priority_of(event)
-    previous = await session.scalar(
-        select(repo.submissions.c.id)
-        .where(
-            repo.submissions.c.job_id == event.job_id,
-            repo.submissions.c.user_id == event.user_id,
-        )
-        .order_by(repo.submissions.c.create_time.desc())
-        .limit(1)
-    )
-    inserted = await session.scalar(
-        insert(repo.submissions)
-        .values(
-            id=repo.new_id(),
-            job_id=event.job_id,
-            user_id=event.user_id,
-            provider_id=event.provider_id,
-            operation_type=event.operation_type,
-            request={
+    first = Submission.first(
+        {
+            "id": repo.new_id(),
+            "job_id": event.job_id,
+            "user_id": event.user_id,
+            "provider_id": event.provider_id,
+            "operation_type": event.operation_type,
+            "request": {
                 "prompt": event.prompt,
                 "inputs": [json_format.MessageToDict(i) for i in event.inputs],
                 "params": json_format.MessageToDict(event.params),
             },
-            job_retry_count=event.retry_count,
-            retry_attempt=0,
-            previous_submission_id=previous,
-            trace_headers=inject_context(),
-            priority=priority.value,
-            turn_at=func.now() + turn_delay(priority, aging),
-            start_deadline_at=time_of(event, "start_deadline_time"),
-            run_deadline_at=time_of(event, "run_deadline_time"),
-            state=SubmissionState.WAITING.value,
-        )
-        .on_conflict_do_nothing(constraint="one_row_per_attempt")
-        .returning(repo.submissions.c.create_time)
+            "job_retry_count": event.retry_count,
+            "retry_attempt": 0,
+            "previous_submission_id": await attempts.latest_of_job(event.job_id, event.user_id),
+            "trace_headers": inject_context(),
+            "priority": priority.value,
+            "turn_at": FromNow(turn_delay(priority, aging)),
+            "start_deadline_at": time_of(event, "start_deadline_time"),
+            "run_deadline_at": time_of(event, "run_deadline_time"),
+        }
     )
-    if inserted is None:
-        return  # a redelivery of a chain we have
-    queued = events_pb2.GenerationQueued(
-        job_id=event.job_id,
-        user_id=event.user_id,
-        provider_id=event.provider_id,
-        queue_time=to_timestamp(inserted),
-        job_retry_count=event.retry_count,
-    )
-    await enqueue(session, topics.GENERATION_QUEUED, event.job_id, queued, source=SOURCE)
-    await session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
+    if await attempts.add(first):  # else a redelivery of a chain we have
+        await repo.wake_dispatch(session)
 
 
 def priority_of(event: events_pb2.JobSubmitted) -> Priority:
@@ -107,39 +89,45 @@ async def on_job_cancelled(
     """Stop the job's attempts: their slots come back now, the provider is told where it can
     be, and nothing more is published for the job."""
     await repo.lock_job(session, event.job_id, event.user_id)
-    await session.execute(
-        insert(repo.cancelled_jobs)
-        .values(job_id=event.job_id, user_id=event.user_id)
-        .on_conflict_do_nothing()
+    await repo.remember_cancelled(session, event.job_id, event.user_id)
+    attempts, ledger = repo.Submissions(session, outgoing), repo.Accounts(session)
+    for attempt in await attempts.unfinished_of_job(event.job_id, event.user_id):
+        if attempt.state.holds_slot:
+            await ledger.release(attempt.account_id, attempt.reserved_credits)
+        attempt.cancel()
+        await attempts.save(attempt)
+
+
+def outgoing(event: SubmissionEvent) -> Outgoing:
+    """A submission's event as it leaves, on its topic, keyed by its job."""
+    attempt = event.attempt
+    message: Message
+    if isinstance(event, Queued):
+        topic, message = topics.GENERATION_QUEUED, generation_queued(attempt)
+    elif isinstance(event, Started):
+        topic = topics.GENERATION_STARTED
+        message = generation_started(attempt, event.provider_job_id)
+    elif isinstance(event, Completed):
+        topic = topics.GENERATION_COMPLETED
+        message = generation_completed(attempt, event.output)
+    else:
+        metrics.JOBS_FAILED.labels(attempt.provider_id, event.code).inc()
+        topic = topics.GENERATION_FAILED
+        message = generation_failed(attempt, event.code, event.message)
+    return Outgoing(topic, attempt.job_id, message, SOURCE)
+
+
+def generation_queued(attempt: Submission) -> events_pb2.GenerationQueued:
+    return events_pb2.GenerationQueued(
+        job_id=attempt.job_id,
+        user_id=attempt.user_id,
+        provider_id=attempt.provider_id,
+        queue_time=to_timestamp(attempt.create_time),
+        job_retry_count=attempt.job_retry_count,
     )
-    active = (
-        await session.execute(
-            select(repo.submissions)
-            .where(
-                repo.submissions.c.job_id == event.job_id,
-                repo.submissions.c.user_id == event.user_id,
-                repo.submissions.c.state.in_([s.value for s in SubmissionState if not s.terminal]),
-            )
-            .with_for_update()
-        )
-    ).all()
-    for row in active:
-        if SubmissionState(row.state).holds_slot:
-            await repo.release_account(session, row.account_id, row.reserved_credits)
-        await session.execute(
-            update(repo.submissions)
-            .where(repo.submissions.c.id == row.id)
-            .values(
-                state=SubmissionState.CANCELLED.value,
-                complete_time=func.now(),
-                provider_cancel_pending=row.provider_job_id is not None,
-                lease_owner=None,
-                lease_until=None,
-            )
-        )
 
 
-def request_of(row: Row[Any]) -> GenerationRequest:
+def request_of(row: Submission) -> GenerationRequest:
     """The stored request as the adapters take it: every input in order, a URL the caller
     gave or one of their assets (read at dispatch, `inputs.InputFiles`)."""
     request = row.request
@@ -157,7 +145,7 @@ def request_of(row: Row[Any]) -> GenerationRequest:
     )
 
 
-def generation_started(row: Row[Any], provider_job_id: str) -> events_pb2.GenerationStarted:
+def generation_started(row: Submission, provider_job_id: str) -> events_pb2.GenerationStarted:
     return events_pb2.GenerationStarted(
         job_id=row.job_id,
         user_id=row.user_id,
@@ -171,7 +159,7 @@ def generation_started(row: Row[Any], provider_job_id: str) -> events_pb2.Genera
     )
 
 
-def generation_completed(row: Row[Any], output: MediaOutput) -> events_pb2.GenerationCompleted:
+def generation_completed(row: Submission, output: MediaOutput) -> events_pb2.GenerationCompleted:
     media = events_pb2.GeneratedMedia(
         uri=output.uri,
         media_type=output.media_type,
@@ -203,7 +191,7 @@ def generation_completed(row: Row[Any], output: MediaOutput) -> events_pb2.Gener
     )
 
 
-def generation_failed(row: Row[Any], code: str, message: str) -> events_pb2.GenerationFailed:
+def generation_failed(row: Submission, code: str, message: str) -> events_pb2.GenerationFailed:
     return events_pb2.GenerationFailed(
         job_id=row.job_id,
         user_id=row.user_id,

@@ -5,32 +5,28 @@ account methods are admin-only by `main.ADMIN_METHODS`."""
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from google.protobuf import json_format
-from sqlalchemy import Row, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.provider.v1 import provider_gateway_service_pb2 as pb
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.types.v1 import types_pb2
 from pixsim_common.auth import current_identity
-from pixsim_common.db import UnitOfWork
-from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from pixsim_common.errors import NotFound
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import to_timestamp
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
-from pixsim_provider_gateway.domain import AccountState, SubmissionState
+from pixsim_provider_gateway.domain import SubmissionState
 from pixsim_provider_gateway.providers.registry import (
     ProviderRegistry,
     UnknownProvider,
     capabilities_to_proto,
 )
-
-UPDATABLE = {"label", "credentials", "credits", "max_concurrency", "priority"}
+from pixsim_provider_gateway.service.accounts import Accounts
 
 
 def account_to_proto(row: Row[Any]) -> pb.Account:
@@ -99,6 +95,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         self._cipher = cipher
         self._tokens = tokens
         self._positions = QueuePositions()
+        self._accounts = Accounts(sessions, registry, cipher)
 
     # ---- providers ---------------------------------------------------------------------
 
@@ -119,139 +116,34 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
     # ---- accounts (admin) --------------------------------------------------------------
 
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: Any) -> pb.Account:
-        account = request.account
-        violations = []
-        try:
-            self._registry.get(account.provider_id)
-        except UnknownProvider:
-            violations.append(
-                FieldViolation("account.provider_id", "unknown provider", "UNKNOWN_PROVIDER")
-            )
-        if not account.credentials.get("api_key"):
-            violations.append(
-                FieldViolation("account.credentials", "needs an 'api_key'", "MISSING_API_KEY")
-            )
-        if violations:
-            raise InvalidArgument("the account cannot be created", violations)
-        account_id = str(uuid.uuid4())
-        key_id, sealed = self._cipher.encrypt(dict(account.credentials), account_id)
-        async with UnitOfWork(self._sessions) as uow:
-            row = (
-                await uow.session.execute(
-                    insert(repo.accounts)
-                    .values(
-                        id=account_id,
-                        provider_id=account.provider_id,
-                        label=account.label,
-                        credentials_key_id=key_id,
-                        credentials=sealed,
-                        credits=account.credits,
-                        max_concurrency=account.max_concurrency,
-                        priority=account.priority,
-                    )
-                    .returning(*repo.accounts.c)
-                )
-            ).one()
-            await uow.commit()
-        return account_to_proto(row)
-
-    async def _account(self, session: AsyncSession, name: str, lock: bool = False) -> Row[Any]:
-        query = select(repo.accounts).where(repo.accounts.c.id == _id_of(name))
-        row = (await session.execute(query.with_for_update() if lock else query)).first()
-        if row is None:
-            raise NotFound(f"{name} does not exist", reason="ACCOUNT_NOT_FOUND")
-        return row
+        return account_to_proto(await self._accounts.create(request.account))
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
-        async with self._sessions() as session:
-            return account_to_proto(await self._account(session, request.name))
+        return account_to_proto(await self._accounts.get(_id_of(request.name)))
 
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Any
     ) -> pb.ListAccountsResponse:
         filters = {"provider_id": request.provider_id}
-        query = select(repo.accounts)
-        if request.provider_id:
-            query = query.where(repo.accounts.c.provider_id == request.provider_id)
         async with self._sessions() as session:
             rows, token = await self._tokens.fetch_page(
-                session, query, repo.accounts, request.page_token, request.page_size, filters
+                session,
+                repo.accounts_listed(request.provider_id),
+                repo.accounts,
+                request.page_token,
+                request.page_size,
+                filters,
             )
         return pb.ListAccountsResponse(
             accounts=[account_to_proto(r) for r in rows], next_page_token=token
         )
 
     async def UpdateAccount(self, request: pb.UpdateAccountRequest, context: Any) -> pb.Account:
-        paths = list(request.update_mask.paths)
-        unknown = [p for p in paths if p not in UPDATABLE]
-        if unknown or not paths:
-            raise InvalidArgument(
-                "update_mask names fields that cannot be changed",
-                [
-                    FieldViolation("update_mask", f"cannot update {p!r}", "NOT_UPDATABLE")
-                    for p in unknown or ["(empty)"]
-                ],
-            )
-        account = request.account
-        if "max_concurrency" in paths and account.max_concurrency < 1:
-            raise InvalidArgument(
-                "max_concurrency must be at least 1",
-                [FieldViolation("account.max_concurrency", "must be at least 1", "int32.gte")],
-            )
-        async with UnitOfWork(self._sessions) as uow:
-            row = await self._account(uow.session, account.name, lock=True)
-            values: dict[str, Any] = {"update_time": func.now()}
-            for path in paths:
-                if path == "credentials":
-                    if not account.credentials.get("api_key"):
-                        raise InvalidArgument(
-                            "credentials need an 'api_key'",
-                            [
-                                FieldViolation(
-                                    "account.credentials", "needs an 'api_key'", "MISSING_API_KEY"
-                                )
-                            ],
-                        )
-                    key_id, sealed = self._cipher.encrypt(dict(account.credentials), row.id)
-                    values |= {"credentials_key_id": key_id, "credentials": sealed}
-                    if row.state == AccountState.INVALID.value:  # new credentials: try again
-                        values["state"] = AccountState.ACTIVE.value
-                elif path == "credits":
-                    values["credits"] = account.credits
-                    if row.state == AccountState.EXHAUSTED.value and account.credits > 0:
-                        values["state"] = AccountState.ACTIVE.value
-                else:
-                    values[path] = getattr(account, path)
-            try:
-                updated = (
-                    await uow.session.execute(
-                        update(repo.accounts)
-                        .where(repo.accounts.c.id == row.id)
-                        .values(**values)
-                        .returning(*repo.accounts.c)
-                    )
-                ).one()
-            except IntegrityError as error:
-                raise FailedPrecondition(
-                    "max_concurrency cannot go below the tasks running on the account now",
-                    reason="SLOTS_IN_USE",
-                ) from error
-            await uow.commit()
+        updated = await self._accounts.update(request.account, list(request.update_mask.paths))
         return account_to_proto(updated)
 
     async def DisableAccount(self, request: pb.DisableAccountRequest, context: Any) -> pb.Account:
-        async with UnitOfWork(self._sessions) as uow:
-            row = await self._account(uow.session, request.name, lock=True)
-            updated = (
-                await uow.session.execute(
-                    update(repo.accounts)
-                    .where(repo.accounts.c.id == row.id)
-                    .values(state=AccountState.DISABLED.value, update_time=func.now())
-                    .returning(*repo.accounts.c)
-                )
-            ).one()
-            await uow.commit()
-        return account_to_proto(updated)
+        return account_to_proto(await self._accounts.disable(_id_of(request.name)))
 
     # ---- submissions -------------------------------------------------------------------
 
@@ -291,14 +183,13 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         self, request: pb.ListSubmissionsRequest, context: Any
     ) -> pb.ListSubmissionsResponse:
         filters = {"job": request.job}
-        s = repo.submissions
-        query = select(s).where(s.c.job_id == _id_of(request.job))
         identity = current_identity()
-        if not identity.is_admin:
-            query = query.where(s.c.user_id == identity.user_id)
+        query = repo.submissions_listed(
+            _id_of(request.job), None if identity.is_admin else identity.user_id
+        )
         async with self._sessions() as session:
             rows, token = await self._tokens.fetch_page(
-                session, query, s, request.page_token, request.page_size, filters
+                session, query, repo.submissions, request.page_token, request.page_size, filters
             )
         return pb.ListSubmissionsResponse(
             submissions=[submission_to_proto(r) for r in rows], next_page_token=token

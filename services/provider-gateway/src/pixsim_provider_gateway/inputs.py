@@ -19,12 +19,8 @@ from pixsim.asset.v1 import asset_service_pb2 as asset_pb
 from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
 from pixsim_common.auth import WorkloadSigner
 from pixsim_common.clients import bearer
-from pixsim_provider_gateway.providers.base import (
-    ErrorKind,
-    GenerationInput,
-    InputFile,
-    ProviderError,
-)
+from pixsim_provider_gateway.domain import ErrorKind
+from pixsim_provider_gateway.providers.base import GenerationInput, InputFile, ProviderError
 
 READ_SCOPE = "assets:read"
 # Long enough for a provider to fetch it; a presigned URL is minted per submit.

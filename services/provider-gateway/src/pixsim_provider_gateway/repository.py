@@ -12,7 +12,7 @@ Concurrency mechanisms, each a single statement or a short transaction:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,11 +37,18 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim_common.db import any_of
-from pixsim_provider_gateway.domain import AccountState, SubmissionState
+from pixsim_common.outbox import Outgoing, collect
+from pixsim_provider_gateway.domain import (
+    AccountState,
+    FromNow,
+    Submission,
+    SubmissionEvent,
+    SubmissionState,
+)
 
 metadata = MetaData()
 
@@ -185,6 +192,31 @@ QUEUE_POSITIONS = text(
     WHERE s.state = 'WAITING' AND s.provider_id = :provider
     """  # noqa: S608 - constant SQL
 )
+
+
+# NOTIFY on it wakes every replica's dispatch loop: new work is waiting.
+WORK_CHANNEL = "pixsim_gateway_work"
+
+
+async def wake_dispatch(session: AsyncSession) -> None:
+    """Dispatch loops wake when this transaction commits."""
+    await session.execute(text(f"NOTIFY {WORK_CHANNEL}"))
+
+
+async def is_cancelled(session: AsyncSession, job_id: str, user_id: str) -> bool:
+    found = await session.scalar(
+        select(cancelled_jobs.c.job_id).where(
+            cancelled_jobs.c.job_id == job_id, cancelled_jobs.c.user_id == user_id
+        )
+    )
+    return found is not None
+
+
+async def remember_cancelled(session: AsyncSession, job_id: str, user_id: str) -> None:
+    """Kept even before the job's job.submitted arrives: it may come later."""
+    await session.execute(
+        insert(cancelled_jobs).values(job_id=job_id, user_id=user_id).on_conflict_do_nothing()
+    )
 
 
 async def lock_job(session: AsyncSession, job_id: str, user_id: str) -> None:
@@ -408,7 +440,200 @@ async def now(session: AsyncSession) -> datetime:
     return value
 
 
-async def update_submission(session: AsyncSession, submission_id: str, **values: Any) -> None:
-    await session.execute(
-        update(submissions).where(submissions.c.id == submission_id).values(**values)
+def as_sql(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values as SQL: a `FromNow` on the database's clock."""
+
+    def one(value: Any) -> Any:
+        if not isinstance(value, FromNow):
+            return value
+        moment = func.now() + value.after if value.after else func.now()
+        return moment if value.not_after is None else func.least(moment, value.not_after)
+
+    return {name: one(value) for name, value in values.items()}
+
+
+class StaleSubmission(Exception):
+    """A save found the attempt no longer in the state it was loaded in: someone else
+    changed it meanwhile (the row was not locked, or a lease was taken over)."""
+
+
+Publish = Callable[[SubmissionEvent], Outgoing]
+
+
+class Submissions:
+    """The gateway's attempts as `Submission` aggregates. A save writes the attempt's
+    changes compare-and-set on the state it was loaded in, and hands the events it raised to
+    the unit of work (`outbox.collect`), which writes them at commit; `publish` says what
+    each one is on the wire."""
+
+    def __init__(self, session: AsyncSession, publish: Publish) -> None:
+        self.session = session
+        self._publish = publish
+
+    def _loaded(self, rows: Iterable[Row[Any]]) -> list[Submission]:
+        return [Submission(dict(row._mapping)) for row in rows]
+
+    async def get(self, submission_id: str, *, lock: bool = False) -> Submission | None:
+        row = await get_submission(self.session, submission_id, lock)
+        return None if row is None else Submission(dict(row._mapping))
+
+    async def claim_waiting(self, limit: int) -> list[Submission]:
+        return self._loaded(await claim_waiting(self.session, limit))
+
+    async def claim_for_polling(self, owner: str, lease: timedelta, limit: int) -> list[Submission]:
+        return self._loaded(await claim_for_polling(self.session, owner, lease, limit))
+
+    async def passed_deadline(self, limit: int) -> list[Submission]:
+        """Each with `why`: the START or the RUN deadline."""
+        return self._loaded(await passed_deadline(self.session, limit))
+
+    async def expired_submitting(self, limit: int) -> list[Submission]:
+        return self._loaded(await expired_submitting(self.session, limit))
+
+    async def unfinished_of_job(self, job_id: str, user_id: str) -> list[Submission]:
+        """The job's attempts not ended yet, locked."""
+        rows = await self.session.execute(
+            select(submissions)
+            .where(
+                submissions.c.job_id == job_id,
+                submissions.c.user_id == user_id,
+                submissions.c.state.in_([s.value for s in SubmissionState if not s.terminal]),
+            )
+            .with_for_update()
+        )
+        return self._loaded(rows.all())
+
+    async def latest_of_job(self, job_id: str, user_id: str) -> str | None:
+        """The id of the job's newest attempt chain's last attempt, if any."""
+        return await self.session.scalar(
+            select(submissions.c.id)
+            .where(submissions.c.job_id == job_id, submissions.c.user_id == user_id)
+            .order_by(submissions.c.create_time.desc())
+            .limit(1)
+        )
+
+    async def now(self) -> datetime:
+        return await now(self.session)
+
+    async def add(self, attempt: Submission) -> bool:
+        """Store a new attempt; False when the job already has this attempt (a redelivery)."""
+        row = (
+            await self.session.execute(
+                insert(submissions)
+                .values(**as_sql(attempt.record))
+                .on_conflict_do_nothing(constraint="one_row_per_attempt")
+                .returning(*submissions.c)
+            )
+        ).first()
+        if row is None:
+            return False
+        self._stored(attempt, row)
+        return True
+
+    async def save(self, attempt: Submission) -> None:
+        if not attempt.changes:
+            return
+        row = (
+            await self.session.execute(
+                update(submissions)
+                .where(
+                    submissions.c.id == attempt.id,
+                    submissions.c.state == attempt.loaded_state.value,
+                )
+                .values(**as_sql(attempt.changes))
+                .returning(*submissions.c)
+            )
+        ).first()
+        if row is None:
+            raise StaleSubmission(f"submission {attempt.id} is not {attempt.loaded_state} any more")
+        self._stored(attempt, row)
+
+    def _stored(self, attempt: Submission, row: Row[Any]) -> None:
+        attempt.stored(dict(row._mapping))
+        collect(self.session, [self._publish(event) for event in attempt.take_events()])
+
+
+class Accounts:
+    """The provider accounts: their slots and credits (the ledger), and their records."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def reserve(self, provider_id: str, cost: int) -> Row[Any] | None:
+        return await reserve_account(self.session, provider_id, cost)
+
+    async def release(self, account_id: str, reserved: int, spent: int | None = None) -> None:
+        await release_account(self.session, account_id, reserved, spent)
+
+    async def mark(
+        self,
+        account_id: str,
+        *,
+        state: AccountState | None = None,
+        cooldown: timedelta | None = None,
+    ) -> None:
+        await mark_account(self.session, account_id, state=state, cooldown=cooldown)
+
+    async def sealed_credentials(self, account_ids: Iterable[str]) -> list[Row[Any]]:
+        """The accounts' encrypted credentials (id, key id, sealed bytes)."""
+        wanted = set(account_ids)
+        if not wanted:
+            return []
+        rows = await self.session.execute(
+            select(accounts.c.id, accounts.c.credentials_key_id, accounts.c.credentials).where(
+                any_of(accounts.c.id, wanted)
+            )
+        )
+        return list(rows.all())
+
+    async def get(self, account_id: str, *, lock: bool = False) -> Row[Any] | None:
+        query = select(accounts).where(accounts.c.id == account_id)
+        return (await self.session.execute(query.with_for_update() if lock else query)).first()
+
+    async def create(self, **values: Any) -> Row[Any]:
+        return (
+            await self.session.execute(insert(accounts).values(**values).returning(*accounts.c))
+        ).one()
+
+    async def update(self, account_id: str, **values: Any) -> Row[Any]:
+        """Raises IntegrityError when the change breaks a rule of the ledger (slots in use)."""
+        return (
+            await self.session.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(**values, update_time=func.now())
+                .returning(*accounts.c)
+            )
+        ).one()
+
+
+def accounts_listed(provider_id: str) -> Any:
+    """The query ListAccounts pages through."""
+    query = select(accounts)
+    return query.where(accounts.c.provider_id == provider_id) if provider_id else query
+
+
+def submissions_listed(job_id: str, user_id: str | None) -> Any:
+    """The query ListSubmissions pages through: the job's attempts (the owner's, unless
+    `user_id` is None for an admin)."""
+    query = select(submissions).where(submissions.c.job_id == job_id)
+    return query if user_id is None else query.where(submissions.c.user_id == user_id)
+
+
+async def account_loads(session: AsyncSession) -> list[Row[Any]]:
+    """Every account's provider, id, slots in use and slots, for the metrics."""
+    rows = await session.execute(
+        select(
+            accounts.c.provider_id, accounts.c.id, accounts.c.in_flight, accounts.c.max_concurrency
+        )
     )
+    return list(rows.all())
+
+
+async def waiting_by_provider(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(submissions.c.provider_id, func.count())
+        .where(submissions.c.state == SubmissionState.WAITING.value)
+        .group_by(submissions.c.provider_id)
+    )
+    return {provider_id: count for provider_id, count in rows.all()}

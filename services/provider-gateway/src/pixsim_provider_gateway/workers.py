@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common.background import Loop
 from pixsim_common.notify import Listener
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
-from pixsim_provider_gateway.events import WORK_CHANNEL
 from pixsim_provider_gateway.service import ProviderService
 
 log = structlog.get_logger("pixsim.gateway.workers")
@@ -22,18 +20,13 @@ log = structlog.get_logger("pixsim.gateway.workers")
 
 async def refresh_metrics(sessions: async_sessionmaker[AsyncSession]) -> int:
     async with sessions() as session:
-        for account in (await session.execute(select(repo.accounts))).all():
+        for account in await repo.account_loads(session):
             labels = (account.provider_id, account.id)
             metrics.ACCOUNT_IN_FLIGHT.labels(*labels).set(account.in_flight)
             metrics.ACCOUNT_SLOT_UTILISATION.labels(*labels).set(
                 account.in_flight / max(account.max_concurrency, 1)
             )
-        waiting = await session.execute(
-            select(repo.submissions.c.provider_id, func.count())
-            .where(repo.submissions.c.state == "WAITING")
-            .group_by(repo.submissions.c.provider_id)
-        )
-        for provider_id, count in waiting.all():
+        for provider_id, count in (await repo.waiting_by_provider(session)).items():
             metrics.QUEUE_DEPTH.labels(provider_id).set(count)
     return 0
 
@@ -49,7 +42,7 @@ def gateway_workers(
     wake = asyncio.Event()
     return [
         # A wake-up on every new submission, and after a reconnect (one may have been missed).
-        Listener(database_url, WORK_CHANNEL, lambda _payload: wake.set(), wake.set),
+        Listener(database_url, repo.WORK_CHANNEL, lambda _payload: wake.set(), wake.set),
         Loop("dispatch", lambda: service.dispatch_once(dispatch_batch), wake),
         Loop("poll", lambda: service.poll_once(poll_batch)),
         Loop("recover", service.recover_once, idle=5.0),

@@ -1,7 +1,8 @@
 """The `Provider` interface every adapter implements, and the types it speaks.
 
 Pure: no I/O here. An adapter maps PixSim7's explicit operations to one provider's HTTP
-API, and classifies every failure into the closed set of `ErrorKind`s the gateway acts on.
+API, and classifies every failure into the closed set of `ErrorKind`s (the domain's) the
+gateway acts on.
 """
 
 from __future__ import annotations
@@ -13,19 +14,11 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
 from pixsim.types.v1 import types_pb2
+from pixsim_provider_gateway.domain import ErrorKind, MediaOutput
 
 OperationType: TypeAlias = types_pb2.OperationType.ValueType
 InputRole: TypeAlias = types_pb2.InputRole.ValueType
 MediaType: TypeAlias = types_pb2.MediaType.ValueType
-
-
-class ErrorKind(StrEnum):
-    RATE_LIMITED = "RATE_LIMITED"
-    TRANSIENT = "TRANSIENT"
-    CONTENT_REJECTED = "CONTENT_REJECTED"
-    INVALID_PARAMETERS = "INVALID_PARAMETERS"
-    ACCOUNT_EXHAUSTED = "ACCOUNT_EXHAUSTED"
-    ACCOUNT_INVALID = "ACCOUNT_INVALID"
 
 
 class ProviderError(Exception):
@@ -236,18 +229,6 @@ class TaskState(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
-
-
-@dataclass(frozen=True, slots=True)
-class MediaOutput:
-    """A produced file, with what the provider reports of it (None: not reported)."""
-
-    uri: str
-    media_type: MediaType
-    width: int | None = None
-    height: int | None = None
-    duration_seconds: float | None = None
-    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from pixsim_provider_gateway.providers.base import ErrorKind, ProviderError
+from pixsim_provider_gateway.domain import ErrorKind
+from pixsim_provider_gateway.providers.base import ProviderError
 
 # The endings of the message of a call whose outcome at the provider is unknown: it timed
 # out, or the connection failed, perhaps after the provider had the request.

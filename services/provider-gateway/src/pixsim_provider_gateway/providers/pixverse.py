@@ -13,17 +13,16 @@ from typing import Any
 import httpx
 
 from pixsim.types.v1 import types_pb2 as t
+from pixsim_provider_gateway.domain import ErrorKind, MediaOutput
 from pixsim_provider_gateway.providers.base import (
     MIB,
     Capabilities,
     Credentials,
-    ErrorKind,
     GenerationRequest,
     GenerationResult,
     InputFile,
     InputLimit,
     InputRole,
-    MediaOutput,
     OperationSpec,
     OperationType,
     ParameterSpec,

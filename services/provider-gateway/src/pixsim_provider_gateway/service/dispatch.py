@@ -1,0 +1,176 @@
+"""Dispatch: waiting attempts are claimed fairly, reserved on an account and sent; the
+provider's answer is recorded in a transaction of its own (no transaction is open during
+the call)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from pixsim_common.tracing import continued
+from pixsim_provider_gateway import metrics
+from pixsim_provider_gateway.crypto import CredentialCipher
+from pixsim_provider_gateway.domain import (
+    ErrorKind,
+    RetryPolicy,
+    Submission,
+    SubmissionState,
+    poll_delay,
+    unusable_task_id,
+)
+from pixsim_provider_gateway.events import request_of
+from pixsim_provider_gateway.inputs import InputFiles
+from pixsim_provider_gateway.providers.base import (
+    Credentials,
+    GenerationResult,
+    Provider,
+    ProviderError,
+    UnsupportedOperation,
+)
+from pixsim_provider_gateway.providers.registry import ProviderRegistry, UnknownProvider
+from pixsim_provider_gateway.service.outcomes import settle_failure
+from pixsim_provider_gateway.service.units import Unit
+
+log = structlog.get_logger("pixsim.gateway")
+# How soon a submission no account could take is looked at again (a slot frees sooner).
+NO_ACCOUNT_DELAY = timedelta(milliseconds=200)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A submission moved to SUBMITTING on a reserved account, ready to send."""
+
+    attempt: Submission
+    provider: Provider
+    credentials: Credentials
+
+
+class Dispatch:
+    def __init__(
+        self,
+        units: Callable[[], Unit],
+        registry: ProviderRegistry,
+        cipher: CredentialCipher,
+        policy: RetryPolicy,
+        replica: str,
+        lease: timedelta,
+        inputs: InputFiles,
+    ) -> None:
+        self._units, self._registry, self._cipher, self._policy = units, registry, cipher, policy
+        self._replica, self._lease, self._inputs = replica, lease, inputs
+
+    async def once(self, limit: int) -> int:
+        """Send what can be sent now; how many submissions went to a provider."""
+        ready: list[Prepared] = []
+        async with self._units() as unit:
+            for attempt in await unit.submissions.claim_waiting(limit):
+                with continued(attempt.trace_headers, "provider prepare"):
+                    prepared = await self._prepare(unit, attempt)
+                if prepared is not None:
+                    ready.append(prepared)
+            await unit.commit()
+        await asyncio.gather(*(self._submit(p) for p in ready))
+        return len(ready)
+
+    async def _prepare(self, unit: Unit, attempt: Submission) -> Prepared | None:
+        try:
+            provider = self._registry.get(attempt.provider_id)
+            payload = attempt.payload or provider.map_parameters(
+                attempt.operation_type, request_of(attempt)
+            )
+        except (UnknownProvider, UnsupportedOperation, ProviderError) as error:
+            message = (
+                f"unknown provider {attempt.provider_id!r}"
+                if isinstance(error, UnknownProvider)
+                else getattr(error, "message", str(error))
+            )
+            attempt.fail(ErrorKind.INVALID_PARAMETERS.value, message)
+            await unit.submissions.save(attempt)
+            return None
+        cost = provider.estimate_cost(payload)
+        account = await unit.accounts.reserve(attempt.provider_id, cost)
+        if account is None:
+            # Its turn comes again when a slot frees; meanwhile others are looked at.
+            attempt.wait_for_account(payload, NO_ACCOUNT_DELAY)
+            await unit.submissions.save(attempt)
+            return None
+        attempt.send(account.id, cost, payload, self._replica, self._lease)
+        await unit.submissions.save(attempt)
+        credentials = self._cipher.decrypt(
+            account.credentials_key_id, account.credentials, account.id
+        )
+        return Prepared(attempt, provider, Credentials(credentials.get("api_key", "")))
+
+    async def _submit(self, prepared: Prepared) -> None:
+        with continued(prepared.attempt.trace_headers, "provider submit"):
+            await self._submit_traced(prepared)
+
+    async def _submit_traced(self, prepared: Prepared) -> None:
+        attempt = prepared.attempt
+        started = time.perf_counter()
+        try:
+            # Inputs are read now, at dispatch: a presigned URL minted now, or the bytes.
+            files = await self._inputs.of(attempt.user_id, request_of(attempt).inputs)
+            result = await prepared.provider.execute(
+                attempt.operation_type, prepared.credentials, attempt.payload, files
+            )
+        except ProviderError as error:
+            metrics.observe_call(attempt.provider_id, "submit", started, error.kind.value)
+            await self._record_refusal(prepared, error)
+            return
+        except Exception as error:  # a bug in an adapter must not strand the attempt
+            log.exception("adapter failed", provider=attempt.provider_id, submission=attempt.id)
+            metrics.observe_call(attempt.provider_id, "submit", started, "BUG")
+            await self._record_refusal(
+                prepared, ProviderError(ErrorKind.TRANSIENT, f"adapter error: {error!r}")
+            )
+            return
+        metrics.observe_call(attempt.provider_id, "submit", started, "OK")
+        unusable = unusable_task_id(result.provider_job_id)
+        if unusable is not None:  # we could never poll it: as if the call had failed
+            await self._record_refusal(prepared, ProviderError(ErrorKind.TRANSIENT, unusable))
+            return
+        await self._record_accepted(prepared, result)
+
+    async def _record_accepted(self, prepared: Prepared, result: GenerationResult) -> None:
+        async with self._units() as unit:
+            attempt = await unit.submissions.get(prepared.attempt.id, lock=True)
+            assert attempt is not None
+            if attempt.state is not SubmissionState.SUBMITTING:
+                # Cancelled while we were calling: the slot is already back; cancel there too.
+                attempt.accepted_after_cancel(
+                    result.provider_job_id, prepared.provider.capabilities().supports_cancel
+                )
+            else:
+                attempt.accepted(
+                    result.provider_job_id,
+                    result.estimated_cost,
+                    first_poll=timedelta(seconds=poll_delay(0, self._policy)),
+                    bound=timedelta(seconds=self._policy.deadline_seconds),
+                )
+            await unit.submissions.save(attempt)
+            await unit.commit()
+
+    async def _record_refusal(self, prepared: Prepared, error: ProviderError) -> None:
+        async with self._units() as unit:
+            attempt = await unit.submissions.get(prepared.attempt.id, lock=True)
+            assert attempt is not None
+            if attempt.state is not SubmissionState.SUBMITTING:
+                await unit.commit()
+                return
+            # Nothing ran at the provider: the reservation comes back whole.
+            await unit.accounts.release(attempt.account_id, attempt.reserved_credits, 0)
+            verdict = await settle_failure(unit, attempt, error, self._policy)
+            log.info(
+                "provider refused a submission",
+                submission=attempt.id,
+                kind=error.kind.value,
+                action=verdict.action.value,
+                provider_code=error.provider_code,
+            )
+            await unit.commit()

@@ -1,0 +1,151 @@
+"""Poll: running attempts due a status check are leased to this replica, checked at their
+provider (no transaction open meanwhile), and what the provider said is recorded under the
+row lock, if the lease is still ours."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import structlog
+
+from pixsim_common.tracing import continued
+from pixsim_provider_gateway import metrics
+from pixsim_provider_gateway.crypto import CredentialCipher
+from pixsim_provider_gateway.domain import (
+    ErrorKind,
+    RetryPolicy,
+    Submission,
+    SubmissionState,
+    poll_delay,
+    unusable_output,
+)
+from pixsim_provider_gateway.providers.base import (
+    Credentials,
+    Provider,
+    ProviderError,
+    ProviderStatusResult,
+    TaskState,
+)
+from pixsim_provider_gateway.providers.registry import ProviderRegistry
+from pixsim_provider_gateway.service.outcomes import settle_failure
+from pixsim_provider_gateway.service.units import Unit
+
+log = structlog.get_logger("pixsim.gateway")
+
+
+class Poll:
+    def __init__(
+        self,
+        units: Callable[[], Unit],
+        registry: ProviderRegistry,
+        cipher: CredentialCipher,
+        policy: RetryPolicy,
+        replica: str,
+        lease: timedelta,
+    ) -> None:
+        self._units, self._registry, self._cipher, self._policy = units, registry, cipher, policy
+        self._replica, self._lease = replica, lease
+
+    async def once(self, limit: int) -> int:
+        async with self._units() as unit:
+            due = await unit.submissions.claim_for_polling(self._replica, self._lease, limit)
+            sealed = await unit.accounts.sealed_credentials(
+                {a.account_id for a in due if a.account_id}
+            )
+            await unit.commit()
+        credentials = {
+            row.id: self._cipher.decrypt(row.credentials_key_id, row.credentials, row.id)
+            for row in sealed
+        }
+        await asyncio.gather(
+            *(
+                self._poll(
+                    attempt,
+                    Credentials(credentials.get(attempt.account_id, {}).get("api_key", "")),
+                )
+                for attempt in due
+            )
+        )
+        return len(due)
+
+    async def _poll(self, attempt: Submission, credentials: Credentials) -> None:
+        with continued(attempt.trace_headers, "provider poll"):
+            await self._poll_traced(attempt, credentials)
+
+    async def _poll_traced(self, leased: Submission, credentials: Credentials) -> None:
+        provider = self._registry.get(leased.provider_id)
+        if leased.provider_cancel_pending:
+            await self._cancel_at_provider(provider, leased, credentials)
+            return
+        started = time.perf_counter()
+        try:
+            status = await provider.check_status(credentials, leased.provider_job_id)
+        except ProviderError as error:
+            metrics.observe_call(leased.provider_id, "status", started, error.kind.value)
+            status = ProviderStatusResult(TaskState.RUNNING)  # unknown: look again later
+        else:
+            metrics.observe_call(leased.provider_id, "status", started, "OK")
+        async with self._units() as unit:
+            attempt = await unit.submissions.get(leased.id, lock=True)
+            if (
+                attempt is None
+                or attempt.state is not SubmissionState.RUNNING
+                or attempt.lease_owner != self._replica
+            ):
+                await unit.commit()  # cancelled meanwhile, or our lease was taken over
+                return
+            await self._record_status(unit, attempt, status, provider)
+            await unit.commit()
+
+    async def _record_status(
+        self, unit: Unit, attempt: Submission, status: ProviderStatusResult, provider: Provider
+    ) -> None:
+        if status.state in (TaskState.PENDING, TaskState.RUNNING):
+            if await unit.submissions.now() < attempt.deadline_at:
+                next_poll = poll_delay(attempt.poll_count + 1, self._policy)
+                attempt.polled(
+                    status.progress,
+                    status.provider_state,
+                    status.queue_position,
+                    timedelta(seconds=next_poll),
+                )
+                await unit.submissions.save(attempt)
+                return
+            # Past its deadline: stop it where we can, and fail the job.
+            await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
+            attempt.timed_out(provider.capabilities().supports_cancel)
+            await unit.submissions.save(attempt)
+            return
+        await unit.accounts.release(attempt.account_id, attempt.reserved_credits, status.cost)
+        unusable = unusable_output(status.outputs[0].uri) if status.outputs else None
+        if status.state is TaskState.SUCCEEDED and unusable is not None:
+            status = ProviderStatusResult(
+                TaskState.FAILED, error=ProviderError(ErrorKind.TRANSIENT, unusable)
+            )
+        if status.state is TaskState.SUCCEEDED and status.outputs:
+            outputs = [dataclasses.asdict(o) for o in status.outputs]
+            attempt.succeeded(outputs, status.outputs[0], status.cost)
+            await unit.submissions.save(attempt)
+            return
+        error = status.error or ProviderError(
+            ErrorKind.TRANSIENT, "the provider ended the task without a result"
+        )
+        await settle_failure(unit, attempt, error, self._policy, accepted=True)
+
+    async def _cancel_at_provider(
+        self, provider: Provider, leased: Submission, credentials: Credentials
+    ) -> None:
+        try:
+            await provider.cancel(credentials, leased.provider_job_id)
+        except (ProviderError, NotImplementedError) as error:
+            log.info("provider cancel not done", submission=leased.id, error=repr(error))
+        async with self._units() as unit:
+            attempt = await unit.submissions.get(leased.id, lock=True)
+            if attempt is not None:
+                attempt.cancel_sent()
+                await unit.submissions.save(attempt)
+            await unit.commit()

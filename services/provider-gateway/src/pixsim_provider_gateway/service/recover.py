@@ -1,0 +1,72 @@
+"""What no provider answer drives: attempts whose replica died mid-call, attempts whose job's
+deadline passed while they waited, and results that could never be announced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pixsim.events.v1 import events_pb2
+from pixsim_common import topics
+from pixsim_common.outbox import SetAside
+from pixsim_provider_gateway import repository as repo
+from pixsim_provider_gateway.domain import ErrorKind, RetryPolicy
+from pixsim_provider_gateway.events import outgoing
+from pixsim_provider_gateway.providers.base import ProviderError
+from pixsim_provider_gateway.service.outcomes import settle_failure
+from pixsim_provider_gateway.service.units import Unit
+
+# The error message of an attempt ended by recovery: its outcome at the provider is unknown.
+REPLICA_STOPPED = "the replica submitting this attempt stopped"
+START_DEADLINE_EXCEEDED = "START_DEADLINE_EXCEEDED"
+
+
+class Recover:
+    def __init__(self, units: Callable[[], Unit], policy: RetryPolicy) -> None:
+        self._units, self._policy = units, policy
+
+    async def stranded(self, limit: int = 50) -> int:
+        """Attempts whose replica died mid-call: the slot is settled as spent (the provider
+        may have charged) and a new attempt follows."""
+        async with self._units() as unit:
+            attempts = await unit.submissions.expired_submitting(limit)
+            for attempt in attempts:
+                await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
+                error = ProviderError(ErrorKind.TRANSIENT, REPLICA_STOPPED)
+                await settle_failure(unit, attempt, error, self._policy)
+            await unit.commit()
+        return len(attempts)
+
+    async def expired(self, limit: int = 100) -> int:
+        """Waiting submissions past their job's deadline end, and their jobs with them:
+        unsent by the start deadline is START_DEADLINE_EXCEEDED (nothing reached a provider,
+        nothing was reserved); past the run deadline between attempts, DEADLINE_EXCEEDED.
+        Dispatch never claims such a row, so this sweep is the only way out of WAITING."""
+        async with self._units() as unit:
+            attempts = await unit.submissions.passed_deadline(limit)
+            for attempt in attempts:
+                if attempt.why == "START":
+                    attempt.fail(START_DEADLINE_EXCEEDED, "not sent by its start deadline")
+                else:
+                    attempt.fail("DEADLINE_EXCEEDED", "the job's run deadline passed")
+                await unit.submissions.save(attempt)
+            await unit.commit()
+        return len(attempts)
+
+    async def event_set_aside(self, session: AsyncSession, row: SetAside) -> None:
+        """A generation.completed the relay could never publish (refused by the broker): its
+        job would wait forever, so the attempt fails and says so in a generation.failed."""
+        if row.topic != topics.GENERATION_COMPLETED.name:
+            return
+        try:
+            event = events_pb2.GenerationCompleted.FromString(row.payload)
+        except DecodeError:
+            return
+        attempts = repo.Submissions(session, outgoing)
+        attempt = await attempts.get(event.submission_id, lock=True)
+        if attempt is None:
+            return
+        attempt.unpublishable(f"the result could not be announced: {row.error}")
+        await attempts.save(attempt)

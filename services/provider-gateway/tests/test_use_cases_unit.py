@@ -1,0 +1,570 @@
+"""The gateway's use cases (dispatch, poll, recover) against repositories and a unit of work
+held in memory, without a database, a broker or HTTP: what each provider answer does to the
+attempt, its account and the events that leave, in milliseconds. The same paths run over
+PostgreSQL in test_gateway_flows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace, TracebackType
+from typing import Any, Self
+
+import pytest
+
+from pixsim.types.v1 import types_pb2 as t
+from pixsim_provider_gateway import repository as repo
+from pixsim_provider_gateway.crypto import CredentialCipher, new_key
+from pixsim_provider_gateway.domain import (
+    LEGAL,
+    AccountState,
+    Completed,
+    ErrorKind,
+    Failed,
+    FromNow,
+    IllegalTransition,
+    MediaOutput,
+    Queued,
+    RetryPolicy,
+    Started,
+    Submission,
+    SubmissionEvent,
+    SubmissionState,
+    check_transition,
+)
+from pixsim_provider_gateway.providers.base import (
+    Capabilities,
+    Credentials,
+    GenerationRequest,
+    GenerationResult,
+    InputFile,
+    OperationSpec,
+    ProviderError,
+    ProviderStatusResult,
+    TaskState,
+)
+from pixsim_provider_gateway.providers.registry import ProviderRegistry
+from pixsim_provider_gateway.service import REPLICA_STOPPED, ProviderService
+
+# ---- fakes: the repositories and unit of work held in memory (cosmicpython's
+# FakeUnitOfWork), a virtual clock, and a provider that answers as a test scripts it. What the
+# SQL decides (fair order, locks, leases across replicas) is the integration tests' job.
+
+# What the table's server defaults give a new submission row.
+_ROW_DEFAULTS: dict[str, Any] = {c.name: None for c in repo.submissions.c} | {
+    "reserved_credits": 0,
+    "error_code": "",
+    "error_message": "",
+    "poll_count": 0,
+    "provider_state": "",
+    "provider_cancel_pending": False,
+    "trace_headers": {},
+    "priority": "NORMAL",
+}
+
+
+@dataclass
+class Clock:
+    now: datetime = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    def resolve(self, value: Any) -> Any:
+        if not isinstance(value, FromNow):
+            return value
+        moment = self.now + value.after
+        return moment if value.not_after is None else min(moment, value.not_after)
+
+
+@dataclass
+class Store:
+    """What the database would hold, shared by every unit of work."""
+
+    clock: Clock = field(default_factory=Clock)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    published: list[SubmissionEvent] = field(default_factory=list)
+    commits: int = 0
+
+    def attempts_of(self, job_id: str) -> list[dict[str, Any]]:
+        return sorted(
+            (r for r in self.rows.values() if r["job_id"] == job_id),
+            key=lambda r: (r["job_retry_count"], r["retry_attempt"]),
+        )
+
+
+class FakeSubmissions:
+    def __init__(self, store: Store, raised: list[SubmissionEvent]) -> None:
+        self._store, self._raised = store, raised
+
+    def _now(self) -> datetime:
+        return self._store.clock.now
+
+    def _loaded(self, rows: Iterable[dict[str, Any]]) -> list[Submission]:
+        return [Submission(dict(row)) for row in rows]
+
+    async def get(self, submission_id: str, *, lock: bool = False) -> Submission | None:
+        row = self._store.rows.get(submission_id)
+        return None if row is None else Submission(dict(row))
+
+    def _past_start_deadline(self, row: Mapping[str, Any]) -> bool:
+        deadline = row["start_deadline_at"]
+        unsent = row["retry_attempt"] == 0 and row["submit_time"] is None
+        return unsent and deadline is not None and deadline <= self._now()
+
+    def _past_run_deadline(self, row: Mapping[str, Any]) -> bool:
+        return row["run_deadline_at"] is not None and row["run_deadline_at"] <= self._now()
+
+    async def claim_waiting(self, limit: int) -> list[Submission]:
+        due = [
+            row
+            for row in self._store.rows.values()
+            if row["state"] == SubmissionState.WAITING
+            and row["available_at"] <= self._now()
+            and not self._past_start_deadline(row)
+            and not self._past_run_deadline(row)
+        ]
+        due.sort(key=lambda r: (r["turn_at"], r["create_time"]))
+        return self._loaded(due[:limit])
+
+    async def claim_for_polling(self, owner: str, lease: timedelta, limit: int) -> list[Submission]:
+        now = self._now()
+        due = [
+            row
+            for row in self._store.rows.values()
+            if (
+                (row["state"] == SubmissionState.RUNNING and row["next_poll_at"] <= now)
+                or row["provider_cancel_pending"]
+            )
+            and (row["lease_until"] is None or row["lease_until"] < now)
+        ][:limit]
+        for row in due:
+            row |= {"lease_owner": owner, "lease_until": now + lease}
+        return self._loaded(due)
+
+    async def passed_deadline(self, limit: int) -> list[Submission]:
+        rows = [
+            row | {"why": "START" if self._past_start_deadline(row) else "RUN"}
+            for row in self._store.rows.values()
+            if row["state"] == SubmissionState.WAITING
+            and (self._past_start_deadline(row) or self._past_run_deadline(row))
+        ]
+        return self._loaded(rows[:limit])
+
+    async def expired_submitting(self, limit: int) -> list[Submission]:
+        rows = [
+            row
+            for row in self._store.rows.values()
+            if row["state"] == SubmissionState.SUBMITTING and row["lease_until"] < self._now()
+        ]
+        return self._loaded(rows[:limit])
+
+    async def now(self) -> datetime:
+        return self._now()
+
+    async def add(self, attempt: Submission) -> bool:
+        key = ("job_id", "user_id", "job_retry_count", "retry_attempt")
+        wanted = tuple(attempt.record[k] for k in key)
+        if any(tuple(row[k] for k in key) == wanted for row in self._store.rows.values()):
+            return False
+        now = self._now()
+        row = _ROW_DEFAULTS | {"create_time": now, "available_at": now, "turn_at": now}
+        row |= {name: self._store.clock.resolve(v) for name, v in attempt.record.items()}
+        self._store.rows[row["id"]] = row
+        attempt.stored(dict(row))
+        self._raised += attempt.take_events()
+        return True
+
+    async def save(self, attempt: Submission) -> None:
+        if not attempt.changes:
+            return
+        row = self._store.rows[attempt.id]
+        if row["state"] != attempt.loaded_state:
+            raise repo.StaleSubmission(attempt.id)
+        row |= {name: self._store.clock.resolve(v) for name, v in attempt.changes.items()}
+        attempt.stored(dict(row))
+        self._raised += attempt.take_events()
+
+
+class FakeAccounts:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def reserve(self, provider_id: str, cost: int) -> Any | None:
+        now = self._store.clock.now
+        free = [
+            a
+            for a in self._store.accounts.values()
+            if a["provider_id"] == provider_id
+            and a["state"] == AccountState.ACTIVE
+            and (a["cooldown_until"] is None or a["cooldown_until"] <= now)
+            and a["in_flight"] < a["max_concurrency"]
+            and a["credits"] >= cost
+        ]
+        if not free:
+            return None
+        account = max(free, key=lambda a: a["priority"])
+        account["in_flight"] += 1
+        account["credits"] -= cost
+        return SimpleNamespace(**account)
+
+    async def release(self, account_id: str, reserved: int, spent: int | None = None) -> None:
+        account = self._store.accounts[account_id]
+        actual = reserved if spent is None else spent
+        account["in_flight"] -= 1
+        account["credits"] = max(account["credits"] + reserved - actual, 0)
+
+    async def mark(
+        self,
+        account_id: str,
+        *,
+        state: AccountState | None = None,
+        cooldown: timedelta | None = None,
+    ) -> None:
+        account = self._store.accounts[account_id]
+        if state is not None:
+            account["state"] = state
+        if cooldown is not None:
+            account["cooldown_until"] = self._store.clock.now + cooldown
+
+    async def sealed_credentials(self, account_ids: Iterable[str]) -> list[Any]:
+        return [SimpleNamespace(**self._store.accounts[i]) for i in set(account_ids)]
+
+
+class FakeUnit:
+    """A unit of work over the store: the events its attempts raise are published only
+    when it commits."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._raised: list[SubmissionEvent] = []
+        self.submissions = FakeSubmissions(store, self._raised)
+        self.accounts = FakeAccounts(store)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._raised.clear()
+
+    async def commit(self) -> None:
+        self._store.published += self._raised
+        self._raised.clear()
+        self._store.commits += 1
+
+
+class ScriptedProvider:
+    """A provider whose every answer the test lists in advance: for each submit a result or
+    an error, for each status check a status."""
+
+    provider_id = "pika"
+
+    def __init__(self) -> None:
+        self.submits: list[GenerationResult | ProviderError] = []
+        self.statuses: list[ProviderStatusResult] = []
+        self.calls: list[str] = []
+
+    def capabilities(self) -> Capabilities:
+        spec = OperationSpec(t.OPERATION_TYPE_TEXT_TO_VIDEO)
+        return Capabilities(self.provider_id, "Scripted", (spec,), supports_cancel=True)
+
+    def map_parameters(self, operation: int, request: GenerationRequest) -> dict[str, Any]:
+        return {"prompt": request.prompt}
+
+    def estimate_cost(self, payload: Mapping[str, Any]) -> int:
+        return 10
+
+    async def execute(
+        self,
+        operation: int,
+        credentials: Credentials,
+        payload: Mapping[str, Any],
+        inputs: Sequence[InputFile] = (),
+    ) -> GenerationResult:
+        self.calls.append(f"submit {credentials.api_key}")
+        answer = self.submits.pop(0)
+        if isinstance(answer, ProviderError):
+            raise answer
+        return answer
+
+    async def check_status(
+        self, credentials: Credentials, provider_job_id: str
+    ) -> ProviderStatusResult:
+        self.calls.append(f"status {provider_job_id}")
+        return self.statuses.pop(0)
+
+    async def cancel(self, credentials: Credentials, provider_job_id: str) -> None:
+        self.calls.append(f"cancel {provider_job_id}")
+
+
+# ---- the use cases
+
+POLICY = RetryPolicy(max_retries=2, retry_base_seconds=1, poll_first_seconds=1)
+VIDEO = MediaOutput("https://cdn.example/clip.mp4", t.MEDIA_TYPE_VIDEO)
+S = SubmissionState
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.store = Store()
+        self.provider = ScriptedProvider()
+        self.cipher = CredentialCipher(f"k1:{new_key()}")
+        self.service = ProviderService(
+            None,  # type: ignore[arg-type]  # every unit of work is a fake one
+            ProviderRegistry({"pika": self.provider}),
+            self.cipher,
+            POLICY,
+            replica_id="replica-1",
+            submit_lease=timedelta(seconds=30),
+            poll_lease=timedelta(seconds=30),
+            units=lambda: FakeUnit(self.store),
+        )
+
+    def account(self, *, credits: int = 1000, slots: int = 2, priority: int = 0) -> str:
+        account_id = str(uuid.uuid4())
+        key_id, sealed = self.cipher.encrypt({"api_key": f"key-{priority}"}, account_id)
+        self.store.accounts[account_id] = {
+            "id": account_id,
+            "provider_id": "pika",
+            "credits": credits,
+            "max_concurrency": slots,
+            "in_flight": 0,
+            "priority": priority,
+            "state": AccountState.ACTIVE,
+            "cooldown_until": None,
+            "credentials_key_id": key_id,
+            "credentials": sealed,
+        }
+        return account_id
+
+    async def submitted(self, **deadlines: object) -> str:
+        job_id = str(uuid.uuid4())
+        first = Submission.first(
+            {
+                "id": repo.new_id(),
+                "job_id": job_id,
+                "user_id": "alice",
+                "provider_id": "pika",
+                "operation_type": 1,
+                "request": {"prompt": "a cat", "inputs": [], "params": {}},
+                "job_retry_count": 0,
+                "retry_attempt": 0,
+                "turn_at": FromNow(),
+                **deadlines,
+            }
+        )
+        unit = FakeUnit(self.store)
+        async with unit:
+            assert await unit.submissions.add(first)
+            await unit.commit()
+        return job_id
+
+    def attempts(self, job_id: str) -> list[tuple[str, str, str]]:
+        return [
+            (row["state"], row["error_code"], row["error_message"])
+            for row in self.store.attempts_of(job_id)
+        ]
+
+    def ledger(self, account_id: str) -> tuple[int, int]:
+        """The account's slots in use and credits."""
+        account = self.store.accounts[account_id]
+        return account["in_flight"], account["credits"]
+
+    def published(self, kind: type) -> list[object]:
+        return [e for e in self.store.published if isinstance(e, kind)]
+
+
+@pytest.fixture
+def gateway() -> Gateway:
+    return Gateway()
+
+
+async def test_an_attempt_is_sent_followed_and_completed_with_its_events_at_commit(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [GenerationResult("task-1")]
+    assert await gateway.service.dispatch_once(10) == 1
+    assert gateway.attempts(job_id) == [(S.RUNNING, "", "")]
+    assert (
+        gateway.store.accounts[account]["in_flight"],
+        gateway.store.accounts[account]["credits"],
+    ) == (1, 990)
+
+    gateway.provider.statuses = [
+        ProviderStatusResult(TaskState.RUNNING, progress=0.5, provider_state="RUNNING"),
+        ProviderStatusResult(TaskState.SUCCEEDED, outputs=(VIDEO,), cost=7),
+    ]
+    gateway.store.clock.advance(2)
+    assert await gateway.service.poll_once(10) == 1
+    (row,) = gateway.store.attempts_of(job_id)
+    assert (row["state"], row["progress"], row["poll_count"]) == (S.RUNNING, 0.5, 1)
+    gateway.store.clock.advance(5)
+    assert await gateway.service.poll_once(10) == 1
+
+    assert gateway.attempts(job_id) == [(S.SUCCEEDED, "", "")]
+    assert (
+        gateway.store.accounts[account]["in_flight"],
+        gateway.store.accounts[account]["credits"],
+    ) == (0, 993)
+    kinds = [type(e) for e in gateway.store.published]
+    assert kinds == [Queued, Started, Completed]
+    (completed,) = gateway.published(Completed)
+    assert completed.output == VIDEO  # type: ignore[attr-defined]
+    assert gateway.provider.calls == ["submit key-0", "status task-1", "status task-1"]
+
+
+async def test_a_transient_refusal_is_a_new_linked_attempt_after_a_backoff(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "502"), GenerationResult("t")]
+    await gateway.service.dispatch_once(10)
+    first, second = gateway.store.attempts_of(job_id)
+    assert (first["state"], first["error_code"]) == (S.FAILED, "TRANSIENT")
+    assert (second["state"], second["previous_submission_id"]) == (S.WAITING, first["id"])
+    assert second["turn_at"] == first["turn_at"]  # keeps its place in line
+    assert (
+        gateway.store.accounts[account]["in_flight"],
+        gateway.store.accounts[account]["credits"],
+    ) == (0, 1000)
+    assert gateway.published(Failed) == []
+
+    gateway.store.clock.advance(POLICY.retry_base_seconds + 0.01)
+    assert await gateway.service.dispatch_once(10) == 1
+    assert [row["state"] for row in gateway.store.attempts_of(job_id)] == [S.FAILED, S.RUNNING]
+
+
+async def test_the_last_transient_failure_fails_the_job_once(gateway: Gateway) -> None:
+    gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "502")] * 3
+    for _ in range(3):
+        await gateway.service.dispatch_once(10)
+        gateway.store.clock.advance(60)
+    assert [row["state"] for row in gateway.store.attempts_of(job_id)] == [S.FAILED] * 3
+    (failed,) = gateway.published(Failed)
+    assert failed.code == "RETRIES_EXHAUSTED"  # type: ignore[attr-defined]
+
+
+async def test_a_rate_limit_cools_the_account_and_the_same_attempt_waits(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [ProviderError(ErrorKind.RATE_LIMITED, "429", retry_after=12)]
+    await gateway.service.dispatch_once(10)
+    assert gateway.attempts(job_id) == [(S.WAITING, "", "")]
+    state = gateway.store.accounts[account]
+    assert state["cooldown_until"] == gateway.store.clock.now + timedelta(seconds=12)
+    assert (state["in_flight"], state["credits"]) == (0, 1000)
+    assert await gateway.service.dispatch_once(10) == 0  # no account can take it meanwhile
+
+
+async def test_a_revoked_key_marks_the_account_and_another_takes_the_attempt(
+    gateway: Gateway,
+) -> None:
+    revoked = gateway.account(priority=5)
+    spare = gateway.account(priority=1)
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [
+        ProviderError(ErrorKind.ACCOUNT_INVALID, "401"),
+        GenerationResult("t"),
+    ]
+    await gateway.service.dispatch_once(10)
+    assert gateway.store.accounts[revoked]["state"] == AccountState.INVALID
+    await gateway.service.dispatch_once(10)
+    (row,) = gateway.store.attempts_of(job_id)
+    assert (row["state"], row["account_id"]) == (S.RUNNING, spare)
+    assert gateway.provider.calls == ["submit key-5", "submit key-1"]
+
+
+async def test_moderation_after_acceptance_fails_the_job_and_settles_what_was_spent(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [GenerationResult("t")]
+    await gateway.service.dispatch_once(10)
+    gateway.provider.statuses = [
+        ProviderStatusResult(
+            TaskState.FAILED, error=ProviderError(ErrorKind.CONTENT_REJECTED, "nsfw"), cost=4
+        )
+    ]
+    gateway.store.clock.advance(2)
+    await gateway.service.poll_once(10)
+    assert gateway.attempts(job_id) == [(S.FAILED, "CONTENT_REJECTED", "nsfw")]
+    assert gateway.store.accounts[account]["credits"] == 996
+    (failed,) = gateway.published(Failed)
+    assert failed.code == "CONTENT_REJECTED"  # type: ignore[attr-defined]
+
+
+async def test_an_attempt_whose_replica_died_mid_call_is_settled_and_followed(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    (row,) = gateway.store.attempts_of(job_id)
+    row |= {"state": S.SUBMITTING, "account_id": account, "reserved_credits": 10}
+    row["lease_until"] = gateway.store.clock.now - timedelta(seconds=1)
+    gateway.store.accounts[account] |= {"in_flight": 1, "credits": 990}
+    assert await gateway.service.recover_once() == 1
+    assert gateway.attempts(job_id) == [
+        (S.FAILED, "TRANSIENT", REPLICA_STOPPED),
+        (S.WAITING, "", ""),
+    ]
+    # The provider may have charged: the reservation is spent, the slot comes back.
+    assert (
+        gateway.store.accounts[account]["in_flight"],
+        gateway.store.accounts[account]["credits"],
+    ) == (0, 990)
+
+
+async def test_an_unsent_job_past_its_start_deadline_expires_without_a_call(
+    gateway: Gateway,
+) -> None:
+    job_id = await gateway.submitted(
+        start_deadline_at=gateway.store.clock.now + timedelta(seconds=5)
+    )
+    assert await gateway.service.dispatch_once(10) == 0  # no account yet: it waits
+    gateway.store.clock.advance(6)
+    gateway.account()
+    assert await gateway.service.dispatch_once(10) == 0  # past the deadline: never claimed
+    assert await gateway.service.expire_once() == 1
+    assert gateway.attempts(job_id) == [
+        (S.FAILED, "START_DEADLINE_EXCEEDED", "not sent by its start deadline")
+    ]
+    assert gateway.provider.calls == []
+
+
+async def test_events_leave_only_when_the_unit_of_work_commits(gateway: Gateway) -> None:
+    job_id = str(uuid.uuid4())
+    attempt = Submission.first(
+        {"id": repo.new_id(), "job_id": job_id, "user_id": "u", "provider_id": "pika",
+         "operation_type": 1, "request": {}, "job_retry_count": 0, "retry_attempt": 0}
+    )  # fmt: skip
+    async with FakeUnit(gateway.store) as unit:
+        await unit.submissions.add(attempt)  # and no commit
+    assert gateway.store.published == []
+
+
+@pytest.mark.parametrize("current", list(S))
+def test_every_state_change_follows_the_transition_table(current: SubmissionState) -> None:
+    for wanted in S:
+        if wanted in LEGAL[current]:
+            check_transition(current, wanted)
+        else:
+            with pytest.raises(IllegalTransition):
+                check_transition(current, wanted)
+    # A cancellation reaches any attempt not ended yet, and no ended one.
+    assert (S.CANCELLED in LEGAL[current]) is (not current.terminal)

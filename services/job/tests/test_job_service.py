@@ -465,9 +465,9 @@ async def test_an_event_for_no_job_goes_to_the_dlq(stack: Stack) -> None:
 async def test_a_failure_between_the_job_and_its_event_leaves_neither(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pixsim_job.service as service_module
+    import pixsim_common.outbox as outbox_module
 
-    async def broken(*_args: Any, **_kwargs: Any) -> str:
+    async def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("the outbox write failed")
 
     # Counted by this request's own prompt: other tests' jobs still make events meanwhile.
@@ -476,7 +476,8 @@ async def test_a_failure_between_the_job_and_its_event_leaves_neither(
     events = "SELECT count(*) FROM outbox WHERE position(convert_to($1, 'UTF8') in payload) > 0"
     connection = await asyncpg.connect(stack.database.url)
     try:
-        monkeypatch.setattr(service_module, "enqueue", broken)
+        # The unit of work writes the collected events just before it commits.
+        monkeypatch.setattr(outbox_module, "write_collected", broken)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stack.create(prompt=prompt)
         assert raised.value.code() == grpc.StatusCode.INTERNAL

@@ -1,5 +1,5 @@
 """`JobService`: the use cases. `create` is the only code that inserts a job; every write is
-one transaction that saves the job and enqueues its events (outbox) together."""
+one transaction that saves the job and its events (outbox, written at commit) together."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from pixsim_common.errors import (
 )
 from pixsim_common.notify import Listener
 from pixsim_common.outbound import AddressPolicy, UrlRefused, UrlUnreachable, check_url, resolve
-from pixsim_common.outbox import SetAside, enqueue
+from pixsim_common.outbox import Outgoing, SetAside, collect
 from pixsim_common.timestamps import from_request, now_timestamp, to_timestamp
 from pixsim_common.topics import MAX_EVENT_BYTES
 from pixsim_common.validation import validate
@@ -118,7 +118,7 @@ class JobService:
                 )
                 await uow.commit()
                 return _same_request(existing, fingerprint)
-            await enqueue(uow.session, topics.JOB_SUBMITTED, job.id, submitted, source=SOURCE)
+            collect(uow.session, [Outgoing(topics.JOB_SUBMITTED, job.id, submitted, SOURCE)])
             await uow.commit()
         return stored
 
@@ -130,8 +130,8 @@ class JobService:
         return _same_request(existing, fingerprint) if existing is not None else None
 
     async def _submitted(self, session: AsyncSession, job: Job, spec: Any) -> None:
-        await enqueue(
-            session, topics.JOB_SUBMITTED, job.id, submitted_event(job, spec), source=SOURCE
+        collect(
+            session, [Outgoing(topics.JOB_SUBMITTED, job.id, submitted_event(job, spec), SOURCE)]
         )
 
     async def get(self, identity: Identity, job_id: str) -> Job:
@@ -273,14 +273,18 @@ class JobService:
                 return cancelled
 
     async def _cancelled(self, session: AsyncSession, job: Job) -> Job:
-        await enqueue(
+        collect(
             session,
-            topics.JOB_CANCELLED,
-            job.id,
-            events_pb2.JobCancelled(
-                job_id=job.id, user_id=job.user_id, cancel_time=now_timestamp()
-            ),
-            source=SOURCE,
+            [
+                Outgoing(
+                    topics.JOB_CANCELLED,
+                    job.id,
+                    events_pb2.JobCancelled(
+                        job_id=job.id, user_id=job.user_id, cancel_time=now_timestamp()
+                    ),
+                    SOURCE,
+                )
+            ],
         )
         return await self._save(session, job)
 
@@ -328,21 +332,25 @@ class JobService:
 
     async def _save(self, session: AsyncSession, job: Job) -> Job:
         for transition in job.transitions:
-            await enqueue(
+            collect(
                 session,
-                topics.JOB_STATUS_CHANGED,
-                job.id,
-                events_pb2.JobStatusChanged(
-                    job_id=job.id,
-                    user_id=job.user_id,
-                    state=pb.Job.State.Value(f"STATE_{transition.state.value}"),
-                    previous_state=pb.Job.State.Value(f"STATE_{transition.previous.value}"),
-                    error_code=job.error_code,
-                    error_message=job.error_message,
-                    asset_id=job.asset_id,
-                    change_time=now_timestamp(),
-                ),
-                source=SOURCE,
+                [
+                    Outgoing(
+                        topics.JOB_STATUS_CHANGED,
+                        job.id,
+                        events_pb2.JobStatusChanged(
+                            job_id=job.id,
+                            user_id=job.user_id,
+                            state=pb.Job.State.Value(f"STATE_{transition.state.value}"),
+                            previous_state=pb.Job.State.Value(f"STATE_{transition.previous.value}"),
+                            error_code=job.error_code,
+                            error_message=job.error_message,
+                            asset_id=job.asset_id,
+                            change_time=now_timestamp(),
+                        ),
+                        SOURCE,
+                    )
+                ],
             )
         stored = await repo.save(session, job)
         wanted = [wanted_event(stored.webhook, t.state) for t in job.transitions]

@@ -35,7 +35,7 @@ from pixsim_common.errors import (
     NotFound,
     ResourceExhausted,
 )
-from pixsim_common.outbox import enqueue
+from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import now_timestamp
 from pixsim_scene import domain
@@ -407,18 +407,22 @@ class SceneService:
         *,
         deleted: bool = False,
     ) -> None:
-        await enqueue(
+        collect(
             session,
-            topics.SCENE_UPDATED,
-            scene_id,
-            events_pb2.SceneUpdated(
-                scene_id=scene_id,
-                user_id=owner_id,
-                etag=etag,
-                deleted=deleted,
-                update_time=now_timestamp(),
-            ),
-            source=SOURCE,
+            [
+                Outgoing(
+                    topics.SCENE_UPDATED,
+                    scene_id,
+                    events_pb2.SceneUpdated(
+                        scene_id=scene_id,
+                        user_id=owner_id,
+                        etag=etag,
+                        deleted=deleted,
+                        update_time=now_timestamp(),
+                    ),
+                    SOURCE,
+                )
+            ],
         )
 
 

@@ -41,7 +41,7 @@ from pixsim_common.errors import (
     InvalidArgument,
     NotFound,
 )
-from pixsim_common.outbox import enqueue
+from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.timestamps import now_timestamp, to_timestamp
 
 log = structlog.get_logger("pixsim.asset")
@@ -98,21 +98,25 @@ class AssetService:
     async def announce(
         self, session: AsyncSession, asset: Asset, *, job_id: str, deduplicated: bool
     ) -> None:
-        await enqueue(
+        collect(
             session,
-            topics.ASSET_CREATED,
-            asset.id,
-            events_pb2.AssetCreated(
-                asset_id=asset.id,
-                user_id=asset.owner_id,
-                job_id=job_id,
-                media_type=types_pb2.MediaType.ValueType(asset.media_type),
-                sha256=asset.sha256,
-                size_bytes=asset.size_bytes,
-                deduplicated=deduplicated,
-                create_time=to_timestamp(asset.create_time),
-            ),
-            source=SOURCE,
+            [
+                Outgoing(
+                    topics.ASSET_CREATED,
+                    asset.id,
+                    events_pb2.AssetCreated(
+                        asset_id=asset.id,
+                        user_id=asset.owner_id,
+                        job_id=job_id,
+                        media_type=types_pb2.MediaType.ValueType(asset.media_type),
+                        sha256=asset.sha256,
+                        size_bytes=asset.size_bytes,
+                        deduplicated=deduplicated,
+                        create_time=to_timestamp(asset.create_time),
+                    ),
+                    SOURCE,
+                )
+            ],
         )
 
     async def stage_generation(
@@ -235,14 +239,18 @@ class AssetService:
             if asset is None:
                 raise NotFound(f"assets/{asset_id} does not exist", reason="ASSET_NOT_FOUND")
             await repo.release_blobs(uow.session, await repo.uris_of(uow.session, asset.id))
-            await enqueue(
+            collect(
                 uow.session,
-                topics.ASSET_DELETED,
-                asset.id,
-                events_pb2.AssetDeleted(
-                    asset_id=asset.id, user_id=asset.owner_id, delete_time=now_timestamp()
-                ),
-                source=SOURCE,
+                [
+                    Outgoing(
+                        topics.ASSET_DELETED,
+                        asset.id,
+                        events_pb2.AssetDeleted(
+                            asset_id=asset.id, user_id=asset.owner_id, delete_time=now_timestamp()
+                        ),
+                        SOURCE,
+                    )
+                ],
             )
             await uow.commit()
 

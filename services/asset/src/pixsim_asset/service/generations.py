@@ -27,7 +27,7 @@ from pixsim_asset.fetch import Downloader, FetchFailed, FetchRefused
 from pixsim_asset.service.ingest import Ingest, NotMedia
 from pixsim_common import topics
 from pixsim_common.cloudevents import EventMeta
-from pixsim_common.outbox import enqueue
+from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.timestamps import now_timestamp
 
 log = structlog.get_logger("pixsim.asset")
@@ -140,19 +140,23 @@ class Generations:
         log.warning(
             "generation media refused", job_id=event.job_id, reason=reason, error=str(error)
         )
-        await enqueue(
+        collect(
             session,
-            topics.GENERATION_FAILED,
-            event.job_id,
-            events_pb2.GenerationFailed(
-                job_id=event.job_id,
-                user_id=event.user_id,
-                submission_id=event.submission_id,
-                provider_id=event.provider_id,
-                error_code=types_pb2.GENERATION_ERROR_CODE_ASSET_FAILED,
-                error_message=f"the result could not be stored ({reason}): {error}"[:2000],
-                fail_time=now_timestamp(),
-                job_retry_count=event.job_retry_count,
-            ),
-            source=SOURCE,
+            [
+                Outgoing(
+                    topics.GENERATION_FAILED,
+                    event.job_id,
+                    events_pb2.GenerationFailed(
+                        job_id=event.job_id,
+                        user_id=event.user_id,
+                        submission_id=event.submission_id,
+                        provider_id=event.provider_id,
+                        error_code=types_pb2.GENERATION_ERROR_CODE_ASSET_FAILED,
+                        error_message=f"the result could not be stored ({reason}): {error}"[:2000],
+                        fail_time=now_timestamp(),
+                        job_retry_count=event.job_retry_count,
+                    ),
+                    SOURCE,
+                )
+            ],
         )

@@ -245,6 +245,30 @@ def catalog(o: Objects) -> list[Rpc]:
             lambda: gw_pb.DisableAccountRequest(name=o.account),
             admin=True,
         ),
+        Rpc(
+            "gateway",
+            "EnableAccount",
+            lambda: gw_pb.EnableAccountRequest(name=o.account),
+            admin=True,
+        ),
+        Rpc(
+            "gateway",
+            "DrainAccount",
+            lambda: gw_pb.DrainAccountRequest(name=o.account),
+            admin=True,
+        ),
+        Rpc(
+            "gateway",
+            "PauseProvider",
+            lambda: gw_pb.PauseProviderRequest(name="providers/pixverse"),
+            admin=True,
+        ),
+        Rpc(
+            "gateway",
+            "ResumeProvider",
+            lambda: gw_pb.ResumeProviderRequest(name="providers/pixverse"),
+            admin=True,
+        ),
         Rpc("gateway", "GetQueueStatus", lambda: gw_pb.GetQueueStatusRequest(job=o.job)),
         Rpc("gateway", "GetSubmission", lambda: gw_pb.GetSubmissionRequest(name=o.submission)),
         Rpc(

@@ -44,7 +44,17 @@ SERVICES = {
     ],
     "scene": scene_service_pb2.DESCRIPTOR.services_by_name["SceneService"],
 }
-ADMIN_METHODS = {"CreateAccount", "GetAccount", "ListAccounts", "UpdateAccount", "DisableAccount"}
+ADMIN_METHODS = {
+    "CreateAccount",
+    "GetAccount",
+    "ListAccounts",
+    "UpdateAccount",
+    "DisableAccount",
+    "EnableAccount",
+    "DrainAccount",
+    "PauseProvider",
+    "ResumeProvider",
+}
 # Rows a refused request must not have written (the outbox too: no event for nothing).
 # Each example calls as a user of its own, so these count only what names that user: work
 # the pipeline goes on doing for earlier, accepted requests (of other users) changes none of
@@ -327,6 +337,20 @@ def run_fuzz(
     try:
         one()
     finally:
+        if method.name == "PauseProvider":  # a fuzzed pause must not hold every later job
+            resume = channel.unary_unary(
+                f"/{method.containing_service.full_name}/ResumeProvider",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=provider_gateway_service_pb2.Provider.FromString,
+            )
+            for provider in ("pixverse", "runway", "pika"):
+                resume(
+                    provider_gateway_service_pb2.ResumeProviderRequest(
+                        name=f"providers/{provider}"
+                    ),
+                    metadata=stack.auth("root", admin=True),
+                    timeout=10,
+                )
         channel.close()
     assert failures == []
     return codes

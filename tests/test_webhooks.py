@@ -124,6 +124,8 @@ async def test_each_event_arrives_once_signed_with_the_job_as_its_body(
         steps = await stack.jobs.CreateJob(job_with("hooked owl", every), metadata=who)
         (queued,) = await delivered(stack, receiver, steps, 1)
         assert queued.state == pb.Job.STATE_QUEUED
+        await asyncio.sleep(0.5)  # and nothing else while it is held
+        assert len([e for e in receiver.events.values() if e.name == steps.name]) == 1
     plain = await stack.jobs.CreateJob(job_with("hooked fox", ends), metadata=who)
     assert plain.webhook.url == ends.url
 

@@ -25,6 +25,7 @@ from pixsim_common import topics
 from pixsim_common.app import ServiceApp
 from pixsim_common.auth import issue_token
 from pixsim_common.db import run_migrations
+from pixsim_common.errors import status_details
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import EventTap, publish_events
 from pixsim_local.pytest_plugin import DatabaseFactory
@@ -157,6 +158,7 @@ async def gateway(
         retry_cap_seconds=0.3,
         deadline_seconds=3.0,
         max_retries=2,
+        circuit_open_seconds=1.0,
     )
     tap = EventTap(
         infra.kafka.bootstrap,
@@ -485,3 +487,143 @@ async def test_one_users_many_jobs_do_not_starve_anothers_one(gateway: Gateway) 
     assert finished_before <= 3  # served next, not after the hoarder's queue
     for job in busy:
         await gateway.outcome(job)
+
+
+# ---- operator controls and the circuit breaker
+
+
+async def test_a_paused_provider_sends_nothing_until_it_is_resumed(gateway: Gateway) -> None:
+    _, key = await gateway.account("runway")
+    name = "providers/runway"
+    paused = await gateway.stub.PauseProvider(
+        pb.PauseProviderRequest(name=name, reason="their status page is red"),
+        metadata=gateway.admin,
+    )
+    try:
+        assert (paused.state, paused.pause_reason) == (
+            pb.Provider.STATE_PAUSED,
+            "their status page is red",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway.stub.ResumeProvider(
+                pb.ResumeProviderRequest(name=name), metadata=gateway.user
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        job_id = await gateway.submit("runway")
+        await asyncio.sleep(1.5)
+        assert (await gateway.sim_stats(key)).get("submits", 0) == 0
+        (waiting,) = await gateway.submissions(job_id)
+        assert waiting.state == pb.Submission.STATE_WAITING
+    finally:
+        resumed = await gateway.stub.ResumeProvider(
+            pb.ResumeProviderRequest(name=name), metadata=gateway.admin
+        )
+    assert resumed.state == pb.Provider.STATE_ACTIVE
+    assert isinstance(await gateway.outcome(job_id), events_pb2.GenerationCompleted)
+
+
+async def test_a_drained_account_takes_nothing_new_and_its_running_task_finishes(
+    gateway: Gateway,
+) -> None:
+    draining, drained_key = await gateway.account("pika", sim_knobs={"finish_ms": 1500})
+    running = await gateway.submit("pika", "a slow cat")
+    for _ in range(100):  # until it runs on the account
+        if (await gateway.sim_stats(drained_key)).get("submits", 0) == 1:
+            break
+        await asyncio.sleep(0.05)
+    drained = await gateway.stub.DrainAccount(
+        pb.DrainAccountRequest(name=draining.name), metadata=gateway.admin
+    )
+    assert (drained.state, drained.in_flight) == (pb.Account.STATE_DRAINING, 1)
+    _, other_key = await gateway.account("pika")
+    after = await gateway.submit("pika")
+    assert isinstance(await gateway.outcome(after), events_pb2.GenerationCompleted)
+    assert isinstance(await gateway.outcome(running), events_pb2.GenerationCompleted)
+    assert (await gateway.sim_stats(drained_key))["submits"] == 1
+    assert (await gateway.sim_stats(other_key))["submits"] == 1
+    done = await gateway.stub.GetAccount(
+        pb.GetAccountRequest(name=draining.name), metadata=gateway.admin
+    )
+    assert (done.state, done.in_flight) == (pb.Account.STATE_DRAINING, 0)
+
+    enabled = await gateway.stub.EnableAccount(
+        pb.EnableAccountRequest(name=draining.name), metadata=gateway.admin
+    )
+    assert enabled.state == pb.Account.STATE_ACTIVE
+    await gateway.stub.DisableAccount(
+        pb.DisableAccountRequest(name=draining.name), metadata=gateway.admin
+    )
+    enabled = await gateway.stub.EnableAccount(
+        pb.EnableAccountRequest(name=draining.name), metadata=gateway.admin
+    )
+    assert enabled.state == pb.Account.STATE_ACTIVE  # a DISABLED account comes back too
+
+
+async def test_an_invalid_account_comes_back_with_new_credentials_not_by_enabling(
+    gateway: Gateway,
+) -> None:
+    account, _ = await gateway.account("pixverse", sim_knobs={"fault": "bad_key"})
+    await gateway.account("pixverse", credits=0)  # the job waits rather than fail
+    job_id = await gateway.submit("pixverse")
+    for _ in range(100):
+        state = (
+            await gateway.stub.GetAccount(
+                pb.GetAccountRequest(name=account.name), metadata=gateway.admin
+            )
+        ).state
+        if state == pb.Account.STATE_INVALID:
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await gateway.stub.EnableAccount(
+            pb.EnableAccountRequest(name=account.name), metadata=gateway.admin
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_details(refused.value)["ErrorInfo"].reason == "ACCOUNT_INVALID"
+    await gateway.cancel(job_id)
+
+
+async def test_a_failing_provider_opens_its_circuit_and_a_probe_closes_it(
+    gateway: Gateway,
+) -> None:
+    # The next five submits fail with 5xx: five jobs' first attempts, and the circuit is
+    # open; their retries wait, a probe goes out a second later, succeeds, and all complete.
+    _, key = await gateway.account(
+        "pika", max_concurrency=10, sim_knobs={"fault": "server_error", "fault_count": 5}
+    )
+    name = "providers/pika"
+    # Held until all five are in, so their first attempts go out together.
+    await gateway.stub.PauseProvider(pb.PauseProviderRequest(name=name), metadata=gateway.admin)
+    try:
+        jobs = [await gateway.submit("pika", f"a flaky cat {n}") for n in range(5)]
+        for job_id in jobs:
+            for _ in range(200):
+                if await gateway.submissions(job_id):
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await gateway.stub.ResumeProvider(
+            pb.ResumeProviderRequest(name=name), metadata=gateway.admin
+        )
+    seen: set[int] = set()
+    for _ in range(200):
+        provider = await gateway.stub.GetProvider(
+            pb.GetProviderRequest(name=name), metadata=gateway.user
+        )
+        seen.add(provider.circuit)
+        if provider.circuit == pb.Provider.CIRCUIT_OPEN:
+            assert provider.consecutive_failures >= 5
+            assert provider.circuit_open_until.seconds > 0
+            break
+        await asyncio.sleep(0.02)
+    assert pb.Provider.CIRCUIT_OPEN in seen
+    outcomes = [await gateway.outcome(job_id, timeout=30) for job_id in jobs]
+    assert all(isinstance(o, events_pb2.GenerationCompleted) for o in outcomes), outcomes
+    closed = await gateway.stub.GetProvider(pb.GetProviderRequest(name=name), metadata=gateway.user)
+    assert (closed.circuit, closed.consecutive_failures) == (pb.Provider.CIRCUIT_CLOSED, 0)
+    # Five refused, then one probe, then the four retries left: never more while it was open
+    # (the key's own circuit opened too, so other accounts may have served the retries).
+    assert (await gateway.sim_stats(key))["calls"] >= 5
+    async with httpx.AsyncClient() as client:
+        sent = (await client.get(f"{gateway.sim}/_sim/submits")).json()
+    assert sum(sent.get(f"a flaky cat {n}", 0) for n in range(5)) == 10

@@ -5,6 +5,7 @@ PostgreSQL in test_gateway_flows."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +21,15 @@ from pixsim_provider_gateway.crypto import CredentialCipher, new_key
 from pixsim_provider_gateway.domain import (
     LEGAL,
     AccountState,
+    Circuit,
+    CircuitPolicy,
     Completed,
     ErrorKind,
     Failed,
     FromNow,
     IllegalTransition,
     MediaOutput,
+    ProviderGate,
     Queued,
     RetryPolicy,
     Started,
@@ -86,6 +90,7 @@ class Store:
     clock: Clock = field(default_factory=Clock)
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gates: dict[str, ProviderGate] = field(default_factory=dict)
     published: list[SubmissionEvent] = field(default_factory=list)
     commits: int = 0
 
@@ -128,7 +133,15 @@ class FakeSubmissions:
             and not self._past_run_deadline(row)
         ]
         due.sort(key=lambda r: (r["turn_at"], r["create_time"]))
-        return self._loaded(due[:limit])
+        claimed: list[dict[str, Any]] = []
+        for row in due:
+            gate = self._store.gates.get(row["provider_id"]) or ProviderGate(row["provider_id"])
+            cap = None if gate.circuit is Circuit.CLOSED else int(gate.may_probe(self._now()))
+            cap = 0 if gate.paused else cap
+            mine = sum(1 for c in claimed if c["provider_id"] == row["provider_id"])
+            if cap is None or mine < cap:
+                claimed.append(row | {"probe": gate.circuit is not Circuit.CLOSED})
+        return self._loaded(claimed[:limit])
 
     async def claim_for_polling(self, owner: str, lease: timedelta, limit: int) -> list[Submission]:
         now = self._now()
@@ -230,8 +243,31 @@ class FakeAccounts:
         if cooldown is not None:
             account["cooldown_until"] = self._store.clock.now + cooldown
 
+    async def record_call(self, account_id: str, *, failed: bool) -> int:
+        account = self._store.accounts[account_id]
+        account["consecutive_failures"] = account["consecutive_failures"] + 1 if failed else 0
+        return int(account["consecutive_failures"])
+
     async def sealed_credentials(self, account_ids: Iterable[str]) -> list[Any]:
         return [SimpleNamespace(**self._store.accounts[i]) for i in set(account_ids)]
+
+
+class FakeGates:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def lock(self, provider_id: str) -> tuple[ProviderGate, datetime]:
+        gate = self._store.gates.setdefault(provider_id, ProviderGate(provider_id))
+        return dataclasses.replace(gate, moves=[]), self._store.clock.now
+
+    async def troubled(self, provider_id: str) -> ProviderGate | None:
+        gate = self._store.gates.get(provider_id)
+        if gate is None or (gate.circuit is Circuit.CLOSED and not gate.consecutive_failures):
+            return None
+        return dataclasses.replace(gate, moves=[])
+
+    async def save(self, gate: ProviderGate) -> None:
+        self._store.gates[gate.provider_id] = dataclasses.replace(gate, moves=[])
 
 
 class FakeUnit:
@@ -243,6 +279,7 @@ class FakeUnit:
         self._raised: list[SubmissionEvent] = []
         self.submissions = FakeSubmissions(store, self._raised)
         self.accounts = FakeAccounts(store)
+        self.gates = FakeGates(store)
 
     async def __aenter__(self) -> Self:
         return self
@@ -340,6 +377,7 @@ class Gateway:
             "priority": priority,
             "state": AccountState.ACTIVE,
             "cooldown_until": None,
+            "consecutive_failures": 0,
             "credentials_key_id": key_id,
             "credentials": sealed,
         }
@@ -568,3 +606,124 @@ def test_every_state_change_follows_the_transition_table(current: SubmissionStat
                 check_transition(current, wanted)
     # A cancellation reaches any attempt not ended yet, and no ended one.
     assert (S.CANCELLED in LEGAL[current]) is (not current.terminal)
+
+
+# ---- the circuit breaker
+
+
+def broken_gateway(failures_to_open: int = 3) -> Gateway:
+    gateway = Gateway()
+    gateway.service = ProviderService(
+        None,  # type: ignore[arg-type]
+        ProviderRegistry({"pika": gateway.provider}),
+        gateway.cipher,
+        RetryPolicy(max_retries=10, retry_base_seconds=0.001),
+        replica_id="replica-1",
+        submit_lease=timedelta(seconds=30),
+        poll_lease=timedelta(seconds=30),
+        units=lambda: FakeUnit(gateway.store),
+        circuits=CircuitPolicy(
+            failures_to_open=failures_to_open, account_failures_to_open=100, open_seconds=10
+        ),
+    )
+    return gateway
+
+
+async def test_failures_in_a_row_open_the_circuit_and_its_jobs_wait_unsent() -> None:
+    gateway = broken_gateway()
+    gateway.account(slots=10)
+    jobs = [await gateway.submitted() for _ in range(3)]
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "503")] * 3
+    assert await gateway.service.dispatch_once(10) == 3  # each refused: a retry waits
+    gate = gateway.store.gates["pika"]
+    assert (gate.circuit, gate.consecutive_failures) == (Circuit.OPEN, 3)
+    assert gate.open_until == gateway.store.clock.now + timedelta(seconds=10)
+
+    gateway.store.clock.advance(5)  # the retries' backoff is long over
+    assert await gateway.service.dispatch_once(10) == 0  # open: nothing is sent
+    assert len(gateway.provider.calls) == 3
+    assert gateway.published(Failed) == []  # and nothing failed: they wait
+    assert all(gateway.store.attempts_of(j)[-1]["state"] == S.WAITING for j in jobs)
+
+
+async def test_one_probe_after_the_open_period_closes_the_circuit_again() -> None:
+    gateway = broken_gateway()
+    gateway.account(slots=10)
+    for _ in range(4):
+        await gateway.submitted()
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "503")] * 3
+    await gateway.service.dispatch_once(10)
+    gateway.store.clock.advance(11)
+    gateway.provider.submits = [GenerationResult("probe")]
+    assert await gateway.service.dispatch_once(10) == 1  # the probe alone
+    assert gateway.store.gates["pika"].circuit is Circuit.CLOSED
+    gateway.provider.submits = [GenerationResult(f"t{n}") for n in range(3)]
+    assert await gateway.service.dispatch_once(10) == 3  # closed: everyone goes
+
+
+async def test_a_failed_probe_opens_it_again_for_twice_as_long() -> None:
+    gateway = broken_gateway()
+    gateway.account(slots=10)
+    for _ in range(4):
+        await gateway.submitted()
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "503")] * 4
+    await gateway.service.dispatch_once(10)
+    gateway.store.clock.advance(11)
+    assert await gateway.service.dispatch_once(10) == 1
+    gate = gateway.store.gates["pika"]
+    assert gate.circuit is Circuit.OPEN
+    assert gate.open_until == gateway.store.clock.now + timedelta(seconds=20)
+
+
+async def test_a_provider_that_answers_with_a_refusal_is_up() -> None:
+    gateway = broken_gateway()
+    gateway.account(slots=10)
+    for _ in range(4):
+        await gateway.submitted()
+    gateway.provider.submits = [
+        ProviderError(ErrorKind.TRANSIENT, "503"),
+        ProviderError(ErrorKind.TRANSIENT, "503"),
+        ProviderError(ErrorKind.INVALID_PARAMETERS, "bad ratio"),
+        ProviderError(ErrorKind.TRANSIENT, "503"),
+    ]
+    await gateway.service.dispatch_once(10)
+    gate = gateway.store.gates["pika"]
+    assert (gate.circuit, gate.consecutive_failures) == (Circuit.CLOSED, 1)
+
+
+async def test_an_account_failing_in_a_row_rests_while_the_others_serve() -> None:
+    gateway = broken_gateway(failures_to_open=100)
+    gateway.service.dispatch._circuits = CircuitPolicy(account_failures_to_open=2, open_seconds=10)
+    flaky = gateway.account(priority=9, slots=1)
+    steady = gateway.account(priority=1, slots=1)
+    for _ in range(3):
+        await gateway.submitted()
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "503")] * 2
+    await gateway.service.dispatch_once(1)
+    await gateway.service.dispatch_once(1)
+    assert gateway.store.accounts[flaky]["cooldown_until"] == gateway.store.clock.now + timedelta(
+        seconds=10
+    )
+    gateway.provider.submits = [GenerationResult("t")]
+    await gateway.service.dispatch_once(1)
+    assert gateway.provider.calls[-1] == "submit key-1"  # the steady account's
+    assert gateway.ledger(steady) == (1, 990)
+
+
+async def test_inputs_that_cannot_be_read_now_cost_no_attempt_and_no_circuit() -> None:
+    gateway = broken_gateway(failures_to_open=1)
+    account = gateway.account()
+    job_id = await gateway.submitted()
+
+    class AssetsAway:
+        async def of(self, user_id: str, inputs: Sequence[Any]) -> list[InputFile]:
+            raise ProviderError(ErrorKind.TRANSIENT, "assets/x cannot be read now: UNAVAILABLE")
+
+    gateway.service.dispatch._inputs = AssetsAway()  # type: ignore[assignment]
+    await gateway.service.dispatch_once(10)
+    assert gateway.attempts(job_id) == [(S.WAITING, "", "")]  # the same attempt, waiting
+    assert gateway.ledger(account) == (0, 1000)
+    assert (
+        "pika" not in gateway.store.gates or gateway.store.gates["pika"].circuit is Circuit.CLOSED
+    )
+    assert gateway.provider.calls == []

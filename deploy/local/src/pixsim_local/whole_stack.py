@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,10 +159,21 @@ class WholeStack:
         finally:
             await update({name: getattr(before, name) for name in fields})
 
-    def starved(self, provider: str) -> AbstractAsyncContextManager[gw_pb.Account]:
-        """The provider's account at 0 credits meanwhile, so nothing of it is dispatched
-        (its jobs wait)."""
-        return self.account_changed(provider, credits=0)
+    @asynccontextmanager
+    async def starved(self, provider: str) -> AsyncIterator[gw_pb.Provider]:
+        """The provider paused meanwhile, so nothing of it is dispatched, on any of its
+        accounts (its jobs wait); resumed after."""
+        admin = self.auth("root", admin=True)
+        name = f"providers/{provider}"
+        paused = await self.gateway.PauseProvider(
+            gw_pb.PauseProviderRequest(name=name, reason="a test holds its jobs"), metadata=admin
+        )
+        try:
+            yield paused
+        finally:
+            await self.gateway.ResumeProvider(
+                gw_pb.ResumeProviderRequest(name=name), metadata=admin
+            )
 
     async def create(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -36,6 +36,25 @@ class AccountState(StrEnum):
     DISABLED = "DISABLED"
     EXHAUSTED = "EXHAUSTED"
     INVALID = "INVALID"
+    DRAINING = "DRAINING"  # no new attempts; the running ones finish
+
+
+class AccountNotEnableable(Exception):
+    """Enabling cannot fix why the account stopped: its credentials or credits must change."""
+
+
+def account_enabled(state: AccountState) -> AccountState:
+    """An operator's EnableAccount: back in rotation from DISABLED or DRAINING. An INVALID
+    or EXHAUSTED account comes back with new credentials or credits (UpdateAccount)."""
+    if state in (AccountState.INVALID, AccountState.EXHAUSTED):
+        raise AccountNotEnableable(state)
+    return AccountState.ACTIVE
+
+
+def account_drained(state: AccountState) -> AccountState:
+    """An operator's DrainAccount: no new attempts go to it. A DISABLED account takes none
+    already and stays so."""
+    return state if state is AccountState.DISABLED else AccountState.DRAINING
 
 
 def account_state_after_update(
@@ -406,15 +425,16 @@ class Submission:
             "lease_until": None,
         }
 
-    def requeue(self) -> None:
-        """The account was the trouble, not the attempt: the same attempt waits for another."""
+    def requeue(self, after: timedelta = timedelta(0)) -> None:
+        """The account (or something else not the attempt's) was the trouble: the same
+        attempt waits, for another account, `after` from now."""
         self._move(
             SubmissionState.WAITING,
             account_id=None,
             reserved_credits=0,
             lease_owner=None,
             lease_until=None,
-            available_at=NOW,
+            available_at=FromNow(after),
         )
 
     def refused(
@@ -510,3 +530,93 @@ class Submission:
             return
         self._move(SubmissionState.FAILED, error_code="UNPUBLISHABLE", error_message=message[:2000])
         self._events.append(Failed(self, "UNPUBLISHABLE", message))
+
+
+# ---- a provider's gate: paused by an operator, or its circuit open -----------------------
+
+
+class Circuit(StrEnum):
+    CLOSED = "CLOSED"  # calls go through
+    OPEN = "OPEN"  # failing: nothing is sent until `open_until`
+    HALF_OPEN = "HALF_OPEN"  # one probe call is out; its outcome closes or opens it again
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    # Consecutive failed calls to a provider (to one account) that open its circuit.
+    failures_to_open: int = 5
+    account_failures_to_open: int = 3
+    # How long it stays open the first time; each reopening without a success in between
+    # doubles it, up to the cap.
+    open_seconds: float = 30.0
+    open_cap_seconds: float = 600.0
+
+    def open_for(self, times_opened: int) -> timedelta:
+        return timedelta(
+            seconds=min(self.open_cap_seconds, self.open_seconds * 2 ** min(times_opened, 16))
+        )
+
+
+def counts_against_circuit(kind: ErrorKind) -> bool:
+    """Whether a call that failed with `kind` says the provider is failing: a server error,
+    a timeout, a broken connection. Any other answer (a refusal, a rate limit, moderation)
+    is the provider answering, so it counts as a success of the call."""
+    return kind is ErrorKind.TRANSIENT
+
+
+@dataclass(slots=True)
+class ProviderGate:
+    """Whether a provider's waiting jobs may be sent: an operator's pause, and the circuit
+    breaker over its calls. Pure: the moments come from the caller (the database clock)."""
+
+    provider_id: str
+    paused: bool = False
+    pause_time: datetime | None = None
+    pause_reason: str = ""
+    circuit: Circuit = Circuit.CLOSED
+    consecutive_failures: int = 0
+    open_count: int = 0
+    open_until: datetime | None = None
+    probe_until: datetime | None = None
+    # The circuit's changes since it was loaded, for the metrics.
+    moves: list[Circuit] = field(default_factory=list)
+
+    def pause(self, now: datetime, reason: str) -> None:
+        if not self.paused:
+            self.paused, self.pause_time, self.pause_reason = True, now, reason
+
+    def resume(self) -> None:
+        self.paused, self.pause_time, self.pause_reason = False, None, ""
+
+    def may_probe(self, now: datetime) -> bool:
+        """Whether a call may go out now as the circuit's probe: it has been open long
+        enough and no other probe is out."""
+        if self.circuit is Circuit.CLOSED:
+            return False
+        opened_long_enough = self.open_until is None or self.open_until <= now
+        return opened_long_enough and (self.probe_until is None or self.probe_until <= now)
+
+    def begin_probe(self, now: datetime, lease: timedelta) -> None:
+        self._move(Circuit.HALF_OPEN)
+        self.probe_until = now + lease
+
+    def call_succeeded(self) -> None:
+        self._move(Circuit.CLOSED)
+        self.consecutive_failures = self.open_count = 0
+        self.open_until = self.probe_until = None
+
+    def call_failed(self, now: datetime, policy: CircuitPolicy) -> None:
+        self.consecutive_failures += 1
+        if self.circuit is Circuit.OPEN:
+            return  # a call that was out when it opened: it stays open as it is
+        probe_failed = self.circuit is Circuit.HALF_OPEN
+        if probe_failed or self.consecutive_failures >= policy.failures_to_open:
+            self._move(Circuit.OPEN)
+            self.open_until = now + policy.open_for(self.open_count)
+            self.open_count += 1
+            self.probe_until = None
+
+    def _move(self, to: Circuit) -> None:
+        if self.circuit is not to:
+            self.circuit = to
+            self.moves.append(to)

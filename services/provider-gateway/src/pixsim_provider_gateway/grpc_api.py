@@ -20,13 +20,14 @@ from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import to_timestamp
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
-from pixsim_provider_gateway.domain import SubmissionState
+from pixsim_provider_gateway.domain import ProviderGate, SubmissionState
+from pixsim_provider_gateway.providers.base import Provider
 from pixsim_provider_gateway.providers.registry import (
     ProviderRegistry,
-    UnknownProvider,
     capabilities_to_proto,
 )
 from pixsim_provider_gateway.service.accounts import Accounts
+from pixsim_provider_gateway.service.providers import Providers
 
 
 def account_to_proto(row: Row[Any]) -> pb.Account:
@@ -44,6 +45,22 @@ def account_to_proto(row: Row[Any]) -> pb.Account:
         create_time=to_timestamp(row.create_time),
         update_time=to_timestamp(row.update_time),
     )
+
+
+def provider_to_proto(provider: Provider, gate: ProviderGate) -> pb.Provider:
+    """What the provider can do, and whether its jobs are sent now."""
+    made = capabilities_to_proto(provider.capabilities())
+    made.MergeFrom(
+        pb.Provider(
+            state=pb.Provider.STATE_PAUSED if gate.paused else pb.Provider.STATE_ACTIVE,
+            pause_time=to_timestamp(gate.pause_time),
+            pause_reason=gate.pause_reason,
+            circuit=pb.Provider.Circuit.Value(f"CIRCUIT_{gate.circuit.value}"),
+            circuit_open_until=to_timestamp(gate.open_until),
+            consecutive_failures=gate.consecutive_failures,
+        )
+    )
+    return made
 
 
 def public_state(stored: str) -> pb.Submission.State.ValueType:
@@ -96,22 +113,26 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         self._tokens = tokens
         self._positions = QueuePositions()
         self._accounts = Accounts(sessions, registry, cipher)
+        self._providers = Providers(sessions, registry)
 
     # ---- providers ---------------------------------------------------------------------
 
     async def GetProvider(self, request: pb.GetProviderRequest, context: Any) -> pb.Provider:
-        try:
-            provider = self._registry.get(_id_of(request.name))
-        except UnknownProvider:
-            raise NotFound(f"{request.name} does not exist", reason="PROVIDER_NOT_FOUND") from None
-        return capabilities_to_proto(provider.capabilities())
+        return provider_to_proto(*await self._providers.get(_id_of(request.name)))
 
     async def ListProviders(
         self, request: pb.ListProvidersRequest, context: Any
     ) -> pb.ListProvidersResponse:
         return pb.ListProvidersResponse(
-            providers=[capabilities_to_proto(p.capabilities()) for p in self._registry]
+            providers=[provider_to_proto(*pair) for pair in await self._providers.all()]
         )
+
+    async def PauseProvider(self, request: pb.PauseProviderRequest, context: Any) -> pb.Provider:
+        paused = await self._providers.pause(_id_of(request.name), request.reason)
+        return provider_to_proto(*paused)
+
+    async def ResumeProvider(self, request: pb.ResumeProviderRequest, context: Any) -> pb.Provider:
+        return provider_to_proto(*await self._providers.resume(_id_of(request.name)))
 
     # ---- accounts (admin) --------------------------------------------------------------
 
@@ -144,6 +165,12 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
 
     async def DisableAccount(self, request: pb.DisableAccountRequest, context: Any) -> pb.Account:
         return account_to_proto(await self._accounts.disable(_id_of(request.name)))
+
+    async def EnableAccount(self, request: pb.EnableAccountRequest, context: Any) -> pb.Account:
+        return account_to_proto(await self._accounts.enable(_id_of(request.name)))
+
+    async def DrainAccount(self, request: pb.DrainAccountRequest, context: Any) -> pb.Account:
+        return account_to_proto(await self._accounts.drain(_id_of(request.name)))
 
     # ---- submissions -------------------------------------------------------------------
 

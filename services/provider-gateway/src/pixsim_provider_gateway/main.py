@@ -17,7 +17,7 @@ from pixsim_common.background import CloseOnStop
 from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 from pixsim_provider_gateway.crypto import CredentialCipher
-from pixsim_provider_gateway.domain import RetryPolicy
+from pixsim_provider_gateway.domain import CircuitPolicy, RetryPolicy
 from pixsim_provider_gateway.events import on_job_cancelled, on_job_submitted
 from pixsim_provider_gateway.grpc_api import ProviderGatewayApi
 from pixsim_provider_gateway.inputs import InputFiles
@@ -28,11 +28,13 @@ from pixsim_provider_gateway.workers import gateway_workers
 
 _SERVICE = DESCRIPTOR.services_by_name["ProviderGatewayService"]
 SERVICE_NAMES = [_SERVICE.full_name]
-# Account management spends money and holds secrets: admin only (DESIGN.md section 7).
+# Account management spends money and holds secrets, and pausing a provider stops everyone's
+# work: admin only (DESIGN.md section 7).
 ADMIN_METHODS = frozenset(
     f"/{_SERVICE.full_name}/{method.name}"
     for method in _SERVICE.methods
     if method.name.endswith(("Account", "Accounts"))
+    or (method.name.endswith("Provider") and method.name != "GetProvider")
 )
 MIGRATIONS = migrations_of(__file__)
 
@@ -72,6 +74,12 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 submit_lease=timedelta(seconds=2 * settings.provider_timeout + 5),
                 poll_lease=timedelta(seconds=settings.poll_lease_seconds),
                 inputs=inputs,
+                circuits=CircuitPolicy(
+                    failures_to_open=settings.circuit_failures,
+                    account_failures_to_open=settings.circuit_account_failures,
+                    open_seconds=settings.circuit_open_seconds,
+                    open_cap_seconds=settings.circuit_open_cap_seconds,
+                ),
             )
         return services["gateway"]
 

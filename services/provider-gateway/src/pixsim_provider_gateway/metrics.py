@@ -39,3 +39,25 @@ def observe_call(provider: str, call: str, started: float, outcome: str) -> None
     PROVIDER_LATENCY.labels(provider, call).observe(time.perf_counter() - started)
     if outcome != "OK":
         PROVIDER_ERRORS.labels(provider, call, outcome).inc()
+
+
+# 0 closed, 1 half-open, 2 open: a provider's circuit as this replica last saw it.
+CIRCUIT_LEVELS = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
+CIRCUIT_STATE = Gauge(
+    "pixsim_gateway_circuit_state",
+    "A provider's circuit: 0 closed, 1 half-open, 2 open",
+    ["provider"],
+)
+CIRCUIT_CHANGES = Counter(
+    "pixsim_gateway_circuit_changes_total",
+    "A provider's circuit changing state",
+    ["provider", "to"],
+)
+PROVIDER_PAUSED = Gauge(
+    "pixsim_gateway_provider_paused", "1 while an operator has paused the provider", ["provider"]
+)
+
+
+def circuit_moved(provider: str, to: str) -> None:
+    CIRCUIT_CHANGES.labels(provider, to).inc()
+    CIRCUIT_STATE.labels(provider).set(CIRCUIT_LEVELS[to])

@@ -44,7 +44,9 @@ from pixsim_common.db import any_of
 from pixsim_common.outbox import Outgoing, collect
 from pixsim_provider_gateway.domain import (
     AccountState,
+    Circuit,
     FromNow,
+    ProviderGate,
     Submission,
     SubmissionEvent,
     SubmissionState,
@@ -66,6 +68,8 @@ accounts = Table(
     Column("priority", Integer, nullable=False, server_default="0"),
     Column("state", Text, nullable=False, server_default=AccountState.ACTIVE.value),
     Column("cooldown_until", DateTime(timezone=True)),
+    # Calls on it that failed in a row (`domain.counts_against_circuit`); a success resets it.
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("in_flight >= 0 AND in_flight <= max_concurrency", name="slots_in_range"),
@@ -144,6 +148,24 @@ submissions = Table(
         ),
     ),
     Index("provider_submissions_served", "submit_time"),
+)
+
+# Each provider's gate (`domain.ProviderGate`): an operator's pause and its circuit. A
+# provider without a row is active and closed.
+provider_states = Table(
+    "provider_states",
+    metadata,
+    Column("provider_id", Text, primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default="false"),
+    Column("pause_time", DateTime(timezone=True)),
+    Column("pause_reason", Text, nullable=False, server_default=""),
+    Column("circuit", Text, nullable=False, server_default="CLOSED"),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("open_count", Integer, nullable=False, server_default="0"),
+    Column("circuit_open_until", DateTime(timezone=True)),
+    Column("probe_until", DateTime(timezone=True)),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("circuit IN ('CLOSED', 'OPEN', 'HALF_OPEN')", name="provider_states_circuit"),
 )
 
 # Jobs cancelled, kept even when their job.submitted has not arrived yet (it may come later),
@@ -259,7 +281,8 @@ async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]
     a slot that frees goes to the submission at the head, and the ones behind stay where
     they are, so the queue positions GetQueueStatus reports are the order of service. A
     provider with no usable account at all has one submission looked at a round (dispatch
-    fails it when the provider is unknown, else it waits)."""
+    fails it when the provider is unknown, else it waits). A paused provider's, or one
+    whose circuit is open, are not claimed; once the circuit may be probed, one is."""
     result = await session.execute(
         text(
             f"""
@@ -269,23 +292,35 @@ async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]
                 WHERE state = 'ACTIVE' AND credits > 0
                   AND (cooldown_until IS NULL OR cooldown_until <= now())
                 GROUP BY provider_id
+            ), gate AS (
+                SELECT provider_id, circuit <> 'CLOSED' AS probe,
+                       CASE WHEN paused THEN 0
+                            WHEN circuit = 'CLOSED' THEN NULL
+                            WHEN coalesce(circuit_open_until > now(), false)
+                              OR coalesce(probe_until > now(), false) THEN 0
+                            ELSE 1 END AS cap
+                FROM provider_states
             ), ranked AS (
-                SELECT s.id, coalesce(f.slots, 1) AS slots,
+                SELECT s.id, coalesce(g.probe, false) AS probe,
+                       least(coalesce(f.slots, 1), coalesce(g.cap, f.slots, 1)) AS slots,
                        row_number() OVER (PARTITION BY s.provider_id ORDER BY {_FAIR_ORDER})
                            AS place
                 FROM provider_submissions s
                 LEFT JOIN busy b USING (user_id) LEFT JOIN served v USING (user_id)
                 LEFT JOIN free f ON f.provider_id = s.provider_id
+                LEFT JOIN gate g ON g.provider_id = s.provider_id
                 WHERE s.state = 'WAITING' AND s.available_at <= now()
                   AND NOT {_START_DEADLINE_PASSED} AND NOT {_RUN_DEADLINE_PASSED}
             )
-            SELECT {_COLUMNS} FROM provider_submissions s JOIN ranked r ON r.id = s.id
+            SELECT {_COLUMNS}, r.probe FROM provider_submissions s JOIN ranked r ON r.id = s.id
             WHERE r.place <= r.slots AND s.state = 'WAITING'
             ORDER BY r.place
             LIMIT :limit
             FOR UPDATE OF s SKIP LOCKED
             """  # noqa: S608 - the column names come from the table definition
-        ).columns(*submissions.c),  # typed like every other read: ids as str, JSON decoded
+            # Typed like every other read (ids as str, JSON decoded); `probe`: its provider's
+            # circuit is not closed, so it may go out only as the circuit's probe.
+        ).columns(*submissions.c, column("probe", Boolean)),
         {"limit": limit},
     )
     return result.all()
@@ -574,6 +609,25 @@ class Accounts:
     ) -> None:
         await mark_account(self.session, account_id, state=state, cooldown=cooldown)
 
+    async def record_call(self, account_id: str, *, failed: bool) -> int:
+        """Count a failed call on the account, or reset the count after a success (no write
+        when there is nothing to reset); the calls failed in a row now."""
+        column = accounts.c.consecutive_failures
+        if not failed:
+            await self.session.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id, column > 0)
+                .values(consecutive_failures=0)
+            )
+            return 0
+        count = await self.session.scalar(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(consecutive_failures=column + 1)
+            .returning(column)
+        )
+        return int(count or 0)
+
     async def sealed_credentials(self, account_ids: Iterable[str]) -> list[Row[Any]]:
         """The accounts' encrypted credentials (id, key id, sealed bytes)."""
         wanted = set(account_ids)
@@ -637,3 +691,84 @@ async def waiting_by_provider(session: AsyncSession) -> dict[str, int]:
         .group_by(submissions.c.provider_id)
     )
     return {provider_id: count for provider_id, count in rows.all()}
+
+
+def _gate_of(row: Row[Any]) -> ProviderGate:
+    return ProviderGate(
+        provider_id=row.provider_id,
+        paused=row.paused,
+        pause_time=row.pause_time,
+        pause_reason=row.pause_reason,
+        circuit=Circuit(row.circuit),
+        consecutive_failures=row.consecutive_failures,
+        open_count=row.open_count,
+        open_until=row.circuit_open_until,
+        probe_until=row.probe_until,
+    )
+
+
+class ProviderGates:
+    """Each provider's `ProviderGate`, as stored (a provider without a row is open)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def all(self) -> dict[str, ProviderGate]:
+        rows = await self.session.execute(select(provider_states))
+        return {row.provider_id: _gate_of(row) for row in rows.all()}
+
+    async def get(self, provider_id: str) -> ProviderGate:
+        row = (
+            await self.session.execute(
+                select(provider_states).where(provider_states.c.provider_id == provider_id)
+            )
+        ).first()
+        return ProviderGate(provider_id) if row is None else _gate_of(row)
+
+    async def lock(self, provider_id: str) -> tuple[ProviderGate, datetime]:
+        """The gate, locked until commit (made if the provider has none), and the
+        database's now."""
+        await self.session.execute(
+            insert(provider_states).values(provider_id=provider_id).on_conflict_do_nothing()
+        )
+        row = (
+            await self.session.execute(
+                select(provider_states, func.now().label("db_now"))
+                .where(provider_states.c.provider_id == provider_id)
+                .with_for_update()
+            )
+        ).one()
+        return _gate_of(row), row.db_now
+
+    async def troubled(self, provider_id: str) -> ProviderGate | None:
+        """The gate, locked, if its circuit is not closed or counts failures: what a success
+        has to reset. None (and no write) in the usual case."""
+        row = (
+            await self.session.execute(
+                select(provider_states)
+                .where(
+                    provider_states.c.provider_id == provider_id,
+                    (provider_states.c.circuit != Circuit.CLOSED.value)
+                    | (provider_states.c.consecutive_failures > 0),
+                )
+                .with_for_update()
+            )
+        ).first()
+        return None if row is None else _gate_of(row)
+
+    async def save(self, gate: ProviderGate) -> None:
+        await self.session.execute(
+            update(provider_states)
+            .where(provider_states.c.provider_id == gate.provider_id)
+            .values(
+                paused=gate.paused,
+                pause_time=gate.pause_time,
+                pause_reason=gate.pause_reason,
+                circuit=gate.circuit.value,
+                consecutive_failures=gate.consecutive_failures,
+                open_count=gate.open_count,
+                circuit_open_until=gate.open_until,
+                probe_until=gate.probe_until,
+                update_time=func.now(),
+            )
+        )

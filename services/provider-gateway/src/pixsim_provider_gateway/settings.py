@@ -45,3 +45,10 @@ class Settings(ServiceSettings):
     priority_aging_seconds: float = Field(default=300.0, gt=0, le=86400)
     dispatch_batch: int = Field(default=32, ge=1)
     poll_batch: int = Field(default=64, ge=1)
+    # The circuit breaker (docs/providers.md): calls failed in a row that open a provider's
+    # circuit (an account's), how long it stays open at first (doubling while it keeps
+    # failing), and the longest.
+    circuit_failures: int = Field(default=5, ge=1, le=1000)
+    circuit_account_failures: int = Field(default=3, ge=1, le=1000)
+    circuit_open_seconds: float = Field(default=30.0, gt=0)
+    circuit_open_cap_seconds: float = Field(default=600.0, gt=0)

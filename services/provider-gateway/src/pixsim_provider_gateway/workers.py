@@ -28,6 +28,10 @@ async def refresh_metrics(sessions: async_sessionmaker[AsyncSession]) -> int:
             )
         for provider_id, count in (await repo.waiting_by_provider(session)).items():
             metrics.QUEUE_DEPTH.labels(provider_id).set(count)
+        # Every replica reports each gate, whichever replica changed it.
+        for provider_id, gate in (await repo.ProviderGates(session).all()).items():
+            metrics.CIRCUIT_STATE.labels(provider_id).set(metrics.CIRCUIT_LEVELS[gate.circuit])
+            metrics.PROVIDER_PAUSED.labels(provider_id).set(int(gate.paused))
     return 0
 
 

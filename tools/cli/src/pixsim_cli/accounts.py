@@ -97,3 +97,37 @@ def update(
         pb.UpdateAccountRequest(account=account, update_mask=field_mask_pb2.FieldMask(paths=paths)),
     )
     out.show(updated, lambda: console.print(accounts_table([updated])))
+
+
+def _account_name(name: str) -> str:
+    return name if name.startswith("accounts/") else f"accounts/{name}"
+
+
+@app.command()
+def disable(name: str) -> None:
+    """Take the account out of rotation; its running tasks finish."""
+    connection, out = session(admin=True)
+    account = connection.call(
+        connection.gateway.DisableAccount, pb.DisableAccountRequest(name=_account_name(name))
+    )
+    out.show(account, lambda: console.print(accounts_table([account])))
+
+
+@app.command()
+def drain(name: str) -> None:
+    """Send no new attempt to the account; the running ones finish (watch `in flight`)."""
+    connection, out = session(admin=True)
+    account = connection.call(
+        connection.gateway.DrainAccount, pb.DrainAccountRequest(name=_account_name(name))
+    )
+    out.show(account, lambda: console.print(accounts_table([account])))
+
+
+@app.command()
+def enable(name: str) -> None:
+    """Put a DISABLED or DRAINING account back in rotation."""
+    connection, out = session(admin=True)
+    account = connection.call(
+        connection.gateway.EnableAccount, pb.EnableAccountRequest(name=_account_name(name))
+    )
+    out.show(account, lambda: console.print(accounts_table([account])))

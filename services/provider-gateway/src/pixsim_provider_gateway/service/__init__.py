@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common.outbox import SetAside
 from pixsim_provider_gateway.crypto import CredentialCipher
-from pixsim_provider_gateway.domain import RetryPolicy
+from pixsim_provider_gateway.domain import CircuitPolicy, RetryPolicy
 from pixsim_provider_gateway.inputs import InputFiles
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service.dispatch import Dispatch
@@ -50,6 +50,7 @@ class ProviderService:
         poll_lease: timedelta,
         inputs: InputFiles | None = None,
         units: Callable[[], Unit] | None = None,
+        circuits: CircuitPolicy | None = None,
     ) -> None:
         units = units or (lambda: GatewayUnit(sessions))
         self.dispatch = Dispatch(
@@ -60,6 +61,7 @@ class ProviderService:
             replica_id,
             submit_lease,
             inputs or InputFiles(None, None),
+            circuits or CircuitPolicy(),
         )
         self.poll = Poll(units, registry, cipher, policy, replica_id, poll_lease)
         self.recover = Recover(units, policy)

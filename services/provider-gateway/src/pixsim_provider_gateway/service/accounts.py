@@ -4,7 +4,7 @@ sealed before they are stored and never read back out."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Row
@@ -16,7 +16,13 @@ from pixsim_common.db import UnitOfWork
 from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
-from pixsim_provider_gateway.domain import AccountState, account_state_after_update
+from pixsim_provider_gateway.domain import (
+    AccountNotEnableable,
+    AccountState,
+    account_drained,
+    account_enabled,
+    account_state_after_update,
+)
 from pixsim_provider_gateway.providers.registry import ProviderRegistry, UnknownProvider
 
 UPDATABLE = frozenset({"label", "credentials", "credits", "max_concurrency", "priority"})
@@ -106,10 +112,31 @@ class Accounts:
         return updated
 
     async def disable(self, account_id: str) -> Row[Any]:
+        return await self._moved(account_id, lambda _state: AccountState.DISABLED)
+
+    async def enable(self, account_id: str) -> Row[Any]:
+        return await self._moved(account_id, account_enabled)
+
+    async def drain(self, account_id: str) -> Row[Any]:
+        return await self._moved(account_id, account_drained)
+
+    async def _moved(
+        self, account_id: str, rule: Callable[[AccountState], AccountState]
+    ) -> Row[Any]:
         async with UnitOfWork(self._sessions) as uow:
             accounts = repo.Accounts(uow.session)
             row = await _existing(accounts, account_id, lock=True)
-            updated = await accounts.update(row.id, state=AccountState.DISABLED.value)
+            try:
+                state = rule(AccountState(row.state))
+            except AccountNotEnableable:
+                raise FailedPrecondition(
+                    f"an {row.state} account comes back with new credentials or credits "
+                    "(UpdateAccount), not by enabling it",
+                    reason=f"ACCOUNT_{row.state}",
+                ) from None
+            updated = await accounts.update(row.id, state=state.value)
+            if state is AccountState.ACTIVE:
+                await repo.wake_dispatch(uow.session)  # its slots are free now
             await uow.commit()
         return updated
 

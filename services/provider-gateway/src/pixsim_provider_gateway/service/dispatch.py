@@ -16,6 +16,7 @@ from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import (
+    CircuitPolicy,
     ErrorKind,
     RetryPolicy,
     Submission,
@@ -33,12 +34,15 @@ from pixsim_provider_gateway.providers.base import (
     UnsupportedOperation,
 )
 from pixsim_provider_gateway.providers.registry import ProviderRegistry, UnknownProvider
+from pixsim_provider_gateway.service import circuits
 from pixsim_provider_gateway.service.outcomes import settle_failure
 from pixsim_provider_gateway.service.units import Unit
 
 log = structlog.get_logger("pixsim.gateway")
 # How soon a submission no account could take is looked at again (a slot frees sooner).
 NO_ACCOUNT_DELAY = timedelta(milliseconds=200)
+# How soon an attempt whose inputs could not be read goes again.
+INPUTS_UNREADABLE_DELAY = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,11 @@ class Dispatch:
         replica: str,
         lease: timedelta,
         inputs: InputFiles,
+        circuit_policy: CircuitPolicy,
     ) -> None:
         self._units, self._registry, self._cipher, self._policy = units, registry, cipher, policy
         self._replica, self._lease, self._inputs = replica, lease, inputs
+        self._circuits = circuit_policy
 
     async def once(self, limit: int) -> int:
         """Send what can be sent now; how many submissions went to a provider."""
@@ -92,10 +98,17 @@ class Dispatch:
             attempt.fail(ErrorKind.INVALID_PARAMETERS.value, message)
             await unit.submissions.save(attempt)
             return None
+        probe = bool(attempt.record.get("probe"))
+        if probe and not await circuits.admit_probe(unit, attempt.provider_id, self._lease):
+            attempt.wait_for_account(payload, NO_ACCOUNT_DELAY)  # another replica probes
+            await unit.submissions.save(attempt)
+            return None
         cost = provider.estimate_cost(payload)
         account = await unit.accounts.reserve(attempt.provider_id, cost)
         if account is None:
             # Its turn comes again when a slot frees; meanwhile others are looked at.
+            if probe:
+                await circuits.withdraw_probe(unit, attempt.provider_id)
             attempt.wait_for_account(payload, NO_ACCOUNT_DELAY)
             await unit.submissions.save(attempt)
             return None
@@ -116,6 +129,10 @@ class Dispatch:
         try:
             # Inputs are read now, at dispatch: a presigned URL minted now, or the bytes.
             files = await self._inputs.of(attempt.user_id, request_of(attempt).inputs)
+        except ProviderError as error:
+            await self._record_unreadable_inputs(prepared, error)
+            return
+        try:
             result = await prepared.provider.execute(
                 attempt.operation_type, prepared.credentials, attempt.payload, files
             )
@@ -154,6 +171,28 @@ class Dispatch:
                     bound=timedelta(seconds=self._policy.deadline_seconds),
                 )
             await unit.submissions.save(attempt)
+            await circuits.record_call(
+                unit, attempt.provider_id, attempt.account_id, None, self._circuits
+            )
+            await unit.commit()
+
+    async def _record_unreadable_inputs(self, prepared: Prepared, error: ProviderError) -> None:
+        """The inputs could not be read (the asset service away, or the asset gone): not
+        the provider's failure, so no attempt or circuit counts it. The same attempt waits
+        and goes again, or the job fails where the input will never be readable."""
+        async with self._units() as unit:
+            attempt = await unit.submissions.get(prepared.attempt.id, lock=True)
+            assert attempt is not None
+            if attempt.state is not SubmissionState.SUBMITTING:
+                await unit.commit()
+                return
+            await unit.accounts.release(attempt.account_id, attempt.reserved_credits, 0)
+            log.warning("inputs unreadable", submission=attempt.id, error=error.message)
+            if error.kind is ErrorKind.TRANSIENT:
+                attempt.requeue(after=INPUTS_UNREADABLE_DELAY)
+            else:
+                attempt.fail(error.kind.value, error.message, lease_owner=None, lease_until=None)
+            await unit.submissions.save(attempt)
             await unit.commit()
 
     async def _record_refusal(self, prepared: Prepared, error: ProviderError) -> None:
@@ -165,6 +204,9 @@ class Dispatch:
                 return
             # Nothing ran at the provider: the reservation comes back whole.
             await unit.accounts.release(attempt.account_id, attempt.reserved_credits, 0)
+            await circuits.record_call(
+                unit, attempt.provider_id, attempt.account_id, error, self._circuits
+            )
             verdict = await settle_failure(unit, attempt, error, self._policy)
             log.info(
                 "provider refused a submission",

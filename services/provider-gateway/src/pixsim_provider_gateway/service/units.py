@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common.db import UnitOfWork
 from pixsim_provider_gateway import repository as repo
-from pixsim_provider_gateway.domain import AccountState, Submission
+from pixsim_provider_gateway.domain import AccountState, ProviderGate, Submission
 from pixsim_provider_gateway.events import outgoing
 
 
@@ -52,7 +52,17 @@ class AccountLedger(Protocol):
         cooldown: timedelta | None = None,
     ) -> None: ...
 
+    async def record_call(self, account_id: str, *, failed: bool) -> int: ...
+
     async def sealed_credentials(self, account_ids: Iterable[str]) -> list[Any]: ...
+
+
+class GateStore(Protocol):
+    async def lock(self, provider_id: str) -> tuple[ProviderGate, datetime]: ...
+
+    async def troubled(self, provider_id: str) -> ProviderGate | None: ...
+
+    async def save(self, gate: ProviderGate) -> None: ...
 
 
 class Unit(Protocol):
@@ -61,6 +71,9 @@ class Unit(Protocol):
 
     @property
     def accounts(self) -> AccountLedger: ...
+
+    @property
+    def gates(self) -> GateStore: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -80,6 +93,7 @@ class GatewayUnit(UnitOfWork):
 
     submissions: SubmissionStore
     accounts: AccountLedger
+    gates: GateStore
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         super().__init__(sessions)
@@ -88,4 +102,5 @@ class GatewayUnit(UnitOfWork):
         await super().__aenter__()
         self.submissions = repo.Submissions(self.session, outgoing)
         self.accounts = repo.Accounts(self.session)
+        self.gates = repo.ProviderGates(self.session)
         return self

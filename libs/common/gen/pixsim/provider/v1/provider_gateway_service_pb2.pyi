@@ -32,18 +32,84 @@ class Provider(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Provider._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: Provider._State.ValueType  # 0
+        STATE_ACTIVE: Provider._State.ValueType  # 1
+        """Its jobs are sent."""
+        STATE_PAUSED: Provider._State.ValueType  # 2
+        """Paused by an admin: its jobs wait."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: Provider.State.ValueType  # 0
+    STATE_ACTIVE: Provider.State.ValueType  # 1
+    """Its jobs are sent."""
+    STATE_PAUSED: Provider.State.ValueType  # 2
+    """Paused by an admin: its jobs wait."""
+
+    class _Circuit:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _CircuitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Provider._Circuit.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CIRCUIT_UNSPECIFIED: Provider._Circuit.ValueType  # 0
+        CIRCUIT_CLOSED: Provider._Circuit.ValueType  # 1
+        """Calls go through."""
+        CIRCUIT_OPEN: Provider._Circuit.ValueType  # 2
+        """Failing: nothing is sent until `circuit_open_until`."""
+        CIRCUIT_HALF_OPEN: Provider._Circuit.ValueType  # 3
+        """One probe call is allowed; its outcome closes or opens the circuit again."""
+
+    class Circuit(_Circuit, metaclass=_CircuitEnumTypeWrapper):
+        """The circuit breaker over its calls (docs/providers.md): consecutive failures that a
+        retry elsewhere could avoid open it, and nothing is sent to the provider until a single
+        probe call succeeds.
+        """
+
+    CIRCUIT_UNSPECIFIED: Provider.Circuit.ValueType  # 0
+    CIRCUIT_CLOSED: Provider.Circuit.ValueType  # 1
+    """Calls go through."""
+    CIRCUIT_OPEN: Provider.Circuit.ValueType  # 2
+    """Failing: nothing is sent until `circuit_open_until`."""
+    CIRCUIT_HALF_OPEN: Provider.Circuit.ValueType  # 3
+    """One probe call is allowed; its outcome closes or opens the circuit again."""
+
     NAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     OPERATIONS_FIELD_NUMBER: _builtins.int
     SUPPORTS_CANCEL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAUSE_TIME_FIELD_NUMBER: _builtins.int
+    PAUSE_REASON_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    CIRCUIT_OPEN_UNTIL_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`providers/{provider}`, e.g. `providers/pixverse`."""
     display_name: _builtins.str
     supports_cancel: _builtins.bool
     """Whether a running task can be cancelled at the provider."""
+    state: Global___Provider.State.ValueType
+    pause_reason: _builtins.str
+    circuit: Global___Provider.Circuit.ValueType
+    consecutive_failures: _builtins.int
+    """Calls that failed in a row (a success resets it)."""
     @_builtins.property
     def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationCapability]:
         """The operations it supports; any other is refused at CreateJob."""
+
+    @_builtins.property
+    def pause_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was paused, and why (the admin's words); unset while active."""
+
+    @_builtins.property
+    def circuit_open_until(self) -> _timestamp_pb2.Timestamp:
+        """Until when an open circuit stays open."""
 
     def __init__(
         self,
@@ -52,10 +118,16 @@ class Provider(_message.Message):
         display_name: _builtins.str = ...,
         operations: _abc.Iterable[Global___OperationCapability] | None = ...,
         supports_cancel: _builtins.bool = ...,
+        state: Global___Provider.State.ValueType = ...,
+        pause_time: _timestamp_pb2.Timestamp | None = ...,
+        pause_reason: _builtins.str = ...,
+        circuit: Global___Provider.Circuit.ValueType = ...,
+        circuit_open_until: _timestamp_pb2.Timestamp | None = ...,
+        consecutive_failures: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_open_until", b"circuit_open_until", "pause_time", b"pause_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "name", b"name", "operations", b"operations", "supports_cancel", b"supports_cancel"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "circuit_open_until", b"circuit_open_until", "consecutive_failures", b"consecutive_failures", "display_name", b"display_name", "name", b"name", "operations", b"operations", "pause_reason", b"pause_reason", "pause_time", b"pause_time", "state", b"state", "supports_cancel", b"supports_cancel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -237,6 +309,8 @@ class Account(_message.Message):
         """Out of credits."""
         STATE_INVALID: Account._State.ValueType  # 4
         """Its credentials were refused."""
+        STATE_DRAINING: Account._State.ValueType  # 5
+        """Taking no new attempts while the running ones finish (DrainAccount)."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper): ...
     STATE_UNSPECIFIED: Account.State.ValueType  # 0
@@ -248,6 +322,8 @@ class Account(_message.Message):
     """Out of credits."""
     STATE_INVALID: Account.State.ValueType  # 4
     """Its credentials were refused."""
+    STATE_DRAINING: Account.State.ValueType  # 5
+    """Taking no new attempts while the running ones finish (DrainAccount)."""
 
     @_typing.final
     class CredentialsEntry(_message.Message):
@@ -465,6 +541,86 @@ class ListProvidersRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProvidersRequest: _TypeAlias = ListProvidersRequest  # noqa: Y015
+
+@_typing.final
+class PauseProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    reason: _builtins.str
+    """Why, for the other operators (GetProvider shows it)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseProviderRequest: _TypeAlias = PauseProviderRequest  # noqa: Y015
+
+@_typing.final
+class ResumeProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeProviderRequest: _TypeAlias = ResumeProviderRequest  # noqa: Y015
+
+@_typing.final
+class EnableAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnableAccountRequest: _TypeAlias = EnableAccountRequest  # noqa: Y015
+
+@_typing.final
+class DrainAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainAccountRequest: _TypeAlias = DrainAccountRequest  # noqa: Y015
 
 @_typing.final
 class ListProvidersResponse(_message.Message):

@@ -69,6 +69,26 @@ class ProviderGatewayServiceStub:
                 request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DisableAccountRequest.SerializeToString,
                 response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
                 _registered_method=True)
+        self.PauseProvider = channel.unary_unary(
+                '/pixsim.provider.v1.ProviderGatewayService/PauseProvider',
+                request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.PauseProviderRequest.SerializeToString,
+                response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.FromString,
+                _registered_method=True)
+        self.ResumeProvider = channel.unary_unary(
+                '/pixsim.provider.v1.ProviderGatewayService/ResumeProvider',
+                request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.ResumeProviderRequest.SerializeToString,
+                response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.FromString,
+                _registered_method=True)
+        self.EnableAccount = channel.unary_unary(
+                '/pixsim.provider.v1.ProviderGatewayService/EnableAccount',
+                request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.EnableAccountRequest.SerializeToString,
+                response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
+                _registered_method=True)
+        self.DrainAccount = channel.unary_unary(
+                '/pixsim.provider.v1.ProviderGatewayService/DrainAccount',
+                request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DrainAccountRequest.SerializeToString,
+                response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
+                _registered_method=True)
         self.GetQueueStatus = channel.unary_unary(
                 '/pixsim.provider.v1.ProviderGatewayService/GetQueueStatus',
                 request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetQueueStatusRequest.SerializeToString,
@@ -138,9 +158,38 @@ class ProviderGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseProvider(self, request, context):
+        """Stops sending this provider's jobs: they wait in their places until it is resumed, and
+        its running tasks finish. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeProvider(self, request, context):
+        """Sends this provider's jobs again. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableAccount(self, request, context):
+        """Makes a DISABLED or DRAINING account selectable again. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainAccount(self, request, context):
+        """Sends no new attempt to the account; the tasks running on it finish (`in_flight` says
+        how many are left). Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetQueueStatus(self, request, context):
-        """Returns one attempt at a generation.
-        Where a job is now at the gateway: its place in its provider's queue while it waits,
+        """Where a job is now at the gateway: its place in its provider's queue while it waits,
         the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,7 +197,8 @@ class ProviderGatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSubmission(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Returns one attempt at a generation.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -196,6 +246,26 @@ def add_ProviderGatewayServiceServicer_to_server(servicer, server):
             'DisableAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.DisableAccount,
                     request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DisableAccountRequest.FromString,
+                    response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.SerializeToString,
+            ),
+            'PauseProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseProvider,
+                    request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.PauseProviderRequest.FromString,
+                    response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.SerializeToString,
+            ),
+            'ResumeProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeProvider,
+                    request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.ResumeProviderRequest.FromString,
+                    response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.SerializeToString,
+            ),
+            'EnableAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableAccount,
+                    request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.EnableAccountRequest.FromString,
+                    response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.SerializeToString,
+            ),
+            'DrainAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainAccount,
+                    request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DrainAccountRequest.FromString,
                     response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.SerializeToString,
             ),
             'GetQueueStatus': grpc.unary_unary_rpc_method_handler(
@@ -402,6 +472,114 @@ class ProviderGatewayService:
             target,
             '/pixsim.provider.v1.ProviderGatewayService/DisableAccount',
             pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DisableAccountRequest.SerializeToString,
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.provider.v1.ProviderGatewayService/PauseProvider',
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.PauseProviderRequest.SerializeToString,
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.provider.v1.ProviderGatewayService/ResumeProvider',
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.ResumeProviderRequest.SerializeToString,
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.provider.v1.ProviderGatewayService/EnableAccount',
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.EnableAccountRequest.SerializeToString,
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.provider.v1.ProviderGatewayService/DrainAccount',
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.DrainAccountRequest.SerializeToString,
             pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Account.FromString,
             options,
             channel_credentials,

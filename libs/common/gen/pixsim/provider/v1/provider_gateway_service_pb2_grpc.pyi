@@ -47,12 +47,24 @@ class ProviderGatewayServiceStub:
     """Changes the fields named in `update_mask`. Admin only."""
     DisableAccount: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.DisableAccountRequest, _provider_gateway_service_pb2.Account]
     """Stops an account from being selected; its running tasks finish. Admin only."""
+    PauseProvider: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.PauseProviderRequest, _provider_gateway_service_pb2.Provider]
+    """Stops sending this provider's jobs: they wait in their places until it is resumed, and
+    its running tasks finish. Admin only.
+    """
+    ResumeProvider: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ResumeProviderRequest, _provider_gateway_service_pb2.Provider]
+    """Sends this provider's jobs again. Admin only."""
+    EnableAccount: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.EnableAccountRequest, _provider_gateway_service_pb2.Account]
+    """Makes a DISABLED or DRAINING account selectable again. Admin only."""
+    DrainAccount: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.DrainAccountRequest, _provider_gateway_service_pb2.Account]
+    """Sends no new attempt to the account; the tasks running on it finish (`in_flight` says
+    how many are left). Admin only.
+    """
     GetQueueStatus: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetQueueStatusRequest, _provider_gateway_service_pb2.QueueStatus]
-    """Returns one attempt at a generation.
-    Where a job is now at the gateway: its place in its provider's queue while it waits,
+    """Where a job is now at the gateway: its place in its provider's queue while it waits,
     the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
     """
     GetSubmission: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetSubmissionRequest, _provider_gateway_service_pb2.Submission]
+    """Returns one attempt at a generation."""
     ListSubmissions: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ListSubmissionsRequest, _provider_gateway_service_pb2.ListSubmissionsResponse]
     """Lists the attempts made for one of the caller's jobs, oldest first."""
 
@@ -73,12 +85,24 @@ class ProviderGatewayServiceAsyncStub(ProviderGatewayServiceStub):
     """Changes the fields named in `update_mask`. Admin only."""
     DisableAccount: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.DisableAccountRequest, _provider_gateway_service_pb2.Account]  # type: ignore[assignment]
     """Stops an account from being selected; its running tasks finish. Admin only."""
+    PauseProvider: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.PauseProviderRequest, _provider_gateway_service_pb2.Provider]  # type: ignore[assignment]
+    """Stops sending this provider's jobs: they wait in their places until it is resumed, and
+    its running tasks finish. Admin only.
+    """
+    ResumeProvider: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ResumeProviderRequest, _provider_gateway_service_pb2.Provider]  # type: ignore[assignment]
+    """Sends this provider's jobs again. Admin only."""
+    EnableAccount: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.EnableAccountRequest, _provider_gateway_service_pb2.Account]  # type: ignore[assignment]
+    """Makes a DISABLED or DRAINING account selectable again. Admin only."""
+    DrainAccount: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.DrainAccountRequest, _provider_gateway_service_pb2.Account]  # type: ignore[assignment]
+    """Sends no new attempt to the account; the tasks running on it finish (`in_flight` says
+    how many are left). Admin only.
+    """
     GetQueueStatus: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetQueueStatusRequest, _provider_gateway_service_pb2.QueueStatus]  # type: ignore[assignment]
-    """Returns one attempt at a generation.
-    Where a job is now at the gateway: its place in its provider's queue while it waits,
+    """Where a job is now at the gateway: its place in its provider's queue while it waits,
     the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
     """
     GetSubmission: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetSubmissionRequest, _provider_gateway_service_pb2.Submission]  # type: ignore[assignment]
+    """Returns one attempt at a generation."""
     ListSubmissions: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ListSubmissionsRequest, _provider_gateway_service_pb2.ListSubmissionsResponse]  # type: ignore[assignment]
     """Lists the attempts made for one of the caller's jobs, oldest first."""
 
@@ -140,13 +164,48 @@ class ProviderGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stops an account from being selected; its running tasks finish. Admin only."""
 
     @_abc_1.abstractmethod
+    def PauseProvider(
+        self,
+        request: _provider_gateway_service_pb2.PauseProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_gateway_service_pb2.Provider, _abc.Awaitable[_provider_gateway_service_pb2.Provider]]:
+        """Stops sending this provider's jobs: they wait in their places until it is resumed, and
+        its running tasks finish. Admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeProvider(
+        self,
+        request: _provider_gateway_service_pb2.ResumeProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_gateway_service_pb2.Provider, _abc.Awaitable[_provider_gateway_service_pb2.Provider]]:
+        """Sends this provider's jobs again. Admin only."""
+
+    @_abc_1.abstractmethod
+    def EnableAccount(
+        self,
+        request: _provider_gateway_service_pb2.EnableAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_gateway_service_pb2.Account, _abc.Awaitable[_provider_gateway_service_pb2.Account]]:
+        """Makes a DISABLED or DRAINING account selectable again. Admin only."""
+
+    @_abc_1.abstractmethod
+    def DrainAccount(
+        self,
+        request: _provider_gateway_service_pb2.DrainAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_gateway_service_pb2.Account, _abc.Awaitable[_provider_gateway_service_pb2.Account]]:
+        """Sends no new attempt to the account; the tasks running on it finish (`in_flight` says
+        how many are left). Admin only.
+        """
+
+    @_abc_1.abstractmethod
     def GetQueueStatus(
         self,
         request: _provider_gateway_service_pb2.GetQueueStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_provider_gateway_service_pb2.QueueStatus, _abc.Awaitable[_provider_gateway_service_pb2.QueueStatus]]:
-        """Returns one attempt at a generation.
-        Where a job is now at the gateway: its place in its provider's queue while it waits,
+        """Where a job is now at the gateway: its place in its provider's queue while it waits,
         the provider's progress while it runs. The caller's own jobs (an admin's: anyone's).
         """
 
@@ -155,7 +214,8 @@ class ProviderGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _provider_gateway_service_pb2.GetSubmissionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_provider_gateway_service_pb2.Submission, _abc.Awaitable[_provider_gateway_service_pb2.Submission]]: ...
+    ) -> _typing.Union[_provider_gateway_service_pb2.Submission, _abc.Awaitable[_provider_gateway_service_pb2.Submission]]:
+        """Returns one attempt at a generation."""
 
     @_abc_1.abstractmethod
     def ListSubmissions(

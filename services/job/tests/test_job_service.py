@@ -568,3 +568,55 @@ async def test_a_submission_that_can_never_be_published_fails_its_job_alone(
     await stack.tap.wait_for(topics.JOB_SUBMITTED.name, other.name.removeprefix("jobs/"))
     failed = await stack.state_of(doomed.name, pb.Job.STATE_FAILED)
     assert failed.error_code == "EVENT_UNPUBLISHABLE"
+
+
+def fallback(provider: str, **params: Any) -> pb.Fallback:
+    made = pb.Fallback(provider_id=provider)
+    made.params.update(params)
+    return made
+
+
+async def test_fallbacks_are_checked_against_their_providers_and_travel_with_the_job(
+    stack: Stack,
+) -> None:
+    refusals = {
+        "job.fallbacks[0].provider_id": [fallback("sora")],
+        "job.fallbacks[1].provider_id": [fallback("runway"), fallback("pixverse")],
+        "job.fallbacks[0].params.nonsense": [fallback("runway", nonsense=1)],
+    }
+    for field, fallbacks in refusals.items():
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stack.jobs.CreateJob(
+                pb.CreateJobRequest(
+                    job=pb.Job(
+                        provider_id="pixverse",
+                        operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                        prompt="a cat",
+                        fallbacks=fallbacks,
+                    )
+                ),
+                metadata=stack.alice,
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        violations = status_details(raised.value)["BadRequest"].field_violations
+        assert field in [v.field for v in violations], (field, violations)
+
+    job = await stack.jobs.CreateJob(
+        pb.CreateJobRequest(
+            job=pb.Job(
+                provider_id="pixverse",
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt="a cat",
+                fallbacks=[fallback("runway", duration=10), fallback("pika")],
+            )
+        ),
+        metadata=stack.alice,
+    )
+    assert [f.provider_id for f in job.fallbacks] == ["runway", "pika"]
+    assert job.fallbacks[0].params["duration"] == 10
+    job_id = job.name.removeprefix("jobs/")
+    (record,) = await stack.tap.wait_for(topics.JOB_SUBMITTED.name, job_id)
+    submitted = events_pb2.JobSubmitted.FromString(record.value)
+    assert [f.provider_id for f in submitted.fallbacks] == ["runway", "pika"]
+    again = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.alice)
+    assert list(again.fallbacks) == list(job.fallbacks)

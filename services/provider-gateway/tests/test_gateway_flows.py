@@ -18,6 +18,7 @@ from google.protobuf import field_mask_pb2, json_format
 from pydantic import SecretStr
 
 from pixsim.events.v1 import events_pb2
+from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.provider.v1 import provider_gateway_service_pb2 as pb
 from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.types.v1 import types_pb2 as t
@@ -84,6 +85,7 @@ class Gateway:
         *,
         retry_count: int = 0,
         job_id: str | None = None,
+        fallbacks: tuple[str, ...] = (),
     ) -> str:
         job_id = job_id or str(uuid.uuid4())
         event = events_pb2.JobSubmitted(
@@ -93,6 +95,7 @@ class Gateway:
             provider_id=provider,
             prompt=prompt,
             retry_count=retry_count,
+            fallbacks=[job_pb.Fallback(provider_id=p) for p in fallbacks],
         )
         await self._produce(topics.JOB_SUBMITTED, job_id, event)
         return job_id
@@ -159,6 +162,7 @@ async def gateway(
         deadline_seconds=3.0,
         max_retries=2,
         circuit_open_seconds=1.0,
+        account_check_seconds=2.0,
     )
     tap = EventTap(
         infra.kafka.bootstrap,
@@ -627,3 +631,70 @@ async def test_a_failing_provider_opens_its_circuit_and_a_probe_closes_it(
     async with httpx.AsyncClient() as client:
         sent = (await client.get(f"{gateway.sim}/_sim/submits")).json()
     assert sum(sent.get(f"a flaky cat {n}", 0) for n in range(5)) == 10
+
+
+# ---- fallback across providers
+
+
+async def test_a_job_whose_retries_run_out_goes_on_with_its_fallback(gateway: Gateway) -> None:
+    await gateway.account("pixverse")
+    await gateway.account("runway")
+    # The first three submits of this prompt fail, wherever they go: pixverse's attempt and
+    # its two retries; the fourth, on runway, succeeds.
+    job_id = await gateway.submit(
+        "pixverse", "a cat falling back [sim:server_error=3]", fallbacks=("runway",)
+    )
+    outcome = await gateway.outcome(job_id)
+    assert isinstance(outcome, events_pb2.GenerationCompleted), outcome
+    assert outcome.provider_id == "runway"
+    lineage = await gateway.submissions(job_id)
+    assert [(s.provider_id, s.state) for s in lineage] == [
+        ("pixverse", pb.Submission.STATE_FAILED),
+        ("pixverse", pb.Submission.STATE_FAILED),
+        ("pixverse", pb.Submission.STATE_FAILED),
+        ("runway", pb.Submission.STATE_SUCCEEDED),
+    ]
+    assert lineage[3].previous_submission == lineage[2].name
+    assert [r.key.decode() for r in gateway.tap.of(topics.GENERATION_FAILED.name, job_id)] == []
+
+
+# ---- account health: keys and balances read from the provider
+
+
+async def wait_for_account(
+    gateway: Gateway, account: pb.Account, done: Any, timeout: float = 15
+) -> pb.Account:
+    for _ in range(int(timeout / 0.1)):
+        seen = await gateway.stub.GetAccount(
+            pb.GetAccountRequest(name=account.name), metadata=gateway.admin
+        )
+        if done(seen):
+            return seen
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{account.name} never got there: {seen}")
+
+
+@pytest.mark.parametrize("provider", ["pixverse", "runway"])
+async def test_the_ledger_follows_the_balance_the_provider_reports(
+    gateway: Gateway, provider: str
+) -> None:
+    account, _ = await gateway.account(provider, credits=100_000, sim_knobs={"credits": 4321})
+    synced = await wait_for_account(gateway, account, lambda a: a.HasField("provider_credits"))
+    assert (synced.provider_credits, synced.credits) == (4321, 4321)
+    assert synced.check_time.seconds > 0
+
+
+async def test_a_revoked_key_is_found_before_any_job_meets_it(gateway: Gateway) -> None:
+    for provider in ("pixverse", "runway", "pika"):
+        account, _ = await gateway.account(provider, sim_knobs={"revoked": True})
+        invalid = await wait_for_account(
+            gateway, account, lambda a: a.state == pb.Account.STATE_INVALID
+        )
+        assert invalid.in_flight == 0
+
+
+async def test_a_working_key_without_a_balance_api_stays_active(gateway: Gateway) -> None:
+    account, _ = await gateway.account("pika")
+    checked = await wait_for_account(gateway, account, lambda a: a.check_time.seconds > 0)
+    assert checked.state == pb.Account.STATE_ACTIVE
+    assert not checked.HasField("provider_credits")  # fal reports none

@@ -66,6 +66,9 @@ _ROW_DEFAULTS: dict[str, Any] = {c.name: None for c in repo.submissions.c} | {
     "provider_cancel_pending": False,
     "trace_headers": {},
     "priority": "NORMAL",
+    "fallbacks": [],
+    "provider_first_attempt": 0,
+    "passed_over": [],
 }
 
 
@@ -173,6 +176,24 @@ class FakeSubmissions:
             for row in self._store.rows.values()
             if row["state"] == SubmissionState.SUBMITTING and row["lease_until"] < self._now()
         ]
+        return self._loaded(rows[:limit])
+
+    async def to_pass_over(self, limit: int, margin: timedelta) -> list[Submission]:
+        rows = []
+        for row in self._store.rows.values():
+            if row["state"] != S.WAITING or row["submit_time"] or not row["fallbacks"]:
+                continue
+            gate = self._store.gates.get(row["provider_id"]) or ProviderGate(row["provider_id"])
+            usable = any(
+                a["provider_id"] == row["provider_id"]
+                and a["state"] == AccountState.ACTIVE
+                and a["credits"] > 0
+                for a in self._store.accounts.values()
+            )
+            if gate.circuit is not Circuit.CLOSED:
+                rows.append(row | {"why": "CIRCUIT_OPEN"})
+            elif not usable:
+                rows.append(row | {"why": "NO_USABLE_ACCOUNT"})
         return self._loaded(rows[:limit])
 
     async def now(self) -> datetime:
@@ -302,9 +323,8 @@ class ScriptedProvider:
     """A provider whose every answer the test lists in advance: for each submit a result or
     an error, for each status check a status."""
 
-    provider_id = "pika"
-
-    def __init__(self) -> None:
+    def __init__(self, provider_id: str = "pika") -> None:
+        self.provider_id = provider_id
         self.submits: list[GenerationResult | ProviderError] = []
         self.statuses: list[ProviderStatusResult] = []
         self.calls: list[str] = []
@@ -341,6 +361,10 @@ class ScriptedProvider:
     async def cancel(self, credentials: Credentials, provider_job_id: str) -> None:
         self.calls.append(f"cancel {provider_job_id}")
 
+    async def check_account(self, credentials: Credentials) -> int | None:
+        self.calls.append(f"check {credentials.api_key}")
+        return None
+
 
 # ---- the use cases
 
@@ -353,10 +377,11 @@ class Gateway:
     def __init__(self) -> None:
         self.store = Store()
         self.provider = ScriptedProvider()
+        self.fallback = ScriptedProvider("runway")
         self.cipher = CredentialCipher(f"k1:{new_key()}")
         self.service = ProviderService(
             None,  # type: ignore[arg-type]  # every unit of work is a fake one
-            ProviderRegistry({"pika": self.provider}),
+            ProviderRegistry({"pika": self.provider, "runway": self.fallback}),
             self.cipher,
             POLICY,
             replica_id="replica-1",
@@ -365,12 +390,14 @@ class Gateway:
             units=lambda: FakeUnit(self.store),
         )
 
-    def account(self, *, credits: int = 1000, slots: int = 2, priority: int = 0) -> str:
+    def account(
+        self, *, credits: int = 1000, slots: int = 2, priority: int = 0, provider: str = "pika"
+    ) -> str:
         account_id = str(uuid.uuid4())
         key_id, sealed = self.cipher.encrypt({"api_key": f"key-{priority}"}, account_id)
         self.store.accounts[account_id] = {
             "id": account_id,
-            "provider_id": "pika",
+            "provider_id": provider,
             "credits": credits,
             "max_concurrency": slots,
             "in_flight": 0,
@@ -727,3 +754,86 @@ async def test_inputs_that_cannot_be_read_now_cost_no_attempt_and_no_circuit() -
         "pika" not in gateway.store.gates or gateway.store.gates["pika"].circuit is Circuit.CLOSED
     )
     assert gateway.provider.calls == []
+
+
+# ---- fallback across providers
+
+RUNWAY_FALLBACK = [{"provider_id": "runway", "params": {"duration": 10}}]
+
+
+async def test_retries_exhausted_on_one_provider_go_on_with_the_next_fallback(
+    gateway: Gateway,
+) -> None:
+    gateway.account()
+    runway = gateway.account(provider="runway")
+    job_id = await gateway.submitted(fallbacks=RUNWAY_FALLBACK)
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "503")] * 3
+    gateway.fallback.submits = [ProviderError(ErrorKind.TRANSIENT, "503"), GenerationResult("r")]
+    for _ in range(6):
+        await gateway.service.dispatch_once(10)
+        gateway.store.clock.advance(60)
+    attempts = gateway.store.attempts_of(job_id)
+    assert [(a["provider_id"], a["state"]) for a in attempts] == [
+        ("pika", S.FAILED),
+        ("pika", S.FAILED),
+        ("pika", S.FAILED),
+        ("runway", S.FAILED),  # its own retries, counted anew
+        ("runway", S.RUNNING),
+    ]
+    assert [a["previous_submission_id"] for a in attempts[1:]] == [a["id"] for a in attempts[:-1]]
+    assert attempts[3]["request"]["params"] == {"duration": 10}
+    assert (attempts[3]["provider_first_attempt"], attempts[3]["fallbacks"]) == (3, [])
+    assert gateway.published(Failed) == []  # the job never failed
+    assert gateway.ledger(runway) == (1, 990)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ProviderError(ErrorKind.CONTENT_REJECTED, "nsfw"),
+        ProviderError(ErrorKind.INVALID_PARAMETERS, "bad ratio"),
+    ],
+)
+async def test_moderation_and_invalid_input_never_fall_back(
+    gateway: Gateway, error: ProviderError
+) -> None:
+    gateway.account()
+    gateway.account(provider="runway")
+    job_id = await gateway.submitted(fallbacks=RUNWAY_FALLBACK)
+    gateway.provider.submits = [error]
+    await gateway.service.dispatch_once(10)
+    assert [a["provider_id"] for a in gateway.store.attempts_of(job_id)] == ["pika"]
+    (failed,) = gateway.published(Failed)
+    assert failed.code == error.kind.value  # type: ignore[attr-defined]
+    assert gateway.fallback.calls == []
+
+
+async def test_an_attempt_whose_outcome_is_unknown_never_falls_back(gateway: Gateway) -> None:
+    account = gateway.account()
+    gateway.account(provider="runway")
+    job_id = await gateway.submitted(fallbacks=RUNWAY_FALLBACK)
+    (row,) = gateway.store.attempts_of(job_id)
+    row |= {"retry_attempt": POLICY.max_retries, "state": S.SUBMITTING, "account_id": account}
+    row |= {"lease_until": gateway.store.clock.now - timedelta(seconds=1), "reserved_credits": 10}
+    gateway.store.accounts[account] |= {"in_flight": 1}
+    await gateway.service.recover_once()
+    # Its task may still run at pika: the job fails rather than run on runway as well.
+    assert [a["provider_id"] for a in gateway.store.attempts_of(job_id)] == ["pika"]
+    (failed,) = gateway.published(Failed)
+    assert failed.code == "RETRIES_EXHAUSTED"  # type: ignore[attr-defined]
+
+
+async def test_an_unsent_job_passes_over_a_provider_without_a_usable_account(
+    gateway: Gateway,
+) -> None:
+    gateway.account(credits=0)  # pika: exhausted
+    gateway.account(provider="runway")
+    job_id = await gateway.submitted(fallbacks=RUNWAY_FALLBACK)
+    assert await gateway.service.fallback_once() == 1
+    (row,) = gateway.store.attempts_of(job_id)
+    assert (row["provider_id"], row["state"], row["retry_attempt"]) == ("runway", S.WAITING, 0)
+    assert row["passed_over"] == [{"provider_id": "pika", "why": "NO_USABLE_ACCOUNT"}]
+    gateway.fallback.submits = [GenerationResult("r")]
+    assert await gateway.service.dispatch_once(10) == 1
+    assert gateway.provider.calls == []
+    assert await gateway.service.fallback_once() == 0  # no fallback left to go on with

@@ -15,6 +15,7 @@ from pixsim_cli.connection import CliError, Exit, explain
 from pixsim_cli.jobs import (
     operation_value,
     parse_duration,
+    parse_fallback,
     parse_input,
     parse_params,
     parse_priority,
@@ -134,3 +135,11 @@ def test_a_webhook_names_its_events() -> None:
     for url, events in ((None, ["completed"]), ("https://example.com", ["soon"])):
         with pytest.raises(CliError):
             parse_webhook(url, events)
+
+
+def test_a_fallback_names_its_provider_and_its_own_params() -> None:
+    plain = parse_fallback("runway")
+    assert (plain.provider_id, dict(plain.params)) == ("runway", {})
+    tuned = parse_fallback("runway:duration=10,ratio=1280:720")
+    assert tuned.provider_id == "runway"
+    assert dict(tuned.params) == {"duration": 10, "ratio": "1280:720"}

@@ -151,3 +151,50 @@ def _problem(spec: gw_pb.ParameterSpec, value: Any) -> str | None:
         if spec.HasField("maximum") and value > spec.maximum:
             return f"must be at most {spec.maximum:g}"
     return None
+
+
+async def check_fallbacks(
+    job: job_pb.Job, catalog: ProviderCatalog, token: str
+) -> list[gw_pb.OperationCapability]:
+    """Each fallback's capability for the job's operation, checked as the job's own provider
+    is (with the fallback's params): INVALID_ARGUMENT naming `job.fallbacks[i]...` for
+    every one that cannot do it, an unknown provider or an unsupported operation included."""
+    capabilities: list[gw_pb.OperationCapability] = []
+    violations: list[FieldViolation] = []
+    for index, fallback in enumerate(job.fallbacks):
+        at = f"job.fallbacks[{index}]"
+        if fallback.provider_id == job.provider_id:
+            violations.append(
+                FieldViolation(f"{at}.provider_id", "is the job's own provider", "SAME_PROVIDER")
+            )
+            continue
+        candidate = job_pb.Job()
+        candidate.CopyFrom(job)
+        candidate.provider_id = fallback.provider_id
+        candidate.params.CopyFrom(fallback.params)
+        try:
+            provider = await catalog.get(fallback.provider_id, token)
+            capabilities.append(check_request(candidate, provider))
+        except InvalidArgument as refused:
+            violations += [
+                FieldViolation(
+                    v.field.replace("job.params", f"{at}.params").replace(
+                        "job.provider_id", f"{at}.provider_id"
+                    ),
+                    v.description,
+                    v.reason,
+                )
+                for v in refused.violations
+            ]
+        except FailedPrecondition as unsupported:
+            violations.append(
+                FieldViolation(f"{at}.provider_id", unsupported.message, unsupported.reason)
+            )
+    if violations:
+        raise InvalidArgument(
+            "a fallback cannot do this job: "
+            + "; ".join(f"{v.field}: {v.description}" for v in violations[:3]),
+            violations,
+            reason="INVALID_FALLBACK",
+        )
+    return capabilities

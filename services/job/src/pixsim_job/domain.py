@@ -111,6 +111,8 @@ class GenerationFinished:
 
     retry_count: int
     provider_end_time: datetime
+    # Whose task it was: the job's provider or one of its fallbacks.
+    provider_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,8 @@ class Job:
     error_message: str = ""
     retry_count: int = 0
     asset_id: str = ""
+    # The provider whose task made the asset (the job's own or a fallback).
+    asset_provider_id: str = ""
     request_id: str = ""
     request_hash: str = ""
     create_time: datetime | None = None
@@ -237,6 +241,7 @@ class Job:
             if self.provider_end_time is not None:
                 return False
             self.provider_end_time = fact.provider_end_time
+            self.asset_provider_id = fact.provider_id or self.provider_id
             self.update_time = now
             return True
         timed = False
@@ -285,5 +290,6 @@ class Job:
         self.error_code = self.error_message = ""
         self.start_time = self.complete_time = self.queue_time = None
         self.dispatch_time = self.provider_start_time = self.provider_end_time = None
+        self.asset_provider_id = ""
         # A retry is a try the caller asks for now: the first try's deadlines are past it.
         self.start_deadline_time = self.run_deadline_time = None

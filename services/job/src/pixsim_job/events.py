@@ -44,7 +44,7 @@ def subscriptions(service: JobService) -> list[Subscription]:
     ) -> None:
         end = time_of(event, "complete_time")
         if end is not None:
-            fact = GenerationFinished(event.job_retry_count, end)
+            fact = GenerationFinished(event.job_retry_count, end, event.provider_id)
             await service.learn(session, event.job_id, event.user_id, fact)
 
     async def failed(

@@ -52,6 +52,7 @@ jobs = Table(
     Column("error_message", Text, nullable=False, server_default=""),
     Column("retry_count", Integer, nullable=False, server_default="0"),
     Column("asset_id", Text, nullable=False, server_default=""),
+    Column("asset_provider_id", Text, nullable=False, server_default=""),
     Column("request_id", Text),
     # sha256 of the request as the caller sent it: the same request_id means the same request.
     Column("request_hash", Text),
@@ -135,6 +136,7 @@ def to_job(row: Row[Any]) -> Job:
         error_message=row.error_message,
         retry_count=row.retry_count,
         asset_id=row.asset_id,
+        asset_provider_id=row.asset_provider_id,
         request_id=row.request_id or "",
         request_hash=row.request_hash or "",
         create_time=row.create_time,
@@ -248,6 +250,7 @@ async def save(session: AsyncSession, job: Job) -> Job:
                 error_message=job.error_message,
                 retry_count=job.retry_count,
                 asset_id=job.asset_id,
+                asset_provider_id=job.asset_provider_id,
                 start_time=job.start_time,
                 complete_time=job.complete_time,
                 start_deadline_time=job.start_deadline_time,

@@ -50,6 +50,11 @@ def stored_to_proto(job: Job) -> pb.Job:
         dispatch_time=to_timestamp(job.dispatch_time),
         provider_start_time=to_timestamp(job.provider_start_time),
         provider_end_time=to_timestamp(job.provider_end_time),
+        asset_provider_id=job.asset_provider_id,
+        fallbacks=[
+            json_format.ParseDict(f, pb.Fallback(), ignore_unknown_fields=True)
+            for f in job.request.get("fallbacks", [])
+        ],
     )
     if job.webhook is not None:
         message.webhook.url = job.webhook["url"]

@@ -38,7 +38,12 @@ from pixsim_common.timestamps import from_request, now_timestamp, to_timestamp
 from pixsim_common.topics import MAX_EVENT_BYTES
 from pixsim_common.validation import validate
 from pixsim_job import repository as repo
-from pixsim_job.capabilities import LiveStatus, ProviderCatalog, check_request
+from pixsim_job.capabilities import (
+    LiveStatus,
+    ProviderCatalog,
+    check_fallbacks,
+    check_request,
+)
 from pixsim_job.domain import Fact, IllegalTransition, Job, JobState
 from pixsim_job.inputs import InputResolver
 from pixsim_job.metrics import JOB_OVERHEAD
@@ -87,6 +92,8 @@ class JobService:
         spec = pb.Job()
         spec.CopyFrom(request.job)
         inputs = await self._resolver.resolve(spec.inputs, identity.token, capability)
+        for fallback in await check_fallbacks(request.job, self._catalog, identity.token):
+            await self._resolver.resolve(spec.inputs, identity.token, fallback)  # its limits
         del spec.inputs[:]
         spec.inputs.extend(inputs)
         now = _now()
@@ -105,6 +112,7 @@ class JobService:
                 "prompt": spec.prompt,
                 "inputs": [json_format.MessageToDict(i) for i in spec.inputs],
                 "params": json_format.MessageToDict(spec.params),
+                "fallbacks": [json_format.MessageToDict(f) for f in spec.fallbacks],
             },
         )
         submitted = submitted_event(job, spec)
@@ -458,6 +466,7 @@ def request_fingerprint(job: pb.Job) -> str:
         labels=job.labels,
         priority=job.priority,
         webhook=job.webhook if job.HasField("webhook") else None,
+        fallbacks=job.fallbacks,
     )
     for deadline in ("start_deadline", "run_deadline"):
         given = job.WhichOneof(deadline)
@@ -490,6 +499,7 @@ def submitted_event(job: Job, spec: pb.Job) -> events_pb2.JobSubmitted:
         start_deadline_time=to_timestamp(job.start_deadline_time),
         run_deadline_time=to_timestamp(job.run_deadline_time),
         priority=pb.Job.Priority.Value(f"PRIORITY_{job.priority}"),
+        fallbacks=list(spec.fallbacks),
     )
 
 

@@ -290,8 +290,14 @@ class Failed:
 
 
 SubmissionEvent = Queued | Started | Completed | Failed
+# The failures of a job's attempts on one provider that another provider might not have:
+# those go on with the job's next fallback (moderation and invalid input never do).
+FALLS_BACK = frozenset({"RETRIES_EXHAUSTED"})
 # What a retry takes over from the attempt before it: the job's request and its place.
 _CARRIED_TO_THE_NEXT_ATTEMPT = (
+    "fallbacks",
+    "provider_first_attempt",
+    "passed_over",
     "job_id",
     "user_id",
     "provider_id",
@@ -438,10 +444,19 @@ class Submission:
         )
 
     def refused(
-        self, kind: ErrorKind, message: str, verdict: Verdict, new_id: str, policy: RetryPolicy
+        self,
+        kind: ErrorKind,
+        message: str,
+        verdict: Verdict,
+        new_id: str,
+        policy: RetryPolicy,
+        *,
+        outcome_known: bool = True,
     ) -> Submission | None:
-        """The attempt failed with `kind`: the one that follows it (by `verdict`), if any;
-        else the job fails."""
+        """The attempt failed with `kind`: the one that follows it (by `verdict`), if any: a
+        retry on the same provider, or the job's next fallback when the provider could not
+        do it and another might (only once this attempt's outcome is known, so no two
+        providers ever run the job at once); else the job fails."""
         self._move(
             SubmissionState.FAILED,
             error_code=kind.value,
@@ -451,10 +466,41 @@ class Submission:
             lease_until=None,
         )
         if verdict.action is AttemptAction.RETRY:
-            delay = timedelta(seconds=retry_delay(self.retry_attempt + 1, policy))
+            retries_here = self.retry_attempt - self.provider_first_attempt
+            delay = timedelta(seconds=retry_delay(retries_here + 1, policy))
             return self._next_attempt(new_id, delay)
-        self._events.append(Failed(self, verdict.error_code or kind.value, message))
+        code = verdict.error_code or kind.value
+        if code in FALLS_BACK and self.fallbacks and outcome_known:
+            return self._on_next_fallback(new_id)
+        self._events.append(Failed(self, code, message))
         return None
+
+    def _on_next_fallback(self, new_id: str) -> Submission:
+        """The job's next attempt, on its next fallback provider, with that one's params."""
+        following = self._next_attempt(new_id, timedelta(0))
+        fallback, *rest = self.fallbacks
+        following._record |= {
+            "provider_id": fallback["provider_id"],
+            "request": {**self.request, "params": fallback.get("params") or {}},
+            "payload": None,
+            "fallbacks": rest,
+            "provider_first_attempt": self.retry_attempt + 1,
+            "passed_over": self.passed_over,
+        }
+        return following
+
+    def pass_over(self, why: str) -> None:
+        """Nothing was sent yet and its provider cannot take it (`why`): the same attempt
+        goes on with the job's next fallback provider instead."""
+        fallback, *rest = self.fallbacks
+        self.changes |= {
+            "provider_id": fallback["provider_id"],
+            "request": {**self.request, "params": fallback.get("params") or {}},
+            "payload": None,
+            "fallbacks": rest,
+            "passed_over": [*self.passed_over, {"provider_id": self.provider_id, "why": why}],
+            "available_at": NOW,
+        }
 
     def fail(self, code: str, message: str, **also: Any) -> None:
         """The job fails now with `code`, without another attempt."""

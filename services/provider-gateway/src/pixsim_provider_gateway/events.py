@@ -72,6 +72,10 @@ async def on_job_submitted(
             "turn_at": FromNow(turn_delay(priority, aging)),
             "start_deadline_at": time_of(event, "start_deadline_time"),
             "run_deadline_at": time_of(event, "run_deadline_time"),
+            "fallbacks": [
+                {"provider_id": f.provider_id, "params": json_format.MessageToDict(f.params)}
+                for f in event.fallbacks
+            ],
         }
     )
     if await attempts.add(first):  # else a redelivery of a chain we have

@@ -44,6 +44,9 @@ def account_to_proto(row: Row[Any]) -> pb.Account:
         in_flight=row.in_flight,
         create_time=to_timestamp(row.create_time),
         update_time=to_timestamp(row.update_time),
+        provider_credits=row.provider_credits,
+        provider_credits_time=to_timestamp(row.provider_credits_time),
+        check_time=to_timestamp(row.check_time),
     )
 
 

@@ -23,6 +23,7 @@ from pixsim_provider_gateway.grpc_api import ProviderGatewayApi
 from pixsim_provider_gateway.inputs import InputFiles
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service import ProviderService
+from pixsim_provider_gateway.service.health import AccountHealth
 from pixsim_provider_gateway.settings import Settings
 from pixsim_provider_gateway.workers import gateway_workers
 
@@ -89,6 +90,12 @@ async def build(settings: ServiceSettings) -> ServiceApp:
             CloseOnStop(lambda: assets.close(None)),
             *gateway_workers(
                 service(kit),
+                AccountHealth(
+                    kit.sessions,
+                    registry,
+                    cipher,
+                    every=timedelta(seconds=settings.account_check_seconds),
+                ),
                 kit.sessions,
                 settings.database_url.get_secret_value(),
                 dispatch_batch=settings.dispatch_batch,

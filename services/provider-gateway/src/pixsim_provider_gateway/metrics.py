@@ -61,3 +61,15 @@ PROVIDER_PAUSED = Gauge(
 def circuit_moved(provider: str, to: str) -> None:
     CIRCUIT_CHANGES.labels(provider, to).inc()
     CIRCUIT_STATE.labels(provider).set(CIRCUIT_LEVELS[to])
+
+
+ACCOUNT_CHECKS = Counter(
+    "pixsim_gateway_account_checks_total",
+    "Periodic checks of an account's key with its provider, by outcome",
+    ["provider", "outcome"],
+)
+ACCOUNT_CREDIT_DRIFT = Gauge(
+    "pixsim_gateway_account_credit_drift",
+    "The gateway's ledger minus the provider's own balance, at the last check",
+    ["provider", "account"],
+)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     column,
     func,
     select,
@@ -70,6 +71,10 @@ accounts = Table(
     Column("cooldown_until", DateTime(timezone=True)),
     # Calls on it that failed in a row (`domain.counts_against_circuit`); a success resets it.
     Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    # What the provider last reported of its credits, when; when its key was last checked.
+    Column("provider_credits", BigInteger),
+    Column("provider_credits_time", DateTime(timezone=True)),
+    Column("check_time", DateTime(timezone=True)),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("in_flight >= 0 AND in_flight <= max_concurrency", name="slots_in_range"),
@@ -123,6 +128,12 @@ submissions = Table(
     # retry keeps the place of the attempt before it.
     Column("turn_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("provider_cancel_pending", Boolean, nullable=False, server_default="false"),
+    # The providers the job may go on with, in order ([{provider_id, params}]), the attempt
+    # at which its current provider began (retries count per provider), and the providers
+    # passed over before anything was sent to them ([{provider_id, why}]).
+    Column("fallbacks", JSONB, nullable=False, server_default="[]"),
+    Column("provider_first_attempt", Integer, nullable=False, server_default="0"),
+    Column("passed_over", JSONB, nullable=False, server_default="[]"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("submit_time", DateTime(timezone=True)),
     Column("complete_time", DateTime(timezone=True)),
@@ -440,6 +451,40 @@ _PASSED_DEADLINE = text(
 ).columns(*submissions.c, column("why", Text))
 
 
+# Waiting attempts, never sent, whose provider cannot take them now while the job has a
+# fallback, each with `why`: its circuit is not closed, it has no account that could ever
+# take it (none ACTIVE with credits), or the job's start deadline is about to pass and no
+# account of it has a free slot now.
+_PASSED_OVER = text(
+    f"""
+    SELECT {_COLUMNS},
+           CASE WHEN coalesce(g.circuit <> 'CLOSED', false) THEN 'CIRCUIT_OPEN'
+                WHEN NOT EXISTS (
+                    SELECT 1 FROM provider_accounts a
+                    WHERE a.provider_id = s.provider_id AND a.state = 'ACTIVE' AND a.credits > 0
+                ) THEN 'NO_USABLE_ACCOUNT'
+                ELSE 'START_DEADLINE_NEAR' END AS why
+    FROM provider_submissions s
+    LEFT JOIN provider_states g ON g.provider_id = s.provider_id
+    WHERE s.state = 'WAITING' AND s.submit_time IS NULL AND s.fallbacks <> '[]'::jsonb
+      AND (coalesce(g.circuit <> 'CLOSED', false)
+           OR NOT EXISTS (
+               SELECT 1 FROM provider_accounts a
+               WHERE a.provider_id = s.provider_id AND a.state = 'ACTIVE' AND a.credits > 0
+           )
+           OR (coalesce(s.start_deadline_at < now() + :margin, false)
+               AND NOT EXISTS (
+                   SELECT 1 FROM provider_accounts a
+                   WHERE a.provider_id = s.provider_id AND a.state = 'ACTIVE'
+                     AND a.credits > 0 AND a.in_flight < a.max_concurrency
+                     AND (a.cooldown_until IS NULL OR a.cooldown_until <= now())
+               )))
+    LIMIT :limit
+    FOR UPDATE OF s SKIP LOCKED
+    """  # noqa: S608 - the column names come from the table definition
+).columns(*submissions.c, column("why", Text))
+
+
 async def passed_deadline(session: AsyncSession, limit: int) -> Sequence[Row[Any]]:
     """Waiting submissions whose job's deadline has passed, locked, each with `why`: the
     START or the RUN deadline."""
@@ -525,6 +570,11 @@ class Submissions:
     async def expired_submitting(self, limit: int) -> list[Submission]:
         return self._loaded(await expired_submitting(self.session, limit))
 
+    async def to_pass_over(self, limit: int, margin: timedelta) -> list[Submission]:
+        """Each with `why` (`_PASSED_OVER`); `margin`: how near a start deadline is near."""
+        rows = await self.session.execute(_PASSED_OVER, {"limit": limit, "margin": margin})
+        return self._loaded(rows.all())
+
     async def unfinished_of_job(self, job_id: str, user_id: str) -> list[Submission]:
         """The job's attempts not ended yet, locked."""
         rows = await self.session.execute(
@@ -588,6 +638,23 @@ class Submissions:
         collect(self.session, [self._publish(event) for event in attempt.take_events()])
 
 
+_RECORD_BALANCE = text(
+    """
+    WITH before AS (SELECT id, credits FROM provider_accounts WHERE id = :id)
+    UPDATE provider_accounts AS a SET
+        provider_credits = :balance,
+        provider_credits_time = now(),
+        credits = CASE WHEN a.in_flight = 0 AND a.state IN ('ACTIVE', 'EXHAUSTED')
+                       THEN greatest(:balance, 0) ELSE a.credits END,
+        state = CASE WHEN a.in_flight = 0 AND a.state = 'EXHAUSTED' AND :balance > 0
+                     THEN 'ACTIVE' ELSE a.state END,
+        update_time = now()
+    FROM before WHERE a.id = before.id
+    RETURNING before.credits
+    """
+).bindparams(bindparam("id", type_=UUID(as_uuid=False)), bindparam("balance", type_=BigInteger))
+
+
 class Accounts:
     """The provider accounts: their slots and credits (the ledger), and their records."""
 
@@ -640,11 +707,46 @@ class Accounts:
         )
         return list(rows.all())
 
+    async def due_for_check(self, every: timedelta, limit: int) -> list[Row[Any]]:
+        """Accounts whose key was not checked for `every` (ACTIVE, EXHAUSTED or DRAINING),
+        claimed: their `check_time` is now, so no other replica checks them meanwhile."""
+        due = (
+            select(accounts.c.id)
+            .where(
+                accounts.c.state.in_(
+                    [AccountState.ACTIVE, AccountState.EXHAUSTED, AccountState.DRAINING]
+                ),
+                (accounts.c.check_time.is_(None)) | (accounts.c.check_time < func.now() - every),
+            )
+            .order_by(accounts.c.check_time.nulls_first())
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = await self.session.execute(
+            update(accounts)
+            .where(accounts.c.id.in_(due.scalar_subquery()))
+            .values(check_time=func.now())
+            .returning(*accounts.c)
+        )
+        return list(rows.all())
+
+    async def record_balance(self, account_id: str, balance: int) -> int | None:
+        """The provider's own figure for the account. The ledger takes it while nothing
+        runs on the account (a task in flight holds a reservation the provider may not have
+        charged yet); an EXHAUSTED account with credits again is ACTIVE. One statement, so
+        the row is locked for no longer than a reservation would wait. The ledger's
+        credits before, or None for an account that is gone."""
+        ledger = await self.session.scalar(_RECORD_BALANCE, {"id": account_id, "balance": balance})
+        return None if ledger is None else int(ledger)
+
     async def get(self, account_id: str, *, lock: bool = False) -> Row[Any] | None:
         query = select(accounts).where(accounts.c.id == account_id)
         return (await self.session.execute(query.with_for_update() if lock else query)).first()
 
     async def create(self, **values: Any) -> Row[Any]:
+        # Its first key check comes a check period later: the job it is made for goes
+        # first, rather than find its row locked by a check.
+        values.setdefault("check_time", func.now())
         return (
             await self.session.execute(insert(accounts).values(**values).returning(*accounts.c))
         ).one()

@@ -52,3 +52,5 @@ class Settings(ServiceSettings):
     circuit_account_failures: int = Field(default=3, ge=1, le=1000)
     circuit_open_seconds: float = Field(default=30.0, gt=0)
     circuit_open_cap_seconds: float = Field(default=600.0, gt=0)
+    # How often each account's key is checked with its provider (and its balance read).
+    account_check_seconds: float = Field(default=60.0, gt=0)

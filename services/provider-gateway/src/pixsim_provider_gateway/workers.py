@@ -14,6 +14,7 @@ from pixsim_common.notify import Listener
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.service import ProviderService
+from pixsim_provider_gateway.service.health import AccountHealth
 
 log = structlog.get_logger("pixsim.gateway.workers")
 
@@ -37,6 +38,7 @@ async def refresh_metrics(sessions: async_sessionmaker[AsyncSession]) -> int:
 
 def gateway_workers(
     service: ProviderService,
+    health: AccountHealth,
     sessions: async_sessionmaker[AsyncSession],
     database_url: str,
     *,
@@ -52,5 +54,9 @@ def gateway_workers(
         Loop("recover", service.recover_once, idle=5.0),
         # A deadline is kept to within about this idle time.
         Loop("expire", service.expire_once, idle=0.5),
+        # A job whose provider cannot take it goes on to its fallback within about this.
+        Loop("fallback", service.fallback_once, idle=0.5),
         Loop("metrics", lambda: refresh_metrics(sessions), idle=5.0),
+        # Keys and balances: each account about every ACCOUNT_CHECK_SECONDS.
+        Loop("account-checks", health.once, idle=1.0),
     ]

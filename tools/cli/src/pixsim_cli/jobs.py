@@ -74,6 +74,13 @@ def parse_params(pairs: list[str]) -> struct_pb2.Struct:
     return params
 
 
+def parse_fallback(text: str) -> pb.Fallback:
+    """`runway` or `runway:duration=10,ratio=1280:720`."""
+    provider, _, params = text.partition(":")
+    pairs = [pair for pair in params.split(",") if pair] if params else []
+    return pb.Fallback(provider_id=provider, params=parse_params(pairs))
+
+
 @app.command()
 def create(
     provider: Annotated[str, typer.Option(help="pixverse, runway or pika.")],
@@ -118,6 +125,13 @@ def create(
     run_within: Annotated[
         str | None, typer.Option(help="Run deadline, e.g. 10m: not done by then, it FAILS.")
     ] = None,
+    fallback: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="PROVIDER[:KEY=VALUE,...]: go on with it when the provider cannot; repeatable,"
+            " in order."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
 ) -> None:
     """Create a job; with --wait, show its progress and the stored asset at the end."""
@@ -143,6 +157,7 @@ def create(
                     ]
                 ],
                 params=parse_params(param or []),
+                fallbacks=[parse_fallback(f) for f in fallback or []],
             ),
             request_id=request_id,
         ),

@@ -19,9 +19,12 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pixsim_provider_sim.inputs import Received, Refused, take
 from pixsim_provider_sim.inputs import fetch as fetch_input
@@ -789,6 +792,42 @@ def create_app(seed: int = 0, url_ttl_s: float = 86400.0) -> Starlette:
         Route("/_sim/reset", sim.reset, methods=["POST"]),
         Route("/_sim/keys/{key:str}", sim.configure_key, methods=["PUT"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(RevokedKeys, state=simulator.state)])
     app.state.simulator = simulator
     return app
+
+
+class RevokedKeys:
+    """A key the provider revoked (`revoked` knob) is refused on every call, as each provider
+    refuses one: balance and status checks too, not only submits."""
+
+    def __init__(self, app: ASGIApp, state: SimState) -> None:
+        self._app, self._state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            path: str = scope["path"]
+            key = _key_of(path, headers)
+            if key is not None and key in self._state.keys and self._state.keys[key].revoked:
+                self._state.stats_of(key).calls += 1
+                await _refusal_of(path)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+def _key_of(path: str, headers: Headers) -> str | None:
+    if path.startswith("/openapi/"):
+        return headers.get("api-key")
+    _scheme, _, key = headers.get("authorization", "").partition(" ")
+    if path.startswith(("/v1/", "/fal-ai/")) and key:
+        return key
+    return None
+
+
+def _refusal_of(path: str) -> Response:
+    if path.startswith("/openapi/"):  # PixVerse answers in its envelope
+        return JSONResponse({"ErrCode": 10002, "ErrMsg": "invalid API key", "Resp": None}, 401)
+    if path.startswith("/fal-ai/"):
+        return JSONResponse({"detail": "No user found for Key ID and Secret"}, status_code=401)
+    return JSONResponse({"error": "Unauthorized"}, status_code=401)

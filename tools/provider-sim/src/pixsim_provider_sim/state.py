@@ -53,6 +53,8 @@ class KeyConfig:
     credits: int = 1_000_000
     # How long this key's output URLs work (None: the simulator's `--url-ttl`).
     url_ttl_s: float | None = None
+    # Revoked by the provider: every call with it is refused (401), balance checks too.
+    revoked: bool = False
 
 
 @dataclass

@@ -281,6 +281,12 @@ class Provider(Protocol):
         """Cancel at the provider; `NotImplementedError` where the provider cannot."""
         ...
 
+    async def check_account(self, credentials: Credentials) -> int | None:
+        """A cheap call that proves the key works: the account's credit balance where the
+        provider has a balance API, else None; `ProviderError(ACCOUNT_INVALID)` for a key
+        the provider refuses."""
+        ...
+
 
 def check_request(capabilities: Capabilities, request: GenerationRequest) -> dict[str, Any]:
     """Validate `request` against the operation's spec; the parameters with defaults filled.

@@ -39,6 +39,8 @@ from pixsim_provider_gateway.providers.http import (
 )
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
+# A request id no submit ever makes: its status checks a key without touching any task.
+NO_REQUEST = "00000000-0000-4000-8000-000000000000"
 APP = "/fal-ai/pika"
 VERSION = "v2.2"
 
@@ -217,6 +219,19 @@ class PikaProvider:
         if response.status_code != 200:
             raise self._error(response)
         return GenerationResult(provider_job_id=str(response.json()["request_id"]))
+
+    async def check_account(self, credentials: Credentials) -> int | None:
+        """fal has no balance on its queue host: the status of a request that cannot exist
+        proves the key (404 for a key it knows, 401 or 403 for one it refuses)."""
+        response = await send(
+            self._client,
+            "GET",
+            f"{APP}/requests/{NO_REQUEST}/status",
+            headers=self._headers(credentials),
+        )
+        if response.status_code in (200, 202, 404):
+            return None
+        raise self._error(response)
 
     async def check_status(
         self, credentials: Credentials, provider_job_id: str

@@ -301,6 +301,13 @@ class PixverseProvider:
         resp = await self._call("POST", payload["path"], credentials, json=body)
         return GenerationResult(provider_job_id=str(resp["video_id"]))
 
+    async def check_account(self, credentials: Credentials) -> int | None:
+        """`GET /openapi/v2/account/balance`: monthly and package credits together."""
+        resp = await self._call("GET", "/openapi/v2/account/balance", credentials)
+        credits = [resp.get(k) for k in ("credit_monthly", "credit_package")]
+        numbers = [int(c) for c in credits if isinstance(c, int | float)]
+        return sum(numbers) if numbers else None
+
     async def check_status(
         self, credentials: Credentials, provider_job_id: str
     ) -> ProviderStatusResult:

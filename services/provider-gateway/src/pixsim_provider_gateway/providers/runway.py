@@ -293,6 +293,16 @@ class RunwayProvider:
         cost = (body.get("estimatedCost") or {}).get("credits")
         return GenerationResult(provider_job_id=str(body["id"]), estimated_cost=cost)
 
+    async def check_account(self, credentials: Credentials) -> int | None:
+        """`GET /v1/organization`: the organization's `creditBalance`."""
+        response = await send(
+            self._client, "GET", "/v1/organization", headers=self._headers(credentials)
+        )
+        if response.status_code != 200:
+            raise self._error(response)
+        balance = (json_body(response) or {}).get("creditBalance")
+        return int(balance) if isinstance(balance, int | float) else None
+
     async def check_status(
         self, credentials: Credentials, provider_job_id: str
     ) -> ProviderStatusResult:

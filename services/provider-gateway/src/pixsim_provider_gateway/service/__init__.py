@@ -78,5 +78,8 @@ class ProviderService:
     async def expire_once(self, limit: int = 100) -> int:
         return await self.recover.expired(limit)
 
+    async def fallback_once(self, limit: int = 100) -> int:
+        return await self.recover.passed_over(limit)
+
     async def event_set_aside(self, session: AsyncSession, row: SetAside) -> None:
         await self.recover.event_set_aside(session, row)

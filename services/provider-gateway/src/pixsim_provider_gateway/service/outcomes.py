@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import structlog
+
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import (
     AccountEffect,
@@ -18,6 +20,7 @@ from pixsim_provider_gateway.domain import (
 from pixsim_provider_gateway.providers.base import ProviderError
 from pixsim_provider_gateway.service.units import Unit
 
+log = structlog.get_logger("pixsim.gateway")
 _MARKS = {
     AccountEffect.EXHAUSTED: AccountState.EXHAUSTED,
     AccountEffect.INVALID: AccountState.INVALID,
@@ -31,12 +34,14 @@ async def settle_failure(
     policy: RetryPolicy,
     *,
     accepted: bool = False,
+    outcome_known: bool = True,
 ) -> Verdict:
     """End or requeue `attempt` as `domain.judge` says of `error` (its account's slot is
-    already settled by the caller); `accepted`: the provider had taken the task."""
+    already settled by the caller); `accepted`: the provider had taken the task;
+    `outcome_known`: whether it surely did not run there (else it falls back to no one)."""
     verdict = judge(
         error.kind,
-        retry_attempt=attempt.retry_attempt,
+        retry_attempt=attempt.retry_attempt - attempt.provider_first_attempt,
         retry_after=error.retry_after,
         policy=policy,
         accepted=accepted,
@@ -51,8 +56,17 @@ async def settle_failure(
         attempt.requeue()
         await unit.submissions.save(attempt)
         return verdict
-    follow = attempt.refused(error.kind, error.message, verdict, repo.new_id(), policy)
+    follow = attempt.refused(
+        error.kind, error.message, verdict, repo.new_id(), policy, outcome_known=outcome_known
+    )
     await unit.submissions.save(attempt)
     if follow is not None:
         await unit.submissions.add(follow)
+        if follow.provider_id != attempt.provider_id:
+            log.info(
+                "falling back to the next provider",
+                job=attempt.job_id,
+                failed_on=attempt.provider_id,
+                next=follow.provider_id,
+            )
     return verdict

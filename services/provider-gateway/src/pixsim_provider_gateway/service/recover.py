@@ -4,7 +4,9 @@ deadline passed while they waited, and results that could never be announced."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
+import structlog
 from google.protobuf.message import DecodeError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +23,9 @@ from pixsim_provider_gateway.service.units import Unit
 # The error message of an attempt ended by recovery: its outcome at the provider is unknown.
 REPLICA_STOPPED = "the replica submitting this attempt stopped"
 START_DEADLINE_EXCEEDED = "START_DEADLINE_EXCEEDED"
+# A start deadline this near makes a waiting job with a fallback go on to it.
+FALLBACK_DEADLINE_MARGIN = timedelta(seconds=5)
+log = structlog.get_logger("pixsim.gateway")
 
 
 class Recover:
@@ -35,7 +40,8 @@ class Recover:
             for attempt in attempts:
                 await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
                 error = ProviderError(ErrorKind.TRANSIENT, REPLICA_STOPPED)
-                await settle_failure(unit, attempt, error, self._policy)
+                # Its task may be running at the provider: a retry there, never a fallback.
+                await settle_failure(unit, attempt, error, self._policy, outcome_known=False)
             await unit.commit()
         return len(attempts)
 
@@ -51,6 +57,25 @@ class Recover:
                     attempt.fail(START_DEADLINE_EXCEEDED, "not sent by its start deadline")
                 else:
                     attempt.fail("DEADLINE_EXCEEDED", "the job's run deadline passed")
+                await unit.submissions.save(attempt)
+            await unit.commit()
+        return len(attempts)
+
+    async def passed_over(self, limit: int = 100) -> int:
+        """Waiting attempts never sent, whose provider cannot take them (circuit open, no
+        usable account, start deadline near) and whose job has a fallback: they go on with
+        the next provider at once, in their places."""
+        async with self._units() as unit:
+            attempts = await unit.submissions.to_pass_over(limit, FALLBACK_DEADLINE_MARGIN)
+            for attempt in attempts:
+                log.info(
+                    "passing a provider over",
+                    job=attempt.job_id,
+                    provider=attempt.provider_id,
+                    why=attempt.why,
+                    next=attempt.fallbacks[0]["provider_id"],
+                )
+                attempt.pass_over(attempt.why)
                 await unit.submissions.save(attempt)
             await unit.commit()
         return len(attempts)

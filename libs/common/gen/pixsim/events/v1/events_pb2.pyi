@@ -45,6 +45,7 @@ class JobSubmitted(_message.Message):
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     RUN_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     user_id: _builtins.str
     operation_type: _types_pb2.OperationType.ValueType
@@ -67,6 +68,10 @@ class JobSubmitted(_message.Message):
 
     @_builtins.property
     def run_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[_job_service_pb2.Fallback]:
+        """The providers to go on with, in order (Job.fallbacks), checked at CreateJob."""
+
     def __init__(
         self,
         *,
@@ -82,10 +87,11 @@ class JobSubmitted(_message.Message):
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         priority: _job_service_pb2.Job.Priority.ValueType = ...,
+        fallbacks: _abc.Iterable[_job_service_pb2.Fallback] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "run_deadline_time", b"run_deadline_time", "start_deadline_time", b"start_deadline_time", "submit_time", b"submit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "job_id", b"job_id", "operation_type", b"operation_type", "params", b"params", "priority", b"priority", "prompt", b"prompt", "provider_id", b"provider_id", "retry_count", b"retry_count", "run_deadline_time", b"run_deadline_time", "start_deadline_time", b"start_deadline_time", "submit_time", b"submit_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallbacks", b"fallbacks", "inputs", b"inputs", "job_id", b"job_id", "operation_type", b"operation_type", "params", b"params", "priority", b"priority", "prompt", b"prompt", "provider_id", b"provider_id", "retry_count", b"retry_count", "run_deadline_time", b"run_deadline_time", "start_deadline_time", b"start_deadline_time", "submit_time", b"submit_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -148,6 +148,8 @@ class Job(_message.Message):
     PROVIDER_DURATION_FIELD_NUMBER: _builtins.int
     OVERHEAD_DURATION_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    ASSET_PROVIDER_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
@@ -178,6 +180,8 @@ class Job(_message.Message):
     """
     progress: _builtins.float
     provider_state: _builtins.str
+    asset_provider_id: _builtins.str
+    """The provider that produced the asset: `provider_id` or one of the fallbacks."""
     priority: Global___Job.Priority.ValueType
     """Answered as NORMAL when not given."""
     @_builtins.property
@@ -230,6 +234,15 @@ class Job(_message.Message):
         """Where to push the job's changes (Standard Webhooks, signed with the caller's secret)."""
 
     @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fallback]:
+        """Providers to go on with, in order, when this one cannot do the job: its attempts failed
+        in a way another provider could avoid (retries exhausted, the task unfinished in time),
+        or, before anything was sent, it has no usable account, its circuit is open or the start
+        deadline is about to pass. Moderation and invalid input do not fall back. Each is
+        checked at CreateJob against its provider's capabilities, with its own params.
+        """
+
+    @_builtins.property
     def start_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def start_timeout(self) -> _duration_pb2.Duration:
@@ -272,6 +285,8 @@ class Job(_message.Message):
         provider_duration: _duration_pb2.Duration | None = ...,
         overhead_duration: _duration_pb2.Duration | None = ...,
         webhook: Global___Webhook | None = ...,
+        fallbacks: _abc.Iterable[Global___Fallback] | None = ...,
+        asset_provider_id: _builtins.str = ...,
         priority: Global___Job.Priority.ValueType = ...,
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
@@ -280,7 +295,7 @@ class Job(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "overhead_duration", b"overhead_duration", "params", b"params", "progress", b"progress", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_start_time", b"provider_start_time", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "error_code", b"error_code", "error_message", b"error_message", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "overhead_duration", b"overhead_duration", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_id", b"provider_id", "provider_start_time", b"provider_start_time", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "asset_provider_id", b"asset_provider_id", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "error_code", b"error_code", "error_message", b"error_message", "fallbacks", b"fallbacks", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "overhead_duration", b"overhead_duration", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_id", b"provider_id", "provider_start_time", b"provider_start_time", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__progress: _TypeAlias = _typing.Literal["progress"]  # noqa: Y015
     _WhichOneofArgType__progress: _TypeAlias = _typing.Literal["_progress", b"_progress"]  # noqa: Y015
@@ -300,6 +315,33 @@ class Job(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_start_deadline) -> _WhichOneofReturnType_start_deadline | None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class Fallback(_message.Message):
+    """A provider a job may go on with, and the parameters it takes there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """Checked against this provider's capabilities, as the job's own `params` against its."""
+
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "provider_id", b"provider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fallback: _TypeAlias = Fallback  # noqa: Y015
 
 @_typing.final
 class CreateJobRequest(_message.Message):

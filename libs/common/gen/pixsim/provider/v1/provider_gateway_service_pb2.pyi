@@ -357,6 +357,9 @@ class Account(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_CREDITS_FIELD_NUMBER: _builtins.int
+    PROVIDER_CREDITS_TIME_FIELD_NUMBER: _builtins.int
+    CHECK_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`accounts/{account}`."""
     provider_id: _builtins.str
@@ -373,6 +376,11 @@ class Account(_message.Message):
     state: Global___Account.State.ValueType
     in_flight: _builtins.int
     """Tasks running on it now."""
+    provider_credits: _builtins.int
+    """What the provider itself last reported of the account's credits (where it has a
+    balance API), and when; the gateway's ledger (`credits`) follows it while nothing runs
+    on the account.
+    """
     @_builtins.property
     def credentials(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The API key (and any other secret) the provider needs. Never returned."""
@@ -385,6 +393,12 @@ class Account(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def provider_credits_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def check_time(self) -> _timestamp_pb2.Timestamp:
+        """When its key was last checked with the provider (a revoked key makes it INVALID)."""
+
     def __init__(
         self,
         *,
@@ -400,12 +414,17 @@ class Account(_message.Message):
         in_flight: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        provider_credits: _builtins.int | None = ...,
+        provider_credits_time: _timestamp_pb2.Timestamp | None = ...,
+        check_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown_until", b"cooldown_until", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_provider_credits", b"_provider_credits", "check_time", b"check_time", "cooldown_until", b"cooldown_until", "create_time", b"create_time", "provider_credits", b"provider_credits", "provider_credits_time", b"provider_credits_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_until", b"cooldown_until", "create_time", b"create_time", "credentials", b"credentials", "credits", b"credits", "in_flight", b"in_flight", "label", b"label", "max_concurrency", b"max_concurrency", "name", b"name", "priority", b"priority", "provider_id", b"provider_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_provider_credits", b"_provider_credits", "check_time", b"check_time", "cooldown_until", b"cooldown_until", "create_time", b"create_time", "credentials", b"credentials", "credits", b"credits", "in_flight", b"in_flight", "label", b"label", "max_concurrency", b"max_concurrency", "name", b"name", "priority", b"priority", "provider_credits", b"provider_credits", "provider_credits_time", b"provider_credits_time", "provider_id", b"provider_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__provider_credits: _TypeAlias = _typing.Literal["provider_credits"]  # noqa: Y015
+    _WhichOneofArgType__provider_credits: _TypeAlias = _typing.Literal["_provider_credits", b"_provider_credits"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__provider_credits) -> _WhichOneofReturnType__provider_credits | None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
 

@@ -75,6 +75,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 submit_lease=timedelta(seconds=2 * settings.provider_timeout + 5),
                 poll_lease=timedelta(seconds=settings.poll_lease_seconds),
                 inputs=inputs,
+                fallback_margin=timedelta(seconds=settings.fallback_deadline_margin_seconds),
                 circuits=CircuitPolicy(
                     failures_to_open=settings.circuit_failures,
                     account_failures_to_open=settings.circuit_account_failures,

@@ -54,3 +54,6 @@ class Settings(ServiceSettings):
     circuit_open_cap_seconds: float = Field(default=600.0, gt=0)
     # How often each account's key is checked with its provider (and its balance read).
     account_check_seconds: float = Field(default=60.0, gt=0)
+    # A waiting job with a fallback goes on to it when its start deadline is this near and
+    # its provider has no free slot.
+    fallback_deadline_margin_seconds: float = Field(default=5.0, ge=0, le=3600)

@@ -29,7 +29,11 @@ from pixsim_provider_gateway.inputs import InputFiles
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service.dispatch import Dispatch
 from pixsim_provider_gateway.service.poll import Poll
-from pixsim_provider_gateway.service.recover import REPLICA_STOPPED, Recover
+from pixsim_provider_gateway.service.recover import (
+    FALLBACK_DEADLINE_MARGIN,
+    REPLICA_STOPPED,
+    Recover,
+)
 from pixsim_provider_gateway.service.units import GatewayUnit, Unit
 
 __all__ = ["REPLICA_STOPPED", "GatewayUnit", "ProviderService", "Unit"]
@@ -51,6 +55,7 @@ class ProviderService:
         inputs: InputFiles | None = None,
         units: Callable[[], Unit] | None = None,
         circuits: CircuitPolicy | None = None,
+        fallback_margin: timedelta = FALLBACK_DEADLINE_MARGIN,
     ) -> None:
         units = units or (lambda: GatewayUnit(sessions))
         self.dispatch = Dispatch(
@@ -64,7 +69,7 @@ class ProviderService:
             circuits or CircuitPolicy(),
         )
         self.poll = Poll(units, registry, cipher, policy, replica_id, poll_lease)
-        self.recover = Recover(units, policy)
+        self.recover = Recover(units, policy, fallback_margin)
 
     async def dispatch_once(self, limit: int) -> int:
         return await self.dispatch.once(limit)

@@ -23,14 +23,20 @@ from pixsim_provider_gateway.service.units import Unit
 # The error message of an attempt ended by recovery: its outcome at the provider is unknown.
 REPLICA_STOPPED = "the replica submitting this attempt stopped"
 START_DEADLINE_EXCEEDED = "START_DEADLINE_EXCEEDED"
-# A start deadline this near makes a waiting job with a fallback go on to it.
+# A start deadline this near makes a waiting job with a fallback go on to it (the default
+# of FALLBACK_DEADLINE_MARGIN_SECONDS).
 FALLBACK_DEADLINE_MARGIN = timedelta(seconds=5)
 log = structlog.get_logger("pixsim.gateway")
 
 
 class Recover:
-    def __init__(self, units: Callable[[], Unit], policy: RetryPolicy) -> None:
-        self._units, self._policy = units, policy
+    def __init__(
+        self,
+        units: Callable[[], Unit],
+        policy: RetryPolicy,
+        fallback_margin: timedelta = FALLBACK_DEADLINE_MARGIN,
+    ) -> None:
+        self._units, self._policy, self._fallback_margin = units, policy, fallback_margin
 
     async def stranded(self, limit: int = 50) -> int:
         """Attempts whose replica died mid-call: the slot is settled as spent (the provider
@@ -66,7 +72,7 @@ class Recover:
         usable account, start deadline near) and whose job has a fallback: they go on with
         the next provider at once, in their places."""
         async with self._units() as unit:
-            attempts = await unit.submissions.to_pass_over(limit, FALLBACK_DEADLINE_MARGIN)
+            attempts = await unit.submissions.to_pass_over(limit, self._fallback_margin)
             for attempt in attempts:
                 log.info(
                     "passing a provider over",

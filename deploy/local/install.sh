@@ -12,6 +12,7 @@ GRPCURL_VERSION=v1.9.3
 KUSTOMIZE_VERSION=v5.8.0
 GHZ_VERSION=v0.120.0
 VERSITYGW_VERSION=v1.8.0  # the S3 server of the tests and `make run --storage s3`
+GRPC_GATEWAY_VERSION=v2.33.0  # its protoc-gen-openapiv2 writes the OpenAPI document
 BIN="$PWD/.cache/bin"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -52,6 +53,8 @@ install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VE
 install_go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 install_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"  # make bench
 install_go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
+install_go_tool protoc-gen-openapiv2 \
+  github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2 "$GRPC_GATEWAY_VERSION"
 
 validators=deploy/k8s/validate
 if [ ! -d "$validators/node_modules" ] || [ "$validators/package-lock.json" -nt "$validators/node_modules" ]; then

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from google.api import annotations_pb2
 from google.rpc import status_pb2
@@ -93,12 +94,13 @@ def generate_openapi(protoc: list[str], ours: list[str]) -> None:
                 *protoc,
                 f"--plugin=protoc-gen-openapiv2={OPENAPI_PLUGIN}",
                 f"--openapiv2_out={out}",
-                "--openapiv2_opt=allow_merge=true,merge_file_name=pixsim",
+                "--openapiv2_opt=allow_merge=true,merge_file_name=pixsim,expand_slashed_path_patterns=true",
                 *ours,
             ],
             check=True,
         )
         document = json.loads((Path(out) / "pixsim.swagger.json").read_text())
+    document = _without_ref_siblings(document)
     # The merged document is named after its first file; it describes the whole API.
     document["info"] = {
         "title": "PixSim7",
@@ -108,6 +110,21 @@ def generate_openapi(protoc: list[str], ours: list[str]) -> None:
     }
     OPENAPI.parent.mkdir(parents=True, exist_ok=True)
     OPENAPI.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def _without_ref_siblings(node: Any) -> Any:
+    """The generator writes `$ref` beside `type`, `description` or `readOnly`, which OpenAPI
+    ignores (linters call it an error): a reference stands alone, and what it said beside it
+    moves next to an `allOf` of the reference."""
+    if isinstance(node, list):
+        return [_without_ref_siblings(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _without_ref_siblings(value) for key, value in node.items()}
+    if "$ref" not in node:
+        return node
+    beside = {key: value for key, value in node.items() if key not in ("$ref", "type")}
+    return {"allOf": [{"$ref": node["$ref"]}], **beside} if beside else {"$ref": node["$ref"]}
 
 
 if __name__ == "__main__":

@@ -374,7 +374,7 @@ S = SubmissionState
 
 
 class Gateway:
-    def __init__(self) -> None:
+    def __init__(self, policy: RetryPolicy = POLICY, circuits: CircuitPolicy | None = None) -> None:
         self.store = Store()
         self.provider = ScriptedProvider()
         self.fallback = ScriptedProvider("runway")
@@ -383,11 +383,12 @@ class Gateway:
             None,  # type: ignore[arg-type]  # every unit of work is a fake one
             ProviderRegistry({"pika": self.provider, "runway": self.fallback}),
             self.cipher,
-            POLICY,
+            policy,
             replica_id="replica-1",
             submit_lease=timedelta(seconds=30),
             poll_lease=timedelta(seconds=30),
             units=lambda: FakeUnit(self.store),
+            circuits=circuits,
         )
 
     def account(
@@ -639,21 +640,12 @@ def test_every_state_change_follows_the_transition_table(current: SubmissionStat
 
 
 def broken_gateway(failures_to_open: int = 3) -> Gateway:
-    gateway = Gateway()
-    gateway.service = ProviderService(
-        None,  # type: ignore[arg-type]
-        ProviderRegistry({"pika": gateway.provider}),
-        gateway.cipher,
+    return Gateway(
         RetryPolicy(max_retries=10, retry_base_seconds=0.001),
-        replica_id="replica-1",
-        submit_lease=timedelta(seconds=30),
-        poll_lease=timedelta(seconds=30),
-        units=lambda: FakeUnit(gateway.store),
-        circuits=CircuitPolicy(
+        CircuitPolicy(
             failures_to_open=failures_to_open, account_failures_to_open=100, open_seconds=10
         ),
     )
-    return gateway
 
 
 async def test_failures_in_a_row_open_the_circuit_and_its_jobs_wait_unsent() -> None:

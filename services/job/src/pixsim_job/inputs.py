@@ -31,17 +31,13 @@ class InputResolver:
     def __init__(self, assets: AssetLookup) -> None:
         self._assets = assets
 
-    async def resolve(
-        self,
-        inputs: Sequence[types_pb2.GenerationInput],
-        token: str,
-        capability: gw_pb.OperationCapability,
-    ) -> list[types_pb2.GenerationInput]:
-        """`inputs` with every asset input's `variant` set, each within the provider's
-        limits for its role."""
+    async def assets_of(
+        self, inputs: Sequence[types_pb2.GenerationInput], token: str
+    ) -> dict[str, asset_pb.Asset]:
+        """The caller's assets that `inputs` name, by name, fetched once for every provider
+        they are checked against (`resolved`)."""
         named = [i.asset for i in inputs if i.WhichOneof("source") == "asset"]
-        found = await self._assets.batch_get(named, token) if named else {}
-        return resolved(inputs, found, capability)
+        return await self._assets.batch_get(named, token) if named else {}
 
 
 def _effective(asset: asset_pb.Asset, variant: str) -> tuple[int, int, int, float]:

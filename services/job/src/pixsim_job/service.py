@@ -45,7 +45,7 @@ from pixsim_job.capabilities import (
     check_request,
 )
 from pixsim_job.domain import Fact, IllegalTransition, Job, JobState
-from pixsim_job.inputs import InputResolver
+from pixsim_job.inputs import InputResolver, resolved
 from pixsim_job.metrics import JOB_OVERHEAD
 from pixsim_job.resources import to_proto
 from pixsim_job.webhooks import enqueue_delivery, new_secret, wanted_event
@@ -91,9 +91,10 @@ class JobService:
         capability = check_request(request.job, provider)
         spec = pb.Job()
         spec.CopyFrom(request.job)
-        inputs = await self._resolver.resolve(spec.inputs, identity.token, capability)
+        found = await self._resolver.assets_of(spec.inputs, identity.token)
+        inputs = resolved(spec.inputs, found, capability)
         for fallback in await check_fallbacks(request.job, self._catalog, identity.token):
-            await self._resolver.resolve(spec.inputs, identity.token, fallback)  # its limits
+            resolved(spec.inputs, found, fallback)  # within each fallback's limits too
         del spec.inputs[:]
         spec.inputs.extend(inputs)
         now = _now()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,6 +50,13 @@ class CredentialCipher:
         if not isinstance(decoded, dict):
             raise ValueError("credentials are not a mapping")
         return {str(k): str(v) for k, v in decoded.items()}
+
+    def api_key_of(self, account: Any) -> str:
+        """The API key of a stored account row (its `id`, `credentials_key_id` and sealed
+        `credentials`), or "" where its credentials hold none."""
+        return self.decrypt(account.credentials_key_id, account.credentials, account.id).get(
+            "api_key", ""
+        )
 
 
 def new_key() -> str:

@@ -320,11 +320,10 @@ class Submission:
     the state the attempt was loaded in) and the events it raises (`take_events`). Columns
     read as attributes, changed values first."""
 
-    def __init__(self, record: Mapping[str, Any], *, new: bool = False) -> None:
+    def __init__(self, record: Mapping[str, Any]) -> None:
         self._record = dict(record)
         self.changes: dict[str, Any] = {}
         self.loaded_state = SubmissionState(self._record["state"])
-        self.new = new
         self._events: list[SubmissionEvent] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -348,7 +347,6 @@ class Submission:
         self._record = dict(record)
         self.changes = {}
         self.loaded_state = SubmissionState(self._record["state"])
-        self.new = False
 
     def take_events(self) -> list[SubmissionEvent]:
         events, self._events = self._events, []
@@ -363,14 +361,13 @@ class Submission:
     @classmethod
     def first(cls, record: Mapping[str, Any]) -> Submission:
         """The first attempt of a job's chain, waiting for an account."""
-        made = cls({**record, "state": SubmissionState.WAITING.value}, new=True)
+        made = cls({**record, "state": SubmissionState.WAITING.value})
         made._events.append(Queued(made))
         return made
 
     def _next_attempt(self, new_id: str, delay: timedelta) -> Submission:
-        keep = _CARRIED_TO_THE_NEXT_ATTEMPT
         return Submission(
-            {name: getattr(self, name) for name in keep}
+            {name: getattr(self, name) for name in _CARRIED_TO_THE_NEXT_ATTEMPT}
             | {
                 "id": new_id,
                 "retry_attempt": self.retry_attempt + 1,
@@ -378,8 +375,7 @@ class Submission:
                 "previous_submission_id": self.id,
                 "state": SubmissionState.WAITING.value,
                 "available_at": FromNow(delay),
-            },
-            new=True,
+            }
         )
 
     # -- dispatch ------------------------------------------------------------------------
@@ -478,28 +474,28 @@ class Submission:
     def _on_next_fallback(self, new_id: str) -> Submission:
         """The job's next attempt, on its next fallback provider, with that one's params."""
         following = self._next_attempt(new_id, timedelta(0))
-        fallback, *rest = self.fallbacks
-        following._record |= {
-            "provider_id": fallback["provider_id"],
-            "request": {**self.request, "params": fallback.get("params") or {}},
-            "payload": None,
-            "fallbacks": rest,
-            "provider_first_attempt": self.retry_attempt + 1,
-            "passed_over": self.passed_over,
+        following._record |= self._on_fallback() | {
+            "provider_first_attempt": self.retry_attempt + 1
         }
         return following
 
     def pass_over(self, why: str) -> None:
         """Nothing was sent yet and its provider cannot take it (`why`): the same attempt
         goes on with the job's next fallback provider instead."""
+        self.changes |= self._on_fallback() | {
+            "passed_over": [*self.passed_over, {"provider_id": self.provider_id, "why": why}],
+            "available_at": NOW,
+        }
+
+    def _on_fallback(self) -> dict[str, Any]:
+        """The columns of an attempt on the job's next fallback: its provider, the request
+        with that provider's params (mapped again at dispatch), and the fallbacks left."""
         fallback, *rest = self.fallbacks
-        self.changes |= {
+        return {
             "provider_id": fallback["provider_id"],
             "request": {**self.request, "params": fallback.get("params") or {}},
             "payload": None,
             "fallbacks": rest,
-            "passed_over": [*self.passed_over, {"provider_id": self.provider_id, "why": why}],
-            "available_at": NOW,
         }
 
     def fail(self, code: str, message: str, **also: Any) -> None:

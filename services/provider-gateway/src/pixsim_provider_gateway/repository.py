@@ -269,14 +269,18 @@ async def queue_positions(session: AsyncSession, provider_id: str) -> dict[str, 
     return {row.id: row.position for row in rows}
 
 
-async def latest_submission(session: AsyncSession, job_id: str) -> Row[Any] | None:
-    """The job's newest attempt."""
+async def latest_submission(
+    session: AsyncSession, job_id: str, user_id: str | None = None
+) -> Row[Any] | None:
+    """The job's newest attempt (of `user_id`'s chain of it, when given)."""
+    query = select(submissions).where(submissions.c.job_id == job_id)
+    if user_id is not None:
+        query = query.where(submissions.c.user_id == user_id)
     return (
         await session.execute(
-            select(submissions)
-            .where(submissions.c.job_id == job_id)
-            .order_by(submissions.c.create_time.desc(), submissions.c.retry_attempt.desc())
-            .limit(1)
+            query.order_by(
+                submissions.c.create_time.desc(), submissions.c.retry_attempt.desc()
+            ).limit(1)
         )
     ).first()
 
@@ -335,72 +339,6 @@ async def claim_waiting(session: AsyncSession, limit: int) -> Sequence[Row[Any]]
         {"limit": limit},
     )
     return result.all()
-
-
-async def reserve_account(
-    session: AsyncSession, provider_id: str, cost: int, exclude: Sequence[str] = ()
-) -> Row[Any] | None:
-    """The best free account for `provider_id` with a slot and `cost` credits, reserved."""
-    account = (
-        await session.execute(
-            select(accounts)
-            .where(
-                accounts.c.provider_id == provider_id,
-                accounts.c.state == AccountState.ACTIVE.value,
-                (accounts.c.cooldown_until.is_(None)) | (accounts.c.cooldown_until <= func.now()),
-                accounts.c.in_flight < accounts.c.max_concurrency,
-                accounts.c.credits >= cost,
-                accounts.c.id.not_in(list(exclude)) if exclude else text("true"),
-            )
-            .order_by(accounts.c.priority.desc(), accounts.c.in_flight, accounts.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-    ).first()
-    if account is None:
-        return None
-    await session.execute(
-        update(accounts)
-        .where(accounts.c.id == account.id)
-        .values(
-            in_flight=accounts.c.in_flight + 1,
-            credits=accounts.c.credits - cost,
-            update_time=func.now(),
-        )
-    )
-    return account
-
-
-async def release_account(
-    session: AsyncSession, account_id: str, reserved: int, spent: int | None = None
-) -> None:
-    """Give the slot back and settle credits: the reservation returns, the actual cost
-    (when the provider said it) is taken instead."""
-    actual = reserved if spent is None else spent
-    await session.execute(
-        update(accounts)
-        .where(accounts.c.id == account_id)
-        .values(
-            in_flight=accounts.c.in_flight - 1,
-            credits=func.greatest(accounts.c.credits + reserved - actual, 0),
-            update_time=func.now(),
-        )
-    )
-
-
-async def mark_account(
-    session: AsyncSession,
-    account_id: str,
-    *,
-    state: AccountState | None = None,
-    cooldown: timedelta | None = None,
-) -> None:
-    values: dict[str, Any] = {"update_time": func.now()}
-    if state is not None:
-        values["state"] = state.value
-    if cooldown is not None:
-        values["cooldown_until"] = func.now() + cooldown
-    await session.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
 
 
 async def claim_for_polling(
@@ -590,12 +528,8 @@ class Submissions:
 
     async def latest_of_job(self, job_id: str, user_id: str) -> str | None:
         """The id of the job's newest attempt chain's last attempt, if any."""
-        return await self.session.scalar(
-            select(submissions.c.id)
-            .where(submissions.c.job_id == job_id, submissions.c.user_id == user_id)
-            .order_by(submissions.c.create_time.desc())
-            .limit(1)
-        )
+        row = await latest_submission(self.session, job_id, user_id)
+        return None if row is None else str(row.id)
 
     async def now(self) -> datetime:
         return await now(self.session)
@@ -662,10 +596,49 @@ class Accounts:
         self.session = session
 
     async def reserve(self, provider_id: str, cost: int) -> Row[Any] | None:
-        return await reserve_account(self.session, provider_id, cost)
+        """The best free account for `provider_id` with a slot and `cost` credits, reserved."""
+        account = (
+            await self.session.execute(
+                select(accounts)
+                .where(
+                    accounts.c.provider_id == provider_id,
+                    accounts.c.state == AccountState.ACTIVE.value,
+                    (accounts.c.cooldown_until.is_(None))
+                    | (accounts.c.cooldown_until <= func.now()),
+                    accounts.c.in_flight < accounts.c.max_concurrency,
+                    accounts.c.credits >= cost,
+                )
+                .order_by(accounts.c.priority.desc(), accounts.c.in_flight, accounts.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+        ).first()
+        if account is None:
+            return None
+        await self.session.execute(
+            update(accounts)
+            .where(accounts.c.id == account.id)
+            .values(
+                in_flight=accounts.c.in_flight + 1,
+                credits=accounts.c.credits - cost,
+                update_time=func.now(),
+            )
+        )
+        return account
 
     async def release(self, account_id: str, reserved: int, spent: int | None = None) -> None:
-        await release_account(self.session, account_id, reserved, spent)
+        """Give the slot back and settle credits: the reservation returns, the actual cost
+        (when the provider said it) is taken instead."""
+        actual = reserved if spent is None else spent
+        await self.session.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(
+                in_flight=accounts.c.in_flight - 1,
+                credits=func.greatest(accounts.c.credits + reserved - actual, 0),
+                update_time=func.now(),
+            )
+        )
 
     async def mark(
         self,
@@ -674,7 +647,14 @@ class Accounts:
         state: AccountState | None = None,
         cooldown: timedelta | None = None,
     ) -> None:
-        await mark_account(self.session, account_id, state=state, cooldown=cooldown)
+        values: dict[str, Any] = {"update_time": func.now()}
+        if state is not None:
+            values["state"] = state.value
+        if cooldown is not None:
+            values["cooldown_until"] = func.now() + cooldown
+        await self.session.execute(
+            update(accounts).where(accounts.c.id == account_id).values(**values)
+        )
 
     async def record_call(self, account_id: str, *, failed: bool) -> int:
         """Count a failed call on the account, or reset the count after a success (no write

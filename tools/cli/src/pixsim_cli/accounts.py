@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from google.protobuf import field_mask_pb2
@@ -103,31 +104,30 @@ def _account_name(name: str) -> str:
     return name if name.startswith("accounts/") else f"accounts/{name}"
 
 
+def _changed(rpc: Callable[[Any], Any], request: Any) -> None:
+    """Call the gateway's account-changing `rpc` (admin) and show the account it answers."""
+    connection, out = session(admin=True)
+    account = connection.call(rpc(connection.gateway), request)
+    out.show(account, lambda: console.print(accounts_table([account])))
+
+
 @app.command()
 def disable(name: str) -> None:
     """Take the account out of rotation; its running tasks finish."""
-    connection, out = session(admin=True)
-    account = connection.call(
-        connection.gateway.DisableAccount, pb.DisableAccountRequest(name=_account_name(name))
+    _changed(
+        lambda gateway: gateway.DisableAccount, pb.DisableAccountRequest(name=_account_name(name))
     )
-    out.show(account, lambda: console.print(accounts_table([account])))
 
 
 @app.command()
 def drain(name: str) -> None:
     """Send no new attempt to the account; the running ones finish (watch `in flight`)."""
-    connection, out = session(admin=True)
-    account = connection.call(
-        connection.gateway.DrainAccount, pb.DrainAccountRequest(name=_account_name(name))
-    )
-    out.show(account, lambda: console.print(accounts_table([account])))
+    _changed(lambda gateway: gateway.DrainAccount, pb.DrainAccountRequest(name=_account_name(name)))
 
 
 @app.command()
 def enable(name: str) -> None:
     """Put a DISABLED or DRAINING account back in rotation."""
-    connection, out = session(admin=True)
-    account = connection.call(
-        connection.gateway.EnableAccount, pb.EnableAccountRequest(name=_account_name(name))
+    _changed(
+        lambda gateway: gateway.EnableAccount, pb.EnableAccountRequest(name=_account_name(name))
     )
-    out.show(account, lambda: console.print(accounts_table([account])))

@@ -3,7 +3,8 @@ and resuming them."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -40,25 +41,26 @@ def list_() -> None:
     out.show(answer, lambda: console.print(providers_table(list(answer.providers))))
 
 
+def _changed(rpc: Callable[[Any], Any], request: Any) -> None:
+    """Call the gateway's provider-changing `rpc` (admin) and show the provider it answers."""
+    connection, out = session(admin=True)
+    provider = connection.call(rpc(connection.gateway), request)
+    out.show(provider, lambda: console.print(providers_table([provider])))
+
+
 @app.command()
 def pause(
     provider: str,
     reason: Annotated[str, typer.Option(help="Why, for the other operators.")] = "",
 ) -> None:
     """Stop sending the provider's jobs (admin): they wait in their places."""
-    connection, out = session(admin=True)
-    paused = connection.call(
-        connection.gateway.PauseProvider,
+    _changed(
+        lambda gateway: gateway.PauseProvider,
         pb.PauseProviderRequest(name=_name(provider), reason=reason),
     )
-    out.show(paused, lambda: console.print(providers_table([paused])))
 
 
 @app.command()
 def resume(provider: str) -> None:
     """Send the provider's jobs again (admin)."""
-    connection, out = session(admin=True)
-    resumed = connection.call(
-        connection.gateway.ResumeProvider, pb.ResumeProviderRequest(name=_name(provider))
-    )
-    out.show(resumed, lambda: console.print(providers_table([resumed])))
+    _changed(lambda gateway: gateway.ResumeProvider, pb.ResumeProviderRequest(name=_name(provider)))

@@ -114,10 +114,7 @@ class Dispatch:
             return None
         attempt.send(account.id, cost, payload, self._replica, self._lease)
         await unit.submissions.save(attempt)
-        credentials = self._cipher.decrypt(
-            account.credentials_key_id, account.credentials, account.id
-        )
-        return Prepared(attempt, provider, Credentials(credentials.get("api_key", "")))
+        return Prepared(attempt, provider, Credentials(self._cipher.api_key_of(account)))
 
     async def _submit(self, prepared: Prepared) -> None:
         with continued(prepared.attempt.trace_headers, "provider submit"):
@@ -176,17 +173,26 @@ class Dispatch:
             )
             await unit.commit()
 
+    async def _unsent(self, unit: Unit, prepared: Prepared) -> Submission | None:
+        """The attempt again, locked, with its reservation back whole (nothing ran at the
+        provider), if it is still SUBMITTING; None when a cancellation or recovery ended it
+        meanwhile (they gave the slot back)."""
+        attempt = await unit.submissions.get(prepared.attempt.id, lock=True)
+        assert attempt is not None
+        if attempt.state is not SubmissionState.SUBMITTING:
+            return None
+        await unit.accounts.release(attempt.account_id, attempt.reserved_credits, 0)
+        return attempt
+
     async def _record_unreadable_inputs(self, prepared: Prepared, error: ProviderError) -> None:
         """The inputs could not be read (the asset service away, or the asset gone): not
         the provider's failure, so no attempt or circuit counts it. The same attempt waits
         and goes again, or the job fails where the input will never be readable."""
         async with self._units() as unit:
-            attempt = await unit.submissions.get(prepared.attempt.id, lock=True)
-            assert attempt is not None
-            if attempt.state is not SubmissionState.SUBMITTING:
+            attempt = await self._unsent(unit, prepared)
+            if attempt is None:
                 await unit.commit()
                 return
-            await unit.accounts.release(attempt.account_id, attempt.reserved_credits, 0)
             log.warning("inputs unreadable", submission=attempt.id, error=error.message)
             if error.kind is ErrorKind.TRANSIENT:
                 attempt.requeue(after=INPUTS_UNREADABLE_DELAY)
@@ -197,13 +203,10 @@ class Dispatch:
 
     async def _record_refusal(self, prepared: Prepared, error: ProviderError) -> None:
         async with self._units() as unit:
-            attempt = await unit.submissions.get(prepared.attempt.id, lock=True)
-            assert attempt is not None
-            if attempt.state is not SubmissionState.SUBMITTING:
+            attempt = await self._unsent(unit, prepared)
+            if attempt is None:
                 await unit.commit()
                 return
-            # Nothing ran at the provider: the reservation comes back whole.
-            await unit.accounts.release(attempt.account_id, attempt.reserved_credits, 0)
             await circuits.record_call(
                 unit, attempt.provider_id, attempt.account_id, error, self._circuits
             )

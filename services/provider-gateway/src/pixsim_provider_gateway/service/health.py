@@ -54,13 +54,8 @@ class AccountHealth:
             provider = self._registry.get(provider_id)
         except UnknownProvider:
             return
-        secrets = self._cipher.decrypt(
-            account.credentials_key_id,
-            account.credentials,
-            account_id,
-        )
         try:
-            balance = await provider.check_account(Credentials(secrets.get("api_key", "")))
+            balance = await provider.check_account(Credentials(self._cipher.api_key_of(account)))
         except ProviderError as error:
             metrics.ACCOUNT_CHECKS.labels(provider_id, error.kind.value).inc()
             if error.kind is ErrorKind.ACCOUNT_INVALID:

@@ -57,16 +57,10 @@ class Poll:
                 {a.account_id for a in due if a.account_id}
             )
             await unit.commit()
-        credentials = {
-            row.id: self._cipher.decrypt(row.credentials_key_id, row.credentials, row.id)
-            for row in sealed
-        }
+        api_keys = {row.id: self._cipher.api_key_of(row) for row in sealed}
         await asyncio.gather(
             *(
-                self._poll(
-                    attempt,
-                    Credentials(credentials.get(attempt.account_id, {}).get("api_key", "")),
-                )
+                self._poll(attempt, Credentials(api_keys.get(attempt.account_id, "")))
                 for attempt in due
             )
         )

@@ -49,8 +49,10 @@ from pixsim_provider_gateway.providers.base import (
     ProviderStatusResult,
     TaskState,
 )
+from pixsim_provider_gateway.providers.callbacks import Notice
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service import REPLICA_STOPPED, ProviderService
+from pixsim_provider_gateway.service.callbacks import Heard
 
 # ---- fakes: the repositories and unit of work held in memory (cosmicpython's
 # FakeUnitOfWork), a virtual clock, and a provider that answers as a test scripts it. What the
@@ -117,6 +119,12 @@ class FakeSubmissions:
     async def get(self, submission_id: str, *, lock: bool = False) -> Submission | None:
         row = self._store.rows.get(submission_id)
         return None if row is None else Submission(dict(row))
+
+    async def of_task(self, provider_id: str, provider_job_id: str) -> Submission | None:
+        for row in self._store.rows.values():
+            if (row["provider_id"], row.get("provider_job_id")) == (provider_id, provider_job_id):
+                return Submission(dict(row))
+        return None
 
     def _past_start_deadline(self, row: Mapping[str, Any]) -> bool:
         deadline = row["start_deadline_at"]
@@ -829,3 +837,42 @@ async def test_an_unsent_job_passes_over_a_provider_without_a_usable_account(
     assert await gateway.service.dispatch_once(10) == 1
     assert gateway.provider.calls == []
     assert await gateway.service.fallback_once() == 0  # no fallback left to go on with
+
+
+async def test_a_callback_ends_the_attempt_at_once_and_its_duplicate_changes_nothing(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [GenerationResult("task-1")]
+    await gateway.service.dispatch_once(10)
+    done = Notice("task-1", ProviderStatusResult(TaskState.SUCCEEDED, outputs=(VIDEO,), cost=7))
+
+    assert await gateway.service.callbacks.heard("pika", done) is Heard.RECORDED
+    assert await gateway.service.callbacks.heard("pika", done) is Heard.ALREADY_ENDED
+    assert gateway.attempts(job_id) == [(S.SUCCEEDED, "", "")]
+    assert gateway.ledger(account) == (0, 993)  # settled once
+    assert len(gateway.published(Completed)) == 1
+    # Nothing is left to poll, and no status call was made.
+    gateway.store.clock.advance(60)
+    assert await gateway.service.poll_once(10) == 0
+    assert gateway.provider.calls == ["submit key-0"]
+
+
+async def test_a_callback_for_a_task_no_attempt_has_is_unknown(gateway: Gateway) -> None:
+    notice = Notice("no-such-task", ProviderStatusResult(TaskState.SUCCEEDED, outputs=(VIDEO,)))
+    assert await gateway.service.callbacks.heard("pika", notice) is Heard.UNKNOWN
+    assert gateway.store.published == []
+
+
+async def test_a_failure_a_callback_reports_is_judged_as_a_polls_would_be(
+    gateway: Gateway,
+) -> None:
+    gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [GenerationResult("task-1")]
+    await gateway.service.dispatch_once(10)
+    error = ProviderError(ErrorKind.TRANSIENT, "runner died")
+    notice = Notice("task-1", ProviderStatusResult(TaskState.FAILED, error=error))
+    assert await gateway.service.callbacks.heard("pika", notice) is Heard.RECORDED
+    assert [state for state, _, _ in gateway.attempts(job_id)] == [S.FAILED, S.WAITING]

@@ -146,6 +146,8 @@ class RetryPolicy:
     poll_first_seconds: float = 1.0
     poll_cap_seconds: float = 10.0
     deadline_seconds: float = 900.0
+    # Where the provider pushes a task's end, the first poll is only the fallback.
+    callback_poll_first_seconds: float = 30.0
 
 
 ACCOUNT_KINDS = (ErrorKind.RATE_LIMITED, ErrorKind.ACCOUNT_EXHAUSTED, ErrorKind.ACCOUNT_INVALID)
@@ -185,6 +187,12 @@ def retry_delay(retry_attempt: int, policy: RetryPolicy, rng: random.Random | No
     the retries of many jobs failed together spread out instead of arriving together."""
     ceiling = min(policy.retry_cap_seconds, policy.retry_base_seconds * 2 ** (retry_attempt - 1))
     return (rng or random).uniform(0, ceiling)
+
+
+def first_poll_delay(policy: RetryPolicy, *, callbacks: bool) -> float:
+    """Seconds from acceptance to the first status check: soon, unless the provider will
+    say when the task ends, when the poll only covers a callback that never comes."""
+    return policy.callback_poll_first_seconds if callbacks else poll_delay(0, policy)
 
 
 def poll_delay(poll_count: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:

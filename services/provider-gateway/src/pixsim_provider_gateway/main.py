@@ -20,6 +20,7 @@ from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import CircuitPolicy, RetryPolicy
 from pixsim_provider_gateway.events import on_job_cancelled, on_job_submitted
 from pixsim_provider_gateway.grpc_api import ProviderGatewayApi
+from pixsim_provider_gateway.http_api import CallbackListener, callback_app
 from pixsim_provider_gateway.inputs import InputFiles
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service import ProviderService
@@ -49,6 +50,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         retry_base_seconds=settings.retry_base_seconds,
         retry_cap_seconds=settings.retry_cap_seconds,
         poll_first_seconds=settings.poll_first_seconds,
+        callback_poll_first_seconds=settings.callback_poll_first_seconds,
         poll_cap_seconds=settings.poll_cap_seconds,
         deadline_seconds=settings.deadline_seconds,
     )
@@ -86,9 +88,21 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         return services["gateway"]
 
     def parts(kit: Kit) -> Sequence[Worker]:
+        listening: list[Worker] = (
+            [
+                CallbackListener(
+                    callback_app(registry, service(kit).callbacks),
+                    settings.callback_host,
+                    settings.callback_port,
+                )
+            ]
+            if settings.callback_base_url and settings.callback_port
+            else []
+        )
         return [
             CloseOnStop(registry.aclose),
             CloseOnStop(lambda: assets.close(None)),
+            *listening,
             *gateway_workers(
                 service(kit),
                 AccountHealth(

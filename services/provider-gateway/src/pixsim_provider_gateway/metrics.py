@@ -73,3 +73,8 @@ ACCOUNT_CREDIT_DRIFT = Gauge(
     "The gateway's ledger minus the provider's own balance, at the last check",
     ["provider", "account"],
 )
+CALLBACKS = Counter(
+    "pixsim_gateway_callbacks_total",
+    "Completion callbacks received, by what became of them",
+    ["provider", "outcome"],
+)

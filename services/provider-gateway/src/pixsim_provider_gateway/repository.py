@@ -159,6 +159,13 @@ submissions = Table(
         ),
     ),
     Index("provider_submissions_served", "submit_time"),
+    # A callback names only the provider's task.
+    Index(
+        "provider_submissions_task",
+        "provider_id",
+        "provider_job_id",
+        postgresql_where=text("provider_job_id IS NOT NULL"),
+    ),
 )
 
 # Each provider's gate (`domain.ProviderGate`): an operator's pause and its circuit. A
@@ -452,6 +459,21 @@ async def get_submission(
     return (await session.execute(query)).first()
 
 
+async def submission_of_task(
+    session: AsyncSession, provider_id: str, provider_job_id: str
+) -> Row[Any] | None:
+    """The attempt a provider's task belongs to, locked."""
+    query = (
+        select(submissions)
+        .where(
+            submissions.c.provider_id == provider_id,
+            submissions.c.provider_job_id == provider_job_id,
+        )
+        .with_for_update()
+    )
+    return (await session.execute(query)).first()
+
+
 async def now(session: AsyncSession) -> datetime:
     value = await session.scalar(select(func.now()))
     assert isinstance(value, datetime)
@@ -493,6 +515,11 @@ class Submissions:
 
     async def get(self, submission_id: str, *, lock: bool = False) -> Submission | None:
         row = await get_submission(self.session, submission_id, lock)
+        return None if row is None else Submission(dict(row._mapping))
+
+    async def of_task(self, provider_id: str, provider_job_id: str) -> Submission | None:
+        """The attempt `provider_id`'s task belongs to, locked (a callback names only it)."""
+        row = await submission_of_task(self.session, provider_id, provider_job_id)
         return None if row is None else Submission(dict(row._mapping))
 
     async def claim_waiting(self, limit: int) -> list[Submission]:

@@ -21,6 +21,16 @@ class Settings(ServiceSettings):
     pika_base_url: str = "https://queue.fal.run"
     # Seconds for one provider HTTP call; a hung provider becomes a TRANSIENT error.
     provider_timeout: float = 30.0
+    # Completion callbacks (docs/providers.md): the listener's address, and the public URL
+    # providers reach it at (an ingress to it). Without a URL no provider is asked for
+    # callbacks and every task is polled; with one, polls remain the fallback and the check.
+    callback_host: str = "127.0.0.1"
+    callback_port: int = Field(default=8303, ge=0, le=65535)
+    callback_base_url: str = ""
+    # With callbacks, a task's first status check waits this long (the fallback).
+    callback_poll_first_seconds: float = Field(default=30.0, gt=0)
+    # fal's webhook signing keys (a JWKS).
+    pika_webhook_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
     # The asset service, read (with a workload token, for a job's owner) for asset inputs.
     asset_address: str = "127.0.0.1:50052"

@@ -5,6 +5,8 @@ handling takes them: a URL where the input has one (a presigned one), else a dat
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +33,7 @@ from pixsim_provider_gateway.providers.base import (
     data_uri,
     fill_inputs,
 )
+from pixsim_provider_gateway.providers.callbacks import CallbackMalformed, Notice
 from pixsim_provider_gateway.providers.http import (
     classify_status,
     json_body,
@@ -43,6 +46,8 @@ DEFAULT_BASE_URL = "https://queue.fal.run"
 NO_REQUEST = "00000000-0000-4000-8000-000000000000"
 APP = "/fal-ai/pika"
 VERSION = "v2.2"
+# A failed request's webhook says which status its result URL answered, in `error`.
+_WEBHOOK_STATUS = re.compile(r"\b([45]\d\d)\b")
 
 ASPECT_RATIO = ParameterSpec(
     "aspect_ratio",
@@ -136,8 +141,11 @@ class PikaProvider:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        webhook_url: str = "",
     ) -> None:
         self._client = new_client(base_url, timeout, transport)
+        # Where fal is asked to POST each request's end (`fal_webhook`); none: polled only.
+        self._webhook_params = {"fal_webhook": webhook_url} if webhook_url else {}
 
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
@@ -214,7 +222,12 @@ class PikaProvider:
     ) -> GenerationResult:
         body = await fill_inputs(payload["body"], inputs, self._intake)
         response = await send(
-            self._client, "POST", payload["path"], json=body, headers=self._headers(credentials)
+            self._client,
+            "POST",
+            payload["path"],
+            json=body,
+            params=self._webhook_params,
+            headers=self._headers(credentials),
         )
         if response.status_code != 200:
             raise self._error(response)
@@ -261,6 +274,10 @@ class PikaProvider:
             raise ProviderError(ErrorKind.TRANSIENT, f"unknown queue status {status!r}")
         # A failed request also ends COMPLETED; its error is the result's answer.
         result = await send(self._client, "GET", base, headers=self._headers(credentials))
+        return self._ended(result)
+
+    def _ended(self, result: httpx.Response) -> ProviderStatusResult:
+        """What an ended request's result says (its result URL's answer, or a webhook's)."""
         if result.status_code == 200:
             video = result.json()["video"]
             return ProviderStatusResult(
@@ -270,6 +287,30 @@ class PikaProvider:
         if result.status_code == 400 and "cancel" in error.message.lower():
             return ProviderStatusResult(TaskState.CANCELLED)
         return ProviderStatusResult(TaskState.FAILED, error=error)
+
+    def webhook_notice(self, body: bytes) -> Notice:
+        """A verified webhook read as the status check would read the request's end:
+        `{request_id, status: OK|ERROR, payload, error}`, where `payload` is the result
+        URL's body, and `error` says the status it answered ("Invalid status code: 422")."""
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise CallbackMalformed("the webhook is not JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("request_id"), str):
+            raise CallbackMalformed("the webhook names no request_id")
+        payload = answer.get("payload")
+        if answer.get("status") == "OK":
+            video = payload.get("video") if isinstance(payload, dict) else None
+            if not isinstance(video, dict) or not isinstance(video.get("url"), str):
+                raise CallbackMalformed("the webhook's payload has no video URL")
+            result = httpx.Response(200, json={"video": video})
+        elif answer.get("status") == "ERROR":
+            found = _WEBHOOK_STATUS.search(str(answer.get("error", "")))
+            detail = payload if payload is not None else {"detail": str(answer.get("error"))}
+            result = httpx.Response(int(found.group(1)) if found else 500, json=detail)
+        else:
+            raise CallbackMalformed("the webhook's status is neither OK nor ERROR")
+        return Notice(answer["request_id"], self._ended(result))
 
     async def cancel(self, credentials: Credentials, provider_job_id: str) -> None:
         response = await send(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
+import httpx
 from google.protobuf import duration_pb2, struct_pb2
 
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
 from pixsim_provider_gateway.providers.base import Capabilities, ParamType, Provider
+from pixsim_provider_gateway.providers.callbacks import CallbackReceiver, FalKeys, FalWebhooks
 from pixsim_provider_gateway.providers.pika import PikaProvider
 from pixsim_provider_gateway.providers.pixverse import PixverseProvider
 from pixsim_provider_gateway.providers.runway import RunwayProvider
@@ -19,8 +21,16 @@ ADAPTERS: Mapping[str, Callable[[Settings], Provider]] = {
     "runway": lambda s: RunwayProvider(
         s.runway_base_url, timeout=s.provider_timeout, api_version=s.runway_api_version
     ),
-    "pika": lambda s: PikaProvider(s.pika_base_url, timeout=s.provider_timeout),
+    "pika": lambda s: PikaProvider(
+        s.pika_base_url, timeout=s.provider_timeout, webhook_url=callback_url(s, "pika")
+    ),
 }
+
+
+def callback_url(settings: Settings, provider_id: str) -> str:
+    """Where `provider_id` is asked to push a task's end, or "" when callbacks are off."""
+    base = settings.callback_base_url.rstrip("/")
+    return f"{base}/callbacks/{provider_id}" if base else ""
 
 
 class UnknownProvider(KeyError):
@@ -28,12 +38,35 @@ class UnknownProvider(KeyError):
 
 
 class ProviderRegistry:
-    def __init__(self, providers: Mapping[str, Provider]) -> None:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        callbacks: Mapping[str, CallbackReceiver] | None = None,
+        keys_client: httpx.AsyncClient | None = None,
+    ) -> None:
         self._providers = dict(providers)
+        self._callbacks = dict(callbacks or {})
+        self._keys_client = keys_client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
-        return cls({name: build(settings) for name, build in ADAPTERS.items()})
+        providers = {name: build(settings) for name, build in ADAPTERS.items()}
+        if not settings.callback_base_url:
+            return cls(providers)
+        # The providers' signing keys come from hosts of their own, not their APIs'.
+        keys_client = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout))
+        pika = providers["pika"]
+        assert isinstance(pika, PikaProvider)
+        callbacks: dict[str, CallbackReceiver] = {
+            "pika": FalWebhooks(
+                FalKeys(settings.pika_webhook_jwks_url, keys_client), pika.webhook_notice
+            )
+        }
+        return cls(providers, callbacks, keys_client)
+
+    def callbacks(self, provider_id: str) -> CallbackReceiver | None:
+        """How `provider_id`'s callbacks are verified and read; None: it sends none."""
+        return self._callbacks.get(provider_id)
 
     def get(self, provider_id: str) -> Provider:
         try:
@@ -49,6 +82,8 @@ class ProviderRegistry:
             close = getattr(provider, "aclose", None)
             if close is not None:
                 await close()
+        if self._keys_client is not None:
+            await self._keys_client.aclose()
 
 
 _PARAM_TYPES = {

@@ -9,7 +9,8 @@ Each step is a short transaction, and no transaction is open while a provider is
 2. poll: lease due RUNNING submissions; commit; call `check_status`; record the answer
    (next poll, success, or failure/retry), settling the account;
 3. recover: a SUBMITTING row whose lease ran out belonged to a replica that died during the
-   call; its outcome is unknown, so it is treated as a transient failure (a new attempt).
+   call; its outcome is unknown, so it is treated as a transient failure (a new attempt);
+4. callbacks: a provider's verified word that a task ended, recorded as a poll's would be.
 Every state change goes through the `Submission` aggregate, and is saved compare-and-set on
 the state it was loaded in, under the row lock: an attempt's account slot comes back exactly
 once. The events an attempt raises are written to the outbox by the unit of work at commit.
@@ -27,6 +28,7 @@ from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import CircuitPolicy, RetryPolicy
 from pixsim_provider_gateway.inputs import InputFiles
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
+from pixsim_provider_gateway.service.callbacks import Callbacks
 from pixsim_provider_gateway.service.dispatch import Dispatch
 from pixsim_provider_gateway.service.poll import Poll
 from pixsim_provider_gateway.service.recover import (
@@ -70,6 +72,7 @@ class ProviderService:
         )
         self.poll = Poll(units, registry, cipher, policy, replica_id, poll_lease)
         self.recover = Recover(units, policy, fallback_margin)
+        self.callbacks = Callbacks(units, registry, policy)
 
     async def dispatch_once(self, limit: int) -> int:
         return await self.dispatch.once(limit)

@@ -21,7 +21,7 @@ from pixsim_provider_gateway.domain import (
     RetryPolicy,
     Submission,
     SubmissionState,
-    poll_delay,
+    first_poll_delay,
     unusable_task_id,
 )
 from pixsim_provider_gateway.events import request_of
@@ -164,7 +164,12 @@ class Dispatch:
                 attempt.accepted(
                     result.provider_job_id,
                     result.estimated_cost,
-                    first_poll=timedelta(seconds=poll_delay(0, self._policy)),
+                    first_poll=timedelta(
+                        seconds=first_poll_delay(
+                            self._policy,
+                            callbacks=self._registry.callbacks(attempt.provider_id) is not None,
+                        )
+                    ),
                     bound=timedelta(seconds=self._policy.deadline_seconds),
                 )
             await unit.submissions.save(attempt)

@@ -92,43 +92,8 @@ class Poll:
             ):
                 await unit.commit()  # cancelled meanwhile, or our lease was taken over
                 return
-            await self._record_status(unit, attempt, status, provider)
+            await record_status(unit, attempt, status, provider, self._policy)
             await unit.commit()
-
-    async def _record_status(
-        self, unit: Unit, attempt: Submission, status: ProviderStatusResult, provider: Provider
-    ) -> None:
-        if status.state in (TaskState.PENDING, TaskState.RUNNING):
-            if await unit.submissions.now() < attempt.deadline_at:
-                next_poll = poll_delay(attempt.poll_count + 1, self._policy)
-                attempt.polled(
-                    status.progress,
-                    status.provider_state,
-                    status.queue_position,
-                    timedelta(seconds=next_poll),
-                )
-                await unit.submissions.save(attempt)
-                return
-            # Past its deadline: stop it where we can, and fail the job.
-            await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
-            attempt.timed_out(provider.capabilities().supports_cancel)
-            await unit.submissions.save(attempt)
-            return
-        await unit.accounts.release(attempt.account_id, attempt.reserved_credits, status.cost)
-        unusable = unusable_output(status.outputs[0].uri) if status.outputs else None
-        if status.state is TaskState.SUCCEEDED and unusable is not None:
-            status = ProviderStatusResult(
-                TaskState.FAILED, error=ProviderError(ErrorKind.TRANSIENT, unusable)
-            )
-        if status.state is TaskState.SUCCEEDED and status.outputs:
-            outputs = [dataclasses.asdict(o) for o in status.outputs]
-            attempt.succeeded(outputs, status.outputs[0], status.cost)
-            await unit.submissions.save(attempt)
-            return
-        error = status.error or ProviderError(
-            ErrorKind.TRANSIENT, "the provider ended the task without a result"
-        )
-        await settle_failure(unit, attempt, error, self._policy, accepted=True)
 
     async def _cancel_at_provider(
         self, provider: Provider, leased: Submission, credentials: Credentials
@@ -143,3 +108,45 @@ class Poll:
                 attempt.cancel_sent()
                 await unit.submissions.save(attempt)
             await unit.commit()
+
+
+async def record_status(
+    unit: Unit,
+    attempt: Submission,
+    status: ProviderStatusResult,
+    provider: Provider,
+    policy: RetryPolicy,
+) -> None:
+    """What a running attempt's provider said of it (a status check, or a callback), under
+    the attempt's row lock: look again later, its deadline passed, or its end, settled."""
+    if status.state in (TaskState.PENDING, TaskState.RUNNING):
+        if await unit.submissions.now() < attempt.deadline_at:
+            next_poll = poll_delay(attempt.poll_count + 1, policy)
+            attempt.polled(
+                status.progress,
+                status.provider_state,
+                status.queue_position,
+                timedelta(seconds=next_poll),
+            )
+            await unit.submissions.save(attempt)
+            return
+        # Past its deadline: stop it where we can, and fail the job.
+        await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
+        attempt.timed_out(provider.capabilities().supports_cancel)
+        await unit.submissions.save(attempt)
+        return
+    await unit.accounts.release(attempt.account_id, attempt.reserved_credits, status.cost)
+    unusable = unusable_output(status.outputs[0].uri) if status.outputs else None
+    if status.state is TaskState.SUCCEEDED and unusable is not None:
+        status = ProviderStatusResult(
+            TaskState.FAILED, error=ProviderError(ErrorKind.TRANSIENT, unusable)
+        )
+    if status.state is TaskState.SUCCEEDED and status.outputs:
+        outputs = [dataclasses.asdict(o) for o in status.outputs]
+        attempt.succeeded(outputs, status.outputs[0], status.cost)
+        await unit.submissions.save(attempt)
+        return
+    error = status.error or ProviderError(
+        ErrorKind.TRANSIENT, "the provider ended the task without a result"
+    )
+    await settle_failure(unit, attempt, error, policy, accepted=True)

@@ -42,6 +42,8 @@ class ServiceSpec:
 
 SIMULATOR_PORT = 8300
 SIMULATOR_URL = f"http://127.0.0.1:{SIMULATOR_PORT}"
+# The gateway's listener for providers' completion callbacks (docs/providers.md).
+CALLBACK_PORT = 8303
 
 SERVICES = (
     ServiceSpec("job", "pixsim_job", "PIXSIM_JOB_", "pixsim.job.v1.JobService", 50051, 9101),
@@ -167,6 +169,7 @@ class LocalServices:
     # Processes per service (default one). Replicas share the service's port (gRPC servers
     # listen with SO_REUSEPORT), as pods behind one Service do; the second is `<name>#2`.
     replicas: Mapping[str, int] = field(default_factory=dict)
+    callback_port: int = CALLBACK_PORT
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     databases: dict[str, ServiceDatabase] = field(default_factory=dict)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -211,6 +214,10 @@ class LocalServices:
             f"{prefix}PAGE_TOKEN_SECRET": page_token_secret(self.run_dir / "keys"),
             f"{prefix}GATEWAY_ADDRESS": self.address("provider-gateway"),
             f"{prefix}ASSET_ADDRESS": self.address("asset"),
+            # The simulator sends fal's webhooks, signed with the key it serves.
+            f"{prefix}CALLBACK_PORT": str(self.callback_port),
+            f"{prefix}CALLBACK_BASE_URL": f"http://127.0.0.1:{self.callback_port}",
+            f"{prefix}PIKA_WEBHOOK_JWKS_URL": f"{self.simulator_url}/.well-known/jwks.json",
             # The simulator serves media on loopback, so the asset service may fetch there.
             f"{prefix}STORAGE_ROOT": str(self.run_dir / "storage"),
             f"{prefix}FETCH_ALLOW_LOOPBACK": "true",
@@ -343,12 +350,14 @@ class StackPorts:
     kafka: int = 9092
     kafka_controller: int = 9093
     s3: int = 7070  # the S3 server of `--storage s3`
+    callbacks: int = CALLBACK_PORT
 
     @classmethod
     def free(cls) -> StackPorts:
         return cls(
             {name: free_port() for name in DEFAULT_PORTS},
             {name: free_port() for name in DEFAULT_METRICS_PORTS},
+            free_port(),
             free_port(),
             free_port(),
             free_port(),
@@ -363,6 +372,7 @@ class StackPorts:
                 "postgres": self.postgres,
                 "kafka": self.kafka,
                 "s3": self.s3,
+                "callbacks": self.callbacks,
             }
         )
 
@@ -399,6 +409,7 @@ async def run_stack(run_dir: Path, ports: StackPorts | None = None, storage: str
         ports=ports.grpc,
         metrics_ports=ports.metrics,
         extra_env=s3.settings(BUCKET) if s3 is not None else {},
+        callback_port=ports.callbacks,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -483,6 +494,7 @@ def print_ready(
         f"  {'postgres':<17} {infra.postgres.host}:{infra.postgres.port}",
         f"  {'kafka':<17} {infra.kafka.bootstrap}",
         f"  {'provider-sim':<17} {services.simulator_url}   (PixVerse, Runway, fal/Pika APIs)",
+        f"  {'callbacks':<17} http://127.0.0.1:{services.callback_port}   (fal's webhooks)",
         *([f"  {'s3':<17} {s3.endpoint}/{BUCKET}   (assets)"] if s3 is not None else []),
         "",
         f"logs:         {logs}/all.log (every process, each line prefixed by its name)",

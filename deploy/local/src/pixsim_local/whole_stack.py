@@ -242,6 +242,8 @@ async def whole_stack(
         extra_env={
             "POLL_FIRST_SECONDS": "0.1",
             "POLL_CAP_SECONDS": "0.3",
+            # fal's tasks end by their webhooks; the first poll after them is the fallback.
+            "CALLBACK_POLL_FIRST_SECONDS": "5",
             "RETRY_BASE_SECONDS": "0.1",
             "RETRY_CAP_SECONDS": "0.5",
             # A replica restarted mid-poll hands its polls over this soon.
@@ -255,6 +257,7 @@ async def whole_stack(
         },
         simulator_args=simulator_args,
         replicas=dict(replicas or {}),
+        callback_port=free_port(),
     )
     files = MediaFiles()
     server = await asyncio.start_server(files.handle, "127.0.0.1", 0)

@@ -30,6 +30,7 @@ from pixsim_provider_sim.inputs import Received, Refused, take
 from pixsim_provider_sim.inputs import fetch as fetch_input
 from pixsim_provider_sim.media import render_mp4, render_png
 from pixsim_provider_sim.state import Fault, KeyConfig, SimState, Task
+from pixsim_provider_sim.webhooks import FalWebhooks
 
 
 def _now_iso() -> str:
@@ -58,6 +59,7 @@ class Simulator:
         self.state = state
         self._secret = secrets.token_bytes(16)
         self._client: httpx.AsyncClient | None = None
+        self.webhooks = FalWebhooks(lambda: self.client)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -85,10 +87,13 @@ class Simulator:
     def media_url(self, request: Request, task: Task) -> str:
         """The output's URL, signed and expiring as real providers' are: Runway's "expire
         within 24-48 hours" (the `--url-ttl` here, or the key's `url_ttl_s`)."""
+        return self._media_url_at(str(request.base_url), task)
+
+    def _media_url_at(self, base_url: str, task: Task) -> str:
         wall = time.time() + (task.url_expires_at - self.state.clock())
         expires = int(min(wall, 2**40))
         query = f"expires={expires}&signature={self._signature(task.media_name, expires)}"
-        return str(request.base_url).rstrip("/") + f"/_sim/media/{task.media_name}?{query}"
+        return base_url.rstrip("/") + f"/_sim/media/{task.media_name}?{query}"
 
     async def media(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -112,7 +117,11 @@ class Simulator:
     # ---- control API -------------------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse(self.state.snapshot())
+        return JSONResponse(self.state.snapshot() | {"webhooks": vars(self.webhooks.stats)})
+
+    async def jwks(self, request: Request) -> Response:
+        """fal's webhook signing keys (at rest.alpha.fal.ai/.well-known/jwks.json)."""
+        return JSONResponse(self.webhooks.jwks())
 
     async def submits(self, request: Request) -> Response:
         """Submit requests received per prompt (see `SimState.prompt_submits`)."""
@@ -129,6 +138,7 @@ class Simulator:
                     "id": task.id,
                     "provider": task.provider,
                     "phase": task.phase(now),
+                    "polls": task.polls,
                     "prompt": task.request.get("prompt") or task.request.get("promptText", ""),
                     "inputs": [vars_of(received) for received in task.inputs],
                 }
@@ -141,6 +151,7 @@ class Simulator:
     async def reset(self, request: Request) -> Response:
         body = await request.json() if await request.body() else {}
         self.state.reset(body.get("seed"))
+        self.webhooks.stats = type(self.webhooks.stats)()
         return JSONResponse(self.state.snapshot())
 
     async def configure_key(self, request: Request) -> Response:
@@ -289,6 +300,7 @@ class Simulator:
         if request.method == "DELETE":
             self.state.cancel(task)
             return Response(status_code=204)
+        task.polls += 1
         phase = task.phase(self.state.clock())
         body: dict[str, Any] = {"id": task.id, "createdAt": _now_iso()}
         cost = {"credits": task.cost}
@@ -404,7 +416,27 @@ class Simulator:
             request=body,
             inputs=inputs,
         )
+        if webhook := request.query_params.get("fal_webhook"):
+            self.webhooks.schedule(self._fal_webhook(webhook, task, str(request.base_url)))
         return JSONResponse({"request_id": task.id, **self._fal_urls(request, task.id)})
+
+    async def _fal_webhook(self, url: str, task: Task, base_url: str) -> None:
+        """The request's webhook, once it has ended (none for a cancelled one)."""
+        config = self.state.config(task.key)
+        await asyncio.sleep(max(task.finish_at - self.state.clock(), 0.0))
+        await asyncio.sleep(config.webhook_delay_ms / 1000)
+        if task.phase(self.state.clock()) == "cancelled":
+            return
+        status, answer = self._fal_ended(task, base_url)
+        ok = status == 200
+        body = {
+            "request_id": task.id,
+            "gateway_request_id": task.id,
+            "status": "OK" if ok else "ERROR",
+            "payload": answer,
+            **({} if ok else {"error": f"Invalid status code: {status}"}),
+        }
+        await self.webhooks.deliver(url, task.id, task.key, body, config.webhook_copies)
 
     def _fal_fault(self, fault: Fault | None, config: KeyConfig) -> Response | None:
         match fault:
@@ -464,6 +496,7 @@ class Simulator:
         await self._enter(key)
         if task is None:
             return JSONResponse({"detail": "Request not found"}, status_code=404)
+        task.polls += 1
         phase = task.phase(self.state.clock())
         response_url = self._fal_urls(request, task.id)["response_url"]
         if phase == "queued":
@@ -488,38 +521,37 @@ class Simulator:
         await self._enter(key)
         if task is None:
             return JSONResponse({"detail": "Request not found"}, status_code=404)
+        task.polls += 1
+        status, answer = self._fal_ended(task, str(request.base_url))
+        return JSONResponse(answer, status_code=status)
+
+    def _fal_ended(self, task: Task, base_url: str) -> tuple[int, dict[str, Any]]:
+        """What the request's result URL answers: the model output, or its error."""
         phase = task.phase(self.state.clock())
         if phase in ("queued", "running"):
-            return JSONResponse({"detail": "Request is still in progress"}, status_code=400)
+            return 400, {"detail": "Request is still in progress"}
         if phase == "moderated":
-            return JSONResponse(
-                {
-                    "detail": [
-                        {
-                            "loc": ["body", "prompt"],
-                            "msg": "The content was flagged.",
-                            "type": "content_policy_violation",
-                        }
-                    ]
-                },
-                status_code=422,
-            )
-        if phase == "failed":
-            return JSONResponse(
-                {"detail": "Internal error", "error_type": "internal_error"}, status_code=500
-            )
-        if phase == "cancelled":
-            return JSONResponse({"detail": "Request was cancelled"}, status_code=400)
-        return JSONResponse(
-            {
-                "video": {
-                    "url": self.media_url(request, task),
-                    "content_type": "video/mp4",
-                    "file_name": task.media_name,
-                    "file_size": None,
-                }
+            return 422, {
+                "detail": [
+                    {
+                        "loc": ["body", "prompt"],
+                        "msg": "The content was flagged.",
+                        "type": "content_policy_violation",
+                    }
+                ]
             }
-        )
+        if phase == "failed":
+            return 500, {"detail": "Internal error", "error_type": "internal_error"}
+        if phase == "cancelled":
+            return 400, {"detail": "Request was cancelled"}
+        return 200, {
+            "video": {
+                "url": self._media_url_at(base_url, task),
+                "content_type": "video/mp4",
+                "file_name": task.media_name,
+                "file_size": None,
+            }
+        }
 
     async def fal_cancel(self, request: Request) -> Response:
         key, task = self._fal_task(request)
@@ -673,6 +705,7 @@ class Simulator:
         task = self.state.tasks.get(str(request.path_params["video_id"]))
         if task is None or task.provider != "pixverse" or task.key != key:
             return self._pixverse(None, 500008, "Not found", status=400)
+        task.polls += 1
         phase = task.phase(self.state.clock())
         status = {
             "queued": 5,
@@ -786,6 +819,7 @@ def create_app(seed: int = 0, url_ttl_s: float = 86400.0) -> Starlette:
         Route("/openapi/v2/image/upload", sim.pixverse_upload, methods=["POST"]),
         Route("/openapi/v2/media/upload", sim.pixverse_upload, methods=["POST"]),
         Route("/openapi/v2/account/balance", sim.pixverse_balance, methods=["GET"]),
+        Route("/.well-known/jwks.json", sim.jwks, methods=["GET"]),
         Route("/_sim/media/{name:str}", sim.media, methods=["GET"]),
         Route("/_sim/stats", sim.stats, methods=["GET"]),
         Route("/_sim/submits", sim.submits, methods=["GET"]),

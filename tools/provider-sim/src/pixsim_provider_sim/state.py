@@ -55,6 +55,10 @@ class KeyConfig:
     url_ttl_s: float | None = None
     # Revoked by the provider: every call with it is refused (401), balance checks too.
     revoked: bool = False
+    # fal's webhooks for this key's requests: sent this long after the request ends, and
+    # this many times (0: never, 2: a duplicate).
+    webhook_delay_ms: int = 0
+    webhook_copies: int = 1
 
 
 @dataclass
@@ -85,6 +89,8 @@ class Task:
     inputs: list[Received] = field(default_factory=list)
     # When the task's output URL stops working (Runway's expire in 24-48 hours).
     url_expires_at: float = float("inf")
+    # Status and result reads of it: what a client spent on polling it.
+    polls: int = 0
 
     def ended_at(self) -> float:
         return self.cancelled_at if self.cancelled_at is not None else self.finish_at

@@ -1,5 +1,7 @@
 """Two gateway processes sharing one database and one consumer group, as two Kubernetes
-replicas would: limits hold across them, and one replica's death loses nothing."""
+replicas would: limits hold across them, one replica's death loses nothing, and a task
+that outlives the gateway's bound at a provider that cannot stop it is followed on by
+whichever replica polls next, its late clip adopted and its cost settled once."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,21 +107,22 @@ def gateway_process(index: int, port: int, env: dict[str, str], logs: Path) -> M
     )
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def replicas(
-    own_kafka: KafkaBroker,
-    new_database_module: DatabaseFactory,
+@asynccontextmanager
+async def started_replicas(
+    kafka: KafkaBroker,
+    database: ServiceDatabase,
     provider_sim: str,
     signing_keys: tuple[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
+    logs: Path,
+    settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Replicas]:
-    database = await new_database_module("gateway_replicas")
+    """Two gateway processes over `database`, in one consumer group of their own."""
     await asyncio.to_thread(run_migrations, database.url, MIGRATIONS)
     env = {
         **os.environ,
         "PIXSIM_GATEWAY_SERVICE_NAME": f"gateway-replicas-{uuid.uuid4().hex[:6]}",
         "PIXSIM_GATEWAY_DATABASE_URL": database.url,
-        "PIXSIM_GATEWAY_KAFKA_BOOTSTRAP": own_kafka.bootstrap,
+        "PIXSIM_GATEWAY_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "PIXSIM_GATEWAY_JWT_PUBLIC_KEY": signing_keys[1],
         "PIXSIM_GATEWAY_METRICS_PORT": "0",
         "PIXSIM_GATEWAY_LOG_LEVEL": "WARNING",
@@ -130,12 +134,12 @@ async def replicas(
         "PIXSIM_GATEWAY_RETRY_BASE_SECONDS": "0.1",
         "PIXSIM_GATEWAY_DEADLINE_SECONDS": "120",
         **{f"PIXSIM_GATEWAY_{p}_BASE_URL": provider_sim for p in ("PIXVERSE", "RUNWAY", "PIKA")},
+        **{f"PIXSIM_GATEWAY_{name}": value for name, value in (settings or {}).items()},
     }
-    logs = tmp_path_factory.mktemp("replicas")
     ports = [free_port(), free_port()]
     processes = [gateway_process(i, port, env, logs) for i, port in enumerate(ports)]
     tap = EventTap(
-        own_kafka.bootstrap,
+        kafka.bootstrap,
         [
             topics.GENERATION_STARTED.name,
             topics.GENERATION_COMPLETED.name,
@@ -160,7 +164,7 @@ async def replicas(
                 database,
                 pb_grpc.ProviderGatewayServiceStub(channel),
                 tap,
-                own_kafka,
+                kafka,
                 provider_sim,
                 admin,
             )
@@ -168,6 +172,20 @@ async def replicas(
         for process in processes:
             process.stop()
         await tap.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def replicas(
+    own_kafka: KafkaBroker,
+    new_database_module: DatabaseFactory,
+    provider_sim: str,
+    signing_keys: tuple[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Replicas]:
+    database = await new_database_module("gateway_replicas")
+    logs = tmp_path_factory.mktemp("replicas")
+    async with started_replicas(own_kafka, database, provider_sim, signing_keys, logs) as made:
+        yield made
 
 
 async def test_two_replicas_never_exceed_an_accounts_limits(replicas: Replicas) -> None:
@@ -242,3 +260,45 @@ async def test_a_replica_killed_mid_poll_loses_nothing(replicas: Replicas) -> No
     for job in jobs:
         await replicas.tap.wait_for(topics.GENERATION_COMPLETED.name, job, timeout=90)
     assert all(not replicas.tap.of(topics.GENERATION_FAILED.name, j) for j in jobs)
+
+
+async def test_a_late_task_is_followed_past_the_bound_adopted_and_settled_once(
+    own_kafka: KafkaBroker,
+    new_database: DatabaseFactory,
+    provider_sim: str,
+    signing_keys: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    """PixVerse cannot cancel a task: one still running at the gateway's bound (2 s here)
+    runs on, and is billed, whatever the gateway does."""
+    database = await new_database("gateway_reconcile")
+    async with started_replicas(
+        own_kafka,
+        database,
+        provider_sim,
+        signing_keys,
+        tmp_path,
+        {"DEADLINE_SECONDS": "2", "RECONCILE_SECONDS": "60", "POLL_CAP_SECONDS": "0.5"},
+    ) as pair:
+        key = await pair.account("pixverse", 4, finish_ms=4000)
+        jobs = await pair.submit("pixverse", 4)
+        for job in jobs:
+            await pair.tap.wait_for(topics.GENERATION_COMPLETED.name, job, timeout=60)
+        assert all(not pair.tap.of(topics.GENERATION_FAILED.name, job) for job in jobs)
+        assert all(len(pair.tap.of(topics.GENERATION_COMPLETED.name, job)) == 1 for job in jobs)
+        connection = await asyncpg.connect(database.url)
+        try:
+            followed = await connection.fetchval(
+                "SELECT count(*) FROM provider_submissions"
+                " WHERE state = 'SUCCEEDED' AND reconcile_from IS NOT NULL"
+            )
+            account = await connection.fetchrow(
+                "SELECT credits, in_flight FROM provider_accounts WHERE label = $1", key
+            )
+        finally:
+            await connection.close()
+        stats = (await pair.sim_stats())[key]
+    assert followed == 4
+    assert stats["submits"] == 4  # nothing was sent again
+    # Each task's cost, once: what the simulator took is what the ledger took.
+    assert (account["in_flight"], 100_000 - account["credits"]) == (0, 1_000_000 - stats["credits"])

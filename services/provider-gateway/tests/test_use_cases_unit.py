@@ -333,13 +333,14 @@ class ScriptedProvider:
 
     def __init__(self, provider_id: str = "pika") -> None:
         self.provider_id = provider_id
+        self.can_cancel = True
         self.submits: list[GenerationResult | ProviderError] = []
         self.statuses: list[ProviderStatusResult] = []
         self.calls: list[str] = []
 
     def capabilities(self) -> Capabilities:
         spec = OperationSpec(t.OPERATION_TYPE_TEXT_TO_VIDEO)
-        return Capabilities(self.provider_id, "Scripted", (spec,), supports_cancel=True)
+        return Capabilities(self.provider_id, "Scripted", (spec,), supports_cancel=self.can_cancel)
 
     def map_parameters(self, operation: int, request: GenerationRequest) -> dict[str, Any]:
         return {"prompt": request.prompt}
@@ -876,3 +877,70 @@ async def test_a_failure_a_callback_reports_is_judged_as_a_polls_would_be(
     notice = Notice("task-1", ProviderStatusResult(TaskState.FAILED, error=error))
     assert await gateway.service.callbacks.heard("pika", notice) is Heard.RECORDED
     assert [state for state, _, _ in gateway.attempts(job_id)] == [S.FAILED, S.WAITING]
+
+
+RUNNING_STILL = ProviderStatusResult(TaskState.RUNNING, progress=0.9)
+BOUNDED = RetryPolicy(
+    poll_first_seconds=1, poll_cap_seconds=5, deadline_seconds=10, reconcile_seconds=60
+)
+
+
+async def running_past_the_bound(gateway: Gateway, **deadlines: object) -> tuple[str, str]:
+    account = gateway.account()
+    job_id = await gateway.submitted(**deadlines)
+    gateway.provider.submits = [GenerationResult("task-1")]
+    await gateway.service.dispatch_once(10)
+    gateway.provider.statuses = [RUNNING_STILL]
+    gateway.store.clock.advance(11)
+    assert await gateway.service.poll_once(10) == 1
+    return account, job_id
+
+
+async def test_a_task_past_the_bound_that_cannot_be_stopped_is_followed_and_adopted() -> None:
+    gateway = Gateway(BOUNDED)
+    gateway.provider.can_cancel = False
+    account, job_id = await running_past_the_bound(gateway)
+    (row,) = gateway.store.attempts_of(job_id)
+    assert (row["state"], row["reconcile_from"] is not None) == (S.RUNNING, True)
+    assert gateway.published(Failed) == []
+
+    gateway.provider.statuses = [
+        ProviderStatusResult(TaskState.SUCCEEDED, outputs=(VIDEO,), cost=7)
+    ]
+    gateway.store.clock.advance(6)
+    assert await gateway.service.poll_once(10) == 1
+    assert gateway.attempts(job_id) == [(S.SUCCEEDED, "", "")]
+    assert gateway.ledger(account) == (0, 993)  # the real cost, once
+    assert len(gateway.published(Completed)) == 1
+
+
+async def test_a_followed_task_that_never_ends_fails_at_the_end_of_its_reconciling() -> None:
+    gateway = Gateway(BOUNDED)
+    gateway.provider.can_cancel = False
+    account, job_id = await running_past_the_bound(gateway)
+    gateway.provider.statuses = [RUNNING_STILL]
+    gateway.store.clock.advance(61)
+    assert await gateway.service.poll_once(10) == 1
+    assert gateway.attempts(job_id) == [
+        (S.FAILED, "DEADLINE_EXCEEDED", "the provider did not finish in time")
+    ]
+    assert gateway.ledger(account) == (0, 990)  # the reservation stays spent
+
+
+async def test_a_task_that_can_be_stopped_is_stopped_at_the_bound() -> None:
+    gateway = Gateway(BOUNDED)
+    _, job_id = await running_past_the_bound(gateway)
+    (row,) = gateway.store.attempts_of(job_id)
+    assert (row["state"], row["error_code"], row["provider_cancel_pending"]) == (
+        S.FAILED,
+        "DEADLINE_EXCEEDED",
+        True,
+    )
+
+
+async def test_the_jobs_own_run_deadline_is_never_reconciled_past() -> None:
+    gateway = Gateway(BOUNDED)
+    gateway.provider.can_cancel = False
+    run_deadline = gateway.store.clock.now + timedelta(seconds=10)
+    _, job_id = await running_past_the_bound(gateway, run_deadline_at=run_deadline)
+    assert gateway.attempts(job_id)[0][:2] == (S.FAILED, "DEADLINE_EXCEEDED")

@@ -148,6 +148,8 @@ class RetryPolicy:
     deadline_seconds: float = 900.0
     # Where the provider pushes a task's end, the first poll is only the fallback.
     callback_poll_first_seconds: float = 30.0
+    # How long past the gateway's bound a task that cannot be stopped is followed on.
+    reconcile_seconds: float = 3600.0
 
 
 ACCOUNT_KINDS = (ErrorKind.RATE_LIMITED, ErrorKind.ACCOUNT_EXHAUSTED, ErrorKind.ACCOUNT_INVALID)
@@ -532,6 +534,26 @@ class Submission:
             "progress": progress,
             "provider_state": provider_state[:64],
             "provider_queue_position": queue_position,
+            "lease_owner": None,
+            "lease_until": None,
+            "next_poll_at": FromNow(next_poll),
+        }
+
+    def may_reconcile(self, now: datetime, can_cancel: bool) -> bool:
+        """Whether, past its bound and still running, it is followed on rather than failed:
+        its provider cannot stop it (so it is billed whatever we do, and its clip is worth
+        keeping), it is not followed on already, and the job's own run deadline has not
+        passed (that one the caller set, and it always holds)."""
+        before_run_deadline = self.run_deadline_at is None or now < self.run_deadline_at
+        return not can_cancel and self.reconcile_from is None and before_run_deadline
+
+    def reconcile(self, bound: timedelta, next_poll: timedelta) -> None:
+        """Followed on for `bound` more (never past the job's run deadline): the task's
+        outcome is still to come, and whatever it is, it is the job's, settled once."""
+        self.changes |= {
+            "reconcile_from": NOW,
+            "deadline_at": FromNow(bound, not_after=self.run_deadline_at),
+            "poll_count": self.poll_count + 1,
             "lease_owner": None,
             "lease_until": None,
             "next_poll_at": FromNow(next_poll),

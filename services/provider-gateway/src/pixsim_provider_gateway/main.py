@@ -53,6 +53,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         callback_poll_first_seconds=settings.callback_poll_first_seconds,
         poll_cap_seconds=settings.poll_cap_seconds,
         deadline_seconds=settings.deadline_seconds,
+        reconcile_seconds=settings.reconcile_seconds,
     )
 
     assets = clients.channel(settings.asset_address)

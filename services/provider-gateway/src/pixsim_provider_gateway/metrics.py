@@ -78,3 +78,8 @@ CALLBACKS = Counter(
     "Completion callbacks received, by what became of them",
     ["provider", "outcome"],
 )
+RECONCILING = Counter(
+    "pixsim_gateway_reconciling_total",
+    "Tasks past the gateway's bound followed on (their provider cannot stop them)",
+    ["provider"],
+)

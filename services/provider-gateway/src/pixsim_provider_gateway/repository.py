@@ -128,6 +128,9 @@ submissions = Table(
     # retry keeps the place of the attempt before it.
     Column("turn_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("provider_cancel_pending", Boolean, nullable=False, server_default="false"),
+    # When the gateway's own bound passed with the task still running at a provider that
+    # cannot stop it: followed on from then (reconciled), its late result still the job's.
+    Column("reconcile_from", DateTime(timezone=True)),
     # The providers the job may go on with, in order ([{provider_id, params}]), the attempt
     # at which its current provider began (retries count per provider), and the providers
     # passed over before anything was sent to them ([{provider_id, why}]).

@@ -46,8 +46,11 @@ class Settings(ServiceSettings):
     # Status checks start this soon and back off to the cap.
     poll_first_seconds: float = Field(default=1.0, gt=0)
     poll_cap_seconds: float = Field(default=10.0, gt=0)
-    # A task still unfinished this long after it was accepted fails with DEADLINE_EXCEEDED.
+    # A task still unfinished this long after it was accepted fails with DEADLINE_EXCEEDED,
+    # unless its provider cannot stop it: then it is followed on (reconciled) this much
+    # longer, its late result still the job's, within the job's own run deadline.
     deadline_seconds: float = Field(default=900.0, gt=0)
+    reconcile_seconds: float = Field(default=3600.0, ge=0)
     # How long a replica owns a poll (then another may take it over).
     poll_lease_seconds: float = Field(default=30.0, gt=0)
     # HIGH work arriving this long after a LOW job no longer passes it (NORMAL: half as

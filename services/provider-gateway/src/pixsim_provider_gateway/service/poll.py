@@ -120,7 +120,8 @@ async def record_status(
     """What a running attempt's provider said of it (a status check, or a callback), under
     the attempt's row lock: look again later, its deadline passed, or its end, settled."""
     if status.state in (TaskState.PENDING, TaskState.RUNNING):
-        if await unit.submissions.now() < attempt.deadline_at:
+        now = await unit.submissions.now()
+        if now < attempt.deadline_at:
             next_poll = poll_delay(attempt.poll_count + 1, policy)
             attempt.polled(
                 status.progress,
@@ -130,9 +131,19 @@ async def record_status(
             )
             await unit.submissions.save(attempt)
             return
+        can_cancel = provider.capabilities().supports_cancel
+        if policy.reconcile_seconds > 0 and attempt.may_reconcile(now, can_cancel):
+            # It runs on, and is billed, whatever we do: its outcome is still the job's.
+            attempt.reconcile(
+                timedelta(seconds=policy.reconcile_seconds),
+                timedelta(seconds=policy.poll_cap_seconds),
+            )
+            await unit.submissions.save(attempt)
+            metrics.RECONCILING.labels(attempt.provider_id).inc()
+            return
         # Past its deadline: stop it where we can, and fail the job.
         await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
-        attempt.timed_out(provider.capabilities().supports_cancel)
+        attempt.timed_out(can_cancel)
         await unit.submissions.save(attempt)
         return
     await unit.accounts.release(attempt.account_id, attempt.reserved_credits, status.cost)

@@ -7,13 +7,14 @@ import asyncio
 import sys
 import time
 
-from bench import createjob, guard_overhead, pipeline, saturation
+from bench import createjob, guard_overhead, notice, pipeline, saturation
 
 BENCHMARKS = {
     "guard": guard_overhead.main,
     "createjob": createjob.main,
     "pipeline": pipeline.main,
     "saturation": saturation.main,
+    "notice": notice.main,
 }
 
 

@@ -139,6 +139,10 @@ class Simulator:
                     "provider": task.provider,
                     "phase": task.phase(now),
                     "polls": task.polls,
+                    # When it ended, on the wall clock (None while it runs).
+                    "ended_at": time.time() - (now - task.ended_at())
+                    if task.ended_at() <= now
+                    else None,
                     "prompt": task.request.get("prompt") or task.request.get("promptText", ""),
                     "inputs": [vars_of(received) for received in task.inputs],
                 }

@@ -443,6 +443,9 @@ class TestPixverse:
             (400, 400012, ErrorKind.ACCOUNT_INVALID),
             (500, 500069, ErrorKind.TRANSIENT),
             (500, 99999, ErrorKind.TRANSIENT),
+            # A code not in PixVerse's table: on a server error, the server's trouble.
+            (503, 512345, ErrorKind.TRANSIENT),
+            (400, 412345, ErrorKind.INVALID_PARAMETERS),
         ],
     )
     async def test_err_codes_are_classified(self, status: int, code: int, kind: ErrorKind) -> None:

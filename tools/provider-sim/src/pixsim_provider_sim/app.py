@@ -830,14 +830,16 @@ def create_app(seed: int = 0, url_ttl_s: float = 86400.0) -> Starlette:
         Route("/_sim/reset", sim.reset, methods=["POST"]),
         Route("/_sim/keys/{key:str}", sim.configure_key, methods=["PUT"]),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(RevokedKeys, state=simulator.state)])
+    app = Starlette(routes=routes, middleware=[Middleware(KeyRefusals, state=simulator.state)])
     app.state.simulator = simulator
     return app
 
 
-class RevokedKeys:
-    """A key the provider revoked (`revoked` knob) is refused on every call, as each provider
-    refuses one: balance and status checks too, not only submits."""
+class KeyRefusals:
+    """Calls a provider refuses whatever they ask, by the key's knobs, on every endpoint
+    (balance and status checks too, not only submits): a key it revoked (`revoked`) is
+    refused as each provider refuses one, and while it is down (`outage`) each answers its
+    own server error. Neither reaches an endpoint, so neither counts as a submit received."""
 
     def __init__(self, app: ASGIApp, state: SimState) -> None:
         self._app, self._state = app, state
@@ -847,9 +849,11 @@ class RevokedKeys:
             headers = Headers(scope=scope)
             path: str = scope["path"]
             key = _key_of(path, headers)
-            if key is not None and key in self._state.keys and self._state.keys[key].revoked:
+            config = self._state.keys.get(key) if key is not None else None
+            if key is not None and config is not None and (config.revoked or config.outage):
                 self._state.stats_of(key).calls += 1
-                await _refusal_of(path)(scope, receive, send)
+                answer = _refusal_of(path) if config.revoked else _outage_of(path)
+                await answer(scope, receive, send)
                 return
         await self._app(scope, receive, send)
 
@@ -869,3 +873,15 @@ def _refusal_of(path: str) -> Response:
     if path.startswith("/fal-ai/"):
         return JSONResponse({"detail": "No user found for Key ID and Secret"}, status_code=401)
     return JSONResponse({"error": "Unauthorized"}, status_code=401)
+
+
+def _outage_of(path: str) -> Response:
+    if path.startswith("/openapi/"):  # what stands in front of PixVerse's app answers
+        return Response("<html><body>502 Bad Gateway</body></html>", 502, media_type="text/html")
+    if path.startswith("/fal-ai/"):
+        return JSONResponse(
+            {"detail": "Runner scheduling failed", "error_type": "runner_scheduling_failure"},
+            status_code=503,
+            headers={"x-fal-error-type": "runner_scheduling_failure"},
+        )
+    return JSONResponse({"error": "Service Unavailable"}, status_code=503)

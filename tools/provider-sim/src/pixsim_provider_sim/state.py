@@ -55,6 +55,8 @@ class KeyConfig:
     url_ttl_s: float | None = None
     # Revoked by the provider: every call with it is refused (401), balance checks too.
     revoked: bool = False
+    # The provider is down for this key: every call answers a 5xx, status checks too.
+    outage: bool = False
     # fal's webhooks for this key's requests: sent this long after the request ends, and
     # this many times (0: never, 2: a duplicate).
     webhook_delay_ms: int = 0

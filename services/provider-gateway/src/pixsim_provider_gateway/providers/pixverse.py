@@ -152,7 +152,8 @@ def classify_err_code(code: int, message: str, response: httpx.Response) -> Prov
         return ProviderError(ErrorKind.CONTENT_REJECTED, message, provider_code=provider_code)
     if code in ACCOUNT_INVALID:
         return ProviderError(ErrorKind.ACCOUNT_INVALID, message, provider_code=provider_code)
-    if code in TRANSIENT:
+    if code in TRANSIENT or response.status_code >= 500:
+        # A code we do not know on a server error is the server's trouble, not the request's.
         return ProviderError(ErrorKind.TRANSIENT, message, provider_code=provider_code)
     return ProviderError(ErrorKind.INVALID_PARAMETERS, message, provider_code=provider_code)
 

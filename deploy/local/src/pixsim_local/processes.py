@@ -76,6 +76,19 @@ def hand_over(path: Path, user: str | None) -> None:
         shutil.chown(entry, user=user, group=pwd.getpwnam(user).pw_gid)
 
 
+def as_user(user: str | None) -> list[str]:
+    """The command prefix that runs a command as `user` (with its own group, and none of
+    root's: kept, root's groups would decide its access to root's directories instead of
+    their "other" bits). The child drops privileges itself, through `setpriv`, rather than
+    through Popen's `user=`: with that, Python forks instead of vforking, and a fork of a
+    process with gRPC's threads can crash in the child before it execs (a segfault met
+    restarting PostgreSQL beside open gRPC channels)."""
+    if user is None:
+        return []
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--"]
+
+
 class ManagedProcess:
     """One child process with its log file; stopped with SIGTERM, then SIGKILL."""
 
@@ -93,17 +106,11 @@ class ManagedProcess:
         self.log_path = log_path
         self.argv, self.user, self.env, self.cwd = list(argv), user, env, cwd
         self._log: IO[bytes] = log_path.open("ab")
-        # A dropped user gets its own group too, and none of root's: kept, root's groups would
-        # decide its access to root's directories instead of their "other" bits.
-        group = None if user is None else pwd.getpwnam(user).pw_gid
         self.process = subprocess.Popen(
-            list(argv),
+            [*as_user(user), *argv],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            user=user,
-            group=group,
-            extra_groups=None if user is None else [],
             env=env,
             cwd=cwd,
             # Its own process group: Ctrl-C in the terminal reaches us, and we stop it in order.

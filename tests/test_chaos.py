@@ -1,7 +1,8 @@
 """The chaos run (pixsim_local.chaos): jobs with scripted provider faults through the whole
-stack (the asset service as two replicas over S3) while service processes are SIGKILLed and
-restarted and the broker and the database cluster crash once each; afterwards nothing is
-lost, duplicated or stuck.
+stack (the asset service and the gateway as two replicas each, assets over S3) while service
+processes are SIGKILLed and restarted, the broker and the database cluster crash once each,
+and one provider is down for a while (its jobs carry a fallback); afterwards nothing is
+lost, duplicated or stuck, and every job with a fallback ended as scripted.
 
 The suite runs a short version; `make chaos` runs 1,000 jobs (PIXSIM_CHAOS_JOBS).
 """
@@ -32,12 +33,14 @@ async def test_a_chaos_run_loses_duplicates_and_strands_nothing(
     with capsys.disabled():
         print("\n" + table)
     assert report.holds, table
+    assert report.outage[1] > report.outage[0]  # the provider was down while jobs came
     # Every kind of fault was exercised, each service was killed at least once.
     assert {action[1] for action in report.actions} >= {
         "job",
         "asset",
         "asset#2",
         "provider-gateway",
+        "provider-gateway#2",
         "scene",
         "kafka",
         "postgres",

@@ -3,6 +3,10 @@ a driver SIGKILLs a random service every few seconds (and starts it again), and 
 Kafka broker and the PostgreSQL cluster once each. When everything has drained, what must
 hold is counted from the services' own databases, the simulator's record and the broker.
 
+The run has the provider gateway as two replicas, and takes one provider down for a while
+(the simulator failing every call made with its key): that provider's jobs carry a
+fallback, and each must end as scripted all the same.
+
 `make chaos` runs 1,000 jobs; the test suite runs a short version (tests/test_chaos.py).
 """
 
@@ -29,6 +33,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pixsim.job.v1 import job_service_pb2 as job_pb
+from pixsim.types.v1 import types_pb2 as t
 from pixsim_common.topics import ALL_TOPICS, GENERATION_COMPLETED
 from pixsim_local.kafka import partitions_of, read_topic
 from pixsim_local.processes import free_port
@@ -72,8 +78,11 @@ SCRIPTS = (
 )
 
 # Settings for the run: a provider call that hangs gives up soon, so an attempt whose
-# replica died is recovered (after twice this plus 5 s) within the run.
-CHAOS_SETTINGS = {"PROVIDER_TIMEOUT": "3"}
+# replica died is recovered (after twice this plus 5 s) within the run; a circuit opened by
+# the outage is tried again soon after it ends.
+CHAOS_SETTINGS = {"PROVIDER_TIMEOUT": "3", "CIRCUIT_OPEN_SECONDS": "3"}
+# The provider taken down, and the one its jobs fall back to.
+OUTAGE, FALLBACK = "runway", "pika"
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class PlannedJob:
     script: Script
     prompt: str
     request_id: str
+    fallback: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,18 +101,26 @@ class ChaosPlan:
     every: float = 3.0  # seconds between chaos actions
     seed: int = 7
     drain_timeout: float = 240.0
+    # The outage begins with the run and lasts until the provider has refused this many
+    # calls (its first jobs meet it, its circuit opens, and the jobs after them fall back),
+    # or for `outage_longest` seconds. A window fixed in time could pass unnoticed while the
+    # gateways' consumers are still joining their group, or the broker is down.
+    outage_refusals: int = 6
+    outage_longest: float = 30.0
 
     def planned_jobs(self, rng: random.Random, run_id: str) -> list[PlannedJob]:
         weights = [script.weight for script in SCRIPTS]
         jobs = []
         for index in range(self.jobs):
             script = rng.choices(SCRIPTS, weights)[0]
+            provider = PROVIDERS[index % len(PROVIDERS)]
             jobs.append(
                 PlannedJob(
-                    provider=PROVIDERS[index % len(PROVIDERS)],
+                    provider=provider,
                     script=script,
                     prompt=f"chaos {run_id} job {index} {script.knob}".strip(),
                     request_id=f"chaos-{run_id}-{index}",
+                    fallback=FALLBACK if provider == OUTAGE else "",
                 )
             )
         return jobs
@@ -137,6 +155,9 @@ class ChaosReport:
     plan: ChaosPlan
     actions: list[tuple[float, str, float]] = field(default_factory=list)  # at, what, seconds
     client_retries: Counter[str] = field(default_factory=Counter)  # status code -> count
+    outage: tuple[float, float] = (0.0, 0.0)  # seconds from the start: the provider down
+    made_by_fallback: tuple[int, int] = (0, 0)  # jobs with a fallback: made by it, in all
+    outage_attempts: list[str] = field(default_factory=list)  # their attempts, by outcome
     by_script: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
@@ -164,6 +185,10 @@ class ChaosReport:
             ),
             "client retries (same request_id): "
             + (", ".join(f"{code} x{n}" for code, n in self.client_retries.items()) or "none"),
+            f"outage: {OUTAGE} down from {self.outage[0]:.1f}s to {self.outage[1]:.1f}s; of its "
+            f"{self.made_by_fallback[1]} jobs (fallback {FALLBACK}), {self.made_by_fallback[0]}"
+            f" were made by {FALLBACK}; their attempts:",
+            *(f"  {line}" for line in self.outage_attempts),
             "",
             f"{'script':<18} {'jobs':>5} {'completed':>9} {'failed':>6} "
             f"{'calls':>6} {'scripted':>8}",
@@ -187,13 +212,15 @@ class ChaosReport:
 async def chaos_stack() -> AsyncIterator[WholeStack]:
     """The whole stack over a PostgreSQL cluster and a broker of its own, which the run may
     crash without disturbing anything else; the asset service as two replicas sharing an S3
-    bucket (on a real S3 server of the run's own), as it runs on Kubernetes."""
+    bucket (on a real S3 server of the run's own), and the gateway as two replicas, as they
+    run on Kubernetes."""
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-chaos-s3-"))
     s3 = await S3Server.start(run_dir, free_port())
     try:
         await s3.create_bucket("chaos")
         settings = {**CHAOS_SETTINGS, **s3.settings("chaos")}
-        async with whole_stack_of_its_own(settings, replicas={"asset": 2}) as stack:
+        replicas = {"asset": 2, "provider-gateway": 2}
+        async with whole_stack_of_its_own(settings, replicas=replicas) as stack:
             for provider in PROVIDERS:
                 # A 429 cools the account down this long (the simulator's Retry-After).
                 await stack.sim_key(provider, retry_after_s=0.3)
@@ -215,8 +242,10 @@ class ChaosRun:
     async def run(self) -> ChaosReport:
         started = time.monotonic()
         submitting = asyncio.create_task(self._submit_all(started))
+        outage = asyncio.create_task(self._outage(started))
         await self._make_chaos(started)
         await submitting
+        await outage
         await self._drain()
         await self._count()
         self.report.seconds = time.monotonic() - started
@@ -237,18 +266,42 @@ class ChaosRun:
             tasks.append(asyncio.create_task(submit(job)))
         await asyncio.gather(*tasks)
 
+    async def _outage(self, started: float) -> None:
+        """The outage provider's key fails every call from the start, until it has refused
+        `outage_refusals` of them (or for `outage_longest` seconds)."""
+        key = f"local-{OUTAGE}-key"
+        calls_before = (await self._sim_stats())["keys"].get(key, {}).get("calls", 0)
+        await self.stack.sim_key(OUTAGE, outage=True)
+        began = time.monotonic()
+        while time.monotonic() - began < self.plan.outage_longest:
+            calls = (await self._sim_stats())["keys"].get(key, {}).get("calls", 0)
+            if calls - calls_before >= self.plan.outage_refusals:
+                break
+            await asyncio.sleep(0.2)
+        await self.stack.sim_key(OUTAGE, outage=False)
+        self.report.outage = (began - started, time.monotonic() - started)
+
+    async def _sim_stats(self) -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"{self.stack.services.simulator_url}/_sim/stats")
+        stats: dict[str, Any] = answer.raise_for_status().json()
+        return stats
+
     async def _create(self, job: PlannedJob) -> None:
         """CreateJob until it answers, with the same request_id each time."""
         deadline = time.monotonic() + 120
+        request = job_pb.CreateJobRequest(
+            job=job_pb.Job(
+                provider_id=job.provider,
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt=job.prompt,
+                fallbacks=[job_pb.Fallback(provider_id=job.fallback)] if job.fallback else [],
+            ),
+            request_id=job.request_id,
+        )
         while True:
             try:
-                await self.stack.create(
-                    job.provider,
-                    prompt=job.prompt,
-                    metadata=self.caller,
-                    request_id=job.request_id,
-                    timeout=10,
-                )
+                await self.stack.jobs.CreateJob(request, metadata=self.caller, timeout=10)
                 return
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE or time.monotonic() > deadline:
@@ -302,8 +355,8 @@ class ChaosRun:
         report, planned = self.report, {job.request_id: job for job in self.jobs}
         jobs = await self._fetch(
             "job",
-            "SELECT request_id, id::text AS id, state, error_code, asset_id FROM jobs"
-            " WHERE user_id = $1",
+            "SELECT request_id, id::text AS id, state, error_code, asset_id, asset_provider_id"
+            " FROM jobs WHERE user_id = $1",
             USER,
         )
         by_request = {row["request_id"]: row for row in jobs}
@@ -390,13 +443,20 @@ class ChaosRun:
             stats = (await client.get(f"{self.stack.services.simulator_url}/_sim/stats")).json()
         # (jobs, of which as scripted) without and with an attempt cut short, by a crash or
         # by a call that timed out under the run's load: either may have reached the provider.
-        plain, cut = [0, 0], [0, 0]
+        plain, cut, fell_back = [0, 0], [0, 0], [0, 0]
         mismatched: list[str] = []
         for row in jobs:
             job = planned[row["request_id"]]
             calls, (tries, interrupted) = sends.get(job.prompt, 0), attempts.get(row["id"], (0, 0))
             scripted = (job.script.sends, job.script.attempts)
-            if interrupted == 0:
+            if job.fallback:
+                # Calls the outage refused never reached the provider; the attempts they
+                # failed (and a crash's, and a timed-out call's) come on top of the script.
+                tally, ok = (
+                    fell_back,
+                    scripted[0] <= calls <= scripted[0] + interrupted and tries >= scripted[1],
+                )
+            elif interrupted == 0:
                 tally, ok = plain, (calls, tries) == scripted
             else:
                 # An attempt whose replica died may or may not have reached the provider.
@@ -422,6 +482,50 @@ class ChaosRun:
                 report.diagnosis.append(f"the diagnosis failed: {error!r}")
         report.check("calls = 1 + scripted retries", plain[0], plain[1], plain[0] == plain[1])
         report.check("  jobs with an attempt cut: +0..1 each", cut[0], cut[1], cut[0] == cut[1])
+        report.check(
+            f"  {OUTAGE} jobs, fallback {FALLBACK}: calls as scripted",
+            fell_back[0],
+            fell_back[1],
+            fell_back[0] == fell_back[1],
+        )
+        with_fallback = [row for row in jobs if planned[row["request_id"]].fallback]
+        as_scripted = [
+            row
+            for row in with_fallback
+            if (row["state"], row["error_code"])
+            == (
+                planned[row["request_id"]].script.state,
+                planned[row["request_id"]].script.error_code,
+            )
+        ]
+        report.made_by_fallback = (
+            sum(1 for row in with_fallback if row["asset_provider_id"] == FALLBACK),
+            len(with_fallback),
+        )
+        met = await self._fetch(
+            "provider-gateway",
+            "SELECT provider_id, state, error_code, left(error_message, 60) AS message,"
+            " passed_over <> '[]'::jsonb AS passed, count(*) AS n FROM provider_submissions"
+            " WHERE job_id = ANY($1::uuid[]) GROUP BY 1, 2, 3, 4, 5 ORDER BY n DESC",
+            [row["id"] for row in with_fallback],
+        )
+        report.outage_attempts = [
+            f"{r['provider_id']} {r['state']} {r['error_code']} {r['message']!r}"
+            f"{' (passed over)' if r['passed'] else ''}: {r['n']}"
+            for r in met
+        ]
+        report.check(
+            f"  of them made by {FALLBACK} (the outage met)",
+            "> 0",
+            report.made_by_fallback[0],
+            report.made_by_fallback[0] > 0,
+        )
+        report.check(
+            "jobs with a fallback ended as scripted",
+            len(with_fallback),
+            len(as_scripted),
+            len(as_scripted) == len(with_fallback),
+        )
 
         limits = {
             row["provider_id"]: row["max_concurrency"]

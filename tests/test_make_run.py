@@ -1,7 +1,8 @@
 """`make run` as a newcomer runs it (`pixsim-local run`, here on free ports beside the other
-tests' stacks): each service SIGKILLed in turn while clients create and watch jobs. The
-supervisor restarts it, the merged log says so, every acknowledged job completes, the
-clients meet nothing but UNAVAILABLE in the gaps, and Ctrl-C still stops everything."""
+tests' stacks, with `--storage s3`): each service SIGKILLed in turn while clients create and
+watch jobs. The supervisor restarts it, the merged log says so, every acknowledged job
+completes with its asset in the bucket, the clients meet nothing but UNAVAILABLE in the
+gaps, and Ctrl-C still stops everything, the S3 server too."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -133,9 +135,35 @@ class Clients:
                 await asyncio.sleep(0.2)
 
 
+async def bucket_holds_the_asset_of(
+    run_dir: Path, ports: dict[str, Any], job_name: str, metadata: tuple[tuple[str, str]]
+) -> None:
+    """The job's asset is in the S3 bucket, its download URL serves its bytes, and nothing
+    is kept as a local file."""
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']['job']}") as job_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']['asset']}") as asset_channel,
+    ):
+        job = await job_grpc.JobServiceStub(job_channel).GetJob(
+            pb.GetJobRequest(name=job_name), metadata=metadata
+        )
+        assets = asset_grpc.AssetServiceStub(asset_channel)
+        asset = await assets.GetAsset(asset_pb.GetAssetRequest(name=job.asset), metadata=metadata)
+        assert asset.storage_uri.startswith("s3://pixsim-assets/"), asset.storage_uri
+        link = await assets.GenerateAssetDownloadUrl(
+            asset_pb.GenerateAssetDownloadUrlRequest(name=asset.name), metadata=metadata
+        )
+    assert link.url.startswith(f"http://127.0.0.1:{ports['s3']}/pixsim-assets/")
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(link.url)).raise_for_status().content
+    assert hashlib.sha256(body).hexdigest() == asset.sha256
+    assert not list((run_dir / "storage").rglob("*.mp4"))
+
+
 async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
+    """With `--storage s3` (the results in a bucket of the run's own S3 server)."""
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-make-run-"))
-    async with make_run(run_dir) as stack:
+    async with make_run(run_dir, "--storage", "s3") as stack:
         ports = json.loads((run_dir / "ports.json").read_text())
         async with httpx.AsyncClient() as client:
             for provider in ("pixverse", "runway", "pika"):
@@ -176,56 +204,11 @@ async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
             assert (
                 f'"exited; restarting", "logger": "supervisor", "service": "{spec.name}"' in merged
             )
+        await bucket_holds_the_asset_of(run_dir, ports, clients.acknowledged[0], metadata)
         last_pids = json.loads((run_dir / "pids.json").read_text())
 
         stack.send_signal(signal.SIGINT)  # Ctrl-C
         await asyncio.to_thread(stack.wait, 90)
     assert stack.returncode == 0
     assert not [name for name, pid in last_pids.items() if _alive(pid)]
-
-
-async def test_make_run_with_s3_storage_keeps_results_in_the_bucket() -> None:
-    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-make-run-s3-"))
-    async with make_run(run_dir, "--storage", "s3") as stack:
-        ports = json.loads((run_dir / "ports.json").read_text())
-        key = (run_dir / "keys" / "signing-key.pem").read_text()
-        metadata = (("authorization", f"Bearer {issue_token(key, user_id='bucketeer')}"),)
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']['job']}") as job_channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']['asset']}") as asset_channel,
-        ):
-            jobs = job_grpc.JobServiceStub(job_channel)
-            job = await jobs.CreateJob(
-                pb.CreateJobRequest(
-                    job=pb.Job(
-                        provider_id="pixverse",
-                        operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
-                        prompt="a fox in a bucket",
-                    )
-                ),
-                metadata=metadata,
-            )
-            async for update in jobs.WatchJob(
-                pb.WatchJobRequest(name=job.name), metadata=metadata, timeout=60
-            ):
-                if update.state in TERMINAL:
-                    break
-            assert update.state == pb.Job.STATE_COMPLETED, update
-            assets = asset_grpc.AssetServiceStub(asset_channel)
-            asset = await assets.GetAsset(
-                asset_pb.GetAssetRequest(name=update.asset), metadata=metadata
-            )
-            assert asset.storage_uri.startswith("s3://pixsim-assets/"), asset.storage_uri
-            link = await assets.GenerateAssetDownloadUrl(
-                asset_pb.GenerateAssetDownloadUrlRequest(name=asset.name), metadata=metadata
-            )
-        assert link.url.startswith(f"http://127.0.0.1:{ports['s3']}/pixsim-assets/")
-        async with httpx.AsyncClient() as client:
-            body = (await client.get(link.url)).raise_for_status().content
-        assert hashlib.sha256(body).hexdigest() == asset.sha256
-        assert not list((run_dir / "storage").rglob("*.mp4"))  # nothing kept as local files
-
-        stack.send_signal(signal.SIGINT)
-        await asyncio.to_thread(stack.wait, 90)
-    assert stack.returncode == 0
     assert not port_in_use(ports["s3"])

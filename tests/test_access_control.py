@@ -206,6 +206,12 @@ def catalog(o: Objects) -> list[Rpc]:
         ),
         Rpc(
             "assets",
+            "DownloadAssetContent",
+            lambda: asset_pb.DownloadAssetContentRequest(name=o.asset),
+            "server_stream",
+        ),
+        Rpc(
+            "assets",
             "GenerateAssetDownloadUrl",
             lambda: asset_pb.GenerateAssetDownloadUrlRequest(name=o.asset),
         ),

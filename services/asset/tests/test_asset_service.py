@@ -287,6 +287,24 @@ async def test_a_completed_generation_becomes_one_probed_asset_with_a_thumbnail(
         len(png) == asset.variants[[v.kind for v in asset.variants].index("thumbnail")].size_bytes
     )
 
+    # As HttpBody, for a transcoding edge: the type on the first message, then raw bytes;
+    # a range is the bytes it names, and one past the end is OUT_OF_RANGE.
+    async def download(**fields: Any) -> list[Any]:
+        request = pb.DownloadAssetContentRequest(name=asset.name, **fields)
+        return [m async for m in stack.assets.DownloadAssetContent(request, metadata=stack.alice)]
+
+    whole = await download()
+    assert [m.content_type for m in whole][:1] == ["video/mp4"]
+    assert {m.content_type for m in whole[1:]} <= {""}
+    assert b"".join(m.data for m in whole) == clip
+    assert b"".join(m.data for m in await download(offset=10, length=100)) == clip[10:110]
+    assert b"".join(m.data for m in await download(offset=len(clip) - 5)) == clip[-5:]
+    (thumbnail,) = await download(variant="thumbnail")
+    assert (thumbnail.content_type, thumbnail.data) == ("image/png", png)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await download(offset=len(clip))
+    assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
     lineage = await stack.assets.GetAssetLineage(
         pb.GetAssetLineageRequest(name=asset.name), metadata=stack.alice
     )

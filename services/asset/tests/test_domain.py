@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pixsim.types.v1 import types_pb2 as t
-from pixsim_asset.domain import extension_for, lineage_edges, media_type_of, wants_thumbnail
+from pixsim_asset.domain import (
+    byte_range,
+    extension_for,
+    lineage_edges,
+    media_type_of,
+    wants_thumbnail,
+)
 from pixsim_asset.probe import MediaInfo
 
 
@@ -58,3 +65,21 @@ def test_lineage_edges_are_distinct_owned_and_cover_every_owned_input(
     keys = [(e.parent_id, e.role) for e in edges]
     assert len(keys) == len(set(keys))
     assert set(keys) == {(a, r) for a, r in inputs if a in owned and a != "f"}
+
+
+@pytest.mark.parametrize(
+    ("size", "offset", "length", "span"),
+    [
+        (100, 0, 0, (0, 100)),
+        (100, 10, 20, (10, 30)),
+        (100, 90, 50, (90, 100)),
+        (100, 99, 0, (99, 100)),
+        (100, 100, 0, None),
+        (100, 500, 1, None),
+        (0, 0, 0, (0, 0)),
+    ],
+)
+def test_a_byte_range_is_clipped_to_the_file_and_none_past_its_end(
+    size: int, offset: int, length: int, span: tuple[int, int] | None
+) -> None:
+    assert byte_range(size, offset, length) == span

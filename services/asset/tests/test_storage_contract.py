@@ -74,6 +74,20 @@ async def test_a_file_goes_in_by_its_content_and_comes_back_whole(
     assert not again.exists()
 
 
+async def test_a_range_of_a_file_reads_back_as_the_bytes_it_names(storage: Storage) -> None:
+    body = os.urandom(300_000)
+    path, sha256 = staged(storage, body)
+    uri = await storage.put(path, sha256, "mp4", "video/mp4")
+
+    async def part(start: int, end: int | None) -> bytes:
+        return b"".join([c async for c in storage.read(uri, 64 * 1024, start=start, end=end)])
+
+    assert await part(0, None) == body
+    assert await part(1000, 201_000) == body[1000:201_000]
+    assert await part(299_990, None) == body[299_990:]
+    assert await part(5, 5) == b""
+
+
 async def test_bytes_that_are_not_the_announced_content_are_refused(storage: Storage) -> None:
     path, _ = staged(storage, b"what actually arrived")
     wrong = hashlib.sha256(b"what was announced").hexdigest()

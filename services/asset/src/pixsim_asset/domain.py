@@ -133,6 +133,16 @@ class Asset:
         return next((v for v in self.variants if v.kind == kind), None)
 
 
+def byte_range(size: int, offset: int, length: int) -> tuple[int, int] | None:
+    """The [start, end) of a file of `size` bytes that `offset` and `length` (0: to the end)
+    select, clipped to the file; None when the range starts past its end (an empty file's
+    whole range, offset 0, is empty, not past it)."""
+    if offset > 0 and offset >= size:
+        return None
+    end = size if length == 0 else min(size, offset + length)
+    return offset, end
+
+
 def lineage_edges(
     inputs: Iterable[tuple[str, int]], operation_type: int, owned: set[str], child_id: str
 ) -> list[LineageEdge]:

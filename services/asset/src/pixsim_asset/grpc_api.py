@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.api import httpbody_pb2
 from google.protobuf import duration_pb2, empty_pb2
 
 from pixsim.asset.v1 import asset_service_pb2 as pb
@@ -136,6 +137,20 @@ class AssetApi(pb_grpc.AssetServiceServicer):
             current_identity(), _id(request.name), request.variant
         ):
             yield pb.ReadAssetContentResponse(chunk=chunk)
+
+    async def DownloadAssetContent(
+        self, request: pb.DownloadAssetContentRequest, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        content, chunks = await self._service.open_range(
+            current_identity(), _id(request.name), request.variant, request.offset, request.length
+        )
+        first = True
+        async for chunk in chunks:
+            # The content type rides on the first message, as transcoders read it.
+            yield httpbody_pb2.HttpBody(content_type=content.mime_type if first else "", data=chunk)
+            first = False
+        if first:  # an empty file, or an empty range: one message still says its type
+            yield httpbody_pb2.HttpBody(content_type=content.mime_type)
 
     async def GenerateAssetDownloadUrl(
         self, request: pb.GenerateAssetDownloadUrlRequest, context: Any

@@ -24,7 +24,7 @@ from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_asset import repository as repo
 from pixsim_asset.decoders import DecodePool
-from pixsim_asset.domain import Asset, Origin, Relative, StoredFile
+from pixsim_asset.domain import Asset, Origin, Relative, StoredFile, byte_range
 from pixsim_asset.fetch import Downloader, FetchFailed, FetchRefused
 from pixsim_asset.probe import DecodeLimits
 from pixsim_asset.service.generations import Generations, Staged
@@ -40,6 +40,7 @@ from pixsim_common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    OutOfRange,
 )
 from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.timestamps import now_timestamp, to_timestamp
@@ -48,6 +49,15 @@ log = structlog.get_logger("pixsim.asset")
 SOURCE = "/asset"
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_URL_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Content:
+    """One stored file of an asset (the asset's own, or a variant's), to read."""
+
+    uri: str
+    mime_type: str
+    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -254,22 +264,41 @@ class AssetService:
             )
             await uow.commit()
 
-    async def _uri(self, identity: Identity, asset_id: str, variant: str) -> str:
+    async def _stored(self, identity: Identity, asset_id: str, variant: str) -> Content:
         asset = await self.get(identity, asset_id)
         if not variant:
-            return asset.storage_uri
+            return Content(asset.storage_uri, asset.mime_type, asset.size_bytes)
         found = asset.variant(variant)
         if found is None:
             raise NotFound(
                 f"assets/{asset_id} has no {variant} variant", reason="VARIANT_NOT_FOUND"
             )
-        return found.storage_uri
+        return Content(found.storage_uri, found.mime_type, found.size_bytes)
+
+    async def _uri(self, identity: Identity, asset_id: str, variant: str) -> str:
+        return (await self._stored(identity, asset_id, variant)).uri
 
     async def read(self, identity: Identity, asset_id: str, variant: str) -> AsyncIterator[bytes]:
         """The stored bytes of the asset or of one of its variants, in chunks."""
         uri = await self._uri(identity, asset_id, variant)
         async for chunk in self._storage.read(uri, READ_CHUNK_BYTES):
             yield chunk
+
+    async def open_range(
+        self, identity: Identity, asset_id: str, variant: str, offset: int, length: int
+    ) -> tuple[Content, AsyncIterator[bytes]]:
+        """The file (its type and size) and its bytes from `offset`, `length` of them at most
+        (0: to the end); OUT_OF_RANGE for a range that starts past the end."""
+        stored = await self._stored(identity, asset_id, variant)
+        span = byte_range(stored.size_bytes, offset, length)
+        if span is None:
+            raise OutOfRange(
+                f"the range starts at byte {offset}, past the end ({stored.size_bytes} bytes)",
+                reason="RANGE_NOT_SATISFIABLE",
+                metadata={"size_bytes": str(stored.size_bytes)},
+            )
+        start, end = span
+        return stored, self._storage.read(stored.uri, READ_CHUNK_BYTES, start=start, end=end)
 
     async def download_url(
         self, identity: Identity, asset_id: str, variant: str, seconds: int

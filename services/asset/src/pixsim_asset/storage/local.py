@@ -58,10 +58,20 @@ class LocalStorage:
             raise ChecksumMismatch(f"the file's sha256 is {digest.hexdigest()}, not {sha256}")
         os.replace(source, target)  # atomic: a reader never sees half a file
 
-    async def read(self, uri: str, chunk_bytes: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    async def read(
+        self, uri: str, chunk_bytes: int = 1024 * 1024, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
         handle = await asyncio.to_thread(self._path(uri).open, "rb")
         try:
-            while chunk := await asyncio.to_thread(handle.read, chunk_bytes):
+            await asyncio.to_thread(handle.seek, start)
+            left = None if end is None else max(end - start, 0)
+            while left is None or left > 0:
+                wanted = chunk_bytes if left is None else min(chunk_bytes, left)
+                chunk = await asyncio.to_thread(handle.read, wanted)
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
         finally:
             handle.close()

@@ -186,8 +186,13 @@ class S3Storage:
             await self._client.delete_object(Bucket=self._bucket, Key=key)
             raise ChecksumMismatch(f"{key}: the store's checksum {stored} is not {expected}")
 
-    async def read(self, uri: str, chunk_bytes: int = MIB) -> AsyncIterator[bytes]:
-        answer = await self._client.get_object(Bucket=self._bucket, Key=self._key(uri))
+    async def read(
+        self, uri: str, chunk_bytes: int = MIB, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        if end is not None and end <= start:
+            return
+        ranged = {} if start == 0 and end is None else {"Range": f"bytes={start}-{_last(end)}"}
+        answer = await self._client.get_object(Bucket=self._bucket, Key=self._key(uri), **ranged)
         async with answer["Body"] as body:
             async for chunk in body.iter_chunks(chunk_bytes):
                 yield chunk
@@ -211,3 +216,8 @@ class S3Storage:
             ExpiresIn=expires_seconds,
         )
         return url
+
+
+def _last(end: int | None) -> str:
+    """An HTTP range's last byte (inclusive) for an exclusive `end`; open when None."""
+    return "" if end is None else str(end - 1)

@@ -425,6 +425,38 @@ class ReadAssetContentResponse(_message.Message):
 Global___ReadAssetContentResponse: _TypeAlias = ReadAssetContentResponse  # noqa: Y015
 
 @_typing.final
+class DownloadAssetContentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    variant: _builtins.str
+    """A variant's kind, e.g. `thumbnail`; empty for the file itself."""
+    offset: _builtins.int
+    """The first byte to send (0: from the start), and how many at most (0: to the end): an
+    HTTP `Range: bytes=offset-(offset+length-1)`.
+    """
+    length: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "name", b"name", "offset", b"offset", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadAssetContentRequest: _TypeAlias = DownloadAssetContentRequest  # noqa: Y015
+
+@_typing.final
 class GenerateAssetDownloadUrlRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from pixsim.asset.v1 import asset_service_pb2 as pixsim_dot_asset_dot_v1_dot_asset__service__pb2
 
@@ -64,6 +65,11 @@ class AssetServiceStub:
                 '/pixsim.asset.v1.AssetService/ReadAssetContent',
                 request_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentRequest.SerializeToString,
                 response_deserializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentResponse.FromString,
+                _registered_method=True)
+        self.DownloadAssetContent = channel.unary_stream(
+                '/pixsim.asset.v1.AssetService/DownloadAssetContent',
+                request_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.DownloadAssetContentRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.GenerateAssetDownloadUrl = channel.unary_unary(
                 '/pixsim.asset.v1.AssetService/GenerateAssetDownloadUrl',
@@ -128,6 +134,16 @@ class AssetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadAssetContent(self, request, context):
+        """Streams the stored file's bytes (or a variant's, or a range of them) as
+        `google.api.HttpBody`, the first message with their content type: through a transcoding
+        edge (grpc-gateway, Envoy's gRPC-JSON transcoder) a GET answers the raw bytes, not
+        base64 in JSON. OUT_OF_RANGE for a range starting past the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GenerateAssetDownloadUrl(self, request, context):
         """Returns a time-limited URL of the stored bytes (or a variant's), for a provider to fetch
         at the moment it is given one. FAILED_PRECONDITION (`NO_DOWNLOAD_URLS`) where the store
@@ -184,6 +200,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.ReadAssetContent,
                     request_deserializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentRequest.FromString,
                     response_serializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentResponse.SerializeToString,
+            ),
+            'DownloadAssetContent': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadAssetContent,
+                    request_deserializer=pixsim_dot_asset_dot_v1_dot_asset__service__pb2.DownloadAssetContentRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GenerateAssetDownloadUrl': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateAssetDownloadUrl,
@@ -363,6 +384,33 @@ class AssetService:
             '/pixsim.asset.v1.AssetService/ReadAssetContent',
             pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentRequest.SerializeToString,
             pixsim_dot_asset_dot_v1_dot_asset__service__pb2.ReadAssetContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadAssetContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pixsim.asset.v1.AssetService/DownloadAssetContent',
+            pixsim_dot_asset_dot_v1_dot_asset__service__pb2.DownloadAssetContentRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 The asset service: stored, deduplicated, probed media and where it came from."""
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from pixsim.asset.v1 import asset_service_pb2 as _asset_service_pb2
@@ -46,6 +47,12 @@ class AssetServiceStub:
     """Uploads a file: the first message carries its metadata, every later one a chunk."""
     ReadAssetContent: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetContentRequest, _asset_service_pb2.ReadAssetContentResponse]
     """Streams the stored file's bytes."""
+    DownloadAssetContent: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetContentRequest, _httpbody_pb2.HttpBody]
+    """Streams the stored file's bytes (or a variant's, or a range of them) as
+    `google.api.HttpBody`, the first message with their content type: through a transcoding
+    edge (grpc-gateway, Envoy's gRPC-JSON transcoder) a GET answers the raw bytes, not
+    base64 in JSON. OUT_OF_RANGE for a range starting past the end.
+    """
     GenerateAssetDownloadUrl: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GenerateAssetDownloadUrlRequest, _asset_service_pb2.AssetDownloadUrl]
     """Returns a time-limited URL of the stored bytes (or a variant's), for a provider to fetch
     at the moment it is given one. FAILED_PRECONDITION (`NO_DOWNLOAD_URLS`) where the store
@@ -75,6 +82,12 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """Uploads a file: the first message carries its metadata, every later one a chunk."""
     ReadAssetContent: _aio.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetContentRequest, _asset_service_pb2.ReadAssetContentResponse]  # type: ignore[assignment]
     """Streams the stored file's bytes."""
+    DownloadAssetContent: _aio.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetContentRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Streams the stored file's bytes (or a variant's, or a range of them) as
+    `google.api.HttpBody`, the first message with their content type: through a transcoding
+    edge (grpc-gateway, Envoy's gRPC-JSON transcoder) a GET answers the raw bytes, not
+    base64 in JSON. OUT_OF_RANGE for a range starting past the end.
+    """
     GenerateAssetDownloadUrl: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GenerateAssetDownloadUrlRequest, _asset_service_pb2.AssetDownloadUrl]  # type: ignore[assignment]
     """Returns a time-limited URL of the stored bytes (or a variant's), for a provider to fetch
     at the moment it is given one. FAILED_PRECONDITION (`NO_DOWNLOAD_URLS`) where the store
@@ -137,6 +150,18 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_asset_service_pb2.ReadAssetContentResponse], _abc.AsyncIterator[_asset_service_pb2.ReadAssetContentResponse]]:
         """Streams the stored file's bytes."""
+
+    @_abc_1.abstractmethod
+    def DownloadAssetContent(
+        self,
+        request: _asset_service_pb2.DownloadAssetContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """Streams the stored file's bytes (or a variant's, or a range of them) as
+        `google.api.HttpBody`, the first message with their content type: through a transcoding
+        edge (grpc-gateway, Envoy's gRPC-JSON transcoder) a GET answers the raw bytes, not
+        base64 in JSON. OUT_OF_RANGE for a range starting past the end.
+        """
 
     @_abc_1.abstractmethod
     def GenerateAssetDownloadUrl(

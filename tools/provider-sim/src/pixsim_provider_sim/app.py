@@ -8,7 +8,6 @@ per request with a prompt knob such as `[sim:moderation]` (see `state.Fault`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import secrets
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pixsim_provider_sim.inputs import Received, Refused, take
 from pixsim_provider_sim.inputs import fetch as fetch_input
 from pixsim_provider_sim.media import render_mp4, render_png
-from pixsim_provider_sim.state import Fault, KeyConfig, SimState, Task
+from pixsim_provider_sim.state import Fault, KeyConfig, Outcome, SimState, Task
 from pixsim_provider_sim.webhooks import FalWebhooks
 
 
@@ -47,7 +46,9 @@ def _dimensions(short_side: int, aspect: str) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
-@functools.lru_cache(maxsize=128)
+RENDERS_KEPT = 128
+
+
 def _render(kind: str, seed: int, width: int, height: int, seconds: float) -> bytes:
     if kind == "video":
         return render_mp4(seed, width, height, seconds)
@@ -60,6 +61,9 @@ class Simulator:
         self._secret = secrets.token_bytes(16)
         self._client: httpx.AsyncClient | None = None
         self.webhooks = FalWebhooks(lambda: self.client)
+        # Outputs being made, by what they are made of: each rendered once, from the moment
+        # its task is accepted, as a provider has its file ready when the task ends.
+        self._renders: dict[tuple[str, int, int, int, float], asyncio.Task[bytes]] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -109,10 +113,24 @@ class Simulator:
             return JSONResponse({"error": "AccessDenied: bad signature"}, status_code=403)
         if time.time() > expires:
             return JSONResponse({"error": "AccessDenied: the URL has expired"}, status_code=403)
-        body = await asyncio.to_thread(
-            _render, task.kind, task.seed, task.width, task.height, task.seconds
-        )
+        body = await self.output_of(task)
         return Response(body, media_type="video/mp4" if task.kind == "video" else "image/png")
+
+    def output_of(self, task: Task) -> asyncio.Task[bytes]:
+        """The task's output file, rendered once (concurrent fetches wait for the same one)."""
+        key = (task.kind, task.seed, task.width, task.height, task.seconds)
+        made = self._renders.get(key)
+        if made is None or (made.done() and made.exception() is not None):
+            made = asyncio.ensure_future(asyncio.to_thread(_render, *key))
+            self._renders[key] = made
+            while len(self._renders) > RENDERS_KEPT:
+                self._renders.pop(next(iter(self._renders)))
+        return made
+
+    def accepted(self, task: Task) -> None:
+        """A new task: one that will succeed starts making its output now."""
+        if task.outcome is Outcome.SUCCEED:
+            self.output_of(task)
 
     # ---- control API -------------------------------------------------------------------
 
@@ -238,6 +256,7 @@ class Simulator:
             request=body,
             inputs=inputs,
         )
+        self.accepted(task)
         return JSONResponse({"id": task.id, "estimatedCost": {"credits": cost}})
 
     async def runway_upload_slot(self, request: Request) -> Response:
@@ -420,6 +439,7 @@ class Simulator:
             request=body,
             inputs=inputs,
         )
+        self.accepted(task)
         if webhook := request.query_params.get("fal_webhook"):
             self.webhooks.schedule(self._fal_webhook(webhook, task, str(request.base_url)))
         return JSONResponse({"request_id": task.id, **self._fal_urls(request, task.id)})
@@ -670,6 +690,7 @@ class Simulator:
             task_id=str(self.state.new_int_id()),
             inputs=inputs,
         )
+        self.accepted(task)
         return self._pixverse({"video_id": int(task.id)})
 
     async def pixverse_upload(self, request: Request) -> Response:

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 
@@ -19,6 +20,7 @@ from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.scene.v1 import scene_service_pb2 as scene_pb
 from pixsim_common import topics
 from pixsim_local.whole_stack import WholeStack
+from pixsim_provider_gateway.service import REPLICA_STOPPED
 from pixsim_provider_sim.media import render_png
 
 pytestmark = pytest.mark.e2e
@@ -51,11 +53,16 @@ async def test_a_service_drained_under_load_loses_and_repeats_nothing(
             return_exceptions=True,
         )
 
-    before = await burst("before", 8)  # these are on their way through the pipeline
-    during = asyncio.ensure_future(burst("during", 8))  # in flight as the SIGTERM lands
-    await asyncio.sleep(0.02)
-    await stack.services.restart(name)
-    after = await burst("after", 4)
+    # Slow submits, so the gateway's SIGTERM lands while it is calling the provider.
+    await stack.sim_key("pixverse", latency_ms=400 if name == "provider-gateway" else 0)
+    try:
+        before = await burst("before", 8)  # these are on their way through the pipeline
+        during = asyncio.ensure_future(burst("during", 8))  # in flight as the SIGTERM lands
+        await asyncio.sleep(0.02)
+        await stack.services.restart(name)
+        after = await burst("after", 4)
+    finally:
+        await stack.sim_key("pixverse", latency_ms=0)
     answered, _ = split([*before, *(await during), *after])
     # A client retries what was refused, with the same request_id: one job per request.
     created = [
@@ -87,6 +94,19 @@ async def test_a_service_drained_under_load_loses_and_repeats_nothing(
             await asyncio.sleep(0.05)
         assert (len(answers()), len(completions())) == (1, 1), job.name
         assert events_pb2.AssetCreated.FromString(answers()[0].value).asset_id == job.asset[7:]
+    # A drained gateway finished the calls it had under way: no attempt was left for
+    # recovery to find when its lease ran out.
+    connection = await asyncpg.connect(stack.services.databases["provider-gateway"].url)
+    try:
+        stranded = await connection.fetchval(
+            "SELECT count(*) FROM provider_submissions"
+            " WHERE job_id = ANY($1::uuid[]) AND error_message = $2",
+            [job.name.removeprefix("jobs/") for job in created],
+            REPLICA_STOPPED,
+        )
+    finally:
+        await connection.close()
+    assert stranded == 0
 
 
 async def test_the_scene_service_drained_under_load_keeps_its_writes_and_its_events(

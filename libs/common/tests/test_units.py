@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import errno
 import socket
@@ -21,6 +22,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from pixsim.job.v1 import job_service_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.auth import TokenVerifier, generate_keypair, issue_token
+from pixsim_common.background import Loop
 from pixsim_common.clients import PeerBug, from_peer
 from pixsim_common.cloudevents import (
     MalformedEvent,
@@ -297,3 +299,31 @@ def test_database_urls_are_adapted_for_sqlalchemy() -> None:
     assert sqlalchemy_url("postgresql://u:p@h:1/d") == "postgresql+asyncpg://u:p@h:1/d"
     with pytest.raises(ValueError, match="postgresql"):
         sqlalchemy_url("mysql://x")
+
+
+async def test_a_loop_stopped_mid_step_lets_the_step_finish_and_starts_no_other() -> None:
+    started: list[int] = []
+    finished: list[int] = []
+
+    async def step() -> int:
+        started.append(len(started))
+        await asyncio.sleep(0.3)
+        finished.append(len(finished))
+        return 1  # there is always more: only the stop ends it
+
+    loop = Loop("busy", step, grace=5.0)
+    await loop.start()
+    await asyncio.sleep(0.1)
+    await loop.stop()
+    assert (started, finished) == ([0], [0])
+
+
+async def test_a_loop_whose_step_outlasts_the_grace_is_cancelled() -> None:
+    async def step() -> int:
+        await asyncio.sleep(60)
+        return 1
+
+    loop = Loop("stuck", step, grace=0.2)
+    await loop.start()
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(loop.stop(), timeout=5)

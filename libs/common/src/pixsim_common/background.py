@@ -46,7 +46,12 @@ class CloseOnStop:
 
 class Loop(Background):
     """Runs `step` again and again; sleeps when it found nothing to do; never dies of an
-    error (the database or a provider may be away) but logs it and backs off."""
+    error (the database or a provider may be away) but logs it and backs off.
+
+    Stopping lets the step under way finish, for up to `grace` seconds, before it is
+    cancelled: a step cut short mid-call (a submit the provider may have taken) leaves work
+    for recovery to find only when its lease runs out, so a rolling update would strand it.
+    """
 
     def __init__(
         self,
@@ -54,24 +59,42 @@ class Loop(Background):
         step: Callable[[], Awaitable[int]],
         wake: asyncio.Event | None = None,
         idle: float = 0.2,
+        grace: float = 10.0,
     ) -> None:
         self.name = name
         self._step = step
         self._wake = wake or asyncio.Event()
         self._idle = idle
+        self._grace = grace
+        self._stopping = False
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), self._grace)
+        await super().stop()
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 done = await self._step()
                 backoff = 0.1
             except Exception as error:
                 log.exception("loop step failed", loop=self.name, error=repr(error))
-                await asyncio.sleep(backoff)
+                self._wake.clear()
+                await self._pause(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if not done:
+            if not done and not self._stopping:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle)
+                await self._pause(self._idle)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, woken early by new work or by the stop."""
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)

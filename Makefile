@@ -19,7 +19,7 @@ run: setup
 
 ## Everything CI runs: setup, lint, generated code up to date, every test tier.
 test: setup lint check-protos
-	$(RUN) pytest
+	$(RUN) python -m pixsim_local.suite
 
 test-unit:
 	$(RUN) pytest -m unit

@@ -944,3 +944,27 @@ async def test_the_jobs_own_run_deadline_is_never_reconciled_past() -> None:
     run_deadline = gateway.store.clock.now + timedelta(seconds=10)
     _, job_id = await running_past_the_bound(gateway, run_deadline_at=run_deadline)
     assert gateway.attempts(job_id)[0][:2] == (S.FAILED, "DEADLINE_EXCEEDED")
+
+
+async def test_a_passed_over_attempt_has_its_new_providers_whole_retry_budget(
+    gateway: Gateway,
+) -> None:
+    pika = gateway.account()
+    gateway.account(provider="runway")
+    job_id = await gateway.submitted(fallbacks=RUNWAY_FALLBACK)
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "down")] * 2
+    for _ in range(2):  # two of pika's retries spent (the policy allows two)
+        assert await gateway.service.dispatch_once(10) == 1
+        gateway.store.clock.advance(10)
+    gateway.store.accounts[pika]["credits"] = 0  # pika can take it no more
+    assert await gateway.service.fallback_once() == 1
+    gateway.fallback.submits = [ProviderError(ErrorKind.TRANSIENT, "blip")]
+    assert await gateway.service.dispatch_once(10) == 1
+    rows = gateway.store.attempts_of(job_id)
+    assert [(r["provider_id"], r["state"]) for r in rows] == [
+        ("pika", S.FAILED),
+        ("pika", S.FAILED),
+        ("runway", S.FAILED),
+        ("runway", S.WAITING),  # a retry on runway, not RETRIES_EXHAUSTED
+    ]
+    assert gateway.published(Failed) == []

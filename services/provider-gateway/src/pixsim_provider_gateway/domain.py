@@ -491,10 +491,12 @@ class Submission:
 
     def pass_over(self, why: str) -> None:
         """Nothing was sent yet and its provider cannot take it (`why`): the same attempt
-        goes on with the job's next fallback provider instead."""
+        goes on with the job's next fallback provider instead, with that provider's whole
+        retry budget (the retries spent on the one passed over are not its)."""
         self.changes |= self._on_fallback() | {
             "passed_over": [*self.passed_over, {"provider_id": self.provider_id, "why": why}],
             "available_at": NOW,
+            "provider_first_attempt": self.retry_attempt,
         }
 
     def _on_fallback(self) -> dict[str, Any]:

@@ -102,7 +102,8 @@ class ChaosPlan:
     seed: int = 7
     drain_timeout: float = 240.0
     # The outage begins with the run and lasts until the provider has refused this many
-    # calls (its first jobs meet it, its circuit opens, and the jobs after them fall back),
+    # submits (its first jobs meet it, its circuit opens after five, and the jobs after
+    # them fall back; the sixth is the circuit's first probe),
     # or for `outage_longest` seconds. A window fixed in time could pass unnoticed while the
     # gateways' consumers are still joining their group, or the broker is down.
     outage_refusals: int = 6
@@ -268,14 +269,19 @@ class ChaosRun:
 
     async def _outage(self, started: float) -> None:
         """The outage provider's key fails every call from the start, until it has refused
-        `outage_refusals` of them (or for `outage_longest` seconds)."""
+        `outage_refusals` submits (status checks do not count: a circuit opens on submits)
+        or for `outage_longest` seconds."""
         key = f"local-{OUTAGE}-key"
-        calls_before = (await self._sim_stats())["keys"].get(key, {}).get("calls", 0)
+
+        async def refused() -> int:
+            keys = (await self._sim_stats())["keys"]
+            return int(keys.get(key, {}).get("refused_submits", 0))
+
+        refused_before = await refused()
         await self.stack.sim_key(OUTAGE, outage=True)
         began = time.monotonic()
         while time.monotonic() - began < self.plan.outage_longest:
-            calls = (await self._sim_stats())["keys"].get(key, {}).get("calls", 0)
-            if calls - calls_before >= self.plan.outage_refusals:
+            if await refused() - refused_before >= self.plan.outage_refusals:
                 break
             await asyncio.sleep(0.2)
         await self.stack.sim_key(OUTAGE, outage=False)

@@ -872,7 +872,9 @@ class KeyRefusals:
             key = _key_of(path, headers)
             config = self._state.keys.get(key) if key is not None else None
             if key is not None and config is not None and (config.revoked or config.outage):
-                self._state.stats_of(key).calls += 1
+                stats = self._state.stats_of(key)
+                stats.calls += 1
+                stats.refused_submits += scope["method"] == "POST"
                 answer = _refusal_of(path) if config.revoked else _outage_of(path)
                 await answer(scope, receive, send)
                 return

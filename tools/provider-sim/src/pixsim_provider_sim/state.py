@@ -68,6 +68,8 @@ class KeyStats:
     calls: int = 0
     submits: int = 0
     in_flight_max: int = 0
+    # Submits (POSTs) refused whatever they asked: the key revoked, or the provider down.
+    refused_submits: int = 0
 
 
 @dataclass
@@ -261,6 +263,7 @@ class SimState:
                     "submits": stats.submits,
                     "in_flight": self.in_flight(key, now),
                     "in_flight_max": stats.in_flight_max,
+                    "refused_submits": stats.refused_submits,
                     "credits": self.config(key).credits,
                 }
                 for key, stats in self.stats.items()

@@ -115,7 +115,8 @@ async def wait_for_effect(db: MessagingDatabase, job_id: str) -> None:
     await wait_for(recorded)
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+# Generous: the suite runs the chaos run beside these tests, on the same two cores.
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
         if time.monotonic() > deadline:

@@ -264,7 +264,10 @@ async def test_a_completed_job_reports_its_timings_and_our_overhead(stack: Stack
     provider = done.provider_duration.ToTimedelta().total_seconds()
     overhead = done.overhead_duration.ToTimedelta().total_seconds()
     total = (times[-1] - times[0]).total_seconds()
-    assert provider >= 1.5  # the task took 1.5 s at the provider, seen at its next poll
+    # The task took 1.5 s at the provider. Our start is stamped when its acceptance is
+    # recorded, a moment after the provider's own; its end when it is noticed, at once by a
+    # callback or at the next poll. So the figure is 1.5 s less that moment, or more.
+    assert provider >= 1.3
     assert overhead == pytest.approx(total - provider, abs=0.01)
     assert observed() == before + 1
 

@@ -156,8 +156,11 @@ def test_probe_reads_images_and_refuses_garbage(tmp_path: Path) -> None:
     assert probe(clip).duration_seconds == 1.5
     garbage = tmp_path / "c.mp4"
     garbage.write_bytes(b"not media at all")
-    with pytest.raises(ProbeFailed):
+    with pytest.raises(ProbeFailed) as refused:
         probe(garbage)
+    # The caller hears why, never where we keep their bytes.
+    assert "Invalid data found" in str(refused.value)
+    assert str(tmp_path) not in str(refused.value)
 
 
 async def test_a_redirect_to_a_refused_address_or_scheme_is_refused_before_connecting(

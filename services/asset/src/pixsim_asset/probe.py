@@ -182,7 +182,11 @@ def inspect(
         return _read(path, limits, thumbnail_side, frames)
     except ProbeFailed:
         raise
-    except (av.FFmpegError, ValueError, MemoryError) as error:
+    except av.FFmpegError as error:
+        # Its own text names the file, a path of ours the caller has no business knowing.
+        reason = error.strerror or "the decoder refused it"
+        raise ProbeFailed(f"not a media file we can read: {reason}") from error
+    except (ValueError, MemoryError) as error:
         raise ProbeFailed(f"not a media file we can read: {error}") from error
 
 

@@ -12,19 +12,22 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from opentelemetry import trace
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim.events.v1 import events_pb2
 from pixsim_common.cloudevents import EventMeta, encode_headers, event_headers
-from pixsim_common.consumer import EventConsumer, PoisonMessage, Subscription
+from pixsim_common.consumer import DLQ_REPORT_SECONDS, EventConsumer, PoisonMessage, Subscription
 from pixsim_common.topics import Topic
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import produce_raw, read_topic
 from pixsim_local.pytest_plugin import TopicFactory
 
 from .conftest import MessagingDatabase, database_away
+
+DLQ_DEPTH_METRIC = "pixsim_dlq_depth_messages"
 
 pytestmark = pytest.mark.integration
 
@@ -222,6 +225,11 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
         headers = dict(record.headers)
         assert headers["pixsim_original_topic"] == topic.name.encode()
         assert headers["pixsim_error"]
+    # Operators see the twin's depth (read from the broker every DLQ_REPORT_SECONDS).
+    deadline = time.monotonic() + DLQ_REPORT_SECONDS + 15
+    while REGISTRY.get_sample_value(DLQ_DEPTH_METRIC, {"topic": topic.dlq}) != len(poison):
+        assert time.monotonic() < deadline, "the dead-letter depth was never reported"
+        await asyncio.sleep(0.5)
     # Nothing poison left an effect behind.
     async with messaging_db.engine.connect() as connection:
         assert await connection.scalar(text("SELECT count(*) FROM effects")) == 1

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.db import UnitOfWork
-from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_SET_ASIDE
+from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST, OUTBOX_SET_ASIDE
 from pixsim_common.outbox import OutboxRelay, SetAside, Unpublishable, enqueue, outbox_table
 from pixsim_common.topics import MAX_EVENT_BYTES, TOPIC_MAX_MESSAGE_BYTES, Topic
 from pixsim_local.infra import Infra
@@ -244,6 +244,31 @@ async def test_housekeeping_prunes_sent_rows_and_publishing_goes_on(
         assert OUTBOX_BACKLOG.labels("kit-test")._value.get() == 0
     finally:
         await relay.stop()
+
+
+async def test_housekeeping_reports_how_old_the_oldest_unsent_event_is(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(events_pb2.JobSubmitted)
+    relay = relay_for(messaging_db, infra)  # never started: nothing publishes
+    async with UnitOfWork(messaging_db.sessions) as uow:
+        job_id = str(uuid.uuid4())
+        await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
+        await uow.commit()
+    async with messaging_db.engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE outbox SET created_at = now() - interval '5 minutes' WHERE key = :key"),
+            {"key": job_id},
+        )
+    try:
+        await relay.housekeeping()
+        assert OUTBOX_BACKLOG.labels("kit-test")._value.get() >= 1
+        assert 300 <= OUTBOX_OLDEST.labels("kit-test")._value.get() < 360
+    finally:
+        async with messaging_db.engine.begin() as connection:
+            await connection.execute(text("DELETE FROM outbox WHERE key = :key"), {"key": job_id})
+    await relay.housekeeping()
+    assert OUTBOX_OLDEST.labels("kit-test")._value.get() < 300
 
 
 async def test_kafka_down_delays_but_loses_nothing(

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pixsim_common.cloudevents import EventMeta, MalformedEvent, parse_headers
 from pixsim_common.dependencies import CONNECT_WAIT_SECONDS, started_kafka_client
 from pixsim_common.errors import InvalidArgument
-from pixsim_common.metrics import CONSUMER_LAG, MESSAGES_CONSUMED
+from pixsim_common.metrics import CONSUMER_LAG, DLQ_DEPTH, MESSAGES_CONSUMED
 from pixsim_common.outbox import write_collected
 from pixsim_common.topics import MAX_EVENT_BYTES, Topic
 from pixsim_common.tracing import extract_context
@@ -50,6 +50,8 @@ tracer = trace.get_tracer("pixsim.consumer")
 
 # Producers never write more (requests are bounded to fit); anything larger is poison.
 MAX_MESSAGE_BYTES = MAX_EVENT_BYTES
+# How often a member reads how many messages its topics' dead-letter twins hold.
+DLQ_REPORT_SECONDS = 15.0
 
 metadata = MetaData()
 inbox_table = Table(
@@ -199,14 +201,36 @@ class EventConsumer:
 
     async def _run(self, options: Mapping[str, Any]) -> None:
         consumer = await self._connect(options)
+        loop = asyncio.get_running_loop()
+        next_dlq_report = loop.time()
         while True:
             try:
                 await self._consume_batch(consumer)
+                if loop.time() >= next_dlq_report:
+                    next_dlq_report = loop.time() + DLQ_REPORT_SECONDS
+                    await self._report_dead_letters(consumer)
             except Exception:
                 # The loop must outlive whatever one batch meets: a dead loop leaves this
                 # member in its group, holding partitions that nobody consumes.
                 log.exception("consumer batch failed; going on", consumer=self.name)
                 await asyncio.sleep(1)
+
+    async def _report_dead_letters(self, consumer: AIOKafkaConsumer) -> None:
+        """Set each dead-letter twin's depth: what its partitions hold (nothing consumes
+        them, so only retention or an operator takes messages out)."""
+        assert self._producer is not None
+        for route in self._routes.values():
+            dlq = route.topic.dlq
+            try:
+                partitions = [
+                    TopicPartition(dlq, p) for p in await self._producer.partitions_for(dlq)
+                ]
+                ends = await consumer.end_offsets(partitions)
+                starts = await consumer.beginning_offsets(partitions)
+            except KafkaError as error:
+                log.info("dead-letter depth unknown", topic=dlq, error=repr(error))
+                continue
+            DLQ_DEPTH.labels(dlq).set(sum(ends[tp] - starts[tp] for tp in partitions))
 
     async def _consume_batch(self, consumer: AIOKafkaConsumer) -> None:
         batch = await consumer.getmany(timeout_ms=500, max_records=500)

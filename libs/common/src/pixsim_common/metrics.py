@@ -23,8 +23,18 @@ MESSAGES_CONSUMED = Counter(
     "Kafka messages handled, by outcome (processed, duplicate, dead_lettered)",
     ["group", "topic", "outcome"],
 )
+DLQ_DEPTH = Gauge(
+    "pixsim_dlq_depth_messages",
+    "Messages in a dead-letter topic (its partitions' end less start offsets)",
+    ["topic"],
+)
 OUTBOX_BACKLOG = Gauge(
     "pixsim_outbox_backlog_events", "Outbox events not yet published", ["service"]
+)
+OUTBOX_OLDEST = Gauge(
+    "pixsim_outbox_oldest_unsent_seconds",
+    "Age of the oldest outbox event not yet published (0 when there is none)",
+    ["service"],
 )
 OUTBOX_SET_ASIDE = Counter(
     "pixsim_outbox_set_aside_total",

@@ -53,7 +53,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from pixsim_common.cloudevents import encode_headers, event_headers
 from pixsim_common.db import libpq_url
 from pixsim_common.dependencies import CONNECT_WAIT_SECONDS, started_kafka_client
-from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED, OUTBOX_SET_ASIDE
+from pixsim_common.metrics import (
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST,
+    OUTBOX_PUBLISHED,
+    OUTBOX_SET_ASIDE,
+)
 from pixsim_common.topics import MAX_EVENT_BYTES, TOPIC_MAX_MESSAGE_BYTES, Topic
 from pixsim_common.tracing import inject_context
 
@@ -412,10 +417,16 @@ class OutboxRelay:
     async def housekeeping(self) -> None:
         """Report the backlog and prune rows sent longer ago than the retention."""
         async with self._engine.begin() as connection:
-            backlog = await connection.scalar(
-                text("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")
-            )
-            OUTBOX_BACKLOG.labels(self._service).set(backlog or 0)
+            backlog, oldest = (
+                await connection.execute(
+                    text(
+                        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                        " FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL"
+                    )
+                )
+            ).one()
+            OUTBOX_BACKLOG.labels(self._service).set(backlog)
+            OUTBOX_OLDEST.labels(self._service).set(float(oldest))
             await connection.execute(
                 text("DELETE FROM outbox WHERE sent_at < now() - CAST(:retention AS interval)"),
                 {"retention": self._retention},

@@ -14,8 +14,16 @@ ACCOUNT_SLOT_UTILISATION = Gauge(
     "in_flight / max_concurrency",
     ["provider", "account"],
 )
+ACCOUNT_SLOTS = Gauge(
+    "pixsim_gateway_account_slots", "Tasks an account may run at once", ["provider", "account"]
+)
 QUEUE_DEPTH = Gauge(
     "pixsim_gateway_waiting_submissions", "Submissions waiting for an account", ["provider"]
+)
+QUEUE_WAIT = Gauge(
+    "pixsim_gateway_oldest_waiting_seconds",
+    "How long the submission that has waited longest (since it could be sent) has waited",
+    ["provider"],
 )
 PROVIDER_LATENCY = Histogram(
     "pixsim_gateway_provider_call_seconds",

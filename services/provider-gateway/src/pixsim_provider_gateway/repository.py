@@ -796,13 +796,22 @@ async def account_loads(session: AsyncSession) -> list[Row[Any]]:
     return list(rows.all())
 
 
-async def waiting_by_provider(session: AsyncSession) -> dict[str, int]:
+async def waiting_by_provider(session: AsyncSession) -> dict[str, tuple[int, float]]:
+    """Per provider with submissions waiting: how many, and how long (seconds) the one that
+    has waited longest since it could be sent has waited (0 while none can be sent yet)."""
+    ready_since = func.min(submissions.c.available_at).filter(
+        submissions.c.available_at <= func.now()
+    )
     rows = await session.execute(
-        select(submissions.c.provider_id, func.count())
+        select(
+            submissions.c.provider_id,
+            func.count(),
+            func.coalesce(func.extract("epoch", func.now() - ready_since), 0),
+        )
         .where(submissions.c.state == SubmissionState.WAITING.value)
         .group_by(submissions.c.provider_id)
     )
-    return {provider_id: count for provider_id, count in rows.all()}
+    return {provider_id: (count, float(wait)) for provider_id, count, wait in rows.all()}
 
 
 def _gate_of(row: Row[Any]) -> ProviderGate:

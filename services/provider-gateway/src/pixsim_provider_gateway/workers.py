@@ -21,14 +21,21 @@ log = structlog.get_logger("pixsim.gateway.workers")
 
 async def refresh_metrics(sessions: async_sessionmaker[AsyncSession]) -> int:
     async with sessions() as session:
+        providers: set[str] = set()
         for account in await repo.account_loads(session):
             labels = (account.provider_id, account.id)
+            providers.add(account.provider_id)
             metrics.ACCOUNT_IN_FLIGHT.labels(*labels).set(account.in_flight)
+            metrics.ACCOUNT_SLOTS.labels(*labels).set(account.max_concurrency)
             metrics.ACCOUNT_SLOT_UTILISATION.labels(*labels).set(
                 account.in_flight / max(account.max_concurrency, 1)
             )
-        for provider_id, count in (await repo.waiting_by_provider(session)).items():
+        waiting = await repo.waiting_by_provider(session)
+        # A provider whose queue has emptied reports 0, not the last depth it had.
+        for provider_id in providers | set(waiting):
+            count, wait = waiting.get(provider_id, (0, 0.0))
             metrics.QUEUE_DEPTH.labels(provider_id).set(count)
+            metrics.QUEUE_WAIT.labels(provider_id).set(wait)
         # Every replica reports each gate, whichever replica changed it.
         for provider_id, gate in (await repo.ProviderGates(session).all()).items():
             metrics.CIRCUIT_STATE.labels(provider_id).set(metrics.CIRCUIT_LEVELS[gate.circuit])

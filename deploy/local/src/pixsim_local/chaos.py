@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pixsim.job.v1 import job_service_pb2 as job_pb
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common.topics import ALL_TOPICS, GENERATION_COMPLETED
 from pixsim_local.kafka import partitions_of, read_topic
@@ -101,12 +102,10 @@ class ChaosPlan:
     every: float = 3.0  # seconds between chaos actions
     seed: int = 7
     drain_timeout: float = 240.0
-    # The outage begins with the run and lasts until the provider has refused this many
-    # submits (its first jobs meet it, its circuit opens after five, and the jobs after
-    # them fall back; the sixth is the circuit's first probe),
-    # or for `outage_longest` seconds. A window fixed in time could pass unnoticed while the
+    # The outage begins with the run and lasts until the provider's circuit opens (its first
+    # jobs meet it, and the jobs after them fall back while it stays open), or for
+    # `outage_longest` seconds. A window fixed in time could pass unnoticed while the
     # gateways' consumers are still joining their group, or the broker is down.
-    outage_refusals: int = 6
     outage_longest: float = 30.0
 
     def planned_jobs(self, rng: random.Random, run_id: str) -> list[PlannedJob]:
@@ -268,21 +267,20 @@ class ChaosRun:
         await asyncio.gather(*tasks)
 
     async def _outage(self, started: float) -> None:
-        """The outage provider's key fails every call from the start, until it has refused
-        `outage_refusals` submits (status checks do not count: a circuit opens on submits)
-        or for `outage_longest` seconds."""
-        key = f"local-{OUTAGE}-key"
-
-        async def refused() -> int:
-            keys = (await self._sim_stats())["keys"]
-            return int(keys.get(key, {}).get("refused_submits", 0))
-
-        refused_before = await refused()
+        """The outage provider's key fails every call from the start, until the gateway has
+        opened its circuit, or for `outage_longest` seconds. Counting refusals at the
+        simulator instead let the outage end unseen: a submit refused while its replica was
+        being killed never reached the circuit's count."""
+        admin = self.stack.auth("chaos", admin=True)
         await self.stack.sim_key(OUTAGE, outage=True)
         began = time.monotonic()
         while time.monotonic() - began < self.plan.outage_longest:
-            if await refused() - refused_before >= self.plan.outage_refusals:
-                break
+            with contextlib.suppress(grpc.aio.AioRpcError):  # the gateway may be down
+                provider = await self.stack.gateway.GetProvider(
+                    gw_pb.GetProviderRequest(name=f"providers/{OUTAGE}"), metadata=admin
+                )
+                if provider.circuit == gw_pb.Provider.CIRCUIT_OPEN:
+                    break
             await asyncio.sleep(0.2)
         await self.stack.sim_key(OUTAGE, outage=False)
         self.report.outage = (began - started, time.monotonic() - started)

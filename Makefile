@@ -59,7 +59,8 @@ check-protos: protos
 chaos: setup
 	PIXSIM_CHAOS_JOBS=1000 $(RUN) pytest tests/test_chaos.py -p no:logging
 
-bench: setup
+bench:
+	PIXSIM_BENCH=1 deploy/local/install.sh
 	$(RUN) python -m bench
 
 clean:

@@ -38,6 +38,21 @@ if ! command -v uv >/dev/null; then
   command -v pyenv >/dev/null && pyenv rehash
 fi
 
+npm_install() {  # directory what
+  if [ ! -d "$1/node_modules" ] || [ "$1/package-lock.json" -nt "$1/node_modules" ]; then
+    say "installing $2 (npm, package-lock.json)"
+    npm ci --prefix "$1" --no-audit --no-fund --loglevel=error >/dev/null
+    touch "$1/node_modules"
+  fi
+}
+# The npm packages download while the Go tools build (one waits on the network, the other on
+# the CPU); `wait` below fails the setup if they did.
+(
+  npm_install deploy/k8s/validate "the CRD schema validators"
+  npm_install deploy/edge "the edge's tools: GraphQL Mesh, the Hive Gateway, Spectral"
+) &
+npm_installing=$!
+
 if ! command -v go >/dev/null; then
   echo "Go 1.25 or newer is needed to build buf and grpcurl (https://go.dev/dl)" >&2
   exit 1
@@ -53,7 +68,9 @@ mkdir -p "$BIN"
 install_go_tool buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
 install_go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
-install_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"  # make bench
+if [ "${PIXSIM_BENCH:-}" = 1 ]; then  # make bench drives CreateJob with it
+  install_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"
+fi
 install_go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 install_go_tool protoc-gen-openapiv2 \
   github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2 "$GRPC_GATEWAY_VERSION"
@@ -75,16 +92,6 @@ if [ ! -x "$BIN/promtool" ] || [ ! -f "$BIN/.promtool.version" ]; then
   rm -rf "$unpack"
 fi
 
-npm_install() {  # directory what
-  if [ ! -d "$1/node_modules" ] || [ "$1/package-lock.json" -nt "$1/node_modules" ]; then
-    say "installing $2 (npm, package-lock.json)"
-    npm ci --prefix "$1" --no-audit --no-fund --loglevel=error >/dev/null
-    touch "$1/node_modules"
-  fi
-}
-npm_install deploy/k8s/validate "the CRD schema validators"
-npm_install deploy/edge "the edge's tools: GraphQL Mesh, the Hive Gateway, Spectral"
-
 say "syncing Python packages (uv.lock)"
 # Compiled now, once: where PYTHONDONTWRITEBYTECODE is set (as on CI machines) every
 # process would otherwise compile every module it imports, about 4 s of CPU a service start.
@@ -92,3 +99,4 @@ uv sync --frozen --quiet --compile-bytecode
 uv run --frozen python -m compileall -q libs services tools deploy/local/src tests bench >/dev/null
 say "fetching the Kafka broker's jars (cached)"
 uv run --frozen pixsim-local fetch-jars >/dev/null
+wait "$npm_installing"

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pixsim_scene.conditions import Effect, EffectOp, Variable, VariableType
 from pixsim_scene.domain import (
     Edge,
     EdgeType,
@@ -24,6 +25,7 @@ from pixsim_scene.domain import (
     remove_node,
     replace_edge,
     start_of,
+    state_problems,
 )
 
 
@@ -120,7 +122,8 @@ def graphs(draw: st.DrawFn) -> Graph:
     )
     for index, (a, b, kind) in enumerate(draw(st.lists(triples, max_size=16, unique=True))):
         label = draw(st.sampled_from(["", "left", "right"]))
-        graph.edges[f"e{index}"] = Edge(f"e{index}", a, b, kind, label=label)
+        # Distinct orders: which branch a player takes never rests on ids, which clones change.
+        graph.edges[f"e{index}"] = Edge(f"e{index}", a, b, kind, label=label, order=index)
     return graph
 
 
@@ -150,7 +153,8 @@ def test_next_cycles_are_exactly_the_nodes_that_loop_through_next_edges(graph: G
 @given(graphs())
 def test_every_problem_names_a_real_element_and_unreachable_means_no_path(graph: Graph) -> None:
     start = start_of(graph)
-    seen = reachable(graph, start)
+    _, never = state_problems(graph, ())  # what follows a branch without a condition
+    seen = reachable(graph, start, never)
     for problem in problems(graph):
         assert problem.subject in graph.nodes or problem.subject in graph.edges
         if problem.code == "UNREACHABLE_NODE":
@@ -163,9 +167,12 @@ def test_every_problem_names_a_real_element_and_unreachable_means_no_path(graph:
 @given(graphs())
 def test_linking_the_start_to_every_node_leaves_nothing_unreachable(graph: Graph) -> None:
     start = start_of(graph)
+    for edge in list(graph.edges.values()):  # a branch at the start would take them over
+        if edge.from_id == start and edge.type is B:
+            del graph.edges[edge.id]
     for index, node in enumerate(sorted(graph.nodes)):
         if node != start:
-            graph.edges[f"link{index}"] = Edge(f"link{index}", start, node, B)
+            graph.edges[f"link{index}"] = Edge(f"link{index}", start, node, C, label="go")
     assert not [p for p in problems(graph) if p.code == "UNREACHABLE_NODE"]
 
 
@@ -179,3 +186,94 @@ def test_a_clone_has_the_same_problems_up_to_ids(graph: Graph) -> None:
         return  # without a marked start, the start is chosen by id order, which clones change
     original = {(p.code, p.subject) for p in problems(graph)}
     assert {(p.code, back[p.subject]) for p in problems(copied)} == original
+
+
+def test_the_state_of_a_scene_is_checked_with_stable_codes() -> None:
+    graph = graph_of([("a", "b", N)], nodes="abcdefg", start="a")
+    for node in "cdefg":
+        graph.nodes[node] = Node(node, f"asset-{node}", metadata={"ending": True})
+    edges = [
+        # From b: a branch on the key, a default, and a branch on a number read as a bool.
+        Edge(
+            "has-key",
+            "b",
+            "c",
+            B,
+            order=0,
+            condition="has_key",
+            effects=(Effect("score", EffectOp.INCREMENT, 1.0),),
+        ),
+        Edge("default", "b", "d", B, order=2),
+        Edge("mistyped", "b", "e", B, condition="score and has_key", order=1),
+        # A choice over a variable never declared, and an effect of the wrong type.
+        Edge(
+            "ghost",
+            "c",
+            "e",
+            C,
+            label="go",
+            condition="lives > 0",
+            effects=(Effect("has_key", EffectOp.SET, "yes"),),
+        ),
+        # A condition that can never hold: `locked` is written by no effect.
+        Edge("never", "c", "f", C, label="open", condition="not locked"),
+        # Branches that may all fail, and a condition a next connection cannot have.
+        Edge("stuck", "d", "g", B, condition="score > 2"),
+        Edge("gated-next", "e", "d", N, condition="has_key"),
+    ]
+    for edge in edges:
+        add_edge(graph, edge)
+    variables = [
+        Variable("has_key", VariableType.BOOL, False),
+        Variable("score", VariableType.NUMBER, 0.0),
+        Variable("locked", VariableType.BOOL, True),
+        Variable("mood", VariableType.STRING, "calm"),
+    ]
+    found = {(p.code, p.kind, p.subject) for p in problems(graph, variables)}
+    assert found == {
+        ("TYPE_MISMATCH", "connections", "mistyped"),
+        ("UNDEFINED_VARIABLE", "connections", "ghost"),
+        ("TYPE_MISMATCH", "connections", "ghost"),
+        ("CONSTANT_CONDITION", "connections", "never"),
+        ("UNREACHABLE_NODE", "assets", "f"),  # only the connection that never holds leads there
+        ("BRANCH_WITHOUT_DEFAULT", "assets", "d"),
+        ("CONDITION_ON_NEXT", "connections", "gated-next"),
+        ("UNUSED_VARIABLE", "variables", "mood"),
+    }
+
+
+def test_a_conditional_story_without_mistakes_has_nothing_to_report() -> None:
+    graph = graph_of([], nodes="amxbc", start="a")
+    for node in "xbc":
+        graph.nodes[node] = Node(node, f"asset-{node}", metadata={"ending": True})
+    search = (Effect("has_key", EffectOp.SET, True), Effect("score", EffectOp.INCREMENT, 1.0))
+    for edge in (
+        Edge("search", "a", "a", C, label="search", condition="not has_key", effects=search),
+        Edge("open", "a", "m", C, label="open the door", condition="has_key"),
+        Edge("leave", "a", "x", C, label="leave"),
+        Edge("lucky", "m", "b", B, condition="score >= 1 and has_key"),
+        Edge("else", "m", "c", B, order=1),
+    ):
+        add_edge(graph, edge)
+    variables = [
+        Variable("has_key", VariableType.BOOL, False),
+        Variable("score", VariableType.NUMBER, 0.0),
+    ]
+    assert problems(graph, variables) == []
+
+
+def test_what_follows_a_branch_without_a_condition_is_never_used() -> None:
+    graph = graph_of([], nodes="abcd", start="a")
+    for node in "bcd":
+        graph.nodes[node] = Node(node, f"asset-{node}", metadata={"ending": True})
+    add_edge(graph, Edge("always", "a", "b", B))
+    add_edge(graph, Edge("later", "a", "c", B, condition="true", order=1))
+    add_edge(graph, Edge("pick", "a", "d", C, label="d"))
+    found = {(p.code, p.subject) for p in problems(graph)}
+    assert found == {
+        ("SHADOWED_CONNECTION", "later"),
+        ("SHADOWED_CONNECTION", "pick"),
+        ("CONSTANT_CONDITION", "later"),
+        ("UNREACHABLE_NODE", "c"),
+        ("UNREACHABLE_NODE", "d"),
+    }

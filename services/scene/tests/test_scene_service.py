@@ -37,6 +37,7 @@ from pixsim_scene.settings import Settings as SceneSettings
 pytestmark = pytest.mark.integration
 Metadata = tuple[tuple[str, str], ...]
 NEXT, CHOICE = pb.SceneConnection.TYPE_NEXT, pb.SceneConnection.TYPE_CHOICE
+BRANCH = pb.SceneConnection.TYPE_BRANCH
 
 
 @dataclass
@@ -677,3 +678,166 @@ def _histogram_sum(histogram: Any) -> float:
     return float(
         sum(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_sum"))
     )
+
+
+def variable(name: str, **initial: Any) -> pb.SceneVariable:
+    kinds = {
+        "bool_value": pb.SceneVariable.TYPE_BOOL,
+        "number_value": pb.SceneVariable.TYPE_NUMBER,
+        "string_value": pb.SceneVariable.TYPE_STRING,
+    }
+    ((field, _),) = initial.items()
+    return pb.SceneVariable(name=name, type=kinds[field], initial=pb.SceneValue(**initial))
+
+
+async def test_variables_conditions_and_effects_are_kept_and_validated(stack: Stack) -> None:
+    alice = user(stack)
+    scene = await stack.scenes.CreateScene(
+        pb.CreateSceneRequest(
+            scene=pb.Scene(
+                display_name="the door",
+                variables=[
+                    variable("has_key", bool_value=False),
+                    variable("tries", number_value=0),
+                    variable("mood", string_value="calm"),
+                ],
+            )
+        ),
+        metadata=alice,
+    )
+    assert [v.name for v in scene.variables] == ["has_key", "tries", "mood"]
+    hall, door, vault, street = [
+        await stack.place(scene.name, await stack.asset(alice), alice, order=i) for i in range(4)
+    ]
+    for ending in (vault, street):
+        await stack.scenes.UpdateSceneAsset(
+            pb.UpdateSceneAssetRequest(
+                scene_asset=pb.SceneAsset(name=ending.name, metadata={"ending": True}),  # type: ignore[arg-type]
+                update_mask=field_mask_pb2.FieldMask(paths=["metadata"]),
+            ),
+            metadata=alice,
+        )
+
+    async def connect(a: str, b: str, kind: int, **fields: Any) -> pb.SceneConnection:
+        return await stack.scenes.CreateSceneConnection(
+            pb.CreateSceneConnectionRequest(
+                parent=scene.name,
+                connection=pb.SceneConnection(
+                    from_scene_asset=a,
+                    to_scene_asset=b,
+                    type=kind,  # type: ignore[arg-type]
+                    **fields,
+                ),
+            ),
+            metadata=alice,
+        )
+
+    search = await connect(
+        hall.name,
+        hall.name,
+        CHOICE,
+        label="search",
+        condition="not has_key",
+        effects=[
+            pb.SceneEffect(variable="has_key", set=pb.SceneValue(bool_value=True)),
+            pb.SceneEffect(variable="tries", increment=1),
+        ],
+    )
+    await connect(hall.name, door.name, CHOICE, label="to the door")
+    opened = await connect(door.name, vault.name, BRANCH, condition="has_key and tries < 3")
+    ghost = await connect(door.name, street.name, BRANCH, condition="lives > 0", order=1)
+    assert (opened.condition, [e.variable for e in search.effects]) == (
+        "has_key and tries < 3",
+        ["has_key", "tries"],
+    )
+    await stack.scenes.UpdateScene(
+        pb.UpdateSceneRequest(
+            scene=pb.Scene(name=scene.name, start_scene_asset=hall.name),
+            update_mask=field_mask_pb2.FieldMask(paths=["start_scene_asset"]),
+        ),
+        metadata=alice,
+    )
+
+    report = await stack.scenes.ValidateScene(
+        pb.ValidateSceneRequest(name=scene.name), metadata=alice
+    )
+    assert {(p.code, p.subject) for p in report.problems} == {
+        ("UNDEFINED_VARIABLE", ghost.name),
+        ("BRANCH_WITHOUT_DEFAULT", door.name),
+        ("UNUSED_VARIABLE", f"{scene.name}/variables/mood"),
+    }
+    # Fixed: the street is the default, `mood` goes.
+    await stack.scenes.UpdateSceneConnection(
+        pb.UpdateSceneConnectionRequest(
+            connection=pb.SceneConnection(name=ghost.name, condition=""),
+            update_mask=field_mask_pb2.FieldMask(paths=["condition"]),
+        ),
+        metadata=alice,
+    )
+    fixed = await stack.scenes.UpdateScene(
+        pb.UpdateSceneRequest(
+            scene=pb.Scene(
+                name=scene.name,
+                variables=[
+                    variable("has_key", bool_value=False),
+                    variable("tries", number_value=0),
+                ],
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["variables"]),
+        ),
+        metadata=alice,
+    )
+    assert [v.name for v in fixed.variables] == ["has_key", "tries"]
+    report = await stack.scenes.ValidateScene(
+        pb.ValidateSceneRequest(name=scene.name), metadata=alice
+    )
+    assert list(report.problems) == []
+
+
+async def test_a_condition_that_does_not_parse_or_a_mistyped_variable_is_refused(
+    stack: Stack,
+) -> None:
+    alice = user(stack)
+    scene = await stack.scene(alice)
+    a = await stack.place(scene.name, await stack.asset(alice), alice)
+    b = await stack.place(scene.name, await stack.asset(alice), alice)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.scenes.CreateSceneConnection(
+            pb.CreateSceneConnectionRequest(
+                parent=scene.name,
+                connection=pb.SceneConnection(
+                    from_scene_asset=a.name,
+                    to_scene_asset=b.name,
+                    type=BRANCH,
+                    condition="__import__('os').system('id')",
+                ),
+            ),
+            metadata=alice,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(refused.value)[0][0] == "connection.condition"
+    for bad, field in (
+        (
+            [variable("x", bool_value=True), variable("x", number_value=1)],
+            "scene.variables[1].name",
+        ),
+        (
+            [
+                pb.SceneVariable(
+                    name="x",
+                    type=pb.SceneVariable.TYPE_NUMBER,
+                    initial=pb.SceneValue(string_value="1"),
+                )
+            ],
+            "scene.variables[0].initial",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.scenes.CreateScene(
+                pb.CreateSceneRequest(scene=pb.Scene(display_name="x", variables=bad)),
+                metadata=alice,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(refused.value)[0][0] == field
+    graph = await stack.graph(scene.name, alice)
+    assert list(graph.connections) == []

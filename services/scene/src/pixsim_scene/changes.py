@@ -13,6 +13,16 @@ from google.protobuf import field_mask_pb2, json_format
 
 from pixsim.scene.v1 import scene_service_pb2 as pb
 from pixsim_common.errors import FieldViolation, InvalidArgument
+from pixsim_scene.conditions import (
+    ConditionSyntaxError,
+    Effect,
+    EffectOp,
+    Value,
+    Variable,
+    VariableType,
+    parse,
+    type_of_value,
+)
 from pixsim_scene.domain import Edge, EdgeType, Node, Rejected
 from pixsim_scene.repository import Refs
 
@@ -20,9 +30,30 @@ UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 ELEMENT_NAME = re.compile(rf"^scenes/({UUID})/(assets|connections)/({UUID})$")
 SCENE_NAME = re.compile(rf"^scenes/({UUID})$")
 
-SCENE_FIELDS = ("display_name", "description", "tags", "is_template", "start_scene_asset")
+SCENE_FIELDS = (
+    "display_name",
+    "description",
+    "tags",
+    "is_template",
+    "start_scene_asset",
+    "variables",
+)
 NODE_FIELDS = ("asset", "order", "position", "metadata")
-EDGE_FIELDS = ("from_scene_asset", "to_scene_asset", "type", "label", "metadata", "order")
+EDGE_FIELDS = (
+    "from_scene_asset",
+    "to_scene_asset",
+    "type",
+    "label",
+    "metadata",
+    "order",
+    "condition",
+    "effects",
+)
+VARIABLE_TYPES = {
+    VariableType.BOOL: pb.SceneVariable.TYPE_BOOL,
+    VariableType.NUMBER: pb.SceneVariable.TYPE_NUMBER,
+    VariableType.STRING: pb.SceneVariable.TYPE_STRING,
+}
 
 
 @dataclass(frozen=True)
@@ -63,9 +94,70 @@ def edge_to_proto(scene_id: str, edge: Edge) -> pb.SceneConnection:
         type=pb.SceneConnection.Type.Value(f"TYPE_{edge.type.value}"),
         label=edge.label,
         order=edge.order,
+        condition=edge.condition,
+        effects=[effect_to_proto(effect) for effect in edge.effects],
     )
     message.metadata.update(edge.metadata)
     return message
+
+
+def value_to_proto(value: Value) -> pb.SceneValue:
+    if isinstance(value, bool):
+        return pb.SceneValue(bool_value=value)
+    if isinstance(value, float | int):
+        return pb.SceneValue(number_value=float(value))
+    return pb.SceneValue(string_value=value)
+
+
+def value_from_proto(message: pb.SceneValue) -> Value:
+    kind = message.WhichOneof("kind")
+    assert kind is not None  # protovalidate requires the oneof
+    value: Value = getattr(message, kind)
+    return value
+
+
+def variable_to_proto(variable: Variable) -> pb.SceneVariable:
+    return pb.SceneVariable(
+        name=variable.name,
+        type=VARIABLE_TYPES[variable.type],
+        initial=value_to_proto(variable.initial),
+    )
+
+
+def effect_to_proto(effect: Effect) -> pb.SceneEffect:
+    if effect.op is EffectOp.INCREMENT:
+        return pb.SceneEffect(variable=effect.variable, increment=float(effect.value))
+    return pb.SceneEffect(variable=effect.variable, set=value_to_proto(effect.value))
+
+
+def variables_from(messages: Sequence[pb.SceneVariable], path: str) -> list[Variable]:
+    """The scene's variables; names are unique, and each starts with a value of its type."""
+    variables: list[Variable] = []
+    seen: set[str] = set()
+    for index, message in enumerate(messages):
+        where = f"{path}[{index}]"
+        if message.name in seen:
+            raise invalid(f"{where}.name", f"{message.name} is declared twice", "DUPLICATE")
+        seen.add(message.name)
+        kind = next(k for k, v in VARIABLE_TYPES.items() if v == message.type)
+        initial = value_from_proto(message.initial)
+        if type_of_value(initial) is not kind:
+            why = f"a {kind.lower()} variable starts with a {kind.lower()}"
+            raise invalid(f"{where}.initial", why, "TYPE_MISMATCH")
+        variables.append(Variable(message.name, kind, initial))
+    return variables
+
+
+def effects_from(messages: Sequence[pb.SceneEffect]) -> tuple[Effect, ...]:
+    """As written; whether each fits its variable is ValidateScene's to say (the variable
+    may be declared after the connection is written)."""
+    effects = []
+    for message in messages:
+        if message.WhichOneof("op") == "increment":
+            effects.append(Effect(message.variable, EffectOp.INCREMENT, message.increment))
+        else:
+            effects.append(Effect(message.variable, EffectOp.SET, value_from_proto(message.set)))
+    return tuple(effects)
 
 
 def invalid(path: str, why: str, reason: str) -> InvalidArgument:
@@ -151,6 +243,15 @@ def edge_from(
         edge = replace(edge, order=message.order)
     if "metadata" in fields:
         edge = replace(edge, metadata=json_format.MessageToDict(message.metadata))
+    if "condition" in fields:
+        try:
+            if message.condition.strip():
+                parse(message.condition)
+        except ConditionSyntaxError as error:
+            raise invalid(f"{path}.condition", str(error), "CONDITION_SYNTAX") from error
+        edge = replace(edge, condition=message.condition)
+    if "effects" in fields:
+        edge = replace(edge, effects=effects_from(message.effects))
     return edge
 
 

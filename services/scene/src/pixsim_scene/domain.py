@@ -3,17 +3,22 @@
 Writes edit a `Graph` in memory through the functions here, which refuse a change that would
 break the graph's invariants (both ends of an edge in the scene, one edge per
 (from, to, type), a start node that exists); the repository then stores the difference.
-`problems` finds what is legal to save but wrong to play: unreachable nodes, dead ends,
-choices without labels, cycles of only `next` edges, and nodes whose asset was deleted.
+`problems` finds what is legal to save but wrong to play: unreachable nodes (given the
+conditions), dead ends, choices without labels, cycles of only `next` edges, nodes whose
+asset was deleted, and what is wrong with the scene's variables, conditions and effects
+(`conditions`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+from pixsim_scene import conditions
+from pixsim_scene.conditions import Effect, Variable
 
 # The most a scene holds. A write that would pass them is RESOURCE_EXHAUSTED; the graph is
 # read in pages, so the largest scene still fits gRPC's message limit page by page.
@@ -52,6 +57,10 @@ class Edge:
     label: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     order: int = 0
+    # Whether a branch is taken or a choice offered (empty: always), in conditions' grammar.
+    condition: str = ""
+    # Applied, in order, when a player goes along it.
+    effects: tuple[Effect, ...] = ()
 
 
 class EdgeMap(dict[str, Edge]):
@@ -235,16 +244,22 @@ def clone(
 @dataclass(frozen=True, slots=True, order=True)
 class Problem:
     code: str
-    subject: str  # a node or edge id
+    subject: str  # a node or edge id, or a variable's name
     severity: Severity
     message: str
+    kind: str = "assets"  # what `subject` is: assets, connections or variables
 
 
-def _successors(graph: Graph, types: Iterable[EdgeType] = tuple(EdgeType)) -> dict[str, list[str]]:
+def _successors(
+    graph: Graph,
+    types: Iterable[EdgeType] = tuple(EdgeType),
+    never: frozenset[str] = frozenset(),
+) -> dict[str, list[str]]:
+    """Each node's targets, leaving out the edges in `never` (whose condition never holds)."""
     wanted = set(types)
     out: dict[str, list[str]] = {node_id: [] for node_id in graph.nodes}
     for edge in sorted(graph.edges.values(), key=lambda e: (e.order, e.id)):
-        if edge.type in wanted:
+        if edge.type in wanted and edge.id not in never:
             out[edge.from_id].append(edge.to_id)
     return out
 
@@ -257,8 +272,8 @@ def start_of(graph: Graph) -> str:
     return first.id if first is not None else ""
 
 
-def reachable(graph: Graph, start: str) -> set[str]:
-    successors = _successors(graph)
+def reachable(graph: Graph, start: str, never: frozenset[str] = frozenset()) -> set[str]:
+    successors = _successors(graph, never=never)
     seen = {start} if start else set()
     stack = [start] if start else []
     while stack:
@@ -315,11 +330,11 @@ def next_cycles(graph: Graph) -> list[list[str]]:
     return sorted(cycles)
 
 
-def problems(graph: Graph) -> list[Problem]:
+def problems(graph: Graph, variables: Sequence[Variable] = ()) -> list[Problem]:
     """Everything wrong with playing this graph, sorted by (code, subject)."""
-    found: list[Problem] = []
+    found, never = state_problems(graph, variables)
     if not graph.nodes:
-        return found
+        return sorted(found)
     start = start_of(graph)
     if not graph.start_id:
         found.append(
@@ -330,12 +345,17 @@ def problems(graph: Graph) -> list[Problem]:
                 "no start is marked; a player would begin at the first scene asset by order",
             )
         )
-    seen = reachable(graph, start)
+    seen = reachable(graph, start, never)
     successors = _successors(graph)
     for node in graph.nodes.values():
         if node.id not in seen:
             found.append(
-                Problem("UNREACHABLE_NODE", node.id, Severity.ERROR, "no path from the start")
+                Problem(
+                    "UNREACHABLE_NODE",
+                    node.id,
+                    Severity.ERROR,
+                    "no path from the start (a connection whose condition never holds is none)",
+                )
             )
         if not successors[node.id] and not node.metadata.get("ending"):
             found.append(
@@ -358,6 +378,7 @@ def problems(graph: Graph) -> list[Problem]:
                     edge.id,
                     Severity.ERROR,
                     "a choice needs a label to show the viewer",
+                    "connections",
                 )
             )
     for cycle in next_cycles(graph):
@@ -370,3 +391,103 @@ def problems(graph: Graph) -> list[Problem]:
             )
         )
     return sorted(found)
+
+
+def state_problems(
+    graph: Graph, variables: Sequence[Variable]
+) -> tuple[list[Problem], frozenset[str]]:
+    """What is wrong with the variables, conditions and effects, and the edges whose
+    condition can never hold (so a player never goes along them)."""
+    found: list[Problem] = []
+    types = {v.name: v.type for v in variables}
+    written = {effect.variable for edge in graph.edges.values() for effect in edge.effects}
+    # A variable no effect writes keeps its initial value: a condition over only such
+    # variables has one value for every player.
+    fixed = {v.name: v.initial for v in variables if v.name not in written}
+    read: set[str] = set()
+    never: set[str] = set()
+
+    def edge_problem(code: str, edge: Edge, severity: Severity, message: str) -> None:
+        found.append(Problem(code, edge.id, severity, message, "connections"))
+
+    for edge in graph.edges.values():
+        for effect in edge.effects:
+            wrong = conditions.check_effect(effect, types)
+            if wrong is not None:
+                edge_problem(wrong.code, edge, Severity.ERROR, wrong.message)
+        if not edge.condition.strip():
+            continue
+        if edge.type is EdgeType.NEXT:
+            edge_problem(
+                "CONDITION_ON_NEXT",
+                edge,
+                Severity.ERROR,
+                "a next connection always follows; make it a branch to give it a condition",
+            )
+        try:
+            expr = conditions.parse(edge.condition)
+        except conditions.ConditionSyntaxError as error:
+            edge_problem("CONDITION_SYNTAX", edge, Severity.ERROR, str(error))
+            continue
+        read.update(name.name for name in conditions.names_in(expr))
+        typed = conditions.check(expr, types)
+        for wrong in typed:
+            edge_problem(wrong.code, edge, Severity.ERROR, wrong.message)
+        value = None if typed else conditions.constant(expr, fixed)
+        if value is not None:
+            edge_problem(
+                "CONSTANT_CONDITION",
+                edge,
+                Severity.WARNING,
+                "it always holds" if value else "it never holds: nothing goes along it",
+            )
+            if not value:
+                never.add(edge.id)
+    for variable in variables:
+        if variable.name not in read:
+            found.append(
+                Problem(
+                    "UNUSED_VARIABLE",
+                    variable.name,
+                    Severity.WARNING,
+                    "no condition reads it",
+                    "variables",
+                )
+            )
+    # A player at a node goes along the first branch (by order) whose condition holds; if
+    # none does, picks among the choices whose conditions hold; else follows the next
+    # connection. A branch without a condition is always taken: whatever comes after it
+    # at its node is never used.
+    leaving: dict[str, list[Edge]] = {}
+    for edge in graph.edges.values():
+        leaving.setdefault(edge.from_id, []).append(edge)
+    for node_id, edges in leaving.items():
+        branches = sorted(
+            (e for e in edges if e.type is EdgeType.BRANCH), key=lambda e: (e.order, e.id)
+        )
+        if not branches:
+            continue
+        default = next((e for e in branches if not e.condition.strip()), None)
+        if default is None:
+            if len(branches) == len(edges):
+                found.append(
+                    Problem(
+                        "BRANCH_WITHOUT_DEFAULT",
+                        node_id,
+                        Severity.ERROR,
+                        "when none of its branches' conditions holds, a player is stuck here:"
+                        " give its last branch no condition",
+                    )
+                )
+            continue
+        after = branches[branches.index(default) + 1 :]
+        for edge in after + [e for e in edges if e.type is not EdgeType.BRANCH]:
+            never.add(edge.id)
+            edge_problem(
+                "SHADOWED_CONNECTION",
+                edge,
+                Severity.WARNING,
+                f"never used: the branch {default.id} before it has no condition,"
+                " so it is always taken",
+            )
+    return found, frozenset(never)

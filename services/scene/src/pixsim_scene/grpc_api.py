@@ -21,6 +21,7 @@ from pixsim_scene.changes import (
     node_name,
     node_to_proto,
     parse_element,
+    variable_to_proto,
 )
 from pixsim_scene.repository import Scene
 from pixsim_scene.service import Applied, GraphPage, SceneService
@@ -38,6 +39,7 @@ def scene_to_proto(scene: Scene) -> pb.Scene:
         etag=scene.etag,
         create_time=to_timestamp(scene.create_time),
         update_time=to_timestamp(scene.update_time),
+        variables=[variable_to_proto(v) for v in scene.variables],
     )
 
 
@@ -201,7 +203,7 @@ class SceneApi(pb_grpc.SceneServiceServicer):
                     code=p.code,
                     severity=pb.SceneProblem.Severity.Value(f"SEVERITY_{p.severity.value}"),
                     message=p.message,
-                    subject=_subject(scene_id, p.subject, p.code),
+                    subject=f"scenes/{scene_id}/{p.kind}/{p.subject}",
                 )
                 for p in problems
             ]
@@ -220,8 +222,3 @@ class SceneApi(pb_grpc.SceneServiceServicer):
                 current_identity(), _scene_id(request.name), request.etag, changes
             )
         )
-
-
-def _subject(scene_id: str, element_id: str, code: str) -> str:
-    kind = "connections" if code == "CHOICE_WITHOUT_LABEL" else "assets"
-    return f"scenes/{scene_id}/{kind}/{element_id}"

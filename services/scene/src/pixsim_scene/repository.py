@@ -55,6 +55,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pixsim_common.db import any_of
 from pixsim_common.pagination import PageTokens
+from pixsim_scene.conditions import (
+    Variable,
+    effect_from_json,
+    effect_to_json,
+    variable_from_json,
+    variable_to_json,
+)
 from pixsim_scene.domain import Edge, EdgeType, Graph, Node
 
 metadata = MetaData()
@@ -73,6 +80,8 @@ scenes = Table(
     # Kept by every write, so the size limit is checked without counting the graph.
     Column("node_count", Integer, nullable=False, server_default="0"),
     Column("edge_count", Integer, nullable=False, server_default="0"),
+    # [{name, type, initial}]: the state a playthrough carries (conditions.Variable).
+    Column("variables", JSONB, nullable=False, server_default="[]"),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("scenes_by_owner_newest", "owner_id", text("create_time DESC"), text("id DESC")),
@@ -119,6 +128,9 @@ scene_connections = Table(
     Column("label", Text, nullable=False, server_default=""),
     Column("metadata", JSONB, nullable=False, server_default="{}"),
     Column("order", Integer, nullable=False, server_default="0"),
+    Column("condition", Text, nullable=False, server_default=""),
+    # [{variable, op, value}] (conditions.Effect), applied in order.
+    Column("effects", JSONB, nullable=False, server_default="[]"),
     # Deferred: a batch may swap two edges' types; only the committed graph must be unique.
     UniqueConstraint(
         "from_id",
@@ -156,6 +168,7 @@ class Scene:
     create_time: datetime | None = None
     update_time: datetime | None = None
     graph: Graph = field(default_factory=Graph)
+    variables: list[Variable] = field(default_factory=list)
 
     @property
     def etag(self) -> str:
@@ -176,6 +189,7 @@ def _to_scene(row: Row[Any], graph: Graph | None = None) -> Scene:
         create_time=row.create_time,
         update_time=row.update_time,
         graph=graph or Graph(start_id=row.start_scene_asset_id or ""),
+        variables=[variable_from_json(v) for v in row.variables],
     )
 
 
@@ -200,6 +214,8 @@ def _edge(row: Row[Any]) -> Edge:
         label=row.label,
         metadata=row.metadata,
         order=row.order,
+        condition=row.condition,
+        effects=tuple(effect_from_json(e) for e in row.effects),
     )
 
 
@@ -226,6 +242,8 @@ def _edge_values(scene_id: str, edge: Edge) -> dict[str, Any]:
         "label": edge.label,
         "metadata": edge.metadata,
         "order": edge.order,
+        "condition": edge.condition,
+        "effects": [effect_to_json(e) for e in edge.effects],
     }
 
 
@@ -242,6 +260,7 @@ async def insert_scene(session: AsyncSession, scene: Scene) -> Scene:
                 tags=scene.tags,
                 is_template=scene.is_template,
                 start_scene_asset_id=scene.graph.start_id or None,
+                variables=[variable_to_json(v) for v in scene.variables],
                 node_count=len(scene.graph.nodes),
                 edge_count=len(scene.graph.edges),
             )
@@ -448,6 +467,7 @@ async def save_scene(session: AsyncSession, scene: Scene, delta: Delta = Delta(0
                 tags=scene.tags,
                 is_template=scene.is_template,
                 start_scene_asset_id=scene.graph.start_id or None,
+                variables=[variable_to_json(v) for v in scene.variables],
                 node_count=scenes.c.node_count + delta.nodes,
                 edge_count=scenes.c.edge_count + delta.edges,
                 version=scenes.c.version + 1,

@@ -54,6 +54,7 @@ from pixsim_scene.changes import (
     node_to_proto,
     parse_scene,
     referenced,
+    variables_from,
 )
 from pixsim_scene.domain import Edge, EdgeType, Node, Rejected
 from pixsim_scene.metrics import WRITE_ELEMENTS_LOADED
@@ -115,6 +116,7 @@ class SceneService:
             description=message.description,
             tags=list(message.tags),
             is_template=message.is_template,
+            variables=variables_from(message.variables, "scene.variables"),
         )
         async with UnitOfWork(self._sessions) as uow:
             stored = await repo.insert_scene(uow.session, scene)
@@ -185,6 +187,8 @@ class SceneService:
                 scene.tags = list(message.tags)
             if "is_template" in fields:
                 scene.is_template = message.is_template
+            if "variables" in fields:
+                scene.variables = variables_from(message.variables, "scene.variables")
             if "start_scene_asset" in fields:
                 part = await repo.load_part(uow.session, scene, Refs(nodes={start} - {""}))
                 try:
@@ -221,6 +225,7 @@ class SceneService:
             description=source.description,
             tags=list(source.tags),
             graph=graph,
+            variables=list(source.variables),
         )
         async with UnitOfWork(self._sessions) as uow:
             await repo.lock_assets(uow.session, owned)
@@ -362,7 +367,8 @@ class SceneService:
         raise AssertionError(change.kind)  # pragma: no cover - the oneof has no other members
 
     async def validate(self, identity: Identity, scene_id: str) -> list[domain.Problem]:
-        return domain.problems((await self.get(identity, scene_id, with_graph=True)).graph)
+        scene = await self.get(identity, scene_id, with_graph=True)
+        return domain.problems(scene.graph, scene.variables)
 
     async def asset_deleted(self, session: AsyncSession, asset_id: str, owner_id: str) -> None:
         """Detach a deleted asset from every scene of its owner that shows it, in the

@@ -36,6 +36,7 @@ class Scene(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`scenes/{scene}`."""
     owner: _builtins.str
@@ -54,6 +55,12 @@ class Scene(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedCompositeFieldContainer[Global___SceneVariable]:
+        """The state a playthrough carries, each with its value at the start; conditions read
+        them and effects change them (docs/scenes.md). Names are unique.
+        """
+
     def __init__(
         self,
         *,
@@ -67,14 +74,124 @@ class Scene(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        variables: _abc.Iterable[Global___SceneVariable] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "is_template", b"is_template", "name", b"name", "owner", b"owner", "start_scene_asset", b"start_scene_asset", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "is_template", b"is_template", "name", b"name", "owner", b"owner", "start_scene_asset", b"start_scene_asset", "tags", b"tags", "update_time", b"update_time", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Scene: _TypeAlias = Scene  # noqa: Y015
+
+@_typing.final
+class SceneVariable(_message.Message):
+    """A typed variable of a scene's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SceneVariable._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TYPE_UNSPECIFIED: SceneVariable._Type.ValueType  # 0
+        TYPE_BOOL: SceneVariable._Type.ValueType  # 1
+        TYPE_NUMBER: SceneVariable._Type.ValueType  # 2
+        TYPE_STRING: SceneVariable._Type.ValueType  # 3
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    TYPE_UNSPECIFIED: SceneVariable.Type.ValueType  # 0
+    TYPE_BOOL: SceneVariable.Type.ValueType  # 1
+    TYPE_NUMBER: SceneVariable.Type.ValueType  # 2
+    TYPE_STRING: SceneVariable.Type.ValueType  # 3
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: Global___SceneVariable.Type.ValueType
+    @_builtins.property
+    def initial(self) -> Global___SceneValue:
+        """Of the variable's type."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___SceneVariable.Type.ValueType = ...,
+        initial: Global___SceneValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SceneVariable: _TypeAlias = SceneVariable  # noqa: Y015
+
+@_typing.final
+class SceneValue(_message.Message):
+    """A value of a scene variable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOL_VALUE_FIELD_NUMBER: _builtins.int
+    NUMBER_VALUE_FIELD_NUMBER: _builtins.int
+    STRING_VALUE_FIELD_NUMBER: _builtins.int
+    bool_value: _builtins.bool
+    number_value: _builtins.float
+    string_value: _builtins.str
+    def __init__(
+        self,
+        *,
+        bool_value: _builtins.bool = ...,
+        number_value: _builtins.float = ...,
+        string_value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "kind", b"kind", "number_value", b"number_value", "string_value", b"string_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "kind", b"kind", "number_value", b"number_value", "string_value", b"string_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["bool_value", "number_value", "string_value"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SceneValue: _TypeAlias = SceneValue  # noqa: Y015
+
+@_typing.final
+class SceneEffect(_message.Message):
+    """What going along a connection does to one variable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIABLE_FIELD_NUMBER: _builtins.int
+    SET_FIELD_NUMBER: _builtins.int
+    INCREMENT_FIELD_NUMBER: _builtins.int
+    variable: _builtins.str
+    increment: _builtins.float
+    """A number variable grows by this much."""
+    @_builtins.property
+    def set(self) -> Global___SceneValue:
+        """The variable takes this value (of its type)."""
+
+    def __init__(
+        self,
+        *,
+        variable: _builtins.str = ...,
+        set: Global___SceneValue | None = ...,
+        increment: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["increment", b"increment", "op", b"op", "set", b"set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["increment", b"increment", "op", b"op", "set", b"set", "variable", b"variable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set", "increment"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___SceneEffect: _TypeAlias = SceneEffect  # noqa: Y015
 
 @_typing.final
 class SceneAsset(_message.Message):
@@ -175,6 +292,8 @@ class SceneConnection(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    EFFECTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`scenes/{scene}/connections/{connection}`."""
     from_scene_asset: _builtins.str
@@ -187,8 +306,16 @@ class SceneConnection(_message.Message):
     label: _builtins.str
     """What a viewer sees for a choice."""
     order: _builtins.int
+    condition: _builtins.str
+    """A branch is taken, or a choice offered, only while this holds (empty: always); over
+    the scene's variables, in the grammar of docs/scenes.md, e.g. `has_key and score >= 3`.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def effects(self) -> _containers.RepeatedCompositeFieldContainer[Global___SceneEffect]:
+        """Applied in order when a player goes along it."""
+
     def __init__(
         self,
         *,
@@ -199,10 +326,12 @@ class SceneConnection(_message.Message):
         label: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
         order: _builtins.int = ...,
+        condition: _builtins.str = ...,
+        effects: _abc.Iterable[Global___SceneEffect] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_scene_asset", b"from_scene_asset", "label", b"label", "metadata", b"metadata", "name", b"name", "order", b"order", "to_scene_asset", b"to_scene_asset", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "effects", b"effects", "from_scene_asset", b"from_scene_asset", "label", b"label", "metadata", b"metadata", "name", b"name", "order", b"order", "to_scene_asset", b"to_scene_asset", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,13 +397,14 @@ class SceneProblem(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """A stable code, e.g. `UNREACHABLE_NODE`, `DEAD_END`, `CHOICE_WITHOUT_LABEL`,
-    `NEXT_CYCLE`, `DETACHED_ASSET`.
+    """A stable code (docs/scenes.md lists them all), e.g. `UNREACHABLE_NODE`, `DEAD_END`,
+    `CHOICE_WITHOUT_LABEL`, `NEXT_CYCLE`, `DETACHED_ASSET`, `UNDEFINED_VARIABLE`,
+    `TYPE_MISMATCH`, `UNUSED_VARIABLE`, `CONSTANT_CONDITION`, `BRANCH_WITHOUT_DEFAULT`.
     """
     severity: Global___SceneProblem.Severity.ValueType
     message: _builtins.str
     subject: _builtins.str
-    """The node or edge it is about."""
+    """What it is about: a scene asset, a connection, or `scenes/{scene}/variables/{name}`."""
     def __init__(
         self,
         *,

@@ -1,5 +1,5 @@
-"""An operator's controls through the `pixsim` command, on the whole stack: pause and resume
-a provider, drain and enable an account."""
+"""The `pixsim` command on the whole stack: an operator pauses and resumes a provider and
+drains and enables an account; an author builds a scene with state and checks it."""
 
 from __future__ import annotations
 
@@ -7,22 +7,32 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import pytest
 
 from pixsim_local.whole_stack import WholeStack
+from pixsim_provider_sim.media import render_png
 
 pytestmark = pytest.mark.e2e
 
 
-def pixsim(stack: WholeStack, *arguments: str) -> Any:
+def pixsim(stack: WholeStack, *arguments: str, user: str = "operator", exit_code: int = 0) -> Any:
     services = stack.services
     env = {
         **os.environ,
         "PIXSIM_SIGNING_KEY": str(services.keys[0]),
-        "PIXSIM_USER": "operator",
-        "PIXSIM_GATEWAY_ADDR": services.address("provider-gateway"),
+        "PIXSIM_USER": user,
+        **{
+            f"PIXSIM_{variable}_ADDR": services.address(service)
+            for variable, service in (
+                ("JOB", "job"),
+                ("ASSET", "asset"),
+                ("SCENE", "scene"),
+                ("GATEWAY", "provider-gateway"),
+            )
+        },
     }
     result = subprocess.run(
         [sys.executable, "-c", "from pixsim_cli.main import app; app()", "--json", *arguments],
@@ -32,7 +42,7 @@ def pixsim(stack: WholeStack, *arguments: str) -> Any:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == exit_code, result.stderr
     return json.loads(result.stdout)
 
 
@@ -51,3 +61,47 @@ async def test_an_operator_pauses_a_provider_and_drains_an_account(
     account = (await stack.account_of("runway")).name
     assert pixsim(stack, "account", "drain", account)["state"] == "STATE_DRAINING"
     assert pixsim(stack, "account", "enable", account)["state"] == "STATE_ACTIVE"
+
+
+async def test_an_author_builds_a_scene_with_state_and_validates_it(
+    whole_stack: WholeStack,
+) -> None:
+    stack = whole_stack
+    author = f"author-{uuid.uuid4().hex[:8]}"
+    scene = pixsim(
+        stack,
+        *("scene", "create", "--name", "the door"),
+        *("--variable", "has_key=bool:false", "--variable", "tries=number:0"),
+        user=author,
+    )
+    assert [v["name"] for v in scene["variables"]] == ["has_key", "tries"]
+    hall, door, vault = [
+        pixsim(
+            stack,
+            *("scene", "add-asset", scene["name"]),
+            (await stack.uploaded(render_png(seed, 16, 16), stack.auth(author))).name,
+            user=author,
+        )["name"]
+        for seed in (1, 2, 3)
+    ]
+
+    def connect(a: str, b: str, *options: str) -> Any:
+        return pixsim(stack, "scene", "connect", scene["name"], a, b, *options, user=author)
+
+    search = connect(
+        *(hall, hall, "--type", "choice", "--label", "search"),
+        *("--condition", "not has_key", "--set", "has_key=true", "--increment", "tries=1"),
+    )
+    assert search["condition"] == "not has_key"
+    assert [e["variable"] for e in search["effects"]] == ["has_key", "tries"]
+    connect(hall, door, "--type", "choice", "--label", "the door", "--condition", "has_key")
+    connect(door, vault, "--type", "branch", "--condition", "tries <= 3")
+    connect(door, hall, "--type", "branch", "--order", "1")  # the default, after it
+    report = pixsim(stack, "scene", "validate", scene["name"], user=author)
+    codes = {p["code"] for p in report.get("problems", [])}
+    assert codes <= {"NO_START_NODE", "DEAD_END"}  # warnings: it plays
+
+    ghost = connect(vault, hall, "--type", "choice", "--label", "again", "--condition", "lives > 0")
+    report = pixsim(stack, "scene", "validate", scene["name"], user=author, exit_code=1)
+    found = {(p["code"], p["subject"]) for p in report["problems"]}
+    assert ("UNDEFINED_VARIABLE", ghost["name"]) in found

@@ -10,6 +10,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from pixsim.job.v1 import job_service_pb2 as job_pb
+from pixsim.scene.v1 import scene_service_pb2 as scene_pb
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_cli.connection import CliError, Exit, explain
 from pixsim_cli.jobs import (
@@ -22,6 +23,7 @@ from pixsim_cli.jobs import (
     parse_webhook,
     progress_line,
 )
+from pixsim_cli.scenes import describe_effect, parse_effect, parse_variable
 
 pytestmark = pytest.mark.unit
 
@@ -143,3 +145,27 @@ def test_a_fallback_names_its_provider_and_its_own_params() -> None:
     tuned = parse_fallback("runway:duration=10,ratio=1280:720")
     assert tuned.provider_id == "runway"
     assert dict(tuned.params) == {"duration": 10, "ratio": "1280:720"}
+
+
+def test_scene_variables_and_effects_are_read_with_their_types() -> None:
+    key = parse_variable("has_key=bool:false")
+    assert (key.name, key.type, key.initial.bool_value) == (
+        "has_key",
+        scene_pb.SceneVariable.TYPE_BOOL,
+        False,
+    )
+    assert parse_variable("tries=number:2.5").initial.number_value == 2.5
+    # A string variable's initial value is its text, even one that reads as a number.
+    assert parse_variable("code=string:007").initial.string_value == "007"
+    for bad in ("has_key", "has_key=bool", "x=list:1"):
+        with pytest.raises(CliError) as refused:
+            parse_variable(bad)
+        assert refused.value.exit_code == Exit.INVALID
+    assert parse_effect("has_key=true", increment=False).set.bool_value is True
+    assert parse_effect('mood="3"', increment=False).set.string_value == "3"
+    assert parse_effect("mood=angry", increment=False).set.string_value == "angry"
+    assert parse_effect("tries=-1", increment=True).increment == -1.0
+    assert describe_effect(parse_effect("tries=2", increment=True)) == "tries += 2"
+    assert describe_effect(parse_effect("mood=calm", increment=False)) == 'mood = "calm"'
+    with pytest.raises(CliError):
+        parse_effect("tries=many", increment=True)

@@ -19,6 +19,62 @@ def scene_name(value: str) -> str:
     return value if value.startswith("scenes/") else f"scenes/{value}"
 
 
+VARIABLE_TYPES = {
+    "bool": pb.SceneVariable.TYPE_BOOL,
+    "number": pb.SceneVariable.TYPE_NUMBER,
+    "string": pb.SceneVariable.TYPE_STRING,
+}
+
+
+def parse_value(text: str) -> pb.SceneValue:
+    """`true`/`false` a bool, a number a number, `"..."` or anything else a string."""
+    if text in ("true", "false"):
+        return pb.SceneValue(bool_value=text == "true")
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return pb.SceneValue(string_value=text[1:-1])
+    try:
+        return pb.SceneValue(number_value=float(text))
+    except ValueError:
+        return pb.SceneValue(string_value=text)
+
+
+def parse_variable(text: str) -> pb.SceneVariable:
+    """`name=type:initial`, e.g. `has_key=bool:false`, `tries=number:0`, `mood=string:calm`."""
+    name, _, rest = text.partition("=")
+    kind, colon, initial = rest.partition(":")
+    if not name or not colon or kind not in VARIABLE_TYPES:
+        raise CliError(
+            f"{text!r} is not name=type:initial (type: bool, number or string)", Exit.INVALID
+        )
+    value = pb.SceneValue(string_value=initial) if kind == "string" else parse_value(initial)
+    return pb.SceneVariable(name=name, type=VARIABLE_TYPES[kind], initial=value)
+
+
+def parse_effect(text: str, increment: bool) -> pb.SceneEffect:
+    """`variable=value` (`--set`) or `variable=amount` (`--increment`)."""
+    variable, equals, value = text.partition("=")
+    if not variable or not equals:
+        raise CliError(f"{text!r} is not variable=value", Exit.INVALID)
+    if not increment:
+        return pb.SceneEffect(variable=variable, set=parse_value(value))
+    try:
+        return pb.SceneEffect(variable=variable, increment=float(value))
+    except ValueError:
+        raise CliError(f"{value!r} is not a number to increment by", Exit.INVALID) from None
+
+
+def describe_effect(effect: pb.SceneEffect) -> str:
+    if effect.WhichOneof("op") == "increment":
+        return f"{effect.variable} += {effect.increment:g}"
+    value = effect.set
+    shown = {
+        "bool_value": str(value.bool_value).lower(),
+        "number_value": f"{value.number_value:g}",
+        "string_value": f'"{value.string_value}"',
+    }.get(value.WhichOneof("kind") or "", "")
+    return f"{effect.variable} = {shown}"
+
+
 def scenes_table(scenes: list[pb.Scene]) -> Table:
     table = Table("scene", "name", "tags", "template", "etag", box=None)
     for scene in scenes:
@@ -41,7 +97,7 @@ def show_graph(graph: pb.SceneGraph) -> None:
             "yes" if node.detached else "",
         )
     console.print(nodes)
-    edges = Table("connection", "from", "to", "type", "label", box=None)
+    edges = Table("connection", "from", "to", "type", "label", "if", "then", box=None)
     for edge in graph.connections:
         edges.add_row(
             edge.name.rsplit("/", 1)[-1],
@@ -49,6 +105,8 @@ def show_graph(graph: pb.SceneGraph) -> None:
             edge.to_scene_asset.rsplit("/", 1)[-1],
             pb.SceneConnection.Type.Name(edge.type).removeprefix("TYPE_").lower(),
             edge.label,
+            edge.condition,
+            "; ".join(describe_effect(effect) for effect in edge.effects),
         )
     console.print(edges)
 
@@ -59,6 +117,10 @@ def create(
     description: Annotated[str, typer.Option()] = "",
     tag: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
     template: Annotated[bool, typer.Option(help="Others may clone it.")] = False,
+    variable: Annotated[
+        list[str] | None,
+        typer.Option(help="name=type:initial, e.g. has_key=bool:false (repeatable)."),
+    ] = None,
 ) -> None:
     """Create an empty scene."""
     connection, out = session()
@@ -66,7 +128,11 @@ def create(
         connection.scenes.CreateScene,
         pb.CreateSceneRequest(
             scene=pb.Scene(
-                display_name=name, description=description, tags=tag or [], is_template=template
+                display_name=name,
+                description=description,
+                tags=tag or [],
+                is_template=template,
+                variables=[parse_variable(v) for v in variable or []],
             )
         ),
     )
@@ -164,6 +230,18 @@ def connect(
     to: Annotated[str, typer.Argument(help="A scene asset (name or id).")],
     kind: Annotated[str, typer.Option("--type", help="next, choice or branch.")] = "next",
     label: Annotated[str, typer.Option(help="What a viewer sees for a choice.")] = "",
+    order: Annotated[
+        int, typer.Option(min=0, help="Among its node's branches or choices, lower first.")
+    ] = 0,
+    condition: Annotated[
+        str, typer.Option(help='Taken or offered only while it holds, e.g. "has_key".')
+    ] = "",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="variable=value, applied (repeatable).")
+    ] = None,
+    increment: Annotated[
+        list[str] | None, typer.Option(help="variable=amount, added after the sets (repeatable).")
+    ] = None,
     etag: Annotated[str, typer.Option()] = "",
 ) -> None:
     """Join two scene assets with an edge."""
@@ -186,6 +264,10 @@ def connect(
                 to_scene_asset=node(to),
                 type=pb.SceneConnection.Type.Value(type_key),
                 label=label,
+                order=order,
+                condition=condition,
+                effects=[parse_effect(e, increment=False) for e in set_ or []]
+                + [parse_effect(e, increment=True) for e in increment or []],
             ),
         ),
     )

@@ -294,10 +294,12 @@ async def whole_stack(
         for channel in channels.values():
             await channel.close(None)
     finally:
-        await tap.stop()
-        server.close()
-        services.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            await tap.stop()
+        finally:  # the services are stopped whatever the tap's stop raised
+            server.close()
+            services.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @asynccontextmanager

@@ -4,12 +4,15 @@ running asset service (which it asks, with the caller's token, whose assets are 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf import field_mask_pb2
@@ -28,6 +31,7 @@ from pixsim_common.db import run_migrations
 from pixsim_common.errors import status_details
 from pixsim_local.kafka import EventTap, KafkaBroker
 from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_local.s3 import S3Server
 from pixsim_provider_sim.media import render_png
 from pixsim_scene import domain
 from pixsim_scene import main as scene_main
@@ -97,6 +101,7 @@ async def stack(
     new_database_module: DatabaseFactory,
     signing_keys: tuple[str, str],
     tmp_path_factory: pytest.TempPathFactory,
+    s3_server: S3Server,
 ) -> AsyncIterator[Stack]:
     asset_db = await new_database_module("assets")
     scene_db = await new_database_module("scenes")
@@ -107,10 +112,17 @@ async def stack(
         "jwt_public_key": signing_keys[1],
         "grpc_port": 0,
     }
-    assets = await asset_main.build(
+    bucket = f"scenes-{uuid.uuid4().hex[:10]}"
+    await s3_server.create_bucket(bucket)
+    assets = await asset_main.build(  # in S3, so that a playthrough's clips have URLs
         AssetSettings(
             database_url=SecretStr(asset_db.url),
+            storage_backend="s3",
             storage_root=tmp_path_factory.mktemp("scene-assets"),
+            s3_endpoint_url=s3_server.endpoint,
+            s3_bucket=bucket,
+            s3_access_key_id=SecretStr(s3_server.access_key),
+            s3_secret_access_key=SecretStr(s3_server.secret_key),
             **common,  # type: ignore[arg-type]
         )
     )
@@ -841,3 +853,281 @@ async def test_a_condition_that_does_not_parse_or_a_mistyped_variable_is_refused
         assert violations(refused.value)[0][0] == field
     graph = await stack.graph(scene.name, alice)
     assert list(graph.connections) == []
+
+
+# ---- playthroughs ---------------------------------------------------------------------
+
+
+@dataclass
+class Keep:
+    """A scene with state: the hall offers the cellar (where the key is) and the door; the
+    door branches to the vault with the key and to the street without it."""
+
+    scene: pb.Scene
+    hall: str
+    cellar: str
+    door: str
+    vault: str
+    street: str
+    to_cellar: str
+    to_door: str
+    back: str
+    opened: str
+    shut: str
+
+
+async def keep(stack: Stack, who: Metadata) -> Keep:
+    scene = await stack.scenes.CreateScene(
+        pb.CreateSceneRequest(
+            scene=pb.Scene(
+                display_name="the keep",
+                variables=[
+                    variable("has_key", bool_value=False),
+                    variable("visits", number_value=0),
+                ],
+            )
+        ),
+        metadata=who,
+    )
+    hall, cellar, door, vault, street = [
+        (await stack.place(scene.name, await stack.asset(who), who, order=i)).name for i in range(5)
+    ]
+
+    async def connect(a: str, b: str, kind: int, **fields: Any) -> str:
+        made = await stack.scenes.CreateSceneConnection(
+            pb.CreateSceneConnectionRequest(
+                parent=scene.name,
+                connection=pb.SceneConnection(
+                    from_scene_asset=a,
+                    to_scene_asset=b,
+                    type=kind,  # type: ignore[arg-type]
+                    **fields,
+                ),
+            ),
+            metadata=who,
+        )
+        return made.name
+
+    to_cellar = await connect(
+        hall,
+        cellar,
+        CHOICE,
+        label="search the cellar",
+        effects=[
+            pb.SceneEffect(variable="has_key", set=pb.SceneValue(bool_value=True)),
+            pb.SceneEffect(variable="visits", increment=1),
+        ],
+    )
+    to_door = await connect(hall, door, CHOICE, label="try the door", order=1)
+    back = await connect(cellar, hall, NEXT)
+    opened = await connect(door, vault, BRANCH, condition="has_key")
+    shut = await connect(door, street, BRANCH, order=1)
+    scene = await stack.scenes.GetScene(pb.GetSceneRequest(name=scene.name), metadata=who)
+    return Keep(scene, hall, cellar, door, vault, street, to_cellar, to_door, back, opened, shut)
+
+
+async def start(stack: Stack, scene: str, who: Metadata, request_id: str = "") -> pb.Playthrough:
+    return await stack.scenes.StartPlaythrough(
+        pb.StartPlaythroughRequest(scene=scene, request_id=request_id), metadata=who
+    )
+
+
+async def choose(stack: Stack, at: pb.Playthrough, choice: str, who: Metadata) -> pb.Playthrough:
+    return await stack.scenes.Choose(
+        pb.ChooseRequest(name=at.name, step=at.step + 1, choice=choice), metadata=who
+    )
+
+
+def offered(at: pb.Playthrough) -> list[tuple[str, str]]:
+    return [(c.connection, c.label) for c in at.choices]
+
+
+def values(at: pb.Playthrough) -> dict[str, object]:
+    return {v.name: getattr(v.value, str(v.value.WhichOneof("kind"))) for v in at.variables}
+
+
+async def test_a_scene_with_a_condition_plays_two_ways_with_clips_that_play(
+    stack: Stack,
+) -> None:
+    alice = user(stack)
+    built = await keep(stack, alice)
+    graph = await stack.graph(built.scene.name, alice)
+    assets = {a.name: a.asset for a in graph.assets}
+
+    # Straight to the door: no key, so the door's default branch leads to the street.
+    at = await start(stack, built.scene.name, alice)
+    assert (at.state, at.step, at.current_scene_asset) == (
+        pb.Playthrough.STATE_ACTIVE,
+        0,
+        built.hall,  # no start is marked: the first asset by order
+    )
+    assert at.scene_etag == built.scene.etag
+    assert offered(at) == [(built.to_cellar, "search the cellar"), (built.to_door, "try the door")]
+    assert values(at) == {"has_key": False, "visits": 0.0}
+    assert at.clip.asset == assets[built.hall]
+    async with httpx.AsyncClient() as http:
+        clip = await http.get(at.clip.url)
+    assert clip.status_code == 200
+    described = await stack.assets.GetAsset(
+        asset_pb.GetAssetRequest(name=at.clip.asset), metadata=alice
+    )
+    assert hashlib.sha256(clip.content).hexdigest() == described.sha256
+    assert at.clip.expire_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC)
+    at = await choose(stack, at, built.to_door, alice)
+    assert [(c.connection, c.type) for c in at.choices] == [(built.shut, BRANCH)]
+    at = await choose(stack, at, built.shut, alice)
+    assert (at.state, at.step, at.current_scene_asset) == (
+        pb.Playthrough.STATE_ENDED,
+        2,
+        built.street,
+    )
+    assert list(at.choices) == []
+    assert at.clip.asset == assets[built.street]  # the last clip still plays
+
+    # Through the cellar first: the key is found, and the same door opens on the vault.
+    at = await start(stack, built.scene.name, alice)
+    at = await choose(stack, at, built.to_cellar, alice)
+    assert values(at) == {"has_key": True, "visits": 1.0}
+    assert [(c.connection, c.type) for c in at.choices] == [(built.back, NEXT)]
+    at = await choose(stack, at, built.back, alice)
+    at = await choose(stack, at, built.to_door, alice)
+    assert [c.connection for c in at.choices] == [built.opened]
+    at = await choose(stack, at, built.opened, alice)
+    assert (at.state, at.step, at.current_scene_asset) == (
+        pb.Playthrough.STATE_ENDED,
+        4,
+        built.vault,
+    )
+    again = await stack.scenes.GetPlaythrough(
+        pb.GetPlaythroughRequest(name=at.name), metadata=alice
+    )
+    assert (again.step, again.current_scene_asset, values(again)) == (4, built.vault, values(at))
+
+
+async def test_a_step_sent_again_is_answered_and_never_taken_twice(stack: Stack) -> None:
+    alice = user(stack)
+    built = await keep(stack, alice)
+    at = await start(stack, built.scene.name, alice)
+    twice = await asyncio.gather(*(choose(stack, at, built.to_cellar, alice) for _ in range(5)))
+    assert {(t.step, t.current_scene_asset) for t in twice} == {(1, built.cellar)}
+    assert {values(t)["visits"] for t in twice} == {1.0}  # the effect applied once
+
+    async def refused(step: int, choice: str) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stack.scenes.Choose(
+                pb.ChooseRequest(name=at.name, step=step, choice=choice), metadata=alice
+            )
+        return error.value
+
+    taken = await refused(1, built.to_door)
+    assert (taken.code(), status_details(taken)["ErrorInfo"].reason) == (
+        grpc.StatusCode.ABORTED,
+        "STEP_TAKEN",
+    )
+    ahead = await refused(3, built.back)
+    assert (ahead.code(), status_details(ahead)["ErrorInfo"].reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "STEP_AHEAD",
+    )
+    for not_offered in (built.to_door, built.opened):  # another node's; a branch elsewhere
+        error = await refused(2, not_offered)
+        assert (error.code(), status_details(error)["ErrorInfo"].reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CHOICE_NOT_OFFERED",
+        )
+    elsewhere = await keep(stack, alice)  # a connection of another scene of hers
+    error = await refused(2, elsewhere.back)
+    assert status_details(error)["ErrorInfo"].reason == "CHOICE_NOT_OFFERED"
+    now = await stack.scenes.GetPlaythrough(pb.GetPlaythroughRequest(name=at.name), metadata=alice)
+    assert (now.step, now.current_scene_asset, values(now)["visits"]) == (1, built.cellar, 1.0)
+
+    # The same request id starts one playthrough, however often it is sent.
+    key = str(uuid.uuid4())
+    first, second = [await start(stack, built.scene.name, alice, key) for _ in range(2)]
+    assert first.name == second.name
+
+
+async def test_a_scene_edited_during_a_playthrough_fails_it_with_scene_changed(
+    stack: Stack,
+) -> None:
+    alice = user(stack)
+    built = await keep(stack, alice)
+    at = await start(stack, built.scene.name, alice)
+    at = await choose(stack, at, built.to_door, alice)
+    await stack.scenes.UpdateSceneConnection(  # the author makes the door open for everyone
+        pb.UpdateSceneConnectionRequest(
+            connection=pb.SceneConnection(name=built.opened, condition=""),
+            update_mask=field_mask_pb2.FieldMask(paths=["condition"]),
+        ),
+        metadata=alice,
+    )
+    seen = await stack.scenes.GetPlaythrough(pb.GetPlaythroughRequest(name=at.name), metadata=alice)
+    assert (seen.state, seen.failure_reason, list(seen.choices)) == (
+        pb.Playthrough.STATE_FAILED,
+        "SCENE_CHANGED",
+        [],
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await choose(stack, at, built.shut, alice)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_details(refused.value)["ErrorInfo"].reason == "SCENE_CHANGED"
+    listed = await stack.scenes.ListPlaythroughs(
+        pb.ListPlaythroughsRequest(scene=built.scene.name), metadata=alice
+    )
+    assert [(p.name, p.state) for p in listed.playthroughs] == [
+        (at.name, pb.Playthrough.STATE_FAILED)
+    ]
+    fresh = await start(stack, built.scene.name, alice)  # a new one plays the new version
+    assert fresh.scene_etag != at.scene_etag
+    fresh = await choose(stack, fresh, built.to_door, alice)
+    assert [c.connection for c in fresh.choices] == [built.opened]
+
+
+async def test_playthroughs_are_their_players_own_and_an_unplayable_scene_is_refused(
+    stack: Stack,
+) -> None:
+    alice, bob = user(stack), user(stack)
+    built = await keep(stack, alice)
+    at = await start(stack, built.scene.name, alice)
+    for call in (
+        stack.scenes.GetPlaythrough(pb.GetPlaythroughRequest(name=at.name), metadata=bob),
+        stack.scenes.Choose(
+            pb.ChooseRequest(name=at.name, step=1, choice=built.to_door), metadata=bob
+        ),
+        start(stack, built.scene.name, bob),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await stack.scenes.ListPlaythroughs(pb.ListPlaythroughsRequest(), metadata=bob)
+    assert list(listed.playthroughs) == []
+
+    second = await start(stack, built.scene.name, alice)
+    page = await stack.scenes.ListPlaythroughs(
+        pb.ListPlaythroughsRequest(page_size=1), metadata=alice
+    )
+    rest = await stack.scenes.ListPlaythroughs(
+        pb.ListPlaythroughsRequest(page_size=1, page_token=page.next_page_token), metadata=alice
+    )
+    assert [p.name for p in [*page.playthroughs, *rest.playthroughs]] == [second.name, at.name]
+    assert (page.playthroughs[0].clip.asset, list(page.playthroughs[0].choices)) == ("", [])
+
+    empty = await stack.scene(alice)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await start(stack, empty.name, alice)
+    assert status_details(refused.value)["ErrorInfo"].reason == "SCENE_EMPTY"
+    await stack.scenes.UpdateSceneConnection(
+        pb.UpdateSceneConnectionRequest(
+            connection=pb.SceneConnection(name=built.opened, condition="has_lamp"),
+            update_mask=field_mask_pb2.FieldMask(paths=["condition"]),
+        ),
+        metadata=alice,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await start(stack, built.scene.name, alice)
+    details = status_details(refused.value)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details["ErrorInfo"].reason == "SCENE_NOT_PLAYABLE"
+    assert [(v.type, v.subject) for v in details["PreconditionFailure"].violations] == [
+        ("UNDEFINED_VARIABLE", built.opened)
+    ]

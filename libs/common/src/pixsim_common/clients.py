@@ -93,3 +93,17 @@ class AssetLookup:
                 raise from_peer(error, "asset service") from error
             found |= {asset.name: asset for asset in answer.assets}
         return found
+
+    async def download_url(self, name: str, token: str) -> asset_pb.AssetDownloadUrl | None:
+        """A time-limited URL of the caller's asset `name`; None when it is gone, not theirs,
+        or kept in a store that makes no URLs (the local filesystem)."""
+        try:
+            return await self._stub.GenerateAssetDownloadUrl(
+                asset_pb.GenerateAssetDownloadUrlRequest(name=name),
+                metadata=bearer(token),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                return None
+            raise from_peer(error, "asset service") from error

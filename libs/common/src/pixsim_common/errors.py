@@ -96,9 +96,45 @@ class AlreadyExists(DomainError):
     default_reason = "ALREADY_EXISTS"
 
 
+@dataclass(frozen=True, slots=True)
+class PreconditionViolation:
+    """One thing in the way, as `google.rpc.PreconditionFailure` says it: of what kind, about
+    what, and why."""
+
+    type: str
+    subject: str
+    description: str
+
+
 class FailedPrecondition(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Iterable[PreconditionViolation] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = list(violations)
+
+    def details(self) -> list[any_pb2.Any]:
+        if not self.violations:
+            return super().details()
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(failure)
+        return [*super().details(), packed]
 
 
 class Aborted(DomainError):
@@ -150,13 +186,18 @@ def internal_status(trace_id: str) -> status_pb2.Status:
 
 
 def status_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    """The `ErrorInfo` and `BadRequest` a failed call carried, by type name (for clients)."""
+    """The `ErrorInfo`, `BadRequest` and `PreconditionFailure` a failed call carried, by type
+    name (for clients)."""
     from grpc_status import rpc_status
 
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     found: dict[str, Any] = {}
     for detail in status.details if status is not None else ():
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.PreconditionFailure,
+        ):
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 detail.Unpack(message)

@@ -17,14 +17,22 @@ from pixsim_common.timestamps import to_timestamp
 from pixsim_scene import repository as repo
 from pixsim_scene.changes import (
     Change,
+    edge_name,
     edge_to_proto,
     node_name,
     node_to_proto,
     parse_element,
+    value_to_proto,
     variable_to_proto,
 )
 from pixsim_scene.repository import Scene
-from pixsim_scene.service import Applied, GraphPage, SceneService
+from pixsim_scene.service import (
+    Applied,
+    GraphPage,
+    PlaythroughService,
+    PlaythroughView,
+    SceneService,
+)
 
 
 def scene_to_proto(scene: Scene) -> pb.Scene:
@@ -54,6 +62,45 @@ def graph_to_proto(result: Applied | GraphPage) -> pb.SceneGraph:
     )
 
 
+def playthrough_to_proto(view: PlaythroughView) -> pb.Playthrough:
+    found = view.playthrough
+    scene_id = found.scene_id
+    message = pb.Playthrough(
+        name=f"playthroughs/{found.id}",
+        scene=f"scenes/{scene_id}",
+        owner=f"users/{found.owner_id}",
+        scene_etag=str(found.scene_version),
+        state=pb.Playthrough.State.Value(f"STATE_{found.state.value}"),
+        failure_reason=found.failure_reason,
+        step=found.step,
+        current_scene_asset=node_name(scene_id, found.current_id),
+        choices=[
+            pb.PlaythroughChoice(
+                connection=edge_name(scene_id, e.id),
+                type=pb.SceneConnection.Type.Value(f"TYPE_{e.type.value}"),
+                label=e.label,
+                to_scene_asset=node_name(scene_id, e.to_id),
+            )
+            for e in view.choices
+        ],
+        variables=[
+            pb.PlaythroughVariable(name=v.name, value=value_to_proto(found.values[v.name]))
+            for v in view.variables
+            if v.name in found.values
+        ],
+        create_time=to_timestamp(found.create_time),
+        update_time=to_timestamp(found.update_time),
+    )
+    if view.clip is not None:
+        asset_id, url = view.clip
+        message.clip.asset = f"assets/{asset_id}"
+        if url is not None:
+            message.clip.url = url.url
+            message.clip.expire_time.CopyFrom(url.expire_time)
+            message.clip.mime_type = url.mime_type
+    return message
+
+
 def _scene_id(name: str) -> str:
     return name.split("/")[1]
 
@@ -76,8 +123,15 @@ def _named(element: Element, collection: str) -> Element:
 
 
 class SceneApi(pb_grpc.SceneServiceServicer):
-    def __init__(self, service: SceneService, sessions: Any, tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        service: SceneService,
+        playthroughs: PlaythroughService,
+        sessions: Any,
+        tokens: PageTokens,
+    ) -> None:
         self._service = service
+        self._playthroughs = playthroughs
         self._sessions = sessions
         self._tokens = tokens
 
@@ -221,4 +275,37 @@ class SceneApi(pb_grpc.SceneServiceServicer):
             await self._service.apply(
                 current_identity(), _scene_id(request.name), request.etag, changes
             )
+        )
+
+    async def StartPlaythrough(
+        self, request: pb.StartPlaythroughRequest, context: Any
+    ) -> pb.Playthrough:
+        view = await self._playthroughs.start(
+            current_identity(), _scene_id(request.scene), request.request_id
+        )
+        return playthrough_to_proto(view)
+
+    async def Choose(self, request: pb.ChooseRequest, context: Any) -> pb.Playthrough:
+        view = await self._playthroughs.choose(
+            current_identity(), _element_id(request.name), request.step, request.choice
+        )
+        return playthrough_to_proto(view)
+
+    async def GetPlaythrough(
+        self, request: pb.GetPlaythroughRequest, context: Any
+    ) -> pb.Playthrough:
+        view = await self._playthroughs.get(current_identity(), _element_id(request.name))
+        return playthrough_to_proto(view)
+
+    async def ListPlaythroughs(
+        self, request: pb.ListPlaythroughsRequest, context: Any
+    ) -> pb.ListPlaythroughsResponse:
+        views, token = await self._playthroughs.list(
+            current_identity(),
+            _scene_id(request.scene) if request.scene else "",
+            request.page_token,
+            request.page_size,
+        )
+        return pb.ListPlaythroughsResponse(
+            playthroughs=[playthrough_to_proto(v) for v in views], next_page_token=token
         )

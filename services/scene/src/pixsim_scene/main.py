@@ -15,7 +15,7 @@ from pixsim_common.consumer import Subscription
 from pixsim_common.settings import ServiceSettings
 from pixsim_scene.events import subscriptions
 from pixsim_scene.grpc_api import SceneApi
-from pixsim_scene.service import SceneService
+from pixsim_scene.service import PlaythroughService, SceneService
 from pixsim_scene.settings import Settings
 
 SERVICE_NAMES = [DESCRIPTOR.services_by_name["SceneService"].full_name]
@@ -34,8 +34,9 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         return services["scene"]
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
+        playthroughs = PlaythroughService(kit.sessions, directory, kit.page_tokens)
         pb_grpc.add_SceneServiceServicer_to_server(
-            SceneApi(service(kit), kit.sessions, kit.page_tokens), server
+            SceneApi(service(kit), playthroughs, kit.sessions, kit.page_tokens), server
         )
 
     def workers(_kit: Kit) -> Sequence[Worker]:

@@ -56,6 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pixsim_common.db import any_of
 from pixsim_common.pagination import PageTokens
 from pixsim_scene.conditions import (
+    Value,
     Variable,
     effect_from_json,
     effect_to_json,
@@ -63,6 +64,7 @@ from pixsim_scene.conditions import (
     variable_to_json,
 )
 from pixsim_scene.domain import Edge, EdgeType, Graph, Node
+from pixsim_scene.play import PlayState
 
 metadata = MetaData()
 
@@ -151,6 +153,46 @@ deleted_assets = Table(
     Column("owner_id", Text, nullable=False),
     Column("deleted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("asset_id", "owner_id"),
+)
+
+# A player's way through a scene. It plays the scene at `scene_version`; `variables` holds
+# {name: value} of the scene's variables now. A deleted scene takes its playthroughs along.
+playthroughs = Table(
+    "playthroughs",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("owner_id", Text, nullable=False),
+    Column(
+        "scene_id", UUID(as_uuid=False), ForeignKey("scenes.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("scene_version", BigInteger, nullable=False),
+    Column("request_id", UUID(as_uuid=False)),
+    Column("state", Text, nullable=False),
+    Column("failure_reason", Text, nullable=False, server_default=""),
+    Column("step", BigInteger, nullable=False, server_default="0"),
+    Column("current_id", UUID(as_uuid=False), nullable=False),
+    Column("variables", JSONB, nullable=False, server_default="{}"),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("owner_id", "request_id", name="playthroughs_one_per_request"),
+    Index("playthroughs_by_owner_newest", "owner_id", text("create_time DESC"), text("id DESC")),
+    Index("playthroughs_by_scene", "scene_id"),
+)
+
+# The connection each step went along: a step sent again is answered, not taken twice.
+playthrough_steps = Table(
+    "playthrough_steps",
+    metadata,
+    Column(
+        "playthrough_id",
+        UUID(as_uuid=False),
+        ForeignKey("playthroughs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("step", BigInteger, nullable=False),
+    Column("connection_id", UUID(as_uuid=False), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("playthrough_id", "step"),
 )
 
 
@@ -607,3 +649,180 @@ async def graph_page(
         rows = await session.execute(query.order_by(c.from_id, c.order, c.id).limit(left))
         edges = [_edge(r) for r in rows]
     return nodes, edges
+
+
+# ---- playthroughs ---------------------------------------------------------------------
+
+
+@dataclass
+class Playthrough:
+    id: str
+    owner_id: str
+    scene_id: str
+    scene_version: int
+    state: PlayState
+    current_id: str
+    values: dict[str, Value]
+    step: int = 0
+    failure_reason: str = ""
+    request_id: str | None = None
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    # The scene's version now, read with the playthrough: once it is not `scene_version`,
+    # the scene changed under it.
+    scene_version_now: int = 0
+
+
+def _to_playthrough(row: Row[Any]) -> Playthrough:
+    return Playthrough(
+        id=row.id,
+        owner_id=row.owner_id,
+        scene_id=row.scene_id,
+        scene_version=row.scene_version,
+        state=PlayState(row.state),
+        current_id=row.current_id,
+        values=_numbers_as_floats(row.variables),
+        step=row.step,
+        failure_reason=row.failure_reason,
+        request_id=row.request_id,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        scene_version_now=row.version,
+    )
+
+
+def _numbers_as_floats(stored: dict[str, Any]) -> dict[str, Value]:
+    # JSON keeps 3.0 as 3: a number variable's value is a float again.
+    return {
+        name: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        for name, value in stored.items()
+    }
+
+
+async def scene_variables(
+    session: AsyncSession, scene_ids: Iterable[str]
+) -> dict[str, list[Variable]]:
+    """The declared variables of each of these scenes, by scene id."""
+    rows = await session.execute(
+        select(scenes.c.id, scenes.c.variables).where(any_of(scenes.c.id, sorted(set(scene_ids))))
+    )
+    return {row.id: [variable_from_json(v) for v in row.variables] for row in rows}
+
+
+def _with_scene_version() -> Any:
+    return select(playthroughs, scenes.c.version).join(
+        scenes, scenes.c.id == playthroughs.c.scene_id
+    )
+
+
+async def insert_playthrough(session: AsyncSession, playthrough: Playthrough) -> Playthrough:
+    """Insert a playthrough; with a request id the caller used before, the one it made then."""
+    await session.execute(
+        insert(playthroughs)
+        .values(
+            id=playthrough.id,
+            owner_id=playthrough.owner_id,
+            scene_id=playthrough.scene_id,
+            scene_version=playthrough.scene_version,
+            request_id=playthrough.request_id,
+            state=playthrough.state.value,
+            current_id=playthrough.current_id,
+            variables=playthrough.values,
+        )
+        .on_conflict_do_nothing(index_elements=["owner_id", "request_id"])
+    )
+    query = _with_scene_version().where(playthroughs.c.owner_id == playthrough.owner_id)
+    if playthrough.request_id is None:
+        query = query.where(playthroughs.c.id == playthrough.id)
+    else:
+        query = query.where(playthroughs.c.request_id == playthrough.request_id)
+    return _to_playthrough((await session.execute(query)).one())
+
+
+async def load_playthrough(
+    session: AsyncSession, playthrough_id: str, owner_id: str, *, lock: bool = False
+) -> Playthrough | None:
+    query = _with_scene_version().where(
+        playthroughs.c.id == playthrough_id, playthroughs.c.owner_id == owner_id
+    )
+    if lock:
+        query = query.with_for_update(of=playthroughs)
+    row = (await session.execute(query)).first()
+    return _to_playthrough(row) if row is not None else None
+
+
+async def save_playthrough(session: AsyncSession, playthrough: Playthrough) -> None:
+    stored = await session.execute(
+        update(playthroughs)
+        .where(playthroughs.c.id == playthrough.id)
+        .values(
+            state=playthrough.state.value,
+            failure_reason=playthrough.failure_reason,
+            step=playthrough.step,
+            current_id=playthrough.current_id,
+            variables=playthrough.values,
+            update_time=func.now(),
+        )
+        .returning(playthroughs.c.update_time)
+    )
+    playthrough.update_time = stored.scalar_one()
+
+
+async def record_step(
+    session: AsyncSession, playthrough_id: str, step: int, connection_id: str
+) -> None:
+    await session.execute(
+        insert(playthrough_steps).values(
+            playthrough_id=playthrough_id, step=step, connection_id=connection_id
+        )
+    )
+
+
+async def step_taken(session: AsyncSession, playthrough_id: str, step: int) -> str | None:
+    """The connection step `step` went along, or None when it was not taken."""
+    taken: str | None = await session.scalar(
+        select(playthrough_steps.c.connection_id).where(
+            playthrough_steps.c.playthrough_id == playthrough_id,
+            playthrough_steps.c.step == step,
+        )
+    )
+    return taken
+
+
+async def list_playthroughs(
+    session: AsyncSession,
+    tokens: PageTokens,
+    owner_id: str,
+    filters: dict[str, Any],
+    *,
+    page_token: str,
+    page_size: int,
+) -> tuple[list[Playthrough], str]:
+    query = _with_scene_version().where(playthroughs.c.owner_id == owner_id)
+    if filters.get("scene"):
+        query = query.where(playthroughs.c.scene_id == filters["scene"])
+    rows, token = await tokens.fetch_page(
+        session, query, playthroughs, page_token, page_size, filters, newest_first=True
+    )
+    return [_to_playthrough(r) for r in rows], token
+
+
+async def node_with_outgoing(
+    session: AsyncSession, scene_id: str, node_id: str
+) -> tuple[Node | None, list[Edge]]:
+    """One node of a scene and the connections leaving it: what a player at it needs."""
+    node = (
+        await session.execute(
+            select(scene_assets).where(
+                scene_assets.c.scene_id == scene_id, scene_assets.c.id == node_id
+            )
+        )
+    ).first()
+    if node is None:
+        return None, []
+    edges = await session.execute(
+        select(scene_connections).where(
+            scene_connections.c.scene_id == scene_id, scene_connections.c.from_id == node_id
+        )
+    )
+    return _node(node), [_edge(r) for r in edges]

@@ -20,6 +20,7 @@ from google.protobuf import field_mask_pb2
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pixsim.asset.v1 import asset_service_pb2 as asset_pb
 from pixsim.events.v1 import events_pb2
 from pixsim.scene.v1 import scene_service_pb2 as pb
 from pixsim_common import topics
@@ -30,15 +31,17 @@ from pixsim_common.errors import (
     Aborted,
     AlreadyExists,
     DomainError,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PreconditionViolation,
     ResourceExhausted,
 )
 from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import now_timestamp
-from pixsim_scene import domain
+from pixsim_scene import domain, play
 from pixsim_scene import repository as repo
 from pixsim_scene.changes import (
     EDGE_FIELDS,
@@ -46,19 +49,23 @@ from pixsim_scene.changes import (
     SCENE_FIELDS,
     Change,
     edge_from,
+    edge_name,
     edge_to_proto,
     element_id,
     invalid,
     masked,
     node_from,
     node_to_proto,
+    parse_element,
     parse_scene,
     referenced,
     variables_from,
 )
+from pixsim_scene.conditions import Variable
 from pixsim_scene.domain import Edge, EdgeType, Node, Rejected
 from pixsim_scene.metrics import WRITE_ELEMENTS_LOADED
-from pixsim_scene.repository import Part, Refs, Scene
+from pixsim_scene.play import PlayState, StepKind
+from pixsim_scene.repository import Part, Playthrough, Refs, Scene
 
 log = structlog.get_logger("pixsim.scene")
 SOURCE = "/scene"
@@ -429,6 +436,230 @@ class SceneService:
                     SOURCE,
                 )
             ],
+        )
+
+
+@dataclass(frozen=True)
+class Now:
+    """What a playthrough's player has before them: the scene's variables (their order and
+    types), the node playing, and what is offered after it."""
+
+    variables: list[Variable]
+    node: Node | None
+    offered: list[Edge]
+
+
+@dataclass(frozen=True)
+class PlaythroughView:
+    """A playthrough as its player sees it, with its clip's URL."""
+
+    playthrough: Playthrough
+    variables: list[Variable]
+    choices: list[Edge]
+    clip: tuple[str, asset_pb.AssetDownloadUrl | None] | None  # (asset id, its URL)
+
+
+class PlaythroughService:
+    """Playing a scene (docs/scenes.md, "Playthroughs"). A playthrough plays the scene at the
+    version it started on; once the scene changes, it is FAILED `SCENE_CHANGED`, so a player
+    never follows a graph that is neither the old one nor the new one. Steps are numbered, so
+    a `Choose` sent again is answered and not taken twice."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        assets: AssetLookup,
+        page_tokens: PageTokens,
+    ) -> None:
+        self._sessions = sessions
+        self._assets = assets
+        self._tokens = page_tokens
+
+    async def start(
+        self, identity: Identity, scene_id: str, request_id: str = ""
+    ) -> PlaythroughView:
+        async with self._sessions() as session:
+            scene = await repo.load(session, scene_id, owner_id=identity.user_id)
+        if scene is None:
+            raise NotFound(f"scenes/{scene_id} does not exist", reason="SCENE_NOT_FOUND")
+        if not scene.graph.nodes:
+            raise FailedPrecondition(
+                f"scenes/{scene_id} has no assets to play", reason="SCENE_EMPTY"
+            )
+        _refuse_unplayable(scene)
+        start = domain.start_of(scene.graph)
+        values = play.initial_values(scene.variables)
+        leaving = [scene.graph.edges[i] for i in scene.graph.edges.touching(start)]
+        offered = play.offered([e for e in leaving if e.from_id == start], values)
+        new = Playthrough(
+            id=str(uuid.uuid4()),
+            owner_id=identity.user_id,
+            scene_id=scene_id,
+            scene_version=scene.version,
+            state=PlayState.ACTIVE if offered else PlayState.ENDED,
+            current_id=start,
+            values=values,
+            request_id=request_id or None,
+        )
+        async with UnitOfWork(self._sessions) as uow:
+            stored = await repo.insert_playthrough(uow.session, new)
+            await uow.commit()
+        if stored.id != new.id:  # the request id's earlier playthrough
+            return await self.get(identity, stored.id)
+        now = Now(scene.variables, scene.graph.nodes[start], offered)
+        return await self._with_clip(identity, stored, now)
+
+    async def get(self, identity: Identity, playthrough_id: str) -> PlaythroughView:
+        async with self._sessions() as session:
+            found = await self._load(session, identity, playthrough_id)
+            now = await self._now(session, found)
+        return await self._with_clip(identity, found, now)
+
+    async def choose(
+        self, identity: Identity, playthrough_id: str, step: int, choice: str
+    ) -> PlaythroughView:
+        scene_id, connection_id = parse_element(choice, "connections", "choice")
+        async with UnitOfWork(self._sessions) as uow:
+            session = uow.session
+            found = await self._load(session, identity, playthrough_id, lock=True)
+            recorded = None
+            if step <= found.step:
+                recorded = await repo.step_taken(session, found.id, step)
+            kind = play.judge_step(step, found.step, recorded, connection_id)
+            if kind is StepKind.REPEATED:
+                now = await self._now(session, found)
+            else:
+                now = await self._step(session, found, kind, step, scene_id, connection_id)
+                await uow.commit()
+        return await self._with_clip(identity, found, now)
+
+    async def _step(
+        self,
+        session: AsyncSession,
+        found: Playthrough,
+        kind: StepKind,
+        step: int,
+        scene_id: str,
+        connection_id: str,
+    ) -> Now:
+        """Take step `step` along `connection_id`, or refuse it."""
+        if kind is StepKind.TAKEN:
+            raise Aborted(
+                f"step {step} was taken with another choice; the playthrough is at step"
+                f" {found.step}",
+                reason="STEP_TAKEN",
+                metadata={"step": str(found.step)},
+            )
+        if kind is StepKind.AHEAD:
+            raise FailedPrecondition(
+                f"the next step is {found.step + 1}, not {step}",
+                reason="STEP_AHEAD",
+                metadata={"step": str(found.step)},
+            )
+        if _scene_changed(found):
+            await repo.save_playthrough(session, found)
+            await session.commit()  # it stays FAILED, though this call is refused
+            raise FailedPrecondition(
+                f"scenes/{found.scene_id} changed since this playthrough started; start another",
+                reason="SCENE_CHANGED",
+            )
+        if found.state is not PlayState.ACTIVE:
+            raise FailedPrecondition(
+                f"playthroughs/{found.id} has ended", reason="PLAYTHROUGH_ENDED"
+            )
+        _, leaving = await repo.node_with_outgoing(session, found.scene_id, found.current_id)
+        offered = play.offered(leaving, found.values)
+        edge = next((e for e in offered if e.id == connection_id), None)
+        if edge is None or scene_id != found.scene_id:
+            raise FailedPrecondition(
+                f"{edge_name(scene_id, connection_id)} is not offered at step {step}",
+                reason="CHOICE_NOT_OFFERED",
+            )
+        found.values = play.take(edge, found.values)
+        found.current_id = edge.to_id
+        found.step = step
+        node, leaving = await repo.node_with_outgoing(session, found.scene_id, edge.to_id)
+        offered = play.offered(leaving, found.values)
+        found.state = PlayState.ACTIVE if offered else PlayState.ENDED
+        await repo.record_step(session, found.id, step, edge.id)
+        await repo.save_playthrough(session, found)
+        variables = await repo.scene_variables(session, [found.scene_id])
+        return Now(variables[found.scene_id], node, offered)
+
+    async def list(
+        self, identity: Identity, scene_id: str, page_token: str, page_size: int
+    ) -> tuple[list[PlaythroughView], str]:
+        """A page of the caller's playthroughs, without clips or choices."""
+        async with self._sessions() as session:
+            found, token = await repo.list_playthroughs(
+                session,
+                self._tokens,
+                identity.user_id,
+                {"scene": scene_id},
+                page_token=page_token,
+                page_size=page_size,
+            )
+            declared = await repo.scene_variables(session, {p.scene_id for p in found})
+        for playthrough in found:
+            _scene_changed(playthrough)
+        views = [PlaythroughView(p, declared[p.scene_id], [], None) for p in found]
+        return views, token
+
+    async def _load(
+        self, session: AsyncSession, identity: Identity, playthrough_id: str, *, lock: bool = False
+    ) -> Playthrough:
+        found = await repo.load_playthrough(session, playthrough_id, identity.user_id, lock=lock)
+        if found is None:
+            raise NotFound(
+                f"playthroughs/{playthrough_id} does not exist", reason="PLAYTHROUGH_NOT_FOUND"
+            )
+        return found
+
+    @staticmethod
+    async def _now(session: AsyncSession, playthrough: Playthrough) -> Now:
+        variables = await repo.scene_variables(session, [playthrough.scene_id])
+        node, leaving = await repo.node_with_outgoing(
+            session, playthrough.scene_id, playthrough.current_id
+        )
+        offered: list[Edge] = []
+        if not _scene_changed(playthrough) and playthrough.state is PlayState.ACTIVE:
+            offered = play.offered(leaving, playthrough.values)
+        return Now(variables[playthrough.scene_id], node, offered)
+
+    async def _with_clip(
+        self, identity: Identity, playthrough: Playthrough, now: Now
+    ) -> PlaythroughView:
+        """The view with the current clip's URL, asked for outside any transaction. A failed
+        playthrough shows no clip: its node may not be what it was."""
+        node = now.node
+        if playthrough.state is PlayState.FAILED or node is None or not node.asset_id:
+            return PlaythroughView(playthrough, now.variables, now.offered, None)
+        url = await self._assets.download_url(f"assets/{node.asset_id}", identity.token)
+        return PlaythroughView(playthrough, now.variables, now.offered, (node.asset_id, url))
+
+
+def _scene_changed(playthrough: Playthrough) -> bool:
+    """Whether the scene changed under an active playthrough; if so, it is FAILED from now."""
+    if playthrough.state is not PlayState.ACTIVE:
+        return False
+    if playthrough.scene_version_now == playthrough.scene_version:
+        return False
+    playthrough.state = PlayState.FAILED
+    playthrough.failure_reason = "SCENE_CHANGED"
+    return True
+
+
+def _refuse_unplayable(scene: Scene) -> None:
+    bad = play.unplayable(domain.problems(scene.graph, scene.variables))
+    if bad:
+        raise FailedPrecondition(
+            f"scenes/{scene.id} cannot be played: {len(bad)} condition(s) or effect(s) have no"
+            " meaning (see ValidateScene)",
+            [
+                PreconditionViolation(p.code, f"scenes/{scene.id}/{p.kind}/{p.subject}", p.message)
+                for p in bad
+            ],
+            reason="SCENE_NOT_PLAYABLE",
         )
 
 

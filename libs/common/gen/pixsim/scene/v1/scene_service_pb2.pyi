@@ -875,3 +875,319 @@ class ApplySceneChangesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplySceneChangesRequest: _TypeAlias = ApplySceneChangesRequest  # noqa: Y015
+
+@_typing.final
+class Playthrough(_message.Message):
+    """One player's way through a scene: where they are, what they may choose, and their state.
+    It plays the scene as it was when it started: once the scene changes, the playthrough is
+    FAILED with `failure_reason` `SCENE_CHANGED` (docs/scenes.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Playthrough._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: Playthrough._State.ValueType  # 0
+        STATE_ACTIVE: Playthrough._State.ValueType  # 1
+        """Playing: `choices` holds what may follow the current clip."""
+        STATE_ENDED: Playthrough._State.ValueType  # 2
+        """The current clip is the last: nothing follows it."""
+        STATE_FAILED: Playthrough._State.ValueType  # 3
+        """It cannot go on; `failure_reason` says why."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: Playthrough.State.ValueType  # 0
+    STATE_ACTIVE: Playthrough.State.ValueType  # 1
+    """Playing: `choices` holds what may follow the current clip."""
+    STATE_ENDED: Playthrough.State.ValueType  # 2
+    """The current clip is the last: nothing follows it."""
+    STATE_FAILED: Playthrough.State.ValueType  # 3
+    """It cannot go on; `failure_reason` says why."""
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCENE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    SCENE_ETAG_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    CURRENT_SCENE_ASSET_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`playthroughs/{playthrough}`."""
+    scene: _builtins.str
+    """`scenes/{scene}`."""
+    owner: _builtins.str
+    """`users/{user}`."""
+    scene_etag: _builtins.str
+    """The scene's etag when the playthrough started: the version it plays."""
+    state: Global___Playthrough.State.ValueType
+    failure_reason: _builtins.str
+    """STATE_FAILED: a stable code, `SCENE_CHANGED`."""
+    step: _builtins.int
+    """How many steps were taken; Choose takes step `step + 1`."""
+    current_scene_asset: _builtins.str
+    """`scenes/{scene}/assets/{scene_asset}`: the node playing now."""
+    @_builtins.property
+    def clip(self) -> Global___PlaythroughClip:
+        """The current node's clip; unset in ListPlaythroughs, and when its asset was deleted."""
+
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaythroughChoice]:
+        """What may follow the current clip, in order; empty once ended, and in ListPlaythroughs.
+        A branch or a next connection is offered alone: a player takes it when the clip ends.
+        """
+
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaythroughVariable]:
+        """Every variable of the scene with its value now, in the scene's order."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scene: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        scene_etag: _builtins.str = ...,
+        state: Global___Playthrough.State.ValueType = ...,
+        failure_reason: _builtins.str = ...,
+        step: _builtins.int = ...,
+        current_scene_asset: _builtins.str = ...,
+        clip: Global___PlaythroughClip | None = ...,
+        choices: _abc.Iterable[Global___PlaythroughChoice] | None = ...,
+        variables: _abc.Iterable[Global___PlaythroughVariable] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "clip", b"clip", "create_time", b"create_time", "current_scene_asset", b"current_scene_asset", "failure_reason", b"failure_reason", "name", b"name", "owner", b"owner", "scene", b"scene", "scene_etag", b"scene_etag", "state", b"state", "step", b"step", "update_time", b"update_time", "variables", b"variables"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Playthrough: _TypeAlias = Playthrough  # noqa: Y015
+
+@_typing.final
+class PlaythroughClip(_message.Message):
+    """A clip to show: the asset and a URL that plays it for a while."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    asset: _builtins.str
+    """`assets/{asset}`."""
+    url: _builtins.str
+    """Works without a token until `expire_time`; Get the playthrough again for a fresh one."""
+    mime_type: _builtins.str
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        asset: _builtins.str = ...,
+        url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "expire_time", b"expire_time", "mime_type", b"mime_type", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaythroughClip: _TypeAlias = PlaythroughClip  # noqa: Y015
+
+@_typing.final
+class PlaythroughChoice(_message.Message):
+    """A connection a player may go along now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    TO_SCENE_ASSET_FIELD_NUMBER: _builtins.int
+    connection: _builtins.str
+    """`scenes/{scene}/connections/{connection}`: what Choose takes."""
+    type: Global___SceneConnection.Type.ValueType
+    label: _builtins.str
+    """What a viewer sees for a choice."""
+    to_scene_asset: _builtins.str
+    """`scenes/{scene}/assets/{scene_asset}`."""
+    def __init__(
+        self,
+        *,
+        connection: _builtins.str = ...,
+        type: Global___SceneConnection.Type.ValueType = ...,
+        label: _builtins.str = ...,
+        to_scene_asset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "label", b"label", "to_scene_asset", b"to_scene_asset", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaythroughChoice: _TypeAlias = PlaythroughChoice  # noqa: Y015
+
+@_typing.final
+class PlaythroughVariable(_message.Message):
+    """A variable's value in a playthrough."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def value(self) -> Global___SceneValue: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: Global___SceneValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaythroughVariable: _TypeAlias = PlaythroughVariable  # noqa: Y015
+
+@_typing.final
+class StartPlaythroughRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    scene: _builtins.str
+    """`scenes/{scene}`: one of the caller's own (a template is cloned first)."""
+    request_id: _builtins.str
+    """An idempotency key: the same caller sending the same key gets the same playthrough."""
+    def __init__(
+        self,
+        *,
+        scene: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "scene", b"scene"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPlaythroughRequest: _TypeAlias = StartPlaythroughRequest  # noqa: Y015
+
+@_typing.final
+class ChooseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    step: _builtins.int
+    """The step this choice makes: the playthrough's `step + 1`. A step already taken with the
+    same choice answers with the playthrough as it is; with another choice it is ABORTED
+    `STEP_TAKEN`.
+    """
+    choice: _builtins.str
+    """`scenes/{scene}/connections/{connection}`: one of the playthrough's `choices`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        step: _builtins.int = ...,
+        choice: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "name", b"name", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChooseRequest: _TypeAlias = ChooseRequest  # noqa: Y015
+
+@_typing.final
+class GetPlaythroughRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlaythroughRequest: _TypeAlias = GetPlaythroughRequest  # noqa: Y015
+
+@_typing.final
+class ListPlaythroughsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SCENE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    scene: _builtins.str
+    """Only playthroughs of this scene, `scenes/{scene}`."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        scene: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "scene", b"scene"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlaythroughsRequest: _TypeAlias = ListPlaythroughsRequest  # noqa: Y015
+
+@_typing.final
+class ListPlaythroughsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYTHROUGHS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def playthroughs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Playthrough]: ...
+    def __init__(
+        self,
+        *,
+        playthroughs: _abc.Iterable[Global___Playthrough] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "playthroughs", b"playthroughs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlaythroughsResponse: _TypeAlias = ListPlaythroughsResponse  # noqa: Y015

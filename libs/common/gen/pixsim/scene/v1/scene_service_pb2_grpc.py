@@ -110,6 +110,26 @@ class SceneServiceStub:
                 request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ApplySceneChangesRequest.SerializeToString,
                 response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.SceneGraph.FromString,
                 _registered_method=True)
+        self.StartPlaythrough = channel.unary_unary(
+                '/pixsim.scene.v1.SceneService/StartPlaythrough',
+                request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.StartPlaythroughRequest.SerializeToString,
+                response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.FromString,
+                _registered_method=True)
+        self.Choose = channel.unary_unary(
+                '/pixsim.scene.v1.SceneService/Choose',
+                request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ChooseRequest.SerializeToString,
+                response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.FromString,
+                _registered_method=True)
+        self.GetPlaythrough = channel.unary_unary(
+                '/pixsim.scene.v1.SceneService/GetPlaythrough',
+                request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.GetPlaythroughRequest.SerializeToString,
+                response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.FromString,
+                _registered_method=True)
+        self.ListPlaythroughs = channel.unary_unary(
+                '/pixsim.scene.v1.SceneService/ListPlaythroughs',
+                request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsRequest.SerializeToString,
+                response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsResponse.FromString,
+                _registered_method=True)
 
 
 class SceneServiceServicer:
@@ -217,6 +237,39 @@ class SceneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartPlaythrough(self, request, context):
+        """Starts playing one of the caller's scenes at its start: answers with the first clip, the
+        choices offered once it ends, and the variables at their initial values. A scene whose
+        conditions or effects cannot be played (ValidateScene's CONDITION_SYNTAX,
+        UNDEFINED_VARIABLE, TYPE_MISMATCH) is FAILED_PRECONDITION `SCENE_NOT_PLAYABLE`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Choose(self, request, context):
+        """Goes along one of the connections offered now: applies its effects and moves to its
+        target. A choice not offered is FAILED_PRECONDITION `CHOICE_NOT_OFFERED`; a step sent
+        again answers with the playthrough as it is, without moving it (docs/scenes.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPlaythrough(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlaythroughs(self, request, context):
+        """Lists the caller's playthroughs, newest first, without their clips and choices (Get
+        gives them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SceneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +347,26 @@ def add_SceneServiceServicer_to_server(servicer, server):
                     servicer.ApplySceneChanges,
                     request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ApplySceneChangesRequest.FromString,
                     response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.SceneGraph.SerializeToString,
+            ),
+            'StartPlaythrough': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPlaythrough,
+                    request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.StartPlaythroughRequest.FromString,
+                    response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.SerializeToString,
+            ),
+            'Choose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Choose,
+                    request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ChooseRequest.FromString,
+                    response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.SerializeToString,
+            ),
+            'GetPlaythrough': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlaythrough,
+                    request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.GetPlaythroughRequest.FromString,
+                    response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.SerializeToString,
+            ),
+            'ListPlaythroughs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlaythroughs,
+                    request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsRequest.FromString,
+                    response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -701,6 +774,114 @@ class SceneService:
             '/pixsim.scene.v1.SceneService/ApplySceneChanges',
             pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ApplySceneChangesRequest.SerializeToString,
             pixsim_dot_scene_dot_v1_dot_scene__service__pb2.SceneGraph.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPlaythrough(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.scene.v1.SceneService/StartPlaythrough',
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.StartPlaythroughRequest.SerializeToString,
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Choose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.scene.v1.SceneService/Choose',
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ChooseRequest.SerializeToString,
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlaythrough(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.scene.v1.SceneService/GetPlaythrough',
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.GetPlaythroughRequest.SerializeToString,
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.Playthrough.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlaythroughs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.scene.v1.SceneService/ListPlaythroughs',
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsRequest.SerializeToString,
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsResponse.FromString,
             options,
             channel_credentials,
             insecure,

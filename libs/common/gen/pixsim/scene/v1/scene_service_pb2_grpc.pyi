@@ -62,6 +62,22 @@ class SceneServiceStub:
     """Applies many changes in one transaction, all or none. Answers with the scene (its new
     etag) and the assets and connections the changes created or updated.
     """
+    StartPlaythrough: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.StartPlaythroughRequest, _scene_service_pb2.Playthrough]
+    """Starts playing one of the caller's scenes at its start: answers with the first clip, the
+    choices offered once it ends, and the variables at their initial values. A scene whose
+    conditions or effects cannot be played (ValidateScene's CONDITION_SYNTAX,
+    UNDEFINED_VARIABLE, TYPE_MISMATCH) is FAILED_PRECONDITION `SCENE_NOT_PLAYABLE`.
+    """
+    Choose: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.ChooseRequest, _scene_service_pb2.Playthrough]
+    """Goes along one of the connections offered now: applies its effects and moves to its
+    target. A choice not offered is FAILED_PRECONDITION `CHOICE_NOT_OFFERED`; a step sent
+    again answers with the playthrough as it is, without moving it (docs/scenes.md).
+    """
+    GetPlaythrough: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.GetPlaythroughRequest, _scene_service_pb2.Playthrough]
+    ListPlaythroughs: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.ListPlaythroughsRequest, _scene_service_pb2.ListPlaythroughsResponse]
+    """Lists the caller's playthroughs, newest first, without their clips and choices (Get
+    gives them).
+    """
 
 @_typing.type_check_only
 class SceneServiceAsyncStub(SceneServiceStub):
@@ -95,6 +111,22 @@ class SceneServiceAsyncStub(SceneServiceStub):
     ApplySceneChanges: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.ApplySceneChangesRequest, _scene_service_pb2.SceneGraph]  # type: ignore[assignment]
     """Applies many changes in one transaction, all or none. Answers with the scene (its new
     etag) and the assets and connections the changes created or updated.
+    """
+    StartPlaythrough: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.StartPlaythroughRequest, _scene_service_pb2.Playthrough]  # type: ignore[assignment]
+    """Starts playing one of the caller's scenes at its start: answers with the first clip, the
+    choices offered once it ends, and the variables at their initial values. A scene whose
+    conditions or effects cannot be played (ValidateScene's CONDITION_SYNTAX,
+    UNDEFINED_VARIABLE, TYPE_MISMATCH) is FAILED_PRECONDITION `SCENE_NOT_PLAYABLE`.
+    """
+    Choose: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.ChooseRequest, _scene_service_pb2.Playthrough]  # type: ignore[assignment]
+    """Goes along one of the connections offered now: applies its effects and moves to its
+    target. A choice not offered is FAILED_PRECONDITION `CHOICE_NOT_OFFERED`; a step sent
+    again answers with the playthrough as it is, without moving it (docs/scenes.md).
+    """
+    GetPlaythrough: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.GetPlaythroughRequest, _scene_service_pb2.Playthrough]  # type: ignore[assignment]
+    ListPlaythroughs: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.ListPlaythroughsRequest, _scene_service_pb2.ListPlaythroughsResponse]  # type: ignore[assignment]
+    """Lists the caller's playthroughs, newest first, without their clips and choices (Get
+    gives them).
     """
 
 class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -216,6 +248,46 @@ class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scene_service_pb2.SceneGraph, _abc.Awaitable[_scene_service_pb2.SceneGraph]]:
         """Applies many changes in one transaction, all or none. Answers with the scene (its new
         etag) and the assets and connections the changes created or updated.
+        """
+
+    @_abc_1.abstractmethod
+    def StartPlaythrough(
+        self,
+        request: _scene_service_pb2.StartPlaythroughRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scene_service_pb2.Playthrough, _abc.Awaitable[_scene_service_pb2.Playthrough]]:
+        """Starts playing one of the caller's scenes at its start: answers with the first clip, the
+        choices offered once it ends, and the variables at their initial values. A scene whose
+        conditions or effects cannot be played (ValidateScene's CONDITION_SYNTAX,
+        UNDEFINED_VARIABLE, TYPE_MISMATCH) is FAILED_PRECONDITION `SCENE_NOT_PLAYABLE`.
+        """
+
+    @_abc_1.abstractmethod
+    def Choose(
+        self,
+        request: _scene_service_pb2.ChooseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scene_service_pb2.Playthrough, _abc.Awaitable[_scene_service_pb2.Playthrough]]:
+        """Goes along one of the connections offered now: applies its effects and moves to its
+        target. A choice not offered is FAILED_PRECONDITION `CHOICE_NOT_OFFERED`; a step sent
+        again answers with the playthrough as it is, without moving it (docs/scenes.md).
+        """
+
+    @_abc_1.abstractmethod
+    def GetPlaythrough(
+        self,
+        request: _scene_service_pb2.GetPlaythroughRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scene_service_pb2.Playthrough, _abc.Awaitable[_scene_service_pb2.Playthrough]]: ...
+
+    @_abc_1.abstractmethod
+    def ListPlaythroughs(
+        self,
+        request: _scene_service_pb2.ListPlaythroughsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scene_service_pb2.ListPlaythroughsResponse, _abc.Awaitable[_scene_service_pb2.ListPlaythroughsResponse]]:
+        """Lists the caller's playthroughs, newest first, without their clips and choices (Get
+        gives them).
         """
 
 def add_SceneServiceServicer_to_server(servicer: SceneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,5 @@
 """The `pixsim` command on the whole stack: an operator pauses and resumes a provider and
-drains and enables an account; an author builds a scene with state and checks it."""
+drains and enables an account; an author builds a scene with state, checks it and plays it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from pixsim_provider_sim.media import render_png
 pytestmark = pytest.mark.e2e
 
 
-def pixsim(stack: WholeStack, *arguments: str, user: str = "operator", exit_code: int = 0) -> Any:
+def run_pixsim(
+    stack: WholeStack, *arguments: str, user: str, exit_code: int
+) -> subprocess.CompletedProcess[str]:
     services = stack.services
     env = {
         **os.environ,
@@ -43,7 +45,17 @@ def pixsim(stack: WholeStack, *arguments: str, user: str = "operator", exit_code
         check=False,
     )
     assert result.returncode == exit_code, result.stderr
-    return json.loads(result.stdout)
+    return result
+
+
+def pixsim(stack: WholeStack, *arguments: str, user: str = "operator", exit_code: int = 0) -> Any:
+    """What `pixsim --json ...` printed."""
+    return json.loads(run_pixsim(stack, *arguments, user=user, exit_code=exit_code).stdout)
+
+
+def pixsim_failing(stack: WholeStack, *arguments: str, user: str, exit_code: int) -> str:
+    """What a failing `pixsim` said on stderr."""
+    return run_pixsim(stack, *arguments, user=user, exit_code=exit_code).stderr
 
 
 async def test_an_operator_pauses_a_provider_and_drains_an_account(
@@ -63,7 +75,7 @@ async def test_an_operator_pauses_a_provider_and_drains_an_account(
     assert pixsim(stack, "account", "enable", account)["state"] == "STATE_ACTIVE"
 
 
-async def test_an_author_builds_a_scene_with_state_and_validates_it(
+async def test_an_author_builds_a_scene_with_state_validates_and_plays_it(
     whole_stack: WholeStack,
 ) -> None:
     stack = whole_stack
@@ -103,7 +115,26 @@ async def test_an_author_builds_a_scene_with_state_and_validates_it(
     codes = {p["code"] for p in report.get("problems", [])}
     assert codes <= {"NO_START_NODE", "DEAD_END"}  # warnings: it plays
 
+    # Played in the terminal: one pick, then resumed where the picks ran out.
+    played = pixsim(stack, "play", scene["name"], "--choose", "1", user=author)["steps"]
+    assert [(s.get("step", "0"), s["currentSceneAsset"]) for s in played] == [
+        ("0", hall),
+        ("1", hall),  # searched: the key is found, and the door is offered now
+    ]
+    assert played[-1]["state"] == "STATE_ACTIVE"
+    assert [c["label"] for c in played[-1]["choices"]] == ["the door"]
+    resumed = pixsim(stack, "play", "--resume", played[-1]["name"], "--choose", "1", user=author)[
+        "steps"
+    ]
+    assert [s["currentSceneAsset"] for s in resumed] == [hall, door, vault]  # the branch: auto
+    assert resumed[-1]["state"] == "STATE_ENDED"
+    values = {v["name"]: v["value"] for v in resumed[-1]["variables"]}
+    assert values == {"has_key": {"boolValue": True}, "tries": {"numberValue": 1.0}}
+
     ghost = connect(vault, hall, "--type", "choice", "--label", "again", "--condition", "lives > 0")
     report = pixsim(stack, "scene", "validate", scene["name"], user=author, exit_code=1)
     found = {(p["code"], p["subject"]) for p in report["problems"]}
     assert ("UNDEFINED_VARIABLE", ghost["name"]) in found
+    refused = pixsim_failing(stack, "play", scene["name"], user=author, exit_code=5)
+    assert "cannot be played" in refused
+    assert f"UNDEFINED_VARIABLE {ghost['name']}" in refused

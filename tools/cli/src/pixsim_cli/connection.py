@@ -70,6 +70,10 @@ def explain(error: grpc.RpcError) -> CliError:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             details += [f"{v.field}: {v.description}" for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            details += [f"{v.type} {v.subject}: {v.description}" for v in failure.violations]
         elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)

@@ -10,7 +10,7 @@ from typing import Annotated
 import click
 import typer
 
-from pixsim_cli import accounts, assets, jobs, providers, scenes
+from pixsim_cli import accounts, assets, jobs, play, providers, scenes
 from pixsim_cli.connection import DEFAULT_KEY, CliError
 from pixsim_cli.output import errors
 from pixsim_cli.state import OPTIONS, close_all
@@ -27,6 +27,7 @@ typer_app.add_typer(assets.app, name="asset")
 typer_app.add_typer(scenes.app, name="scene")
 typer_app.add_typer(accounts.app, name="account")
 typer_app.add_typer(providers.app, name="provider")
+typer_app.command()(play.play)
 
 
 @typer_app.callback()

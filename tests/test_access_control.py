@@ -51,6 +51,7 @@ class Objects:
     edge: str
     account: str
     submission: str
+    playthrough: str
 
 
 async def call(stack: WholeStack, rpc: Rpc, metadata: Metadata) -> CODES:
@@ -113,6 +114,9 @@ async def objects(whole_stack: WholeStack) -> Objects:
     submissions = await stack.gateway.ListSubmissions(
         gw_pb.ListSubmissionsRequest(job=job.name), metadata=alice
     )
+    playthrough = await stack.scenes.StartPlaythrough(
+        scene_pb.StartPlaythroughRequest(scene=scene.name), metadata=alice
+    )
     return Objects(
         job.name,
         job.asset,
@@ -121,6 +125,7 @@ async def objects(whole_stack: WholeStack) -> Objects:
         edge.name,
         accounts.accounts[0].name,
         submissions.submissions[0].name,
+        playthrough.name,
     )
 
 
@@ -351,6 +356,25 @@ def catalog(o: Objects) -> list[Rpc]:
                 name=o.scene, changes=[scene_pb.SceneChange(delete_asset=o.node)]
             ),
         ),
+        Rpc(
+            "scenes",
+            "ExportScene",
+            lambda: scene_pb.ExportSceneRequest(name=o.scene, format=scene_pb.SCENE_FORMAT_HTML),
+        ),
+        Rpc(
+            "scenes",
+            "ImportScene",
+            lambda: scene_pb.ImportSceneRequest(format=scene_pb.SCENE_FORMAT_JSON, content=b"{}"),
+            as_bob=None,
+        ),
+        Rpc("scenes", "StartPlaythrough", lambda: scene_pb.StartPlaythroughRequest(scene=o.scene)),
+        Rpc(
+            "scenes",
+            "Choose",
+            lambda: scene_pb.ChooseRequest(name=o.playthrough, step=1, choice=o.edge),
+        ),
+        Rpc("scenes", "GetPlaythrough", lambda: scene_pb.GetPlaythroughRequest(name=o.playthrough)),
+        Rpc("scenes", "ListPlaythroughs", lambda: scene_pb.ListPlaythroughsRequest(), as_bob=None),
     ]
 
 
@@ -428,12 +452,13 @@ async def test_access_control_matrix(
         gw_pb.ListSubmissionsRequest(job=objects.job), metadata=bob
     )
     assert list(listed.submissions) == []
-    mine = {objects.job, objects.asset, objects.scene}
+    mine = {objects.job, objects.asset, objects.scene, objects.playthrough}
     jobs = await stack.jobs.ListJobs(job_pb.ListJobsRequest(), metadata=bob)
     assets = await stack.assets.ListAssets(asset_pb.ListAssetsRequest(), metadata=bob)
     scenes = await stack.scenes.ListScenes(scene_pb.ListScenesRequest(), metadata=bob)
     seen = {j.name for j in jobs.jobs} | {a.name for a in assets.assets}
-    seen |= {s.name for s in scenes.scenes}
+    played = await stack.scenes.ListPlaythroughs(scene_pb.ListPlaythroughsRequest(), metadata=bob)
+    seen |= {s.name for s in scenes.scenes} | {p.name for p in played.playthroughs}
     assert not seen & mine
     # And alice's things are as they were.
     graph = await stack.scenes.GetSceneGraph(

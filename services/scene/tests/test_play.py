@@ -3,13 +3,47 @@ step sent again is told apart."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from pixsim_scene.conditions import Effect, EffectOp, Variable, VariableType
+from pixsim_scene.conditions import Effect, EffectOp, Variable, VariableType, effect_from_json
 from pixsim_scene.domain import Edge, EdgeType, Problem, Severity
 from pixsim_scene.play import StepKind, initial_values, judge_step, offered, take, unplayable
 
 pytestmark = pytest.mark.unit
+CASES: dict[str, Any] = json.loads(
+    (Path(__file__).resolve().parent / "cases" / "play.json").read_text()
+)
+
+
+def _edge(data: dict[str, Any]) -> Edge:
+    effects = tuple(effect_from_json(e) for e in data.get("effects", []))
+    return Edge(
+        data["id"],
+        "here",
+        f"to-{data['id']}",
+        EdgeType(data["type"]),
+        order=data["order"],
+        condition=data["condition"],
+        effects=effects,
+    )
+
+
+@pytest.mark.parametrize("case", CASES["offered"], ids=lambda case: case["name"])
+def test_the_shared_cases_of_what_is_offered_hold(case: dict[str, Any]) -> None:
+    leaving = [_edge(e) for e in case["leaving"]]
+    assert [e.id for e in offered(leaving, case["values"])] == case["offered"]
+
+
+@pytest.mark.parametrize("case", CASES["effects"], ids=lambda case: case["name"])
+def test_the_shared_cases_of_effects_hold(case: dict[str, Any]) -> None:
+    along = _edge(
+        {"id": "e", "type": "NEXT", "order": 0, "condition": "", "effects": case["effects"]}
+    )
+    assert take(along, case["values"]) == case["after"]
 
 
 def edge(edge_id: str, kind: EdgeType, condition: str = "", order: int = 0) -> Edge:

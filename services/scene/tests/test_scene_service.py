@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,7 +35,7 @@ from pixsim_common.errors import status_details
 from pixsim_local.kafka import EventTap, KafkaBroker
 from pixsim_local.pytest_plugin import DatabaseFactory
 from pixsim_local.s3 import S3Server
-from pixsim_provider_sim.media import render_png
+from pixsim_provider_sim.media import render_mp4, render_png
 from pixsim_scene import domain
 from pixsim_scene import main as scene_main
 from pixsim_scene.metrics import WRITE_ELEMENTS_LOADED
@@ -51,12 +54,15 @@ class Stack:
     tap: EventTap
     as_user: Callable[[str], Metadata]
 
-    async def asset(self, who: Metadata) -> str:
-        """A fresh image asset of `who`'s, uploaded through the asset service."""
+    async def asset(self, who: Metadata, content: bytes = b"") -> str:
+        """A fresh asset of `who`'s (an image unless `content` says otherwise), uploaded
+        through the asset service."""
 
         async def parts() -> AsyncIterator[asset_pb.UploadAssetRequest]:
             yield asset_pb.UploadAssetRequest(metadata=asset_pb.UploadAssetRequest.Metadata())
-            yield asset_pb.UploadAssetRequest(chunk=render_png(uuid.uuid4().int % 100_000, 16, 16))
+            yield asset_pb.UploadAssetRequest(
+                chunk=content or render_png(uuid.uuid4().int % 100_000, 16, 16)
+            )
 
         return (await self.assets.UploadAsset(parts(), metadata=who)).name
 
@@ -876,7 +882,7 @@ class Keep:
     shut: str
 
 
-async def keep(stack: Stack, who: Metadata) -> Keep:
+async def keep(stack: Stack, who: Metadata, clips: Sequence[bytes] = ()) -> Keep:
     scene = await stack.scenes.CreateScene(
         pb.CreateSceneRequest(
             scene=pb.Scene(
@@ -890,7 +896,16 @@ async def keep(stack: Stack, who: Metadata) -> Keep:
         metadata=who,
     )
     hall, cellar, door, vault, street = [
-        (await stack.place(scene.name, await stack.asset(who), who, order=i)).name for i in range(5)
+        (
+            await stack.place(
+                scene.name,
+                await stack.asset(who, clips[i] if clips else b""),
+                who,
+                order=i,
+                metadata={"title": title},
+            )
+        ).name
+        for i, title in enumerate(("Hall", "Cellar", "Door", "Vault", "Street"))
     ]
 
     async def connect(a: str, b: str, kind: int, **fields: Any) -> str:
@@ -1131,3 +1146,209 @@ async def test_playthroughs_are_their_players_own_and_an_unplayable_scene_is_ref
     assert [(v.type, v.subject) for v in details["PreconditionFailure"].violations] == [
         ("UNDEFINED_VARIABLE", built.opened)
     ]
+
+
+# ---- interchange and the playable export --------------------------------------------
+
+
+async def export(stack: Stack, scene: str, who: Metadata, html: bool = False) -> dict[str, bytes]:
+    answer = await stack.scenes.ExportScene(
+        pb.ExportSceneRequest(
+            name=scene, format=pb.SCENE_FORMAT_HTML if html else pb.SCENE_FORMAT_JSON
+        ),
+        metadata=who,
+    )
+    return {f.path: f.content or f.asset.encode() for f in answer.files}
+
+
+async def test_an_export_imported_and_exported_again_is_the_same_bytes(stack: Stack) -> None:
+    alice, bob = user(stack), user(stack)
+    built = await keep(stack, alice)
+    first = (await export(stack, built.scene.name, alice))["manifest.json"]
+    document = json.loads(first)
+    assert [n["key"] for n in document["nodes"]] == ["Hall", "Cellar", "Door", "Vault", "Street"]
+    assert document["variables"][0] == {"initial": False, "name": "has_key", "type": "BOOL"}
+
+    imported = await stack.scenes.ImportScene(
+        pb.ImportSceneRequest(format=pb.SCENE_FORMAT_JSON, content=first), metadata=alice
+    )
+    assert imported.scene.name != built.scene.name
+    assert (imported.scene.display_name, list(imported.unattached)) == ("the keep", [])
+    again = (await export(stack, imported.scene.name, alice))["manifest.json"]
+    assert again == first
+    played = await start(stack, imported.scene.name, alice)  # and it plays
+    assert [c.label for c in played.choices] == ["search the cellar", "try the door"]
+
+    # Bob's copy keeps the story, not Alice's clips: each node asks for an asset.
+    copied = await stack.scenes.ImportScene(
+        pb.ImportSceneRequest(
+            format=pb.SCENE_FORMAT_JSON, content=first, display_name="bob's keep"
+        ),
+        metadata=bob,
+    )
+    assert [(u.key, u.asset) for u in copied.unattached] == [
+        (n["key"], n["asset"]) for n in document["nodes"]
+    ]
+    report = await stack.scenes.ValidateScene(
+        pb.ValidateSceneRequest(name=copied.scene.name), metadata=bob
+    )
+    assert {p.subject for p in report.problems if p.code == "NO_ASSET"} == {
+        u.scene_asset for u in copied.unattached
+    }
+    bobs = json.loads((await export(stack, copied.scene.name, bob))["manifest.json"])
+    assert [n["asset"] for n in bobs["nodes"]] == [None] * 5
+
+    for content, where in (
+        (b"{", "not JSON"),
+        (first.replace(b'"BRANCH"', b'"GOTO"', 1), "connections["),
+        (first.replace(b'"has_key"', b'"__import__(1)"', 1), "effects[0].variable"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.scenes.ImportScene(
+                pb.ImportSceneRequest(format=pb.SCENE_FORMAT_JSON, content=content),
+                metadata=alice,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        ((field, description),) = violations(refused.value)
+        assert field == "content"
+        assert where in description
+
+
+PLAYER_ARTIFACTS = (
+    Path(
+        os.environ.get(
+            "PIXSIM_TEST_ARTIFACTS",
+            Path(__file__).resolve().parents[3] / "build" / "test-artifacts",
+        )
+    )
+    / "player"
+)
+CHROMIUM = "/usr/bin/chromium"
+# As root, in a closed network: no sandbox, and none of the browser's own calls home.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+async def write_export(stack: Stack, scene: str, who: Metadata, folder: Path) -> None:
+    """The export's files on disk, the clips read with ReadAssetContent (as `pixsim scene
+    export --html` writes them)."""
+    answer = await stack.scenes.ExportScene(
+        pb.ExportSceneRequest(name=scene, format=pb.SCENE_FORMAT_HTML), metadata=who
+    )
+    for file in answer.files:
+        target = folder / file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if file.asset:
+            content = b""
+            async for part in stack.assets.ReadAssetContent(
+                asset_pb.ReadAssetContentRequest(name=file.asset), metadata=who
+            ):
+                content += part.chunk
+            target.write_bytes(content)
+        else:
+            target.write_bytes(file.content)
+
+
+async def test_the_exported_player_plays_a_scene_with_a_condition_both_ways_in_chromium(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from playwright.async_api import Page, async_playwright
+
+    alice = user(stack)
+    clips = [render_mp4(seed, 64, 48, 0.4) for seed in range(5)]
+    built = await keep(stack, alice, clips)
+    folder = tmp_path / "export"
+    await write_export(stack, built.scene.name, alice, folder)
+    graph = await stack.graph(built.scene.name, alice)
+    clip_of = {
+        a.metadata["title"]: f"clips/{a.asset.removeprefix('assets/')}.mp4" for a in graph.assets
+    }
+    assert sorted(p.name for p in (folder / "clips").iterdir()) == sorted(
+        Path(p).name for p in clip_of.values()
+    )
+    PLAYER_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    async def at(page: Page, title: str, step: int) -> None:
+        """Wait until the player shows `title`'s clip at `step`."""
+        await page.wait_for_function(
+            "([clip, step]) => document.getElementById('clip').dataset.clip === clip"
+            " && document.body.dataset.step === String(step)",
+            arg=[clip_of[title], step],
+        )
+
+    async def choices(page: Page) -> list[str]:
+        await page.wait_for_selector("#choices button")
+        return await page.locator("#choices button").all_inner_texts()
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        context = await browser.new_context(offline=True)  # it plays with no network at all
+        requests: list[str] = []
+        context.on("request", lambda request: requests.append(request.url))
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto((folder / "index.html").as_uri())
+
+        # The same semantics as the service's, on the shared cases.
+        cases_dir = Path(__file__).resolve().parent / "cases"
+        held = await page.evaluate(
+            """([conditions, play]) => ({
+              conditions: conditions.map((c) => PixsimPlayer.holds(c.condition, c.values)),
+              offered: play.offered.map(
+                (c) => PixsimPlayer.offered(c.leaving, c.values).map((e) => e.id)),
+              effects: play.effects.map((c) => PixsimPlayer.take(c.effects, c.values)),
+            })""",
+            [
+                json.loads((cases_dir / "conditions.json").read_text())["cases"],
+                json.loads((cases_dir / "play.json").read_text()),
+            ],
+        )
+        conditions_cases = json.loads((cases_dir / "conditions.json").read_text())["cases"]
+        play_cases = json.loads((cases_dir / "play.json").read_text())
+        assert held["conditions"] == [c["holds"] for c in conditions_cases]
+        assert held["offered"] == [c["offered"] for c in play_cases["offered"]]
+        assert held["effects"] == [c["after"] for c in play_cases["effects"]]
+
+        # Without the key: the door's default branch leads to the street.
+        await at(page, "Hall", 0)
+        assert await choices(page) == ["search the cellar", "try the door"]
+        await page.screenshot(path=PLAYER_ARTIFACTS / "1-hall.png")
+        await page.get_by_role("button", name="try the door").click()
+        await at(page, "Door", 1)
+        await at(page, "Street", 2)  # taken without asking when the door's clip ended
+        await page.wait_for_selector("body[data-ended='true']")
+        assert await page.locator("#status").inner_text() == "The end."
+        await page.screenshot(path=PLAYER_ARTIFACTS / "2-street-the-end.png")
+
+        # Start over from the keyboard; the cellar gives the key, and the door opens.
+        await page.keyboard.press("r")
+        await at(page, "Hall", 0)
+        await choices(page)
+        await page.keyboard.press("1")
+        await at(page, "Cellar", 1)
+        await page.reload()  # the state survives a reload
+        await at(page, "Cellar", 1)
+        await at(page, "Hall", 2)
+        assert await choices(page) == ["search the cellar", "try the door"]
+        focused = await page.evaluate("document.activeElement.textContent")
+        assert focused == "search the cellar"  # the first choice has the focus
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        await page.screenshot(path=PLAYER_ARTIFACTS / "3-hall-with-the-key.png")
+        await page.keyboard.press("Tab")
+        await page.keyboard.press("Enter")
+        await at(page, "Door", 3)
+        await at(page, "Vault", 4)
+        await page.wait_for_selector("body[data-ended='true']")
+        await page.screenshot(path=PLAYER_ARTIFACTS / "4-vault-the-end.png")
+        await browser.close()
+    assert errors == []
+    assert {url.split(":", 1)[0] for url in requests} == {"file"}
+    assert outline != "none"  # keyboard focus is visible

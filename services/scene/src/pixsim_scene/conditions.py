@@ -370,7 +370,7 @@ def variable_from_json(data: Mapping[str, object]) -> Variable:
     kind = VariableType(str(data["type"]))
     initial = data["initial"]
     assert isinstance(initial, bool | float | int | str)
-    return Variable(str(data["name"]), kind, _typed(kind, initial))
+    return Variable(str(data["name"]), kind, as_type(kind, initial))
 
 
 def effect_to_json(effect: Effect) -> dict[str, object]:
@@ -384,7 +384,7 @@ def effect_from_json(data: Mapping[str, object]) -> Effect:
     return Effect(str(data["variable"]), op, float(value) if op is EffectOp.INCREMENT else value)
 
 
-def _typed(kind: VariableType, value: bool | float | str) -> Value:
+def as_type(kind: VariableType, value: bool | float | str) -> Value:
     # JSON keeps 3.0 as 3: a number variable's value is a float again.
     if kind is VariableType.NUMBER and not isinstance(value, bool):
         return float(value)

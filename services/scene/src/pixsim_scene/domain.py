@@ -370,6 +370,15 @@ def problems(graph: Graph, variables: Sequence[Variable] = ()) -> list[Problem]:
             found.append(
                 Problem("DETACHED_ASSET", node.id, Severity.ERROR, "its asset was deleted")
             )
+        elif not node.asset_id:
+            found.append(
+                Problem(
+                    "NO_ASSET",
+                    node.id,
+                    Severity.WARNING,
+                    "no asset is attached yet (an imported passage): a player sees no clip",
+                )
+            )
     for edge in graph.edges.values():
         if edge.type is EdgeType.CHOICE and not edge.label.strip():
             found.append(

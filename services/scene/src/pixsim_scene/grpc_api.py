@@ -309,3 +309,36 @@ class SceneApi(pb_grpc.SceneServiceServicer):
         return pb.ListPlaythroughsResponse(
             playthroughs=[playthrough_to_proto(v) for v in views], next_page_token=token
         )
+
+    async def ExportScene(
+        self, request: pb.ExportSceneRequest, context: Any
+    ) -> pb.ExportSceneResponse:
+        files = await self._service.export(
+            current_identity(),
+            _scene_id(request.name),
+            html=request.format == pb.SCENE_FORMAT_HTML,
+        )
+        return pb.ExportSceneResponse(
+            files=[
+                pb.ExportedFile(
+                    path=f.path, content=f.content, asset=f.asset, mime_type=f.mime_type
+                )
+                for f in files
+            ]
+        )
+
+    async def ImportScene(
+        self, request: pb.ImportSceneRequest, context: Any
+    ) -> pb.ImportSceneResponse:
+        scene, unattached = await self._service.import_(
+            current_identity(), request.content, request.display_name
+        )
+        return pb.ImportSceneResponse(
+            scene=scene_to_proto(scene),
+            unattached=[
+                pb.UnattachedSceneAsset(
+                    scene_asset=node_name(scene.id, node_id), key=key, asset=asset
+                )
+                for node_id, key, asset in unattached
+            ],
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from google.protobuf import field_mask_pb2
@@ -41,7 +41,7 @@ from pixsim_common.errors import (
 from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import now_timestamp
-from pixsim_scene import domain, play
+from pixsim_scene import domain, interchange, play
 from pixsim_scene import repository as repo
 from pixsim_scene.changes import (
     EDGE_FIELDS,
@@ -63,6 +63,7 @@ from pixsim_scene.changes import (
 )
 from pixsim_scene.conditions import Variable
 from pixsim_scene.domain import Edge, EdgeType, Node, Rejected
+from pixsim_scene.interchange import ExportedFile, ManifestError, SceneData
 from pixsim_scene.metrics import WRITE_ELEMENTS_LOADED
 from pixsim_scene.play import PlayState, StepKind
 from pixsim_scene.repository import Part, Playthrough, Refs, Scene
@@ -372,6 +373,84 @@ class SceneService:
             domain.remove_edge(graph, element_id(scene_id, value, "connections", path))
             return None
         raise AssertionError(change.kind)  # pragma: no cover - the oneof has no other members
+
+    async def export(self, identity: Identity, scene_id: str, html: bool) -> list[ExportedFile]:
+        """The scene's manifest; with `html`, the player and the clips beside it."""
+        scene = await self.get(identity, scene_id, with_graph=True)
+        graph = scene.graph
+        data = SceneData(
+            scene.display_name,
+            scene.description,
+            list(scene.tags),
+            list(scene.variables),
+            graph,
+            interchange.node_keys(graph),
+        )
+        document = interchange.to_manifest(data)
+        manifest = ExportedFile(
+            "manifest.json", "application/json", content=interchange.dumps(document)
+        )
+        if not html:
+            return [manifest]
+        shown = {f"assets/{n.asset_id}" for n in graph.nodes.values() if n.asset_id}
+        found = await self._assets.batch_get(shown, identity.token) if shown else {}
+        clips = {
+            name: {
+                "path": interchange.clip_path(name.removeprefix("assets/"), asset.mime_type),
+                "mime_type": asset.mime_type,
+            }
+            for name, asset in sorted(found.items())
+        }
+        player = ExportedFile(
+            "index.html", "text/html", content=interchange.player_html(document, clips)
+        )
+        return [
+            player,
+            manifest,
+            *(ExportedFile(c["path"], c["mime_type"], asset=name) for name, c in clips.items()),
+        ]
+
+    async def import_(
+        self, identity: Identity, content: bytes, display_name: str
+    ) -> tuple[Scene, list[tuple[str, str, str]]]:
+        """A new scene from a manifest, and its nodes without an asset: (node id, key, the
+        asset the document named when it is not the caller's)."""
+        try:
+            data = interchange.from_manifest(
+                interchange.parse_json(content), lambda: str(uuid.uuid4())
+            )
+        except ManifestError as error:
+            raise InvalidArgument(
+                f"the document does not describe a scene: {error}",
+                [FieldViolation("content", str(error), "BAD_DOCUMENT")],
+                reason="BAD_DOCUMENT",
+            ) from None
+        graph = data.graph
+        named = {n.asset_id for n in graph.nodes.values() if n.asset_id}
+        owned = await self._owned(named, identity) if named else set()
+        scene = Scene(
+            id=str(uuid.uuid4()),
+            owner_id=identity.user_id,
+            display_name=display_name or data.display_name,
+            description=data.description,
+            tags=data.tags,
+            graph=graph,
+            variables=data.variables,
+        )
+        async with UnitOfWork(self._sessions) as uow:
+            await repo.lock_assets(uow.session, owned)
+            usable = owned - await repo.deleted_among(uow.session, owned, identity.user_id)
+            unattached = []
+            for node in sorted(graph.nodes.values(), key=lambda n: (n.order, n.id)):
+                if node.asset_id in usable:
+                    continue
+                asset = f"assets/{node.asset_id}" if node.asset_id else ""
+                unattached.append((node.id, data.keys[node.id], asset))
+                graph.nodes[node.id] = replace(node, asset_id="")
+            stored = await repo.insert_scene(uow.session, scene)
+            await self._updated(uow.session, stored)
+            await uow.commit()
+        return stored, unattached
 
     async def validate(self, identity: Identity, scene_id: str) -> list[domain.Problem]:
         scene = await self.get(identity, scene_id, with_graph=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from pixsim.asset.v1 import asset_service_pb2 as asset_pb
 from pixsim.scene.v1 import scene_service_pb2 as pb
-from pixsim_cli.connection import CliError, Exit
+from pixsim_cli.connection import CliError, Exit, rpc_errors
 from pixsim_cli.output import console
 from pixsim_cli.state import session
 
@@ -272,3 +274,82 @@ def connect(
         ),
     )
     out.show(edge, lambda: console.print(edge.name, soft_wrap=True))
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """`relative` under `folder`; a path that would leave it is refused."""
+    target = (folder / relative).resolve()
+    if relative.startswith("/") or not target.is_relative_to(folder.resolve()):
+        raise CliError(f"the export names a path outside its folder: {relative!r}", Exit.ERROR)
+    return target
+
+
+@app.command()
+def export(
+    name: str,
+    folder: Annotated[
+        Path | None, typer.Option("--out", help="The folder to write; default <scene id>/.")
+    ] = None,
+    html: Annotated[
+        bool, typer.Option("--html", help="A player that plays from disk, with the clips.")
+    ] = False,
+) -> None:
+    """Write a scene's manifest.json (and with --html its player and clips) to a folder."""
+    connection, out = session()
+    scene = scene_name(name)
+    answer = connection.call(
+        connection.scenes.ExportScene,
+        pb.ExportSceneRequest(
+            name=scene, format=pb.SCENE_FORMAT_HTML if html else pb.SCENE_FORMAT_JSON
+        ),
+    )
+    target = folder or Path(scene.removeprefix("scenes/"))
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file in answer.files:
+        path = _inside(target, file.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if file.asset:
+            with rpc_errors(), path.open("wb") as handle:
+                for part in connection.call(
+                    connection.assets.ReadAssetContent,
+                    asset_pb.ReadAssetContentRequest(name=file.asset),
+                    stream=True,
+                ):
+                    handle.write(part.chunk)
+        else:
+            path.write_bytes(file.content)
+        written.append(str(path))
+    opened = target / "index.html"
+    out.show(
+        {"folder": str(target), "files": written},
+        lambda: console.print(
+            f"wrote {len(written)} file(s) to {target}/"
+            + (f"; open {opened} in a browser" if html else ""),
+            soft_wrap=True,
+        ),
+    )
+
+
+@app.command("import")
+def import_(
+    document: Annotated[Path, typer.Argument(help="A manifest.json that export wrote.")],
+    new_name: Annotated[str, typer.Option("--name", help="The new scene's name.")] = "",
+) -> None:
+    """Make a new scene from a manifest; lists the scene assets left without an asset."""
+    connection, out = session()
+    answer = connection.call(
+        connection.scenes.ImportScene,
+        pb.ImportSceneRequest(
+            format=pb.SCENE_FORMAT_JSON, content=document.read_bytes(), display_name=new_name
+        ),
+    )
+
+    def human() -> None:
+        console.print(answer.scene.name, soft_wrap=True)
+        for missing in answer.unattached:
+            console.print(
+                f"  {missing.key}: no asset attached ({missing.scene_asset})", soft_wrap=True
+            )
+
+    out.show(answer, human)

@@ -22,6 +22,28 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SceneFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SceneFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SceneFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCENE_FORMAT_UNSPECIFIED: _SceneFormat.ValueType  # 0
+    SCENE_FORMAT_JSON: _SceneFormat.ValueType  # 1
+    """`manifest.json`: the scene, its variables, nodes and connections (docs/scenes.md)."""
+    SCENE_FORMAT_HTML: _SceneFormat.ValueType  # 2
+    """A folder that plays from disk: `index.html`, `manifest.json` and `clips/`."""
+
+class SceneFormat(_SceneFormat, metaclass=_SceneFormatEnumTypeWrapper):
+    """What a scene is written out as."""
+
+SCENE_FORMAT_UNSPECIFIED: SceneFormat.ValueType  # 0
+SCENE_FORMAT_JSON: SceneFormat.ValueType  # 1
+"""`manifest.json`: the scene, its variables, nodes and connections (docs/scenes.md)."""
+SCENE_FORMAT_HTML: SceneFormat.ValueType  # 2
+"""A folder that plays from disk: `index.html`, `manifest.json` and `clips/`."""
+Global___SceneFormat: _TypeAlias = SceneFormat  # noqa: Y015
+
 @_typing.final
 class Scene(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1191,3 +1213,165 @@ class ListPlaythroughsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPlaythroughsResponse: _TypeAlias = ListPlaythroughsResponse  # noqa: Y015
+
+@_typing.final
+class ExportSceneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    format: Global___SceneFormat.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        format: Global___SceneFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSceneRequest: _TypeAlias = ExportSceneRequest  # noqa: Y015
+
+@_typing.final
+class ExportSceneResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedFile]:
+        """In the order to write them, each at its `path` under the export's folder."""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___ExportedFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSceneResponse: _TypeAlias = ExportSceneResponse  # noqa: Y015
+
+@_typing.final
+class ExportedFile(_message.Message):
+    """One file of an export: its bytes, or the asset whose bytes go there (a clip, read with
+    DownloadAsset).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Relative, `/`-separated, e.g. `index.html` or `clips/{asset}.mp4`."""
+    content: _builtins.bytes
+    asset: _builtins.str
+    """`assets/{asset}` when the file is an asset's content."""
+    mime_type: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        content: _builtins.bytes = ...,
+        asset: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "content", b"content", "mime_type", b"mime_type", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedFile: _TypeAlias = ExportedFile  # noqa: Y015
+
+@_typing.final
+class ImportSceneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    format: Global___SceneFormat.ValueType
+    content: _builtins.bytes
+    """The document, as ExportScene wrote it; at most 4 MiB."""
+    display_name: _builtins.str
+    """The new scene's display name; the document's when empty."""
+    def __init__(
+        self,
+        *,
+        format: Global___SceneFormat.ValueType = ...,
+        content: _builtins.bytes = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "display_name", b"display_name", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSceneRequest: _TypeAlias = ImportSceneRequest  # noqa: Y015
+
+@_typing.final
+class ImportSceneResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENE_FIELD_NUMBER: _builtins.int
+    UNATTACHED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scene(self) -> Global___Scene:
+        """The new scene; read its graph with GetSceneGraph."""
+
+    @_builtins.property
+    def unattached(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnattachedSceneAsset]:
+        """Its scene assets without an asset, as `scenes/{scene}/assets/{scene_asset}`, each
+        with the document's key for it.
+        """
+
+    def __init__(
+        self,
+        *,
+        scene: Global___Scene | None = ...,
+        unattached: _abc.Iterable[Global___UnattachedSceneAsset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scene", b"scene"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scene", b"scene", "unattached", b"unattached"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSceneResponse: _TypeAlias = ImportSceneResponse  # noqa: Y015
+
+@_typing.final
+class UnattachedSceneAsset(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENE_ASSET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    scene_asset: _builtins.str
+    key: _builtins.str
+    """The node's key in the document (a passage's name)."""
+    asset: _builtins.str
+    """The asset the document named, when it was not the caller's; empty when it named none."""
+    def __init__(
+        self,
+        *,
+        scene_asset: _builtins.str = ...,
+        key: _builtins.str = ...,
+        asset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "key", b"key", "scene_asset", b"scene_asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnattachedSceneAsset: _TypeAlias = UnattachedSceneAsset  # noqa: Y015

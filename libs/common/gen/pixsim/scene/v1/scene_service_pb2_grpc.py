@@ -130,6 +130,16 @@ class SceneServiceStub:
                 request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsRequest.SerializeToString,
                 response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsResponse.FromString,
                 _registered_method=True)
+        self.ExportScene = channel.unary_unary(
+                '/pixsim.scene.v1.SceneService/ExportScene',
+                request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ExportSceneRequest.SerializeToString,
+                response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ExportSceneResponse.FromString,
+                _registered_method=True)
+        self.ImportScene = channel.unary_unary(
+                '/pixsim.scene.v1.SceneService/ImportScene',
+                request_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ImportSceneRequest.SerializeToString,
+                response_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ImportSceneResponse.FromString,
+                _registered_method=True)
 
 
 class SceneServiceServicer:
@@ -270,6 +280,23 @@ class SceneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportScene(self, request, context):
+        """Writes a scene out as files: its JSON manifest, or a playable HTML folder (the player,
+        the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportScene(self, request, context):
+        """Makes a new scene of the caller's from a JSON manifest. Assets the manifest names that
+        are not the caller's, and nodes without one, come in without an asset: `unattached`
+        lists them, to attach with UpdateSceneAsset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SceneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -367,6 +394,16 @@ def add_SceneServiceServicer_to_server(servicer, server):
                     servicer.ListPlaythroughs,
                     request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsRequest.FromString,
                     response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsResponse.SerializeToString,
+            ),
+            'ExportScene': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportScene,
+                    request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ExportSceneRequest.FromString,
+                    response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ExportSceneResponse.SerializeToString,
+            ),
+            'ImportScene': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportScene,
+                    request_deserializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ImportSceneRequest.FromString,
+                    response_serializer=pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ImportSceneResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -882,6 +919,60 @@ class SceneService:
             '/pixsim.scene.v1.SceneService/ListPlaythroughs',
             pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsRequest.SerializeToString,
             pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ListPlaythroughsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportScene(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.scene.v1.SceneService/ExportScene',
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ExportSceneRequest.SerializeToString,
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ExportSceneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportScene(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.scene.v1.SceneService/ImportScene',
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ImportSceneRequest.SerializeToString,
+            pixsim_dot_scene_dot_v1_dot_scene__service__pb2.ImportSceneResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -118,7 +118,8 @@ DELETE = object()
     [
         ({"format": "twine"}, "format"),
         ({"surprise": 1}, "surprise"),
-        ({"nodes__0__key": "../etc"}, "nodes[0].key"),
+        ({"nodes__0__key": "a [[link]]"}, "nodes[0].key"),
+        ({"nodes__0__key": " Hall"}, "nodes[0].key"),
         ({"nodes__1__key": "Door"}, "nodes[1].key"),
         ({"nodes__0__order": -1}, "nodes[0].order"),
         ({"nodes__0__order": True}, "nodes[0].order"),

@@ -1352,3 +1352,58 @@ async def test_the_exported_player_plays_a_scene_with_a_condition_both_ways_in_c
     assert errors == []
     assert {url.split(":", 1)[0] for url in requests} == {"file"}
     assert outline != "none"  # keyboard focus is visible
+
+
+async def test_twee_round_trips_and_a_story_from_twine_plays_once_its_assets_are_attached(
+    stack: Stack,
+) -> None:
+    alice = user(stack)
+    built = await keep(stack, alice)
+    first = (
+        await stack.scenes.ExportScene(
+            pb.ExportSceneRequest(name=built.scene.name, format=pb.SCENE_FORMAT_TWEE),
+            metadata=alice,
+        )
+    ).files
+    assert [f.path for f in first] == ["story.twee"]
+    imported = await stack.scenes.ImportScene(
+        pb.ImportSceneRequest(format=pb.SCENE_FORMAT_TWEE, content=first[0].content),
+        metadata=alice,
+    )
+    again = await stack.scenes.ExportScene(
+        pb.ExportSceneRequest(name=imported.scene.name, format=pb.SCENE_FORMAT_TWEE),
+        metadata=alice,
+    )
+    assert again.files[0].content == first[0].content
+
+    story = (Path(__file__).resolve().parent / "cases" / "twine" / "lock-and-key.twee").read_bytes()
+    made = await stack.scenes.ImportScene(
+        pb.ImportSceneRequest(format=pb.SCENE_FORMAT_TWEE, content=story), metadata=alice
+    )
+    assert made.scene.display_name == "Lock and Key: Variable in SugarCube"
+    assert [u.key for u in made.unattached] == ["Start", "Back Room", "Front Room", "Exit"]
+    node = {u.key: u.scene_asset for u in made.unattached}
+    for passage in node.values():  # the author attaches a clip to each passage
+        await stack.scenes.UpdateSceneAsset(
+            pb.UpdateSceneAssetRequest(
+                scene_asset=pb.SceneAsset(name=passage, asset=await stack.asset(alice)),
+                update_mask=field_mask_pb2.FieldMask(paths=["asset"]),
+            ),
+            metadata=alice,
+        )
+    report = await stack.scenes.ValidateScene(
+        pb.ValidateSceneRequest(name=made.scene.name), metadata=alice
+    )
+    assert {p.code for p in report.problems} <= {"DEAD_END"}
+
+    at = await start(stack, made.scene.name, alice)
+    labels = {c.label: c.connection for c in at.choices}
+    assert list(labels) == ["Back Room", "Front Room"]
+    at = await choose(stack, at, labels["Front Room"], alice)
+    assert [c.label for c in at.choices] == ["Back Room"]  # locked without the key
+    at = await choose(stack, at, at.choices[0].connection, alice)
+    assert (at.current_scene_asset, values(at)) == (node["Back Room"], {"key": True})
+    at = await choose(stack, at, at.choices[0].connection, alice)
+    assert [c.label for c in at.choices] == ["Exit", "Back Room"]
+    at = await choose(stack, at, at.choices[0].connection, alice)
+    assert (at.state, at.current_scene_asset) == (pb.Playthrough.STATE_ENDED, node["Exit"])

@@ -101,6 +101,14 @@ def playthrough_to_proto(view: PlaythroughView) -> pb.Playthrough:
     return message
 
 
+# protovalidate admits only these (defined, never UNSPECIFIED).
+_FORMATS = {
+    pb.SCENE_FORMAT_JSON: "json",
+    pb.SCENE_FORMAT_HTML: "html",
+    pb.SCENE_FORMAT_TWEE: "twee",
+}
+
+
 def _scene_id(name: str) -> str:
     return name.split("/")[1]
 
@@ -314,9 +322,7 @@ class SceneApi(pb_grpc.SceneServiceServicer):
         self, request: pb.ExportSceneRequest, context: Any
     ) -> pb.ExportSceneResponse:
         files = await self._service.export(
-            current_identity(),
-            _scene_id(request.name),
-            html=request.format == pb.SCENE_FORMAT_HTML,
+            current_identity(), _scene_id(request.name), _FORMATS[request.format]
         )
         return pb.ExportSceneResponse(
             files=[
@@ -331,7 +337,7 @@ class SceneApi(pb_grpc.SceneServiceServicer):
         self, request: pb.ImportSceneRequest, context: Any
     ) -> pb.ImportSceneResponse:
         scene, unattached = await self._service.import_(
-            current_identity(), request.content, request.display_name
+            current_identity(), _FORMATS[request.format], request.content, request.display_name
         )
         return pb.ImportSceneResponse(
             scene=scene_to_proto(scene),

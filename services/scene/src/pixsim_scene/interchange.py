@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -26,9 +27,18 @@ from pixsim_scene.domain import Edge, EdgeType, Graph, Node, Rejected
 
 FORMAT = "pixsim-scene/1"
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
-KEY = r"^[A-Za-z0-9_][A-Za-z0-9 _.,'!?&()-]{0,99}$"
+# A node's key: a passage name Twine and Twee agree on (no link or header metacharacters, no
+# control characters, no space at either end).
+KEY = r"^(?=\S)[^\x00-\x1f\x7f\[\]{}|\\<>]{1,100}(?<=\S)$"
 ASSET = r"^assets/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+IFID = r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})?$"
 _KEY = re.compile(KEY)
+# A scene that never had an IFID gets one from its id: the same at every export.
+IFID_NAMESPACE = uuid.UUID("6f1d3c52-7b0e-4a8e-9a55-3c1f0e2d9b47")
+
+
+def ifid_of(scene_id: str, stored: str) -> str:
+    return (stored or str(uuid.uuid5(IFID_NAMESPACE, scene_id))).upper()
 
 
 class ManifestError(ValueError):
@@ -50,6 +60,7 @@ class SceneData:
     variables: list[Variable]
     graph: Graph
     keys: dict[str, str]  # node id -> its key in the document
+    ifid: str = ""  # the story's IFID (upper-case UUID); "" when the document had none
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ def to_manifest(data: SceneData) -> dict[str, Any]:
         "format": FORMAT,
         "scene": {
             "display_name": data.display_name,
+            "ifid": data.ifid,
             "description": data.description,
             "tags": data.tags,
             "start": keys.get(graph.start_id) if graph.start_id else None,
@@ -128,7 +140,8 @@ def dumps(document: Mapping[str, Any]) -> bytes:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Python's engine: the key pattern looks around, which Rust's regex crate does not.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, regex_engine="python-re")
 
 
 Number = StrictInt | StrictFloat
@@ -168,6 +181,7 @@ class _Connection(_Strict):
 
 class _Scene(_Strict):
     display_name: Annotated[str, Field(min_length=1, max_length=200)]
+    ifid: Annotated[str, Field(pattern=IFID)] = ""
     description: Annotated[str, Field(max_length=4000)] = ""
     tags: Annotated[
         list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]], Field(max_length=32)
@@ -291,6 +305,7 @@ def from_manifest(document: Mapping[str, Any], new_id: Callable[[], str]) -> Sce
         variables,
         graph,
         {node_id: key for key, node_id in ids.items()},
+        manifest.scene.ifid.upper(),
     )
 
 

@@ -84,6 +84,8 @@ scenes = Table(
     Column("edge_count", Integer, nullable=False, server_default="0"),
     # [{name, type, initial}]: the state a playthrough carries (conditions.Variable).
     Column("variables", JSONB, nullable=False, server_default="[]"),
+    # The story's IFID when it came from a document that had one (Twine's identifier).
+    Column("ifid", UUID(as_uuid=False)),
     Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("scenes_by_owner_newest", "owner_id", text("create_time DESC"), text("id DESC")),
@@ -211,6 +213,7 @@ class Scene:
     update_time: datetime | None = None
     graph: Graph = field(default_factory=Graph)
     variables: list[Variable] = field(default_factory=list)
+    ifid: str = ""
 
     @property
     def etag(self) -> str:
@@ -232,6 +235,7 @@ def _to_scene(row: Row[Any], graph: Graph | None = None) -> Scene:
         update_time=row.update_time,
         graph=graph or Graph(start_id=row.start_scene_asset_id or ""),
         variables=[variable_from_json(v) for v in row.variables],
+        ifid=row.ifid or "",
     )
 
 
@@ -303,6 +307,7 @@ async def insert_scene(session: AsyncSession, scene: Scene) -> Scene:
                 is_template=scene.is_template,
                 start_scene_asset_id=scene.graph.start_id or None,
                 variables=[variable_to_json(v) for v in scene.variables],
+                ifid=scene.ifid or None,
                 node_count=len(scene.graph.nodes),
                 edge_count=len(scene.graph.edges),
             )

@@ -41,7 +41,7 @@ from pixsim_common.errors import (
 from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import now_timestamp
-from pixsim_scene import domain, interchange, play
+from pixsim_scene import domain, interchange, play, twee
 from pixsim_scene import repository as repo
 from pixsim_scene.changes import (
     EDGE_FIELDS,
@@ -374,8 +374,9 @@ class SceneService:
             return None
         raise AssertionError(change.kind)  # pragma: no cover - the oneof has no other members
 
-    async def export(self, identity: Identity, scene_id: str, html: bool) -> list[ExportedFile]:
-        """The scene's manifest; with `html`, the player and the clips beside it."""
+    async def export(self, identity: Identity, scene_id: str, kind: str) -> list[ExportedFile]:
+        """The scene as `kind`: its manifest (`json`), Twee 3 (`twee`), or the manifest with
+        the player and the clips beside it (`html`)."""
         scene = await self.get(identity, scene_id, with_graph=True)
         graph = scene.graph
         data = SceneData(
@@ -385,12 +386,15 @@ class SceneService:
             list(scene.variables),
             graph,
             interchange.node_keys(graph),
+            interchange.ifid_of(scene.id, scene.ifid),
         )
+        if kind == "twee":
+            return [ExportedFile("story.twee", "text/plain", content=twee.to_twee(data))]
         document = interchange.to_manifest(data)
         manifest = ExportedFile(
             "manifest.json", "application/json", content=interchange.dumps(document)
         )
-        if not html:
+        if kind != "html":
             return [manifest]
         shown = {f"assets/{n.asset_id}" for n in graph.nodes.values() if n.asset_id}
         found = await self._assets.batch_get(shown, identity.token) if shown else {}
@@ -411,14 +415,15 @@ class SceneService:
         ]
 
     async def import_(
-        self, identity: Identity, content: bytes, display_name: str
+        self, identity: Identity, kind: str, content: bytes, display_name: str
     ) -> tuple[Scene, list[tuple[str, str, str]]]:
-        """A new scene from a manifest, and its nodes without an asset: (node id, key, the
-        asset the document named when it is not the caller's)."""
+        """A new scene from a manifest (`json`) or Twee 3 (`twee`), and its nodes without an
+        asset: (node id, key, the asset the document named when it is not the caller's)."""
         try:
-            data = interchange.from_manifest(
-                interchange.parse_json(content), lambda: str(uuid.uuid4())
-            )
+            if kind == "twee":
+                data = twee.from_twee(content, _fresh_id)
+            else:
+                data = interchange.from_manifest(interchange.parse_json(content), _fresh_id)
         except ManifestError as error:
             raise InvalidArgument(
                 f"the document does not describe a scene: {error}",
@@ -436,6 +441,7 @@ class SceneService:
             tags=data.tags,
             graph=graph,
             variables=data.variables,
+            ifid=data.ifid.lower(),
         )
         async with UnitOfWork(self._sessions) as uow:
             await repo.lock_assets(uow.session, owned)
@@ -740,6 +746,10 @@ def _refuse_unplayable(scene: Scene) -> None:
             ],
             reason="SCENE_NOT_PLAYABLE",
         )
+
+
+def _fresh_id() -> str:
+    return str(uuid.uuid4())
 
 
 def _check_size(nodes: int, edges: int) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from google.protobuf import field_mask_pb2
 from rich.table import Table
 
 from pixsim.asset.v1 import asset_service_pb2 as asset_pb
@@ -293,15 +294,18 @@ def export(
     html: Annotated[
         bool, typer.Option("--html", help="A player that plays from disk, with the clips.")
     ] = False,
+    twee: Annotated[
+        bool, typer.Option("--twee", help="story.twee (Twee 3, SugarCube) for Twine.")
+    ] = False,
 ) -> None:
-    """Write a scene's manifest.json (and with --html its player and clips) to a folder."""
+    """Write a scene's manifest.json (or story.twee, or with --html its player and clips)."""
+    if html and twee:
+        raise CliError("--html or --twee, not both", Exit.INVALID)
     connection, out = session()
     scene = scene_name(name)
+    kind = pb.SCENE_FORMAT_HTML if html else pb.SCENE_FORMAT_TWEE if twee else pb.SCENE_FORMAT_JSON
     answer = connection.call(
-        connection.scenes.ExportScene,
-        pb.ExportSceneRequest(
-            name=scene, format=pb.SCENE_FORMAT_HTML if html else pb.SCENE_FORMAT_JSON
-        ),
+        connection.scenes.ExportScene, pb.ExportSceneRequest(name=scene, format=kind)
     )
     target = folder or Path(scene.removeprefix("scenes/"))
     target.mkdir(parents=True, exist_ok=True)
@@ -333,23 +337,66 @@ def export(
 
 @app.command("import")
 def import_(
-    document: Annotated[Path, typer.Argument(help="A manifest.json that export wrote.")],
+    document: Annotated[
+        Path, typer.Argument(help="A manifest.json, or a .twee/.tw story (Twee 3).")
+    ],
     new_name: Annotated[str, typer.Option("--name", help="The new scene's name.")] = "",
+    attach: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=assets/<id>: the asset of the node (passage) KEY (repeatable)."),
+    ] = None,
 ) -> None:
-    """Make a new scene from a manifest; lists the scene assets left without an asset."""
+    """Make a new scene from a document; lists the scene assets still without an asset."""
+    wanted = {}
+    for item in attach or []:
+        key, _, asset = item.partition("=")
+        if not asset.startswith("assets/"):
+            raise CliError(f"--attach {item!r}: write KEY=assets/<id>", Exit.INVALID)
+        wanted[key] = asset
     connection, out = session()
+    is_twee = document.suffix.lower() in (".twee", ".tw")
     answer = connection.call(
         connection.scenes.ImportScene,
         pb.ImportSceneRequest(
-            format=pb.SCENE_FORMAT_JSON, content=document.read_bytes(), display_name=new_name
+            format=pb.SCENE_FORMAT_TWEE if is_twee else pb.SCENE_FORMAT_JSON,
+            content=document.read_bytes(),
+            display_name=new_name,
         ),
     )
+    unknown = sorted(set(wanted) - {u.key for u in answer.unattached})
+    left = []
+    for missing in answer.unattached:
+        if missing.key not in wanted:
+            left.append(missing)
+            continue
+        connection.call(
+            connection.scenes.UpdateSceneAsset,
+            pb.UpdateSceneAssetRequest(
+                scene_asset=pb.SceneAsset(name=missing.scene_asset, asset=wanted[missing.key]),
+                update_mask=field_mask_pb2.FieldMask(paths=["asset"]),
+            ),
+        )
+    del answer.unattached[:]
+    answer.unattached.extend(left)
 
     def human() -> None:
         console.print(answer.scene.name, soft_wrap=True)
         for missing in answer.unattached:
             console.print(
-                f"  {missing.key}: no asset attached ({missing.scene_asset})", soft_wrap=True
+                f"  {missing.key}: no asset yet; attach one with --attach"
+                f" '{missing.key}=assets/<id>' ({missing.scene_asset})",
+                soft_wrap=True,
+                highlight=False,
             )
 
     out.show(answer, human)
+    if unknown:  # the scene is made; say what was not attached
+        raise CliError(
+            f"{answer.scene.name} is made, but no node without an asset has the key {unknown[0]!r}",
+            Exit.INVALID,
+        )
+    if unknown:  # the scene is made; say what was not attached
+        raise CliError(
+            f"{answer.scene.name} is made, but no node without an asset has the key {unknown[0]!r}",
+            Exit.INVALID,
+        )

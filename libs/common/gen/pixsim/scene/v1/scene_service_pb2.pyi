@@ -33,6 +33,8 @@ class _SceneFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SceneForm
     """`manifest.json`: the scene, its variables, nodes and connections (docs/scenes.md)."""
     SCENE_FORMAT_HTML: _SceneFormat.ValueType  # 2
     """A folder that plays from disk: `index.html`, `manifest.json` and `clips/`."""
+    SCENE_FORMAT_TWEE: _SceneFormat.ValueType  # 3
+    """`story.twee`: Twee 3 in SugarCube 2's dialect, for Twine and Twee tools (docs/scenes.md)."""
 
 class SceneFormat(_SceneFormat, metaclass=_SceneFormatEnumTypeWrapper):
     """What a scene is written out as."""
@@ -42,6 +44,8 @@ SCENE_FORMAT_JSON: SceneFormat.ValueType  # 1
 """`manifest.json`: the scene, its variables, nodes and connections (docs/scenes.md)."""
 SCENE_FORMAT_HTML: SceneFormat.ValueType  # 2
 """A folder that plays from disk: `index.html`, `manifest.json` and `clips/`."""
+SCENE_FORMAT_TWEE: SceneFormat.ValueType  # 3
+"""`story.twee`: Twee 3 in SugarCube 2's dialect, for Twine and Twee tools (docs/scenes.md)."""
 Global___SceneFormat: _TypeAlias = SceneFormat  # noqa: Y015
 
 @_typing.final
@@ -1301,7 +1305,9 @@ class ImportSceneRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     format: Global___SceneFormat.ValueType
     content: _builtins.bytes
-    """The document, as ExportScene wrote it; at most 4 MiB."""
+    """The document: a manifest as ExportScene wrote it, or Twee 3 (from ExportScene, Twine or
+    any Twee tool); at most 4 MiB.
+    """
     display_name: _builtins.str
     """The new scene's display name; the document's when empty."""
     def __init__(

@@ -281,17 +281,17 @@ class SceneServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportScene(self, request, context):
-        """Writes a scene out as files: its JSON manifest, or a playable HTML folder (the player,
-        the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
+        """Writes a scene out as files: its JSON manifest, Twee 3, or a playable HTML folder (the
+        player, the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ImportScene(self, request, context):
-        """Makes a new scene of the caller's from a JSON manifest. Assets the manifest names that
-        are not the caller's, and nodes without one, come in without an asset: `unattached`
-        lists them, to attach with UpdateSceneAsset.
+        """Makes a new scene of the caller's from a JSON manifest or a Twee 3 story. Assets the
+        document names that are not the caller's, and nodes without one (a Twine passage), come
+        in without an asset: `unattached` lists them, to attach with UpdateSceneAsset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

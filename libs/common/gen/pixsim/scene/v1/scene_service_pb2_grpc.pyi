@@ -79,13 +79,13 @@ class SceneServiceStub:
     gives them).
     """
     ExportScene: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.ExportSceneRequest, _scene_service_pb2.ExportSceneResponse]
-    """Writes a scene out as files: its JSON manifest, or a playable HTML folder (the player,
-    the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
+    """Writes a scene out as files: its JSON manifest, Twee 3, or a playable HTML folder (the
+    player, the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
     """
     ImportScene: _grpc.UnaryUnaryMultiCallable[_scene_service_pb2.ImportSceneRequest, _scene_service_pb2.ImportSceneResponse]
-    """Makes a new scene of the caller's from a JSON manifest. Assets the manifest names that
-    are not the caller's, and nodes without one, come in without an asset: `unattached`
-    lists them, to attach with UpdateSceneAsset.
+    """Makes a new scene of the caller's from a JSON manifest or a Twee 3 story. Assets the
+    document names that are not the caller's, and nodes without one (a Twine passage), come
+    in without an asset: `unattached` lists them, to attach with UpdateSceneAsset.
     """
 
 @_typing.type_check_only
@@ -138,13 +138,13 @@ class SceneServiceAsyncStub(SceneServiceStub):
     gives them).
     """
     ExportScene: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.ExportSceneRequest, _scene_service_pb2.ExportSceneResponse]  # type: ignore[assignment]
-    """Writes a scene out as files: its JSON manifest, or a playable HTML folder (the player,
-    the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
+    """Writes a scene out as files: its JSON manifest, Twee 3, or a playable HTML folder (the
+    player, the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
     """
     ImportScene: _aio.UnaryUnaryMultiCallable[_scene_service_pb2.ImportSceneRequest, _scene_service_pb2.ImportSceneResponse]  # type: ignore[assignment]
-    """Makes a new scene of the caller's from a JSON manifest. Assets the manifest names that
-    are not the caller's, and nodes without one, come in without an asset: `unattached`
-    lists them, to attach with UpdateSceneAsset.
+    """Makes a new scene of the caller's from a JSON manifest or a Twee 3 story. Assets the
+    document names that are not the caller's, and nodes without one (a Twine passage), come
+    in without an asset: `unattached` lists them, to attach with UpdateSceneAsset.
     """
 
 class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -314,8 +314,8 @@ class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scene_service_pb2.ExportSceneRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scene_service_pb2.ExportSceneResponse, _abc.Awaitable[_scene_service_pb2.ExportSceneResponse]]:
-        """Writes a scene out as files: its JSON manifest, or a playable HTML folder (the player,
-        the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
+        """Writes a scene out as files: its JSON manifest, Twee 3, or a playable HTML folder (the
+        player, the manifest, and the clips to fetch). docs/scenes.md, "Interchange".
         """
 
     @_abc_1.abstractmethod
@@ -324,9 +324,9 @@ class SceneServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scene_service_pb2.ImportSceneRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scene_service_pb2.ImportSceneResponse, _abc.Awaitable[_scene_service_pb2.ImportSceneResponse]]:
-        """Makes a new scene of the caller's from a JSON manifest. Assets the manifest names that
-        are not the caller's, and nodes without one, come in without an asset: `unattached`
-        lists them, to attach with UpdateSceneAsset.
+        """Makes a new scene of the caller's from a JSON manifest or a Twee 3 story. Assets the
+        document names that are not the caller's, and nodes without one (a Twine passage), come
+        in without an asset: `unattached` lists them, to attach with UpdateSceneAsset.
         """
 
 def add_SceneServiceServicer_to_server(servicer: SceneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from pixsim_local.whole_stack import WholeStack
 from pixsim_provider_sim.media import render_png
 
 pytestmark = pytest.mark.e2e
+TWINE = Path(__file__).resolve().parents[1] / "services" / "scene" / "tests" / "cases" / "twine"
 
 
 def run_pixsim(
@@ -138,3 +140,54 @@ async def test_an_author_builds_a_scene_with_state_validates_and_plays_it(
     refused = pixsim_failing(stack, "play", scene["name"], user=author, exit_code=5)
     assert "cannot be played" in refused
     assert f"UNDEFINED_VARIABLE {ghost['name']}" in refused
+
+
+async def test_an_author_imports_a_twine_story_attaching_clips_and_exports_it_to_play(
+    whole_stack: WholeStack, tmp_path: Path
+) -> None:
+    stack = whole_stack
+    author = f"author-{uuid.uuid4().hex[:8]}"
+    clips = {
+        passage: (await stack.uploaded(render_png(seed, 16, 16), stack.auth(author))).name
+        for seed, passage in enumerate(("Start", "Back Room", "Front Room"), 10)
+    }
+    story = TWINE / "lock-and-key.twee"
+    made = pixsim(
+        stack,
+        *("scene", "import", str(story)),
+        *(
+            option
+            for passage, asset in clips.items()
+            for option in ("--attach", f"{passage}={asset}")
+        ),
+        user=author,
+    )
+    assert made["scene"]["displayName"] == "Lock and Key: Variable in SugarCube"
+    assert [u["key"] for u in made["unattached"]] == ["Exit"]  # the one not attached
+    scene = made["scene"]["name"]
+
+    played = pixsim(stack, "play", scene, "--choose", "2", "--choose", "1", user=author)
+    assert [c["label"] for c in played["steps"][-1]["choices"]] == ["Front Room"]  # key found
+
+    folder = tmp_path / "html"
+    written = pixsim(stack, "scene", "export", scene, "--html", "--out", str(folder), user=author)[
+        "files"
+    ]
+    assert sorted(Path(p).relative_to(folder).parts[0] for p in written) == [
+        "clips",
+        "clips",
+        "clips",
+        "index.html",
+        "manifest.json",
+    ]
+    for path in (folder / "clips").iterdir():  # each clip is its asset's bytes
+        assert path.read_bytes().startswith(b"\x89PNG")
+    twee_folder = tmp_path / "twee"
+    pixsim(stack, "scene", "export", scene, "--twee", "--out", str(twee_folder), user=author)
+    again = pixsim(
+        stack, "scene", "import", str(twee_folder / "story.twee"), "--name", "copy", user=author
+    )
+    assert (again["scene"]["displayName"], [u["key"] for u in again["unattached"]]) == (
+        "copy",
+        ["Exit"],
+    )

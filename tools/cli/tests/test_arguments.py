@@ -23,6 +23,7 @@ from pixsim_cli.jobs import (
     parse_webhook,
     progress_line,
 )
+from pixsim_cli.output import as_json
 from pixsim_cli.scenes import describe_effect, parse_effect, parse_variable
 
 pytestmark = pytest.mark.unit
@@ -169,3 +170,11 @@ def test_scene_variables_and_effects_are_read_with_their_types() -> None:
     assert describe_effect(parse_effect("mood=calm", increment=False)) == 'mood = "calm"'
     with pytest.raises(CliError):
         parse_effect("tries=many", increment=True)
+
+
+def test_json_output_keeps_plain_values_inside_lists_and_dicts() -> None:
+    assert as_json({"folder": "out", "files": ["a.html", "b.mp4"], "n": 2}) == {
+        "folder": "out",
+        "files": ["a.html", "b.mp4"],
+        "n": 2,
+    }

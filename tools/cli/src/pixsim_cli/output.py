@@ -32,12 +32,14 @@ class Output:
             human()
 
 
-def as_json(value: Message | Sequence[Message] | dict[str, object]) -> object:
+def as_json(value: object) -> object:
     if isinstance(value, Message):
         return json_format.MessageToDict(value)  # protobuf's JSON mapping, as grpcurl prints
     if isinstance(value, dict):
-        return {k: as_json(v) if isinstance(v, Message | list) else v for k, v in value.items()}
-    return [as_json(v) for v in value]
+        return {k: as_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json(v) for v in value]
+    return value
 
 
 def short(name: str) -> str:

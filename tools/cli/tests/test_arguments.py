@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import grpc
@@ -178,3 +180,16 @@ def test_json_output_keeps_plain_values_inside_lists_and_dicts() -> None:
         "files": ["a.html", "b.mp4"],
         "n": 2,
     }
+
+
+def test_a_usage_error_is_typers_message_and_exit_2_never_a_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from pixsim_cli.main import app; app()", "scene", "get", "a", "b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Usage:" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import click
 import typer
+from typer.exceptions import TyperException
 
 from pixsim_cli import accounts, assets, jobs, play, providers, scenes
 from pixsim_cli.connection import DEFAULT_KEY, CliError
@@ -77,10 +78,15 @@ def app() -> None:
             if line not in str(error):
                 errors.print(f"  {line}", highlight=False, soft_wrap=True)
         code = error.exit_code
-    except click.ClickException as error:  # usage errors: typer's own message, exit 2
-        error.show()
+    except (click.ClickException, TyperException) as error:  # usage: typer's message, exit 2
+        # Typer 0.2x parses with its own copy of click, whose errors are TyperExceptions.
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            errors.print(f"[red]error[/] {error.format_message()}", highlight=False)
         code = error.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         code = 130
     finally:
         close_all()

@@ -28,10 +28,29 @@ def describe_value(value: pb.SceneValue) -> str:
     return repr(value.string_value)
 
 
-def show(at: pb.Playthrough) -> None:
+def titles(connection: Connection, scene: str) -> dict[str, str]:
+    """Each scene asset's title (its metadata's), for showing where the player is."""
+    found: dict[str, str] = {}
+    token = ""
+    while True:
+        page = connection.call(
+            connection.scenes.GetSceneGraph,
+            pb.GetSceneGraphRequest(name=scene, page_token=token),
+        )
+        for node in page.assets:
+            title = node.metadata.fields.get("title")
+            if title is not None and title.string_value:
+                found[node.name] = title.string_value
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def show(at: pb.Playthrough, named: dict[str, str]) -> None:
     clip = at.clip
     where = clip.url or (f"pixsim asset download {clip.asset}" if clip.asset else "no clip")
-    console.print(f"[bold]▶ {short(at.current_scene_asset)}[/]  {clip.asset}  {where}")
+    here = named.get(at.current_scene_asset, short(at.current_scene_asset))
+    console.print(f"[bold]▶ {here}[/]  {clip.asset}  {where}", soft_wrap=True)
     if at.variables:
         console.print(
             "  " + "  ".join(f"{v.name}={describe_value(v.value)}" for v in at.variables),
@@ -51,13 +70,16 @@ def choose(connection: Connection, at: pb.Playthrough, choice: str) -> pb.Playth
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def pick(at: pb.Playthrough, picks: list[int] | None) -> pb.PlaythroughChoice | None:
+def pick(
+    at: pb.Playthrough, picks: list[int] | None, named: dict[str, str]
+) -> pb.PlaythroughChoice | None:
     """The choice to take now: a lone unasked one; else the next of `picks` when scripted, or
     the viewer's answer. None when the viewer quits or the script ran out."""
     choices = list(at.choices)
     if len(choices) == 1 and choices[0].type != ASKED:
         kind = pb.SceneConnection.Type.Name(choices[0].type).removeprefix("TYPE_").lower()
-        console.print(f"  → {kind} to {short(choices[0].to_scene_asset)}")
+        there = named.get(choices[0].to_scene_asset, short(choices[0].to_scene_asset))
+        console.print(f"  → {kind} to {there}", highlight=False)
         return choices[0]
     for number, choice in enumerate(choices, 1):
         console.print(f"  {number}) {choice.label}", highlight=False)
@@ -106,9 +128,10 @@ def play(
     scripted = list(picks) if picks is not None else None
     console.quiet = out.json  # --json prints the steps alone
     console.print(f"[dim]{at.name} of {at.scene}[/]")
+    named = titles(connection, at.scene)
     while at.state == pb.Playthrough.STATE_ACTIVE:
-        show(at)
-        choice = pick(at, scripted)
+        show(at, named)
+        choice = pick(at, scripted, named)
         if choice is None:
             console.print(
                 f"stopped at step {at.step}; go on with `pixsim play --resume {short(at.name)}`"
@@ -117,7 +140,7 @@ def play(
         at = choose(connection, at, choice.connection)
         steps.append(at)
     if at.state == pb.Playthrough.STATE_ENDED:
-        show(at)
+        show(at, named)
         console.print(f"■ the end, after {at.step} step(s)")
     console.quiet = False
     out.show({"steps": steps}, lambda: None)

@@ -207,21 +207,26 @@ def add_asset(
     order: Annotated[int, typer.Option(min=0)] = 0,
     x: Annotated[float, typer.Option()] = 0.0,
     y: Annotated[float, typer.Option()] = 0.0,
+    title: Annotated[
+        str, typer.Option(help="Its name in play and in exports (a Twine passage's).")
+    ] = "",
+    ending: Annotated[bool, typer.Option(help="The story may end here.")] = False,
     etag: Annotated[str, typer.Option(help="Refuse the write if the scene changed since.")] = "",
 ) -> None:
     """Place one of your assets in a scene."""
     connection, out = session()
+    placed = pb.SceneAsset(
+        asset=asset if asset.startswith("assets/") else f"assets/{asset}",
+        order=order,
+        position=pb.CanvasPosition(x=x, y=y),
+    )
+    if title:
+        placed.metadata["title"] = title
+    if ending:
+        placed.metadata["ending"] = True
     node = connection.call(
         connection.scenes.CreateSceneAsset,
-        pb.CreateSceneAssetRequest(
-            parent=scene_name(scene),
-            etag=etag,
-            scene_asset=pb.SceneAsset(
-                asset=asset if asset.startswith("assets/") else f"assets/{asset}",
-                order=order,
-                position=pb.CanvasPosition(x=x, y=y),
-            ),
-        ),
+        pb.CreateSceneAssetRequest(parent=scene_name(scene), etag=etag, scene_asset=placed),
     )
     out.show(node, lambda: console.print(node.name, soft_wrap=True))
 

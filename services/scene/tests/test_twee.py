@@ -210,3 +210,24 @@ def test_a_story_that_cannot_be_a_scene_is_refused(story: bytes, where: str) -> 
 def test_any_text_is_a_scene_or_refused_never_anything_else(lines: list[str]) -> None:
     with contextlib.suppress(ManifestError):
         twee.from_twee("\n".join(lines).encode(), counter())
+
+
+MEGABYTE = 1024 * 1024
+HOSTILE = {
+    "a header of spaces": "::a" + " " * MEGABYTE + "b",
+    "a header of words": "::" + "a " * MEGABYTE,
+    "an unclosed tag block": ":: a [" + "x " * MEGABYTE,
+    "openers without closers": ":: S\n" + "[[<<" * MEGABYTE,
+    "a million links": ":: S\n" + "[[S]]" * (MEGABYTE // 2),
+    "a million sets": ":: S\n" + "<<set $a to 1>>" * (MEGABYTE // 4),
+    "ifs a million deep": ":: S\n" + "<<if $a>>" * (MEGABYTE // 2),
+    "trailing blank lines": ":: S\n" + "\n" * (4 * MEGABYTE - 8),
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE.values(), ids=list(HOSTILE))
+def test_a_hostile_document_is_read_or_refused_in_one_pass(text: str) -> None:
+    """Each shape made the first reader backtrack or rescan for minutes; now each is a scene
+    or a ManifestError (the suite's timeout would end a reader that went back to that)."""
+    with contextlib.suppress(ManifestError):
+        twee.from_twee(text.encode()[: interchange.MAX_DOCUMENT_BYTES], counter())

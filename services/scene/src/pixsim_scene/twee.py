@@ -69,9 +69,43 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 
 
-_HEADER = re.compile(
-    r"^::\s*(?P<name>(?:\\.|[^\\\[{])*?)\s*(?:\[(?P<tags>(?:\\.|[^\\\]])*)\])?\s*(?P<meta>\{.*)?$"
-)
+def _header(line: str, number: int) -> Passage:
+    """A passage header, read in one pass (a pattern would backtrack on a hostile line):
+    `:: Name [tags] {metadata}`, with `\\` escaping in the name and the tags."""
+    rest, index = line[2:], 0
+
+    def escaped_until(stops: str) -> str:
+        nonlocal index
+        chars = []
+        while index < len(rest) and rest[index] not in stops:
+            if rest[index] == "\\" and index + 1 < len(rest):
+                index += 1
+            chars.append(rest[index])
+            index += 1
+        return "".join(chars)
+
+    name = escaped_until("[{").strip()
+    if not name:
+        raise ManifestError(f"line {number}", "a passage header needs a name")
+    tags: list[str] = []
+    if index < len(rest) and rest[index] == "[":
+        index += 1
+        tags = escaped_until("]").split()
+        if index == len(rest):
+            raise ManifestError(f"line {number}", "a tag block is not closed")
+        index += 1
+    tail = rest[index:].strip()
+    if tail and not tail.startswith("{"):
+        raise ManifestError(f"line {number}", f"unexpected {tail[:20]!r} after the passage name")
+    metadata = None
+    if tail:
+        try:
+            metadata = json.loads(tail)
+        except (json.JSONDecodeError, RecursionError):
+            metadata = None  # the spec: warn, discard, and go on
+        if not isinstance(metadata, dict):
+            metadata = None
+    return Passage(name, tags, metadata, "", number)
 
 
 def passages(text: str) -> list[Passage]:
@@ -87,28 +121,17 @@ def passages(text: str) -> list[Passage]:
         if found:
             found[-1].text = _trimmed(body)
         body = []
-        match = _HEADER.match(line)
-        if match is None or not match.group("name").strip():
-            raise ManifestError(f"line {number}", "a passage header needs a name")
-        metadata = None
-        if match.group("meta"):
-            try:
-                metadata = json.loads(match.group("meta"))
-            except json.JSONDecodeError:
-                metadata = None
-            if not isinstance(metadata, dict):
-                metadata = None
-        tags = _unescape(match.group("tags") or "").split()
-        found.append(Passage(_unescape(match.group("name")).strip(), tags, metadata, "", number))
+        found.append(_header(line, number))
     if found:
         found[-1].text = _trimmed(body)
     return found
 
 
 def _trimmed(lines: list[str]) -> str:
-    while lines and not lines[-1].strip():
-        lines = lines[:-1]
-    return "\n".join(lines)
+    end = len(lines)
+    while end and not lines[end - 1].strip():
+        end -= 1
+    return "\n".join(lines[:end])
 
 
 # ---- writing ------------------------------------------------------------------------
@@ -213,9 +236,44 @@ def to_twee(data: SceneData) -> bytes:
 
 # SugarCube's links: [[Target]], [[Text|Target]], [[Text->Target]], [[Target<-Text]], each
 # with an optional setter before the closing brackets: [[Text|Target][$x to 1]].
-_LINK = re.compile(r"\[\[(?P<link>[^\]]*)\](?:\[(?P<setter>[^\]]*)\])?\]")
-_MACRO = re.compile(r"<<(?P<name>/?[A-Za-z]+)(?P<args>(?:[^>]|>(?!>))*)>>")
-_TOKENS = re.compile(rf"{_LINK.pattern}|{_MACRO.pattern}")
+MAX_SETS = 32  # each becomes an effect of the ways in, and a connection has at most 32
+MAX_IF_DEPTH = 32  # <<if>> inside <<if>>: deeper is no story, and would cost without bound
+_MACRO_NAME = re.compile(r"(/?[A-Za-z]+)(.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # link | macro
+    name: str  # a macro's name; a link's text (`Text|Target`)
+    args: str  # a macro's arguments; a link's setter
+
+
+def _tokens(text: str) -> Iterator[_Token]:
+    """SugarCube's links (`[[Text|Target][$x to 1]]`) and macros (`<<name args>>`), in order,
+    in one pass: each is found by its opener and ends at its closer, each opener is looked
+    for again only once passed, and a text with no closer left has no more of them."""
+    link, macro = text.find("[["), text.find("<<")
+    while link >= 0 or macro >= 0:
+        if macro < 0 or 0 <= link < macro:
+            end = text.find("]]", link + 2)
+            if end < 0:
+                return
+            target, _, setter = text[link + 2 : end].partition("][")
+            yield _Token("link", target, setter)
+        else:
+            end = text.find(">>", macro + 2)
+            if end < 0:
+                return
+            match = _MACRO_NAME.match(text, macro + 2, end)
+            if match is not None:
+                yield _Token("macro", match.group(1), match.group(2))
+        position = end + 2
+        if 0 <= link < position:
+            link = text.find("[[", position)
+        if 0 <= macro < position:
+            macro = text.find("<<", position)
+
+
 _ASSIGN = re.compile(
     r"\$(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>\bto\b|\+=|-=|=(?!=))\s*"
     r"(?P<value>true|false|-?\d+(?:\.\d+)?|\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')"
@@ -335,13 +393,15 @@ def _read_text(text: str) -> _Read:
             }
         )
 
-    for match in _TOKENS.finditer(text):
-        if match.group("link") is not None:
-            label, target = _target(match.group("link"))
-            connection("CHOICE", label, target, match.group("setter") or "")
+    for token in _tokens(text):
+        if token.kind == "link":
+            label, target = _target(token.name)
+            connection("CHOICE", label, target, token.args)
             continue
-        name, args = match.group("name"), match.group("args").strip()
+        name, args = token.name, token.args.strip()
         if name == "if":
+            if len(stack) == MAX_IF_DEPTH:
+                raise ManifestError("", f"<<if>> nests deeper than {MAX_IF_DEPTH}")
             stack.append([(our_condition(args), args)])
         elif name == "elseif" and stack:
             stack[-1].append((our_condition(args), args))
@@ -351,6 +411,8 @@ def _read_text(text: str) -> _Read:
             stack.pop()
         elif name == "set":
             read.sets += list(_assignments(args))
+            if len(read.sets) > MAX_SETS:
+                raise ManifestError("", f"a passage sets at most {MAX_SETS} variables")
         elif name == "goto":
             quoted = re.fullmatch(r"\s*(?:\"(.*)\"|'(.*)'|\[\[(.*)\]\])\s*", args)
             if quoted:

@@ -75,6 +75,8 @@ SOURCE = "/scene"
 DEFAULT_GRAPH_PAGE = 1000
 MAX_GRAPH_PAGE = 5000
 MAX_GRAPH_PAGE_BYTES = 4 * 1024 * 1024
+# What an export's files may hold in all: one gRPC answer, and what an import reads back.
+MAX_EXPORT_BYTES = interchange.MAX_DOCUMENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -389,13 +391,13 @@ class SceneService:
             interchange.ifid_of(scene.id, scene.ifid),
         )
         if kind == "twee":
-            return [ExportedFile("story.twee", "text/plain", content=twee.to_twee(data))]
+            return _fitting([ExportedFile("story.twee", "text/plain", content=twee.to_twee(data))])
         document = interchange.to_manifest(data)
         manifest = ExportedFile(
             "manifest.json", "application/json", content=interchange.dumps(document)
         )
         if kind != "html":
-            return [manifest]
+            return _fitting([manifest])
         shown = {f"assets/{n.asset_id}" for n in graph.nodes.values() if n.asset_id}
         found = await self._assets.batch_get(shown, identity.token) if shown else {}
         clips = {
@@ -408,11 +410,13 @@ class SceneService:
         player = ExportedFile(
             "index.html", "text/html", content=interchange.player_html(document, clips)
         )
-        return [
-            player,
-            manifest,
-            *(ExportedFile(c["path"], c["mime_type"], asset=name) for name, c in clips.items()),
-        ]
+        return _fitting(
+            [
+                player,
+                manifest,
+                *(ExportedFile(c["path"], c["mime_type"], asset=name) for name, c in clips.items()),
+            ]
+        )
 
     async def import_(
         self, identity: Identity, kind: str, content: bytes, display_name: str
@@ -746,6 +750,19 @@ def _refuse_unplayable(scene: Scene) -> None:
             ],
             reason="SCENE_NOT_PLAYABLE",
         )
+
+
+def _fitting(files: list[ExportedFile]) -> list[ExportedFile]:
+    """`files`, when they fit one answer; else RESOURCE_EXHAUSTED (a document is read back
+    up to the same size, ImportScene's limit)."""
+    size = sum(len(f.content) for f in files)
+    if size > MAX_EXPORT_BYTES:
+        raise ResourceExhausted(
+            f"this export is {size} bytes; an export is at most {MAX_EXPORT_BYTES}",
+            reason="EXPORT_TOO_LARGE",
+            metadata={"size": str(size), "limit": str(MAX_EXPORT_BYTES)},
+        )
+    return files
 
 
 def _fresh_id() -> str:

@@ -156,7 +156,19 @@ def test_a_second_connection_of_one_type_between_two_nodes_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\xff\xfe", b"[1, 2]", b'{"a": NaN}', b'{"a": 1e400}', b"[" * 100_000, b"{" * 10],
+    [
+        b"",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'{"a": NaN}',
+        b'{"a": 1e400}',
+        b"[" * 100_000,
+        b"{" * 10,
+        b'{"a": "\\u0000"}',
+        b'{"\\ud800": 1}',
+        b'{"a": 1' + b"0" * 20 + b"}",
+        b'{"a": ' * 13 + b"1" + b"}" * 13,
+    ],
 )
 def test_bytes_that_are_no_json_object_are_refused(content: bytes) -> None:
     with pytest.raises(ManifestError):

@@ -1222,10 +1222,23 @@ async def test_an_export_imported_and_exported_again_is_the_same_bytes(stack: St
     bobs = json.loads((await export(stack, copied.scene.name, bob))["manifest.json"])
     assert [n["asset"] for n in bobs["nodes"]] == [None] * 5
 
+    hall_meta = b'"metadata": {\n        "title": "Hall"\n      }'
+    assert hall_meta in first
+
+    def hall(metadata: bytes) -> bytes:
+        return first.replace(hall_meta, b'"metadata": ' + metadata, 1)
+
     for content, where in (
         (b"{", "not JSON"),
         (first.replace(b'"BRANCH"', b'"GOTO"', 1), "connections["),
         (first.replace(b'"has_key"', b'"__import__(1)"', 1), "effects[0].variable"),
+        # What PostgreSQL cannot store, and free JSON past the write path's bounds.
+        (first.replace(b'"try the door"', b'"try the \\u0000door"', 1), "NUL"),
+        (hall(b'{"title": "\\ud800"}'), "surrogate"),
+        (hall(b'{"n": 1' + b"0" * 30 + b"}"), "too large an integer"),
+        (hall(b'{"a": ' * 9 + b"1" + b"}" * 9), "deeper"),
+        (hall(b'{"a": [[[[[1]]]]]}'), "nests deeper than 4"),
+        (hall(b'{"text": "' + b"x" * 5000 + b'"}'), "longer than 4096"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stack.scenes.ImportScene(
@@ -1414,6 +1427,13 @@ async def test_twee_round_trips_and_a_story_from_twine_plays_once_its_assets_are
     assert again.files[0].content == first[0].content
 
     story = (Path(__file__).resolve().parent / "cases" / "twine" / "lock-and-key.twee").read_bytes()
+    for odd in (story.replace(b"Rooms:", b"Rooms:\x00", 1), b":: Start\n" + b"<<if $a>>" * 40):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.scenes.ImportScene(
+                pb.ImportSceneRequest(format=pb.SCENE_FORMAT_TWEE, content=odd), metadata=alice
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(refused.value)[0][0] == "content"
     made = await stack.scenes.ImportScene(
         pb.ImportSceneRequest(format=pb.SCENE_FORMAT_TWEE, content=story), metadata=alice
     )

@@ -21,12 +21,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticError
 
+from pixsim_common.validation import text_problem
 from pixsim_scene import conditions, domain
 from pixsim_scene.conditions import Effect, EffectOp, Variable, VariableType
 from pixsim_scene.domain import Edge, EdgeType, Graph, Node, Rejected
 
 FORMAT = "pixsim-scene/1"
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+# A manifest is 4 deep to a node's metadata, and metadata at most 4 more (the write path's
+# bound); deeper JSON is refused before anything recurses through it.
+MAX_JSON_DEPTH = 12
 # A node's key: a passage name Twine and Twee agree on (no link or header metacharacters, no
 # control characters, no space at either end).
 KEY = r"^(?=\S)[^\x00-\x1f\x7f\[\]{}|\\<>]{1,100}(?<=\S)$"
@@ -204,15 +208,51 @@ def _path(location: Sequence[int | str]) -> str:
     return path
 
 
+def load_json(text: str) -> Any:
+    """JSON as a document may hold it: finite numbers, integers a double holds exactly,
+    and no deeper than `MAX_JSON_DEPTH`; ManifestError otherwise."""
+    try:
+        loaded = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite, parse_int=_exact_int
+        )
+    except (json.JSONDecodeError, RecursionError, ValueError) as error:
+        raise ManifestError("", f"not JSON: {str(error)[:200]}") from None
+    _check_depth(loaded, 0)
+    return loaded
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    """Not too deep, and only text PostgreSQL can store (JSON's escapes can say a NUL or a
+    lone surrogate, which no later step may meet)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ManifestError("", f"JSON nests deeper than {MAX_JSON_DEPTH}")
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem is not None:
+            raise ManifestError("", f"a string {problem}")
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _check_depth(key, depth)
+            _check_depth(inner, depth + 1)
+    elif isinstance(value, list):
+        for inner in value:
+            _check_depth(inner, depth + 1)
+
+
+def _exact_int(text: str) -> int:
+    if len(text.lstrip("-")) > 16 or abs(int(text)) > 2**53:
+        raise ManifestError("", f"{text[:40]} is too large an integer")
+    return int(text)
+
+
 def parse_json(content: bytes) -> dict[str, Any]:
     if len(content) > MAX_DOCUMENT_BYTES:
         raise ManifestError("", f"a document is at most {MAX_DOCUMENT_BYTES} bytes")
     try:
-        document = json.loads(
-            content.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ManifestError("", f"not JSON in UTF-8: {error}") from None
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError("", f"not UTF-8: {error}") from None
+    document = load_json(text)
     if not isinstance(document, dict):
         raise ManifestError("", "a manifest is a JSON object")
     return document

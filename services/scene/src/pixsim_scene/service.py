@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 from google.protobuf import field_mask_pb2
@@ -41,6 +42,7 @@ from pixsim_common.errors import (
 from pixsim_common.outbox import Outgoing, collect
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import now_timestamp
+from pixsim_common.validation import violations_of
 from pixsim_scene import domain, interchange, play, twee
 from pixsim_scene import repository as repo
 from pixsim_scene.changes import (
@@ -59,6 +61,7 @@ from pixsim_scene.changes import (
     parse_element,
     parse_scene,
     referenced,
+    variable_to_proto,
     variables_from,
 )
 from pixsim_scene.conditions import Variable
@@ -434,11 +437,13 @@ class SceneService:
                 [FieldViolation("content", str(error), "BAD_DOCUMENT")],
                 reason="BAD_DOCUMENT",
             ) from None
+        scene_id = str(uuid.uuid4())
+        _refuse_unwritable(scene_id, data)
         graph = data.graph
         named = {n.asset_id for n in graph.nodes.values() if n.asset_id}
         owned = await self._owned(named, identity) if named else set()
         scene = Scene(
-            id=str(uuid.uuid4()),
+            id=scene_id,
             owner_id=identity.user_id,
             display_name=display_name or data.display_name,
             description=data.description,
@@ -750,6 +755,38 @@ def _refuse_unplayable(scene: Scene) -> None:
             ],
             reason="SCENE_NOT_PLAYABLE",
         )
+
+
+def _refuse_unwritable(scene_id: str, data: SceneData) -> None:
+    """A document's scene holds to the rules every write does (the protos' and the text
+    PostgreSQL can store, free-JSON bounds among them): each part of it is checked as the
+    message that would write it."""
+    keys = data.keys
+    parts: list[tuple[str, Any]] = [
+        (
+            "scene",
+            pb.Scene(
+                display_name=data.display_name,
+                description=data.description,
+                tags=data.tags,
+                variables=[variable_to_proto(v) for v in data.variables],
+            ),
+        )
+    ]
+    for node in data.graph.nodes.values():
+        parts.append((f"nodes[{keys[node.id]!r}]", node_to_proto(scene_id, node)))
+    for edge in data.graph.edges.values():
+        where = f"connections[{keys[edge.from_id]!r} -> {keys[edge.to_id]!r}]"
+        parts.append((where, edge_to_proto(scene_id, edge)))
+    for where, message in parts:
+        found = violations_of(message)
+        if found:
+            why = f"{where}.{found[0].field}: {found[0].description}"
+            raise InvalidArgument(
+                f"the document does not describe a scene: {why}",
+                [FieldViolation("content", why, "BAD_DOCUMENT")],
+                reason="BAD_DOCUMENT",
+            )
 
 
 def _fitting(files: list[ExportedFile]) -> list[ExportedFile]:

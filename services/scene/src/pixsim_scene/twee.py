@@ -100,8 +100,8 @@ def _header(line: str, number: int) -> Passage:
     metadata = None
     if tail:
         try:
-            metadata = json.loads(tail)
-        except (json.JSONDecodeError, RecursionError):
+            metadata = interchange.load_json(tail)
+        except ManifestError:
             metadata = None  # the spec: warn, discard, and go on
         if not isinstance(metadata, dict):
             metadata = None
@@ -449,8 +449,8 @@ def to_document(content: bytes) -> dict[str, Any]:
     story: dict[str, Any] = {}
     if "StoryData" in by_name:
         try:
-            loaded = json.loads(by_name["StoryData"].text)
-        except json.JSONDecodeError:
+            loaded = interchange.load_json(by_name["StoryData"].text)
+        except ManifestError:
             loaded = {}  # the spec: warn, discard, and go on
         story = loaded if isinstance(loaded, dict) else {}
     ours = story.get("pixsim") if isinstance(story.get("pixsim"), dict) else None
@@ -534,8 +534,19 @@ def _node(passage: Passage, index: int) -> dict[str, Any]:
         "asset": None,
         "order": index,
         "position": [x, y],
-        "metadata": {"title": passage.name, "text": passage.text},
+        "metadata": _kept_text(passage),
     }
+
+
+MAX_TEXT = 4000  # a node's metadata string may hold 4,096 characters
+
+
+def _kept_text(passage: Passage) -> dict[str, Any]:
+    """The passage's name and text, for its author; a long text is cut, and says so."""
+    kept: dict[str, Any] = {"title": passage.name, "text": passage.text[:MAX_TEXT]}
+    if len(passage.text) > MAX_TEXT:
+        kept["text_cut"] = True
+    return kept
 
 
 def _declared(

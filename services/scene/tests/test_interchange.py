@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -221,3 +222,15 @@ def test_the_player_page_keeps_its_data_inside_its_script_element() -> None:
     assert "<script>alert(1)" not in page
     assert page.count("</script>") == 2  # the data's and the player's, nothing else
     assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt; {{style}}" in page
+
+
+def test_a_scene_without_an_ifid_gets_one_of_its_own_shaped_as_twine_makes_them() -> None:
+    made = interchange.ifid_of("6f9f0d4e-5f57-4b0e-9a0a-0d1e2f3a4b5c", "")
+    assert made == interchange.ifid_of("6f9f0d4e-5f57-4b0e-9a0a-0d1e2f3a4b5c", "")
+    assert made != interchange.ifid_of("0e6b5a53-7f0e-4f4e-9d36-2b5f3d0c9a11", "")
+    assert re.fullmatch(
+        r"[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}", made
+    )
+    assert interchange.ifid_of("x", "d674c58c-defa-4f70-b7a2-27742230c0fc") == (
+        "D674C58C-DEFA-4F70-B7A2-27742230C0FC"
+    )

@@ -42,7 +42,12 @@ IFID_NAMESPACE = uuid.UUID("6f1d3c52-7b0e-4a8e-9a55-3c1f0e2d9b47")
 
 
 def ifid_of(scene_id: str, stored: str) -> str:
-    return (stored or str(uuid.uuid5(IFID_NAMESPACE, scene_id))).upper()
+    """The story's IFID: the one it came with, else one made from the scene's id, shaped as
+    the upper-case UUID v4 that Twine makes and Twee compilers check for."""
+    if stored:
+        return stored.upper()
+    made = uuid.UUID(bytes=uuid.uuid5(IFID_NAMESPACE, scene_id).bytes, version=4)
+    return str(made).upper()
 
 
 class ManifestError(ValueError):

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "pixsim.dev"
@@ -23,6 +24,12 @@ class FieldViolation:
     field: str
     description: str
     reason: str = ""
+
+
+def _packed(detail: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
 
 
 class DomainError(Exception):
@@ -47,9 +54,7 @@ class DomainError(Exception):
         info = error_details_pb2.ErrorInfo(
             reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
         )
-        packed = any_pb2.Any()
-        packed.Pack(info)
-        return [packed]
+        return [_packed(info)]
 
     def to_status(self) -> status_pb2.Status:
         return status_pb2.Status(
@@ -81,9 +86,7 @@ class InvalidArgument(DomainError):
                 for v in self.violations
             ]
         )
-        packed = any_pb2.Any()
-        packed.Pack(bad_request)
-        return [*super().details(), packed]
+        return [*super().details(), _packed(bad_request)]
 
 
 class NotFound(DomainError):
@@ -132,9 +135,7 @@ class FailedPrecondition(DomainError):
                 for v in self.violations
             ]
         )
-        packed = any_pb2.Any()
-        packed.Pack(failure)
-        return [*super().details(), packed]
+        return [*super().details(), _packed(failure)]
 
 
 class Aborted(DomainError):
@@ -176,12 +177,10 @@ def internal_status(trace_id: str) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(
         reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"trace_id": trace_id}
     )
-    packed = any_pb2.Any()
-    packed.Pack(info)
     return status_pb2.Status(
         code=code_pb2.INTERNAL,
         message=f"internal error (trace {trace_id})",
-        details=[packed],
+        details=[_packed(info)],
     )
 
 

@@ -86,12 +86,16 @@ def node_to_proto(scene_id: str, node: Node) -> pb.SceneAsset:
     return message
 
 
+def edge_type_to_proto(kind: EdgeType) -> pb.SceneConnection.Type.ValueType:
+    return pb.SceneConnection.Type.Value(f"TYPE_{kind.value}")
+
+
 def edge_to_proto(scene_id: str, edge: Edge) -> pb.SceneConnection:
     message = pb.SceneConnection(
         name=edge_name(scene_id, edge.id),
         from_scene_asset=node_name(scene_id, edge.from_id),
         to_scene_asset=node_name(scene_id, edge.to_id),
-        type=pb.SceneConnection.Type.Value(f"TYPE_{edge.type.value}"),
+        type=edge_type_to_proto(edge.type),
         label=edge.label,
         order=edge.order,
         condition=edge.condition,

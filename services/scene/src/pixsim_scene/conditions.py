@@ -384,6 +384,11 @@ def effect_from_json(data: Mapping[str, object]) -> Effect:
     return Effect(str(data["variable"]), op, float(value) if op is EffectOp.INCREMENT else value)
 
 
+def from_json(value: bool | float | str) -> Value:
+    """A value as JSON gives it back: JSON keeps 3.0 as 3, and a number is a float again."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def as_type(kind: VariableType, value: bool | float | str) -> Value:
     # JSON keeps 3.0 as 3: a number variable's value is a float again.
     if kind is VariableType.NUMBER and not isinstance(value, bool):

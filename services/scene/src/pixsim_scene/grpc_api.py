@@ -19,6 +19,7 @@ from pixsim_scene.changes import (
     Change,
     edge_name,
     edge_to_proto,
+    edge_type_to_proto,
     node_name,
     node_to_proto,
     parse_element,
@@ -77,7 +78,7 @@ def playthrough_to_proto(view: PlaythroughView) -> pb.Playthrough:
         choices=[
             pb.PlaythroughChoice(
                 connection=edge_name(scene_id, e.id),
-                type=pb.SceneConnection.Type.Value(f"TYPE_{e.type.value}"),
+                type=edge_type_to_proto(e.type),
                 label=e.label,
                 to_scene_asset=node_name(scene_id, e.to_id),
             )
@@ -85,7 +86,7 @@ def playthrough_to_proto(view: PlaythroughView) -> pb.Playthrough:
         ],
         variables=[
             pb.PlaythroughVariable(name=v.name, value=value_to_proto(found.values[v.name]))
-            for v in view.variables
+            for v in found.declared
             if v.name in found.values
         ],
         create_time=to_timestamp(found.create_time),

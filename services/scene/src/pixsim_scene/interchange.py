@@ -9,6 +9,7 @@ an import gives them without ties and the next export writes the same bytes.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -356,9 +357,7 @@ def from_manifest(document: Mapping[str, Any], new_id: Callable[[], str]) -> Sce
 
 def _effect(where: str, effect: _Effect) -> Effect:
     op = EffectOp(effect.op)
-    value = effect.value
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)  # a number is a float, however JSON wrote it
+    value = conditions.from_json(effect.value)
     if op is EffectOp.INCREMENT and not isinstance(value, float):
         raise ManifestError(f"{where}.value", "an increment is a number")
     return Effect(effect.variable, op, value)
@@ -387,7 +386,7 @@ def player_html(manifest: Mapping[str, Any], clips: Mapping[str, Mapping[str, st
     data = json.dumps({"manifest": manifest, "clips": clips}, sort_keys=True, ensure_ascii=True)
     # No `<`, `>` or `&` at all: nothing a label says can end or change the script element.
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    title = _escape(str(manifest["scene"]["display_name"]))
+    title = html.escape(str(manifest["scene"]["display_name"]))
     parts = {
         "title": title,
         "style": (package / "player.css").read_text(),
@@ -397,9 +396,3 @@ def player_html(manifest: Mapping[str, Any], clips: Mapping[str, Mapping[str, st
     page = (package / "index.html").read_text()
     # One pass: nothing substituted is read for placeholders again.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], page).encode()
-
-
-def _escape(text: str) -> str:
-    return (
-        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-    )

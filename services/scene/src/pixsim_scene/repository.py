@@ -60,6 +60,7 @@ from pixsim_scene.conditions import (
     Variable,
     effect_from_json,
     effect_to_json,
+    from_json,
     variable_from_json,
     variable_to_json,
 )
@@ -673,9 +674,10 @@ class Playthrough:
     request_id: str | None = None
     create_time: datetime | None = None
     update_time: datetime | None = None
-    # The scene's version now, read with the playthrough: once it is not `scene_version`,
-    # the scene changed under it.
+    # Read with the playthrough from its scene: the scene's version now (once it is not
+    # `scene_version`, the scene changed under it), and its declared variables.
     scene_version_now: int = 0
+    declared: list[Variable] = field(default_factory=list)
 
 
 def _to_playthrough(row: Row[Any]) -> Playthrough:
@@ -693,29 +695,16 @@ def _to_playthrough(row: Row[Any]) -> Playthrough:
         create_time=row.create_time,
         update_time=row.update_time,
         scene_version_now=row.version,
+        declared=[variable_from_json(v) for v in row.declared],
     )
 
 
 def _numbers_as_floats(stored: dict[str, Any]) -> dict[str, Value]:
-    # JSON keeps 3.0 as 3: a number variable's value is a float again.
-    return {
-        name: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        for name, value in stored.items()
-    }
+    return {name: from_json(value) for name, value in stored.items()}
 
 
-async def scene_variables(
-    session: AsyncSession, scene_ids: Iterable[str]
-) -> dict[str, list[Variable]]:
-    """The declared variables of each of these scenes, by scene id."""
-    rows = await session.execute(
-        select(scenes.c.id, scenes.c.variables).where(any_of(scenes.c.id, sorted(set(scene_ids))))
-    )
-    return {row.id: [variable_from_json(v) for v in row.variables] for row in rows}
-
-
-def _with_scene_version() -> Any:
-    return select(playthroughs, scenes.c.version).join(
+def _with_scene() -> Any:
+    return select(playthroughs, scenes.c.version, scenes.c.variables.label("declared")).join(
         scenes, scenes.c.id == playthroughs.c.scene_id
     )
 
@@ -736,7 +725,7 @@ async def insert_playthrough(session: AsyncSession, playthrough: Playthrough) ->
         )
         .on_conflict_do_nothing(index_elements=["owner_id", "request_id"])
     )
-    query = _with_scene_version().where(playthroughs.c.owner_id == playthrough.owner_id)
+    query = _with_scene().where(playthroughs.c.owner_id == playthrough.owner_id)
     if playthrough.request_id is None:
         query = query.where(playthroughs.c.id == playthrough.id)
     else:
@@ -747,7 +736,7 @@ async def insert_playthrough(session: AsyncSession, playthrough: Playthrough) ->
 async def load_playthrough(
     session: AsyncSession, playthrough_id: str, owner_id: str, *, lock: bool = False
 ) -> Playthrough | None:
-    query = _with_scene_version().where(
+    query = _with_scene().where(
         playthroughs.c.id == playthrough_id, playthroughs.c.owner_id == owner_id
     )
     if lock:
@@ -803,7 +792,7 @@ async def list_playthroughs(
     page_token: str,
     page_size: int,
 ) -> tuple[list[Playthrough], str]:
-    query = _with_scene_version().where(playthroughs.c.owner_id == owner_id)
+    query = _with_scene().where(playthroughs.c.owner_id == owner_id)
     if filters.get("scene"):
         query = query.where(playthroughs.c.scene_id == filters["scene"])
     rows, token = await tokens.fetch_page(

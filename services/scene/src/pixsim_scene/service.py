@@ -64,7 +64,6 @@ from pixsim_scene.changes import (
     variable_to_proto,
     variables_from,
 )
-from pixsim_scene.conditions import Variable
 from pixsim_scene.domain import Edge, EdgeType, Node, Rejected
 from pixsim_scene.interchange import ExportedFile, ManifestError, SceneData
 from pixsim_scene.metrics import WRITE_ELEMENTS_LOADED
@@ -230,7 +229,7 @@ class SceneService:
             raise NotFound(f"scenes/{scene_id} does not exist", reason="SCENE_NOT_FOUND")
         asset_ids = {n.asset_id for n in source.graph.nodes.values() if n.asset_id}
         owned = await self._owned(asset_ids, identity) if asset_ids else set()
-        graph, _ = domain.clone(source.graph, lambda: str(uuid.uuid4()), owned.__contains__)
+        graph, _ = domain.clone(source.graph, _fresh_id, owned.__contains__)
         scene = Scene(
             id=str(uuid.uuid4()),
             owner_id=identity.user_id,
@@ -432,11 +431,7 @@ class SceneService:
             else:
                 data = interchange.from_manifest(interchange.parse_json(content), _fresh_id)
         except ManifestError as error:
-            raise InvalidArgument(
-                f"the document does not describe a scene: {error}",
-                [FieldViolation("content", str(error), "BAD_DOCUMENT")],
-                reason="BAD_DOCUMENT",
-            ) from None
+            raise _bad_document(str(error)) from None
         scene_id = str(uuid.uuid4())
         _refuse_unwritable(scene_id, data)
         graph = data.graph
@@ -535,20 +530,19 @@ class SceneService:
 
 @dataclass(frozen=True)
 class Now:
-    """What a playthrough's player has before them: the scene's variables (their order and
-    types), the node playing, and what is offered after it."""
+    """What a playthrough's player has before them: the node playing, and what is offered
+    after it."""
 
-    variables: list[Variable]
     node: Node | None
     offered: list[Edge]
 
 
 @dataclass(frozen=True)
 class PlaythroughView:
-    """A playthrough as its player sees it, with its clip's URL."""
+    """A playthrough as its player sees it (its scene's variables read with it), with its
+    clip's URL."""
 
     playthrough: Playthrough
-    variables: list[Variable]
     choices: list[Edge]
     clip: tuple[str, asset_pb.AssetDownloadUrl | None] | None  # (asset id, its URL)
 
@@ -600,7 +594,7 @@ class PlaythroughService:
             await uow.commit()
         if stored.id != new.id:  # the request id's earlier playthrough
             return await self.get(identity, stored.id)
-        now = Now(scene.variables, scene.graph.nodes[start], offered)
+        now = Now(scene.graph.nodes[start], offered)
         return await self._with_clip(identity, stored, now)
 
     async def get(self, identity: Identity, playthrough_id: str) -> PlaythroughView:
@@ -677,8 +671,7 @@ class PlaythroughService:
         found.state = PlayState.ACTIVE if offered else PlayState.ENDED
         await repo.record_step(session, found.id, step, edge.id)
         await repo.save_playthrough(session, found)
-        variables = await repo.scene_variables(session, [found.scene_id])
-        return Now(variables[found.scene_id], node, offered)
+        return Now(node, offered)
 
     async def list(
         self, identity: Identity, scene_id: str, page_token: str, page_size: int
@@ -693,11 +686,9 @@ class PlaythroughService:
                 page_token=page_token,
                 page_size=page_size,
             )
-            declared = await repo.scene_variables(session, {p.scene_id for p in found})
         for playthrough in found:
             _scene_changed(playthrough)
-        views = [PlaythroughView(p, declared[p.scene_id], [], None) for p in found]
-        return views, token
+        return [PlaythroughView(p, [], None) for p in found], token
 
     async def _load(
         self, session: AsyncSession, identity: Identity, playthrough_id: str, *, lock: bool = False
@@ -711,14 +702,13 @@ class PlaythroughService:
 
     @staticmethod
     async def _now(session: AsyncSession, playthrough: Playthrough) -> Now:
-        variables = await repo.scene_variables(session, [playthrough.scene_id])
         node, leaving = await repo.node_with_outgoing(
             session, playthrough.scene_id, playthrough.current_id
         )
         offered: list[Edge] = []
         if not _scene_changed(playthrough) and playthrough.state is PlayState.ACTIVE:
             offered = play.offered(leaving, playthrough.values)
-        return Now(variables[playthrough.scene_id], node, offered)
+        return Now(node, offered)
 
     async def _with_clip(
         self, identity: Identity, playthrough: Playthrough, now: Now
@@ -727,9 +717,9 @@ class PlaythroughService:
         playthrough shows no clip: its node may not be what it was."""
         node = now.node
         if playthrough.state is PlayState.FAILED or node is None or not node.asset_id:
-            return PlaythroughView(playthrough, now.variables, now.offered, None)
+            return PlaythroughView(playthrough, now.offered, None)
         url = await self._assets.download_url(f"assets/{node.asset_id}", identity.token)
-        return PlaythroughView(playthrough, now.variables, now.offered, (node.asset_id, url))
+        return PlaythroughView(playthrough, now.offered, (node.asset_id, url))
 
 
 def _scene_changed(playthrough: Playthrough) -> bool:
@@ -781,12 +771,15 @@ def _refuse_unwritable(scene_id: str, data: SceneData) -> None:
     for where, message in parts:
         found = violations_of(message)
         if found:
-            why = f"{where}.{found[0].field}: {found[0].description}"
-            raise InvalidArgument(
-                f"the document does not describe a scene: {why}",
-                [FieldViolation("content", why, "BAD_DOCUMENT")],
-                reason="BAD_DOCUMENT",
-            )
+            raise _bad_document(f"{where}.{found[0].field}: {found[0].description}")
+
+
+def _bad_document(why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"the document does not describe a scene: {why}",
+        [FieldViolation("content", why, "BAD_DOCUMENT")],
+        reason="BAD_DOCUMENT",
+    )
 
 
 def _fitting(files: list[ExportedFile]) -> list[ExportedFile]:

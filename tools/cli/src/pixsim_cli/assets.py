@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pixsim.asset.v1 import asset_service_pb2 as pb
 from pixsim.types.v1 import types_pb2
-from pixsim_cli.connection import CliError, Exit, rpc_errors
+from pixsim_cli.connection import CliError, Connection, Exit, rpc_errors
 from pixsim_cli.output import assets_table, console, size
 from pixsim_cli.state import session
 
@@ -88,6 +88,21 @@ def lineage(name: str) -> None:
     out.show(answer, human)
 
 
+def save_content(connection: Connection, name: str, target: Path, variant: str = "") -> int:
+    """Write an asset's bytes (or a variant's), read with ReadAssetContent, to `target`; how
+    many were written."""
+    written = 0
+    with rpc_errors(), target.open("wb") as handle:
+        for part in connection.call(
+            connection.assets.ReadAssetContent,
+            pb.ReadAssetContentRequest(name=name, variant=variant),
+            stream=True,
+        ):
+            handle.write(part.chunk)
+            written += len(part.chunk)
+    return written
+
+
 @app.command()
 def download(
     name: str,
@@ -101,15 +116,7 @@ def download(
     asset = connection.call(connection.assets.GetAsset, pb.GetAssetRequest(name=asset_name(name)))
     extension = "png" if variant == "thumbnail" else asset.storage_uri.rsplit(".", 1)[-1]
     target = out_path or Path(f"{asset.name.removeprefix('assets/')}.{extension}")
-    written = 0
-    with rpc_errors(), target.open("wb") as handle:
-        for part in connection.call(
-            connection.assets.ReadAssetContent,
-            pb.ReadAssetContentRequest(name=asset.name, variant=variant),
-            stream=True,
-        ):
-            handle.write(part.chunk)
-            written += len(part.chunk)
+    written = save_content(connection, asset.name, target, variant)
     out.show(
         {"path": str(target), "bytes": written},
         lambda: console.print(f"wrote {size(written)} to {target}"),

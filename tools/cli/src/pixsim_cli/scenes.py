@@ -9,9 +9,9 @@ import typer
 from google.protobuf import field_mask_pb2
 from rich.table import Table
 
-from pixsim.asset.v1 import asset_service_pb2 as asset_pb
 from pixsim.scene.v1 import scene_service_pb2 as pb
-from pixsim_cli.connection import CliError, Exit, rpc_errors
+from pixsim_cli.assets import save_content
+from pixsim_cli.connection import CliError, Exit
 from pixsim_cli.output import console
 from pixsim_cli.state import session
 
@@ -319,13 +319,7 @@ def export(
         path = _inside(target, file.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if file.asset:
-            with rpc_errors(), path.open("wb") as handle:
-                for part in connection.call(
-                    connection.assets.ReadAssetContent,
-                    asset_pb.ReadAssetContentRequest(name=file.asset),
-                    stream=True,
-                ):
-                    handle.write(part.chunk)
+            save_content(connection, file.asset, path)
         else:
             path.write_bytes(file.content)
         written.append(str(path))

@@ -20,6 +20,7 @@ from typing import Any
 
 from google.api import annotations_pb2
 from google.rpc import status_pb2
+from google.type import money_pb2
 
 PROTOVALIDATE_MODULE = "github.com/bufbuild/protovalidate"
 PROTOVALIDATE_VERSION = "v1.2.2"
@@ -41,9 +42,9 @@ DESCRIPTOR_SET = ROOT / "deploy" / "edge" / "pixsim.binpb"
 
 
 def gather_dependencies() -> None:
-    """Copy google/api, google/rpc and buf/validate protos into build/protodeps."""
+    """Copy google/api, google/rpc, google/type and buf/validate protos into build/protodeps."""
     shutil.rmtree(DEPS, ignore_errors=True)
-    for package in (annotations_pb2, status_pb2):
+    for package in (annotations_pb2, status_pb2, money_pb2):
         source = Path(package.__file__).parent
         target = DEPS / "google" / source.name
         target.mkdir(parents=True)

@@ -14,6 +14,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import field_mask_pb2
+from google.type import money_pb2
 
 from pixsim.asset.v1 import asset_service_pb2 as asset_pb
 from pixsim.job.v1 import job_service_pb2 as job_pb
@@ -178,6 +179,36 @@ def catalog(o: Objects) -> list[Rpc]:
             lambda: job_pb.ListWebhookDeliveriesRequest(job=o.job),
         ),
         Rpc("jobs", "GetJob", lambda: job_pb.GetJobRequest(name=o.job)),
+        Rpc(
+            "jobs",
+            "GetUsage",
+            lambda: job_pb.GetUsageRequest(user="users/alice"),
+            as_bob=CODES.PERMISSION_DENIED,  # another user's usage is an admin's to read
+        ),
+        Rpc(
+            "jobs",
+            "GetBudget",
+            lambda: job_pb.GetBudgetRequest(name="users/alice/budget"),
+            as_bob=CODES.PERMISSION_DENIED,
+        ),
+        Rpc(
+            "jobs",
+            "SetBudget",
+            lambda: job_pb.SetBudgetRequest(
+                budget=job_pb.Budget(
+                    name="users/alice/budget",
+                    period=job_pb.Budget.PERIOD_DAY,
+                    limit=money_pb2.Money(currency_code="USD", units=100),
+                )
+            ),
+            admin=True,
+        ),
+        Rpc(
+            "jobs",
+            "DeleteBudget",
+            lambda: job_pb.DeleteBudgetRequest(name="users/nobody/budget"),
+            admin=True,
+        ),
         Rpc("jobs", "ListJobs", lambda: job_pb.ListJobsRequest(), as_bob=None),
         Rpc("jobs", "CancelJob", lambda: job_pb.CancelJobRequest(name=o.job)),
         Rpc("jobs", "RetryJob", lambda: job_pb.RetryJobRequest(name=o.job)),
@@ -238,6 +269,16 @@ def catalog(o: Objects) -> list[Rpc]:
                 )
             ),
             admin=True,
+        ),
+        Rpc(
+            "gateway",
+            "EstimateCost",
+            lambda: gw_pb.EstimateCostRequest(
+                provider="providers/runway",
+                operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+                prompt="a cat",
+            ),
+            as_bob=None,  # names nothing of anyone's
         ),
         Rpc("gateway", "GetAccount", lambda: gw_pb.GetAccountRequest(name=o.account), admin=True),
         Rpc("gateway", "ListAccounts", lambda: gw_pb.ListAccountsRequest(), admin=True),

@@ -264,7 +264,8 @@ def test_every_topic_and_its_dead_letter_twin_is_declared(
     declared = of_kind(objects, "KafkaTopic")
     expected = {t.name for t in topics.ALL_TOPICS} | {t.dlq for t in topics.ALL_TOPICS}
     assert set(declared) == expected
-    assert len(topics.ALL_TOPICS) == 10  # DESIGN.md's nine and generation.queued (decision 89)
+    # DESIGN.md's nine, generation.queued (decision 89) and generation.settled (decision 112)
+    assert len(topics.ALL_TOPICS) == 11
     for topic in declared.values():
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "pixsim"
         assert topic["spec"]["replicas"] == (1 if overlay == "dev" else 3)

@@ -67,6 +67,9 @@ async def test_root_fields_read_as_the_methods_they_call(graphql: GraphQLEdge) -
         "exportScene",
         "getPlaythrough",
         "listPlaythroughs",
+        "getUsage",
+        "getBudget",
+        "estimateCost",
     } <= roots["queryType"]
     assert {
         "createJob",
@@ -76,6 +79,8 @@ async def test_root_fields_read_as_the_methods_they_call(graphql: GraphQLEdge) -
         "importScene",
         "startPlaythrough",
         "choose",
+        "setBudget",
+        "deleteBudget",
     } <= roots["mutationType"]
     assert "watchJob" in roots["subscriptionType"]
     # Reads never change anything, and nothing that changes something is a query.

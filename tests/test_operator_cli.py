@@ -3,6 +3,7 @@ drains and enables an account; an author builds a scene with state, checks it an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -191,3 +192,55 @@ async def test_an_author_imports_a_twine_story_attaching_clips_and_exports_it_to
         "copy",
         ["Exit"],
     )
+
+
+async def test_a_user_runs_a_job_and_sees_what_it_cost_in_their_usage(
+    whole_stack: WholeStack,
+) -> None:
+    stack = whole_stack
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    pixsim(
+        stack,
+        *("job", "create", "--provider", "runway", "--operation", "text-to-video"),
+        *("--prompt", "a lighthouse at dusk", "--wait"),
+        user=user,
+    )
+    (job,) = pixsim(stack, "job", "list", user=user)["jobs"]
+    assert job["state"] == "STATE_COMPLETED"
+    for _ in range(100):  # its cost and its asset come on different topics
+        if job.get("cost", {}).get("final"):
+            break
+        await asyncio.sleep(0.1)
+        job = pixsim(stack, "job", "get", job["name"], user=user)
+    # Runway reports a task's cost: the simulator charges what the adapter estimates (5 s
+    # at 5 credits a second), at the price table's $0.01 a credit.
+    settled = job["cost"]["settled"]
+    assert (settled["credits"], settled["price"]) == (
+        "25",
+        {"currencyCode": "USD", "nanos": 250000000},
+    )
+    usage = pixsim(stack, "usage", user=user)
+    (row,) = usage["rows"]
+    assert (row["providerId"], row["operationType"], row["jobs"]) == (
+        "runway",
+        "OPERATION_TYPE_TEXT_TO_VIDEO",
+        "1",
+    )
+    assert usage["totalPrice"] == {"currencyCode": "USD", "nanos": 250000000}
+    # An operator (signing locally, so with the admin role) reads anyone's.
+    assert pixsim(stack, "usage", "--of", user)["rows"] == usage["rows"]
+
+    # With a daily budget of $0.30, $0.25 is spent: the next $0.25 job is refused.
+    budget = pixsim(stack, "budget", "set", user, "--limit", "0.30", "--period", "day")
+    assert budget["remaining"] == {"currencyCode": "USD", "nanos": 50000000}
+    refused = pixsim_failing(
+        stack,
+        *("job", "create", "--provider", "runway", "--operation", "text-to-video"),
+        *("--prompt", "another lighthouse"),
+        user=user,
+        exit_code=8,
+    )
+    assert "RESOURCE_EXHAUSTED" in refused
+    assert "remaining: $0.05" in refused
+    assert pixsim(stack, "budget", "get", user=user)["spent"]["nanos"] == 250000000
+    pixsim(stack, "budget", "clear", user)

@@ -17,6 +17,7 @@ from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
 from pixsim_common.cloudevents import encode_headers, event_headers
+from pixsim_common.timestamps import now_timestamp
 from pixsim_local.kafka import partitions_of, produce_raw, publish_events
 from pixsim_local.whole_stack import WholeStack
 
@@ -51,6 +52,19 @@ CONSUMED: dict[topics.Topic, tuple[tuple[str, ...], Callable[[str], Message]]] =
             user_id="nobody",
             provider_id="pika",
             error_code=t.GENERATION_ERROR_CODE_TRANSIENT,
+        ),
+    ),
+    topics.GENERATION_SETTLED: (
+        ("job",),
+        lambda i: events_pb2.GenerationSettled(
+            job_id=i,
+            user_id="nobody",
+            submission_id=str(uuid.uuid4()),
+            provider_id="pika",
+            operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+            cost=t.Cost(credits=1),
+            billing=t.BILLING_ESTIMATED,
+            settle_time=now_timestamp(),
         ),
     ),
     # The asset service stores the result; the job service takes the provider's end time.

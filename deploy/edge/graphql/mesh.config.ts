@@ -38,7 +38,7 @@ export const composeConfig = defineConfig({
     sourceHandler: loadGrpcSubgraph(subgraph, {
       endpoint: `{env.${address}}`,
       // Reads are queries; a watch is a subscription; everything else changes something.
-      prefixQueryMethod: ['get', 'list', 'batchget', 'validate', 'read', 'download', 'export'],
+      prefixQueryMethod: ['get', 'list', 'batchget', 'validate', 'read', 'download', 'export', 'estimate'],
       selectQueryOrMutationField: [{ fieldName: '*_WatchJob', type: 'Subscription' }],
       // The caller's token is passed on; the services verify it.
       metaData: { authorization: '{context.headers.authorization}' },

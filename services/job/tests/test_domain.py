@@ -14,6 +14,7 @@ from pixsim_job.domain import (
     Fact,
     GenerationFailed,
     GenerationFinished,
+    GenerationSettled,
     GenerationStarted,
     IllegalTransition,
     Job,
@@ -176,3 +177,19 @@ def test_timings_come_in_any_order_and_the_overhead_is_what_the_provider_did_not
     # Repeats change nothing.
     assert not job.learn(GenerationFinished(0, stored), stored)
     assert not job.learn(GenerationStarted(0, stored, stored), stored)
+
+
+def test_costs_add_up_over_every_run_and_only_the_latest_runs_last_attempt_is_final() -> None:
+    job = Job.submit(user_id="alice", operation_type=1, provider_id="runway", request={})
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    assert job.learn(GenerationSettled(0, 0, 0, final=False), now)  # a refused submit
+    assert job.learn(GenerationSettled(0, 25, 250_000, final=True), now)
+    assert (job.settled_credits, job.settled_micros, job.cost_final) == (25, 250_000, True)
+    job.learn(GenerationFailed(0, "TRANSIENT", "x"), now)
+    job.retry(now)
+    assert job.cost_final is False  # a new run, not settled yet
+    # A late settlement of the first run still counts, but does not settle the second.
+    job.learn(GenerationSettled(0, 5, 50_000, final=True), now)
+    assert (job.settled_credits, job.settled_attempts, job.cost_final) == (30, 3, False)
+    job.learn(GenerationSettled(1, 25, 250_000, final=True), now)
+    assert (job.settled_credits, job.settled_micros, job.cost_final) == (55, 550_000, True)

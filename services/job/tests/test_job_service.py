@@ -17,6 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
+from google.type import date_pb2, money_pb2
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
@@ -31,6 +32,8 @@ from pixsim_common.app import ServiceApp
 from pixsim_common.auth import issue_token
 from pixsim_common.db import run_migrations
 from pixsim_common.errors import status_details
+from pixsim_common.money import micros_of
+from pixsim_common.timestamps import now_timestamp
 from pixsim_job import main as job_main
 from pixsim_job.settings import Settings as JobSettings
 from pixsim_local.kafka import EventTap, KafkaBroker, publish_events
@@ -51,6 +54,8 @@ class Stack:
     database: ServiceDatabase
     alice: tuple[tuple[str, str], ...]
     bob: tuple[tuple[str, str], ...]
+    admin: tuple[tuple[str, str], ...]
+    auth: Any
 
     async def create(
         self,
@@ -155,7 +160,14 @@ async def stack(
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{jobs.port}") as channel:
         yield Stack(
-            pb_grpc.JobServiceStub(channel), tap, own_kafka, job_db, auth("alice"), auth("bob")
+            pb_grpc.JobServiceStub(channel),
+            tap,
+            own_kafka,
+            job_db,
+            auth("alice"),
+            auth("bob"),
+            admin,
+            auth,
         )
     await tap.stop()
     await jobs.stop()
@@ -623,3 +635,211 @@ async def test_fallbacks_are_checked_against_their_providers_and_travel_with_the
     assert [f.provider_id for f in submitted.fallbacks] == ["runway", "pika"]
     again = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.alice)
     assert list(again.fallbacks) == list(job.fallbacks)
+
+
+async def usage_today(stack: Stack, metadata: Any) -> tuple[int, int, int]:
+    """Jobs, credits and micros of today's PixVerse text-to-video usage."""
+    usage = await stack.jobs.GetUsage(pb.GetUsageRequest(), metadata=metadata)
+    rows = [
+        row
+        for row in usage.rows
+        if (row.provider_id, row.operation_type) == ("pixverse", t.OPERATION_TYPE_TEXT_TO_VIDEO)
+        and (row.date.year, row.date.month, row.date.day)
+        == (usage.end_date.year, usage.end_date.month, usage.end_date.day)
+    ]
+    return (
+        sum(r.jobs for r in rows),
+        sum(r.cost.credits for r in rows),
+        sum(micros_of(r.cost.price) for r in rows),
+    )
+
+
+async def test_a_completed_job_reports_what_it_cost_and_its_owners_usage_counts_it(
+    stack: Stack,
+) -> None:
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    auth = stack.auth(user)
+    before = await usage_today(stack, auth)
+    job = await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job("costed")), metadata=auth)
+    job_id = job.name.removeprefix("jobs/")
+    await stack.tap.wait_for(topics.GENERATION_SETTLED.name, job_id)
+    asset_id = str(uuid.uuid4())
+    await stack.publish(
+        topics.ASSET_CREATED,
+        asset_id,
+        events_pb2.AssetCreated(asset_id=asset_id, user_id=user, job_id=job_id),
+    )
+    for _ in range(200):  # the settlement and the asset come on different topics
+        done = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=auth)
+        if done.cost.final and done.state == pb.Job.STATE_COMPLETED:
+            break
+        await asyncio.sleep(0.05)
+    # PixVerse reports no cost: a 5 s clip is the adapter's 45 credits, at $0.004 a credit.
+    assert (done.cost.settled.credits, done.cost.settled_attempts, done.cost.final) == (45, 1, True)
+    assert micros_of(done.cost.settled.price) == 180_000
+    assert done.cost.settled.price.currency_code == "USD"
+    jobs, credits, micros = await usage_today(stack, auth)
+    assert (jobs - before[0], credits - before[1], micros - before[2]) == (1, 45, 180_000)
+    spent = REGISTRY.get_sample_value(
+        "pixsim_job_spend_usd_total", {"user": user, "provider": "pixverse"}
+    )
+    assert spent is not None
+    assert spent >= 0.18
+
+
+async def test_usage_is_the_callers_own_unless_they_are_an_admin(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.jobs.GetUsage(pb.GetUsageRequest(user="users/alice"), metadata=stack.bob)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    someone = f"idle-{uuid.uuid4().hex[:8]}"
+    mine = await stack.jobs.GetUsage(pb.GetUsageRequest(), metadata=stack.auth(someone))
+    assert (mine.user, list(mine.rows), mine.total_jobs) == (f"users/{someone}", [], 0)
+    theirs = await stack.jobs.GetUsage(
+        pb.GetUsageRequest(user=f"users/{someone}"), metadata=stack.admin
+    )
+    assert theirs.user == f"users/{someone}"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.jobs.GetUsage(
+            pb.GetUsageRequest(start_date=date_pb2.Date(year=2026, month=13, day=1)),
+            metadata=stack.alice,
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (violation,) = status_details(raised.value)["BadRequest"].field_violations
+    assert violation.field == "start_date"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.jobs.GetUsage(
+            pb.GetUsageRequest(
+                start_date=date_pb2.Date(year=2020, month=1, day=1),
+                end_date=date_pb2.Date(year=2026, month=1, day=1),
+            ),
+            metadata=stack.alice,
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_crafted_cost_changes_no_job_and_no_usage(stack: Stack) -> None:
+    """A settlement with a cost past any real one, in another currency, or for another
+    user's job, is poison: it goes to the dead letters and counts nowhere."""
+    job = await stack.create(prompt="slow [sim:finish_ms=600000]")
+    job_id = job.name.removeprefix("jobs/")
+    before = await usage_today(stack, stack.alice)
+
+    def settled(user: str, units: int, currency: str = "USD") -> events_pb2.GenerationSettled:
+        return events_pb2.GenerationSettled(
+            job_id=job_id,
+            user_id=user,
+            submission_id=str(uuid.uuid4()),
+            provider_id="pixverse",
+            operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO,
+            cost=t.Cost(credits=1, price=money_pb2.Money(currency_code=currency, units=units)),
+            billing=t.BILLING_REPORTED,
+            settle_time=now_timestamp(),
+        )
+
+    crafted = (
+        (settled("alice", 2**62), b"BAD_COST"),
+        (settled("alice", 1, "EUR"), b"BAD_COST"),
+        (settled("alice", -1), b"BAD_COST"),
+        (settled("bob", 1), b"OWNER_MISMATCH"),
+    )
+    for count, (event, reason) in enumerate(crafted, start=1):
+        await stack.publish(topics.GENERATION_SETTLED, job_id, event)
+        dead = await stack.tap.wait_for(topics.GENERATION_SETTLED.dlq, job_id, count=count)
+        assert dict(dead[-1].headers)["pixsim_error_reason"] == reason
+    unchanged = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.alice)
+    assert (unchanged.cost.settled.credits, unchanged.cost.settled_attempts) == (0, 0)
+    assert await usage_today(stack, stack.alice) == before
+
+
+def dollars_money(cents: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="USD", units=cents // 100, nanos=(cents % 100) * 10**7)
+
+
+async def budgeted_user(stack: Stack, cents: int) -> tuple[str, Any]:
+    """A new user with a daily budget of `cents`, and their credentials."""
+    user = f"budgeted-{uuid.uuid4().hex[:8]}"
+    budget = pb.Budget(
+        name=f"users/{user}/budget", period=pb.Budget.PERIOD_DAY, limit=dollars_money(cents)
+    )
+    await stack.jobs.SetBudget(pb.SetBudgetRequest(budget=budget), metadata=stack.admin)
+    return user, stack.auth(user)
+
+
+def pixverse_job(prompt: str = "a cat [sim:finish_ms=600000]") -> pb.Job:
+    return pb.Job(
+        provider_id="pixverse", operation_type=t.OPERATION_TYPE_TEXT_TO_VIDEO, prompt=prompt
+    )
+
+
+async def test_a_job_past_its_owners_budget_is_refused_with_what_remains(stack: Stack) -> None:
+    # PixVerse's 5 s clip is estimated at 45 credits, $0.18: two fit in $0.50, a third not.
+    user, auth = await budgeted_user(stack, 50)
+    first = await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job()), metadata=auth)
+    assert (first.cost.estimated.credits, micros_of(first.cost.estimated.price)) == (45, 180_000)
+    await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job()), metadata=auth)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job()), metadata=auth)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = status_details(raised.value)
+    info = details["ErrorInfo"]
+    assert info.reason == "BUDGET_EXCEEDED"
+    assert (info.metadata["remaining"], info.metadata["remaining_micros"]) == ("$0.14", "140000")
+    assert (info.metadata["estimate"], info.metadata["period"]) == ("$0.18", "DAY")
+    (quota,) = details["QuotaFailure"].violations
+    assert quota.subject == f"users/{user}/budget"
+
+    budget = await stack.jobs.GetBudget(
+        pb.GetBudgetRequest(name=f"users/{user}/budget"), metadata=auth
+    )
+    standing = [micros_of(m) for m in (budget.spent, budget.held, budget.remaining)]
+    assert sum(standing[:2]) == 360_000  # held, or spent once settled
+    assert standing[2] == 140_000
+    # A batch takes what fits and refuses the rest, item by item.
+    await stack.jobs.SetBudget(
+        pb.SetBudgetRequest(
+            budget=pb.Budget(
+                name=f"users/{user}/budget",
+                period=pb.Budget.PERIOD_DAY,
+                limit=dollars_money(54),
+            )
+        ),
+        metadata=stack.admin,
+    )
+    batch = await stack.jobs.BatchCreateJobs(
+        pb.BatchCreateJobsRequest(
+            requests=[pb.CreateJobRequest(job=pixverse_job()) for _ in range(2)]
+        ),
+        metadata=auth,
+    )
+    outcomes = sorted(str(r.WhichOneof("result")) for r in batch.results)
+    assert outcomes == ["error", "job"]
+    (refused,) = [r.error for r in batch.results if r.HasField("error")]
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    # Without a budget nothing is refused for cost.
+    await stack.jobs.DeleteBudget(
+        pb.DeleteBudgetRequest(name=f"users/{user}/budget"), metadata=stack.admin
+    )
+    await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job()), metadata=auth)
+
+
+async def test_50_concurrent_creates_never_commit_more_than_the_budget(stack: Stack) -> None:
+    # $1.00 holds five jobs at $0.18 ($0.90); a sixth would be $1.08.
+    user, auth = await budgeted_user(stack, 100)
+
+    async def create() -> grpc.StatusCode:
+        try:
+            await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job()), metadata=auth)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    answers = await asyncio.gather(*(create() for _ in range(50)))
+    assert sorted(a.name for a in answers) == ["OK"] * 5 + ["RESOURCE_EXHAUSTED"] * 45
+    connection = await asyncpg.connect(stack.database.url)
+    try:
+        committed = await connection.fetchval(
+            "SELECT sum(estimated_micros) FROM jobs WHERE user_id = $1", user
+        )
+    finally:
+        await connection.close()
+    assert committed == 900_000

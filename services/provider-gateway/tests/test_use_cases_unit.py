@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from types import SimpleNamespace, TracebackType
 from typing import Any, Self
 
@@ -20,7 +21,11 @@ from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher, new_key
 from pixsim_provider_gateway.domain import (
     LEGAL,
+    NOT_BILLED,
     AccountState,
+    AlreadySettled,
+    Billing,
+    Charge,
     Circuit,
     CircuitPolicy,
     Completed,
@@ -32,11 +37,15 @@ from pixsim_provider_gateway.domain import (
     ProviderGate,
     Queued,
     RetryPolicy,
+    Settled,
     Started,
     Submission,
     SubmissionEvent,
     SubmissionState,
+    Unsettled,
+    charged,
     check_transition,
+    price_micros,
 )
 from pixsim_provider_gateway.providers.base import (
     Capabilities,
@@ -61,6 +70,8 @@ from pixsim_provider_gateway.service.callbacks import Heard
 # What the table's server defaults give a new submission row.
 _ROW_DEFAULTS: dict[str, Any] = {c.name: None for c in repo.submissions.c} | {
     "reserved_credits": 0,
+    "credit_price_micros": 0,
+    "billing": "",
     "error_code": "",
     "error_message": "",
     "poll_count": 0,
@@ -226,6 +237,8 @@ class FakeSubmissions:
         row = self._store.rows[attempt.id]
         if row["state"] != attempt.loaded_state:
             raise repo.StaleSubmission(attempt.id)
+        if "settle_time" in attempt.changes and row["settle_time"] is not None:
+            raise repo.StaleSubmission(attempt.id)
         row |= {name: self._store.clock.resolve(v) for name, v in attempt.changes.items()}
         attempt.stored(dict(row))
         self._raised += attempt.take_events()
@@ -334,6 +347,7 @@ class ScriptedProvider:
     def __init__(self, provider_id: str = "pika") -> None:
         self.provider_id = provider_id
         self.can_cancel = True
+        self.bills_failures = True
         self.submits: list[GenerationResult | ProviderError] = []
         self.statuses: list[ProviderStatusResult] = []
         self.calls: list[str] = []
@@ -347,6 +361,13 @@ class ScriptedProvider:
 
     def estimate_cost(self, payload: Mapping[str, Any]) -> int:
         return 10
+
+    def charge(self, status: ProviderStatusResult, reserved: int) -> Charge:
+        # Like Runway (what it reports, else the estimate), or like fal (`bills_failures`
+        # off: a task that ends without a result is not billed).
+        if status.state is TaskState.SUCCEEDED or self.bills_failures:
+            return charged(status.cost, reserved)
+        return NOT_BILLED
 
     async def execute(
         self,
@@ -390,7 +411,10 @@ class Gateway:
         self.cipher = CredentialCipher(f"k1:{new_key()}")
         self.service = ProviderService(
             None,  # type: ignore[arg-type]  # every unit of work is a fake one
-            ProviderRegistry({"pika": self.provider, "runway": self.fallback}),
+            ProviderRegistry(
+                {"pika": self.provider, "runway": self.fallback},
+                credit_prices={"pika": Decimal("0.25"), "runway": Decimal("0.01")},
+            ),
             self.cipher,
             policy,
             replica_id="replica-1",
@@ -492,7 +516,7 @@ async def test_an_attempt_is_sent_followed_and_completed_with_its_events_at_comm
         gateway.store.accounts[account]["credits"],
     ) == (0, 993)
     kinds = [type(e) for e in gateway.store.published]
-    assert kinds == [Queued, Started, Completed]
+    assert kinds == [Queued, Started, Settled, Completed]
     (completed,) = gateway.published(Completed)
     assert completed.output == VIDEO  # type: ignore[attr-defined]
     assert gateway.provider.calls == ["submit key-0", "status task-1", "status task-1"]
@@ -968,3 +992,133 @@ async def test_a_passed_over_attempt_has_its_new_providers_whole_retry_budget(
         ("runway", S.WAITING),  # a retry on runway, not RETRIES_EXHAUSTED
     ]
     assert gateway.published(Failed) == []
+
+
+# ---- what attempts cost: settled once, by the provider's rule (docs/costs.md)
+
+
+def settlements(gateway: Gateway, job_id: str) -> list[tuple[int | None, int | None, str, bool]]:
+    """Each attempt's (credits, micros, billing), with whether its Settled was final."""
+    finals = {e.attempt.id: e.final for e in gateway.published(Settled)}  # type: ignore[attr-defined]
+    return [
+        (row["settled_credits"], row["settled_micros"], row["billing"], finals[row["id"]])
+        for row in gateway.store.attempts_of(job_id)
+    ]
+
+
+async def sent_and_ended(gateway: Gateway, end: ProviderStatusResult) -> str:
+    """A job sent to the scripted provider, whose task then ends as `end`: the job's id."""
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [GenerationResult("task-1")]
+    await gateway.service.dispatch_once(10)
+    gateway.provider.statuses = [end]
+    gateway.store.clock.advance(2)
+    await gateway.service.poll_once(10)
+    return job_id
+
+
+async def test_a_completed_attempt_costs_what_the_provider_reported_at_the_reserved_price(
+    gateway: Gateway,
+) -> None:
+    gateway.account()
+    ended = ProviderStatusResult(TaskState.SUCCEEDED, outputs=(VIDEO,), cost=7)
+    job_id = await sent_and_ended(gateway, ended)
+    # 7 credits at $0.25: $1.75, in millionths; the only attempt, so the run's last.
+    assert settlements(gateway, job_id) == [(7, 1_750_000, "REPORTED", True)]
+    (row,) = gateway.store.attempts_of(job_id)
+    assert row["reserved_credits"] == 10
+
+
+async def test_a_completed_attempt_whose_provider_reports_no_cost_costs_the_estimate(
+    gateway: Gateway,
+) -> None:
+    gateway.account()
+    ended = ProviderStatusResult(TaskState.SUCCEEDED, outputs=(VIDEO,))
+    job_id = await sent_and_ended(gateway, ended)
+    assert settlements(gateway, job_id) == [(10, 2_500_000, "ESTIMATED", True)]
+
+
+async def test_a_refused_submit_costs_nothing_and_its_retry_settles_on_its_own(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [ProviderError(ErrorKind.TRANSIENT, "502"), GenerationResult("t")]
+    await gateway.service.dispatch_once(10)
+    gateway.store.clock.advance(POLICY.retry_base_seconds + 0.01)
+    await gateway.service.dispatch_once(10)
+    gateway.provider.statuses = [
+        ProviderStatusResult(TaskState.SUCCEEDED, outputs=(VIDEO,), cost=9)
+    ]
+    gateway.store.clock.advance(2)
+    await gateway.service.poll_once(10)
+    assert settlements(gateway, job_id) == [
+        (0, 0, "NOT_BILLED", False),  # a retry follows it: not the run's last
+        (9, 2_250_000, "REPORTED", True),
+    ]
+    assert gateway.ledger(account) == (0, 991)
+
+
+async def test_a_failure_the_provider_does_not_bill_gives_the_reservation_back(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    gateway.provider.bills_failures = False
+    rejected = ProviderError(ErrorKind.CONTENT_REJECTED, "content_policy_violation")
+    job_id = await sent_and_ended(gateway, ProviderStatusResult(TaskState.FAILED, error=rejected))
+    assert settlements(gateway, job_id) == [(0, 0, "NOT_BILLED", True)]
+    assert gateway.ledger(account) == (0, 1000)
+
+
+async def test_moderation_a_provider_bills_is_settled_as_spent(gateway: Gateway) -> None:
+    account = gateway.account()
+    rejected = ProviderError(ErrorKind.CONTENT_REJECTED, "SAFETY.OUTPUT.VIDEO")
+    job_id = await sent_and_ended(gateway, ProviderStatusResult(TaskState.FAILED, error=rejected))
+    assert settlements(gateway, job_id) == [(10, 2_500_000, "ESTIMATED", True)]
+    assert gateway.ledger(account) == (0, 990)
+
+
+async def test_an_attempt_whose_outcome_is_unknown_is_assumed_spent_and_its_retry_follows(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    (row,) = gateway.store.attempts_of(job_id)
+    row |= {"state": S.SUBMITTING, "account_id": account, "reserved_credits": 10}
+    row |= {"credit_price_micros": 250_000}
+    row["lease_until"] = gateway.store.clock.now - timedelta(seconds=1)
+    gateway.store.accounts[account] |= {"in_flight": 1, "credits": 990}
+    await gateway.service.recover_once()
+    first, _ = gateway.store.attempts_of(job_id)
+    assert (first["settled_credits"], first["billing"]) == (10, "ASSUMED")
+    (settled,) = gateway.published(Settled)
+    assert settled.final is False  # type: ignore[attr-defined]
+
+
+async def test_an_attempt_never_sent_settles_at_nothing_when_it_ends(gateway: Gateway) -> None:
+    job_id = await gateway.submitted(start_deadline_at=gateway.store.clock.now)
+    gateway.store.clock.advance(1)
+    assert await gateway.service.expire_once() == 1
+    assert settlements(gateway, job_id) == [(0, 0, "NOT_BILLED", True)]
+
+
+def test_an_attempt_is_settled_once_and_never_ends_unsettled() -> None:
+    attempt = Submission(
+        {
+            "id": "s1",
+            "state": "RUNNING",
+            "credit_price_micros": 10,
+            "reserved_credits": 5,
+            "provider_job_id": "t",
+        }
+    )
+    with pytest.raises(Unsettled):
+        attempt.cancel()
+    attempt.settle(Charge(5, Billing.ASSUMED))
+    with pytest.raises(AlreadySettled):
+        attempt.settle(NOT_BILLED)
+    attempt.cancel()
+    assert (attempt.settled_credits, attempt.settled_micros) == (5, 50)
+    # A crafted provider answer cannot make a cost negative or past an int64 of micros.
+    assert price_micros(-3, 10) == 0
+    assert price_micros(2**80, 2**80) < 2**63

@@ -156,8 +156,33 @@ class PermissionDenied(DomainError):
 
 
 class ResourceExhausted(DomainError):
+    """A limit is reached; `quota`: (subject, description) of each quota in the way, carried
+    as `google.rpc.QuotaFailure`."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        quota: Iterable[tuple[str, str]] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.quota = list(quota)
+
+    def details(self) -> list[any_pb2.Any]:
+        if not self.quota:
+            return super().details()
+        failure = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=s, description=d)
+                for s, d in self.quota
+            ]
+        )
+        return [*super().details(), _packed(failure)]
 
 
 class OutOfRange(DomainError):
@@ -185,8 +210,8 @@ def internal_status(trace_id: str) -> status_pb2.Status:
 
 
 def status_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    """The `ErrorInfo`, `BadRequest` and `PreconditionFailure` a failed call carried, by type
-    name (for clients)."""
+    """The `ErrorInfo`, `BadRequest`, `PreconditionFailure` and `QuotaFailure` a failed call
+    carried, by type name (for clients)."""
     from grpc_status import rpc_status
 
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
@@ -196,6 +221,7 @@ def status_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
             error_details_pb2.ErrorInfo,
             error_details_pb2.BadRequest,
             error_details_pb2.PreconditionFailure,
+            error_details_pb2.QuotaFailure,
         ):
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()

@@ -44,6 +44,7 @@ GENERATION_STARTED = Topic("pixsim.generation.started.v1", events_pb2.Generation
 GENERATION_COMPLETED = Topic("pixsim.generation.completed.v1", events_pb2.GenerationCompleted)
 GENERATION_FAILED = Topic("pixsim.generation.failed.v1", events_pb2.GenerationFailed)
 GENERATION_QUEUED = Topic("pixsim.generation.queued.v1", events_pb2.GenerationQueued)
+GENERATION_SETTLED = Topic("pixsim.generation.settled.v1", events_pb2.GenerationSettled)
 ASSET_CREATED = Topic("pixsim.asset.created.v1", events_pb2.AssetCreated)
 ASSET_DELETED = Topic("pixsim.asset.deleted.v1", events_pb2.AssetDeleted)
 SCENE_UPDATED = Topic("pixsim.scene.updated.v1", events_pb2.SceneUpdated)
@@ -56,6 +57,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     GENERATION_COMPLETED,
     GENERATION_FAILED,
     GENERATION_QUEUED,
+    GENERATION_SETTLED,
     ASSET_CREATED,
     ASSET_DELETED,
     SCENE_UPDATED,

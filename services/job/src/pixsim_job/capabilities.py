@@ -5,6 +5,7 @@ against a provider's capabilities (pure)."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as gw_grpc
 from pixsim.types.v1 import types_pb2
 from pixsim_common.clients import bearer, from_peer
 from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from pixsim_common.money import micros_of
 
 
 class ProviderCatalog:
@@ -45,6 +47,49 @@ class ProviderCatalog:
             raise from_peer(error, "provider gateway") from error
         self._cache[provider_id] = (time.monotonic(), provider)
         return provider
+
+
+class CostEstimates:
+    """`EstimateCost` answers: a job's estimate in its provider's credits and in micros,
+    cached for `ttl` seconds by what an estimate depends on (provider, operation, params
+    and the inputs' roles), so a batch of like jobs asks once."""
+
+    MAX_CACHED = 4096
+
+    def __init__(self, channel: grpc.aio.Channel, ttl: float = 60.0) -> None:
+        self._stub = gw_grpc.ProviderGatewayServiceStub(channel)
+        self._ttl = ttl
+        self._cache: OrderedDict[bytes, tuple[float, int, int]] = OrderedDict()
+
+    async def of(self, job: job_pb.Job, token: str) -> tuple[int, int]:
+        key = job_pb.Job(
+            provider_id=job.provider_id,
+            operation_type=job.operation_type,
+            params=job.params,
+            inputs=[types_pb2.GenerationInput(role=i.role) for i in job.inputs],
+        ).SerializeToString(deterministic=True)
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return cached[1], cached[2]
+        try:
+            cost = await self._stub.EstimateCost(
+                gw_pb.EstimateCostRequest(
+                    provider=f"providers/{job.provider_id}",
+                    operation_type=job.operation_type,
+                    prompt=job.prompt,
+                    inputs=job.inputs,
+                    params=job.params,
+                ),
+                metadata=bearer(token),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_peer(error, "provider gateway") from error
+        self._cache[key] = (time.monotonic(), cost.credits, micros_of(cost.price))
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.MAX_CACHED:
+            self._cache.popitem(last=False)
+        return cost.credits, micros_of(cost.price)
 
 
 class LiveStatus:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -127,7 +127,55 @@ class AssetCreated:
     asset_id: str
 
 
-Fact = GenerationQueued | GenerationStarted | GenerationFinished | GenerationFailed | AssetCreated
+@dataclass(frozen=True, slots=True)
+class GenerationSettled:
+    """An attempt's cost, settled once by the gateway (each arrives once: the inbox)."""
+
+    retry_count: int
+    credits: int
+    micros: int
+    # No attempt of this run follows.
+    final: bool
+
+
+Fact = (
+    GenerationQueued
+    | GenerationStarted
+    | GenerationFinished
+    | GenerationFailed
+    | AssetCreated
+    | GenerationSettled
+)
+
+
+class Period(StrEnum):
+    """A budget's period: UTC days, or calendar months in UTC."""
+
+    DAY = "DAY"
+    MONTH = "MONTH"
+
+    def start(self, now: datetime) -> datetime:
+        """The first moment of the period `now` is in."""
+        day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return day if self is Period.DAY else day.replace(day=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a user stands against their budget this period, in millionths of a dollar:
+    the costs settled in it, and the estimates of their jobs not settled yet."""
+
+    limit: int
+    spent: int
+    held: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.spent - self.held, 0)
+
+    def admits(self, estimate: int) -> bool:
+        """Whether a job estimated at `estimate` fits in what remains."""
+        return self.spent + self.held + estimate <= self.limit
 
 
 @dataclass
@@ -166,6 +214,17 @@ class Job:
     # Deadlines of the first try (None: none); the gateway enforces them.
     start_deadline_time: datetime | None = None
     run_deadline_time: datetime | None = None
+    # What its attempts cost, every run's (credits of its providers, and millionths of a
+    # dollar), how many are settled, and whether its latest run's last one is.
+    settled_credits: int = 0
+    settled_micros: int = 0
+    settled_attempts: int = 0
+    cost_final: bool = False
+    # Its latest run's estimate (CreateJob, RetryJob), and what of it is held against its
+    # owner's budget: all of it until the run's last attempt is settled.
+    estimated_credits: int = 0
+    estimated_micros: int = 0
+    hold_micros: int = 0
     transitions: list[Transition] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -183,8 +242,12 @@ class Job:
         labels: dict[str, str] | None = None,
         priority: str = "NORMAL",
         webhook: dict[str, Any] | None = None,
+        estimate: tuple[int, int] = (0, 0),
     ) -> Job:
         return cls(
+            estimated_credits=estimate[0],
+            estimated_micros=estimate[1],
+            hold_micros=estimate[1],
             webhook=webhook,
             priority=priority,
             labels=dict(labels or {}),
@@ -229,10 +292,23 @@ class Job:
             self.start_time = now
         if target.terminal:
             self.complete_time = now
+            if self.queue_time is None:
+                # The gateway never took this run into its queue (cancelled first, or its
+                # submission never left): no settlement will come to release its hold.
+                self.hold_micros = 0
 
     def learn(self, fact: Fact, now: datetime) -> bool:
         """Apply a fact from another service; False when it changes nothing (late, repeated,
-        or about an earlier try)."""
+        or about an earlier try). A cost counts whichever try it was of."""
+        if isinstance(fact, GenerationSettled):
+            self.settled_credits += fact.credits
+            self.settled_micros += fact.micros
+            self.settled_attempts += 1
+            if fact.final and fact.retry_count == self.retry_count:
+                self.cost_final = True
+                self.hold_micros = 0
+            self.update_time = now
+            return True
         if isinstance(
             fact, GenerationQueued | GenerationStarted | GenerationFinished | GenerationFailed
         ) and (fact.retry_count != self.retry_count):
@@ -283,13 +359,18 @@ class Job:
         """The caller cancels; only a job that has not ended can be."""
         self._move(JobState.CANCELLED, now)
 
-    def retry(self, now: datetime) -> None:
-        """RetryJob: only from FAILED; a new try with its own count."""
+    def retry(self, now: datetime, estimate: tuple[int, int] | None = None) -> None:
+        """RetryJob: only from FAILED; a new try with its own count (and `estimate`, held
+        until it is settled)."""
         self._move(JobState.PENDING, now)
         self.retry_count += 1
+        if estimate is not None:
+            self.estimated_credits, self.estimated_micros = estimate
+        self.hold_micros = self.estimated_micros
         self.error_code = self.error_message = ""
         self.start_time = self.complete_time = self.queue_time = None
         self.dispatch_time = self.provider_start_time = self.provider_end_time = None
         self.asset_provider_id = ""
+        self.cost_final = False  # a new run, to be settled
         # A retry is a try the caller asks for now: the first try's deadlines are past it.
         self.start_deadline_time = self.run_deadline_time = None

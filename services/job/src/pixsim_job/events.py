@@ -66,7 +66,13 @@ def subscriptions(service: JobService) -> list[Subscription]:
         if event.job_id:  # uploads make assets too; only a generation's answers a job
             await service.learn(session, event.job_id, event.user_id, AssetCreated(event.asset_id))
 
+    async def settled(
+        session: AsyncSession, event: events_pb2.GenerationSettled, meta: EventMeta
+    ) -> None:
+        await service.settled(session, event)
+
     return [
+        Subscription(topics.GENERATION_SETTLED, settled),
         Subscription(topics.GENERATION_QUEUED, queued),
         Subscription(topics.GENERATION_STARTED, started),
         Subscription(topics.GENERATION_COMPLETED, finished),

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, date, datetime
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, empty_pb2
+from google.type import date_pb2
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.job.v1 import job_service_pb2_grpc as pb_grpc
+from pixsim.types.v1 import types_pb2
 from pixsim_common.auth import current_identity
-from pixsim_common.errors import DomainError
+from pixsim_common.errors import DomainError, FieldViolation, InvalidArgument
+from pixsim_common.money import CURRENCY, micros_of, money
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import from_request, to_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import LiveStatus
+from pixsim_job.domain import Period, Standing
 from pixsim_job.resources import to_proto
 from pixsim_job.service import LIVE_STATES, ChangeFeed, JobService, watch
 
@@ -26,6 +31,37 @@ def _state_names(states: Iterable[pb.Job.State.ValueType]) -> list[str]:
 
 def _id(name: str) -> str:
     return name.removeprefix("jobs/")
+
+
+def _date_of(request: pb.GetUsageRequest, field: str) -> date | None:
+    """A request's `google.type.Date` as a day; None when unset; INVALID_ARGUMENT when it
+    names no day of the calendar (GetUsage takes whole days only)."""
+    if not request.HasField(field):  # type: ignore[arg-type]
+        return None
+    given: date_pb2.Date = getattr(request, field)
+    try:
+        return date(given.year, given.month, given.day)
+    except ValueError:
+        why = "must be a whole day of the calendar (year, month and day)"
+        raise InvalidArgument(f"{field} {why}", [FieldViolation(field, why, "BAD_DATE")]) from None
+
+
+def budget_to_proto(row: Any, standing: Standing) -> pb.Budget:
+    period = Period(row.period)
+    return pb.Budget(
+        name=f"users/{row.user_id}/budget",
+        period=pb.Budget.Period.Value(f"PERIOD_{period.value}"),
+        limit=money(row.limit_micros),
+        period_start_time=to_timestamp(period.start(datetime.now(UTC))),
+        spent=money(standing.spent),
+        held=money(standing.held),
+        remaining=money(standing.remaining),
+        update_time=to_timestamp(row.update_time),
+    )
+
+
+def _as_date(day: date) -> date_pb2.Date:
+    return date_pb2.Date(year=day.year, month=day.month, day=day.day)
 
 
 class JobApi(pb_grpc.JobServiceServicer):
@@ -79,6 +115,50 @@ class JobApi(pb_grpc.JobServiceServicer):
     ) -> pb.WebhookSecret:
         secret, previous_until = await self._service.rotate_webhook_secret(current_identity())
         return pb.WebhookSecret(secret=secret, previous_expire_time=to_timestamp(previous_until))
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.Usage:
+        user_id, first, last, rows = await self._service.usage(
+            current_identity(),
+            request.user,
+            _date_of(request, "start_date"),
+            _date_of(request, "end_date"),
+        )
+        return pb.Usage(
+            user=f"users/{user_id}",
+            start_date=_as_date(first),
+            end_date=_as_date(last),
+            rows=[
+                pb.UsageRow(
+                    date=_as_date(row.day),
+                    provider_id=row.provider_id,
+                    operation_type=row.operation_type,
+                    jobs=row.jobs,
+                    cost=types_pb2.Cost(credits=row.credits, price=money(row.micros)),
+                )
+                for row in rows
+            ],
+            total_price=money(sum(row.micros for row in rows)),
+            total_jobs=sum(row.jobs for row in rows),
+        )
+
+    async def GetBudget(self, request: pb.GetBudgetRequest, context: Any) -> pb.Budget:
+        return budget_to_proto(*await self._service.budget(current_identity(), request.name))
+
+    async def SetBudget(self, request: pb.SetBudgetRequest, context: Any) -> pb.Budget:
+        budget = request.budget
+        period = Period(pb.Budget.Period.Name(budget.period).removeprefix("PERIOD_"))
+        if budget.limit.currency_code != CURRENCY:
+            why = f"must be in {CURRENCY}, the currency of the price table"
+            raise InvalidArgument(
+                f"budget.limit {why}", [FieldViolation("budget.limit", why, "BAD_CURRENCY")]
+            )
+        return budget_to_proto(
+            *await self._service.set_budget(budget.name, period, micros_of(budget.limit))
+        )
+
+    async def DeleteBudget(self, request: pb.DeleteBudgetRequest, context: Any) -> empty_pb2.Empty:
+        await self._service.delete_budget(request.name)
+        return empty_pb2.Empty()
 
     async def ListWebhookDeliveries(
         self, request: pb.ListWebhookDeliveriesRequest, context: Any

@@ -15,7 +15,7 @@ from pixsim_common.background import CloseOnStop, Loop
 from pixsim_common.consumer import Subscription
 from pixsim_common.outbound import AddressPolicy
 from pixsim_common.settings import ServiceSettings
-from pixsim_job.capabilities import LiveStatus, ProviderCatalog
+from pixsim_job.capabilities import CostEstimates, LiveStatus, ProviderCatalog
 from pixsim_job.events import subscriptions
 from pixsim_job.grpc_api import JobApi
 from pixsim_job.inputs import InputResolver
@@ -23,7 +23,10 @@ from pixsim_job.service import ChangeFeed, JobService
 from pixsim_job.settings import Settings
 from pixsim_job.webhooks import WebhookSender
 
-SERVICE_NAMES = [DESCRIPTOR.services_by_name["JobService"].full_name]
+_SERVICE = DESCRIPTOR.services_by_name["JobService"]
+SERVICE_NAMES = [_SERVICE.full_name]
+# Setting what a user may spend is an admin's (reading it is the user's own, or an admin's).
+ADMIN_METHODS = frozenset(f"/{_SERVICE.full_name}/{name}" for name in ("SetBudget", "DeleteBudget"))
 MIGRATIONS = migrations_of(__file__)
 
 
@@ -47,6 +50,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 kit.sessions,
                 catalog,
                 resolver,
+                CostEstimates(gateway, settings.capabilities_ttl_seconds),
                 webhook_policy=webhook_policy,
                 secret_overlap=timedelta(seconds=settings.webhook_secret_overlap_seconds),
             )
@@ -83,6 +87,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         register=register,
         workers=workers,
         subscriptions=consumed,
+        admin_methods=ADMIN_METHODS,
         on_set_aside=lambda kit: service(kit).event_set_aside,
     )
 

@@ -8,11 +8,14 @@ the migration), which is what `WatchJob` waits on in every replica.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     Index,
     Integer,
@@ -70,6 +73,15 @@ jobs = Table(
     Column("provider_end_time", DateTime(timezone=True)),
     # {"url": ..., "events": [EVENT_...]}: where the job's changes are pushed; NULL: nowhere.
     Column("webhook", JSONB),
+    # The sum of its attempts' settled costs (docs/costs.md).
+    Column("settled_credits", BigInteger, nullable=False, server_default="0"),
+    Column("settled_micros", BigInteger, nullable=False, server_default="0"),
+    Column("settled_attempts", Integer, nullable=False, server_default="0"),
+    Column("cost_final", Boolean, nullable=False, server_default="false"),
+    # Its latest run's estimate, and what of it is held against its owner's budget.
+    Column("estimated_credits", BigInteger, nullable=False, server_default="0"),
+    Column("estimated_micros", BigInteger, nullable=False, server_default="0"),
+    Column("hold_micros", BigInteger, nullable=False, server_default="0"),
     Index(
         "jobs_idempotency",
         "user_id",
@@ -78,6 +90,7 @@ jobs = Table(
         postgresql_where=text("request_id IS NOT NULL"),
     ),
     Index("jobs_by_user_newest", "user_id", text("create_time DESC"), text("id DESC")),
+    Index("jobs_holding", "user_id", postgresql_where=text("hold_micros > 0")),
     Index(
         "jobs_labels", "labels", postgresql_using="gin", postgresql_ops={"labels": "jsonb_path_ops"}
     ),
@@ -124,6 +137,116 @@ webhook_attempts = Table(
 )
 
 
+# What each user spent, by provider, operation and day (UTC), added to as attempts' costs
+# settle (GetUsage reads it; it never scans jobs).
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("provider_id", Text, primary_key=True),
+    Column("operation_type", Integer, primary_key=True),
+    Column("jobs", BigInteger, nullable=False, server_default="0"),
+    Column("credits", BigInteger, nullable=False, server_default="0"),
+    Column("micros", BigInteger, nullable=False, server_default="0"),
+)
+
+_ADD_USAGE = (
+    pg_insert(usage_daily)
+    .values(
+        user_id=bindparam("user_id"),
+        day=bindparam("day"),
+        provider_id=bindparam("provider_id"),
+        operation_type=bindparam("operation_type"),
+        jobs=bindparam("jobs"),
+        credits=bindparam("credits"),
+        micros=bindparam("micros"),
+    )
+    .on_conflict_do_update(
+        index_elements=["user_id", "day", "provider_id", "operation_type"],
+        set_={
+            "jobs": usage_daily.c.jobs + bindparam("jobs"),
+            "credits": usage_daily.c.credits + bindparam("credits"),
+            "micros": usage_daily.c.micros + bindparam("micros"),
+        },
+    )
+)
+
+
+async def add_usage(session: AsyncSession, **values: Any) -> None:
+    """Add a settled cost (and a job, when `jobs` is 1) to its user's day."""
+    await session.execute(_ADD_USAGE, values)
+
+
+async def usage_of(session: AsyncSession, user_id: str, first: date, last: date) -> list[Row[Any]]:
+    """The user's usage rows from `first` to `last` (inclusive), by day, provider, operation."""
+    u = usage_daily
+    return list(
+        (
+            await session.execute(
+                select(u)
+                .where(u.c.user_id == user_id, u.c.day >= first, u.c.day <= last)
+                .order_by(u.c.day, u.c.provider_id, u.c.operation_type)
+            )
+        ).all()
+    )
+
+
+# What an admin lets a user spend a period (docs/costs.md). CreateJob locks its user's row,
+# so their creates take turns at the check and 50 at once never commit past the limit.
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("period", Text, nullable=False),
+    Column("limit_micros", BigInteger, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Spent (settled this period) and held (estimates of runs not settled), in one snapshot.
+_STANDING = text(
+    """
+    SELECT
+        (SELECT coalesce(sum(micros), 0) FROM usage_daily
+          WHERE user_id = :user_id AND day >= :since) AS spent,
+        (SELECT coalesce(sum(hold_micros), 0) FROM jobs
+          WHERE user_id = :user_id AND hold_micros > 0) AS held
+    """
+).bindparams(bindparam("since", type_=Date))
+
+
+async def budget_of(session: AsyncSession, user_id: str, *, lock: bool = False) -> Row[Any] | None:
+    query = select(budgets).where(budgets.c.user_id == user_id)
+    return (await session.execute(query.with_for_update() if lock else query)).first()
+
+
+async def standing_of(session: AsyncSession, user_id: str, since: date) -> tuple[int, int]:
+    """The user's spent and held micros (spent: settled on or after `since`)."""
+    row = (await session.execute(_STANDING, {"user_id": user_id, "since": since})).one()
+    return int(row.spent), int(row.held)
+
+
+async def set_budget(
+    session: AsyncSession, user_id: str, period: str, limit_micros: int
+) -> Row[Any]:
+    statement = pg_insert(budgets).values(user_id=user_id, period=period, limit_micros=limit_micros)
+    return (
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["user_id"],
+                set_={"period": period, "limit_micros": limit_micros, "update_time": func.now()},
+            ).returning(*budgets.c)
+        )
+    ).one()
+
+
+async def delete_budget(session: AsyncSession, user_id: str) -> bool:
+    deleted = await session.execute(
+        budgets.delete().where(budgets.c.user_id == user_id).returning(budgets.c.user_id)
+    )
+    return deleted.first() is not None
+
+
 def to_job(row: Row[Any]) -> Job:
     return Job(
         id=row.id,
@@ -148,6 +271,13 @@ def to_job(row: Row[Any]) -> Job:
         labels=row.labels,
         priority=row.priority,
         queue_time=row.queue_time,
+        settled_credits=row.settled_credits,
+        settled_micros=row.settled_micros,
+        settled_attempts=row.settled_attempts,
+        cost_final=row.cost_final,
+        estimated_credits=row.estimated_credits,
+        estimated_micros=row.estimated_micros,
+        hold_micros=row.hold_micros,
         dispatch_time=row.dispatch_time,
         provider_start_time=row.provider_start_time,
         provider_end_time=row.provider_end_time,
@@ -161,9 +291,11 @@ def to_job(row: Row[Any]) -> Job:
 _INSERT_JOB = (
     "INSERT INTO jobs"
     " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash,"
-    " start_deadline_time, run_deadline_time, labels, priority, webhook)"
+    " start_deadline_time, run_deadline_time, labels, priority, webhook, estimated_credits,"
+    " estimated_micros, hold_micros)"
     " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id,"
-    " :request_hash, :start_deadline_time, :run_deadline_time, :labels, :priority, :webhook)"
+    " :request_hash, :start_deadline_time, :run_deadline_time, :labels, :priority, :webhook,"
+    " :estimated_credits, :estimated_micros, :hold_micros)"
     " ON CONFLICT DO NOTHING RETURNING "
 )
 _JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
@@ -201,6 +333,9 @@ async def insert_new(session: AsyncSession, job: Job) -> Job | None:
                 "labels": job.labels,
                 "priority": job.priority,
                 "webhook": job.webhook,
+                "estimated_credits": job.estimated_credits,
+                "estimated_micros": job.estimated_micros,
+                "hold_micros": job.hold_micros,
             },
         )
     ).first()
@@ -259,6 +394,13 @@ async def save(session: AsyncSession, job: Job) -> Job:
                 dispatch_time=job.dispatch_time,
                 provider_start_time=job.provider_start_time,
                 provider_end_time=job.provider_end_time,
+                settled_credits=job.settled_credits,
+                settled_micros=job.settled_micros,
+                settled_attempts=job.settled_attempts,
+                cost_final=job.cost_final,
+                estimated_credits=job.estimated_credits,
+                estimated_micros=job.estimated_micros,
+                hold_micros=job.hold_micros,
                 # When the aggregate changed, on the same clock as its other times.
                 update_time=job.update_time or func.now(),
             )

@@ -6,6 +6,8 @@ from google.protobuf import json_format
 
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
+from pixsim.types.v1 import types_pb2
+from pixsim_common.money import money
 from pixsim_common.timestamps import to_timestamp
 from pixsim_job.domain import Job, JobState
 
@@ -51,6 +53,14 @@ def stored_to_proto(job: Job) -> pb.Job:
         provider_start_time=to_timestamp(job.provider_start_time),
         provider_end_time=to_timestamp(job.provider_end_time),
         asset_provider_id=job.asset_provider_id,
+        cost=pb.JobCost(
+            estimated=types_pb2.Cost(
+                credits=job.estimated_credits, price=money(job.estimated_micros)
+            ),
+            settled=types_pb2.Cost(credits=job.settled_credits, price=money(job.settled_micros)),
+            settled_attempts=job.settled_attempts,
+            final=job.cost_final,
+        ),
         fallbacks=[
             json_format.ParseDict(f, pb.Fallback(), ignore_unknown_fields=True)
             for f in job.request.get("fallbacks", [])

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
@@ -30,7 +30,9 @@ from pixsim_common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
+from pixsim_common.money import CURRENCY, MAX_COST_MICROS, MICROS, dollars, micros_of
 from pixsim_common.notify import Listener
 from pixsim_common.outbound import AddressPolicy, UrlRefused, UrlUnreachable, check_url, resolve
 from pixsim_common.outbox import Outgoing, SetAside, collect
@@ -39,14 +41,23 @@ from pixsim_common.topics import MAX_EVENT_BYTES
 from pixsim_common.validation import validate
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import (
+    CostEstimates,
     LiveStatus,
     ProviderCatalog,
     check_fallbacks,
     check_request,
 )
-from pixsim_job.domain import Fact, IllegalTransition, Job, JobState
+from pixsim_job.domain import (
+    Fact,
+    GenerationSettled,
+    IllegalTransition,
+    Job,
+    JobState,
+    Period,
+    Standing,
+)
 from pixsim_job.inputs import InputResolver, resolved
-from pixsim_job.metrics import JOB_OVERHEAD
+from pixsim_job.metrics import JOB_OVERHEAD, SPEND
 from pixsim_job.resources import to_proto
 from pixsim_job.webhooks import enqueue_delivery, new_secret, wanted_event
 
@@ -56,6 +67,9 @@ SOURCE = "/job"
 # transaction by a bulk cancel.
 BATCH_CONCURRENCY = 8
 CANCEL_CHUNK = 200
+# GetUsage's range when none is given, and the longest it answers (a year, leap or not).
+DEFAULT_USAGE_DAYS = 30
+MAX_USAGE_DAYS = 366
 
 
 def _now() -> datetime:
@@ -68,6 +82,7 @@ class JobService:
         sessions: async_sessionmaker[AsyncSession],
         catalog: ProviderCatalog,
         resolver: InputResolver,
+        estimates: CostEstimates,
         *,
         webhook_policy: AddressPolicy | None = None,
         secret_overlap: timedelta = timedelta(days=1),
@@ -77,6 +92,7 @@ class JobService:
         self._sessions = sessions
         self._catalog = catalog
         self._resolver = resolver
+        self._estimates = estimates
 
     async def create(self, identity: Identity, request: pb.CreateJobRequest) -> Job:
         fingerprint = request_fingerprint(request.job)
@@ -97,8 +113,10 @@ class JobService:
             resolved(spec.inputs, found, fallback)  # within each fallback's limits too
         del spec.inputs[:]
         spec.inputs.extend(inputs)
+        estimate = await self._estimates.of(spec, identity.token)
         now = _now()
         job = Job.submit(
+            estimate=estimate,
             labels=dict(request.job.labels),
             priority=priority_of(request.job),
             webhook=webhook,
@@ -119,6 +137,7 @@ class JobService:
         submitted = submitted_event(job, spec)
         refuse_oversized(submitted, spec)
         async with UnitOfWork(self._sessions) as uow:
+            await _hold_against_budget(uow.session, identity.user_id, estimate[1])
             stored = await repo.insert_new(uow.session, job)
             if stored is None:
                 # The same caller sent the same request_id meanwhile: that job, no second.
@@ -301,6 +320,7 @@ class JobService:
         async with self._changing(identity, job_id) as (session, job):
             try:
                 job.retry(_now())
+                await _hold_against_budget(session, job.user_id, job.estimated_micros)
             except IllegalTransition as error:
                 raise FailedPrecondition(
                     "only a FAILED job can be retried",
@@ -327,6 +347,78 @@ class JobService:
                 # Once per job: a redelivery finds the overhead known. (A transaction that
                 # fails after this is observed again when retried: a histogram, not a ledger.)
                 JOB_OVERHEAD.labels(job.provider_id).observe(overhead.total_seconds())
+
+    async def settled(self, session: AsyncSession, event: events_pb2.GenerationSettled) -> None:
+        """An attempt's cost, settled: onto its job, and its owner's usage of the day. A job
+        counts once: when its first run's last attempt is settled."""
+        micros = micros_of(event.cost.price)
+        if not 0 <= micros <= MAX_COST_MICROS or event.cost.price.currency_code != CURRENCY:
+            raise PoisonMessage(f"a cost is USD, 0 to {MAX_COST_MICROS / MICROS:.0f}", "BAD_COST")
+        fact = GenerationSettled(event.job_retry_count, event.cost.credits, micros, event.final)
+        await self.learn(session, event.job_id, event.user_id, fact)
+        await repo.add_usage(
+            session,
+            user_id=event.user_id,
+            day=event.settle_time.ToDatetime(tzinfo=UTC).date(),
+            provider_id=event.provider_id,
+            operation_type=event.operation_type,
+            jobs=int(event.final and event.job_retry_count == 0),
+            credits=event.cost.credits,
+            micros=micros,
+        )
+        SPEND.labels(event.user_id, event.provider_id).inc(micros / MICROS)
+
+    async def usage(
+        self, identity: Identity, user: str, first: date | None, last: date | None
+    ) -> tuple[str, date, date, list[Any]]:
+        """GetUsage: the user's rows from `first` to `last` (defaults: the 30 days to today);
+        another user's needs the admin role."""
+        user_id = user.removeprefix("users/") or identity.user_id
+        if user_id != identity.user_id:
+            identity.require_admin()
+        last = last or _now().date()
+        first = first or last - timedelta(days=DEFAULT_USAGE_DAYS - 1)
+        if first > last or (last - first).days >= MAX_USAGE_DAYS:
+            why = f"must be on or before end_date, and at most {MAX_USAGE_DAYS} days before it"
+            raise InvalidArgument(
+                f"start_date {why}", [FieldViolation("start_date", why, "BAD_RANGE")]
+            )
+        async with self._sessions() as session:
+            rows = await repo.usage_of(session, user_id, first, last)
+        return user_id, first, last, rows
+
+    async def budget(self, identity: Identity, user: str) -> tuple[Any, Standing]:
+        """GetBudget: the user's budget and where they stand this period (their own, or an
+        admin's asking)."""
+        user_id = _user_of(user)
+        if user_id != identity.user_id:
+            identity.require_admin()
+        async with self._sessions() as session:
+            budget = await repo.budget_of(session, user_id)
+            if budget is None:
+                raise NotFound(f"users/{user_id} has no budget", reason="BUDGET_NOT_FOUND")
+            return budget, await _standing(session, budget)
+
+    async def set_budget(
+        self, user: str, period: Period, limit_micros: int
+    ) -> tuple[Any, Standing]:
+        """SetBudget (admin; the guard checked): the user's limit from now on."""
+        if not 0 <= limit_micros <= MAX_BUDGET_MICROS:
+            why = f"must be 0 to {dollars(MAX_BUDGET_MICROS)} in USD"
+            raise InvalidArgument(
+                f"budget.limit {why}", [FieldViolation("budget.limit", why, "BAD_LIMIT")]
+            )
+        async with UnitOfWork(self._sessions) as uow:
+            budget = await repo.set_budget(uow.session, _user_of(user), period.value, limit_micros)
+            standing = await _standing(uow.session, budget)
+            await uow.commit()
+        return budget, standing
+
+    async def delete_budget(self, user: str) -> None:
+        async with UnitOfWork(self._sessions) as uow:
+            if not await repo.delete_budget(uow.session, _user_of(user)):
+                raise NotFound(f"{user} has no budget", reason="BUDGET_NOT_FOUND")
+            await uow.commit()
 
     async def event_set_aside(self, session: AsyncSession, row: SetAside) -> None:
         """The relay could never publish an event about a job (too large, refused by the
@@ -453,6 +545,47 @@ async def watch(
             wait = LIVE_INTERVAL if job.state in LIVE_STATES and live is not None else 15
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=wait)
+
+
+# The largest budget an admin may set: a million dollars a period.
+MAX_BUDGET_MICROS = 1_000_000 * MICROS
+
+
+def _user_of(name: str) -> str:
+    return name.removeprefix("users/").removesuffix("/budget")
+
+
+async def _standing(session: AsyncSession, budget: Any) -> Standing:
+    since = Period(budget.period).start(_now()).date()
+    spent, held = await repo.standing_of(session, budget.user_id, since)
+    return Standing(budget.limit_micros, spent, held)
+
+
+async def _hold_against_budget(session: AsyncSession, user_id: str, estimate: int) -> None:
+    """Refuse a job whose estimate does not fit in what its owner's budget has left. The
+    budget row stays locked to the end of the caller's transaction (which stores the job and
+    its hold), so concurrent creates of one user are checked one after another."""
+    budget = await repo.budget_of(session, user_id, lock=True)
+    if budget is None:
+        return
+    standing = await _standing(session, budget)
+    if standing.admits(estimate):
+        return
+    period = Period(budget.period).value.lower()
+    left, cost = dollars(standing.remaining), dollars(estimate)
+    raise ResourceExhausted(
+        f"this job is estimated at {cost}, more than the {left} left of your {period} budget",
+        [(f"users/{user_id}/budget", f"{left} of {dollars(budget.limit_micros)} left")],
+        reason="BUDGET_EXCEEDED",
+        metadata={
+            "remaining": left,
+            "remaining_micros": str(standing.remaining),
+            "estimate": cost,
+            "limit": dollars(budget.limit_micros),
+            "period": budget.period,
+            "currency": CURRENCY,
+        },
+    )
 
 
 def request_fingerprint(job: pb.Job) -> str:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from pixsim.types.v1 import types_pb2
+from pixsim_common.money import MAX_CREDIT_PRICE_MICROS, MAX_CREDITS
 
 # What we pass on of a provider's answers is bounded like any input: a task id we store and
 # poll by, and a result URL the asset service fetches (the events' limits).
@@ -67,6 +68,53 @@ def account_state_after_update(
     if state is AccountState.EXHAUSTED and credits is not None and credits > 0:
         return AccountState.ACTIVE
     return state
+
+
+class Billing(StrEnum):
+    """How an attempt's cost was settled (the proto's `Billing`; docs/costs.md)."""
+
+    REPORTED = "REPORTED"  # the provider said what it charged
+    ESTIMATED = "ESTIMATED"  # it charged and does not say: the adapter's estimate
+    NOT_BILLED = "NOT_BILLED"  # a failure it does not bill: nothing is spent
+    ASSUMED = "ASSUMED"  # its outcome there is unknown: the reservation counts as spent
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What an attempt is counted as having cost, in its provider's credits."""
+
+    credits: int
+    billing: Billing
+
+
+NOT_BILLED = Charge(0, Billing.NOT_BILLED)
+
+
+def assumed(reserved: int) -> Charge:
+    """The charge of an attempt whose outcome at the provider cannot be known."""
+    return Charge(reserved, Billing.ASSUMED)
+
+
+def charged(reported: int | None, reserved: int) -> Charge:
+    """The charge of an attempt the provider billed: what it reported, else the estimate."""
+    if reported is None:
+        return Charge(reserved, Billing.ESTIMATED)
+    return Charge(max(int(reported), 0), Billing.REPORTED)
+
+
+def price_micros(credits: int, credit_price_micros: int) -> int:
+    """Money (in millionths) of `credits` at a price per credit, both bounded."""
+    credits = min(max(credits, 0), MAX_CREDITS)
+    return credits * min(max(credit_price_micros, 0), MAX_CREDIT_PRICE_MICROS)
+
+
+class AlreadySettled(Exception):
+    """An attempt's cost is settled once: a second settlement is a bug or a lost race."""
+
+
+class Unsettled(Exception):
+    """An attempt cannot end before its cost is settled (its account's reservation would
+    be left held, or counted nowhere)."""
 
 
 class SubmissionState(StrEnum):
@@ -299,7 +347,15 @@ class Failed:
     message: str
 
 
-SubmissionEvent = Queued | Started | Completed | Failed
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The attempt's cost is settled; `final`: no attempt of this run follows it."""
+
+    attempt: Submission
+    final: bool = False
+
+
+SubmissionEvent = Queued | Started | Completed | Failed | Settled
 # The failures of a job's attempts on one provider that another provider might not have:
 # those go on with the job's next fallback (moderation and invalid input never do).
 FALLS_BACK = frozenset({"RETRIES_EXHAUSTED"})
@@ -359,12 +415,40 @@ class Submission:
         self.loaded_state = SubmissionState(self._record["state"])
 
     def take_events(self) -> list[SubmissionEvent]:
+        """What it raised since the last save. A settlement is final when the run ends with
+        this attempt: it completed, failed the job, or was cancelled."""
         events, self._events = self._events, []
-        return events
+        ends = self.state is SubmissionState.CANCELLED or any(
+            isinstance(e, Completed | Failed) for e in events
+        )
+        return [Settled(self, ends) if isinstance(e, Settled) else e for e in events]
+
+    @property
+    def settled(self) -> bool:
+        return self.record.get("settle_time") is not None
 
     def _move(self, to: SubmissionState, **values: Any) -> None:
+        """Every change of state. An attempt ends settled, and its end announces what it
+        cost (`Settled`, final unless an attempt follows it)."""
         check_transition(self.state, to)
+        if to.terminal and not self.settled:
+            raise Unsettled(f"submission {self.record.get('id')} ends unsettled")
+        if to.terminal and not self.state.terminal:
+            self._events.append(Settled(self))
         self.changes |= values | {"state": to.value}
+
+    def settle(self, charge: Charge) -> None:
+        """Its cost, once: in credits and in money at the price it was reserved at
+        (announced when it ends)."""
+        if self.settled:
+            raise AlreadySettled(f"submission {self.record.get('id')} is settled already")
+        credits = min(max(charge.credits, 0), MAX_CREDITS)
+        self.changes |= {
+            "settled_credits": credits,
+            "settled_micros": price_micros(credits, self.record.get("credit_price_micros") or 0),
+            "billing": charge.billing.value,
+            "settle_time": NOW,
+        }
 
     # -- a new chain, and the attempts that follow --------------------------------------
 
@@ -395,13 +479,21 @@ class Submission:
         self.changes |= {"available_at": FromNow(delay), "payload": payload}
 
     def send(
-        self, account_id: str, cost: int, payload: dict[str, Any], replica: str, lease: timedelta
+        self,
+        account_id: str,
+        cost: int,
+        payload: dict[str, Any],
+        replica: str,
+        lease: timedelta,
+        credit_price_micros: int = 0,
     ) -> None:
-        """Reserved on `account_id`, about to be sent by `replica` (under a lease)."""
+        """Reserved on `account_id`, about to be sent by `replica` (under a lease), at the
+        provider's price per credit now (what its cost is counted in money at)."""
         self._move(
             SubmissionState.SUBMITTING,
             account_id=account_id,
             reserved_credits=cost,
+            credit_price_micros=credit_price_micros,
             payload=payload,
             submit_time=NOW,
             lease_owner=replica,

@@ -5,6 +5,7 @@ made from what its submissions raise (`outgoing`)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
@@ -15,23 +16,28 @@ from pixsim.job.v1 import job_service_pb2 as job_pb
 from pixsim.types.v1 import types_pb2
 from pixsim_common import topics
 from pixsim_common.cloudevents import EventMeta
+from pixsim_common.money import money
 from pixsim_common.outbox import Outgoing
 from pixsim_common.timestamps import now_timestamp, time_of, to_timestamp
 from pixsim_common.tracing import inject_context
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import (
+    NOT_BILLED,
     Completed,
     FromNow,
     MediaOutput,
     Priority,
     Queued,
+    Settled,
     Started,
     Submission,
     SubmissionEvent,
+    assumed,
     turn_delay,
 )
 from pixsim_provider_gateway.providers.base import GenerationInput, GenerationRequest
+from pixsim_provider_gateway.settlement import settle
 
 SOURCE = "/provider-gateway"
 # PRIORITY_AGING_SECONDS: the longest a LOW job can be passed by HIGH work arriving after it.
@@ -97,7 +103,10 @@ async def on_job_cancelled(
     attempts, ledger = repo.Submissions(session, outgoing), repo.Accounts(session)
     for attempt in await attempts.unfinished_of_job(event.job_id, event.user_id):
         if attempt.state.holds_slot:
-            await ledger.release(attempt.account_id, attempt.reserved_credits)
+            # Sent or running: what it cost there is not known (it may go on being billed).
+            await settle(attempts, ledger, attempt, assumed(attempt.reserved_credits))
+        else:
+            attempt.settle(NOT_BILLED)
         attempt.cancel()
         await attempts.save(attempt)
 
@@ -114,6 +123,8 @@ def outgoing(event: SubmissionEvent) -> Outgoing:
     elif isinstance(event, Completed):
         topic = topics.GENERATION_COMPLETED
         message = generation_completed(attempt, event.output)
+    elif isinstance(event, Settled):
+        topic, message = topics.GENERATION_SETTLED, generation_settled(attempt, event.final)
     else:
         metrics.JOBS_FAILED.labels(attempt.provider_id, event.code).inc()
         topic = topics.GENERATION_FAILED
@@ -134,7 +145,12 @@ def generation_queued(attempt: Submission) -> events_pb2.GenerationQueued:
 def request_of(row: Submission) -> GenerationRequest:
     """The stored request as the adapters take it: every input in order, a URL the caller
     gave or one of their assets (read at dispatch, `inputs.InputFiles`)."""
-    request = row.request
+    return generation_request(row.operation_type, row.request)
+
+
+def generation_request(operation_type: int, request: dict[str, Any]) -> GenerationRequest:
+    """A request as stored (prompt, inputs and params in protobuf's JSON mapping) as the
+    adapters take it."""
     inputs = tuple(
         GenerationInput(
             types_pb2.InputRole.Value(i.get("role", "INPUT_ROLE_UNSPECIFIED")),
@@ -144,8 +160,9 @@ def request_of(row: Submission) -> GenerationRequest:
         )
         for i in request.get("inputs", [])
     )
+    operation = types_pb2.OperationType.ValueType(operation_type)
     return GenerationRequest(
-        row.operation_type, request.get("prompt", ""), inputs, request.get("params", {})
+        operation, request.get("prompt", ""), inputs, request.get("params", {})
     )
 
 
@@ -192,6 +209,22 @@ def generation_completed(row: Submission, output: MediaOutput) -> events_pb2.Gen
         input_assets=input_assets,
         complete_time=now_timestamp(),
         job_retry_count=row.job_retry_count,
+    )
+
+
+def generation_settled(row: Submission, final: bool) -> events_pb2.GenerationSettled:
+    return events_pb2.GenerationSettled(
+        job_id=row.job_id,
+        user_id=row.user_id,
+        submission_id=row.id,
+        provider_id=row.provider_id,
+        operation_type=row.operation_type,
+        job_retry_count=row.job_retry_count,
+        reserved_credits=row.reserved_credits,
+        cost=types_pb2.Cost(credits=row.settled_credits, price=money(row.settled_micros)),
+        billing=types_pb2.Billing.Value(f"BILLING_{row.billing}"),
+        final=final,
+        settle_time=to_timestamp(row.settle_time),
     )
 
 

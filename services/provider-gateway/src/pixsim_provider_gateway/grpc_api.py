@@ -16,11 +16,13 @@ from pixsim.provider.v1 import provider_gateway_service_pb2_grpc as pb_grpc
 from pixsim.types.v1 import types_pb2
 from pixsim_common.auth import current_identity
 from pixsim_common.errors import NotFound
+from pixsim_common.money import money
 from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import to_timestamp
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import ProviderGate, SubmissionState
+from pixsim_provider_gateway.events import generation_request
 from pixsim_provider_gateway.providers.base import Provider
 from pixsim_provider_gateway.providers.registry import (
     ProviderRegistry,
@@ -96,6 +98,14 @@ def submission_to_proto(row: Row[Any]) -> pb.Submission:
         submit_time=to_timestamp(row.submit_time),
         complete_time=to_timestamp(row.complete_time),
         update_time=to_timestamp(row.update_time),
+        reserved_credits=row.reserved_credits,
+        cost=(
+            types_pb2.Cost(credits=row.settled_credits, price=money(row.settled_micros or 0))
+            if row.settle_time is not None
+            else None
+        ),
+        billing=types_pb2.Billing.Value(f"BILLING_{row.billing or 'UNSPECIFIED'}"),
+        settle_time=to_timestamp(row.settle_time),
     )
 
 
@@ -123,6 +133,18 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
 
     async def GetProvider(self, request: pb.GetProviderRequest, context: Any) -> pb.Provider:
         return provider_to_proto(*await self._providers.get(_id_of(request.name)))
+
+    async def EstimateCost(self, request: pb.EstimateCostRequest, context: Any) -> types_pb2.Cost:
+        asked = generation_request(
+            request.operation_type,
+            {
+                "prompt": request.prompt,
+                "inputs": [json_format.MessageToDict(i) for i in request.inputs],
+                "params": json_format.MessageToDict(request.params),
+            },
+        )
+        credits, micros = self._providers.estimate(_id_of(request.provider), asked)
+        return types_pb2.Cost(credits=credits, price=money(micros))
 
     async def ListProviders(
         self, request: pb.ListProvidersRequest, context: Any

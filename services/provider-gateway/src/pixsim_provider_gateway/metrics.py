@@ -91,3 +91,15 @@ RECONCILING = Counter(
     "Tasks past the gateway's bound followed on (their provider cannot stop them)",
     ["provider"],
 )
+# What attempts are counted as having cost, as they settle (docs/costs.md): credits by how
+# they were settled, and money at the price table's prices. Per user: the job service's.
+SPEND_CREDITS = Counter(
+    "pixsim_gateway_spend_credits_total",
+    "Provider credits attempts were settled at",
+    ["provider", "billing"],
+)
+SPEND_MONEY = Counter(
+    "pixsim_gateway_spend_usd_total",
+    "Money attempts were settled at (the price table's USD)",
+    ["provider"],
+)

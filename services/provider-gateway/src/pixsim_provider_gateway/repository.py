@@ -36,6 +36,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
@@ -103,6 +104,13 @@ submissions = Table(
     Column("state", Text, nullable=False),
     Column("account_id", UUID(as_uuid=False)),
     Column("reserved_credits", BigInteger, nullable=False, server_default="0"),
+    # Its cost, settled once (docs/costs.md): the price of a credit when it was reserved,
+    # the credits and money it is counted as having cost, and how that was decided.
+    Column("credit_price_micros", BigInteger, nullable=False, server_default="0"),
+    Column("settled_credits", BigInteger),
+    Column("settled_micros", BigInteger),
+    Column("billing", Text, nullable=False, server_default=""),
+    Column("settle_time", DateTime(timezone=True)),
     Column("provider_job_id", Text),
     Column("response", JSONB),
     Column("error_code", Text, nullable=False, server_default=""),
@@ -589,6 +597,10 @@ class Submissions:
                 .where(
                     submissions.c.id == attempt.id,
                     submissions.c.state == attempt.loaded_state.value,
+                    # A settlement is compare-and-set too: one replica's, once.
+                    submissions.c.settle_time.is_(None)
+                    if "settle_time" in attempt.changes
+                    else true(),
                 )
                 .values(**as_sql(attempt.changes), update_time=func.now())
                 .returning(*submissions.c)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Annotated
+
 from pydantic import Field, SecretStr
 
 from pixsim_common.settings import ServiceSettings, settings_config
@@ -67,6 +70,15 @@ class Settings(ServiceSettings):
     circuit_open_cap_seconds: float = Field(default=600.0, gt=0)
     # How often each account's key is checked with its provider (and its balance read).
     account_check_seconds: float = Field(default=60.0, gt=0)
+    # The price table (docs/costs.md): US dollars per provider credit, by provider, e.g.
+    # `{"runway": "0.01"}`. fal bills money: its adapter counts a request as a credit.
+    credit_prices: dict[str, Annotated[Decimal, Field(ge=0, le=Decimal("67"))]] = Field(
+        default_factory=lambda: {
+            "pixverse": Decimal("0.004"),
+            "runway": Decimal("0.01"),
+            "pika": Decimal("0.20"),
+        }
+    )
     # A waiting job with a fallback goes on to it when its start deadline is this near and
     # its provider has no free slot.
     fallback_deadline_margin_seconds: float = Field(default=5.0, ge=0, le=3600)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import jwt
 
 from pixsim.asset.v1 import asset_service_pb2_grpc as asset_grpc
 from pixsim.job.v1 import job_service_pb2_grpc as job_grpc
@@ -33,6 +34,7 @@ class Exit:
     CONFLICT = 5  # a precondition failed, a stale etag, or it already exists
     UNAVAILABLE = 6  # a service cannot be reached
     ERROR = 7  # anything else (a bug: the message carries the trace id)
+    EXHAUSTED = 8  # a limit is reached: the budget, a size
 
 
 EXIT_BY_CODE = {
@@ -46,6 +48,7 @@ EXIT_BY_CODE = {
     grpc.StatusCode.ALREADY_EXISTS: Exit.CONFLICT,
     grpc.StatusCode.UNAVAILABLE: Exit.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: Exit.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Exit.EXHAUSTED,
 }
 
 
@@ -74,6 +77,10 @@ def explain(error: grpc.RpcError) -> CliError:
             failure = error_details_pb2.PreconditionFailure()
             detail.Unpack(failure)
             details += [f"{v.type} {v.subject}: {v.description}" for v in failure.violations]
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            details += [f"{v.subject}: {v.description}" for v in quota.violations]
         elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
@@ -121,6 +128,12 @@ class Connection:
             )
         }
         return cls(token, addresses)
+
+    @property
+    def user_id(self) -> str:
+        """Whom the token names (read, not verified: the services verify it)."""
+        claims = jwt.decode(self.token, options={"verify_signature": False})
+        return str(claims.get("sub", ""))
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

@@ -11,7 +11,7 @@ import click
 import typer
 from typer.exceptions import TyperException
 
-from pixsim_cli import accounts, assets, jobs, play, providers, scenes
+from pixsim_cli import accounts, assets, jobs, play, providers, scenes, usage
 from pixsim_cli.connection import DEFAULT_KEY, CliError
 from pixsim_cli.output import errors
 from pixsim_cli.state import OPTIONS, close_all
@@ -29,6 +29,8 @@ typer_app.add_typer(scenes.app, name="scene")
 typer_app.add_typer(accounts.app, name="account")
 typer_app.add_typer(providers.app, name="provider")
 typer_app.command()(play.play)
+typer_app.command()(usage.usage)
+typer_app.add_typer(usage.budget_app, name="budget")
 
 
 @typer_app.callback()

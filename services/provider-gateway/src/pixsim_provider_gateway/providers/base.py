@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
 from pixsim.types.v1 import types_pb2
-from pixsim_provider_gateway.domain import ErrorKind, MediaOutput
+from pixsim_provider_gateway.domain import Charge, ErrorKind, MediaOutput
 
 OperationType: TypeAlias = types_pb2.OperationType.ValueType
 InputRole: TypeAlias = types_pb2.InputRole.ValueType
@@ -260,6 +260,11 @@ class Provider(Protocol):
 
     def estimate_cost(self, payload: Mapping[str, Any]) -> int:
         """Credits to reserve before the call; settled with the provider's actual cost."""
+        ...
+
+    def charge(self, status: ProviderStatusResult, reserved: int) -> Charge:
+        """What the provider bills for a task that ended as `status` (`reserved`: the
+        estimate held for it): its own rule, from its docs (docs/costs.md)."""
         ...
 
     async def execute(

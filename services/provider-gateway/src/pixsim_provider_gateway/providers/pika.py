@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from pixsim.types.v1 import types_pb2 as t
-from pixsim_provider_gateway.domain import ErrorKind, MediaOutput
+from pixsim_provider_gateway.domain import NOT_BILLED, Charge, ErrorKind, MediaOutput, charged
 from pixsim_provider_gateway.providers.base import (
     Capabilities,
     Credentials,
@@ -204,6 +204,13 @@ class PikaProvider:
         if error_type:
             error.provider_code = str(error_type)
         return error
+
+    def charge(self, status: ProviderStatusResult, reserved: int) -> Charge:
+        # fal bills Pika by the video made, reports no cost, and bills no server failure: a
+        # request that ends without a video is not billed.
+        if status.state is TaskState.SUCCEEDED:
+            return charged(None, reserved)
+        return NOT_BILLED
 
     def estimate_cost(self, payload: Mapping[str, Any]) -> int:
         # fal bills money, not credits; one credit a request keeps a budget countable.

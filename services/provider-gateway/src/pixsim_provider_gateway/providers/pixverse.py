@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from pixsim.types.v1 import types_pb2 as t
-from pixsim_provider_gateway.domain import ErrorKind, MediaOutput
+from pixsim_provider_gateway.domain import NOT_BILLED, Charge, ErrorKind, MediaOutput, charged
 from pixsim_provider_gateway.providers.base import (
     MIB,
     Capabilities,
@@ -263,6 +263,14 @@ class PixverseProvider:
                 resp = body.get("Resp", body.get("resp"))
                 return resp if isinstance(resp, dict) else {}
         raise classify_status(response, response.text[:500] or response.reason_phrase)
+
+    def charge(self, status: ProviderStatusResult, reserved: int) -> Charge:
+        # PixVerse reports no cost. Moderation (status 7) is refunded; of a failed generation
+        # (8) its docs say nothing, so it counts as spent, and the balance check corrects
+        # the account's ledger.
+        if status.error is not None and status.error.kind is ErrorKind.CONTENT_REJECTED:
+            return NOT_BILLED
+        return charged(None, reserved)
 
     def estimate_cost(self, payload: Mapping[str, Any]) -> int:
         # PixVerse prices by duration and quality; an upper bound of 9 credits a second.

@@ -4,11 +4,13 @@ one line in `ADAPTERS`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
 
 import httpx
 from google.protobuf import duration_pb2, struct_pb2
 
 from pixsim.provider.v1 import provider_gateway_service_pb2 as gateway_pb2
+from pixsim_common.money import micros_of
 from pixsim_provider_gateway.providers.base import Capabilities, ParamType, Provider
 from pixsim_provider_gateway.providers.callbacks import CallbackReceiver, FalKeys, FalWebhooks
 from pixsim_provider_gateway.providers.pika import PikaProvider
@@ -43,16 +45,21 @@ class ProviderRegistry:
         providers: Mapping[str, Provider],
         callbacks: Mapping[str, CallbackReceiver] | None = None,
         keys_client: httpx.AsyncClient | None = None,
+        credit_prices: Mapping[str, Decimal] | None = None,
     ) -> None:
         self._providers = dict(providers)
+        self._credit_prices = {
+            name: micros_of(price) for name, price in (credit_prices or {}).items()
+        }
         self._callbacks = dict(callbacks or {})
         self._keys_client = keys_client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
         providers = {name: build(settings) for name, build in ADAPTERS.items()}
+        prices = settings.credit_prices
         if not settings.callback_base_url:
-            return cls(providers)
+            return cls(providers, credit_prices=prices)
         # The providers' signing keys come from hosts of their own, not their APIs'.
         keys_client = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout))
         pika = providers["pika"]
@@ -62,7 +69,12 @@ class ProviderRegistry:
                 FalKeys(settings.pika_webhook_jwks_url, keys_client), pika.webhook_notice
             )
         }
-        return cls(providers, callbacks, keys_client)
+        return cls(providers, callbacks, keys_client, prices)
+
+    def credit_price_micros(self, provider_id: str) -> int:
+        """What one of `provider_id`'s credits costs, in millionths of a dollar (the price
+        table, CREDIT_PRICES); 0 for a provider it does not name."""
+        return self._credit_prices.get(provider_id, 0)
 
     def callbacks(self, provider_id: str) -> CallbackReceiver | None:
         """How `provider_id`'s callbacks are verified and read; None: it sends none."""

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from pixsim.types.v1 import types_pb2 as t
-from pixsim_provider_gateway.domain import ErrorKind, MediaOutput
+from pixsim_provider_gateway.domain import Charge, ErrorKind, MediaOutput, charged
 from pixsim_provider_gateway.providers.base import (
     Capabilities,
     Credentials,
@@ -236,6 +236,11 @@ class RunwayProvider:
                 ErrorKind.ACCOUNT_EXHAUSTED, message, provider_code=str(response.status_code)
             )
         return classify_status(response, message)
+
+    def charge(self, status: ProviderStatusResult, reserved: int) -> Charge:
+        # Every ended task carries its `cost`; moderated ones are charged like successes,
+        # input moderation at 0. Without one, the estimate is taken.
+        return charged(status.cost, reserved)
 
     def estimate_cost(self, payload: Mapping[str, Any]) -> int:
         # Runway bills per second of output (gen4_turbo: 5 credits a second).

@@ -16,6 +16,7 @@ from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import (
+    NOT_BILLED,
     CircuitPolicy,
     ErrorKind,
     RetryPolicy,
@@ -95,6 +96,7 @@ class Dispatch:
                 if isinstance(error, UnknownProvider)
                 else getattr(error, "message", str(error))
             )
+            attempt.settle(NOT_BILLED)  # nothing was reserved or sent
             attempt.fail(ErrorKind.INVALID_PARAMETERS.value, message)
             await unit.submissions.save(attempt)
             return None
@@ -112,7 +114,14 @@ class Dispatch:
             attempt.wait_for_account(payload, NO_ACCOUNT_DELAY)
             await unit.submissions.save(attempt)
             return None
-        attempt.send(account.id, cost, payload, self._replica, self._lease)
+        attempt.send(
+            account.id,
+            cost,
+            payload,
+            self._replica,
+            self._lease,
+            self._registry.credit_price_micros(attempt.provider_id),
+        )
         await unit.submissions.save(attempt)
         return Prepared(attempt, provider, Credentials(self._cipher.api_key_of(account)))
 
@@ -181,7 +190,7 @@ class Dispatch:
     async def _unsent(self, unit: Unit, prepared: Prepared) -> Submission | None:
         """The attempt again, locked, with its reservation back whole (nothing ran at the
         provider), if it is still SUBMITTING; None when a cancellation or recovery ended it
-        meanwhile (they gave the slot back)."""
+        meanwhile (they gave the slot back). Should it end now, it cost nothing."""
         attempt = await unit.submissions.get(prepared.attempt.id, lock=True)
         assert attempt is not None
         if attempt.state is not SubmissionState.SUBMITTING:
@@ -202,6 +211,7 @@ class Dispatch:
             if error.kind is ErrorKind.TRANSIENT:
                 attempt.requeue(after=INPUTS_UNREADABLE_DELAY)
             else:
+                attempt.settle(NOT_BILLED)
                 attempt.fail(error.kind.value, error.message, lease_owner=None, lease_until=None)
             await unit.submissions.save(attempt)
             await unit.commit()
@@ -215,7 +225,9 @@ class Dispatch:
             await circuits.record_call(
                 unit, attempt.provider_id, attempt.account_id, error, self._circuits
             )
-            verdict = await settle_failure(unit, attempt, error, self._policy)
+            verdict = await settle_failure(
+                unit, attempt, error, self._policy, unsent_charge=NOT_BILLED
+            )
             log.info(
                 "provider refused a submission",
                 submission=attempt.id,

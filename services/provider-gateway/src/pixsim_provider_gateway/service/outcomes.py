@@ -12,6 +12,7 @@ from pixsim_provider_gateway.domain import (
     AccountEffect,
     AccountState,
     AttemptAction,
+    Charge,
     RetryPolicy,
     Submission,
     Verdict,
@@ -35,10 +36,13 @@ async def settle_failure(
     *,
     accepted: bool = False,
     outcome_known: bool = True,
+    unsent_charge: Charge | None = None,
 ) -> Verdict:
     """End or requeue `attempt` as `domain.judge` says of `error` (its account's slot is
     already settled by the caller); `accepted`: the provider had taken the task;
-    `outcome_known`: whether it surely did not run there (else it falls back to no one)."""
+    `outcome_known`: whether it surely did not run there (else it falls back to no one);
+    `unsent_charge`: its cost should it end now, when its reservation is back already
+    (a refused submit), else the caller has settled it."""
     verdict = judge(
         error.kind,
         retry_attempt=attempt.retry_attempt - attempt.provider_first_attempt,
@@ -56,6 +60,8 @@ async def settle_failure(
         attempt.requeue()
         await unit.submissions.save(attempt)
         return verdict
+    if unsent_charge is not None:
+        attempt.settle(unsent_charge)
     follow = attempt.refused(
         error.kind, error.message, verdict, repo.new_id(), policy, outcome_known=outcome_known
     )

@@ -20,6 +20,7 @@ from pixsim_provider_gateway.domain import (
     RetryPolicy,
     Submission,
     SubmissionState,
+    assumed,
     poll_delay,
     unusable_output,
 )
@@ -33,6 +34,7 @@ from pixsim_provider_gateway.providers.base import (
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service.outcomes import settle_failure
 from pixsim_provider_gateway.service.units import Unit
+from pixsim_provider_gateway.settlement import settle
 
 log = structlog.get_logger("pixsim.gateway")
 
@@ -141,12 +143,16 @@ async def record_status(
             await unit.submissions.save(attempt)
             metrics.RECONCILING.labels(attempt.provider_id).inc()
             return
-        # Past its deadline: stop it where we can, and fail the job.
-        await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
+        # Past its deadline: stop it where we can, and fail the job. It may have run.
+        await settle(unit.submissions, unit.accounts, attempt, assumed(attempt.reserved_credits))
         attempt.timed_out(can_cancel)
         await unit.submissions.save(attempt)
         return
-    await unit.accounts.release(attempt.account_id, attempt.reserved_credits, status.cost)
+    # Settled by what the provider bills for this end, before a result we cannot use turns
+    # it into a failure of ours (the provider charged for it all the same).
+    await settle(
+        unit.submissions, unit.accounts, attempt, provider.charge(status, attempt.reserved_credits)
+    )
     unusable = unusable_output(status.outputs[0].uri) if status.outputs else None
     if status.state is TaskState.SUCCEEDED and unusable is not None:
         status = ProviderStatusResult(

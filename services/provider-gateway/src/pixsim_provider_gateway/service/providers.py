@@ -6,11 +6,17 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_common.db import UnitOfWork
-from pixsim_common.errors import NotFound
+from pixsim_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from pixsim_common.money import MAX_CREDITS
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
-from pixsim_provider_gateway.domain import ProviderGate
-from pixsim_provider_gateway.providers.base import Provider
+from pixsim_provider_gateway.domain import ProviderGate, price_micros
+from pixsim_provider_gateway.providers.base import (
+    GenerationRequest,
+    Provider,
+    ProviderError,
+    UnsupportedOperation,
+)
 from pixsim_provider_gateway.providers.registry import ProviderRegistry, UnknownProvider
 
 
@@ -27,6 +33,27 @@ class Providers:
             raise NotFound(
                 f"providers/{provider_id} does not exist", reason="PROVIDER_NOT_FOUND"
             ) from None
+
+    def estimate(self, provider_id: str, request: GenerationRequest) -> tuple[int, int]:
+        """What the adapter would reserve for `request`, in its credits and in millionths
+        of a dollar at the price table's price: the same figure dispatch reserves."""
+        provider = self._known(provider_id)
+        try:
+            payload = provider.map_parameters(request.operation, request)
+        except UnsupportedOperation as error:
+            raise FailedPrecondition(
+                str(error),
+                reason="UNSUPPORTED_OPERATION",
+                metadata={"provider": provider_id},
+            ) from None
+        except ProviderError as error:
+            raise InvalidArgument(
+                error.message,
+                [FieldViolation("params", error.message, "INVALID_FOR_PROVIDER")],
+                reason="INVALID_FOR_PROVIDER",
+            ) from None
+        credits = min(max(provider.estimate_cost(payload), 0), MAX_CREDITS)
+        return credits, price_micros(credits, self._registry.credit_price_micros(provider_id))
 
     async def get(self, provider_id: str) -> tuple[Provider, ProviderGate]:
         provider = self._known(provider_id)

@@ -14,11 +14,12 @@ from pixsim.events.v1 import events_pb2
 from pixsim_common import topics
 from pixsim_common.outbox import SetAside
 from pixsim_provider_gateway import repository as repo
-from pixsim_provider_gateway.domain import ErrorKind, RetryPolicy
+from pixsim_provider_gateway.domain import NOT_BILLED, ErrorKind, RetryPolicy, assumed
 from pixsim_provider_gateway.events import outgoing
 from pixsim_provider_gateway.providers.base import ProviderError
 from pixsim_provider_gateway.service.outcomes import settle_failure
 from pixsim_provider_gateway.service.units import Unit
+from pixsim_provider_gateway.settlement import settle
 
 # The error message of an attempt ended by recovery: its outcome at the provider is unknown.
 REPLICA_STOPPED = "the replica submitting this attempt stopped"
@@ -44,7 +45,9 @@ class Recover:
         async with self._units() as unit:
             attempts = await unit.submissions.expired_submitting(limit)
             for attempt in attempts:
-                await unit.accounts.release(attempt.account_id, attempt.reserved_credits)
+                await settle(
+                    unit.submissions, unit.accounts, attempt, assumed(attempt.reserved_credits)
+                )
                 error = ProviderError(ErrorKind.TRANSIENT, REPLICA_STOPPED)
                 # Its task may be running at the provider: a retry there, never a fallback.
                 await settle_failure(unit, attempt, error, self._policy, outcome_known=False)
@@ -59,6 +62,7 @@ class Recover:
         async with self._units() as unit:
             attempts = await unit.submissions.passed_deadline(limit)
             for attempt in attempts:
+                attempt.settle(NOT_BILLED)  # a waiting attempt holds nothing
                 if attempt.why == "START":
                     attempt.fail(START_DEADLINE_EXCEEDED, "not sent by its start deadline")
                 else:

@@ -425,9 +425,64 @@ class GenerationFailed(_message.Message):
 Global___GenerationFailed: _TypeAlias = GenerationFailed  # noqa: Y015
 
 @_typing.final
-class AssetCreated(_message.Message):
-    """pixsim.asset.created.v1: an asset exists (new, or the existing one a duplicate resolved to)."""
+class GenerationSettled(_message.Message):
+    """pixsim.asset.created.v1: an asset exists (new, or the existing one a duplicate resolved to).
+    One attempt's cost, settled once: what was reserved on its account at dispatch and what
+    it is counted as having cost (`billing` says how that was decided). `final`: no attempt
+    of this run of the job follows, so the run costs no more.
+    """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SUBMISSION_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_TYPE_FIELD_NUMBER: _builtins.int
+    JOB_RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    RESERVED_CREDITS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    BILLING_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    SETTLE_TIME_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    user_id: _builtins.str
+    submission_id: _builtins.str
+    provider_id: _builtins.str
+    operation_type: _types_pb2.OperationType.ValueType
+    job_retry_count: _builtins.int
+    reserved_credits: _builtins.int
+    billing: _types_pb2.Billing.ValueType
+    final: _builtins.bool
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    @_builtins.property
+    def settle_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        submission_id: _builtins.str = ...,
+        provider_id: _builtins.str = ...,
+        operation_type: _types_pb2.OperationType.ValueType = ...,
+        job_retry_count: _builtins.int = ...,
+        reserved_credits: _builtins.int = ...,
+        cost: _types_pb2.Cost | None = ...,
+        billing: _types_pb2.Billing.ValueType = ...,
+        final: _builtins.bool = ...,
+        settle_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "settle_time", b"settle_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing", b"billing", "cost", b"cost", "final", b"final", "job_id", b"job_id", "job_retry_count", b"job_retry_count", "operation_type", b"operation_type", "provider_id", b"provider_id", "reserved_credits", b"reserved_credits", "settle_time", b"settle_time", "submission_id", b"submission_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationSettled: _TypeAlias = GenerationSettled  # noqa: Y015
+
+@_typing.final
+class AssetCreated(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ASSET_ID_FIELD_NUMBER: _builtins.int

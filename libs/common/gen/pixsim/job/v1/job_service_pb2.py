@@ -27,13 +27,16 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 from pixsim.types.v1 import types_pb2 as pixsim_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpixsim/job/v1/job_service.proto\x12\rpixsim.job.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1bpixsim/types/v1/types.proto\"\x8a\x11\n\x03Job\x12\x1a\n\x04name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x08\xbaH\x05r\x03\x18\x80\x02\x12\x13\n\x05owner\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12G\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x0f\xe2\x41\x02\x02\x05\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x38\n\x0bprovider_id\x18\x04 \x01(\tB#\xe2\x41\x02\x02\x05\xbaH\x1br\x19\x32\x17^[a-z][a-z0-9_-]{1,31}$\x12\x1c\n\x06prompt\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\xa0\x1f\x12>\n\x06inputs\x18\x06 \x03(\x0b\x32 .pixsim.types.v1.GenerationInputB\x0c\xe2\x41\x01\x05\xbaH\x05\x92\x01\x02\x10\x08\x12-\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x05\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_code\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rerror_message\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bretry_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61sset\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12w\n\x06labels\x18\x16 \x03(\x0b\x32\x1e.pixsim.job.v1.Job.LabelsEntryBG\xe2\x41\x01\x05\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x12\x34\n\nqueue_time\x18\x18 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12!\n\x0equeue_position\x18\x19 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x02\x88\x01\x01\x12\x1b\n\x08progress\x18\x1a \x01(\x02\x42\x04\xe2\x41\x01\x03H\x03\x88\x01\x01\x12\x1c\n\x0eprovider_state\x18\x1b \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\rdispatch_time\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12=\n\x13provider_start_time\x18\x1d \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\x11provider_end_time\x18\x1e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x11provider_duration\x18\x1f \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12:\n\x11overhead_duration\x18  \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12-\n\x07webhook\x18! \x01(\x0b\x32\x16.pixsim.job.v1.WebhookB\x04\xe2\x41\x01\x05\x12\x38\n\tfallbacks\x18\" \x03(\x0b\x32\x17.pixsim.job.v1.FallbackB\x0c\xe2\x41\x01\x05\xbaH\x05\x92\x01\x02\x10\x03\x12\x1f\n\x11\x61sset_provider_id\x18# \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x08priority\x18\x17 \x01(\x0e\x32\x1b.pixsim.job.v1.Job.PriorityB\x0c\xe2\x41\x01\x05\xbaH\x05\x82\x01\x02\x10\x01\x12?\n\x13start_deadline_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x00\x12\x46\n\rstart_timeout\x18\x13 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x00\x12=\n\x11run_deadline_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x01\x12\x44\n\x0brun_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x14\n\x10STATE_PROCESSING\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x11\n\rSTATE_EXPIRED\x10\x07\"^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03:*\xea\x41\'\n\x0epixsim.dev/Job\x12\njobs/{job}*\x04jobs2\x03jobB\x10\n\x0estart_deadlineB\x0e\n\x0crun_deadlineB\x11\n\x0f_queue_positionB\x0b\n\t_progress\"l\n\x08\x46\x61llback\x12\x37\n\x0bprovider_id\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xbaH\x1br\x19\x32\x17^[a-z][a-z0-9_-]{1,31}$\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"u\n\x10\x43reateJobRequest\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x12.pixsim.job.v1.JobB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x34\n\nrequest_id\x18\x02 \x01(\tB \xe2\x41\x01\x01\xbaH\x19r\x17\x18\x80\x01\x32\x12^[A-Za-z0-9._:-]*$\"\x80\x01\n\rGetJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\xa1\x04\n\x0fListJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12;\n\x06states\x18\x03 \x03(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07\x82\x01\x04\x10\x01 \x00\x12\x36\n\x0bprovider_id\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x32\x1a^([a-z][a-z0-9_-]{1,31})?$\x12@\n\x0eoperation_type\x18\x05 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x35\n\x11\x63reate_time_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x7f\n\x06labels\x18\x08 \x03(\x0b\x32*.pixsim.job.v1.ListJobsRequest.LabelsEntryBC\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.pixsim.job.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x10\x43\x61ncelJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fRetryJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fWatchJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x89\x01\n\x16\x42\x61tchCreateJobsRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.pixsim.job.v1.CreateJobRequestB\x13\xe2\x41\x01\x02\xbaH\x0c\x92\x01\t\x08\x01\x10\x64\"\x03\xd8\x01\x03\x12\'\n\x07webhook\x18\x02 \x01(\x0b\x32\x16.pixsim.job.v1.Webhook\"P\n\x17\x42\x61tchCreateJobsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.pixsim.job.v1.BatchCreateJobsResult\"i\n\x15\x42\x61tchCreateJobsResult\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x12.pixsim.job.v1.JobH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\xbb\x02\n\x11\x43\x61ncelJobsRequest\x12;\n\x06states\x18\x01 \x03(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07\x82\x01\x04\x10\x01 \x00\x12\x36\n\x0bprovider_id\x18\x02 \x01(\tB!\xbaH\x1er\x1c\x32\x1a^([a-z][a-z0-9_-]{1,31})?$\x12\x81\x01\n\x06labels\x18\x03 \x03(\x0b\x32,.pixsim.job.v1.CancelJobsRequest.LabelsEntryBC\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x12\x43\x61ncelJobsResponse\x12\x17\n\x0f\x63\x61ncelled_count\x18\x01 \x01(\x05\"\x8d\x02\n\x07Webhook\x12(\n\x03url\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xbaH\x14r\x12\x18\x80\x10\x32\n^https?://\x88\x01\x01\x12\x41\n\x06\x65vents\x18\x02 \x03(\x0e\x32\x1c.pixsim.job.v1.Webhook.EventB\x13\xbaH\x10\x92\x01\r\x10\x06\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\"\x94\x01\n\x05\x45vent\x12\x15\n\x11\x45VENT_UNSPECIFIED\x10\x00\x12\x11\n\rEVENT_STARTED\x10\x01\x12\x12\n\x0e\x45VENT_PROGRESS\x10\x02\x12\x13\n\x0f\x45VENT_COMPLETED\x10\x03\x12\x10\n\x0c\x45VENT_FAILED\x10\x04\x12\x13\n\x0f\x45VENT_CANCELLED\x10\x05\x12\x11\n\rEVENT_EXPIRED\x10\x06\"\x1c\n\x1aRotateWebhookSecretRequest\"Y\n\rWebhookSecret\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x38\n\x14previous_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x1cListWebhookDeliveriesRequest\x12[\n\x03job\x18\x01 \x01(\tBN\xe2\x41\x01\x02\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"S\n\x1dListWebhookDeliveriesResponse\x12\x32\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1e.pixsim.job.v1.WebhookDelivery\"\xff\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x05\x65vent\x18\x02 \x01(\x0e\x32\x1c.pixsim.job.v1.Webhook.Event\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32$.pixsim.job.v1.WebhookDelivery.State\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1d.pixsim.job.v1.WebhookAttempt\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x13\n\x0fSTATE_DELIVERED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\x93\x01\n\x0eWebhookAttempt\x12\x30\n\x0c\x61ttempt_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration2\xe3\x08\n\nJobService\x12W\n\tCreateJob\x12\x1f.pixsim.job.v1.CreateJobRequest\x1a\x12.pixsim.job.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\"\x08/v1/jobs:\x03job\x12U\n\x06GetJob\x12\x1c.pixsim.job.v1.GetJobRequest\x1a\x12.pixsim.job.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.pixsim.job.v1.ListJobsRequest\x1a\x1f.pixsim.job.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x65\n\tCancelJob\x12\x1f.pixsim.job.v1.CancelJobRequest\x1a\x12.pixsim.job.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12\x62\n\x08RetryJob\x12\x1e.pixsim.job.v1.RetryJobRequest\x1a\x12.pixsim.job.v1.Job\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12\x81\x01\n\x0f\x42\x61tchCreateJobs\x12%.pixsim.job.v1.BatchCreateJobsRequest\x1a&.pixsim.job.v1.BatchCreateJobsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/jobs:batchCreate:\x01*\x12m\n\nCancelJobs\x12 .pixsim.job.v1.CancelJobsRequest\x1a!.pixsim.job.v1.CancelJobsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/jobs:cancel:\x01*\x12\x83\x01\n\x13RotateWebhookSecret\x12).pixsim.job.v1.RotateWebhookSecretRequest\x1a\x1c.pixsim.job.v1.WebhookSecret\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/webhookSecret:rotate:\x01*\x12\x9e\x01\n\x15ListWebhookDeliveries\x12+.pixsim.job.v1.ListWebhookDeliveriesRequest\x1a,.pixsim.job.v1.ListWebhookDeliveriesResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{job=jobs/*}/webhookDeliveries\x12\x61\n\x08WatchJob\x12\x1e.pixsim.job.v1.WatchJobRequest\x1a\x12.pixsim.job.v1.Job\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x42\x15Z\x13pixsim/job/v1;jobv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpixsim/job/v1/job_service.proto\x12\rpixsim.job.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16google/type/date.proto\x1a\x17google/type/money.proto\x1a\x1bpixsim/types/v1/types.proto\"\xb6\x11\n\x03Job\x12\x1a\n\x04name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x08\xbaH\x05r\x03\x18\x80\x02\x12\x13\n\x05owner\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12G\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x0f\xe2\x41\x02\x02\x05\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x38\n\x0bprovider_id\x18\x04 \x01(\tB#\xe2\x41\x02\x02\x05\xbaH\x1br\x19\x32\x17^[a-z][a-z0-9_-]{1,31}$\x12\x1c\n\x06prompt\x18\x05 \x01(\tB\x0c\xe2\x41\x01\x05\xbaH\x05r\x03\x18\xa0\x1f\x12>\n\x06inputs\x18\x06 \x03(\x0b\x32 .pixsim.types.v1.GenerationInputB\x0c\xe2\x41\x01\x05\xbaH\x05\x92\x01\x02\x10\x08\x12-\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x05\x12-\n\x05state\x18\x08 \x01(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_code\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rerror_message\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bretry_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61sset\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12w\n\x06labels\x18\x16 \x03(\x0b\x32\x1e.pixsim.job.v1.Job.LabelsEntryBG\xe2\x41\x01\x05\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x12\x34\n\nqueue_time\x18\x18 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12!\n\x0equeue_position\x18\x19 \x01(\x05\x42\x04\xe2\x41\x01\x03H\x02\x88\x01\x01\x12\x1b\n\x08progress\x18\x1a \x01(\x02\x42\x04\xe2\x41\x01\x03H\x03\x88\x01\x01\x12\x1c\n\x0eprovider_state\x18\x1b \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\rdispatch_time\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12=\n\x13provider_start_time\x18\x1d \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\x11provider_end_time\x18\x1e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x11provider_duration\x18\x1f \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12:\n\x11overhead_duration\x18  \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12-\n\x07webhook\x18! \x01(\x0b\x32\x16.pixsim.job.v1.WebhookB\x04\xe2\x41\x01\x05\x12\x38\n\tfallbacks\x18\" \x03(\x0b\x32\x17.pixsim.job.v1.FallbackB\x0c\xe2\x41\x01\x05\xbaH\x05\x92\x01\x02\x10\x03\x12\x1f\n\x11\x61sset_provider_id\x18# \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\x04\x63ost\x18$ \x01(\x0b\x32\x16.pixsim.job.v1.JobCostB\x04\xe2\x41\x01\x03\x12;\n\x08priority\x18\x17 \x01(\x0e\x32\x1b.pixsim.job.v1.Job.PriorityB\x0c\xe2\x41\x01\x05\xbaH\x05\x82\x01\x02\x10\x01\x12?\n\x13start_deadline_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x00\x12\x46\n\rstart_timeout\x18\x13 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x00\x12=\n\x11run_deadline_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x05H\x01\x12\x44\n\x0brun_timeout\x18\x15 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\xe2\x41\x01\x04\xbaH\x0b\xaa\x01\x08\"\x04\x08\x80\xf5$*\x00H\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x10\n\x0cSTATE_QUEUED\x10\x02\x12\x14\n\x10STATE_PROCESSING\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x12\x13\n\x0fSTATE_CANCELLED\x10\x06\x12\x11\n\rSTATE_EXPIRED\x10\x07\"^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03:*\xea\x41\'\n\x0epixsim.dev/Job\x12\njobs/{job}*\x04jobs2\x03jobB\x10\n\x0estart_deadlineB\x0e\n\x0crun_deadlineB\x11\n\x0f_queue_positionB\x0b\n\t_progress\"l\n\x08\x46\x61llback\x12\x37\n\x0bprovider_id\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xbaH\x1br\x19\x32\x17^[a-z][a-z0-9_-]{1,31}$\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"u\n\x10\x43reateJobRequest\x12+\n\x03job\x18\x01 \x01(\x0b\x32\x12.pixsim.job.v1.JobB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x34\n\nrequest_id\x18\x02 \x01(\tB \xe2\x41\x01\x01\xbaH\x19r\x17\x18\x80\x01\x32\x12^[A-Za-z0-9._:-]*$\"\x80\x01\n\rGetJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\xa1\x04\n\x0fListJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12;\n\x06states\x18\x03 \x03(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07\x82\x01\x04\x10\x01 \x00\x12\x36\n\x0bprovider_id\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x32\x1a^([a-z][a-z0-9_-]{1,31})?$\x12@\n\x0eoperation_type\x18\x05 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationTypeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x35\n\x11\x63reate_time_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63reate_time_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x7f\n\x06labels\x18\x08 \x03(\x0b\x32*.pixsim.job.v1.ListJobsRequest.LabelsEntryBC\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.pixsim.job.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x10\x43\x61ncelJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fRetryJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x82\x01\n\x0fWatchJobRequest\x12o\n\x04name\x18\x01 \x01(\tBa\xe2\x41\x01\x02\xfa\x41\x10\n\x0epixsim.dev/Job\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x89\x01\n\x16\x42\x61tchCreateJobsRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.pixsim.job.v1.CreateJobRequestB\x13\xe2\x41\x01\x02\xbaH\x0c\x92\x01\t\x08\x01\x10\x64\"\x03\xd8\x01\x03\x12\'\n\x07webhook\x18\x02 \x01(\x0b\x32\x16.pixsim.job.v1.Webhook\"P\n\x17\x42\x61tchCreateJobsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.pixsim.job.v1.BatchCreateJobsResult\"i\n\x15\x42\x61tchCreateJobsResult\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x12.pixsim.job.v1.JobH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\xbb\x02\n\x11\x43\x61ncelJobsRequest\x12;\n\x06states\x18\x01 \x03(\x0e\x32\x18.pixsim.job.v1.Job.StateB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\"\x07\x82\x01\x04\x10\x01 \x00\x12\x36\n\x0bprovider_id\x18\x02 \x01(\tB!\xbaH\x1er\x1c\x32\x1a^([a-z][a-z0-9_-]{1,31})?$\x12\x81\x01\n\x06labels\x18\x03 \x03(\x0b\x32,.pixsim.job.v1.CancelJobsRequest.LabelsEntryBC\xbaH@\x9a\x01=\x10 \"\x1cr\x1a\x32\x18^[a-z][a-z0-9_.-]{0,62}$*\x1br\x19\x32\x17^[A-Za-z0-9_.:-]{0,63}$\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x12\x43\x61ncelJobsResponse\x12\x17\n\x0f\x63\x61ncelled_count\x18\x01 \x01(\x05\"\x8d\x02\n\x07Webhook\x12(\n\x03url\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xbaH\x14r\x12\x18\x80\x10\x32\n^https?://\x88\x01\x01\x12\x41\n\x06\x65vents\x18\x02 \x03(\x0e\x32\x1c.pixsim.job.v1.Webhook.EventB\x13\xbaH\x10\x92\x01\r\x10\x06\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\"\x94\x01\n\x05\x45vent\x12\x15\n\x11\x45VENT_UNSPECIFIED\x10\x00\x12\x11\n\rEVENT_STARTED\x10\x01\x12\x12\n\x0e\x45VENT_PROGRESS\x10\x02\x12\x13\n\x0f\x45VENT_COMPLETED\x10\x03\x12\x10\n\x0c\x45VENT_FAILED\x10\x04\x12\x13\n\x0f\x45VENT_CANCELLED\x10\x05\x12\x11\n\rEVENT_EXPIRED\x10\x06\"\x1c\n\x1aRotateWebhookSecretRequest\"Y\n\rWebhookSecret\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x38\n\x14previous_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x1cListWebhookDeliveriesRequest\x12[\n\x03job\x18\x01 \x01(\tBN\xe2\x41\x01\x02\xbaHGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"S\n\x1dListWebhookDeliveriesResponse\x12\x32\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1e.pixsim.job.v1.WebhookDelivery\"\xff\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x05\x65vent\x18\x02 \x01(\x0e\x32\x1c.pixsim.job.v1.Webhook.Event\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32$.pixsim.job.v1.WebhookDelivery.State\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1d.pixsim.job.v1.WebhookAttempt\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x13\n\x0fSTATE_DELIVERED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\x93\x01\n\x0eWebhookAttempt\x12\x30\n\x0c\x61ttempt_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x84\x01\n\x07JobCost\x12(\n\testimated\x18\x04 \x01(\x0b\x32\x15.pixsim.types.v1.Cost\x12&\n\x07settled\x18\x01 \x01(\x0b\x32\x15.pixsim.types.v1.Cost\x12\x18\n\x10settled_attempts\x18\x02 \x01(\x05\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\x87\x01\n\x0fGetUsageRequest\x12(\n\x04user\x18\x01 \x01(\tB\x1a\xbaH\x17r\x15\x18\x80\x02\x32\x10^(users/[^/]+)?$\x12%\n\nstart_date\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.Date\"\xc5\x01\n\x05Usage\x12\x0c\n\x04user\x18\x01 \x01(\t\x12%\n\nstart_date\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.Date\x12%\n\x04rows\x18\x04 \x03(\x0b\x32\x17.pixsim.job.v1.UsageRow\x12\'\n\x0btotal_price\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\x12\n\ntotal_jobs\x18\x06 \x01(\x03\"\xab\x01\n\x08UsageRow\x12\x1f\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x36\n\x0eoperation_type\x18\x03 \x01(\x0e\x32\x1e.pixsim.types.v1.OperationType\x12\x0c\n\x04jobs\x18\x04 \x01(\x03\x12#\n\x04\x63ost\x18\x05 \x01(\x0b\x32\x15.pixsim.types.v1.Cost\"\x95\x04\n\x06\x42udget\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x08\xbaH\x1br\x19\x18\x80\x02\x32\x14^users/[^/]+/budget$\x12<\n\x06period\x18\x02 \x01(\x0e\x32\x1c.pixsim.job.v1.Budget.PeriodB\x0e\xe2\x41\x01\x02\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\'\n\x05limit\x18\x03 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12;\n\x11period_start_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\'\n\x05spent\x18\x05 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12&\n\x04held\x18\x06 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12+\n\tremaining\x18\x07 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"B\n\x06Period\x12\x16\n\x12PERIOD_UNSPECIFIED\x10\x00\x12\x0e\n\nPERIOD_DAY\x10\x01\x12\x10\n\x0cPERIOD_MONTH\x10\x02:<\xea\x41\x39\n\x11pixsim.dev/Budget\x12\x13users/{user}/budget*\x07\x62udgets2\x06\x62udget\"D\n\x10GetBudgetRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xbaH\x1br\x19\x18\x80\x02\x32\x14^users/[^/]+/budget$\"E\n\x10SetBudgetRequest\x12\x31\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x15.pixsim.job.v1.BudgetB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\"G\n\x13\x44\x65leteBudgetRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xbaH\x1br\x19\x18\x80\x02\x32\x14^users/[^/]+/budget$2\x8a\x0c\n\nJobService\x12W\n\tCreateJob\x12\x1f.pixsim.job.v1.CreateJobRequest\x1a\x12.pixsim.job.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\"\x08/v1/jobs:\x03job\x12U\n\x06GetJob\x12\x1c.pixsim.job.v1.GetJobRequest\x1a\x12.pixsim.job.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.pixsim.job.v1.ListJobsRequest\x1a\x1f.pixsim.job.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x65\n\tCancelJob\x12\x1f.pixsim.job.v1.CancelJobRequest\x1a\x12.pixsim.job.v1.Job\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12\x62\n\x08RetryJob\x12\x1e.pixsim.job.v1.RetryJobRequest\x1a\x12.pixsim.job.v1.Job\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12\x81\x01\n\x0f\x42\x61tchCreateJobs\x12%.pixsim.job.v1.BatchCreateJobsRequest\x1a&.pixsim.job.v1.BatchCreateJobsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/jobs:batchCreate:\x01*\x12m\n\nCancelJobs\x12 .pixsim.job.v1.CancelJobsRequest\x1a!.pixsim.job.v1.CancelJobsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/jobs:cancel:\x01*\x12\x83\x01\n\x13RotateWebhookSecret\x12).pixsim.job.v1.RotateWebhookSecretRequest\x1a\x1c.pixsim.job.v1.WebhookSecret\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/webhookSecret:rotate:\x01*\x12\x9e\x01\n\x15ListWebhookDeliveries\x12+.pixsim.job.v1.ListWebhookDeliveriesRequest\x1a,.pixsim.job.v1.ListWebhookDeliveriesResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{job=jobs/*}/webhookDeliveries\x12\x61\n\x08WatchJob\x12\x1e.pixsim.job.v1.WatchJobRequest\x1a\x12.pixsim.job.v1.Job\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12S\n\x08GetUsage\x12\x1e.pixsim.job.v1.GetUsageRequest\x1a\x14.pixsim.job.v1.Usage\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/usage\x12\x66\n\tGetBudget\x12\x1f.pixsim.job.v1.GetBudgetRequest\x1a\x15.pixsim.job.v1.Budget\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=users/*/budget}\x12y\n\tSetBudget\x12\x1f.pixsim.job.v1.SetBudgetRequest\x1a\x15.pixsim.job.v1.Budget\"4\x82\xd3\xe4\x93\x02.\"$/v1/{budget.name=users/*/budget}:set:\x06\x62udget\x12m\n\x0c\x44\x65leteBudget\x12\".pixsim.job.v1.DeleteBudgetRequest\x1a\x16.google.protobuf.Empty\"!\x82\xd3\xe4\x93\x02\x1b*\x19/v1/{name=users/*/budget}B\x15Z\x13pixsim/job/v1;jobv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -103,6 +106,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB'].fields_by_name['fallbacks']._serialized_options = b'\342A\001\005\272H\005\222\001\002\020\003'
   _globals['_JOB'].fields_by_name['asset_provider_id']._loaded_options = None
   _globals['_JOB'].fields_by_name['asset_provider_id']._serialized_options = b'\342A\001\003'
+  _globals['_JOB'].fields_by_name['cost']._loaded_options = None
+  _globals['_JOB'].fields_by_name['cost']._serialized_options = b'\342A\001\003'
   _globals['_JOB'].fields_by_name['priority']._loaded_options = None
   _globals['_JOB'].fields_by_name['priority']._serialized_options = b'\342A\001\005\272H\005\202\001\002\020\001'
   _globals['_JOB'].fields_by_name['start_deadline_time']._loaded_options = None
@@ -159,6 +164,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOK'].fields_by_name['events']._serialized_options = b'\272H\020\222\001\r\020\006\030\001\"\007\202\001\004\020\001 \000'
   _globals['_LISTWEBHOOKDELIVERIESREQUEST'].fields_by_name['job']._loaded_options = None
   _globals['_LISTWEBHOOKDELIVERIESREQUEST'].fields_by_name['job']._serialized_options = b'\342A\001\002\272HGrE2C^jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+  _globals['_GETUSAGEREQUEST'].fields_by_name['user']._loaded_options = None
+  _globals['_GETUSAGEREQUEST'].fields_by_name['user']._serialized_options = b'\272H\027r\025\030\200\0022\020^(users/[^/]+)?$'
+  _globals['_BUDGET'].fields_by_name['name']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['name']._serialized_options = b'\342A\001\010\272H\033r\031\030\200\0022\024^users/[^/]+/budget$'
+  _globals['_BUDGET'].fields_by_name['period']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['period']._serialized_options = b'\342A\001\002\272H\007\202\001\004\020\001 \000'
+  _globals['_BUDGET'].fields_by_name['limit']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['limit']._serialized_options = b'\342A\001\002'
+  _globals['_BUDGET'].fields_by_name['period_start_time']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['period_start_time']._serialized_options = b'\342A\001\003'
+  _globals['_BUDGET'].fields_by_name['spent']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['spent']._serialized_options = b'\342A\001\003'
+  _globals['_BUDGET'].fields_by_name['held']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['held']._serialized_options = b'\342A\001\003'
+  _globals['_BUDGET'].fields_by_name['remaining']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['remaining']._serialized_options = b'\342A\001\003'
+  _globals['_BUDGET'].fields_by_name['update_time']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_BUDGET']._loaded_options = None
+  _globals['_BUDGET']._serialized_options = b'\352A9\n\021pixsim.dev/Budget\022\023users/{user}/budget*\007budgets2\006budget'
+  _globals['_GETBUDGETREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETBUDGETREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\272H\033r\031\030\200\0022\024^users/[^/]+/budget$'
+  _globals['_SETBUDGETREQUEST'].fields_by_name['budget']._loaded_options = None
+  _globals['_SETBUDGETREQUEST'].fields_by_name['budget']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_DELETEBUDGETREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETEBUDGETREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\272H\033r\031\030\200\0022\024^users/[^/]+/budget$'
   _globals['_JOBSERVICE'].methods_by_name['CreateJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['CreateJob']._serialized_options = b'\202\323\344\223\002\017\"\010/v1/jobs:\003job'
   _globals['_JOBSERVICE'].methods_by_name['GetJob']._loaded_options = None
@@ -179,62 +210,88 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['ListWebhookDeliveries']._serialized_options = b'\202\323\344\223\002$\022\"/v1/{job=jobs/*}/webhookDeliveries'
   _globals['_JOBSERVICE'].methods_by_name['WatchJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['WatchJob']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/{name=jobs/*}:watch'
-  _globals['_JOB']._serialized_start=319
-  _globals['_JOB']._serialized_end=2505
-  _globals['_JOB_LABELSENTRY']._serialized_start=2083
-  _globals['_JOB_LABELSENTRY']._serialized_end=2128
-  _globals['_JOB_STATE']._serialized_start=2131
-  _globals['_JOB_STATE']._serialized_end=2299
-  _globals['_JOB_PRIORITY']._serialized_start=2301
-  _globals['_JOB_PRIORITY']._serialized_end=2395
-  _globals['_FALLBACK']._serialized_start=2507
-  _globals['_FALLBACK']._serialized_end=2615
-  _globals['_CREATEJOBREQUEST']._serialized_start=2617
-  _globals['_CREATEJOBREQUEST']._serialized_end=2734
-  _globals['_GETJOBREQUEST']._serialized_start=2737
-  _globals['_GETJOBREQUEST']._serialized_end=2865
-  _globals['_LISTJOBSREQUEST']._serialized_start=2868
-  _globals['_LISTJOBSREQUEST']._serialized_end=3413
-  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=2083
-  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=2128
-  _globals['_LISTJOBSRESPONSE']._serialized_start=3415
-  _globals['_LISTJOBSRESPONSE']._serialized_end=3492
-  _globals['_CANCELJOBREQUEST']._serialized_start=3495
-  _globals['_CANCELJOBREQUEST']._serialized_end=3626
-  _globals['_RETRYJOBREQUEST']._serialized_start=3629
-  _globals['_RETRYJOBREQUEST']._serialized_end=3759
-  _globals['_WATCHJOBREQUEST']._serialized_start=3762
-  _globals['_WATCHJOBREQUEST']._serialized_end=3892
-  _globals['_BATCHCREATEJOBSREQUEST']._serialized_start=3895
-  _globals['_BATCHCREATEJOBSREQUEST']._serialized_end=4032
-  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_start=4034
-  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_end=4114
-  _globals['_BATCHCREATEJOBSRESULT']._serialized_start=4116
-  _globals['_BATCHCREATEJOBSRESULT']._serialized_end=4221
-  _globals['_CANCELJOBSREQUEST']._serialized_start=4224
-  _globals['_CANCELJOBSREQUEST']._serialized_end=4539
-  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._serialized_start=2083
-  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._serialized_end=2128
-  _globals['_CANCELJOBSRESPONSE']._serialized_start=4541
-  _globals['_CANCELJOBSRESPONSE']._serialized_end=4586
-  _globals['_WEBHOOK']._serialized_start=4589
-  _globals['_WEBHOOK']._serialized_end=4858
-  _globals['_WEBHOOK_EVENT']._serialized_start=4710
-  _globals['_WEBHOOK_EVENT']._serialized_end=4858
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=4860
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=4888
-  _globals['_WEBHOOKSECRET']._serialized_start=4890
-  _globals['_WEBHOOKSECRET']._serialized_end=4979
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=4981
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=5104
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=5106
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=5189
-  _globals['_WEBHOOKDELIVERY']._serialized_start=5192
-  _globals['_WEBHOOKDELIVERY']._serialized_end=5575
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=5487
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=5575
-  _globals['_WEBHOOKATTEMPT']._serialized_start=5578
-  _globals['_WEBHOOKATTEMPT']._serialized_end=5725
-  _globals['_JOBSERVICE']._serialized_start=5728
-  _globals['_JOBSERVICE']._serialized_end=6851
+  _globals['_JOBSERVICE'].methods_by_name['GetUsage']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['GetUsage']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/usage'
+  _globals['_JOBSERVICE'].methods_by_name['GetBudget']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['GetBudget']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/{name=users/*/budget}'
+  _globals['_JOBSERVICE'].methods_by_name['SetBudget']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['SetBudget']._serialized_options = b'\202\323\344\223\002.\"$/v1/{budget.name=users/*/budget}:set:\006budget'
+  _globals['_JOBSERVICE'].methods_by_name['DeleteBudget']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['DeleteBudget']._serialized_options = b'\202\323\344\223\002\033*\031/v1/{name=users/*/budget}'
+  _globals['_JOB']._serialized_start=397
+  _globals['_JOB']._serialized_end=2627
+  _globals['_JOB_LABELSENTRY']._serialized_start=2205
+  _globals['_JOB_LABELSENTRY']._serialized_end=2250
+  _globals['_JOB_STATE']._serialized_start=2253
+  _globals['_JOB_STATE']._serialized_end=2421
+  _globals['_JOB_PRIORITY']._serialized_start=2423
+  _globals['_JOB_PRIORITY']._serialized_end=2517
+  _globals['_FALLBACK']._serialized_start=2629
+  _globals['_FALLBACK']._serialized_end=2737
+  _globals['_CREATEJOBREQUEST']._serialized_start=2739
+  _globals['_CREATEJOBREQUEST']._serialized_end=2856
+  _globals['_GETJOBREQUEST']._serialized_start=2859
+  _globals['_GETJOBREQUEST']._serialized_end=2987
+  _globals['_LISTJOBSREQUEST']._serialized_start=2990
+  _globals['_LISTJOBSREQUEST']._serialized_end=3535
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=2205
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=2250
+  _globals['_LISTJOBSRESPONSE']._serialized_start=3537
+  _globals['_LISTJOBSRESPONSE']._serialized_end=3614
+  _globals['_CANCELJOBREQUEST']._serialized_start=3617
+  _globals['_CANCELJOBREQUEST']._serialized_end=3748
+  _globals['_RETRYJOBREQUEST']._serialized_start=3751
+  _globals['_RETRYJOBREQUEST']._serialized_end=3881
+  _globals['_WATCHJOBREQUEST']._serialized_start=3884
+  _globals['_WATCHJOBREQUEST']._serialized_end=4014
+  _globals['_BATCHCREATEJOBSREQUEST']._serialized_start=4017
+  _globals['_BATCHCREATEJOBSREQUEST']._serialized_end=4154
+  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_start=4156
+  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_end=4236
+  _globals['_BATCHCREATEJOBSRESULT']._serialized_start=4238
+  _globals['_BATCHCREATEJOBSRESULT']._serialized_end=4343
+  _globals['_CANCELJOBSREQUEST']._serialized_start=4346
+  _globals['_CANCELJOBSREQUEST']._serialized_end=4661
+  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._serialized_start=2205
+  _globals['_CANCELJOBSREQUEST_LABELSENTRY']._serialized_end=2250
+  _globals['_CANCELJOBSRESPONSE']._serialized_start=4663
+  _globals['_CANCELJOBSRESPONSE']._serialized_end=4708
+  _globals['_WEBHOOK']._serialized_start=4711
+  _globals['_WEBHOOK']._serialized_end=4980
+  _globals['_WEBHOOK_EVENT']._serialized_start=4832
+  _globals['_WEBHOOK_EVENT']._serialized_end=4980
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=4982
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=5010
+  _globals['_WEBHOOKSECRET']._serialized_start=5012
+  _globals['_WEBHOOKSECRET']._serialized_end=5101
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=5103
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=5226
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=5228
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=5311
+  _globals['_WEBHOOKDELIVERY']._serialized_start=5314
+  _globals['_WEBHOOKDELIVERY']._serialized_end=5697
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=5609
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=5697
+  _globals['_WEBHOOKATTEMPT']._serialized_start=5700
+  _globals['_WEBHOOKATTEMPT']._serialized_end=5847
+  _globals['_JOBCOST']._serialized_start=5850
+  _globals['_JOBCOST']._serialized_end=5982
+  _globals['_GETUSAGEREQUEST']._serialized_start=5985
+  _globals['_GETUSAGEREQUEST']._serialized_end=6120
+  _globals['_USAGE']._serialized_start=6123
+  _globals['_USAGE']._serialized_end=6320
+  _globals['_USAGEROW']._serialized_start=6323
+  _globals['_USAGEROW']._serialized_end=6494
+  _globals['_BUDGET']._serialized_start=6497
+  _globals['_BUDGET']._serialized_end=7030
+  _globals['_BUDGET_PERIOD']._serialized_start=6902
+  _globals['_BUDGET_PERIOD']._serialized_end=6968
+  _globals['_GETBUDGETREQUEST']._serialized_start=7032
+  _globals['_GETBUDGETREQUEST']._serialized_end=7100
+  _globals['_SETBUDGETREQUEST']._serialized_start=7102
+  _globals['_SETBUDGETREQUEST']._serialized_end=7171
+  _globals['_DELETEBUDGETREQUEST']._serialized_start=7173
+  _globals['_DELETEBUDGETREQUEST']._serialized_end=7244
+  _globals['_JOBSERVICE']._serialized_start=7247
+  _globals['_JOBSERVICE']._serialized_end=8793
 # @@protoc_insertion_point(module_scope)

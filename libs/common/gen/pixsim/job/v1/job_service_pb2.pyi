@@ -12,6 +12,8 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
+from google.type import date_pb2 as _date_pb2
+from google.type import money_pb2 as _money_pb2
 from pixsim.types.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -150,6 +152,7 @@ class Job(_message.Message):
     WEBHOOK_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
     ASSET_PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     START_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     START_TIMEOUT_FIELD_NUMBER: _builtins.int
@@ -243,6 +246,10 @@ class Job(_message.Message):
         """
 
     @_builtins.property
+    def cost(self) -> Global___JobCost:
+        """What its attempts cost, retries and fallbacks included."""
+
+    @_builtins.property
     def start_deadline_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def start_timeout(self) -> _duration_pb2.Duration:
@@ -287,15 +294,16 @@ class Job(_message.Message):
         webhook: Global___Webhook | None = ...,
         fallbacks: _abc.Iterable[Global___Fallback] | None = ...,
         asset_provider_id: _builtins.str = ...,
+        cost: Global___JobCost | None = ...,
         priority: Global___Job.Priority.ValueType = ...,
         start_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         start_timeout: _duration_pb2.Duration | None = ...,
         run_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         run_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "overhead_duration", b"overhead_duration", "params", b"params", "progress", b"progress", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_start_time", b"provider_start_time", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "complete_time", b"complete_time", "cost", b"cost", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "overhead_duration", b"overhead_duration", "params", b"params", "progress", b"progress", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_start_time", b"provider_start_time", "queue_position", b"queue_position", "queue_time", b"queue_time", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "asset_provider_id", b"asset_provider_id", "complete_time", b"complete_time", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "error_code", b"error_code", "error_message", b"error_message", "fallbacks", b"fallbacks", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "overhead_duration", b"overhead_duration", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_id", b"provider_id", "provider_start_time", b"provider_start_time", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress", b"_progress", "_queue_position", b"_queue_position", "asset", b"asset", "asset_provider_id", b"asset_provider_id", "complete_time", b"complete_time", "cost", b"cost", "create_time", b"create_time", "dispatch_time", b"dispatch_time", "error_code", b"error_code", "error_message", b"error_message", "fallbacks", b"fallbacks", "inputs", b"inputs", "labels", b"labels", "name", b"name", "operation_type", b"operation_type", "overhead_duration", b"overhead_duration", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "prompt", b"prompt", "provider_duration", b"provider_duration", "provider_end_time", b"provider_end_time", "provider_id", b"provider_id", "provider_start_time", b"provider_start_time", "provider_state", b"provider_state", "queue_position", b"queue_position", "queue_time", b"queue_time", "request_id", b"request_id", "retry_count", b"retry_count", "run_deadline", b"run_deadline", "run_deadline_time", b"run_deadline_time", "run_timeout", b"run_timeout", "start_deadline", b"start_deadline", "start_deadline_time", b"start_deadline_time", "start_time", b"start_time", "start_timeout", b"start_timeout", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__progress: _TypeAlias = _typing.Literal["progress"]  # noqa: Y015
     _WhichOneofArgType__progress: _TypeAlias = _typing.Literal["_progress", b"_progress"]  # noqa: Y015
@@ -927,3 +935,289 @@ class WebhookAttempt(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WebhookAttempt: _TypeAlias = WebhookAttempt  # noqa: Y015
+
+@_typing.final
+class JobCost(_message.Message):
+    """A job's cost: the sum of its attempts' settled costs (each settled once, by its
+    provider's rule), every run of it included.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
+    SETTLED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    settled_attempts: _builtins.int
+    """How many of its attempts are settled."""
+    final: _builtins.bool
+    """Its last run is settled: it costs no more unless it is retried. A completed job's cost
+    is final once its last attempt's settlement has arrived (almost always before the job
+    completes; the two come on different topics).
+    """
+    @_builtins.property
+    def estimated(self) -> _types_pb2.Cost:
+        """The estimate at CreateJob (or RetryJob), from its provider's adapter for its
+        parameters: what is held against its owner's budget until its run is settled.
+        """
+
+    @_builtins.property
+    def settled(self) -> _types_pb2.Cost: ...
+    def __init__(
+        self,
+        *,
+        estimated: _types_pb2.Cost | None = ...,
+        settled: _types_pb2.Cost | None = ...,
+        settled_attempts: _builtins.int = ...,
+        final: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated", b"estimated", "settled", b"settled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated", b"estimated", "final", b"final", "settled", b"settled", "settled_attempts", b"settled_attempts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCost: _TypeAlias = JobCost  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """`users/{user}`; empty for the caller. Another user's needs the admin role."""
+    @_builtins.property
+    def start_date(self) -> _date_pb2.Date:
+        """The first day counted (UTC); unset: 30 days before `end_date`."""
+
+    @_builtins.property
+    def end_date(self) -> _date_pb2.Date:
+        """The last day counted (UTC), inclusive; unset: today."""
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        start_date: _date_pb2.Date | None = ...,
+        end_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    """Spending by provider, operation and day. A job counts once, on the day its first run was
+    settled, under the provider that ended it; its cost counts on each attempt's day.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_PRICE_FIELD_NUMBER: _builtins.int
+    TOTAL_JOBS_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    total_jobs: _builtins.int
+    @_builtins.property
+    def start_date(self) -> _date_pb2.Date: ...
+    @_builtins.property
+    def end_date(self) -> _date_pb2.Date: ...
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]: ...
+    @_builtins.property
+    def total_price(self) -> _money_pb2.Money:
+        """Every row's price summed (credits of different providers do not add)."""
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        start_date: _date_pb2.Date | None = ...,
+        end_date: _date_pb2.Date | None = ...,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+        total_price: _money_pb2.Money | None = ...,
+        total_jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "total_price", b"total_price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "rows", b"rows", "start_date", b"start_date", "total_jobs", b"total_jobs", "total_price", b"total_price", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_TYPE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.str
+    operation_type: _types_pb2.OperationType.ValueType
+    jobs: _builtins.int
+    @_builtins.property
+    def date(self) -> _date_pb2.Date: ...
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    def __init__(
+        self,
+        *,
+        date: _date_pb2.Date | None = ...,
+        provider_id: _builtins.str = ...,
+        operation_type: _types_pb2.OperationType.ValueType = ...,
+        jobs: _builtins.int = ...,
+        cost: _types_pb2.Cost | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "date", b"date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "date", b"date", "jobs", b"jobs", "operation_type", b"operation_type", "provider_id", b"provider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class Budget(_message.Message):
+    """What a user may spend in a period (UTC days, or calendar months), and where they stand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Period:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Budget._Period.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PERIOD_UNSPECIFIED: Budget._Period.ValueType  # 0
+        PERIOD_DAY: Budget._Period.ValueType  # 1
+        PERIOD_MONTH: Budget._Period.ValueType  # 2
+
+    class Period(_Period, metaclass=_PeriodEnumTypeWrapper): ...
+    PERIOD_UNSPECIFIED: Budget.Period.ValueType  # 0
+    PERIOD_DAY: Budget.Period.ValueType  # 1
+    PERIOD_MONTH: Budget.Period.ValueType  # 2
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`users/{user}/budget`."""
+    period: Global___Budget.Period.ValueType
+    @_builtins.property
+    def limit(self) -> _money_pb2.Money:
+        """In USD, up to a million; a cost of a job that would take the spent and held past it
+        is refused.
+        """
+
+    @_builtins.property
+    def period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The period now: its first moment, what its settled costs came to, and the estimates
+        of jobs not settled yet (held, whenever they were made).
+        """
+
+    @_builtins.property
+    def spent(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def held(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def remaining(self) -> _money_pb2.Money:
+        """The limit less spent and held (never below zero)."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        period: Global___Budget.Period.ValueType = ...,
+        limit: _money_pb2.Money | None = ...,
+        period_start_time: _timestamp_pb2.Timestamp | None = ...,
+        spent: _money_pb2.Money | None = ...,
+        held: _money_pb2.Money | None = ...,
+        remaining: _money_pb2.Money | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "limit", b"limit", "period_start_time", b"period_start_time", "remaining", b"remaining", "spent", b"spent", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "limit", b"limit", "name", b"name", "period", b"period", "period_start_time", b"period_start_time", "remaining", b"remaining", "spent", b"spent", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Budget: _TypeAlias = Budget  # noqa: Y015
+
+@_typing.final
+class GetBudgetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`users/{user}/budget`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBudgetRequest: _TypeAlias = GetBudgetRequest  # noqa: Y015
+
+@_typing.final
+class SetBudgetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def budget(self) -> Global___Budget: ...
+    def __init__(
+        self,
+        *,
+        budget: Global___Budget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBudgetRequest: _TypeAlias = SetBudgetRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBudgetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`users/{user}/budget`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBudgetRequest: _TypeAlias = DeleteBudgetRequest  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from pixsim.job.v1 import job_service_pb2 as pixsim_dot_job_dot_v1_dot_job__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -85,6 +86,26 @@ class JobServiceStub:
                 request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/pixsim.job.v1.JobService/GetUsage',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Usage.FromString,
+                _registered_method=True)
+        self.GetBudget = channel.unary_unary(
+                '/pixsim.job.v1.JobService/GetBudget',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.GetBudgetRequest.SerializeToString,
+                response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Budget.FromString,
+                _registered_method=True)
+        self.SetBudget = channel.unary_unary(
+                '/pixsim.job.v1.JobService/SetBudget',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.SetBudgetRequest.SerializeToString,
+                response_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Budget.FromString,
+                _registered_method=True)
+        self.DeleteBudget = channel.unary_unary(
+                '/pixsim.job.v1.JobService/DeleteBudget',
+                request_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.DeleteBudgetRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -166,6 +187,37 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """What was spent, summed by provider, operation and day (UTC) over a range of days, as
+        attempts' costs settle: the caller's own, or (admin) any user's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBudget(self, request, context):
+        """A user's budget, with what is spent and held against it this period: the owner's own,
+        or (admin) anyone's. NOT_FOUND: the user has none (nothing is refused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBudget(self, request, context):
+        """Sets a user's budget for a day or a month (admin). From then on CreateJob, BatchCreateJobs
+        and RetryJob refuse a job whose estimate exceeds what remains (RESOURCE_EXHAUSTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBudget(self, request, context):
+        """Removes a user's budget (admin): nothing of theirs is refused for cost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +270,26 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
                     response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Job.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Usage.SerializeToString,
+            ),
+            'GetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBudget,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.GetBudgetRequest.FromString,
+                    response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Budget.SerializeToString,
+            ),
+            'SetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBudget,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.SetBudgetRequest.FromString,
+                    response_serializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.Budget.SerializeToString,
+            ),
+            'DeleteBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBudget,
+                    request_deserializer=pixsim_dot_job_dot_v1_dot_job__service__pb2.DeleteBudgetRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -491,6 +563,114 @@ class JobService:
             '/pixsim.job.v1.JobService/WatchJob',
             pixsim_dot_job_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
             pixsim_dot_job_dot_v1_dot_job__service__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/GetUsage',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.GetUsageRequest.SerializeToString,
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.Usage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/GetBudget',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.GetBudgetRequest.SerializeToString,
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/SetBudget',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.SetBudgetRequest.SerializeToString,
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.Budget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.job.v1.JobService/DeleteBudget',
+            pixsim_dot_job_dot_v1_dot_job__service__pb2.DeleteBudgetRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 The job service: the front door of every generation and the place a client learns how it went."""
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from pixsim.job.v1 import job_service_pb2 as _job_service_pb2
 import abc as _abc_1
@@ -61,6 +62,20 @@ class JobServiceStub:
     """The webhook deliveries of one of the caller's jobs, with every attempt."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.Job]
     """Sends the job as it is now, then again on every change, and ends when it is terminal."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetUsageRequest, _job_service_pb2.Usage]
+    """What was spent, summed by provider, operation and day (UTC) over a range of days, as
+    attempts' costs settle: the caller's own, or (admin) any user's.
+    """
+    GetBudget: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetBudgetRequest, _job_service_pb2.Budget]
+    """A user's budget, with what is spent and held against it this period: the owner's own,
+    or (admin) anyone's. NOT_FOUND: the user has none (nothing is refused).
+    """
+    SetBudget: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SetBudgetRequest, _job_service_pb2.Budget]
+    """Sets a user's budget for a day or a month (admin). From then on CreateJob, BatchCreateJobs
+    and RetryJob refuse a job whose estimate exceeds what remains (RESOURCE_EXHAUSTED).
+    """
+    DeleteBudget: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.DeleteBudgetRequest, _empty_pb2.Empty]
+    """Removes a user's budget (admin): nothing of theirs is refused for cost."""
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -95,6 +110,20 @@ class JobServiceAsyncStub(JobServiceStub):
     """The webhook deliveries of one of the caller's jobs, with every attempt."""
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.Job]  # type: ignore[assignment]
     """Sends the job as it is now, then again on every change, and ends when it is terminal."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetUsageRequest, _job_service_pb2.Usage]  # type: ignore[assignment]
+    """What was spent, summed by provider, operation and day (UTC) over a range of days, as
+    attempts' costs settle: the caller's own, or (admin) any user's.
+    """
+    GetBudget: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetBudgetRequest, _job_service_pb2.Budget]  # type: ignore[assignment]
+    """A user's budget, with what is spent and held against it this period: the owner's own,
+    or (admin) anyone's. NOT_FOUND: the user has none (nothing is refused).
+    """
+    SetBudget: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SetBudgetRequest, _job_service_pb2.Budget]  # type: ignore[assignment]
+    """Sets a user's budget for a day or a month (admin). From then on CreateJob, BatchCreateJobs
+    and RetryJob refuse a job whose estimate exceeds what remains (RESOURCE_EXHAUSTED).
+    """
+    DeleteBudget: _aio.UnaryUnaryMultiCallable[_job_service_pb2.DeleteBudgetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Removes a user's budget (admin): nothing of theirs is refused for cost."""
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Tracks generation requests from submission to a stored asset."""
@@ -186,5 +215,43 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.Job], _abc.AsyncIterator[_job_service_pb2.Job]]:
         """Sends the job as it is now, then again on every change, and ends when it is terminal."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _job_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.Usage, _abc.Awaitable[_job_service_pb2.Usage]]:
+        """What was spent, summed by provider, operation and day (UTC) over a range of days, as
+        attempts' costs settle: the caller's own, or (admin) any user's.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBudget(
+        self,
+        request: _job_service_pb2.GetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.Budget, _abc.Awaitable[_job_service_pb2.Budget]]:
+        """A user's budget, with what is spent and held against it this period: the owner's own,
+        or (admin) anyone's. NOT_FOUND: the user has none (nothing is refused).
+        """
+
+    @_abc_1.abstractmethod
+    def SetBudget(
+        self,
+        request: _job_service_pb2.SetBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.Budget, _abc.Awaitable[_job_service_pb2.Budget]]:
+        """Sets a user's budget for a day or a month (admin). From then on CreateJob, BatchCreateJobs
+        and RetryJob refuse a job whose estimate exceeds what remains (RESOURCE_EXHAUSTED).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteBudget(
+        self,
+        request: _job_service_pb2.DeleteBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Removes a user's budget (admin): nothing of theirs is refused for cost."""
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

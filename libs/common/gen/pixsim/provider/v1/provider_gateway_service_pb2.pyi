@@ -475,6 +475,10 @@ class Submission(_message.Message):
     SUBMIT_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RESERVED_CREDITS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    BILLING_FIELD_NUMBER: _builtins.int
+    SETTLE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`submissions/{submission}`."""
     job: _builtins.str
@@ -491,6 +495,9 @@ class Submission(_message.Message):
     """The attempt this one retries, as `submissions/{submission}`."""
     error_code: _types_pb2.GenerationErrorCode.ValueType
     error_message: _builtins.str
+    reserved_credits: _builtins.int
+    """The credits held on its account while it is sent and runs (the adapter's estimate)."""
+    billing: _types_pb2.Billing.ValueType
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The request as sent to the provider, after parameter mapping."""
@@ -505,6 +512,12 @@ class Submission(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Its last change (AIP-148): a state, its task id, its account, an error."""
 
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost:
+        """What it is counted as having cost, once settled (`billing` is then set)."""
+
+    @_builtins.property
+    def settle_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -524,10 +537,14 @@ class Submission(_message.Message):
         submit_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        reserved_credits: _builtins.int = ...,
+        cost: _types_pb2.Cost | None = ...,
+        billing: _types_pb2.Billing.ValueType = ...,
+        settle_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "payload", b"payload", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "cost", b"cost", "create_time", b"create_time", "payload", b"payload", "settle_time", b"settle_time", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "complete_time", b"complete_time", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "job", b"job", "name", b"name", "operation_type", b"operation_type", "payload", b"payload", "previous_submission", b"previous_submission", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "retry_attempt", b"retry_attempt", "state", b"state", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "billing", b"billing", "complete_time", b"complete_time", "cost", b"cost", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "job", b"job", "name", b"name", "operation_type", b"operation_type", "payload", b"payload", "previous_submission", b"previous_submission", "provider_id", b"provider_id", "provider_job_id", b"provider_job_id", "reserved_credits", b"reserved_credits", "retry_attempt", b"retry_attempt", "settle_time", b"settle_time", "state", b"state", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -869,6 +886,41 @@ class ListSubmissionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSubmissionsResponse: _TypeAlias = ListSubmissionsResponse  # noqa: Y015
+
+@_typing.final
+class EstimateCostRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    OPERATION_TYPE_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """`providers/{provider}`."""
+    operation_type: _types_pb2.OperationType.ValueType
+    prompt: _builtins.str
+    """As a job's (pixsim.job.v1.Job): the same bounds."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.GenerationInput]: ...
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        operation_type: _types_pb2.OperationType.ValueType = ...,
+        prompt: _builtins.str = ...,
+        inputs: _abc.Iterable[_types_pb2.GenerationInput] | None = ...,
+        params: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "operation_type", b"operation_type", "params", b"params", "prompt", b"prompt", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateCostRequest: _TypeAlias = EstimateCostRequest  # noqa: Y015
 
 @_typing.final
 class GetQueueStatusRequest(_message.Message):

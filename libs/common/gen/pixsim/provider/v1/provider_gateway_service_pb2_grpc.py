@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from pixsim.provider.v1 import provider_gateway_service_pb2 as pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2
+from pixsim.types.v1 import types_pb2 as pixsim_dot_types_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -38,6 +39,11 @@ class ProviderGatewayServiceStub:
                 '/pixsim.provider.v1.ProviderGatewayService/GetProvider',
                 request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetProviderRequest.SerializeToString,
                 response_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.FromString,
+                _registered_method=True)
+        self.EstimateCost = channel.unary_unary(
+                '/pixsim.provider.v1.ProviderGatewayService/EstimateCost',
+                request_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.EstimateCostRequest.SerializeToString,
+                response_deserializer=pixsim_dot_types_dot_v1_dot_types__pb2.Cost.FromString,
                 _registered_method=True)
         self.ListProviders = channel.unary_unary(
                 '/pixsim.provider.v1.ProviderGatewayService/ListProviders',
@@ -111,6 +117,15 @@ class ProviderGatewayServiceServicer:
 
     def GetProvider(self, request, context):
         """Returns a provider and what it can do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EstimateCost(self, request, context):
+        """What a generation with these parameters is estimated to cost at the provider: the
+        credits its adapter reserves for it, and their price (the job service's CreateJob asks
+        this, to hold the estimate against the caller's budget).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +233,11 @@ def add_ProviderGatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetProviderRequest.FromString,
                     response_serializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.SerializeToString,
             ),
+            'EstimateCost': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateCost,
+                    request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.EstimateCostRequest.FromString,
+                    response_serializer=pixsim_dot_types_dot_v1_dot_types__pb2.Cost.SerializeToString,
+            ),
             'ListProviders': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProviders,
                     request_deserializer=pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.ListProvidersRequest.FromString,
@@ -311,6 +331,33 @@ class ProviderGatewayService:
             '/pixsim.provider.v1.ProviderGatewayService/GetProvider',
             pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.GetProviderRequest.SerializeToString,
             pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateCost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pixsim.provider.v1.ProviderGatewayService/EstimateCost',
+            pixsim_dot_provider_dot_v1_dot_provider__gateway__service__pb2.EstimateCostRequest.SerializeToString,
+            pixsim_dot_types_dot_v1_dot_types__pb2.Cost.FromString,
             options,
             channel_credentials,
             insecure,

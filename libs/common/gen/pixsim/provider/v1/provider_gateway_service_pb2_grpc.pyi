@@ -8,6 +8,7 @@ submissions made with them.
 from collections import abc as _abc
 from grpc import aio as _aio
 from pixsim.provider.v1 import provider_gateway_service_pb2 as _provider_gateway_service_pb2
+from pixsim.types.v1 import types_pb2 as _types_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -35,6 +36,11 @@ class ProviderGatewayServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ProviderGatewayServiceAsyncStub: ...
     GetProvider: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetProviderRequest, _provider_gateway_service_pb2.Provider]
     """Returns a provider and what it can do."""
+    EstimateCost: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.EstimateCostRequest, _types_pb2.Cost]
+    """What a generation with these parameters is estimated to cost at the provider: the
+    credits its adapter reserves for it, and their price (the job service's CreateJob asks
+    this, to hold the estimate against the caller's budget).
+    """
     ListProviders: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ListProvidersRequest, _provider_gateway_service_pb2.ListProvidersResponse]
     """Lists every registered provider with its capabilities."""
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.CreateAccountRequest, _provider_gateway_service_pb2.Account]
@@ -73,6 +79,11 @@ class ProviderGatewayServiceAsyncStub(ProviderGatewayServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetProvider: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.GetProviderRequest, _provider_gateway_service_pb2.Provider]  # type: ignore[assignment]
     """Returns a provider and what it can do."""
+    EstimateCost: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.EstimateCostRequest, _types_pb2.Cost]  # type: ignore[assignment]
+    """What a generation with these parameters is estimated to cost at the provider: the
+    credits its adapter reserves for it, and their price (the job service's CreateJob asks
+    this, to hold the estimate against the caller's budget).
+    """
     ListProviders: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.ListProvidersRequest, _provider_gateway_service_pb2.ListProvidersResponse]  # type: ignore[assignment]
     """Lists every registered provider with its capabilities."""
     CreateAccount: _aio.UnaryUnaryMultiCallable[_provider_gateway_service_pb2.CreateAccountRequest, _provider_gateway_service_pb2.Account]  # type: ignore[assignment]
@@ -114,6 +125,17 @@ class ProviderGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_provider_gateway_service_pb2.Provider, _abc.Awaitable[_provider_gateway_service_pb2.Provider]]:
         """Returns a provider and what it can do."""
+
+    @_abc_1.abstractmethod
+    def EstimateCost(
+        self,
+        request: _provider_gateway_service_pb2.EstimateCostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Cost, _abc.Awaitable[_types_pb2.Cost]]:
+        """What a generation with these parameters is estimated to cost at the provider: the
+        credits its adapter reserves for it, and their price (the job service's CreateJob asks
+        this, to hold the estimate against the caller's budget).
+        """
 
     @_abc_1.abstractmethod
     def ListProviders(

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpixsim/types/v1/types.proto\x12\x0fpixsim.types.v1\x1a\x1b\x62uf/validate/validate.proto\"\x94\x02\n\x0fGenerationInput\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x1a.pixsim.types.v1.InputRole\x12]\n\x05\x61sset\x18\x02 \x01(\tBL\xbaHIrG2E^assets/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$H\x00\x12&\n\x03uri\x18\x03 \x01(\tB\x17\xbaH\x14r\x12\x18\x80 2\n^https?://\x88\x01\x01H\x00\x12\x1e\n\x0cresolved_uri\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12&\n\x07variant\x18\x05 \x01(\tB\x15\xbaH\x12r\x10\x32\x0e^[a-z_]{0,32}$B\x08\n\x06source*\x9a\x02\n\rOperationType\x12\x1e\n\x1aOPERATION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cOPERATION_TYPE_TEXT_TO_VIDEO\x10\x01\x12!\n\x1dOPERATION_TYPE_IMAGE_TO_VIDEO\x10\x02\x12\x1f\n\x1bOPERATION_TYPE_VIDEO_EXTEND\x10\x03\x12#\n\x1fOPERATION_TYPE_VIDEO_TRANSITION\x10\x04\x12\x19\n\x15OPERATION_TYPE_FUSION\x10\x05\x12 \n\x1cOPERATION_TYPE_TEXT_TO_IMAGE\x10\x06\x12!\n\x1dOPERATION_TYPE_IMAGE_TO_IMAGE\x10\x07*i\n\tMediaType\x12\x1a\n\x16MEDIA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_TYPE_VIDEO\x10\x01\x12\x14\n\x10MEDIA_TYPE_IMAGE\x10\x02\x12\x14\n\x10MEDIA_TYPE_AUDIO\x10\x03*\xa3\x01\n\tInputRole\x12\x1a\n\x16INPUT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_ROLE_IMAGE\x10\x01\x12\x14\n\x10INPUT_ROLE_VIDEO\x10\x02\x12\x1a\n\x16INPUT_ROLE_START_FRAME\x10\x03\x12\x18\n\x14INPUT_ROLE_END_FRAME\x10\x04\x12\x18\n\x14INPUT_ROLE_REFERENCE\x10\x05*\x99\x04\n\x13GenerationErrorCode\x12%\n!GENERATION_ERROR_CODE_UNSPECIFIED\x10\x00\x12&\n\"GENERATION_ERROR_CODE_RATE_LIMITED\x10\x01\x12#\n\x1fGENERATION_ERROR_CODE_TRANSIENT\x10\x02\x12*\n&GENERATION_ERROR_CODE_CONTENT_REJECTED\x10\x03\x12,\n(GENERATION_ERROR_CODE_INVALID_PARAMETERS\x10\x04\x12+\n\'GENERATION_ERROR_CODE_ACCOUNT_EXHAUSTED\x10\x05\x12)\n%GENERATION_ERROR_CODE_ACCOUNT_INVALID\x10\x06\x12+\n\'GENERATION_ERROR_CODE_RETRIES_EXHAUSTED\x10\x07\x12+\n\'GENERATION_ERROR_CODE_DEADLINE_EXCEEDED\x10\x08\x12&\n\"GENERATION_ERROR_CODE_ASSET_FAILED\x10\t\x12\'\n#GENERATION_ERROR_CODE_UNPUBLISHABLE\x10\n\x12\x31\n-GENERATION_ERROR_CODE_START_DEADLINE_EXCEEDED\x10\x0b\x42\x19Z\x17pixsim/types/v1;typesv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpixsim/types/v1/types.proto\x12\x0fpixsim.types.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x17google/type/money.proto\"\x94\x02\n\x0fGenerationInput\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x1a.pixsim.types.v1.InputRole\x12]\n\x05\x61sset\x18\x02 \x01(\tBL\xbaHIrG2E^assets/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$H\x00\x12&\n\x03uri\x18\x03 \x01(\tB\x17\xbaH\x14r\x12\x18\x80 2\n^https?://\x88\x01\x01H\x00\x12\x1e\n\x0cresolved_uri\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \x12&\n\x07variant\x18\x05 \x01(\tB\x15\xbaH\x12r\x10\x32\x0e^[a-z_]{0,32}$B\x08\n\x06source\"I\n\x04\x43ost\x12\x1e\n\x07\x63redits\x18\x01 \x01(\x03\x42\r\xbaH\n\"\x08\x18\x80\x80\x80\x80\x10(\x00\x12!\n\x05price\x18\x02 \x01(\x0b\x32\x12.google.type.Money*\x9a\x02\n\rOperationType\x12\x1e\n\x1aOPERATION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cOPERATION_TYPE_TEXT_TO_VIDEO\x10\x01\x12!\n\x1dOPERATION_TYPE_IMAGE_TO_VIDEO\x10\x02\x12\x1f\n\x1bOPERATION_TYPE_VIDEO_EXTEND\x10\x03\x12#\n\x1fOPERATION_TYPE_VIDEO_TRANSITION\x10\x04\x12\x19\n\x15OPERATION_TYPE_FUSION\x10\x05\x12 \n\x1cOPERATION_TYPE_TEXT_TO_IMAGE\x10\x06\x12!\n\x1dOPERATION_TYPE_IMAGE_TO_IMAGE\x10\x07*i\n\tMediaType\x12\x1a\n\x16MEDIA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_TYPE_VIDEO\x10\x01\x12\x14\n\x10MEDIA_TYPE_IMAGE\x10\x02\x12\x14\n\x10MEDIA_TYPE_AUDIO\x10\x03*\xa3\x01\n\tInputRole\x12\x1a\n\x16INPUT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_ROLE_IMAGE\x10\x01\x12\x14\n\x10INPUT_ROLE_VIDEO\x10\x02\x12\x1a\n\x16INPUT_ROLE_START_FRAME\x10\x03\x12\x18\n\x14INPUT_ROLE_END_FRAME\x10\x04\x12\x18\n\x14INPUT_ROLE_REFERENCE\x10\x05*\x99\x04\n\x13GenerationErrorCode\x12%\n!GENERATION_ERROR_CODE_UNSPECIFIED\x10\x00\x12&\n\"GENERATION_ERROR_CODE_RATE_LIMITED\x10\x01\x12#\n\x1fGENERATION_ERROR_CODE_TRANSIENT\x10\x02\x12*\n&GENERATION_ERROR_CODE_CONTENT_REJECTED\x10\x03\x12,\n(GENERATION_ERROR_CODE_INVALID_PARAMETERS\x10\x04\x12+\n\'GENERATION_ERROR_CODE_ACCOUNT_EXHAUSTED\x10\x05\x12)\n%GENERATION_ERROR_CODE_ACCOUNT_INVALID\x10\x06\x12+\n\'GENERATION_ERROR_CODE_RETRIES_EXHAUSTED\x10\x07\x12+\n\'GENERATION_ERROR_CODE_DEADLINE_EXCEEDED\x10\x08\x12&\n\"GENERATION_ERROR_CODE_ASSET_FAILED\x10\t\x12\'\n#GENERATION_ERROR_CODE_UNPUBLISHABLE\x10\n\x12\x31\n-GENERATION_ERROR_CODE_START_DEADLINE_EXCEEDED\x10\x0b*|\n\x07\x42illing\x12\x17\n\x13\x42ILLING_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42ILLING_REPORTED\x10\x01\x12\x15\n\x11\x42ILLING_ESTIMATED\x10\x02\x12\x16\n\x12\x42ILLING_NOT_BILLED\x10\x03\x12\x13\n\x0f\x42ILLING_ASSUMED\x10\x04\x42\x19Z\x17pixsim/types/v1;typesv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +42,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONINPUT'].fields_by_name['resolved_uri']._serialized_options = b'\272H\005r\003\030\200 '
   _globals['_GENERATIONINPUT'].fields_by_name['variant']._loaded_options = None
   _globals['_GENERATIONINPUT'].fields_by_name['variant']._serialized_options = b'\272H\022r\0202\016^[a-z_]{0,32}$'
-  _globals['_OPERATIONTYPE']._serialized_start=357
-  _globals['_OPERATIONTYPE']._serialized_end=639
-  _globals['_MEDIATYPE']._serialized_start=641
-  _globals['_MEDIATYPE']._serialized_end=746
-  _globals['_INPUTROLE']._serialized_start=749
-  _globals['_INPUTROLE']._serialized_end=912
-  _globals['_GENERATIONERRORCODE']._serialized_start=915
-  _globals['_GENERATIONERRORCODE']._serialized_end=1452
-  _globals['_GENERATIONINPUT']._serialized_start=78
-  _globals['_GENERATIONINPUT']._serialized_end=354
+  _globals['_COST'].fields_by_name['credits']._loaded_options = None
+  _globals['_COST'].fields_by_name['credits']._serialized_options = b'\272H\n\"\010\030\200\200\200\200\020(\000'
+  _globals['_OPERATIONTYPE']._serialized_start=457
+  _globals['_OPERATIONTYPE']._serialized_end=739
+  _globals['_MEDIATYPE']._serialized_start=741
+  _globals['_MEDIATYPE']._serialized_end=846
+  _globals['_INPUTROLE']._serialized_start=849
+  _globals['_INPUTROLE']._serialized_end=1012
+  _globals['_GENERATIONERRORCODE']._serialized_start=1015
+  _globals['_GENERATIONERRORCODE']._serialized_end=1552
+  _globals['_BILLING']._serialized_start=1554
+  _globals['_BILLING']._serialized_end=1678
+  _globals['_GENERATIONINPUT']._serialized_start=103
+  _globals['_GENERATIONINPUT']._serialized_end=379
+  _globals['_COST']._serialized_start=381
+  _globals['_COST']._serialized_end=454
 # @@protoc_insertion_point(module_scope)

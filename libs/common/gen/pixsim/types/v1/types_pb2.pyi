@@ -6,14 +6,15 @@ Types shared by more than one service's contract. Only vocabulary lives here: no
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -159,6 +160,50 @@ GENERATION_ERROR_CODE_START_DEADLINE_EXCEEDED: GenerationErrorCode.ValueType  # 
 """The job's start deadline passed before any attempt was sent: nothing reached a provider."""
 Global___GenerationErrorCode: _TypeAlias = GenerationErrorCode  # noqa: Y015
 
+class _Billing:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BillingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Billing.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BILLING_UNSPECIFIED: _Billing.ValueType  # 0
+    """Not settled yet."""
+    BILLING_REPORTED: _Billing.ValueType  # 1
+    """The provider said what it charged (Runway's task `cost`)."""
+    BILLING_ESTIMATED: _Billing.ValueType  # 2
+    """The provider charged and does not say how much: the adapter's estimate for the
+    parameters is taken (PixVerse, fal).
+    """
+    BILLING_NOT_BILLED: _Billing.ValueType  # 3
+    """A failure the provider does not bill (a refused submit, moderation PixVerse refunds,
+    fal's server errors, a cancellation before anything was sent): nothing is spent.
+    """
+    BILLING_ASSUMED: _Billing.ValueType  # 4
+    """Its outcome at the provider is unknown (its replica stopped mid-call, it timed out or
+    was cancelled while running): the reservation is counted as spent.
+    """
+
+class Billing(_Billing, metaclass=_BillingEnumTypeWrapper):
+    """How an attempt's cost was settled (docs/costs.md has each provider's rule)."""
+
+BILLING_UNSPECIFIED: Billing.ValueType  # 0
+"""Not settled yet."""
+BILLING_REPORTED: Billing.ValueType  # 1
+"""The provider said what it charged (Runway's task `cost`)."""
+BILLING_ESTIMATED: Billing.ValueType  # 2
+"""The provider charged and does not say how much: the adapter's estimate for the
+parameters is taken (PixVerse, fal).
+"""
+BILLING_NOT_BILLED: Billing.ValueType  # 3
+"""A failure the provider does not bill (a refused submit, moderation PixVerse refunds,
+fal's server errors, a cancellation before anything was sent): nothing is spent.
+"""
+BILLING_ASSUMED: Billing.ValueType  # 4
+"""Its outcome at the provider is unknown (its replica stopped mid-call, it timed out or
+was cancelled while running): the reservation is counted as spent.
+"""
+Global___Billing: _TypeAlias = Billing  # noqa: Y015
+
 @_typing.final
 class GenerationInput(_message.Message):
     """One input of a generation: an existing asset of the caller's, or a remote URL."""
@@ -204,3 +249,31 @@ class GenerationInput(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___GenerationInput: _TypeAlias = GenerationInput  # noqa: Y015
+
+@_typing.final
+class Cost(_message.Message):
+    """What a generation cost: in the provider's own unit (credits; for fal, which bills money,
+    US cents), and in money at the gateway's price for that provider's credit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDITS_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    credits: _builtins.int
+    """At most 2^32 (pixsim_common.money.MAX_CREDITS)."""
+    @_builtins.property
+    def price(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        credits: _builtins.int = ...,
+        price: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "price", b"price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cost: _TypeAlias = Cost  # noqa: Y015

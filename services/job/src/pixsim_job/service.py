@@ -571,7 +571,7 @@ async def _hold_against_budget(session: AsyncSession, user_id: str, estimate: in
     standing = await _standing(session, budget)
     if standing.admits(estimate):
         return
-    period = Period(budget.period).value.lower()
+    period = {Period.DAY: "daily", Period.MONTH: "monthly"}[Period(budget.period)]
     left, cost = dollars(standing.remaining), dollars(estimate)
     raise ResourceExhausted(
         f"this job is estimated at {cost}, more than the {left} left of your {period} budget",

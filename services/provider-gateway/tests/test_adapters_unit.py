@@ -18,6 +18,7 @@ from pixsim_provider_gateway.providers.base import (
     GenerationRequest,
     ProviderError,
     TaskState,
+    TaskUnknown,
     UnsupportedOperation,
 )
 from pixsim_provider_gateway.providers.pika import PikaProvider
@@ -187,6 +188,10 @@ class TestRunway:
             await self.provider(refuse).check_status(KEY, "t")
         assert raised.value.kind is ErrorKind.TRANSIENT
 
+    async def test_a_task_runway_does_not_know_is_unknown(self) -> None:
+        with pytest.raises(TaskUnknown):
+            await self.provider(answer(404, {"error": "Task not found"})).check_status(KEY, "t")
+
     @pytest.mark.parametrize(
         ("body", "state", "kind"),
         [
@@ -346,6 +351,12 @@ class TestPika:
             "/fal-ai/pika/requests/r1/status",
             "/fal-ai/pika/requests/r1",
         ]
+
+
+async def test_a_request_fal_does_not_know_is_unknown() -> None:
+    fal = PikaProvider("https://fal.test", transport=transport(answer(404, {"detail": "x"})))
+    with pytest.raises(TaskUnknown):
+        await fal.check_status(KEY, "r1")
 
 
 class TestPixverse:

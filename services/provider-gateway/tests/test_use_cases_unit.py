@@ -57,6 +57,7 @@ from pixsim_provider_gateway.providers.base import (
     ProviderError,
     ProviderStatusResult,
     TaskState,
+    TaskUnknown,
 )
 from pixsim_provider_gateway.providers.callbacks import Notice
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
@@ -72,6 +73,7 @@ _ROW_DEFAULTS: dict[str, Any] = {c.name: None for c in repo.submissions.c} | {
     "reserved_credits": 0,
     "credit_price_micros": 0,
     "billing": "",
+    "unknown_polls": 0,
     "error_code": "",
     "error_message": "",
     "poll_count": 0,
@@ -349,7 +351,7 @@ class ScriptedProvider:
         self.can_cancel = True
         self.bills_failures = True
         self.submits: list[GenerationResult | ProviderError] = []
-        self.statuses: list[ProviderStatusResult] = []
+        self.statuses: list[ProviderStatusResult | ProviderError] = []
         self.calls: list[str] = []
 
     def capabilities(self) -> Capabilities:
@@ -386,7 +388,10 @@ class ScriptedProvider:
         self, credentials: Credentials, provider_job_id: str
     ) -> ProviderStatusResult:
         self.calls.append(f"status {provider_job_id}")
-        return self.statuses.pop(0)
+        answer = self.statuses.pop(0)
+        if isinstance(answer, ProviderError):
+            raise answer
+        return answer
 
     async def cancel(self, credentials: Credentials, provider_job_id: str) -> None:
         self.calls.append(f"cancel {provider_job_id}")
@@ -1122,3 +1127,30 @@ def test_an_attempt_is_settled_once_and_never_ends_unsettled() -> None:
     # A crafted provider answer cannot make a cost negative or past an int64 of micros.
     assert price_micros(-3, 10) == 0
     assert price_micros(2**80, 2**80) < 2**63
+
+
+async def test_a_task_its_provider_keeps_not_knowing_ends_unbilled_and_is_retried(
+    gateway: Gateway,
+) -> None:
+    account = gateway.account()
+    job_id = await gateway.submitted()
+    gateway.provider.submits = [GenerationResult("task-1")]
+    await gateway.service.dispatch_once(10)
+    gone = TaskUnknown("no task task-1")
+    # Once unknown, then known (a provider slow to know what it accepted): it goes on.
+    gateway.provider.statuses = [gone, ProviderStatusResult(TaskState.RUNNING), gone, gone, gone]
+    for _ in range(4):
+        gateway.store.clock.advance(30)
+        await gateway.service.poll_once(10)
+    (row,) = gateway.store.attempts_of(job_id)
+    assert (row["state"], row["unknown_polls"]) == (S.RUNNING, 2)
+    gateway.store.clock.advance(30)
+    await gateway.service.poll_once(10)
+    first, retry = gateway.store.attempts_of(job_id)
+    assert (first["state"], first["error_code"], first["billing"]) == (
+        S.FAILED,
+        "TRANSIENT",
+        "NOT_BILLED",
+    )
+    assert retry["state"] == S.WAITING
+    assert gateway.ledger(account) == (0, 1000)  # nothing ran there: the reservation is back

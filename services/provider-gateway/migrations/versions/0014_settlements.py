@@ -1,5 +1,6 @@
 """Each attempt's cost, settled once: the price of a credit it was reserved at, what it is
-counted as having cost (credits, money in millionths), how that was decided, and when.
+counted as having cost (credits, money in millionths), how that was decided, and when; and
+status checks in a row that found no such task.
 
 Revision ID: 0014
 Revises: 0013
@@ -28,6 +29,10 @@ def upgrade() -> None:
     op.add_column(
         "provider_submissions", sa.Column("settle_time", sa.DateTime(timezone=True))
     )
+    op.add_column(
+        "provider_submissions",
+        sa.Column("unknown_polls", sa.Integer(), nullable=False, server_default="0"),
+    )
     # Attempts that ended before settlements existed had their reservations taken as spent.
     op.execute(
         "UPDATE provider_submissions SET settled_credits = reserved_credits, settled_micros = 0,"
@@ -38,6 +43,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for name in (
+        "unknown_polls",
         "settle_time",
         "billing",
         "settled_micros",

@@ -198,6 +198,9 @@ class RetryPolicy:
     callback_poll_first_seconds: float = 30.0
     # How long past the gateway's bound a task that cannot be stopped is followed on.
     reconcile_seconds: float = 3600.0
+    # Status checks in a row answered "no such task" that end an attempt, unbilled (fewer
+    # may be a provider's lag just after it accepted the task).
+    unknown_task_polls: int = 3
 
 
 ACCOUNT_KINDS = (ErrorKind.RATE_LIMITED, ErrorKind.ACCOUNT_EXHAUSTED, ErrorKind.ACCOUNT_INVALID)
@@ -625,9 +628,20 @@ class Submission:
         """Still under way at the provider, as it says."""
         self.changes |= {
             "poll_count": self.poll_count + 1,
+            "unknown_polls": 0,
             "progress": progress,
             "provider_state": provider_state[:64],
             "provider_queue_position": queue_position,
+            "lease_owner": None,
+            "lease_until": None,
+            "next_poll_at": FromNow(next_poll),
+        }
+
+    def polled_unknown(self, next_poll: timedelta) -> None:
+        """The provider said it has no such task: looked at again, counted."""
+        self.changes |= {
+            "poll_count": self.poll_count + 1,
+            "unknown_polls": (self.record.get("unknown_polls") or 0) + 1,
             "lease_owner": None,
             "lease_until": None,
             "next_poll_at": FromNow(next_poll),

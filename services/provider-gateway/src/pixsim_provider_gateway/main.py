@@ -54,6 +54,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         poll_cap_seconds=settings.poll_cap_seconds,
         deadline_seconds=settings.deadline_seconds,
         reconcile_seconds=settings.reconcile_seconds,
+        unknown_task_polls=settings.unknown_task_polls,
     )
 
     assets = clients.channel(settings.asset_address)

@@ -111,6 +111,8 @@ submissions = Table(
     Column("settled_micros", BigInteger),
     Column("billing", Text, nullable=False, server_default=""),
     Column("settle_time", DateTime(timezone=True)),
+    # Status checks in a row that found no such task at the provider.
+    Column("unknown_polls", Integer, nullable=False, server_default="0"),
     Column("provider_job_id", Text),
     Column("response", JSONB),
     Column("error_code", Text, nullable=False, server_default=""),

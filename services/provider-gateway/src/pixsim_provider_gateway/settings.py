@@ -54,6 +54,9 @@ class Settings(ServiceSettings):
     # longer, its late result still the job's, within the job's own run deadline.
     deadline_seconds: float = Field(default=900.0, gt=0)
     reconcile_seconds: float = Field(default=3600.0, ge=0)
+    # Status checks in a row answered "no such task" that end an attempt, unbilled, and
+    # retry it (docs/costs.md).
+    unknown_task_polls: int = Field(default=3, ge=1, le=100)
     # How long a replica owns a poll (then another may take it over).
     poll_lease_seconds: float = Field(default=30.0, gt=0)
     # HIGH work arriving this long after a LOW job no longer passes it (NORMAL: half as

@@ -39,6 +39,14 @@ class ProviderError(Exception):
         self.provider_code = provider_code
 
 
+class TaskUnknown(ProviderError):
+    """The provider has no task by this id (its status call answered 404): nothing runs
+    there, and nothing is billed for it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.TRANSIENT, message, provider_code="404")
+
+
 class UnsupportedOperation(Exception):
     def __init__(
         self, provider_id: str, operation: OperationType, supported: Sequence[OperationType]

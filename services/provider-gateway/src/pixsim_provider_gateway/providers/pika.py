@@ -29,6 +29,7 @@ from pixsim_provider_gateway.providers.base import (
     ProviderError,
     ProviderStatusResult,
     TaskState,
+    TaskUnknown,
     check_request,
     data_uri,
     fill_inputs,
@@ -264,6 +265,8 @@ class PikaProvider:
             params={"logs": "false"},
             headers=self._headers(credentials),
         )
+        if response.status_code == 404:
+            raise TaskUnknown(f"fal has no request {provider_job_id}")
         if response.status_code not in (200, 202):
             raise self._error(response)
         answer = response.json()

@@ -28,6 +28,7 @@ from pixsim_provider_gateway.providers.base import (
     ProviderError,
     ProviderStatusResult,
     TaskState,
+    TaskUnknown,
     check_request,
     data_uri,
     fill_inputs,
@@ -314,6 +315,8 @@ class RunwayProvider:
         response = await send(
             self._client, "GET", f"/v1/tasks/{provider_job_id}", headers=self._headers(credentials)
         )
+        if response.status_code == 404:
+            raise TaskUnknown(f"Runway has no task {provider_job_id}")
         if response.status_code != 200:
             raise self._error(response)
         body = response.json()

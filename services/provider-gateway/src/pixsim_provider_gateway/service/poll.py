@@ -16,6 +16,7 @@ from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import (
+    NOT_BILLED,
     ErrorKind,
     RetryPolicy,
     Submission,
@@ -30,6 +31,7 @@ from pixsim_provider_gateway.providers.base import (
     ProviderError,
     ProviderStatusResult,
     TaskState,
+    TaskUnknown,
 )
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service.outcomes import settle_failure
@@ -78,8 +80,12 @@ class Poll:
             await self._cancel_at_provider(provider, leased, credentials)
             return
         started = time.perf_counter()
+        unknown = False
         try:
             status = await provider.check_status(credentials, leased.provider_job_id)
+        except TaskUnknown as error:
+            metrics.observe_call(leased.provider_id, "status", started, "UNKNOWN_TASK")
+            status, unknown = ProviderStatusResult(TaskState.RUNNING, error=error), True
         except ProviderError as error:
             metrics.observe_call(leased.provider_id, "status", started, error.kind.value)
             status = ProviderStatusResult(TaskState.RUNNING)  # unknown: look again later
@@ -94,7 +100,10 @@ class Poll:
             ):
                 await unit.commit()  # cancelled meanwhile, or our lease was taken over
                 return
-            await record_status(unit, attempt, status, provider, self._policy)
+            if unknown:
+                await record_unknown(unit, attempt, status, self._policy)
+            else:
+                await record_status(unit, attempt, status, provider, self._policy)
             await unit.commit()
 
     async def _cancel_at_provider(
@@ -110,6 +119,22 @@ class Poll:
                 attempt.cancel_sent()
                 await unit.submissions.save(attempt)
             await unit.commit()
+
+
+async def record_unknown(
+    unit: Unit, attempt: Submission, status: ProviderStatusResult, policy: RetryPolicy
+) -> None:
+    """The provider has no task by the attempt's id. Said `unknown_task_polls` times in a
+    row, nothing runs there and nothing is billed: the reservation comes back whole and the
+    attempt fails as a transient failure (a retry follows); before that, it is looked at
+    again, in case the provider was only slow to know the task it accepted."""
+    if (attempt.record.get("unknown_polls") or 0) + 1 < policy.unknown_task_polls:
+        attempt.polled_unknown(timedelta(seconds=poll_delay(attempt.poll_count + 1, policy)))
+        await unit.submissions.save(attempt)
+        return
+    assert status.error is not None
+    await settle(unit.submissions, unit.accounts, attempt, NOT_BILLED)
+    await settle_failure(unit, attempt, status.error, policy, accepted=True)
 
 
 async def record_status(

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
+from rich.console import Console
 
+from pixsim.job.v1 import job_service_pb2 as job_pb
+from pixsim_cli.usage import usage_table
 from pixsim_local.whole_stack import WholeStack
 from pixsim_provider_sim.media import render_png
 
@@ -195,7 +199,7 @@ async def test_an_author_imports_a_twine_story_attaching_clips_and_exports_it_to
 
 
 async def test_a_user_runs_a_job_and_sees_what_it_cost_in_their_usage(
-    whole_stack: WholeStack,
+    whole_stack: WholeStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack = whole_stack
     user = f"spender-{uuid.uuid4().hex[:8]}"
@@ -227,6 +231,9 @@ async def test_a_user_runs_a_job_and_sees_what_it_cost_in_their_usage(
         "1",
     )
     assert usage["totalPrice"] == {"currencyCode": "USD", "nanos": 250000000}
+    with capsys.disabled():
+        print(f"\npixsim usage of {user}:")
+        Console(width=100).print(usage_table(json_format.ParseDict(usage, job_pb.Usage())))
     # An operator (signing locally, so with the admin role) reads anyone's.
     assert pixsim(stack, "usage", "--of", user)["rows"] == usage["rows"]
 

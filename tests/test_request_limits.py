@@ -38,6 +38,7 @@ KIT_BOUNDED = {
     "google.protobuf.FieldMask",
     "google.protobuf.Timestamp",
     "google.protobuf.Duration",
+    "google.type.Money",  # a three-letter currency code; nanos within a unit
 }
 _UNBOUNDED_QUANTIFIER = re.compile(r"(?<!\\)[*+]|\{\d+,\}")
 

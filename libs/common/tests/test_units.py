@@ -288,7 +288,7 @@ class TestPageTokens:
 class TestTopics:
     def test_every_topic_has_a_dlq_twin_and_a_distinct_type(self) -> None:
         names = all_topic_names()
-        assert len(names) == 2 * len(ALL_TOPICS) == 20
+        assert len(names) == 2 * len(ALL_TOPICS) == 22
         assert all(f"{t.name}.dlq" in names for t in ALL_TOPICS)
         assert topic_named("pixsim.asset.deleted.v1").message_type.DESCRIPTOR.name == (
             "AssetDeleted"

@@ -815,6 +815,16 @@ async def test_a_job_past_its_owners_budget_is_refused_with_what_remains(stack: 
     assert outcomes == ["error", "job"]
     (refused,) = [r.error for r in batch.results if r.HasField("error")]
     assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    for limit in (
+        money_pb2.Money(currency_code="EUR", units=1),
+        money_pb2.Money(currency_code="USD", units=1, nanos=-5),
+        money_pb2.Money(currency_code="USD", units=-1),
+        money_pb2.Money(currency_code="USD", units=2**62),
+    ):
+        bad = pb.Budget(name=f"users/{user}/budget", period=pb.Budget.PERIOD_DAY, limit=limit)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stack.jobs.SetBudget(pb.SetBudgetRequest(budget=bad), metadata=stack.admin)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, limit
     # Without a budget nothing is refused for cost.
     await stack.jobs.DeleteBudget(
         pb.DeleteBudgetRequest(name=f"users/{user}/budget"), metadata=stack.admin

@@ -345,8 +345,15 @@ class ChaosRun:
             ]
             return not any(unsent)
 
+        async def costs_final() -> bool:
+            # Each run's last settlement travels on its own topic, after the job's end.
+            open_costs = await self._fetchval(
+                "job", "SELECT count(*) FROM jobs WHERE user_id = $1 AND NOT cost_final", USER
+            )
+            return not open_costs
+
         deadline = time.monotonic() + self.plan.drain_timeout
-        for condition in (all_terminal, outboxes_sent):
+        for condition in (all_terminal, outboxes_sent, costs_final):
             while not await condition():
                 self.stack.services.check_alive()
                 if time.monotonic() > deadline:
@@ -428,6 +435,39 @@ class ChaosRun:
         report.check(
             "assets whose file reads back intact", len(assets), intact, intact == len(assets)
         )
+
+        # Every attempt settled once, whatever crashed: each job's cost is the sum of its
+        # attempts' settlements at the gateway, and final.
+        settled = {
+            row["job_id"]: (row["credits"], row["unsettled"])
+            for row in await self._fetch(
+                "provider-gateway",
+                "SELECT job_id::text AS job_id, coalesce(sum(settled_credits), 0) AS credits,"
+                " count(*) FILTER (WHERE settle_time IS NULL) AS unsettled"
+                " FROM provider_submissions GROUP BY job_id",
+            )
+        }
+        costs = await self._fetch(
+            "job",
+            "SELECT id::text AS id, settled_credits, cost_final FROM jobs WHERE user_id = $1",
+            USER,
+        )
+        agreeing = [
+            row
+            for row in costs
+            if settled.get(row["id"], (0, 0)) == (row["settled_credits"], 0) and row["cost_final"]
+        ]
+        report.check(
+            "jobs whose cost is their attempts' settlements, final",
+            len(costs),
+            len(agreeing),
+            len(agreeing) == len(costs),
+        )
+        used = await self._fetchval(
+            "job", "SELECT coalesce(sum(credits), 0) FROM usage_daily WHERE user_id = $1", USER
+        )
+        spent = sum(row["settled_credits"] for row in costs)
+        report.check("credits in usage = credits of the jobs", spent, used, used == spent)
 
         attempts = {
             row["job_id"]: (row["attempts"], row["interrupted"])

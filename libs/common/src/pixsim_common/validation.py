@@ -4,12 +4,15 @@ proto rule can say, made here once for every message:
 - text PostgreSQL cannot store (NUL, which no `text` or `jsonb` value may hold, and lone
   surrogates) in any string, map key or value, or JSON value, at any depth;
 - `google.protobuf.Struct` and `Value` fields (free JSON such as job `params` or scene
-  metadata) bounded in keys, key and string length, list items, depth and encoded size.
+  metadata) bounded in keys, key and string length, list items, depth and encoded size;
+- `google.type.Money` (a budget's limit) an amount as its definition says: a three-letter
+  currency code, nanos within a unit and of the units' sign.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -131,9 +134,24 @@ def _json_field(message: Message, path: str, limits: JsonLimits) -> Iterator[Fie
         yield from _json_problems(message, path, 0, limits)
 
 
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+_NANOS = 1_000_000_000
+
+
+def _money_violations(money: Any, path: str) -> Iterator[FieldViolation]:
+    if not _CURRENCY_CODE.fullmatch(money.currency_code):
+        why = "must be a three-letter ISO 4217 code"
+        yield FieldViolation(f"{path}.currency_code", why, "BAD_CURRENCY")
+    if not -_NANOS < money.nanos < _NANOS or money.units * money.nanos < 0:
+        why = "must be within a unit and of the units' sign"
+        yield FieldViolation(f"{path}.nanos", why, "BAD_AMOUNT")
+
+
 def _scalar_problems(field: d.FieldDescriptor, value: Any, path: str) -> Iterator[FieldViolation]:
     if field.type == d.FieldDescriptor.TYPE_STRING:
         yield from _text_violations(value, path)
+    elif field.message_type is not None and field.message_type.full_name == "google.type.Money":
+        yield from _money_violations(value, path)
     elif field.message_type is not None:
         yield from content_violations(value, path)
 

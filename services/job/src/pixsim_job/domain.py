@@ -294,8 +294,10 @@ class Job:
             self.complete_time = now
             if self.queue_time is None:
                 # The gateway never took this run into its queue (cancelled first, or its
-                # submission never left): no settlement will come to release its hold.
+                # submission never left): no settlement will come to release its hold, and
+                # the run cost nothing.
                 self.hold_micros = 0
+                self.cost_final = True
 
     def learn(self, fact: Fact, now: datetime) -> bool:
         """Apply a fact from another service; False when it changes nothing (late, repeated,

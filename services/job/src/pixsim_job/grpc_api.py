@@ -147,7 +147,8 @@ class JobApi(pb_grpc.JobServiceServicer):
     async def SetBudget(self, request: pb.SetBudgetRequest, context: Any) -> pb.Budget:
         budget = request.budget
         period = Period(pb.Budget.Period.Name(budget.period).removeprefix("PERIOD_"))
-        if budget.limit.currency_code != CURRENCY:
+        limit = budget.limit
+        if limit.currency_code != CURRENCY:
             why = f"must be in {CURRENCY}, the currency of the price table"
             raise InvalidArgument(
                 f"budget.limit {why}", [FieldViolation("budget.limit", why, "BAD_CURRENCY")]

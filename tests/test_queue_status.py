@@ -53,7 +53,7 @@ async def test_twenty_jobs_on_one_slot_count_down_their_place_in_line(
     finally:
         await stack.sim_key("pika", finish_ms=300)
 
-    waited = 0
+    waited = reached_front = 0
     for history in histories:
         assert history[-1].state == pb.Job.STATE_COMPLETED
         queued = [u for u in history if u.state == pb.Job.STATE_QUEUED]
@@ -68,7 +68,15 @@ async def test_twenty_jobs_on_one_slot_count_down_their_place_in_line(
                 )
                 for u in history
             ]
-            assert positions[-1] == 0, trail  # next in line before it started
+            # Next in line before it started, as the last answered look said, unless the
+            # looks after that went unanswered (GetJob answers without the gateway's figures
+            # rather than late when it is slow): then the front was not seen, not skipped.
+            last_answered = max(i for i, u in enumerate(queued) if u.HasField("queue_position"))
+            unanswered_after = any(
+                not u.HasField("queue_position") for u in queued[last_answered + 1 :]
+            )
+            assert positions[-1] == 0 or unanswered_after, trail
+            reached_front += positions[-1] == 0
             assert all(u.queue_time.seconds for u in queued)
         started = [i for i, u in enumerate(history) if u.state == pb.Job.STATE_PROCESSING]
         assert not started or all(
@@ -76,6 +84,7 @@ async def test_twenty_jobs_on_one_slot_count_down_their_place_in_line(
         )
     # All but the first few waited behind the one slot, and said where they stood.
     assert waited >= 15
+    assert reached_front >= waited // 2  # most were seen at the front
     longest = max(histories, key=len)
     first = next(u.queue_position for u in longest if u.HasField("queue_position"))
     assert first >= 10

@@ -373,9 +373,7 @@ class JobService:
     ) -> tuple[str, date, date, list[Any]]:
         """GetUsage: the user's rows from `first` to `last` (defaults: the 30 days to today);
         another user's needs the admin role."""
-        user_id = user.removeprefix("users/") or identity.user_id
-        if user_id != identity.user_id:
-            identity.require_admin()
+        user_id = _readable_user(identity, user)
         last = last or _now().date()
         first = first or last - timedelta(days=DEFAULT_USAGE_DAYS - 1)
         if first > last or (last - first).days >= MAX_USAGE_DAYS:
@@ -390,9 +388,7 @@ class JobService:
     async def budget(self, identity: Identity, user: str) -> tuple[Any, Standing]:
         """GetBudget: the user's budget and where they stand this period (their own, or an
         admin's asking)."""
-        user_id = _user_of(user)
-        if user_id != identity.user_id:
-            identity.require_admin()
+        user_id = _readable_user(identity, user)
         async with self._sessions() as session:
             budget = await repo.budget_of(session, user_id)
             if budget is None:
@@ -553,6 +549,15 @@ MAX_BUDGET_MICROS = 1_000_000 * MICROS
 
 def _user_of(name: str) -> str:
     return name.removeprefix("users/").removesuffix("/budget")
+
+
+def _readable_user(identity: Identity, name: str) -> str:
+    """The user `name` names (the caller when empty): the caller's own, or any with the
+    admin role (PERMISSION_DENIED otherwise)."""
+    user_id = _user_of(name) or identity.user_id
+    if user_id != identity.user_id:
+        identity.require_admin()
+    return user_id
 
 
 async def _standing(session: AsyncSession, budget: Any) -> Standing:

@@ -720,9 +720,12 @@ async def test_usage_is_the_callers_own_unless_they_are_an_admin(stack: Stack) -
 async def test_a_crafted_cost_changes_no_job_and_no_usage(stack: Stack) -> None:
     """A settlement with a cost past any real one, in another currency, or for another
     user's job, is poison: it goes to the dead letters and counts nowhere."""
-    job = await stack.create(prompt="slow [sim:finish_ms=600000]")
+    # A user of its own: alice's jobs from other tests may settle while this one looks.
+    owner = f"crafted-{uuid.uuid4().hex[:8]}"
+    auth = stack.auth(owner)
+    job = await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job()), metadata=auth)
     job_id = job.name.removeprefix("jobs/")
-    before = await usage_today(stack, stack.alice)
+    before = await usage_today(stack, auth)
 
     def settled(user: str, units: int, currency: str = "USD") -> events_pb2.GenerationSettled:
         return events_pb2.GenerationSettled(
@@ -737,18 +740,18 @@ async def test_a_crafted_cost_changes_no_job_and_no_usage(stack: Stack) -> None:
         )
 
     crafted = (
-        (settled("alice", 2**62), b"BAD_COST"),
-        (settled("alice", 1, "EUR"), b"BAD_COST"),
-        (settled("alice", -1), b"BAD_COST"),
+        (settled(owner, 2**62), b"BAD_COST"),
+        (settled(owner, 1, "EUR"), b"BAD_COST"),
+        (settled(owner, -1), b"BAD_COST"),
         (settled("bob", 1), b"OWNER_MISMATCH"),
     )
     for count, (event, reason) in enumerate(crafted, start=1):
         await stack.publish(topics.GENERATION_SETTLED, job_id, event)
         dead = await stack.tap.wait_for(topics.GENERATION_SETTLED.dlq, job_id, count=count)
         assert dict(dead[-1].headers)["pixsim_error_reason"] == reason
-    unchanged = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=stack.alice)
+    unchanged = await stack.jobs.GetJob(pb.GetJobRequest(name=job.name), metadata=auth)
     assert (unchanged.cost.settled.credits, unchanged.cost.settled_attempts) == (0, 0)
-    assert await usage_today(stack, stack.alice) == before
+    assert await usage_today(stack, auth) == before
 
 
 def dollars_money(cents: int) -> money_pb2.Money:

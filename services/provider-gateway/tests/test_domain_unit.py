@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -14,7 +15,9 @@ from pixsim_provider_gateway.domain import (
     AttemptAction,
     ErrorKind,
     RetryPolicy,
+    first_poll_delay,
     judge,
+    next_poll_delay,
     poll_delay,
     retry_delay,
     unusable_output,
@@ -98,6 +101,73 @@ def test_poll_delays_back_off_to_the_cap() -> None:
     assert 0.9 <= delays[0] <= 1.1
     assert all(d <= 11 for d in delays)
     assert delays[-1] >= 9  # reached the cap
+
+
+def checks_of(task_seconds: float, expected: float, policy: RetryPolicy) -> list[float]:
+    """When the checks of a task that ends at `task_seconds` come, up to the one that sees
+    it ended, with its kind expected to take `expected`."""
+    at = first_poll_delay(policy, callbacks=False, expected_seconds=expected)
+    checks = [at]
+    while at < task_seconds:
+        at += next_poll_delay(len(checks), policy, elapsed=at, expected_seconds=expected)
+        checks.append(at)
+    return checks
+
+
+def test_checks_are_timed_to_the_expected_end_then_close_together() -> None:
+    policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10, poll_min_seconds=0.1)
+    # A 30 s task expected at 30.45 s (the median runs half a step long): checks the cap
+    # apart until its end is near (a wrong expectation costs at most the cap), one just
+    # before the end, and the next sees it, less than a step (0.9 s) late.
+    checks = checks_of(30.0, 30.45, policy)
+    assert checks[:2] == [10, 20]
+    assert 29.9 <= checks[-2] <= 30.0
+    assert len(checks) == 4
+    assert checks[-1] - 30.0 < 0.92
+    # Without it, the plain backoff is 10 s apart by then.
+    plain = [poll_delay(n, policy, random.Random(1)) for n in range(12)]
+    assert plain[-1] >= 9
+    # A 2 s task is met within the minimum step.
+    short = checks_of(2.0, 2.05, policy)
+    assert short[-1] - 2.0 <= 0.1 + 1e-9
+
+
+def test_a_task_longer_than_expected_is_checked_less_often_as_it_runs_late() -> None:
+    policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10, poll_min_seconds=0.1)
+    checks = checks_of(120.0, 30.0, policy)
+    gaps = [b - a for a, b in itertools.pairwise(checks)]
+    near_end = [gap for at, gap in zip(checks, gaps, strict=False) if 30 <= at < 37.5]
+    assert near_end
+    assert all(gap == pytest.approx(0.9) for gap in near_end)  # 3 % of it
+    assert max(gaps) <= 10  # never past the cap
+    assert gaps[-1] > near_end[0]  # backing off once well past it
+    assert len(checks) < 40
+
+
+def test_reported_progress_says_when_the_task_will_end() -> None:
+    policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10, poll_min_seconds=0.1)
+    # Half way after 4 s: 4 s left, of 8 s; looked at again half a step (0.12 s) before.
+    assert next_poll_delay(3, policy, elapsed=4, progress=0.5) == pytest.approx(3.88)
+    # Too little progress to tell: the plain backoff, capped.
+    assert next_poll_delay(3, policy, elapsed=8, progress=0.01) <= 10 * 1.1
+    # A callback provider's first check is only the fallback, expected end or not.
+    assert first_poll_delay(policy, callbacks=True, expected_seconds=2) == 30
+
+
+@given(
+    elapsed=st.floats(0, 1e6),
+    expected=st.one_of(st.none(), st.floats(0, 1e6)),
+    progress=st.one_of(st.none(), st.floats(0, 1)),
+    polls=st.integers(0, 10_000),
+)
+def test_a_check_is_never_sooner_than_the_minimum_or_later_than_the_cap(
+    elapsed: float, expected: float | None, progress: float | None, polls: int
+) -> None:
+    policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10, poll_min_seconds=0.1)
+    delay = next_poll_delay(
+        polls, policy, elapsed=elapsed, expected_seconds=expected, progress=progress
+    )
+    assert 0.05 - 1e-9 <= delay <= 11
 
 
 def test_credentials_round_trip_and_are_bound_to_their_account() -> None:

@@ -242,6 +242,7 @@ async def whole_stack(
         extra_env={
             "POLL_FIRST_SECONDS": "0.1",
             "POLL_CAP_SECONDS": "0.3",
+            "POLL_MIN_SECONDS": "0.05",
             # fal's tasks end by their webhooks; the first poll after them is the fallback.
             "CALLBACK_POLL_FIRST_SECONDS": "5",
             "RETRY_BASE_SECONDS": "0.1",

@@ -45,8 +45,9 @@ class CloseOnStop:
 
 
 class Loop(Background):
-    """Runs `step` again and again; sleeps when it found nothing to do; never dies of an
-    error (the database or a provider may be away) but logs it and backs off.
+    """Runs `step` again and again; sleeps when it found nothing to do (`idle` seconds, or
+    as long as `idle()` says at the time: a loop that knows when its next work falls due);
+    never dies of an error (the database or a provider may be away) but logs it and backs off.
 
     Stopping lets the step under way finish, for up to `grace` seconds, before it is
     cancelled: a step cut short mid-call (a submit the provider may have taken) leaves work
@@ -58,7 +59,7 @@ class Loop(Background):
         name: str,
         step: Callable[[], Awaitable[int]],
         wake: asyncio.Event | None = None,
-        idle: float = 0.2,
+        idle: float | Callable[[], float] = 0.2,
         grace: float = 10.0,
     ) -> None:
         self.name = name
@@ -90,7 +91,7 @@ class Loop(Background):
                 continue
             if not done and not self._stopping:
                 self._wake.clear()
-                await self._pause(self._idle)
+                await self._pause(self._idle() if callable(self._idle) else self._idle)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, woken early by new work or by the stop."""

@@ -193,6 +193,8 @@ class RetryPolicy:
     default_cooldown_seconds: float = 30.0
     poll_first_seconds: float = 1.0
     poll_cap_seconds: float = 10.0
+    # The closest two status checks come, near a task's expected end.
+    poll_min_seconds: float = 0.1
     deadline_seconds: float = 900.0
     # Where the provider pushes a task's end, the first poll is only the fallback.
     callback_poll_first_seconds: float = 30.0
@@ -242,10 +244,63 @@ def retry_delay(retry_attempt: int, policy: RetryPolicy, rng: random.Random | No
     return (rng or random).uniform(0, ceiling)
 
 
-def first_poll_delay(policy: RetryPolicy, *, callbacks: bool) -> float:
-    """Seconds from acceptance to the first status check: soon, unless the provider will
-    say when the task ends, when the poll only covers a callback that never comes."""
-    return policy.callback_poll_first_seconds if callbacks else poll_delay(0, policy)
+# Near a task's expected end, status checks come this fraction of its duration apart (and
+# no closer than `poll_min_seconds`): a 30 s task is looked at every 0.9 s around its end.
+NEAR_END_STEP = 0.03
+# Until this fraction of the expected duration has passed beyond it, the end is still near;
+# later, the task is taking longer than usual and checks back off with how late it is.
+NEAR_END_WINDOW = 0.25
+# Progress below this says too little about the rest (a task just started, or queued).
+MIN_TELLING_PROGRESS = 0.05
+
+
+def first_poll_delay(
+    policy: RetryPolicy, *, callbacks: bool, expected_seconds: float | None = None
+) -> float:
+    """Seconds from acceptance to the first status check: just before the task's expected
+    end where that is known, else soon; unless the provider will say when the task ends,
+    when the poll only covers a callback that never comes."""
+    if callbacks:
+        return policy.callback_poll_first_seconds
+    return next_poll_delay(0, policy, elapsed=0.0, expected_seconds=expected_seconds)
+
+
+def remaining_seconds(
+    elapsed: float, expected_seconds: float | None, progress: float | None
+) -> float | None:
+    """How long a task that has run `elapsed` seconds has left, by what it reports of its
+    progress (Runway does) or else by how long such tasks have taken; None if neither."""
+    if progress is not None and MIN_TELLING_PROGRESS <= progress < 1 and elapsed > 0:
+        return elapsed * (1 - progress) / progress
+    if expected_seconds is not None:
+        return expected_seconds - elapsed
+    return None
+
+
+def next_poll_delay(
+    poll_count: int,
+    policy: RetryPolicy,
+    *,
+    elapsed: float,
+    expected_seconds: float | None = None,
+    progress: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds until the next status check of a task `elapsed` seconds in, after
+    `poll_count` checks. Timed to the task's expected end: one check just before it, then
+    checks a small step apart while the end is near, then backing off with how late the task
+    is. Where nothing says when it will end, the plain backoff (`poll_delay`)."""
+    remaining = remaining_seconds(elapsed, expected_seconds, progress)
+    if remaining is None:
+        return poll_delay(poll_count, policy, rng)
+    duration = max(elapsed + remaining, 0.0)
+    step = max(policy.poll_min_seconds, NEAR_END_STEP * duration)
+    if remaining > step:  # arrive half a step before the expected end
+        return min(remaining - step / 2, policy.poll_cap_seconds)
+    overdue = -remaining
+    if overdue <= NEAR_END_WINDOW * duration:
+        return min(step, policy.poll_cap_seconds)
+    return min(max(step, overdue / 2), policy.poll_cap_seconds)
 
 
 def poll_delay(poll_count: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:

@@ -52,6 +52,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         poll_first_seconds=settings.poll_first_seconds,
         callback_poll_first_seconds=settings.callback_poll_first_seconds,
         poll_cap_seconds=settings.poll_cap_seconds,
+        poll_min_seconds=settings.poll_min_seconds,
         deadline_seconds=settings.deadline_seconds,
         reconcile_seconds=settings.reconcile_seconds,
         unknown_task_polls=settings.unknown_task_polls,

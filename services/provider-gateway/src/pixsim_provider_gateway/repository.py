@@ -393,7 +393,8 @@ async def claim_for_polling(
     result = await session.execute(
         update(submissions)
         .where(any_of(submissions.c.id, due))
-        .values(lease_owner=owner, lease_until=func.now() + lease)
+        # Due again when the lease runs out, should this replica never record the check.
+        .values(lease_owner=owner, lease_until=func.now() + lease, next_poll_at=func.now() + lease)
         .returning(*submissions.c)
     )
     return result.all()
@@ -673,7 +674,8 @@ class Accounts:
 
     async def release(self, account_id: str, reserved: int, spent: int | None = None) -> None:
         """Give the slot back and settle credits: the reservation returns, the actual cost
-        (when the provider said it) is taken instead."""
+        (when the provider said it) is taken instead. Dispatch wakes at commit, so the next
+        waiting attempt takes the slot at once."""
         actual = reserved if spent is None else spent
         await self.session.execute(
             update(accounts)
@@ -684,6 +686,7 @@ class Accounts:
                 update_time=func.now(),
             )
         )
+        await wake_dispatch(self.session)
 
     async def mark(
         self,
@@ -827,6 +830,48 @@ async def waiting_by_provider(session: AsyncSession) -> dict[str, tuple[int, flo
         .group_by(submissions.c.provider_id)
     )
     return {provider_id: (count, float(wait)) for provider_id, count, wait in rows.all()}
+
+
+# The median time from send to a seen success, per provider and operation, over each one's
+# latest successes of the last hour (at least 3 of them): what the next task is expected to
+# take. A success is seen at most one near-end step late, so the median runs about half a
+# step long, which is why the first check comes half a step before it.
+_EXPECTED_DURATIONS = text(
+    """
+    SELECT provider_id, operation_type,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS seconds
+    FROM (
+        SELECT provider_id, operation_type,
+               extract(epoch FROM complete_time - submit_time) AS seconds,
+               row_number() OVER (PARTITION BY provider_id, operation_type
+                                  ORDER BY submit_time DESC) AS latest
+        FROM provider_submissions
+        WHERE submit_time > now() - interval '1 hour' AND state = 'SUCCEEDED'
+    ) recent
+    WHERE latest <= :window
+    GROUP BY provider_id, operation_type
+    HAVING count(*) >= 3
+    """
+)
+
+
+async def expected_durations(
+    session: AsyncSession, window: int = 50
+) -> dict[tuple[str, int], float]:
+    """(provider, operation) -> seconds a task of it is expected to take, where known."""
+    rows = await session.execute(_EXPECTED_DURATIONS, {"window": window})
+    return {(row.provider_id, row.operation_type): float(row.seconds) for row in rows}
+
+
+async def next_poll_in(session: AsyncSession) -> float | None:
+    """Seconds until the soonest running attempt is due a check (a leased one is due when
+    its lease runs out); None when nothing runs."""
+    seconds = await session.scalar(
+        select(func.extract("epoch", func.min(submissions.c.next_poll_at) - func.now())).where(
+            submissions.c.state == SubmissionState.RUNNING.value
+        )
+    )
+    return None if seconds is None else float(seconds)
 
 
 def _gate_of(row: Row[Any]) -> ProviderGate:

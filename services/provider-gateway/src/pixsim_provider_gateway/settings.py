@@ -46,9 +46,12 @@ class Settings(ServiceSettings):
     max_retries: int = Field(default=3, ge=0, le=20)
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_cap_seconds: float = Field(default=60.0, gt=0)
-    # Status checks start this soon and back off to the cap.
+    # Status checks start this soon and back off to the cap, until the provider's recent
+    # tasks say how long one takes (docs/performance.md): then one check comes just before
+    # the expected end, and checks come 3 % of it apart, no closer than the minimum.
     poll_first_seconds: float = Field(default=1.0, gt=0)
     poll_cap_seconds: float = Field(default=10.0, gt=0)
+    poll_min_seconds: float = Field(default=0.1, gt=0)
     # A task still unfinished this long after it was accepted fails with DEADLINE_EXCEEDED,
     # unless its provider cannot stop it: then it is followed on (reconciled) this much
     # longer, its late result still the job's, within the job's own run deadline.

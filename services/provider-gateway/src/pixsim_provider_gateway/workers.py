@@ -57,7 +57,15 @@ def gateway_workers(
         # A wake-up on every new submission, and after a reconnect (one may have been missed).
         Listener(database_url, repo.WORK_CHANNEL, lambda _payload: wake.set(), wake.set),
         Loop("dispatch", lambda: service.dispatch_once(dispatch_batch), wake),
-        Loop("poll", lambda: service.poll_once(poll_batch)),
+        # Sleeps until the next check falls due; woken when this replica starts a task.
+        Loop(
+            "poll",
+            lambda: service.poll_or_time_the_next(poll_batch),
+            service.timing.accepted,
+            idle=service.timing.pause,
+        ),
+        # How long each provider's tasks take, for the checks' timing.
+        Loop("durations", service.timing.refresh, idle=10.0),
         Loop("recover", service.recover_once, idle=5.0),
         # A deadline is kept to within about this idle time.
         Loop("expire", service.expire_once, idle=0.5),

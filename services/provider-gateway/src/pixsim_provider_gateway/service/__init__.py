@@ -36,6 +36,7 @@ from pixsim_provider_gateway.service.recover import (
     REPLICA_STOPPED,
     Recover,
 )
+from pixsim_provider_gateway.service.timing import Timing
 from pixsim_provider_gateway.service.units import GatewayUnit, Unit
 
 __all__ = ["REPLICA_STOPPED", "GatewayUnit", "ProviderService", "Unit"]
@@ -60,6 +61,7 @@ class ProviderService:
         fallback_margin: timedelta = FALLBACK_DEADLINE_MARGIN,
     ) -> None:
         units = units or (lambda: GatewayUnit(sessions))
+        self.timing = Timing(sessions)
         self.dispatch = Dispatch(
             units,
             registry,
@@ -69,16 +71,24 @@ class ProviderService:
             submit_lease,
             inputs or InputFiles(None, None),
             circuits or CircuitPolicy(),
+            self.timing,
         )
-        self.poll = Poll(units, registry, cipher, policy, replica_id, poll_lease)
+        self.poll = Poll(units, registry, cipher, policy, replica_id, poll_lease, self.timing)
         self.recover = Recover(units, policy, fallback_margin)
-        self.callbacks = Callbacks(units, registry, policy)
+        self.callbacks = Callbacks(units, registry, policy, self.timing)
 
     async def dispatch_once(self, limit: int) -> int:
         return await self.dispatch.once(limit)
 
     async def poll_once(self, limit: int) -> int:
         return await self.poll.once(limit)
+
+    async def poll_or_time_the_next(self, limit: int) -> int:
+        """The poll loop's step: when nothing was due, how long until something is."""
+        polled = await self.poll.once(limit)
+        if not polled:
+            await self.timing.until_next_poll()
+        return polled
 
     async def recover_once(self, limit: int = 50) -> int:
         return await self.recover.stranded(limit)

@@ -12,6 +12,7 @@ from pixsim_provider_gateway.domain import RetryPolicy, SubmissionState
 from pixsim_provider_gateway.providers.callbacks import Notice
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service.poll import record_status
+from pixsim_provider_gateway.service.timing import Timing
 from pixsim_provider_gateway.service.units import Unit
 
 
@@ -23,9 +24,14 @@ class Heard(StrEnum):
 
 class Callbacks:
     def __init__(
-        self, units: Callable[[], Unit], registry: ProviderRegistry, policy: RetryPolicy
+        self,
+        units: Callable[[], Unit],
+        registry: ProviderRegistry,
+        policy: RetryPolicy,
+        timing: Timing,
     ) -> None:
         self._units, self._registry, self._policy = units, registry, policy
+        self._timing = timing
 
     async def heard(self, provider_id: str, notice: Notice) -> Heard:
         provider = self._registry.get(provider_id)
@@ -34,6 +40,6 @@ class Callbacks:
             if attempt is None or attempt.state is not SubmissionState.RUNNING:
                 await unit.commit()
                 return Heard.UNKNOWN if attempt is None else Heard.ALREADY_ENDED
-            await record_status(unit, attempt, notice.status, provider, self._policy)
+            await record_status(unit, attempt, notice.status, provider, self._policy, self._timing)
             await unit.commit()
         return Heard.RECORDED

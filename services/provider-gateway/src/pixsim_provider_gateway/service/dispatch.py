@@ -37,6 +37,7 @@ from pixsim_provider_gateway.providers.base import (
 from pixsim_provider_gateway.providers.registry import ProviderRegistry, UnknownProvider
 from pixsim_provider_gateway.service import circuits
 from pixsim_provider_gateway.service.outcomes import settle_failure
+from pixsim_provider_gateway.service.timing import Timing
 from pixsim_provider_gateway.service.units import Unit
 
 log = structlog.get_logger("pixsim.gateway")
@@ -66,10 +67,11 @@ class Dispatch:
         lease: timedelta,
         inputs: InputFiles,
         circuit_policy: CircuitPolicy,
+        timing: Timing,
     ) -> None:
         self._units, self._registry, self._cipher, self._policy = units, registry, cipher, policy
         self._replica, self._lease, self._inputs = replica, lease, inputs
-        self._circuits = circuit_policy
+        self._circuits, self._timing = circuit_policy, timing
 
     async def once(self, limit: int) -> int:
         """Send what can be sent now; how many submissions went to a provider."""
@@ -177,6 +179,9 @@ class Dispatch:
                         seconds=first_poll_delay(
                             self._policy,
                             callbacks=self._registry.callbacks(attempt.provider_id) is not None,
+                            expected_seconds=self._timing.expected_seconds(
+                                attempt.provider_id, attempt.operation_type
+                            ),
                         )
                     ),
                     bound=timedelta(seconds=self._policy.deadline_seconds),
@@ -186,6 +191,7 @@ class Dispatch:
                 unit, attempt.provider_id, attempt.account_id, None, self._circuits
             )
             await unit.commit()
+        self._timing.accepted.set()
 
     async def _unsent(self, unit: Unit, prepared: Prepared) -> Submission | None:
         """The attempt again, locked, with its reservation back whole (nothing ran at the

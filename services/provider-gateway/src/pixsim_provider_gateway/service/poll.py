@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -22,6 +22,7 @@ from pixsim_provider_gateway.domain import (
     Submission,
     SubmissionState,
     assumed,
+    next_poll_delay,
     poll_delay,
     unusable_output,
 )
@@ -35,6 +36,7 @@ from pixsim_provider_gateway.providers.base import (
 )
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service.outcomes import settle_failure
+from pixsim_provider_gateway.service.timing import Timing
 from pixsim_provider_gateway.service.units import Unit
 from pixsim_provider_gateway.settlement import settle
 
@@ -50,9 +52,10 @@ class Poll:
         policy: RetryPolicy,
         replica: str,
         lease: timedelta,
+        timing: Timing,
     ) -> None:
         self._units, self._registry, self._cipher, self._policy = units, registry, cipher, policy
-        self._replica, self._lease = replica, lease
+        self._replica, self._lease, self._timing = replica, lease, timing
 
     async def once(self, limit: int) -> int:
         async with self._units() as unit:
@@ -103,7 +106,7 @@ class Poll:
             if unknown:
                 await record_unknown(unit, attempt, status, self._policy)
             else:
-                await record_status(unit, attempt, status, provider, self._policy)
+                await record_status(unit, attempt, status, provider, self._policy, self._timing)
             await unit.commit()
 
     async def _cancel_at_provider(
@@ -143,13 +146,27 @@ async def record_status(
     status: ProviderStatusResult,
     provider: Provider,
     policy: RetryPolicy,
+    timing: Timing | None = None,
 ) -> None:
     """What a running attempt's provider said of it (a status check, or a callback), under
-    the attempt's row lock: look again later, its deadline passed, or its end, settled."""
+    the attempt's row lock: look again later (timed to the task's expected end, where
+    `timing` knows it or the provider reports progress), its deadline passed, or its end,
+    settled."""
     if status.state in (TaskState.PENDING, TaskState.RUNNING):
         now = await unit.submissions.now()
         if now < attempt.deadline_at:
-            next_poll = poll_delay(attempt.poll_count + 1, policy)
+            sent = attempt.submit_time
+            next_poll = next_poll_delay(
+                attempt.poll_count + 1,
+                policy,
+                elapsed=(now - sent).total_seconds() if isinstance(sent, datetime) else 0.0,
+                expected_seconds=timing.expected_seconds(
+                    attempt.provider_id, attempt.operation_type
+                )
+                if timing is not None
+                else None,
+                progress=status.progress,
+            )
             attempt.polled(
                 status.progress,
                 status.provider_state,

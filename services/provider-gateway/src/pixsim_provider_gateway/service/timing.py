@@ -1,0 +1,41 @@
+"""When to look at running tasks: how long each provider's tasks have been taking (read
+from the attempts' own record, so every replica learns the same without talking to the
+others), and how long the poll loop may sleep before the next check falls due."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pixsim_provider_gateway import repository as repo
+
+
+class Timing:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], idle: float = 0.2) -> None:
+        self._sessions = sessions
+        self._durations: dict[tuple[str, int], float] = {}
+        self._idle = idle
+        self._pause = idle
+        # Set when this replica records a task's acceptance: its first check may be sooner
+        # than the poll loop's sleep.
+        self.accepted = asyncio.Event()
+
+    def expected_seconds(self, provider_id: str, operation_type: int) -> float | None:
+        return self._durations.get((provider_id, operation_type))
+
+    async def refresh(self) -> int:
+        async with self._sessions() as session:
+            self._durations = await repo.expected_durations(session)
+        return 0
+
+    async def until_next_poll(self) -> None:
+        """After a poll round found nothing due: how long until something is, at most the
+        idle time (another replica may have accepted a task meanwhile)."""
+        async with self._sessions() as session:
+            due_in = await repo.next_poll_in(session)
+        # A floor, so a check another replica is just claiming does not spin this loop.
+        self._pause = self._idle if due_in is None else min(max(due_in, 0.005), self._idle)
+
+    def pause(self) -> float:
+        return self._pause

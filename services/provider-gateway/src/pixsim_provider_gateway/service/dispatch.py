@@ -179,9 +179,7 @@ class Dispatch:
                         seconds=first_poll_delay(
                             self._policy,
                             callbacks=self._registry.callbacks(attempt.provider_id) is not None,
-                            expected_seconds=self._timing.expected_seconds(
-                                attempt.provider_id, attempt.operation_type
-                            ),
+                            expected_seconds=self._timing.expected_seconds(attempt),
                         )
                     ),
                     bound=timedelta(seconds=self._policy.deadline_seconds),

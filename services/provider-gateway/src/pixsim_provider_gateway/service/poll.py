@@ -160,11 +160,7 @@ async def record_status(
                 attempt.poll_count + 1,
                 policy,
                 elapsed=(now - sent).total_seconds() if isinstance(sent, datetime) else 0.0,
-                expected_seconds=timing.expected_seconds(
-                    attempt.provider_id, attempt.operation_type
-                )
-                if timing is not None
-                else None,
+                expected_seconds=timing.expected_seconds(attempt) if timing else None,
                 progress=status.progress,
             )
             attempt.polled(

@@ -9,6 +9,7 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_provider_gateway import repository as repo
+from pixsim_provider_gateway.domain import Submission
 
 
 class Timing:
@@ -21,8 +22,9 @@ class Timing:
         # than the poll loop's sleep.
         self.accepted = asyncio.Event()
 
-    def expected_seconds(self, provider_id: str, operation_type: int) -> float | None:
-        return self._durations.get((provider_id, operation_type))
+    def expected_seconds(self, attempt: Submission) -> float | None:
+        """How long a task of the attempt's provider and operation is expected to take."""
+        return self._durations.get((attempt.provider_id, attempt.operation_type))
 
     async def refresh(self) -> int:
         async with self._sessions() as session:

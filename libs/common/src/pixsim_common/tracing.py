@@ -1,6 +1,10 @@
 """OpenTelemetry tracing: one provider per process, exporter chosen by settings, and the
-instrumentation of gRPC, SQLAlchemy and httpx. Kafka spans are made by the outbox relay and
-the consumer runner, which carry W3C `traceparent` in message headers."""
+instrumentation of SQLAlchemy and httpx when spans are exported. Kafka spans are made by the
+outbox relay and the consumer runner, which carry W3C `traceparent` in message headers.
+
+With no exporter, spans still exist and carry trace ids (for the logs and for propagation to
+the next service), but none is recorded and the database and HTTP clients are not wrapped:
+a span nobody can read costs the CPU of one that is read (decision 117)."""
 
 from __future__ import annotations
 
@@ -12,18 +16,19 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 _configured = False
+_exporting = False
 
 
 def configure_tracing(service: str, exporter: str, endpoint: str = "") -> None:
     """Install the global tracer provider once per process; later calls are no-ops."""
-    global _configured
+    global _configured, _exporting
     if _configured:
         return
     _configured = True
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
     span_exporter: SpanExporter | None = None
     if exporter == "console":
         span_exporter = ConsoleSpanExporter()
@@ -31,16 +36,25 @@ def configure_tracing(service: str, exporter: str, endpoint: str = "") -> None:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         span_exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+    _exporting = span_exporter is not None
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}),
+        # Unrecorded spans still get ids, so logs and `traceparent` headers keep them.
+        sampler=DEFAULT_ON if _exporting else ALWAYS_OFF,
+    )
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    # Spans are made (so trace ids exist for logs and propagation) even with no exporter.
     trace.set_tracer_provider(provider)
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    if _exporting:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor().instrument()
+        HTTPXClientInstrumentor().instrument()
 
 
 def instrument_engine(engine: AsyncEngine) -> None:
+    """Database spans for `engine`, when spans are exported."""
+    if not _exporting:
+        return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine)

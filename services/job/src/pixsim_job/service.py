@@ -499,9 +499,16 @@ class ChangeFeed:
                 del self._watchers[job_id]
 
 
-# While a job waits or runs, its place in line and progress are looked at this often: at
-# most this many messages a second reach a watcher.
+# While a job waits or runs, its place in line and progress are asked of the gateway this
+# often: at most this many messages a second reach a watcher.
 LIVE_INTERVAL = 0.25
+# While it runs, a look that changed nothing doubles the next wait up to this: most
+# providers report no progress, and a watcher should not cost a gateway call 4 times a
+# second for a minute. Any change brings the wait back to LIVE_INTERVAL.
+LIVE_INTERVAL_RUNNING_CAP = 2.0
+# The job's row is read again on every notification of a change, and this often without
+# one (a missed notification costs at most this much delay).
+REREAD_INTERVAL = 15.0
 LIVE_STATES = (JobState.QUEUED, JobState.PROCESSING)
 
 
@@ -513,12 +520,19 @@ async def watch(
     live: LiveStatus | None = None,
 ) -> AsyncIterator[tuple[Job, gw_pb.QueueStatus | None]]:
     """The job now, then on every change (of its state, or while it waits or runs of its
-    place in line or its progress), until it is terminal."""
+    place in line or its progress), until it is terminal. The row is read only when it
+    may have changed; a live tick asks the gateway alone."""
+    loop = asyncio.get_running_loop()
     with feed.subscribe(job_id) as changed:
         last: tuple[Any, ...] | None = None
+        job: Job | None = None
+        reread_at = 0.0
+        live_wait = LIVE_INTERVAL
         while True:
-            changed.clear()
-            job = await service.get(identity, job_id)
+            if job is None or changed.is_set() or loop.time() >= reread_at:
+                changed.clear()
+                job = await service.get(identity, job_id)
+                reread_at = loop.time() + REREAD_INTERVAL
             status = (
                 await live.of(job.id, identity.token)
                 if live is not None and job.state in LIVE_STATES
@@ -534,13 +548,16 @@ async def watch(
             if current != last:
                 yield job, status
                 last = current
+                live_wait = LIVE_INTERVAL
+            elif job.state is JobState.PROCESSING:
+                live_wait = min(live_wait * 2, LIVE_INTERVAL_RUNNING_CAP)
             if job.state.terminal:
                 return
-            # Long for a job at rest (the timeout only guards a missed notification); short
-            # while the gateway's answer may change without a change of the job's row.
-            wait = LIVE_INTERVAL if job.state in LIVE_STATES and live is not None else 15
+            # Short while the gateway's answer may change without a change of the job's row.
+            live_ticks = job.state in LIVE_STATES and live is not None
+            wait = live_wait if live_ticks else reread_at - loop.time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=wait)
+                await asyncio.wait_for(changed.wait(), timeout=max(wait, 0.0))
 
 
 # The largest budget an admin may set: a million dollars a period.

@@ -14,6 +14,7 @@ BUF_VERSION=v1.72.0
 GRPCURL_VERSION=v1.9.3
 KUSTOMIZE_VERSION=v5.8.0
 GHZ_VERSION=v0.120.0
+TEMPORAL_CLI_VERSION=v1.5.1  # its dev server runs the durable baseline of make bench
 VERSITYGW_VERSION=v1.8.0  # the S3 server of the tests and `make run --storage s3`
 GRPC_GATEWAY_VERSION=v2.33.0  # its protoc-gen-openapiv2 writes the OpenAPI document
 BIN="$PWD/.cache/bin"
@@ -72,8 +73,10 @@ mkdir -p "$BIN"
 install_go_tool buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
 install_go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
-if [ "${PIXSIM_BENCH:-}" = 1 ]; then  # make bench drives CreateJob with it
+if [ "${PIXSIM_BENCH:-}" = 1 ]; then  # make bench only: ghz drives CreateJob, and the
+  # Temporal CLI (about 12 minutes to build on two cold cores) runs the pipeline's peer.
   install_go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"
+  install_go_tool temporal github.com/temporalio/cli/cmd/temporal "$TEMPORAL_CLI_VERSION"
 fi
 install_go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 install_go_tool protoc-gen-openapiv2 \

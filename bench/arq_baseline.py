@@ -10,7 +10,6 @@ BENCH_SIMULATOR_URL set.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from typing import Any, ClassVar
 
@@ -18,19 +17,15 @@ import asyncpg
 import httpx
 from arq.connections import RedisSettings
 
+from bench.baseline_store import store, table_sql
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_provider_gateway.providers.base import Credentials, GenerationRequest, TaskState
 from pixsim_provider_gateway.providers.pixverse import PixverseProvider
 
-TABLE = """CREATE TABLE IF NOT EXISTS arq_assets (
-    job_id text PRIMARY KEY,
-    sha256 text NOT NULL,
-    size_bytes bigint NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-)"""
-# The same schedule as the gateway's in the benchmark: first look after 0.1 s, then x1.5
+TABLE = "arq_assets"
+# The same schedule as the gateway's in the benchmark: first look after 20 ms, then x1.5
 # up to 0.3 s.
-POLL_FIRST, POLL_CAP = 0.1, 0.3
+POLL_FIRST, POLL_CAP = 0.02, 0.3
 MAX_JOBS = 64
 
 
@@ -39,7 +34,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["http"] = httpx.AsyncClient(timeout=30)
     ctx["db"] = await asyncpg.create_pool(os.environ["BENCH_DATABASE_URL"], max_size=10)
     async with ctx["db"].acquire() as connection:
-        await connection.execute(TABLE)
+        await connection.execute(table_sql(TABLE))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -65,20 +60,7 @@ async def generate(ctx: dict[str, Any], job_id: str, api_key: str, prompt: str) 
         if status.state not in (TaskState.PENDING, TaskState.RUNNING):
             raise RuntimeError(f"task ended {status.state}")
         delay = min(delay * 1.5, POLL_CAP)
-    digest, size = hashlib.sha256(), 0
-    async with ctx["http"].stream("GET", status.outputs[0].uri) as response:
-        response.raise_for_status()
-        async for chunk in response.aiter_bytes():
-            digest.update(chunk)
-            size += len(chunk)
-    async with ctx["db"].acquire() as connection:
-        await connection.execute(
-            "INSERT INTO arq_assets (job_id, sha256, size_bytes) VALUES ($1, $2, $3)",
-            job_id,
-            digest.hexdigest(),
-            size,
-        )
-    return size
+    return await store(ctx["http"], ctx["db"], TABLE, job_id, status.outputs[0].uri)
 
 
 class WorkerSettings:

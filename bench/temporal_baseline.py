@@ -15,7 +15,6 @@ and BENCH_SIMULATOR_URL set.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     import asyncpg
     import httpx
 
+    from bench.baseline_store import store, table_sql
     from pixsim.types.v1 import types_pb2 as t
     from pixsim_provider_gateway.providers.base import (
         Credentials,
@@ -39,12 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from pixsim_provider_gateway.providers.pixverse import PixverseProvider
 
 TASK_QUEUE = "bench-generate"
-TABLE = """CREATE TABLE IF NOT EXISTS temporal_assets (
-    job_id text PRIMARY KEY,
-    sha256 text NOT NULL,
-    size_bytes bigint NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-)"""
+TABLE = "temporal_assets"
 # The same schedule as the other two sides: first check after 20 ms, then x1.5 up to 0.3 s.
 POLL_FIRST, POLL_CAP = 0.02, 0.3
 MAX_ACTIVITIES = 64
@@ -91,20 +86,7 @@ class Steps:
 
     @activity.defn
     async def store(self, job_id: str, uri: str) -> int:
-        digest, size = hashlib.sha256(), 0
-        async with self.http.stream("GET", uri) as response:
-            response.raise_for_status()
-            async for chunk in response.aiter_bytes():
-                digest.update(chunk)
-                size += len(chunk)
-        await self.database.execute(
-            "INSERT INTO temporal_assets (job_id, sha256, size_bytes) VALUES ($1, $2, $3)"
-            " ON CONFLICT (job_id) DO NOTHING",  # a retried store records once
-            job_id,
-            digest.hexdigest(),
-            size,
-        )
-        return size
+        return await store(self.http, self.database, TABLE, job_id, uri)
 
 
 @workflow.defn
@@ -137,7 +119,7 @@ class GenerateWorkflow:
 async def serve() -> None:
     client = await Client.connect(os.environ["BENCH_TEMPORAL_ADDRESS"])
     async with asyncpg.create_pool(os.environ["BENCH_DATABASE_URL"], max_size=10) as database:
-        await database.execute(TABLE)
+        await database.execute(table_sql(TABLE))
         steps = Steps(os.environ["BENCH_SIMULATOR_URL"], database)
         worker = Worker(
             client,

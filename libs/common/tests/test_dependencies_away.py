@@ -10,16 +10,19 @@ import uuid
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from pixsim.events.v1 import events_pb2
 from pixsim_common.consumer import EventConsumer, Subscription
-from pixsim_common.db import UnitOfWork, libpq_url
+from pixsim_common.db import UnitOfWork, create_engine, create_sessionmaker, libpq_url
 from pixsim_common.dependencies import CONNECT_WAIT_SECONDS, with_database
 from pixsim_common.outbox import OutboxRelay, enqueue
 from pixsim_common.topics import Topic
+from pixsim_common.transient import is_transient
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import KafkaBroker
 from pixsim_local.processes import free_port
+from pixsim_local.pytest_plugin import DatabaseFactory
 
 from .conftest import MessagingDatabase, database_away
 from .test_consumer import record_effect, wait_for
@@ -119,3 +122,33 @@ async def test_a_failure_that_will_not_pass_is_not_waited_for() -> None:
     with pytest.raises(ValueError, match="a bug"):
         await with_database(wrong, wait_seconds=60)
     assert calls == 1
+
+
+async def test_connections_a_restart_broke_fail_once_transiently_then_the_pool_is_fresh(
+    new_database: DatabaseFactory, infra: Infra
+) -> None:
+    """The pool does not ping at checkout (decision 118): a broken connection's first
+    statement fails, as a transient error, and every pooled connection that predates it is
+    replaced, so the process pays one retry for a database restart, not one per connection."""
+    database = await new_database("restart")
+    engine = create_engine(database.url, pool_size=4)
+    db = MessagingDatabase(database, engine, create_sessionmaker(engine))
+
+    async def backend_pid() -> int:
+        async with db.sessions() as session:
+            pid = await session.scalar(text("SELECT pg_backend_pid() FROM pg_sleep(0.05)"))
+        assert isinstance(pid, int)
+        return pid
+
+    try:
+        before = set(await asyncio.gather(*(backend_pid() for _ in range(4))))
+        assert len(before) == 4  # the pool holds four connections
+        async with database_away(db, infra):
+            pass  # every open connection dropped, as a restart does
+        with pytest.raises(DBAPIError) as failure:
+            await backend_pid()
+        assert is_transient(failure.value), repr(failure.value)
+        after = set(await asyncio.gather(*(backend_pid() for _ in range(4))))
+        assert after.isdisjoint(before)
+    finally:
+        await engine.dispose()

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pixsim_common.auth import TokenVerifier, WorkloadTrust
 from pixsim_common.consumer import EventConsumer, Subscription
-from pixsim_common.db import create_engine, create_sessionmaker
+from pixsim_common.db import create_engine, create_read_sessionmaker, create_sessionmaker
 from pixsim_common.grpc_server import (
     AccessPolicy,
     HealthServicer,
@@ -101,6 +101,8 @@ class Kit:
     settings: ServiceSettings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    # Single-round-trip reads (create_read_sessionmaker): never for writes.
+    reads: async_sessionmaker[AsyncSession]
     page_tokens: PageTokens
 
 
@@ -135,7 +137,13 @@ async def assemble(
     page_secret = settings.page_token_secret.get_secret_value()
     if not page_secret:
         log.warning("no PAGE_TOKEN_SECRET: page tokens hold only within this process")
-    kit = Kit(settings, engine, create_sessionmaker(engine), PageTokens.from_setting(page_secret))
+    kit = Kit(
+        settings,
+        engine,
+        create_sessionmaker(engine),
+        create_read_sessionmaker(engine),
+        PageTokens.from_setting(page_secret),
+    )
     verifier = TokenVerifier(
         public_key=settings.jwt_public_key,
         jwks_url=settings.jwt_jwks_url,

@@ -76,9 +76,9 @@ def _id(name: str) -> str:
 
 
 class AssetApi(pb_grpc.AssetServiceServicer):
-    def __init__(self, service: AssetService, sessions: Any, tokens: PageTokens) -> None:
+    def __init__(self, service: AssetService, reads: Any, tokens: PageTokens) -> None:
         self._service = service
-        self._sessions = sessions
+        self._reads = reads
         self._tokens = tokens
 
     async def GetAsset(self, request: pb.GetAssetRequest, context: Any) -> pb.Asset:
@@ -109,7 +109,7 @@ class AssetApi(pb_grpc.AssetServiceServicer):
             if request.HasField("create_time_end")
             else None,
         }
-        async with self._sessions() as session:
+        async with self._reads() as session:
             found, token = await repo.list_page(
                 session,
                 self._tokens,

@@ -85,7 +85,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
         pb_grpc.add_AssetServiceServicer_to_server(
-            AssetApi(service(kit), kit.sessions, kit.page_tokens), server
+            AssetApi(service(kit), kit.reads, kit.page_tokens), server
         )
 
     def workers(kit: Kit) -> Sequence[Worker]:

@@ -69,14 +69,14 @@ class JobApi(pb_grpc.JobServiceServicer):
         self,
         service: JobService,
         feed: ChangeFeed,
-        sessions: async_sessionmaker[AsyncSession],
+        reads: async_sessionmaker[AsyncSession],
         tokens: PageTokens,
         live: LiveStatus,
     ) -> None:
         self._live = live
         self._service = service
         self._feed = feed
-        self._sessions = sessions
+        self._reads = reads
         self._tokens = tokens
 
     async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> pb.Job:
@@ -231,7 +231,7 @@ class JobApi(pb_grpc.JobServiceServicer):
             "end": end.isoformat() if end else "",
             "labels": dict(sorted(request.labels.items())),
         }
-        async with self._sessions() as session:
+        async with self._reads() as session:
             found, token = await repo.list_page(
                 session,
                 self._tokens,

@@ -51,6 +51,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 catalog,
                 resolver,
                 CostEstimates(gateway, settings.capabilities_ttl_seconds),
+                reads=kit.reads,
                 webhook_policy=webhook_policy,
                 secret_overlap=timedelta(seconds=settings.webhook_secret_overlap_seconds),
             )
@@ -58,7 +59,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
 
     def register(server: grpc.aio.Server, kit: Kit) -> None:
         pb_grpc.add_JobServiceServicer_to_server(
-            JobApi(service(kit), feed, kit.sessions, kit.page_tokens, LiveStatus(gateway)),
+            JobApi(service(kit), feed, kit.reads, kit.page_tokens, LiveStatus(gateway)),
             server,
         )
 

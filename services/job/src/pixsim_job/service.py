@@ -84,12 +84,15 @@ class JobService:
         resolver: InputResolver,
         estimates: CostEstimates,
         *,
+        reads: async_sessionmaker[AsyncSession] | None = None,
         webhook_policy: AddressPolicy | None = None,
         secret_overlap: timedelta = timedelta(days=1),
     ) -> None:
         self._webhook_policy = webhook_policy or AddressPolicy()
         self._secret_overlap = secret_overlap
         self._sessions = sessions
+        # The hot one-statement reads (GetJob, WatchJob, CreateJob's request-id check).
+        self._reads = reads or sessions
         self._catalog = catalog
         self._resolver = resolver
         self._estimates = estimates
@@ -153,7 +156,7 @@ class JobService:
     async def _by_request_id(
         self, identity: Identity, request_id: str, fingerprint: str
     ) -> Job | None:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             existing = await repo.find_by_request_id(session, identity.user_id, request_id)
         return _same_request(existing, fingerprint) if existing is not None else None
 
@@ -163,7 +166,7 @@ class JobService:
         )
 
     async def get(self, identity: Identity, job_id: str) -> Job:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             job = await repo.load(session, job_id, user_id=identity.user_id)
         if job is None:
             raise NotFound(f"jobs/{job_id} does not exist", reason="JOB_NOT_FOUND")

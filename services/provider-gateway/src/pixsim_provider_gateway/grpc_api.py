@@ -117,11 +117,12 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        reads: async_sessionmaker[AsyncSession],
         registry: ProviderRegistry,
         cipher: CredentialCipher,
         tokens: PageTokens,
     ) -> None:
-        self._sessions = sessions
+        self._reads = reads
         self._registry = registry
         self._cipher = cipher
         self._tokens = tokens
@@ -172,7 +173,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         self, request: pb.ListAccountsRequest, context: Any
     ) -> pb.ListAccountsResponse:
         filters = {"provider_id": request.provider_id}
-        async with self._sessions() as session:
+        async with self._reads() as session:
             rows, token = await self._tokens.fetch_page(
                 session,
                 repo.accounts_listed(request.provider_id),
@@ -203,7 +204,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
     async def GetQueueStatus(
         self, request: pb.GetQueueStatusRequest, context: Any
     ) -> pb.QueueStatus:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             row = await repo.latest_submission(session, _id_of(request.job))
             if row is None or not _visible(row):
                 raise NotFound(f"{request.job} has no attempt here", reason="JOB_NOT_FOUND")
@@ -226,7 +227,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         )
 
     async def GetSubmission(self, request: pb.GetSubmissionRequest, context: Any) -> pb.Submission:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             row = await repo.get_submission(session, _id_of(request.name))
         if row is None or not _visible(row):
             raise NotFound(f"{request.name} does not exist", reason="SUBMISSION_NOT_FOUND")
@@ -240,7 +241,7 @@ class ProviderGatewayApi(pb_grpc.ProviderGatewayServiceServicer):
         query = repo.submissions_listed(
             _id_of(request.job), None if identity.is_admin else identity.user_id
         )
-        async with self._sessions() as session:
+        async with self._reads() as session:
             rows, token = await self._tokens.fetch_page(
                 session, query, repo.submissions, request.page_token, request.page_size, filters
             )

@@ -125,7 +125,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
         settings,
         service_names=SERVICE_NAMES,
         register=lambda server, kit: pb_grpc.add_ProviderGatewayServiceServicer_to_server(
-            ProviderGatewayApi(kit.sessions, registry, cipher, kit.page_tokens), server
+            ProviderGatewayApi(kit.sessions, kit.reads, registry, cipher, kit.page_tokens), server
         ),
         admin_methods=ADMIN_METHODS,
         workers=parts,

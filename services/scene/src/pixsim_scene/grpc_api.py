@@ -136,12 +136,12 @@ class SceneApi(pb_grpc.SceneServiceServicer):
         self,
         service: SceneService,
         playthroughs: PlaythroughService,
-        sessions: Any,
+        reads: Any,
         tokens: PageTokens,
     ) -> None:
         self._service = service
         self._playthroughs = playthroughs
-        self._sessions = sessions
+        self._reads = reads
         self._tokens = tokens
 
     async def CreateScene(self, request: pb.CreateSceneRequest, context: Any) -> pb.Scene:
@@ -157,7 +157,7 @@ class SceneApi(pb_grpc.SceneServiceServicer):
             "tag": request.tag,
             "is_template": request.is_template if request.HasField("is_template") else None,
         }
-        async with self._sessions() as session:
+        async with self._reads() as session:
             found, token = await repo.list_page(
                 session,
                 self._tokens,

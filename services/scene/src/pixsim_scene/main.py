@@ -36,7 +36,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
     def register(server: grpc.aio.Server, kit: Kit) -> None:
         playthroughs = PlaythroughService(kit.sessions, directory, kit.page_tokens)
         pb_grpc.add_SceneServiceServicer_to_server(
-            SceneApi(service(kit), playthroughs, kit.sessions, kit.page_tokens), server
+            SceneApi(service(kit), playthroughs, kit.reads, kit.page_tokens), server
         )
 
     def workers(_kit: Kit) -> Sequence[Worker]:

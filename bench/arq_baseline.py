@@ -17,15 +17,17 @@ import asyncpg
 import httpx
 from arq.connections import RedisSettings
 
-from bench.baseline_store import store, table_sql
-from pixsim.types.v1 import types_pb2 as t
-from pixsim_provider_gateway.providers.base import Credentials, GenerationRequest, TaskState
+from bench.baseline_steps import (
+    POLL_CAP,
+    POLL_FIRST,
+    output_when_done,
+    store,
+    submit,
+    table_sql,
+)
 from pixsim_provider_gateway.providers.pixverse import PixverseProvider
 
 TABLE = "arq_assets"
-# The same schedule as the gateway's in the benchmark: first look after 20 ms, then x1.5
-# up to 0.3 s.
-POLL_FIRST, POLL_CAP = 0.02, 0.3
 MAX_JOBS = 64
 
 
@@ -45,22 +47,14 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def generate(ctx: dict[str, Any], job_id: str, api_key: str, prompt: str) -> int:
     """One job, start to end; the size of what it stored."""
     provider: PixverseProvider = ctx["provider"]
-    credentials = Credentials(api_key)
-    payload = provider.map_parameters(
-        t.OPERATION_TYPE_TEXT_TO_VIDEO, GenerationRequest(t.OPERATION_TYPE_TEXT_TO_VIDEO, prompt)
-    )
-    accepted = await provider.execute(t.OPERATION_TYPE_TEXT_TO_VIDEO, credentials, payload)
-    delay, polls = POLL_FIRST, 0
+    task_id = await submit(provider, api_key, prompt)
+    delay = POLL_FIRST
     while True:
         await asyncio.sleep(delay)
-        polls += 1
-        status = await provider.check_status(credentials, accepted.provider_job_id)
-        if status.state is TaskState.SUCCEEDED:
-            break
-        if status.state not in (TaskState.PENDING, TaskState.RUNNING):
-            raise RuntimeError(f"task ended {status.state}")
+        uri = await output_when_done(provider, api_key, task_id)
+        if uri is not None:
+            return await store(ctx["http"], ctx["db"], TABLE, job_id, uri)
         delay = min(delay * 1.5, POLL_CAP)
-    return await store(ctx["http"], ctx["db"], TABLE, job_id, status.outputs[0].uri)
 
 
 class WorkerSettings:

@@ -19,7 +19,8 @@ from pixsim_local.whole_stack import WholeStack, whole_stack_of_its_own
 
 ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "bench" / "results"
-GHZ, BUF = ROOT / ".cache" / "bin" / "ghz", ROOT / ".cache" / "bin" / "buf"
+BIN = ROOT / ".cache" / "bin"
+GHZ, BUF, TEMPORAL = BIN / "ghz", BIN / "buf", BIN / "temporal"
 
 
 RESULTS.mkdir(exist_ok=True)

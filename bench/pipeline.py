@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from temporalio.client import Client, WorkflowFailureError
 from bench import temporal_baseline
 from bench.common import (
     ROOT,
+    TEMPORAL,
     bench_stack,
     children_of,
     cpu_of_tree,
@@ -147,14 +148,10 @@ def summary(
     }
 
 
-TEMPORAL = ROOT / ".cache" / "bin" / "temporal"
-
-
-@contextlib.asynccontextmanager
-async def baseline(stack: WholeStack, name: str) -> AsyncIterator[tuple[str, dict[str, int], Any]]:
-    """What each baseline needs of the run: a database of its own (its URL), the pids whose
-    CPU it is charged with besides its own processes (the cluster and the simulator), and a
-    simulator key `name` whose tasks finish at once."""
+async def baseline(stack: WholeStack, name: str) -> tuple[dict[str, int], dict[str, str]]:
+    """What a baseline needs of the run: the pids it is charged with besides its own
+    processes (the cluster and the simulator), and its processes' environment, with a
+    database of its own and a simulator key `bench-<name>` whose tasks finish at once."""
     database = await stack.services.infra.postgres.create_service_database(f"bench_{name}")
     async with httpx.AsyncClient() as client:
         answer = await client.put(
@@ -171,17 +168,23 @@ async def baseline(stack: WholeStack, name: str) -> AsyncIterator[tuple[str, dic
         "BENCH_DATABASE_URL": database.url,
         "BENCH_SIMULATOR_URL": stack.services.simulator_url,
     }
-    yield database.url, shared, env
+    return shared, env
 
 
 async def measured(
-    count: int, pids: dict[str, int], one: Any, overheads: list[float]
+    count: int, pids: dict[str, int], one: Callable[[str, int], Awaitable[float | None]]
 ) -> dict[str, Any]:
-    """A warm-up of WARM_UP jobs, then `count` measured: `one(label, index, record)` runs a
-    job and, when `record`, appends its overhead in ms to `overheads`."""
-    await closed_loop(WARM_UP, lambda index: one("warm-up", index, False))
+    """A warm-up of WARM_UP jobs, then `count` measured: `one(label, index)` runs a job and
+    answers its overhead in ms, or None when it did not complete."""
+    await closed_loop(WARM_UP, lambda index: one("warm-up", index))
+    overheads: list[float] = []
+
+    async def recorded(index: int) -> None:
+        if (overhead := await one("measured", index)) is not None:
+            overheads.append(overhead)
+
     cpu_before = cpu_by_process(pids)
-    wall = await closed_loop(count, lambda index: one("measured", index, True))
+    wall = await closed_loop(count, recorded)
     return summary(count, wall, overheads, cpu_per_job(pids, cpu_before, count))
 
 
@@ -189,53 +192,53 @@ async def arq_run(stack: WholeStack, count: int) -> tuple[dict[str, Any], float]
     """The ARQ baseline's figures for `count` jobs, and its worker's peak RSS."""
     logs = stack.services.logs
     redis_port = free_port()
-    async with baseline(stack, "arq") as (_, shared, env):
-        redis = ManagedProcess(
-            "redis",
-            [
-                "redis-server",
-                *("--port", str(redis_port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            logs / "redis.log",
+    shared, env = await baseline(stack, "arq")
+    redis = ManagedProcess(
+        "redis",
+        [
+            "redis-server",
+            *("--port", str(redis_port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        logs / "redis.log",
+    )
+    worker = ManagedProcess(
+        "arq-worker",
+        [
+            sys.executable,
+            "-c",
+            "from arq.cli import cli; cli()",
+            "bench.arq_baseline.WorkerSettings",
+        ],
+        logs / "arq.log",
+        env=env | {"BENCH_REDIS_PORT": str(redis_port)},
+    )
+    try:
+        pool = await create_pool(
+            RedisSettings(port=redis_port, conn_retries=50, conn_retry_delay=1)
         )
-        worker = ManagedProcess(
-            "arq-worker",
-            [
-                sys.executable,
-                "-c",
-                "from arq.cli import cli; cli()",
-                "bench.arq_baseline.WorkerSettings",
-            ],
-            logs / "arq.log",
-            env=env | {"BENCH_REDIS_PORT": str(redis_port)},
-        )
-        try:
-            pool = await create_pool(
-                RedisSettings(port=redis_port, conn_retries=50, conn_retry_delay=1)
+
+        async def one(label: str, index: int) -> float | None:
+            job = await pool.enqueue_job(
+                "generate", f"{label}-{index}", "bench-arq", f"bench arq {label} {index}"
             )
-            overheads: list[float] = []
+            assert job is not None
+            # A job that failed (its result may not even unpickle) counts as not
+            # completed, as PixSim7's failed jobs do.
+            with contextlib.suppress(Exception):
+                await job.result(timeout=120, poll_delay=0.005)
+            info = await job.result_info()
+            if info is None or not info.success:
+                return None
+            return (info.finish_time - info.enqueue_time).total_seconds() * 1000
 
-            async def one(label: str, index: int, record: bool) -> None:
-                job = await pool.enqueue_job(
-                    "generate", f"{label}-{index}", "bench-arq", f"bench arq {label} {index}"
-                )
-                assert job is not None
-                # A job that failed (its result may not even unpickle) counts as not
-                # completed, as PixSim7's failed jobs do.
-                with contextlib.suppress(Exception):
-                    await job.result(timeout=120, poll_delay=0.005)
-                info = await job.result_info()
-                if record and info is not None and info.success:
-                    overheads.append((info.finish_time - info.enqueue_time).total_seconds() * 1000)
-
-            pids = shared | {"arq-worker": worker.pid, "redis": redis.pid}
-            figures = await measured(count, pids, one, overheads)
-            await pool.aclose()
-            return figures, peak_rss_mib(worker.pid)
-        finally:
-            worker.stop()
-            redis.stop()
+        pids = shared | {"arq-worker": worker.pid, "redis": redis.pid}
+        figures = await measured(count, pids, one)
+        await pool.aclose()
+        return figures, peak_rss_mib(worker.pid)
+    finally:
+        worker.stop()
+        redis.stop()
 
 
 async def temporal_client(address: str, server: ManagedProcess) -> Client:
@@ -254,6 +257,7 @@ async def temporal_run(stack: WholeStack, count: int) -> tuple[dict[str, Any], f
     """The Temporal baseline's figures for `count` jobs, and its worker's peak RSS."""
     logs = stack.services.logs
     address = f"127.0.0.1:{free_port()}"
+    shared, env = await baseline(stack, "temporal")
     server = ManagedProcess(
         "temporal",
         [
@@ -267,43 +271,38 @@ async def temporal_run(stack: WholeStack, count: int) -> tuple[dict[str, Any], f
         ],
         logs / "temporal.log",
     )
-    async with baseline(stack, "temporal") as (_, shared, env):
-        worker = ManagedProcess(
-            "temporal-worker",
-            [sys.executable, "-m", "bench.temporal_baseline"],
-            logs / "temporal-worker.log",
-            env=env | {"BENCH_TEMPORAL_ADDRESS": address},
-        )
-        try:
-            client = await temporal_client(address, server)
-            overheads: list[float] = []
+    worker = ManagedProcess(
+        "temporal-worker",
+        [sys.executable, "-m", "bench.temporal_baseline"],
+        logs / "temporal-worker.log",
+        env=env | {"BENCH_TEMPORAL_ADDRESS": address},
+    )
+    try:
+        client = await temporal_client(address, server)
 
-            async def one(label: str, index: int, record: bool) -> None:
-                handle = await client.start_workflow(
-                    temporal_baseline.GenerateWorkflow.run,
-                    temporal_baseline.JobInput(
-                        f"{label}-{index}", "bench-temporal", f"bench temporal {label} {index}"
-                    ),
-                    id=f"bench-{label}-{index}",
-                    task_queue=temporal_baseline.TASK_QUEUE,
-                )
-                try:
-                    await handle.result()
-                except WorkflowFailureError:
-                    return  # not completed, as PixSim7's failed jobs
-                if record:
-                    described = await handle.describe()
-                    assert described.close_time is not None
-                    overheads.append(
-                        (described.close_time - described.start_time).total_seconds() * 1000
-                    )
+        async def one(label: str, index: int) -> float | None:
+            handle = await client.start_workflow(
+                temporal_baseline.GenerateWorkflow.run,
+                temporal_baseline.JobInput(
+                    f"{label}-{index}", "bench-temporal", f"bench temporal {label} {index}"
+                ),
+                id=f"bench-{label}-{index}",
+                task_queue=temporal_baseline.TASK_QUEUE,
+            )
+            try:
+                await handle.result()
+            except WorkflowFailureError:
+                return None  # not completed, as PixSim7's failed jobs
+            described = await handle.describe()
+            assert described.close_time is not None
+            return (described.close_time - described.start_time).total_seconds() * 1000
 
-            pids = shared | {"temporal-worker": worker.pid, "temporal": server.pid}
-            figures = await measured(count, pids, one, overheads)
-            return figures, peak_rss_mib(worker.pid)
-        finally:
-            worker.stop()
-            server.stop()
+        pids = shared | {"temporal-worker": worker.pid, "temporal": server.pid}
+        figures = await measured(count, pids, one)
+        return figures, peak_rss_mib(worker.pid)
+    finally:
+        worker.stop()
+        server.stop()
 
 
 def print_tables(figures: dict[str, Any]) -> None:

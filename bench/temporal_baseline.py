@@ -22,30 +22,22 @@ from datetime import timedelta
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     import asyncpg
     import httpx
 
-    from bench.baseline_store import store, table_sql
-    from pixsim.types.v1 import types_pb2 as t
-    from pixsim_provider_gateway.providers.base import (
-        Credentials,
-        GenerationRequest,
-        TaskState,
-    )
+    from bench import baseline_steps
+    from bench.baseline_steps import POLL_CAP, POLL_FIRST, TaskFailed, table_sql
     from pixsim_provider_gateway.providers.pixverse import PixverseProvider
 
 TASK_QUEUE = "bench-generate"
 TABLE = "temporal_assets"
-# The same schedule as the other two sides: first check after 20 ms, then x1.5 up to 0.3 s.
-POLL_FIRST, POLL_CAP = 0.02, 0.3
 MAX_ACTIVITIES = 64
 STEP_TIMEOUT = timedelta(seconds=30)
-# A failed step is tried again (Temporal's default is forever); a refused task is final.
-STEP_RETRIES = RetryPolicy(maximum_attempts=5)
+# A failed step is tried again (Temporal's default is forever); a failed task is final.
+STEP_RETRIES = RetryPolicy(maximum_attempts=5, non_retryable_error_types=[TaskFailed.__name__])
 
 
 @dataclass(frozen=True)
@@ -65,28 +57,15 @@ class Steps:
 
     @activity.defn
     async def submit(self, job: JobInput) -> str:
-        payload = self.provider.map_parameters(
-            t.OPERATION_TYPE_TEXT_TO_VIDEO,
-            GenerationRequest(t.OPERATION_TYPE_TEXT_TO_VIDEO, job.prompt),
-        )
-        accepted = await self.provider.execute(
-            t.OPERATION_TYPE_TEXT_TO_VIDEO, Credentials(job.api_key), payload
-        )
-        return accepted.provider_job_id
+        return await baseline_steps.submit(self.provider, job.api_key, job.prompt)
 
     @activity.defn
     async def check(self, api_key: str, task_id: str) -> str | None:
-        """The output's address once the task succeeded; None while it runs."""
-        status = await self.provider.check_status(Credentials(api_key), task_id)
-        if status.state is TaskState.SUCCEEDED:
-            return status.outputs[0].uri
-        if status.state in (TaskState.PENDING, TaskState.RUNNING):
-            return None
-        raise ApplicationError(f"task ended {status.state}", non_retryable=True)
+        return await baseline_steps.output_when_done(self.provider, api_key, task_id)
 
     @activity.defn
     async def store(self, job_id: str, uri: str) -> int:
-        return await store(self.http, self.database, TABLE, job_id, uri)
+        return await baseline_steps.store(self.http, self.database, TABLE, job_id, uri)
 
 
 @workflow.defn

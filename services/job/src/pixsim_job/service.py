@@ -84,7 +84,7 @@ class JobService:
         resolver: InputResolver,
         estimates: CostEstimates,
         *,
-        reads: async_sessionmaker[AsyncSession] | None = None,
+        reads: async_sessionmaker[AsyncSession],
         webhook_policy: AddressPolicy | None = None,
         secret_overlap: timedelta = timedelta(days=1),
     ) -> None:
@@ -92,7 +92,7 @@ class JobService:
         self._secret_overlap = secret_overlap
         self._sessions = sessions
         # The hot one-statement reads (GetJob, WatchJob, CreateJob's request-id check).
-        self._reads = reads or sessions
+        self._reads = reads
         self._catalog = catalog
         self._resolver = resolver
         self._estimates = estimates

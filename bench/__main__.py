@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 
-from bench import createjob, guard_overhead, notice, pipeline, saturation
+from bench import createjob, guard_overhead, notice, pipeline, saturation, single_job
 
 BENCHMARKS = {
     "guard": guard_overhead.main,
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "pipeline": pipeline.main,
     "saturation": saturation.main,
     "notice": notice.main,
+    "single": single_job.main,
 }
 
 

@@ -25,7 +25,7 @@ TASK_SECONDS = 2.0
 ACCOUNTS = (("pixverse", 8), ("pixverse", 8))  # C = 16
 CAPACITY = sum(concurrency for _, concurrency in ACCOUNTS)
 WAVES = int(os.environ.get("BENCH_SATURATION_WAVES", "8"))  # jobs = C x WAVES
-TARGET = 0.9
+TARGET = 0.95  # issue 22
 # A backlog not through this long after its ideal time is reported as stalled, not waited on.
 STALL_SECONDS = 60
 GATEWAY = next(spec for spec in SERVICES if spec.name == "provider-gateway")

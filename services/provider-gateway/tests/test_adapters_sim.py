@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -227,6 +228,22 @@ async def test_a_large_input_goes_through_runways_uploads_flow(
     assert [(i["sha256"], i["via"]) for i in task["inputs"]] == [
         (hashlib.sha256(files[0].body).hexdigest(), "upload")
     ]
+
+
+async def test_the_simulator_records_when_a_task_was_accepted_and_when_it_ended(
+    adapters: dict[str, Provider], key: str, provider_sim: str
+) -> None:
+    """The benchmarks take a provider's own time from these wall-clock stamps."""
+    prompt = f"timed {uuid.uuid4().hex}"
+    before = time.time()
+    status = await run(adapters["pixverse"], key, t.OPERATION_TYPE_TEXT_TO_VIDEO, prompt)
+    after = time.time()
+    assert status.state is TaskState.SUCCEEDED
+    async with httpx.AsyncClient() as client:
+        (task,) = (await client.get(f"{provider_sim}/_sim/tasks", params={"prompt": prompt})).json()
+    assert before <= task["created_at"] < task["ended_at"] <= after
+    # The key's tasks take 150 ms (the simulator's clock and the wall clock agree).
+    assert task["ended_at"] - task["created_at"] == pytest.approx(0.15, abs=0.01)
 
 
 @pytest.mark.parametrize("provider", sorted(ADAPTERS))

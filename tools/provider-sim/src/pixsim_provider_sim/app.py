@@ -159,7 +159,9 @@ class Simulator:
                     "provider": task.provider,
                     "phase": task.phase(now),
                     "polls": task.polls,
-                    # When it ended, on the wall clock (None while it runs).
+                    # When it was accepted and when it ended, on the wall clock (ended_at
+                    # None while it runs).
+                    "created_at": time.time() - (now - task.created_at),
                     "ended_at": time.time() - (now - task.ended_at())
                     if task.ended_at() <= now
                     else None,

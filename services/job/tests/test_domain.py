@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from pixsim_job.domain import (
     LEGAL,
+    LIVE_INTERVAL,
     AssetCreated,
     Fact,
     GenerationFailed,
@@ -19,6 +20,7 @@ from pixsim_job.domain import (
     IllegalTransition,
     Job,
     JobState,
+    next_live_wait,
 )
 
 pytestmark = pytest.mark.unit
@@ -193,3 +195,22 @@ def test_costs_add_up_over_every_run_and_only_the_latest_runs_last_attempt_is_fi
     assert (job.settled_credits, job.settled_attempts, job.cost_final) == (30, 3, False)
     job.learn(GenerationSettled(1, 25, 250_000, final=True), now)
     assert (job.settled_credits, job.settled_micros, job.cost_final) == (55, 550_000, True)
+
+
+def test_live_looks_that_change_nothing_back_off_to_each_states_cap() -> None:
+    for state, cap in ((JobState.QUEUED, 1.0), (JobState.PROCESSING, 2.0)):
+        waits, wait = [], LIVE_INTERVAL
+        for _ in range(6):
+            wait = next_live_wait(state, wait, changed=False)
+            waits.append(wait)
+        assert waits[0] == 2 * LIVE_INTERVAL
+        assert waits == sorted(waits)
+        assert waits[-1] == cap
+
+
+@given(st.sampled_from(list(JobState)), st.floats(min_value=0.01, max_value=10.0))
+def test_a_change_brings_the_live_look_back_to_its_shortest_wait(
+    state: JobState, wait: float
+) -> None:
+    assert next_live_wait(state, wait, changed=True) == LIVE_INTERVAL
+    assert next_live_wait(state, wait, changed=False) <= max(LIVE_INTERVAL, 2.0)

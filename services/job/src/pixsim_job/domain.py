@@ -376,3 +376,22 @@ class Job:
         self.cost_final = False  # a new run, to be settled
         # A retry is a try the caller asks for now: the first try's deadlines are past it.
         self.start_deadline_time = self.run_deadline_time = None
+
+
+# While a job waits or runs, its place in line and progress are asked of the gateway this
+# often: at most this many messages a second reach a watcher.
+LIVE_INTERVAL = 0.25
+# A look that changed nothing doubles the next wait, up to the job's state's cap: most
+# providers report no progress, and a place in line stays put while the slots ahead are
+# busy, so a watcher should not cost a gateway call 4 times a second for a minute (they
+# were most of the gateway's RPCs in the pipeline benchmark). Any change brings the wait
+# back to LIVE_INTERVAL.
+LIVE_INTERVAL_CAP = {JobState.QUEUED: 1.0, JobState.PROCESSING: 2.0}
+
+
+def next_live_wait(state: JobState, wait: float, *, changed: bool) -> float:
+    """Seconds to the next live look at a job in `state`, after one that waited `wait` and
+    did or did not see a change."""
+    if changed or state not in LIVE_INTERVAL_CAP:
+        return LIVE_INTERVAL
+    return min(wait * 2, LIVE_INTERVAL_CAP[state])

@@ -48,6 +48,7 @@ from pixsim_job.capabilities import (
     check_request,
 )
 from pixsim_job.domain import (
+    LIVE_INTERVAL,
     Fact,
     GenerationSettled,
     IllegalTransition,
@@ -55,6 +56,7 @@ from pixsim_job.domain import (
     JobState,
     Period,
     Standing,
+    next_live_wait,
 )
 from pixsim_job.inputs import InputResolver, resolved
 from pixsim_job.metrics import JOB_OVERHEAD, SPEND
@@ -502,13 +504,6 @@ class ChangeFeed:
                 del self._watchers[job_id]
 
 
-# While a job waits or runs, its place in line and progress are asked of the gateway this
-# often: at most this many messages a second reach a watcher.
-LIVE_INTERVAL = 0.25
-# While it runs, a look that changed nothing doubles the next wait up to this: most
-# providers report no progress, and a watcher should not cost a gateway call 4 times a
-# second for a minute. Any change brings the wait back to LIVE_INTERVAL.
-LIVE_INTERVAL_RUNNING_CAP = 2.0
 # The job's row is read again on every notification of a change, and this often without
 # one (a missed notification costs at most this much delay).
 REREAD_INTERVAL = 15.0
@@ -548,12 +543,10 @@ async def watch(
                 job.error_code,
                 None if status is None else status.SerializeToString(deterministic=True),
             )
+            live_wait = next_live_wait(job.state, live_wait, changed=current != last)
             if current != last:
                 yield job, status
                 last = current
-                live_wait = LIVE_INTERVAL
-            elif job.state is JobState.PROCESSING:
-                live_wait = min(live_wait * 2, LIVE_INTERVAL_RUNNING_CAP)
             if job.state.terminal:
                 return
             # Short while the gateway's answer may change without a change of the job's row.

@@ -23,6 +23,8 @@ from pixsim_provider_gateway.domain import (
     unusable_output,
     unusable_task_id,
 )
+from pixsim_provider_gateway.service.dispatch import IDLE_NOTHING_WAITING, idle_after
+from pixsim_provider_gateway.service.timing import IDLE_NOTHING_RUNNING, pause_after
 
 pytestmark = pytest.mark.unit
 POLICY = RetryPolicy(max_retries=2, default_cooldown_seconds=30)
@@ -221,3 +223,20 @@ def test_a_result_url_we_cannot_pass_on_is_unusable(uri: str, usable: bool) -> N
 )
 def test_a_task_id_we_cannot_poll_by_is_unusable(task_id: str, usable: bool) -> None:
     assert (unusable_task_id(task_id) is None) is usable
+
+
+@given(st.one_of(st.none(), st.floats(min_value=-60, max_value=3600)))
+def test_idle_loops_sleep_within_their_bounds_and_no_longer_than_the_next_turn(
+    due_in: float | None,
+) -> None:
+    dispatch_sleep = idle_after(due_in)
+    poll_sleep = pause_after(due_in, 0.2)
+    assert 0.005 <= dispatch_sleep <= IDLE_NOTHING_WAITING
+    assert 0.005 <= poll_sleep <= IDLE_NOTHING_RUNNING
+    if due_in is None:  # nothing waits or runs: NOTIFY or this replica's own start wakes it
+        assert (dispatch_sleep, poll_sleep) == (IDLE_NOTHING_WAITING, IDLE_NOTHING_RUNNING)
+    elif due_in > 0.005:
+        assert dispatch_sleep <= due_in
+        assert poll_sleep <= due_in
+    if due_in is not None:
+        assert poll_sleep <= 0.2  # another replica's task may fall due sooner

@@ -63,6 +63,7 @@ from pixsim_provider_gateway.providers.callbacks import Notice
 from pixsim_provider_gateway.providers.registry import ProviderRegistry
 from pixsim_provider_gateway.service import REPLICA_STOPPED, ProviderService
 from pixsim_provider_gateway.service.callbacks import Heard
+from pixsim_provider_gateway.service.dispatch import IDLE_NOTHING_WAITING, NO_ACCOUNT_DELAY
 
 # ---- fakes: the repositories and unit of work held in memory (cosmicpython's
 # FakeUnitOfWork), a virtual clock, and a provider that answers as a test scripts it. What the
@@ -166,6 +167,14 @@ class FakeSubmissions:
             if cap is None or mine < cap:
                 claimed.append(row | {"probe": gate.circuit is not Circuit.CLOSED})
         return self._loaded(claimed[:limit])
+
+    async def next_waiting_in(self) -> float | None:
+        turns = [
+            row["available_at"]
+            for row in self._store.rows.values()
+            if row["state"] == SubmissionState.WAITING
+        ]
+        return (min(turns) - self._now()).total_seconds() if turns else None
 
     async def claim_for_polling(self, owner: str, lease: timedelta, limit: int) -> list[Submission]:
         now = self._now()
@@ -559,6 +568,23 @@ async def test_the_last_transient_failure_fails_the_job_once(gateway: Gateway) -
     assert [row["state"] for row in gateway.store.attempts_of(job_id)] == [S.FAILED] * 3
     (failed,) = gateway.published(Failed)
     assert failed.code == "RETRIES_EXHAUSTED"  # type: ignore[attr-defined]
+
+
+async def test_dispatch_sleeps_long_with_nothing_waiting_and_briefly_for_a_slot(
+    gateway: Gateway,
+) -> None:
+    assert await gateway.service.dispatch_once(10) == 0
+    assert gateway.service.dispatch.idle() == IDLE_NOTHING_WAITING
+    job_id = await gateway.submitted()  # no account yet: put back for NO_ACCOUNT_DELAY
+    assert await gateway.service.dispatch_once(10) == 0
+    assert gateway.service.dispatch.idle() == pytest.approx(NO_ACCOUNT_DELAY.total_seconds())
+    gateway.account()
+    gateway.provider.submits = [GenerationResult("task-1")]
+    gateway.store.clock.advance(1)
+    assert await gateway.service.dispatch_once(10) == 1
+    assert gateway.attempts(job_id) == [(S.RUNNING, "", "")]
+    assert await gateway.service.dispatch_once(10) == 0
+    assert gateway.service.dispatch.idle() == IDLE_NOTHING_WAITING
 
 
 async def test_a_rate_limit_cools_the_account_and_the_same_attempt_waits(

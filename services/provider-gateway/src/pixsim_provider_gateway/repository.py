@@ -540,6 +540,9 @@ class Submissions:
     async def claim_waiting(self, limit: int) -> list[Submission]:
         return self._loaded(await claim_waiting(self.session, limit))
 
+    async def next_waiting_in(self) -> float | None:
+        return await next_waiting_in(self.session)
+
     async def claim_for_polling(self, owner: str, lease: timedelta, limit: int) -> list[Submission]:
         return self._loaded(await claim_for_polling(self.session, owner, lease, limit))
 
@@ -861,6 +864,17 @@ async def expected_durations(
     """(provider, operation) -> seconds a task of it is expected to take, where known."""
     rows = await session.execute(_EXPECTED_DURATIONS, {"window": window})
     return {(row.provider_id, row.operation_type): float(row.seconds) for row in rows}
+
+
+async def next_waiting_in(session: AsyncSession) -> float | None:
+    """Seconds until the soonest waiting submission's turn (negative: it is due, and waits
+    for a slot or its provider); None when nothing waits."""
+    seconds = await session.scalar(
+        select(func.extract("epoch", func.min(submissions.c.available_at) - func.now())).where(
+            submissions.c.state == SubmissionState.WAITING.value
+        )
+    )
+    return None if seconds is None else float(seconds)
 
 
 async def next_poll_in(session: AsyncSession) -> float | None:

@@ -56,7 +56,12 @@ def gateway_workers(
     return [
         # A wake-up on every new submission, and after a reconnect (one may have been missed).
         Listener(database_url, repo.WORK_CHANNEL, lambda _payload: wake.set(), wake.set),
-        Loop("dispatch", lambda: service.dispatch_once(dispatch_batch), wake),
+        Loop(
+            "dispatch",
+            lambda: service.dispatch_once(dispatch_batch),
+            wake,
+            idle=service.dispatch.idle,
+        ),
         # Sleeps until the next check falls due; woken when this replica starts a task.
         Loop(
             "poll",

@@ -45,6 +45,12 @@ log = structlog.get_logger("pixsim.gateway")
 NO_ACCOUNT_DELAY = timedelta(milliseconds=200)
 # How soon an attempt whose inputs could not be read goes again.
 INPUTS_UNREADABLE_DELAY = timedelta(seconds=2)
+# After a round that sent nothing, the next comes when the soonest waiting attempt's turn
+# does, within these bounds: NOTIFY wakes the loop at once for new work and freed slots, so
+# with nothing waiting the round is only a safety net; waiting attempts that are due but
+# found no slot are looked at again soon (an account's cooldown or a circuit ends by time).
+IDLE_NOTHING_WAITING = 1.0
+IDLE_WAITING_FOR_A_SLOT = 0.2
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,16 @@ class Prepared:
     attempt: Submission
     provider: Provider
     credentials: Credentials
+
+
+def idle_after(next_waiting_in: float | None) -> float:
+    """How long to sleep after a round that claimed nothing, given when the soonest waiting
+    attempt's turn comes (None: nothing waits; negative: due, but no slot took it)."""
+    if next_waiting_in is None:
+        return IDLE_NOTHING_WAITING
+    if next_waiting_in <= 0:
+        return IDLE_WAITING_FOR_A_SLOT
+    return min(max(next_waiting_in, 0.005), IDLE_NOTHING_WAITING)
 
 
 class Dispatch:
@@ -72,6 +88,11 @@ class Dispatch:
         self._units, self._registry, self._cipher, self._policy = units, registry, cipher, policy
         self._replica, self._lease, self._inputs = replica, lease, inputs
         self._circuits, self._timing = circuit_policy, timing
+        self._idle = IDLE_WAITING_FOR_A_SLOT
+
+    def idle(self) -> float:
+        """Seconds the dispatch loop sleeps (unless woken) after a round that sent nothing."""
+        return self._idle
 
     async def once(self, limit: int) -> int:
         """Send what can be sent now; how many submissions went to a provider."""
@@ -82,6 +103,8 @@ class Dispatch:
                     prepared = await self._prepare(unit, attempt)
                 if prepared is not None:
                     ready.append(prepared)
+            if not ready:  # the loop sleeps: until the soonest turn, as put back just now
+                self._idle = idle_after(await unit.submissions.next_waiting_in())
             await unit.commit()
         await asyncio.gather(*(self._submit(p) for p in ready))
         return len(ready)

@@ -11,6 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.domain import Submission
 
+# With nothing running anywhere, the poll loop sleeps this long: a task this replica starts
+# wakes it at once (`accepted`), and one another replica starts is that replica's to check.
+IDLE_NOTHING_RUNNING = 1.0
+
 
 class Timing:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], idle: float = 0.2) -> None:
@@ -33,11 +37,18 @@ class Timing:
 
     async def until_next_poll(self) -> None:
         """After a poll round found nothing due: how long until something is, at most the
-        idle time (another replica may have accepted a task meanwhile)."""
+        idle time while tasks run (another replica's may fall due sooner)."""
         async with self._sessions() as session:
             due_in = await repo.next_poll_in(session)
-        # A floor, so a check another replica is just claiming does not spin this loop.
-        self._pause = self._idle if due_in is None else min(max(due_in, 0.005), self._idle)
+        self._pause = pause_after(due_in, self._idle)
 
     def pause(self) -> float:
         return self._pause
+
+
+def pause_after(due_in: float | None, idle: float) -> float:
+    """The poll loop's sleep, given when the soonest running task's check is due (None:
+    nothing runs). A floor, so a check another replica is just claiming does not spin it."""
+    if due_in is None:
+        return IDLE_NOTHING_RUNNING
+    return min(max(due_in, 0.005), idle)

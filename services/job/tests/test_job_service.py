@@ -145,7 +145,10 @@ async def stack(
                     provider_id="pixverse",
                     credentials={"api_key": key},
                     credits=100_000,
-                    max_concurrency=5,
+                    # Several tests leave a ten-minute task holding a slot (their jobs end
+                    # in the job service alone); the later tests' jobs need slots of
+                    # their own, or they queue behind those tasks on a slow machine.
+                    max_concurrency=16,
                 )
             ),
             metadata=admin,

@@ -327,3 +327,25 @@ async def test_a_loop_whose_step_outlasts_the_grace_is_cancelled() -> None:
     await loop.start()
     await asyncio.sleep(0.05)
     await asyncio.wait_for(loop.stop(), timeout=5)
+
+
+async def test_a_wake_up_while_a_step_runs_brings_the_next_step_at_once() -> None:
+    wake = asyncio.Event()
+    steps = 0
+    second = asyncio.Event()
+
+    async def step() -> int:
+        nonlocal steps
+        steps += 1
+        if steps == 1:
+            wake.set()  # new work arrived after this step looked for it
+        else:
+            second.set()
+        return 0
+
+    loop = Loop("woken", step, wake, idle=60.0)
+    await loop.start()
+    try:
+        await asyncio.wait_for(second.wait(), timeout=5)
+    finally:
+        await loop.stop()

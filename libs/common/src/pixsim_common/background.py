@@ -80,6 +80,9 @@ class Loop(Background):
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            # Cleared before the step, so a wake-up while it runs (work it could not see
+            # yet) brings the next step at once instead of being lost to the idle sleep.
+            self._wake.clear()
             try:
                 done = await self._step()
                 backoff = 0.1
@@ -90,7 +93,6 @@ class Loop(Background):
                 backoff = min(backoff * 2, 5.0)
                 continue
             if not done and not self._stopping:
-                self._wake.clear()
                 await self._pause(self._idle() if callable(self._idle) else self._idle)
 
     async def _pause(self, seconds: float) -> None:

@@ -63,7 +63,7 @@ class Prepared:
 
 
 def idle_after(next_waiting_in: float | None) -> float:
-    """How long to sleep after a round that claimed nothing, given when the soonest waiting
+    """How long to sleep after a round that sent nothing, given when the soonest waiting
     attempt's turn comes (None: nothing waits; negative: due, but no slot took it)."""
     if next_waiting_in is None:
         return IDLE_NOTHING_WAITING

@@ -9,7 +9,6 @@ BENCH_SIMULATOR_URL set.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any, ClassVar
 
@@ -20,7 +19,7 @@ from arq.connections import RedisSettings
 from bench.baseline_steps import (
     POLL_CAP,
     POLL_FIRST,
-    output_when_done,
+    output_on_schedule,
     store,
     submit,
     table_sql,
@@ -41,6 +40,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["http"].aclose()
+    await ctx["provider"].aclose()
     await ctx["db"].close()
 
 
@@ -48,13 +48,8 @@ async def generate(ctx: dict[str, Any], job_id: str, api_key: str, prompt: str) 
     """One job, start to end; the size of what it stored."""
     provider: PixverseProvider = ctx["provider"]
     task_id = await submit(provider, api_key, prompt)
-    delay = POLL_FIRST
-    while True:
-        await asyncio.sleep(delay)
-        uri = await output_when_done(provider, api_key, task_id)
-        if uri is not None:
-            return await store(ctx["http"], ctx["db"], TABLE, job_id, uri)
-        delay = min(delay * 1.5, POLL_CAP)
+    uri = await output_on_schedule(provider, api_key, task_id, POLL_FIRST, POLL_CAP)
+    return await store(ctx["http"], ctx["db"], TABLE, job_id, uri)
 
 
 class WorkerSettings:

@@ -6,6 +6,7 @@ with durable timers between checks)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import asyncpg
@@ -49,6 +50,19 @@ async def output_when_done(provider: PixverseProvider, api_key: str, task_id: st
     if status.state in (TaskState.PENDING, TaskState.RUNNING):
         return None
     raise TaskFailed(f"task ended {status.state}")
+
+
+async def output_on_schedule(
+    provider: PixverseProvider, api_key: str, task_id: str, first: float, cap: float
+) -> str:
+    """The output's address, the task checked after `first` seconds and then x1.5 apart up
+    to `cap`."""
+    delay = first
+    while True:
+        await asyncio.sleep(delay)
+        if (uri := await output_when_done(provider, api_key, task_id)) is not None:
+            return uri
+        delay = min(delay * 1.5, cap)
 
 
 async def store(

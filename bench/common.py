@@ -35,6 +35,15 @@ def bench_stack(
     return whole_stack_of_its_own({"OTEL_EXPORTER": "none", **(settings or {})})
 
 
+async def sim_key(stack: WholeStack, key: str, finish_ms: int) -> None:
+    """A simulator API key of the benchmark's own whose tasks take `finish_ms`."""
+    async with httpx.AsyncClient() as client:
+        answer = await client.put(
+            f"{stack.services.simulator_url}/_sim/keys/{key}", json={"finish_ms": finish_ms}
+        )
+        answer.raise_for_status()
+
+
 async def use_accounts(
     stack: WholeStack, accounts: Sequence[tuple[str, int]], finish_ms: int
 ) -> None:
@@ -46,25 +55,21 @@ async def use_accounts(
         await stack.gateway.DisableAccount(
             gw_pb.DisableAccountRequest(name=account.name), metadata=admin
         )
-    async with httpx.AsyncClient() as client:
-        for index, (provider, concurrency) in enumerate(accounts):
-            key = f"bench-{provider}-{index}"
-            answer = await client.put(
-                f"{stack.services.simulator_url}/_sim/keys/{key}", json={"finish_ms": finish_ms}
-            )
-            answer.raise_for_status()
-            await stack.gateway.CreateAccount(
-                gw_pb.CreateAccountRequest(
-                    account=gw_pb.Account(
-                        provider_id=provider,
-                        label=key,
-                        credentials={"api_key": key},
-                        credits=1_000_000_000,
-                        max_concurrency=concurrency,
-                    )
-                ),
-                metadata=admin,
-            )
+    for index, (provider, concurrency) in enumerate(accounts):
+        key = f"bench-{provider}-{index}"
+        await sim_key(stack, key, finish_ms)
+        await stack.gateway.CreateAccount(
+            gw_pb.CreateAccountRequest(
+                account=gw_pb.Account(
+                    provider_id=provider,
+                    label=key,
+                    credentials={"api_key": key},
+                    credits=1_000_000_000,
+                    max_concurrency=concurrency,
+                )
+            ),
+            metadata=admin,
+        )
 
 
 def percentile(values: Sequence[float], q: int) -> float:

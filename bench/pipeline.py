@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 from arq import create_pool
 from arq.connections import RedisSettings
 from temporalio.client import Client, WorkflowFailureError
@@ -49,6 +48,7 @@ from bench.common import (
     cpu_seconds,
     peak_rss_mib,
     percentile,
+    sim_key,
     use_accounts,
     verdict,
     write_result,
@@ -153,11 +153,7 @@ async def baseline(stack: WholeStack, name: str) -> tuple[dict[str, int], dict[s
     processes (the cluster and the simulator), and its processes' environment, with a
     database of its own and a simulator key `bench-<name>` whose tasks finish at once."""
     database = await stack.services.infra.postgres.create_service_database(f"bench_{name}")
-    async with httpx.AsyncClient() as client:
-        answer = await client.put(
-            f"{stack.services.simulator_url}/_sim/keys/bench-{name}", json={"finish_ms": 0}
-        )
-        answer.raise_for_status()
+    await sim_key(stack, f"bench-{name}", finish_ms=0)
     shared = {
         "postgres": processes_of(stack)["postgres"],
         "provider-sim": stack.services.processes["provider-sim"].pid,

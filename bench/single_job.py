@@ -15,7 +15,6 @@ the floor any arrangement of this work pays.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC
@@ -24,8 +23,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.baseline_steps import output_when_done, store, submit, table_sql
-from bench.common import bench_stack, percentile, use_accounts, verdict, write_result
+from bench.baseline_steps import output_on_schedule, store, submit, table_sql
+from bench.common import bench_stack, percentile, sim_key, use_accounts, verdict, write_result
 from pixsim.job.v1 import job_service_pb2 as pb
 from pixsim_local.whole_stack import WholeStack
 from pixsim_provider_gateway.providers.pixverse import PixverseProvider
@@ -85,22 +84,10 @@ async def pixsim_overheads(stack: WholeStack, provider: str) -> dict[str, Any]:
     return overheads_summary(overheads)
 
 
-async def checked_until_done(provider: PixverseProvider, key: str, task_id: str) -> str:
-    while True:
-        if (uri := await output_when_done(provider, key, task_id)) is not None:
-            return uri
-        await asyncio.sleep(BASELINE_CHECK_EVERY)
-
-
 async def baseline_overheads(stack: WholeStack) -> dict[str, Any]:
     """The same work in one coroutine against the same simulator and cluster."""
     key = "bench-single-baseline"
-    async with httpx.AsyncClient() as client:
-        answer = await client.put(
-            f"{stack.services.simulator_url}/_sim/keys/{key}",
-            json={"finish_ms": int(TASK_SECONDS * 1000)},
-        )
-        answer.raise_for_status()
+    await sim_key(stack, key, finish_ms=int(TASK_SECONDS * 1000))
     database = await stack.services.infra.postgres.create_service_database("bench_single")
     provider = PixverseProvider(stack.services.simulator_url, timeout=30)
     pool = await asyncpg.create_pool(database.url, min_size=1, max_size=2)
@@ -112,12 +99,15 @@ async def baseline_overheads(stack: WholeStack) -> dict[str, Any]:
                 prompt = f"single baseline {index}"
                 began = time.time()
                 task_id = await submit(provider, key, prompt)
-                uri = await checked_until_done(provider, key, task_id)
+                uri = await output_on_schedule(
+                    provider, key, task_id, BASELINE_CHECK_EVERY, BASELINE_CHECK_EVERY
+                )
                 await store(http, pool, BASELINE_TABLE, f"single-{index}", uri)
                 if index >= WARM_UP:
                     overheads.append(await overhead_of(stack, prompt, began, time.time()))
     finally:
         await pool.close()
+        await provider.aclose()
     return overheads_summary(overheads)
 
 

@@ -111,6 +111,7 @@ async def serve() -> None:
             await worker.run()
         finally:
             await steps.http.aclose()
+            await steps.provider.aclose()
 
 
 if __name__ == "__main__":

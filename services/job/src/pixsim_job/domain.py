@@ -387,6 +387,8 @@ LIVE_INTERVAL = 0.25
 # were most of the gateway's RPCs in the pipeline benchmark). Any change brings the wait
 # back to LIVE_INTERVAL.
 LIVE_INTERVAL_CAP = {JobState.QUEUED: 1.0, JobState.PROCESSING: 2.0}
+# The states whose watchers get live looks at all.
+LIVE_STATES = tuple(LIVE_INTERVAL_CAP)
 
 
 def next_live_wait(state: JobState, wait: float, *, changed: bool) -> float:

@@ -20,9 +20,9 @@ from pixsim_common.pagination import PageTokens
 from pixsim_common.timestamps import from_request, to_timestamp
 from pixsim_job import repository as repo
 from pixsim_job.capabilities import LiveStatus
-from pixsim_job.domain import Period, Standing
+from pixsim_job.domain import LIVE_STATES, Period, Standing
 from pixsim_job.resources import to_proto
-from pixsim_job.service import LIVE_STATES, ChangeFeed, JobService, watch
+from pixsim_job.service import ChangeFeed, JobService, watch
 
 
 def _state_names(states: Iterable[pb.Job.State.ValueType]) -> list[str]:

@@ -49,11 +49,11 @@ from pixsim_job.capabilities import (
 )
 from pixsim_job.domain import (
     LIVE_INTERVAL,
+    LIVE_STATES,
     Fact,
     GenerationSettled,
     IllegalTransition,
     Job,
-    JobState,
     Period,
     Standing,
     next_live_wait,
@@ -507,7 +507,6 @@ class ChangeFeed:
 # The job's row is read again on every notification of a change, and this often without
 # one (a missed notification costs at most this much delay).
 REREAD_INTERVAL = 15.0
-LIVE_STATES = (JobState.QUEUED, JobState.PROCESSING)
 
 
 async def watch(

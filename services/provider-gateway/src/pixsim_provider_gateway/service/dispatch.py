@@ -212,6 +212,15 @@ class Dispatch:
                 unit, attempt.provider_id, attempt.account_id, None, self._circuits
             )
             await unit.commit()
+        # One line per task a provider took, under the job's trace: the gateway's part of a
+        # job is findable in its log (the HTTP clients' own request lines are off, decision 121).
+        log.info(
+            "provider accepted a submission",
+            submission=attempt.id,
+            job=attempt.job_id,
+            provider=attempt.provider_id,
+            task=result.provider_job_id,
+        )
         self._timing.accepted.set()
 
     async def _unsent(self, unit: Unit, prepared: Prepared) -> Submission | None:

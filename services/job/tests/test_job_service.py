@@ -480,24 +480,37 @@ async def test_an_event_for_no_job_goes_to_the_dlq(stack: Stack) -> None:
     assert dict(dead.headers)["pixsim_error_reason"] == b"UNKNOWN_JOB"
 
 
+@pytest.mark.parametrize("owner", ["without a budget", "with a budget"])
 async def test_a_failure_between_the_job_and_its_event_leaves_neither(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, owner: str
 ) -> None:
     import pixsim_common.outbox as outbox_module
+    import pixsim_job.service as service_module
 
-    async def broken(*_args: Any, **_kwargs: Any) -> None:
-        raise RuntimeError("the outbox write failed")
+    if owner == "without a budget":
+        # One statement writes both rows: PostgreSQL refuses the event row (no topic), so
+        # the job row of the same statement goes too.
+        def refused(event: Any) -> dict[str, Any]:
+            return {**outbox_module.outbox_row(event), "topic": None}
 
+        monkeypatch.setattr(service_module, "outbox_row", refused)
+        auth = stack.alice
+    else:
+        _, auth = await budgeted_user(stack, 10_000)
+
+        # The budget's transaction writes the collected events just before it commits.
+        async def broken(*_args: Any, **_kwargs: Any) -> None:
+            raise RuntimeError("the outbox write failed")
+
+        monkeypatch.setattr(outbox_module, "write_collected", broken)
     # Counted by this request's own prompt: other tests' jobs still make events meanwhile.
     prompt = f"doomed {uuid.uuid4().hex}"
     jobs = "SELECT count(*) FROM jobs WHERE request->>'prompt' = $1"
     events = "SELECT count(*) FROM outbox WHERE position(convert_to($1, 'UTF8') in payload) > 0"
     connection = await asyncpg.connect(stack.database.url)
     try:
-        # The unit of work writes the collected events just before it commits.
-        monkeypatch.setattr(outbox_module, "write_collected", broken)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stack.create(prompt=prompt)
+            await stack.jobs.CreateJob(pb.CreateJobRequest(job=pixverse_job(prompt)), metadata=auth)
         assert raised.value.code() == grpc.StatusCode.INTERNAL
         assert await connection.fetchval(jobs, prompt) == 0
         assert await connection.fetchval(events, prompt) == 0

@@ -69,12 +69,18 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, every statement committing by itself: one round trip instead of
+    three (`BEGIN`, the statement, `COMMIT` or `ROLLBACK`). For reads that need no snapshot
+    across their statements, and for a write that is all one statement."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for reads that need no snapshot across their statements (one statement, or
-    statements each of which may see a later moment): every statement commits by itself,
-    so a read is one round trip instead of three (`BEGIN`, the query, `ROLLBACK`). Never
-    for writes, which would commit statement by statement. The pool is the engine's."""
-    return create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    statements each of which may see a later moment), on `autocommit(engine)`. Never for
+    writes, which would commit statement by statement."""
+    return create_sessionmaker(autocommit(engine))
 
 
 class UnitOfWork:

@@ -153,6 +153,13 @@ def collect(session: AsyncSession, events: Iterable[Outgoing]) -> None:
         )
 
 
+def outbox_row(event: Outgoing) -> dict[str, Any]:
+    """The outbox row of `event`, checked and carrying the trace context of now, for a
+    repository that writes it in the same statement as the change that raised it (one
+    round trip where the write is all one statement; `collect` everywhere else)."""
+    return _outbox_row(event.topic, event.key, event.message, event.source, None, inject_context())
+
+
 async def write_collected(session: AsyncSession) -> None:
     """Write the collected events to the outbox, in the order they were raised."""
     rows = session.info.pop(_COLLECTED, None)

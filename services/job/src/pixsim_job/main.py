@@ -13,6 +13,7 @@ from pixsim_common import clients
 from pixsim_common.app import Kit, ServiceApp, Worker, assemble, migrations_of, service_main
 from pixsim_common.background import CloseOnStop, Loop
 from pixsim_common.consumer import Subscription
+from pixsim_common.db import autocommit
 from pixsim_common.outbound import AddressPolicy
 from pixsim_common.settings import ServiceSettings
 from pixsim_job.capabilities import CostEstimates, LiveStatus, ProviderCatalog
@@ -52,6 +53,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 resolver,
                 CostEstimates(gateway, settings.capabilities_ttl_seconds),
                 reads=kit.reads,
+                statements=autocommit(kit.engine),
                 webhook_policy=webhook_policy,
                 secret_overlap=timedelta(seconds=settings.webhook_secret_overlap_seconds),
             )

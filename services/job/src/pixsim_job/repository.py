@@ -8,6 +8,8 @@ the migration), which is what `WatchJob` waits on in every replica.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -32,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from pixsim_common.db import any_of
 from pixsim_common.pagination import PageTokens
@@ -285,20 +287,40 @@ def to_job(row: Row[Any]) -> Job:
     )
 
 
+# The columns CreateJob writes (the rest take their defaults).
+SUBMIT_COLUMNS = (
+    "id",
+    "user_id",
+    "operation_type",
+    "provider_id",
+    "request",
+    "state",
+    "request_id",
+    "request_hash",
+    "start_deadline_time",
+    "run_deadline_time",
+    "labels",
+    "priority",
+    "webhook",
+    "estimated_credits",
+    "estimated_micros",
+    "hold_micros",
+)
+_JSON_COLUMNS = frozenset({"request", "labels", "webhook", "headers"})  # jobs' and outbox's
 # CreateJob's insert, as SQL text: the PostgreSQL dialect's insert() (for ON CONFLICT) has
 # no cache key, so SQLAlchemy compiled it on every call (10 % of the job service's CPU under
 # load, docs/performance.md); a text() statement is compiled once.
+# Both statements are built from this module's constant column names, never from input.
 _INSERT_JOB = (
-    "INSERT INTO jobs"
-    " (id, user_id, operation_type, provider_id, request, state, request_id, request_hash,"
-    " start_deadline_time, run_deadline_time, labels, priority, webhook, estimated_credits,"
-    " estimated_micros, hold_micros)"
-    " VALUES (:id, :user_id, :operation_type, :provider_id, :request, :state, :request_id,"
-    " :request_hash, :start_deadline_time, :run_deadline_time, :labels, :priority, :webhook,"
-    " :estimated_credits, :estimated_micros, :hold_micros)"
+    f"INSERT INTO jobs ({', '.join(SUBMIT_COLUMNS)})"  # noqa: S608
+    f" VALUES ({', '.join(':' + name for name in SUBMIT_COLUMNS)})"
     " ON CONFLICT DO NOTHING RETURNING "
 )
 _JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
+# The same, for driver SQL (no SQLAlchemy type to turn the driver's UUID into a string).
+_JOB_COLUMNS_ID_AS_TEXT = ", ".join(
+    "id::text AS id" if column.name == "id" else column.name for column in jobs.c
+)
 INSERT_NEW = (
     text(_INSERT_JOB + _JOB_COLUMNS)
     .bindparams(
@@ -313,33 +335,86 @@ INSERT_NEW = (
 )
 
 
+def _submit_values(job: Job) -> dict[str, Any]:
+    """The values of `job`'s SUBMIT_COLUMNS."""
+    return {
+        "id": job.id,
+        "user_id": job.user_id,
+        "operation_type": job.operation_type,
+        "provider_id": job.provider_id,
+        "request": job.request,
+        "state": job.state.value,
+        "request_id": job.request_id or None,
+        "request_hash": job.request_hash or None,
+        "start_deadline_time": job.start_deadline_time,
+        "run_deadline_time": job.run_deadline_time,
+        "labels": job.labels,
+        "priority": job.priority,
+        "webhook": job.webhook,
+        "estimated_credits": job.estimated_credits,
+        "estimated_micros": job.estimated_micros,
+        "hold_micros": job.hold_micros,
+    }
+
+
 async def insert_new(session: AsyncSession, job: Job) -> Job | None:
     """Insert `job`, returned as stored; None when the caller already made one with the same
     request_id."""
-    inserted = (
-        await session.execute(
-            INSERT_NEW,
-            {
-                "id": job.id,
-                "user_id": job.user_id,
-                "operation_type": job.operation_type,
-                "provider_id": job.provider_id,
-                "request": job.request,
-                "state": job.state.value,
-                "request_id": job.request_id or None,
-                "request_hash": job.request_hash or None,
-                "start_deadline_time": job.start_deadline_time,
-                "run_deadline_time": job.run_deadline_time,
-                "labels": job.labels,
-                "priority": job.priority,
-                "webhook": job.webhook,
-                "estimated_credits": job.estimated_credits,
-                "estimated_micros": job.estimated_micros,
-                "hold_micros": job.hold_micros,
-            },
-        )
-    ).first()
+    inserted = (await session.execute(INSERT_NEW, _submit_values(job))).first()
     return to_job(inserted) if inserted is not None else None
+
+
+EVENT_COLUMNS = ("event_id", "topic", "key", "payload", "headers")
+
+
+def _placeholders(first: int, count: int) -> str:
+    return ", ".join(f"${n}" for n in range(first, first + count))
+
+
+_USER_PARAMETER = SUBMIT_COLUMNS.index("user_id") + 1
+# CreateJob for a caller without a budget, all in one statement run in autocommit: the job
+# row and its job.submitted outbox row, inserted only when the caller has no budget (one
+# with a budget is checked in a transaction that locks it: `budgeted` says so and nothing is
+# written) and when no job of theirs has the request_id (then no row comes back). One round
+# trip instead of five (BEGIN, the budget read, the job, the outbox row, COMMIT), sent as
+# driver SQL: the execution layer cost more CPU than the driver (docs/performance.md).
+INSERT_UNLESS_BUDGETED = f"""
+WITH budgeted AS (SELECT EXISTS (SELECT FROM budgets WHERE user_id = ${_USER_PARAMETER}) AS yes),
+job AS (
+    INSERT INTO jobs ({", ".join(SUBMIT_COLUMNS)})
+    SELECT {_placeholders(1, len(SUBMIT_COLUMNS))} FROM budgeted WHERE NOT budgeted.yes
+    ON CONFLICT DO NOTHING
+    RETURNING {_JOB_COLUMNS_ID_AS_TEXT}
+),
+event AS (
+    INSERT INTO outbox ({", ".join(EVENT_COLUMNS)})
+    SELECT {_placeholders(len(SUBMIT_COLUMNS) + 1, len(EVENT_COLUMNS))} FROM job
+)
+SELECT budgeted.yes AS budgeted, job.* FROM budgeted LEFT JOIN job ON true
+"""  # noqa: S608
+
+
+def _driver_value(column: str, value: Any) -> Any:
+    """Driver SQL has no column types: JSON goes as its text (NULL stays NULL)."""
+    return json.dumps(value) if column in _JSON_COLUMNS and value is not None else value
+
+
+async def insert_unless_budgeted(
+    connection: AsyncConnection, job: Job, submitted: Mapping[str, Any]
+) -> tuple[bool, Job | None]:
+    """`job` and its outbox row `submitted` in one statement on an autocommit `connection`:
+    (True, None) when the user has a budget (nothing written), else (False, the job as
+    stored), or (False, None) when the caller already made one with the same request_id."""
+    job_values = _submit_values(job)
+    values = tuple(
+        _driver_value(name, source[name])
+        for source, names in ((job_values, SUBMIT_COLUMNS), (submitted, EVENT_COLUMNS))
+        for name in names
+    )
+    row = (await connection.exec_driver_sql(INSERT_UNLESS_BUDGETED, values)).one()
+    if row.budgeted:
+        return True, None
+    return False, to_job(row) if row.id is not None else None
 
 
 async def load(

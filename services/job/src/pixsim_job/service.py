@@ -13,7 +13,7 @@ from typing import Any, Literal
 import structlog
 from google.protobuf import duration_pb2, json_format
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pixsim.events.v1 import events_pb2
 from pixsim.job.v1 import job_service_pb2 as pb
@@ -35,7 +35,7 @@ from pixsim_common.errors import (
 from pixsim_common.money import CURRENCY, MAX_COST_MICROS, MICROS, dollars, micros_of
 from pixsim_common.notify import Listener
 from pixsim_common.outbound import AddressPolicy, UrlRefused, UrlUnreachable, check_url, resolve
-from pixsim_common.outbox import Outgoing, SetAside, collect
+from pixsim_common.outbox import Outgoing, SetAside, collect, outbox_row
 from pixsim_common.timestamps import from_request, now_timestamp, to_timestamp
 from pixsim_common.topics import MAX_EVENT_BYTES
 from pixsim_common.validation import validate
@@ -87,6 +87,7 @@ class JobService:
         estimates: CostEstimates,
         *,
         reads: async_sessionmaker[AsyncSession],
+        statements: AsyncEngine,
         webhook_policy: AddressPolicy | None = None,
         secret_overlap: timedelta = timedelta(days=1),
     ) -> None:
@@ -95,6 +96,8 @@ class JobService:
         self._sessions = sessions
         # The hot one-statement reads (GetJob, WatchJob, CreateJob's request-id check).
         self._reads = reads
+        # Writes that are all one statement, each committing by itself (CreateJob's).
+        self._statements = statements
         self._catalog = catalog
         self._resolver = resolver
         self._estimates = estimates
@@ -141,17 +144,28 @@ class JobService:
         )
         submitted = submitted_event(job, spec)
         refuse_oversized(submitted, spec)
-        async with UnitOfWork(self._sessions) as uow:
-            await _hold_against_budget(uow.session, identity.user_id, estimate[1])
-            stored = await repo.insert_new(uow.session, job)
-            if stored is None:
-                # The same caller sent the same request_id meanwhile: that job, no second.
+        event = Outgoing(topics.JOB_SUBMITTED, job.id, submitted, SOURCE)
+        async with self._statements.connect() as connection:
+            budgeted, stored = await repo.insert_unless_budgeted(connection, job, outbox_row(event))
+        if budgeted:
+            stored = await self._create_within_budget(job, event)
+        if stored is None:
+            # The same caller sent the same request_id meanwhile: that job, no second.
+            async with self._reads() as session:
                 existing = await repo.load_by_request_id(
-                    uow.session, identity.user_id, request.request_id
+                    session, identity.user_id, request.request_id
                 )
-                await uow.commit()
-                return _same_request(existing, fingerprint)
-            collect(uow.session, [Outgoing(topics.JOB_SUBMITTED, job.id, submitted, SOURCE)])
+            return _same_request(existing, fingerprint)
+        return stored
+
+    async def _create_within_budget(self, job: Job, event: Outgoing) -> Job | None:
+        """Store `job` if it fits in its owner's budget, holding the budget row to the end
+        of the transaction; None when the caller already made one with its request_id."""
+        async with UnitOfWork(self._sessions) as uow:
+            await _hold_against_budget(uow.session, job.user_id, job.estimated_micros)
+            stored = await repo.insert_new(uow.session, job)
+            if stored is not None:
+                collect(uow.session, [event])
             await uow.commit()
         return stored
 

@@ -421,13 +421,21 @@ async def load(
     session: AsyncSession, job_id: str, *, user_id: str | None = None, lock: bool = False
 ) -> Job | None:
     """The job, locked for update when asked; None when missing or another user's."""
-    query = select(jobs).where(jobs.c.id == job_id)
-    if user_id is not None:
-        query = query.where(jobs.c.user_id == user_id)
-    if lock:
-        query = query.with_for_update()
-    row = (await session.execute(query)).first()
+    query = _LOAD[user_id is not None, lock]
+    row = (await session.execute(query, {"job_id": job_id, "user_id": user_id})).first()
     return to_job(row) if row is not None else None
+
+
+# load's four statements (of a user's job or any, locked or not), built once: building a
+# statement and deriving its cache key per call cost more than running it.
+_LOAD_ANY = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_LOAD_USERS = _LOAD_ANY.where(jobs.c.user_id == bindparam("user_id"))
+_LOAD = {
+    (False, False): _LOAD_ANY,
+    (False, True): _LOAD_ANY.with_for_update(),
+    (True, False): _LOAD_USERS,
+    (True, True): _LOAD_USERS.with_for_update(),
+}
 
 
 async def find_by_request_id(session: AsyncSession, user_id: str, request_id: str) -> Job | None:
@@ -448,40 +456,52 @@ async def load_by_request_id(session: AsyncSession, user_id: str, request_id: st
     return to_job(row)
 
 
+# What save writes back (the rest never changes after the insert), built once.
+_SAVED_COLUMNS = (
+    "state",
+    "error_code",
+    "error_message",
+    "retry_count",
+    "asset_id",
+    "asset_provider_id",
+    "start_time",
+    "complete_time",
+    "start_deadline_time",
+    "run_deadline_time",
+    "queue_time",
+    "dispatch_time",
+    "provider_start_time",
+    "provider_end_time",
+    "settled_credits",
+    "settled_micros",
+    "settled_attempts",
+    "cost_final",
+    "estimated_credits",
+    "estimated_micros",
+    "hold_micros",
+)
+_SAVE = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("saved_id"))
+    .values(
+        {
+            **{name: bindparam(f"set_{name}", type_=jobs.c[name].type) for name in _SAVED_COLUMNS},
+            # When the aggregate changed, on the same clock as its other times.
+            "update_time": func.coalesce(
+                bindparam("set_update_time", type_=DateTime(timezone=True)), func.now()
+            ),
+        }
+    )
+    .returning(jobs)
+)
+
+
 async def save(session: AsyncSession, job: Job) -> Job:
     """Write the aggregate's state back; returns it with the stored timestamps."""
-    row = (
-        await session.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id)
-            .values(
-                state=job.state.value,
-                error_code=job.error_code,
-                error_message=job.error_message,
-                retry_count=job.retry_count,
-                asset_id=job.asset_id,
-                asset_provider_id=job.asset_provider_id,
-                start_time=job.start_time,
-                complete_time=job.complete_time,
-                start_deadline_time=job.start_deadline_time,
-                run_deadline_time=job.run_deadline_time,
-                queue_time=job.queue_time,
-                dispatch_time=job.dispatch_time,
-                provider_start_time=job.provider_start_time,
-                provider_end_time=job.provider_end_time,
-                settled_credits=job.settled_credits,
-                settled_micros=job.settled_micros,
-                settled_attempts=job.settled_attempts,
-                cost_final=job.cost_final,
-                estimated_credits=job.estimated_credits,
-                estimated_micros=job.estimated_micros,
-                hold_micros=job.hold_micros,
-                # When the aggregate changed, on the same clock as its other times.
-                update_time=job.update_time or func.now(),
-            )
-            .returning(*jobs.c)
-        )
-    ).one()
+    values = {f"set_{name}": getattr(job, name) for name in _SAVED_COLUMNS}
+    values["set_state"] = job.state.value
+    parameters = {**values, "set_update_time": job.update_time, "saved_id": job.id}
+    row = (await session.execute(_SAVE, parameters)).one()
     return to_job(row)
 
 

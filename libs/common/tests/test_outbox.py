@@ -24,7 +24,14 @@ from pixsim.events.v1 import events_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.db import UnitOfWork
 from pixsim_common.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST, OUTBOX_SET_ASIDE
-from pixsim_common.outbox import OutboxRelay, SetAside, Unpublishable, enqueue, outbox_table
+from pixsim_common.outbox import (
+    RELAY_LOCK_KEY,
+    OutboxRelay,
+    SetAside,
+    Unpublishable,
+    enqueue,
+    outbox_table,
+)
 from pixsim_common.topics import MAX_EVENT_BYTES, TOPIC_MAX_MESSAGE_BYTES, Topic
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import KafkaBroker, read_topic
@@ -126,6 +133,34 @@ async def test_a_rolled_back_transaction_publishes_nothing(
     finally:
         await relay.stop()
     assert await read_topic(infra.kafka.bootstrap, topic.name, until=1, timeout=2) == []
+
+
+async def test_while_another_relay_holds_the_relay_lock_this_one_sends_nothing(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    """One relay publishes at a time (each key's events stay in order across replicas)."""
+    topic = await new_topic(events_pb2.JobSubmitted)
+    relay = relay_for(messaging_db, infra, sweep_seconds=60)
+    async with messaging_db.engine.connect() as other_replica:
+        await other_replica.begin()
+        await other_replica.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY}
+        )
+        await relay.start()
+        try:
+            job_ids = [str(uuid.uuid4()) for _ in range(3)]
+            async with UnitOfWork(messaging_db.sessions) as uow:
+                for job_id in job_ids:
+                    await enqueue(uow.session, topic, job_id, submitted(job_id), source="/job")
+                await uow.commit()
+            assert await relay.publish_pending() == 0
+            assert await read_topic(infra.kafka.bootstrap, topic.name, until=1, timeout=2) == []
+            await other_replica.rollback()  # the other relay's transaction ends
+            assert await relay.publish_pending() == 3
+            records = await read_topic(infra.kafka.bootstrap, topic.name, until=3, timeout=20)
+        finally:
+            await relay.stop()
+    assert sorted(r.key.decode() for r in records) == sorted(job_ids)
 
 
 def test_enqueue_refuses_an_event_of_the_wrong_type() -> None:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     func,
     or_,
     select,
@@ -221,35 +222,60 @@ def _to_asset(row: Row[Any], variants: Sequence[Variant] = ()) -> Asset:
     )
 
 
+# A new asset's insert, as text built once from the table's own column names: the
+# dialect's ON CONFLICT insert has no cache key, so SQLAlchemy compiled it on every call.
+_INSERTED_COLUMNS = (
+    "owner_id",
+    "media_type",
+    "display_name",
+    "provider_id",
+    "provider_asset_id",
+    "source_job_id",
+    "remote_uri",
+    "storage_uri",
+    "sync_status",
+    "sha256",
+    "size_bytes",
+    "mime_type",
+    "width",
+    "height",
+    "duration_seconds",
+    "codec",
+)
+_INSERT_NEW = (
+    text(
+        f"INSERT INTO {assets.name} ({', '.join(_INSERTED_COLUMNS)})"  # noqa: S608
+        f" VALUES ({', '.join(':' + name for name in _INSERTED_COLUMNS)})"
+        f" ON CONFLICT DO NOTHING RETURNING {', '.join(c.name for c in assets.c)}"
+    )
+    .bindparams(*(bindparam(name, type_=assets.c[name].type) for name in _INSERTED_COLUMNS))
+    .columns(*assets.c)
+)
+
+
 async def insert_new(session: AsyncSession, origin: Origin, stored: StoredFile) -> Asset | None:
     """Insert the asset (and its variants); None when a live asset of the owner already has
     this content or this provider result."""
     info = stored.info
-    row = (
-        await session.execute(
-            insert(assets)
-            .values(
-                owner_id=origin.owner_id,
-                media_type=media_type_of(info),
-                display_name=origin.display_name,
-                provider_id=origin.provider_id or None,
-                provider_asset_id=origin.provider_asset_id or None,
-                source_job_id=origin.source_job_id or None,
-                remote_uri=origin.remote_uri,
-                storage_uri=stored.storage_uri,
-                sync_status="DOWNLOADED",
-                sha256=stored.sha256,
-                size_bytes=info.size_bytes,
-                mime_type=info.mime_type,
-                width=info.width,
-                height=info.height,
-                duration_seconds=info.duration_seconds,
-                codec=info.codec,
-            )
-            .on_conflict_do_nothing()
-            .returning(*assets.c)
-        )
-    ).first()
+    values = {
+        "owner_id": origin.owner_id,
+        "media_type": media_type_of(info),
+        "display_name": origin.display_name,
+        "provider_id": origin.provider_id or None,
+        "provider_asset_id": origin.provider_asset_id or None,
+        "source_job_id": origin.source_job_id or None,
+        "remote_uri": origin.remote_uri,
+        "storage_uri": stored.storage_uri,
+        "sync_status": "DOWNLOADED",
+        "sha256": stored.sha256,
+        "size_bytes": info.size_bytes,
+        "mime_type": info.mime_type,
+        "width": info.width,
+        "height": info.height,
+        "duration_seconds": info.duration_seconds,
+        "codec": info.codec,
+    }
+    row = (await session.execute(_INSERT_NEW, values)).first()
     if row is None:
         return None
     if stored.variants:
@@ -271,6 +297,25 @@ async def insert_new(session: AsyncSession, origin: Origin, stored: StoredFile) 
     return _to_asset(row, stored.variants)
 
 
+# find_duplicate's three statements (by content, by provider result, by either), built once.
+_SAME_CONTENT = assets.c.sha256 == bindparam("sha256")
+_SAME_RESULT = and_(
+    assets.c.provider_id == bindparam("provider_id"),
+    assets.c.provider_asset_id == bindparam("provider_asset_id"),
+)
+
+
+def _live_of_owner(match: Any) -> Any:
+    return select(assets).where(assets.c.owner_id == bindparam("owner_id"), LIVE, match).limit(1)
+
+
+_DUPLICATE = {
+    (True, False): _live_of_owner(_SAME_CONTENT),
+    (False, True): _live_of_owner(_SAME_RESULT),
+    (True, True): _live_of_owner(or_(_SAME_CONTENT, _SAME_RESULT)),
+}
+
+
 async def find_duplicate(
     session: AsyncSession,
     owner_id: str,
@@ -279,24 +324,17 @@ async def find_duplicate(
     provider_key: tuple[str, str] = ("", ""),
 ) -> Asset | None:
     """The owner's live asset with this content or this provider result."""
-    matches = []
-    if sha256:
-        matches.append(assets.c.sha256 == sha256)
     provider_id, provider_asset_id = provider_key
-    if provider_asset_id:
-        matches.append(
-            and_(
-                assets.c.provider_id == provider_id,
-                assets.c.provider_asset_id == provider_asset_id,
-            )
-        )
-    if not matches:
+    if not (sha256 or provider_asset_id):
         return None
-    row = (
-        await session.execute(
-            select(assets).where(assets.c.owner_id == owner_id, LIVE, or_(*matches)).limit(1)
-        )
-    ).first()
+    parameters = {
+        "owner_id": owner_id,
+        "sha256": sha256,
+        "provider_id": provider_id,
+        "provider_asset_id": provider_asset_id,
+    }
+    query = _DUPLICATE[bool(sha256), bool(provider_asset_id)]
+    row = (await session.execute(query, parameters)).first()
     return (await _with_variants(session, [row]))[0] if row is not None else None
 
 

@@ -153,24 +153,21 @@ usage_daily = Table(
     Column("micros", BigInteger, nullable=False, server_default="0"),
 )
 
-_ADD_USAGE = (
-    pg_insert(usage_daily)
-    .values(
-        user_id=bindparam("user_id"),
-        day=bindparam("day"),
-        provider_id=bindparam("provider_id"),
-        operation_type=bindparam("operation_type"),
-        jobs=bindparam("jobs"),
-        credits=bindparam("credits"),
-        micros=bindparam("micros"),
-    )
-    .on_conflict_do_update(
-        index_elements=["user_id", "day", "provider_id", "operation_type"],
-        set_={
-            "jobs": usage_daily.c.jobs + bindparam("jobs"),
-            "credits": usage_daily.c.credits + bindparam("credits"),
-            "micros": usage_daily.c.micros + bindparam("micros"),
-        },
+# As text: the dialect's ON CONFLICT insert has no cache key, so SQLAlchemy compiled it for
+# every settlement.
+_ADD_USAGE = text(
+    """
+    INSERT INTO usage_daily (user_id, day, provider_id, operation_type, jobs, credits, micros)
+    VALUES (:user_id, :day, :provider_id, :operation_type, :jobs, :credits, :micros)
+    ON CONFLICT (user_id, day, provider_id, operation_type) DO UPDATE SET
+        jobs = usage_daily.jobs + excluded.jobs,
+        credits = usage_daily.credits + excluded.credits,
+        micros = usage_daily.micros + excluded.micros
+    """
+).bindparams(
+    *(
+        bindparam(name, type_=usage_daily.c[name].type)
+        for name in ("day", "operation_type", "jobs", "credits", "micros")
     )
 )
 

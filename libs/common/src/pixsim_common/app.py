@@ -181,6 +181,7 @@ async def assemble(
                 group_id=settings.service_name,
                 kafka_bootstrap=settings.kafka_bootstrap,
                 sessions=kit.sessions,
+                reads=kit.reads,
                 subscriptions=subscriptions(kit),
             )
         )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, literal
+from sqlalchemy import BindParameter, ColumnElement, Table, any_, bindparam, literal, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.sql.selectable import TextualSelect
 
 from pixsim_common.dependencies import with_database
 
@@ -46,6 +47,32 @@ def any_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
 def rows_per_statement(columns: int) -> int:
     """How many rows of `columns` values one multi-row statement may carry."""
     return max(1, MAX_QUERY_PARAMETERS // max(columns, 1) // 2)
+
+
+def insert_or_skip(
+    table: Table,
+    columns: Sequence[str],
+    *,
+    values: Sequence[str] | None = None,
+    binds: Sequence[BindParameter[Any]] = (),
+    conflict: str = "",
+) -> TextualSelect:
+    """`INSERT ... ON CONFLICT [conflict] DO NOTHING RETURNING` every column of `table`, as
+    text built once: the PostgreSQL dialect's ON CONFLICT insert has no cache key, so
+    SQLAlchemy compiled it on every call (decision 124). Each column's value is `:column`,
+    typed as its column unless `binds` types it otherwise; or `values` gives each one's SQL
+    and `binds` all the parameters they name. Built from the table's own column names,
+    never from input."""
+    if values is None:
+        values = [f":{name}" for name in columns]
+        typed = {bind.key: bind for bind in binds}
+        binds = [typed.get(name, bindparam(name, type_=table.c[name].type)) for name in columns]
+    target = f"{conflict} " if conflict else ""
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(values)})"  # noqa: S608
+        f" ON CONFLICT {target}DO NOTHING RETURNING {', '.join(c.name for c in table.c)}"
+    )
+    return text(sql).bindparams(*binds).columns(*table.c)
 
 
 def create_engine(

@@ -45,7 +45,7 @@ from pixsim_asset.domain import (
     Variant,
     media_type_of,
 )
-from pixsim_common.db import any_of
+from pixsim_common.db import any_of, insert_or_skip
 from pixsim_common.pagination import PageTokens
 
 metadata = MetaData()
@@ -222,8 +222,7 @@ def _to_asset(row: Row[Any], variants: Sequence[Variant] = ()) -> Asset:
     )
 
 
-# A new asset's insert, as text built once from the table's own column names: the
-# dialect's ON CONFLICT insert has no cache key, so SQLAlchemy compiled it on every call.
+# The columns a new asset is inserted with (the rest take their defaults).
 _INSERTED_COLUMNS = (
     "owner_id",
     "media_type",
@@ -242,15 +241,7 @@ _INSERTED_COLUMNS = (
     "duration_seconds",
     "codec",
 )
-_INSERT_NEW = (
-    text(
-        f"INSERT INTO {assets.name} ({', '.join(_INSERTED_COLUMNS)})"  # noqa: S608
-        f" VALUES ({', '.join(':' + name for name in _INSERTED_COLUMNS)})"
-        f" ON CONFLICT DO NOTHING RETURNING {', '.join(c.name for c in assets.c)}"
-    )
-    .bindparams(*(bindparam(name, type_=assets.c[name].type) for name in _INSERTED_COLUMNS))
-    .columns(*assets.c)
-)
+_INSERT_NEW = insert_or_skip(assets, _INSERTED_COLUMNS)
 
 
 async def insert_new(session: AsyncSession, origin: Origin, stored: StoredFile) -> Asset | None:

@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from pixsim_common.db import any_of
+from pixsim_common.db import any_of, insert_or_skip
 from pixsim_common.pagination import PageTokens
 from pixsim_job.domain import Job, JobState
 
@@ -304,31 +304,17 @@ SUBMIT_COLUMNS = (
     "hold_micros",
 )
 _JSON_COLUMNS = frozenset({"request", "labels", "webhook", "headers"})  # jobs' and outbox's
-# CreateJob's insert, as SQL text: the PostgreSQL dialect's insert() (for ON CONFLICT) has
-# no cache key, so SQLAlchemy compiled it on every call (10 % of the job service's CPU under
-# load, docs/performance.md); a text() statement is compiled once.
-# Both statements are built from this module's constant column names, never from input.
-_INSERT_JOB = (
-    f"INSERT INTO jobs ({', '.join(SUBMIT_COLUMNS)})"  # noqa: S608
-    f" VALUES ({', '.join(':' + name for name in SUBMIT_COLUMNS)})"
-    " ON CONFLICT DO NOTHING RETURNING "
-)
-_JOB_COLUMNS = ", ".join(column.name for column in jobs.c)
-# The same, for driver SQL (no SQLAlchemy type to turn the driver's UUID into a string).
+# Every column, for driver SQL's RETURNING (no SQLAlchemy type to turn the driver's UUID
+# into a string).
 _JOB_COLUMNS_ID_AS_TEXT = ", ".join(
     "id::text AS id" if column.name == "id" else column.name for column in jobs.c
 )
-INSERT_NEW = (
-    text(_INSERT_JOB + _JOB_COLUMNS)
-    .bindparams(
-        bindparam("id", type_=UUID(as_uuid=False)),
-        bindparam("request", type_=JSONB),
-        bindparam("start_deadline_time", type_=DateTime(timezone=True)),
-        bindparam("run_deadline_time", type_=DateTime(timezone=True)),
-        bindparam("labels", type_=JSONB),
-        bindparam("webhook", type_=JSONB(none_as_null=True)),
-    )
-    .columns(*jobs.c)
+# CreateJob's insert within a budget's transaction.
+INSERT_NEW = insert_or_skip(
+    jobs,
+    SUBMIT_COLUMNS,
+    # No webhook is SQL NULL, not JSON null.
+    binds=[bindparam("webhook", type_=JSONB(none_as_null=True))],
 )
 
 

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import TextualSelect
 
-from pixsim_common.db import any_of
+from pixsim_common.db import any_of, insert_or_skip
 from pixsim_common.outbox import Outgoing, collect
 from pixsim_provider_gateway.domain import (
     AccountState,
@@ -579,16 +579,14 @@ def _save_statement(shape: Shape, *, settling: bool) -> TextualSelect:
 
 @functools.lru_cache(maxsize=64)
 def _add_statement(shape: Shape) -> TextualSelect:
-    """A new attempt of this shape, none if the job has it already. As text: the dialect's
-    `ON CONFLICT` insert has no cache key, so SQLAlchemy compiled it on every call."""
-    names = ", ".join(name for name, _ in shape)
-    values = ", ".join(_set_sql(name, how) for name, how in shape)
-    sql = (
-        f"INSERT INTO {submissions.name} ({names}) VALUES ({values})"  # noqa: S608
-        " ON CONFLICT ON CONSTRAINT one_row_per_attempt DO NOTHING"
-        f" RETURNING {_RETURNING}"
+    """A new attempt of this shape, none if the job has it already."""
+    return insert_or_skip(
+        submissions,
+        [name for name, _ in shape],
+        values=[_set_sql(name, how) for name, how in shape],
+        binds=_binds(shape),
+        conflict="ON CONSTRAINT one_row_per_attempt",
     )
-    return text(sql).bindparams(*_binds(shape)).columns(*submissions.c)
 
 
 class StaleSubmission(Exception):

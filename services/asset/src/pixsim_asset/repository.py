@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     Row,
+    Select,
     Table,
     Text,
     and_,
@@ -296,7 +298,7 @@ _SAME_RESULT = and_(
 )
 
 
-def _live_of_owner(match: Any) -> Any:
+def _live_of_owner(match: ColumnElement[bool]) -> Select[Any]:
     return select(assets).where(assets.c.owner_id == bindparam("owner_id"), LIVE, match).limit(1)
 
 

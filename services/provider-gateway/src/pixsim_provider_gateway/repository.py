@@ -561,7 +561,7 @@ def _binds(shape: Shape) -> list[BindParameter[Any]]:
 _RETURNING = ", ".join(c.name for c in submissions.c)
 
 
-# Both statements are text built from the table's own column names, never from input.
+# Text built from the table's own column names, never from input.
 @functools.lru_cache(maxsize=256)
 def _save_statement(shape: Shape, *, settling: bool) -> TextualSelect:
     """The compare-and-set update of a change of this shape, on the state it was loaded in;

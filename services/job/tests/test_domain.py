@@ -214,3 +214,14 @@ def test_a_change_brings_the_live_look_back_to_its_shortest_wait(
 ) -> None:
     assert next_live_wait(state, wait, changed=True) == LIVE_INTERVAL
     assert next_live_wait(state, wait, changed=False) <= max(LIVE_INTERVAL, 2.0)
+
+
+@given(st.integers(min_value=0, max_value=1), st.floats(min_value=0.01, max_value=10.0))
+def test_a_job_near_the_front_of_its_line_is_looked_at_without_backing_off(
+    position: int, wait: float
+) -> None:
+    assert next_live_wait(JobState.QUEUED, wait, changed=False, queue_position=position) == (
+        LIVE_INTERVAL
+    )
+    # Further back it backs off as any look that changed nothing.
+    assert next_live_wait(JobState.QUEUED, 0.5, changed=False, queue_position=2) == 1.0

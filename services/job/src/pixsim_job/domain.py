@@ -389,11 +389,20 @@ LIVE_INTERVAL = 0.25
 LIVE_INTERVAL_CAP = {JobState.QUEUED: 1.0, JobState.PROCESSING: 2.0}
 # The states whose watchers get live looks at all.
 LIVE_STATES = tuple(LIVE_INTERVAL_CAP)
+# A job this near the front of its line is looked at every LIVE_INTERVAL, without backing
+# off: its next change is the next slot to free, and its reaching the front (0) is what
+# its watcher waits to see, which a 1 s wait could step over while the job ahead runs.
+# Only two jobs a line are this near, so the cost stays per line, not per waiting job.
+NEAR_FRONT = 1
 
 
-def next_live_wait(state: JobState, wait: float, *, changed: bool) -> float:
+def next_live_wait(
+    state: JobState, wait: float, *, changed: bool, queue_position: int | None = None
+) -> float:
     """Seconds to the next live look at a job in `state`, after one that waited `wait` and
-    did or did not see a change."""
+    did or did not see a change (and, when queued, saw it at `queue_position`)."""
     if changed or state not in LIVE_INTERVAL_CAP:
+        return LIVE_INTERVAL
+    if state is JobState.QUEUED and queue_position is not None and queue_position <= NEAR_FRONT:
         return LIVE_INTERVAL
     return min(wait * 2, LIVE_INTERVAL_CAP[state])

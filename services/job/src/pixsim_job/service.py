@@ -556,7 +556,16 @@ async def watch(
                 job.error_code,
                 None if status is None else status.SerializeToString(deterministic=True),
             )
-            live_wait = next_live_wait(job.state, live_wait, changed=current != last)
+            live_wait = next_live_wait(
+                job.state,
+                live_wait,
+                changed=current != last,
+                queue_position=(
+                    status.queue_position
+                    if status is not None and status.state == gw_pb.Submission.STATE_WAITING
+                    else None
+                ),
+            )
             if current != last:
                 yield job, status
                 last = current

@@ -72,7 +72,7 @@ async def record_effect(session: AsyncSession, event: Any, meta: EventMeta) -> N
     )
 
 
-ConsumerFactory = Callable[[Topic], Awaitable[EventConsumer]]
+ConsumerFactory = Callable[..., Awaitable[EventConsumer]]
 
 
 @pytest.fixture
@@ -81,13 +81,13 @@ async def start_consumer(
 ) -> AsyncIterator[ConsumerFactory]:
     started: list[EventConsumer] = []
 
-    async def start(topic: Topic) -> EventConsumer:
+    async def start(topic: Topic, handler: Any = record_effect) -> EventConsumer:
         consumer = EventConsumer(
             name="kit-test",
             group_id=f"group-{uuid.uuid4().hex[:8]}",
             kafka_bootstrap=infra.kafka.bootstrap,
             sessions=messaging_db.sessions,
-            subscriptions=[Subscription(topic, record_effect)],
+            subscriptions=[Subscription(topic, handler)],
             max_handler_attempts=2,
             backoff_base=0.01,
             backoff_cap=0.2,
@@ -368,3 +368,53 @@ async def test_a_database_outage_before_prepare_skips_nothing(
             await wait_for_effect(messaging_db, event.job_id)
     finally:
         await consumer.stop()
+
+
+async def test_a_partitions_records_share_a_transaction_and_one_failing_costs_nothing(
+    messaging_db: MessagingDatabase,
+    infra: Infra,
+    new_topic: TopicFactory,
+    start_consumer: ConsumerFactory,
+) -> None:
+    """Consecutive records of a partition are handled in one transaction; when one of
+    them fails, the run rolls back whole and is taken one record at a time, so each good
+    record still has exactly one effect and the bad one is dead-lettered alone."""
+    topic = await new_topic(events_pb2.JobCancelled, partitions=1)
+    transactions: dict[str, int] = {}
+
+    async def record_with_transaction(session: AsyncSession, event: Any, meta: EventMeta) -> None:
+        await record_effect(session, event, meta)
+        transactions[event.job_id] = int(await session.scalar(text("SELECT txid_current()")))
+
+    together = [cancelled_event(str(uuid.uuid4())) for _ in range(20)]
+    twice = cancelled_event(str(uuid.uuid4()))  # delivered twice within the run
+    repeated = message(topic, twice, event_id=str(uuid.uuid4()))
+    await produce_raw(
+        infra.kafka.bootstrap,
+        topic.name,
+        [*(message(topic, e) for e in together[:4]), repeated, repeated]
+        + [message(topic, e) for e in together[4:]],
+    )
+    await start_consumer(topic, record_with_transaction)
+    for event in together:
+        await wait_for_effect(messaging_db, event.job_id)
+    # Fetched in one or a few batches: far fewer transactions than records.
+    assert len({transactions[e.job_id] for e in together}) <= len(together) // 4
+
+    # A failing record in the middle of a waiting run.
+    failing = await new_topic(events_pb2.JobCancelled, partitions=1)
+    good = [cancelled_event(str(uuid.uuid4())) for _ in range(9)]
+    bug = events_pb2.JobCancelled(job_id=str(uuid.uuid4()), user_id="bug")
+    await produce_raw(
+        infra.kafka.bootstrap,
+        failing.name,
+        [message(failing, e) for e in [*good[:4], bug, *good[4:]]],
+    )
+    await start_consumer(failing)
+    for event in good:
+        await wait_for_effect(messaging_db, event.job_id)
+    dead = await read_topic(infra.kafka.bootstrap, failing.dlq, until=1, timeout=60)
+    assert [dict(r.headers)["pixsim_error_reason"] for r in dead] == [b"HANDLER_FAILED"]
+    assert await effects(messaging_db, bug.job_id) == 0
+    # The event delivered twice in one run (one ce_id) had one effect, not two.
+    assert await effects(messaging_db, twice.job_id) == 1

@@ -6,7 +6,11 @@ For every message the runner:
 2. in one transaction inserts `(consumer, ce_id)` into `inbox` (a seen id is skipped) and
    runs the handler. A subscription may `prepare` first, outside any transaction (a
    download, say, which must hold no pooled connection): what it makes is handed to the
-   handler, and to `discard` if the handler never commits (a duplicate, a dead letter);
+   handler, and to `discard` if the handler never commits (a duplicate, a dead letter).
+   Consecutive records of one partition that need no `prepare` share a transaction (their
+   inbox rows in one statement, their outbox rows in another): BEGIN and COMMIT are paid
+   once a run instead of once a record. If anything in the run fails, the run rolls back
+   whole and its records are taken one at a time, each in its own transaction, as above;
 3. commits the partition offset only after that transaction committed.
 
 Poison goes to the topic's `.dlq` twin with the error in headers, and the consumer moves on.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +75,18 @@ INBOX_INSERT = text(
     " ON CONFLICT DO NOTHING RETURNING event_id"
 )
 
+# A run's inbox rows in one statement; the ids that come back are the new ones (an id
+# repeated within the run comes back once, and its first record is the one handled).
+INBOX_INSERT_RUN = text(
+    "INSERT INTO inbox (consumer, event_id, topic)"
+    " SELECT :consumer, run.event_id, run.topic"
+    " FROM unnest(CAST(:event_ids AS text[]), CAST(:topics AS text[])) AS run(event_id, topic)"
+    " ON CONFLICT DO NOTHING RETURNING event_id"
+)
+# The most records one transaction takes: a run holds its locks (a job's, say) to its end.
+# (1 takes every record alone.)
+MAX_RUN_RECORDS = 100
+
 INBOX_SEEN = text("SELECT 1 FROM inbox WHERE consumer = :consumer AND event_id = :event_id")
 
 Handler = Callable[[AsyncSession, Any, EventMeta], Awaitable[None]]
@@ -113,6 +129,16 @@ def decode(topic: Topic, record: ConsumerRecord[bytes, bytes]) -> tuple[EventMet
 
 
 @dataclass(frozen=True)
+class Decoded:
+    """A well-formed record with its subscription, headers and event."""
+
+    record: ConsumerRecord[bytes, bytes]
+    subscription: Subscription
+    meta: EventMeta
+    event: Message
+
+
+@dataclass(frozen=True)
 class Subscription:
     """What a consumer does with one topic. Without `prepare` the handler is called as
     `handler(session, event, meta)`; with it, `handler(session, event, meta, prepared)`."""
@@ -140,6 +166,7 @@ class EventConsumer:
         consumer_options: Mapping[str, Any] | None = None,
         probes: Sequence[Probe] = (),
         reads: async_sessionmaker[AsyncSession] | None = None,
+        max_run_records: int = MAX_RUN_RECORDS,
     ) -> None:
         self.name = name
         self._group_id = group_id
@@ -153,6 +180,7 @@ class EventConsumer:
         self._backoff_cap = backoff_cap
         self._consumer_options = dict(consumer_options or {})
         self._probes = list(probes)
+        self._max_run_records = max_run_records
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -283,9 +311,71 @@ class EventConsumer:
         done: dict[TopicPartition, int],
     ) -> None:
         """Records of one partition, in order; `done[tp]` is the next offset to consume."""
-        for record in records:
-            await self._process(record)
-            done[tp] = record.offset + 1
+        position = 0
+        while position < len(records):
+            run = self._run_from(records, position)
+            if len(run) > 1 and await self._apply_run(run):
+                done[tp] = run[-1].record.offset + 1
+                position += len(run)
+                continue
+            # Alone, or a run that failed together: one record at a time, each retried alone.
+            taken = max(len(run), 1)
+            for record in records[position : position + taken]:
+                await self._process(record)
+                done[tp] = record.offset + 1
+            position += taken
+
+    def _run_from(self, records: list[ConsumerRecord[bytes, bytes]], start: int) -> list[Decoded]:
+        """The records from `start` that can share a transaction: well-formed, of
+        subscriptions without `prepare`, at most `max_run_records`."""
+        run: list[Decoded] = []
+        for record in records[start : start + self._max_run_records]:
+            subscription = self._routes[record.topic]
+            if subscription.prepare is not None:
+                break
+            try:
+                meta, event = decode(subscription.topic, record)
+            except MalformedEvent:
+                break
+            run.append(Decoded(record, subscription, meta, event))
+        return run
+
+    async def _apply_run(self, run: list[Decoded]) -> bool:
+        """The run's records in one transaction: True once it committed; False (after the
+        rollback) when anything in it failed, for its records to be taken one at a time."""
+        outcomes: list[str] = []
+        try:
+            async with self._sessions() as session, session.begin():
+                new = set(
+                    await session.scalars(
+                        INBOX_INSERT_RUN,
+                        {
+                            "consumer": self._group_id,
+                            "event_ids": [item.meta.id for item in run],
+                            "topics": [item.subscription.topic.name for item in run],
+                        },
+                    )
+                )
+                for item in run:
+                    if item.meta.id not in new:
+                        outcomes.append("duplicate")
+                        continue
+                    new.discard(item.meta.id)
+                    with self._handling(item.subscription, item.meta):
+                        await item.subscription.handler(session, item.event, item.meta)
+                    outcomes.append("processed")
+                await write_collected(session)
+        except Exception as error:  # each record alone then meets it and is judged by it
+            log.info(
+                "a run of records failed together; taking them one at a time",
+                consumer=self.name,
+                records=len(run),
+                error=repr(error),
+            )
+            return False
+        for item, outcome in zip(run, outcomes, strict=True):
+            MESSAGES_CONSUMED.labels(self._group_id, item.record.topic, outcome).inc()
+        return True
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
         subscription = self._routes[record.topic]
@@ -379,19 +469,24 @@ class EventConsumer:
             return False
         return True
 
-    async def _apply(
-        self, subscription: Subscription, meta: EventMeta, event: Message, prepared: list[Any]
-    ) -> str:
-        parent = extract_context(meta.trace_headers)
+    @contextlib.contextmanager
+    def _handling(self, subscription: Subscription, meta: EventMeta) -> Iterator[None]:
+        """The event's consumer span, in its producer's trace, and its ids in every log line."""
         with (
             tracer.start_as_current_span(
                 f"{subscription.topic.name} process",
-                context=parent,
+                context=extract_context(meta.trace_headers),
                 kind=trace.SpanKind.CONSUMER,
                 attributes={"messaging.system": "kafka", "messaging.message.id": meta.id},
             ),
             structlog.contextvars.bound_contextvars(ce_id=meta.id, topic=meta.type),
         ):
+            yield
+
+    async def _apply(
+        self, subscription: Subscription, meta: EventMeta, event: Message, prepared: list[Any]
+    ) -> str:
+        with self._handling(subscription, meta):
             async with self._sessions() as session, session.begin():
                 inserted = await session.scalar(
                     INBOX_INSERT,

@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 
-from bench import createjob, guard_overhead, notice, pipeline, saturation, single_job
+from bench import backlog, createjob, guard_overhead, notice, pipeline, saturation, single_job
 
 BENCHMARKS = {
     "guard": guard_overhead.main,
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "saturation": saturation.main,
     "notice": notice.main,
     "single": single_job.main,
+    "backlog": backlog.main,
 }
 
 

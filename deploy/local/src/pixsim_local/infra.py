@@ -7,13 +7,18 @@ server instead of starting one.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixsim_common.topics import DEFAULT_PARTITIONS, all_topic_names
 from pixsim_local.kafka import KafkaBroker
 from pixsim_local.postgres import PostgresCluster
+from pixsim_local.processes import free_port
 
 
 @dataclass
@@ -66,3 +71,24 @@ class Infra:
         """Stop what we started, newest first; servers we were given are left running."""
         self.kafka.stop()
         self.postgres.stop()
+
+
+@asynccontextmanager
+async def infra_of_its_own(prefix: str) -> AsyncIterator[Infra]:
+    """PostgreSQL and Kafka on free ports in a throwaway directory, removed afterwards. Not
+    pytest's tmp_path: its ancestors are private to root, and PostgreSQL runs as
+    `postgres` (the cluster opens its own run directory to that user)."""
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        infra = await Infra.start(
+            run_dir,
+            postgres_port=free_port(),
+            kafka_port=free_port(),
+            kafka_controller_port=free_port(),
+        )
+        try:
+            yield infra
+        finally:
+            infra.stop()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from pixsim_common.auth import generate_keypair
 from pixsim_common.topics import DEFAULT_PARTITIONS, Topic, all_topic_names
-from pixsim_local.infra import Infra
+from pixsim_local.infra import Infra, infra_of_its_own
 from pixsim_local.kafka import KafkaBroker
 from pixsim_local.postgres import ServiceDatabase
 from pixsim_local.processes import ManagedProcess, free_port
@@ -36,21 +36,9 @@ _timings: dict[str, float] = {}
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def infra() -> AsyncIterator[Infra]:
-    # Not pytest's tmp_path: its ancestors are private to root, and PostgreSQL runs as
-    # `postgres` (the cluster opens its own run directory to that user).
-    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-test-"))
-    started = await Infra.start(
-        run_dir,
-        postgres_port=free_port(),
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
-    )
-    _timings.update(started.timings)
-    try:
+    async with infra_of_its_own("pixsim-test-") as started:
+        _timings.update(started.timings)
         yield started
-    finally:
-        started.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 DatabaseFactory = Callable[[str], Awaitable[ServiceDatabase]]

@@ -29,7 +29,7 @@ from pixsim.scene.v1 import scene_service_pb2_grpc as scene_grpc
 from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
 from pixsim_common.auth import ADMIN_ROLE, issue_token
-from pixsim_local.infra import Infra
+from pixsim_local.infra import Infra, infra_of_its_own
 from pixsim_local.kafka import EventTap, KafkaBroker
 from pixsim_local.processes import free_port
 from pixsim_local.stack import DEFAULT_PORTS, LocalServices, seed_accounts
@@ -312,16 +312,8 @@ async def whole_stack_of_its_own(
     """The whole stack over a PostgreSQL cluster (fsync off) and a broker started for it
     alone, all removed afterwards: for runs that crash them (the chaos run) or measure them
     (the benchmarks). Their handles are `stack.services.infra`."""
-    run_dir = Path(tempfile.mkdtemp(prefix="pixsim-own-"))
-    infra = await Infra.start(
-        run_dir,
-        postgres_port=free_port(),
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
-    )
-    try:
-        async with whole_stack(infra, infra.kafka, settings, simulator_args, replicas) as stack:
-            yield stack
-    finally:
-        infra.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+    async with (
+        infra_of_its_own("pixsim-own-") as infra,
+        whole_stack(infra, infra.kafka, settings, simulator_args, replicas) as stack,
+    ):
+        yield stack

@@ -418,3 +418,34 @@ async def test_a_partitions_records_share_a_transaction_and_one_failing_costs_no
     assert await effects(messaging_db, bug.job_id) == 0
     # The event delivered twice in one run (one ce_id) had one effect, not two.
     assert await effects(messaging_db, twice.job_id) == 1
+
+
+async def test_a_stopping_member_commits_what_it_processed(
+    messaging_db: MessagingDatabase, infra: Infra, new_topic: TopicFactory
+) -> None:
+    """Offsets are committed lazily (the inbox guards against repeats), but never lost:
+    a member that stops commits every offset it processed, so the next one starts after."""
+    topic = await new_topic(events_pb2.JobCancelled, partitions=3)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    events = [cancelled_event(str(uuid.uuid4())) for _ in range(12)]
+    await produce_raw(infra.kafka.bootstrap, topic.name, [message(topic, e) for e in events])
+    consumer = EventConsumer(
+        name="kit-test",
+        group_id=group,
+        kafka_bootstrap=infra.kafka.bootstrap,
+        sessions=messaging_db.sessions,
+        subscriptions=[Subscription(topic, record_effect)],
+    )
+    await consumer.start()
+    try:
+        for event in events:
+            await wait_for_effect(messaging_db, event.job_id)
+    finally:
+        await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka.bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    assert sum(meta.offset for meta in offsets.values()) == len(events)

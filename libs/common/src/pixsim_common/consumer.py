@@ -11,7 +11,11 @@ For every message the runner:
    inbox rows in one statement, their outbox rows in another): BEGIN and COMMIT are paid
    once a run instead of once a record. If anything in the run fails, the run rolls back
    whole and its records are taken one at a time, each in its own transaction, as above;
-3. commits the partition offset only after that transaction committed.
+3. commits the partition offset only after that transaction committed, and at most every
+   COMMIT_INTERVAL_SECONDS (and at once when a partition is revoked or the consumer stops):
+   the inbox, not the offset, is what keeps a record from having its effect twice, so a
+   member that dies redelivers at most that much, which the inbox drops. Committing after
+   every batch cost a broker round trip per batch, waited out before the next one.
 
 Poison goes to the topic's `.dlq` twin with the error in headers, and the consumer moves on.
 A failure is retried with backoff. Retrying is right only while a dependency is away, so an
@@ -27,12 +31,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
@@ -56,6 +66,8 @@ tracer = trace.get_tracer("pixsim.consumer")
 MAX_MESSAGE_BYTES = MAX_EVENT_BYTES
 # How often a member reads how many messages its topics' dead-letter twins hold.
 DLQ_REPORT_SECONDS = 15.0
+# How often a member commits the offsets it has processed (sooner on revocation or stop).
+COMMIT_INTERVAL_SECONDS = 1.0
 
 metadata = MetaData()
 inbox_table = Table(
@@ -185,6 +197,9 @@ class EventConsumer:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        # Processed and not yet committed: the next offset to consume, by partition.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._next_commit = 0.0
 
     async def start(self) -> None:
         options: dict[str, Any] = {
@@ -215,7 +230,7 @@ class EventConsumer:
         # Subscribing after start: given topics up front, start() waits for the group to
         # assign partitions, which after a crash is the dead member's whole session timeout,
         # and the service would not serve RPCs meanwhile. The group joins on the first poll.
-        consumer.subscribe(list(self._routes))
+        consumer.subscribe(list(self._routes), listener=_OnRevoke(self._revoked))
         self._connected.set()
         return consumer
 
@@ -226,6 +241,7 @@ class EventConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._consumer is not None:
+            await self._commit_processed(self._consumer)
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -237,6 +253,8 @@ class EventConsumer:
         while True:
             try:
                 await self._consume_batch(consumer)
+                if loop.time() >= self._next_commit:
+                    await self._commit_processed(consumer)
                 if loop.time() >= next_dlq_report:
                     next_dlq_report = loop.time() + DLQ_REPORT_SECONDS
                     await self._report_dead_letters(consumer)
@@ -275,16 +293,12 @@ class EventConsumer:
                 *(self._process_partition(tp, records, done) for tp, records in batch.items()),
                 return_exceptions=True,
             )
-        finally:  # stopped mid-batch too: what was processed is committed
+        finally:  # stopped mid-batch too: what was processed is committed (by stop)
             # A rebalance during the batch may have given some partitions to another
             # member: theirs to commit now (they redeliver; the inbox drops the repeats).
             assigned = consumer.assignment()
             mine = {tp: offset for tp, offset in done.items() if tp in assigned}
-            if mine:
-                try:
-                    await asyncio.shield(consumer.commit(mine))
-                except KafkaError as error:
-                    log.info("offsets not committed", consumer=self.name, error=repr(error))
+            self._uncommitted.update(mine)
         for (tp, records), outcome in zip(batch.items(), outcomes, strict=True):
             if isinstance(outcome, BaseException) and tp in assigned:
                 # getmany moved the position past the whole batch: back to the first record
@@ -303,6 +317,35 @@ class EventConsumer:
                 CONSUMER_LAG.labels(self._group_id, tp.topic, tp.partition).set(
                     max(highwater - offset, 0)
                 )
+
+    async def _commit_processed(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition] | None = None
+    ) -> None:
+        """Commit the processed offsets (of `partitions`, or all). One that does not commit
+        stays to be tried again while the partition is this member's."""
+        self._next_commit = asyncio.get_running_loop().time() + COMMIT_INTERVAL_SECONDS
+        chosen = self._uncommitted if partitions is None else set(partitions)
+        offsets = {tp: self._uncommitted[tp] for tp in chosen if tp in self._uncommitted}
+        if not offsets:
+            return
+        for tp in offsets:
+            del self._uncommitted[tp]
+        try:
+            await asyncio.shield(consumer.commit(offsets))
+        except KafkaError as error:
+            log.info("offsets not committed", consumer=self.name, error=repr(error))
+            assigned = consumer.assignment()
+            for tp, offset in offsets.items():
+                if tp in assigned:
+                    self._uncommitted.setdefault(tp, offset)
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        """What was processed of partitions going to another member is committed first, so
+        it redelivers nothing it need not; what does not commit is its to redeliver."""
+        if self._consumer is not None:
+            await self._commit_processed(self._consumer, revoked)
+        for tp in revoked:
+            self._uncommitted.pop(tp, None)
 
     async def _process_partition(
         self,
@@ -539,3 +582,17 @@ class EventConsumer:
                 log.warning("dead-letter publish retrying", error=repr(failure))
                 await asyncio.sleep(1.0)
         MESSAGES_CONSUMED.labels(self._group_id, record.topic, "dead_lettered").inc()
+
+
+class _OnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands the partitions a rebalance takes away to `revoked` before their next owner
+    starts consuming them."""
+
+    def __init__(self, revoked: Callable[[set[TopicPartition]], Awaitable[None]]) -> None:
+        self._revoked = revoked
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None

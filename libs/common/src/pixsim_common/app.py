@@ -106,7 +106,7 @@ class Kit:
     settings: ServiceSettings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    # Single-round-trip reads (create_read_sessionmaker): never for writes.
+    # Single-round-trip sessions (create_read_sessionmaker): reads, and one-statement writes.
     reads: async_sessionmaker[AsyncSession]
     page_tokens: PageTokens
 

@@ -105,8 +105,9 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
 
 def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for reads that need no snapshot across their statements (one statement, or
-    statements each of which may see a later moment), on `autocommit(engine)`. Never for
-    writes, which would commit statement by statement."""
+    statements each of which may see a later moment), and for a write that is one
+    statement, on `autocommit(engine)`. Never for a write of several statements: each would
+    commit by itself."""
     return create_sessionmaker(autocommit(engine))
 
 

@@ -80,6 +80,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                     max_duration_seconds=settings.max_media_duration_seconds,
                 ),
                 decoders=decoders,
+                lone_statements=kit.reads,
             )
         return services["asset"]
 

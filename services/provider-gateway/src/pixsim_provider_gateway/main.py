@@ -81,6 +81,7 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 poll_lease=timedelta(seconds=settings.poll_lease_seconds),
                 inputs=inputs,
                 fallback_margin=timedelta(seconds=settings.fallback_deadline_margin_seconds),
+                reads=kit.reads,
                 circuits=CircuitPolicy(
                     failures_to_open=settings.circuit_failures,
                     account_failures_to_open=settings.circuit_account_failures,

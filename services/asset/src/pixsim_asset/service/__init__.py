@@ -76,13 +76,17 @@ class AssetService:
         max_upload_bytes: int,
         limits: DecodeLimits | None = None,
         decoders: DecodePool,
+        lone_statements: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
         self._downloader = downloader
         self._max_upload_bytes = max_upload_bytes
-        self._ingest = Ingest(sessions, storage, limits or DecodeLimits(), decoders)
-        self.generations = Generations(sessions, downloader, self._ingest, self)
+        # For work that is one statement (a look, a claim of files): autocommit sessions
+        # (`db.create_read_sessionmaker`) where given, one round trip instead of three.
+        lone = lone_statements or sessions
+        self._ingest = Ingest(lone, storage, limits or DecodeLimits(), decoders)
+        self.generations = Generations(lone, downloader, self._ingest, self)
 
     async def create(
         self, session: AsyncSession, origin: Origin, stored: StoredFile, *, job_id: str = ""

@@ -68,19 +68,19 @@ class Assets(Protocol):
 class Generations:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        reads: async_sessionmaker[AsyncSession],
         downloader: Downloader,
         ingest: Ingest,
         assets: Assets,
     ) -> None:
-        self._sessions = sessions
+        self._reads = reads  # its look for a stored result before staging is one statement
         self._downloader = downloader
         self._ingest = ingest
         self._assets = assets
 
     async def stage(self, event: events_pb2.GenerationCompleted, meta: EventMeta) -> Staged:
         origin = origin_of(event)
-        async with self._sessions() as session:
+        async with self._reads() as session:
             existing = await repo.find_duplicate(
                 session,
                 origin.owner_id,

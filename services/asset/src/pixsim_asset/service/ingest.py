@@ -29,7 +29,6 @@ from pixsim_asset.domain import (
 )
 from pixsim_asset.probe import DecodeLimits, OverLimits, Picture, ProbeFailed
 from pixsim_asset.storage import Storage, remove, stage
-from pixsim_common.db import UnitOfWork
 
 
 class NotMedia(Exception):
@@ -48,12 +47,13 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 class Ingest:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        lone_statements: async_sessionmaker[AsyncSession],
         storage: Storage,
         limits: DecodeLimits,
         decoders: DecodePool,
     ) -> None:
-        self._sessions = sessions
+        # Its claims and releases of files are one statement each.
+        self._sessions = lone_statements
         self._storage = storage
         self._limits = limits
         self._decoders = decoders
@@ -114,17 +114,17 @@ class Ingest:
             await remove(staged.path)
 
     async def claim(self, uris: Iterable[str]) -> None:
-        async with UnitOfWork(self._sessions) as uow:
-            await repo.claim_blobs(uow.session, uris)
-            await uow.commit()
+        async with self._sessions() as session:  # one statement, committed by itself
+            await repo.claim_blobs(session, uris)
+            await session.commit()
 
     async def release(self, uris: Iterable[str]) -> None:
-        """Give claims back in a transaction of their own; shielded, so a cancelled call
+        """Give claims back in a statement of their own; shielded, so a cancelled call
         does not keep a file alive forever."""
 
         async def give_back() -> None:
-            async with UnitOfWork(self._sessions) as uow:
-                await repo.release_blobs(uow.session, uris)
-                await uow.commit()
+            async with self._sessions() as session:
+                await repo.release_blobs(session, uris)
+                await session.commit()
 
         await asyncio.shield(give_back())

@@ -59,9 +59,11 @@ class ProviderService:
         units: Callable[[], Unit] | None = None,
         circuits: CircuitPolicy | None = None,
         fallback_margin: timedelta = FALLBACK_DEADLINE_MARGIN,
+        reads: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         units = units or (lambda: GatewayUnit(sessions))
-        self.timing = Timing(sessions)
+        # Its reads are lone statements: autocommit sessions where given (kit.reads).
+        self.timing = Timing(reads or sessions)
         self.dispatch = Dispatch(
             units,
             registry,

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import field_mask_pb2, json_format
 from pydantic import SecretStr
+from sqlalchemy import event, func, select
 
 from pixsim.events.v1 import events_pb2
 from pixsim.job.v1 import job_service_pb2 as job_pb
@@ -25,12 +26,14 @@ from pixsim.types.v1 import types_pb2 as t
 from pixsim_common import topics
 from pixsim_common.app import ServiceApp
 from pixsim_common.auth import issue_token
-from pixsim_common.db import run_migrations
+from pixsim_common.db import create_sessionmaker, run_migrations
 from pixsim_common.errors import status_details
 from pixsim_local.infra import Infra
 from pixsim_local.kafka import EventTap, publish_events
 from pixsim_local.pytest_plugin import DatabaseFactory
+from pixsim_provider_gateway import repository as repo
 from pixsim_provider_gateway.crypto import new_key
+from pixsim_provider_gateway.events import outgoing
 from pixsim_provider_gateway.main import MIGRATIONS, build
 from pixsim_provider_gateway.settings import Settings
 
@@ -701,3 +704,34 @@ async def test_a_working_key_without_a_balance_api_stays_active(gateway: Gateway
     checked = await wait_for_account(gateway, account, lambda a: a.check_time.seconds > 0)
     assert checked.state == pb.Account.STATE_ACTIVE
     assert not checked.HasField("provider_credits")  # fal reports none
+
+
+async def test_a_locked_attempt_brings_the_transactions_clock(gateway: Gateway) -> None:
+    """A status check reads its attempt locked and then asks the database's time: the time
+    comes with the read (one round trip less), and is the transaction's own `now()`."""
+    await gateway.account("pika")
+    job_id = await gateway.submit("pika")
+    assert isinstance(await gateway.outcome(job_id, timeout=30), events_pb2.GenerationCompleted)
+    submission_id = (await gateway.submissions(job_id))[0].name.rsplit("/", 1)[-1]
+    assert gateway.app.engine is not None
+    sessions = create_sessionmaker(gateway.app.engine)
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    event.listen(gateway.app.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        async with sessions() as session, session.begin():
+            attempts = repo.Submissions(session, outgoing)
+            assert await attempts.get(submission_id, lock=True) is not None
+            clock = await attempts.now()
+            assert len(sent) == 1  # the locked read alone
+            assert clock == await session.scalar(select(func.now()))
+        async with sessions() as session, session.begin():
+            attempts = repo.Submissions(session, outgoing)
+            await asyncio.sleep(0.01)
+            later = await attempts.now()  # a transaction of its own: asked again
+            assert later > clock
+    finally:
+        event.remove(gateway.app.engine.sync_engine, "before_cursor_execute", count)

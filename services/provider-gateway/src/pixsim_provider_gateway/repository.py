@@ -475,9 +475,13 @@ async def expired_submitting(session: AsyncSession, limit: int) -> Sequence[Row[
 # deriving its cache key took 0.1-0.6 ms a call (more than running it), and a statement
 # object reused keeps its key (docs/performance.md).
 _SUBMISSION_BY_ID = select(submissions).where(submissions.c.id == bindparam("id"))
-_SUBMISSION_BY_ID_LOCKED = _SUBMISSION_BY_ID.with_for_update()
+# A locked read comes with the database's clock (its transaction's `now()`, the same for
+# every statement of the transaction), so a use case that reads the attempt and then asks
+# the time (a status check's next look, its deadline) needs no round trip for it.
+DB_NOW = "db_now"
+_SUBMISSION_BY_ID_LOCKED = _SUBMISSION_BY_ID.add_columns(func.now().label(DB_NOW)).with_for_update()
 _SUBMISSION_OF_TASK = (
-    select(submissions)
+    select(submissions, func.now().label(DB_NOW))
     .where(
         submissions.c.provider_id == bindparam("provider_id"),
         submissions.c.provider_job_id == bindparam("provider_job_id"),
@@ -606,18 +610,29 @@ class Submissions:
     def __init__(self, session: AsyncSession, publish: Publish) -> None:
         self.session = session
         self._publish = publish
+        # The database's `now()` as a locked read brought it, with the transaction it is of.
+        self._clock: tuple[object, datetime] | None = None
 
     def _loaded(self, rows: Iterable[Row[Any]]) -> list[Submission]:
         return [Submission(dict(row._mapping)) for row in rows]
 
+    def _locked(self, row: Row[Any] | None) -> Submission | None:
+        """The attempt of a locked read, keeping the clock it came with."""
+        if row is None:
+            return None
+        record = dict(row._mapping)
+        self._clock = (self.session.get_transaction(), record.pop(DB_NOW))
+        return Submission(record)
+
     async def get(self, submission_id: str, *, lock: bool = False) -> Submission | None:
         row = await get_submission(self.session, submission_id, lock)
+        if lock:
+            return self._locked(row)
         return None if row is None else Submission(dict(row._mapping))
 
     async def of_task(self, provider_id: str, provider_job_id: str) -> Submission | None:
         """The attempt `provider_id`'s task belongs to, locked (a callback names only it)."""
-        row = await submission_of_task(self.session, provider_id, provider_job_id)
-        return None if row is None else Submission(dict(row._mapping))
+        return self._locked(await submission_of_task(self.session, provider_id, provider_job_id))
 
     async def claim_waiting(self, limit: int) -> list[Submission]:
         return self._loaded(await claim_waiting(self.session, limit))
@@ -659,7 +674,11 @@ class Submissions:
         return None if row is None else str(row.id)
 
     async def now(self) -> datetime:
-        return await now(self.session)
+        """The database's time of this transaction (read with a locked attempt, else asked)."""
+        transaction = self.session.get_transaction()
+        if self._clock is None or self._clock[0] is not transaction or transaction is None:
+            self._clock = (transaction, await now(self.session))
+        return self._clock[1]
 
     async def add(self, attempt: Submission) -> bool:
         """Store a new attempt; False when the job already has this attempt (a redelivery)."""

@@ -225,3 +225,16 @@ def test_a_job_near_the_front_of_its_line_is_looked_at_without_backing_off(
     )
     # Further back it backs off as any look that changed nothing.
     assert next_live_wait(JobState.QUEUED, 0.5, changed=False, queue_position=2) == 1.0
+
+
+@given(st.integers(min_value=2, max_value=10_000), st.floats(min_value=0.01, max_value=10.0))
+def test_a_job_further_back_is_looked_at_less_often_changed_or_not(
+    position: int, wait: float
+) -> None:
+    cap = 1.0
+    for changed in (True, False):
+        after = next_live_wait(JobState.QUEUED, wait, changed=changed, queue_position=position)
+        assert LIVE_INTERVAL <= after <= cap
+        assert after >= min(cap, LIVE_INTERVAL * position / 2)
+    assert next_live_wait(JobState.QUEUED, wait, changed=True, queue_position=8) == cap
+    assert next_live_wait(JobState.QUEUED, wait, changed=True, queue_position=2) == LIVE_INTERVAL

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import field_mask_pb2, json_format
 from pydantic import SecretStr
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
 from pixsim.events.v1 import events_pb2
 from pixsim.job.v1 import job_service_pb2 as job_pb
@@ -735,3 +735,39 @@ async def test_a_locked_attempt_brings_the_transactions_clock(gateway: Gateway) 
             assert later > clock
     finally:
         event.remove(gateway.app.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_a_tasks_expected_duration_is_bracketed_by_its_checks(gateway: Gateway) -> None:
+    """The estimate a check is timed by takes each task's end as the middle of the last
+    check that found it running and the one that found it done, so our own lateness does
+    not creep into it; a task found done at its first check counts a poll step earlier."""
+    await gateway.account("pika")
+    job_id = await gateway.submit("pika")
+    assert isinstance(await gateway.outcome(job_id, timeout=30), events_pb2.GenerationCompleted)
+    assert gateway.app.engine is not None
+    provider = f"estimate-{uuid.uuid4().hex[:6]}"
+    # (last check running, check done) seconds after submission; the real end is 2.0 s.
+    checks = [(1.95, 2.05), (1.9, 2.1), (1.98, 2.02), (None, 2.1)]
+    async with gateway.app.engine.begin() as connection:
+        for running, done in checks:
+            await connection.execute(
+                text(
+                    "INSERT INTO provider_submissions SELECT (jsonb_populate_record("
+                    " NULL::provider_submissions, to_jsonb(s) || jsonb_build_object("
+                    "  'id', gen_random_uuid(), 'job_id', gen_random_uuid(),"
+                    "  'provider_id', CAST(:provider AS text),"
+                    "  'provider_job_id', gen_random_uuid()::text, 'state', 'SUCCEEDED',"
+                    "  'submit_time', now() - interval '1 minute',"
+                    "  'last_running_at',"
+                    "  now() - interval '1 minute' + make_interval(secs => :running),"
+                    "  'complete_time', now() - interval '1 minute' + make_interval(secs => :done)"
+                    "))).* FROM provider_submissions s WHERE s.job_id = CAST(:job AS uuid) LIMIT 1"
+                ),
+                {"provider": provider, "running": running, "done": done, "job": job_id},
+            )
+        expected = await repo.expected_durations(
+            create_sessionmaker(gateway.app.engine)(bind=connection), step=0.1
+        )
+    estimate = next(seconds for (name, _), seconds in expected.items() if name == provider)
+    # Samples 2.0, 2.0, 2.0 and 2.0 (2.1 less a step); measured to the done check: 2.075.
+    assert abs(estimate - 2.0) < 0.005, estimate

@@ -1180,3 +1180,38 @@ async def test_a_task_its_provider_keeps_not_knowing_ends_unbilled_and_is_retrie
     )
     assert retry["state"] == S.WAITING
     assert gateway.ledger(account) == (0, 1000)  # nothing ran there: the reservation is back
+
+
+async def test_estimates_are_read_again_soon_while_a_checked_kind_has_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from contextlib import asynccontextmanager
+
+    from pixsim_provider_gateway.service import timing as timing_module
+
+    known: dict[tuple[str, int], float] = {}
+
+    async def durations(session: Any) -> dict[tuple[str, int], float]:
+        return dict(known)
+
+    @asynccontextmanager
+    async def no_session() -> Any:
+        yield None
+
+    monkeypatch.setattr(repo, "expected_durations", durations)
+    timing = timing_module.Timing(no_session)  # type: ignore[arg-type]
+    attempt = SimpleNamespace(provider_id="pixverse", operation_type=1)
+    assert timing.refresh_idle() == timing_module.REFRESH_SECONDS  # nothing asked yet
+    assert timing.expected_seconds(attempt) is None  # type: ignore[arg-type]
+    assert timing.refresh_idle() == timing_module.REFRESH_SECONDS_WHILE_UNKNOWN
+    await timing.refresh()  # still none for it
+    assert timing.refresh_idle() == timing_module.REFRESH_SECONDS_WHILE_UNKNOWN
+    known[("pixverse", 1)] = 2.0
+    await timing.refresh()
+    assert timing.expected_seconds(attempt) == 2.0  # type: ignore[arg-type]
+    assert timing.refresh_idle() == timing_module.REFRESH_SECONDS
+    # A kind asked once and then no more is not refreshed for forever.
+    assert timing.expected_seconds(SimpleNamespace(provider_id="pika", operation_type=1)) is None  # type: ignore[arg-type]
+    await timing.refresh()
+    await timing.refresh()
+    assert timing.refresh_idle() == timing_module.REFRESH_SECONDS

@@ -683,6 +683,7 @@ class Submission:
         """Still under way at the provider, as it says."""
         self.changes |= {
             "poll_count": self.poll_count + 1,
+            "last_running_at": NOW,
             "unknown_polls": 0,
             "progress": progress,
             "provider_state": provider_state[:64],

@@ -70,7 +70,7 @@ def gateway_workers(
             idle=service.timing.pause,
         ),
         # How long each provider's tasks take, for the checks' timing.
-        Loop("durations", service.timing.refresh, idle=10.0),
+        Loop("durations", service.timing.refresh, idle=service.timing.refresh_idle),
         Loop("recover", service.recover_once, idle=5.0),
         # A deadline is kept to within about this idle time.
         Loop("expire", service.expire_once, idle=0.5),

@@ -14,6 +14,11 @@ from pixsim_provider_gateway.domain import Submission
 # With nothing running anywhere, the poll loop sleeps this long: a task this replica starts
 # wakes it at once (`accepted`), and one another replica starts is that replica's to check.
 IDLE_NOTHING_RUNNING = 1.0
+# The expected durations are read again this often; sooner while a task of a kind with no
+# estimate yet was checked, so a fresh gateway times its checks from its first few results
+# rather than polling by plain backoff for the first ten seconds of work.
+REFRESH_SECONDS = 10.0
+REFRESH_SECONDS_WHILE_UNKNOWN = 1.0
 
 
 class Timing:
@@ -22,18 +27,35 @@ class Timing:
         self._durations: dict[tuple[str, int], float] = {}
         self._idle = idle
         self._pause = idle
+        # Kinds (provider, operation) asked for with no estimate since the last refresh, and
+        # those of them the last refresh still had none for.
+        self._asked_unknown: set[tuple[str, int]] = set()
+        self._still_unknown: set[tuple[str, int]] = set()
         # Set when this replica records a task's acceptance: its first check may be sooner
         # than the poll loop's sleep.
         self.accepted = asyncio.Event()
 
     def expected_seconds(self, attempt: Submission) -> float | None:
-        """How long a task of the attempt's provider and operation is expected to take."""
-        return self._durations.get((attempt.provider_id, attempt.operation_type))
+        """How long a task of the attempt's provider and operation is expected to take (None,
+        not known yet: the estimates are then read again soon)."""
+        kind = (attempt.provider_id, attempt.operation_type)
+        expected = self._durations.get(kind)
+        if expected is None:
+            self._asked_unknown.add(kind)
+        return expected
 
     async def refresh(self) -> int:
         async with self._sessions() as session:
             self._durations = await repo.expected_durations(session)
+        self._still_unknown = self._asked_unknown - self._durations.keys()
+        self._asked_unknown = set()
         return 0
+
+    def refresh_idle(self) -> float:
+        """Seconds until the estimates are read again: soon while a kind being checked has
+        none (until it has, or nothing of it is checked any more)."""
+        unknown = self._still_unknown or self._asked_unknown
+        return REFRESH_SECONDS_WHILE_UNKNOWN if unknown else REFRESH_SECONDS
 
     async def until_next_poll(self) -> None:
         """After a poll round found nothing due: how long until something is, at most the

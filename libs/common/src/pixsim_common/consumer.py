@@ -361,12 +361,15 @@ class EventConsumer:
                 done[tp] = run[-1].record.offset + 1
                 position += len(run)
                 continue
-            # Alone, or a run that failed together: one record at a time, each retried alone.
-            taken = max(len(run), 1)
-            for record in records[position : position + taken]:
-                await self._process(record)
+            # Alone, or a run that failed together: one record at a time, each retried alone
+            # (decoded once: a run's records are handed on as they were decoded for it).
+            alone: list[tuple[ConsumerRecord[bytes, bytes], Decoded | None]] = [
+                (item.record, item) for item in run
+            ] or [(records[position], None)]
+            for record, decoded in alone:
+                await self._process(record, decoded)
                 done[tp] = record.offset + 1
-            position += taken
+            position += len(alone)
 
     def _run_from(self, records: list[ConsumerRecord[bytes, bytes]], start: int) -> list[Decoded]:
         """The records from `start` that can share a transaction: well-formed, of
@@ -420,13 +423,19 @@ class EventConsumer:
             MESSAGES_CONSUMED.labels(self._group_id, item.record.topic, outcome).inc()
         return True
 
-    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _process(
+        self, record: ConsumerRecord[bytes, bytes], decoded: Decoded | None = None
+    ) -> None:
+        """One record in a transaction of its own; `decoded` is it already decoded."""
         subscription = self._routes[record.topic]
-        try:
-            meta, event = decode(subscription.topic, record)
-        except MalformedEvent as error:
-            await self._dead_letter(subscription.topic, record, error.reason, str(error))
-            return
+        if decoded is not None:
+            meta, event = decoded.meta, decoded.event
+        else:
+            try:
+                meta, event = decode(subscription.topic, record)
+            except MalformedEvent as error:
+                await self._dead_letter(subscription.topic, record, error.reason, str(error))
+                return
         counted = tries = 0
         prepared: list[Any] = []  # what `prepare` made, once made
         while True:

@@ -1191,7 +1191,10 @@ async def test_estimates_are_read_again_soon_while_a_checked_kind_has_none(
 
     known: dict[tuple[str, int], float] = {}
 
-    async def durations(session: Any) -> dict[tuple[str, int], float]:
+    steps: list[float] = []
+
+    async def durations(session: Any, *, step: float) -> dict[tuple[str, int], float]:
+        steps.append(step)
         return dict(known)
 
     @asynccontextmanager
@@ -1199,7 +1202,7 @@ async def test_estimates_are_read_again_soon_while_a_checked_kind_has_none(
         yield None
 
     monkeypatch.setattr(repo, "expected_durations", durations)
-    timing = timing_module.Timing(no_session)  # type: ignore[arg-type]
+    timing = timing_module.Timing(no_session, step=0.05)  # type: ignore[arg-type]
     attempt = SimpleNamespace(provider_id="pixverse", operation_type=1)
     assert timing.refresh_idle() == timing_module.REFRESH_SECONDS  # nothing asked yet
     assert timing.expected_seconds(attempt) is None  # type: ignore[arg-type]
@@ -1215,3 +1218,4 @@ async def test_estimates_are_read_again_soon_while_a_checked_kind_has_none(
     await timing.refresh()
     await timing.refresh()
     assert timing.refresh_idle() == timing_module.REFRESH_SECONDS
+    assert set(steps) == {0.05}  # the estimates assume the checks' own smallest step

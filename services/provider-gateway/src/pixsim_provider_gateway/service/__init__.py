@@ -63,7 +63,7 @@ class ProviderService:
     ) -> None:
         units = units or (lambda: GatewayUnit(sessions))
         # Its reads are lone statements: autocommit sessions where given (kit.reads).
-        self.timing = Timing(reads or sessions)
+        self.timing = Timing(reads or sessions, step=policy.poll_min_seconds)
         self.dispatch = Dispatch(
             units,
             registry,

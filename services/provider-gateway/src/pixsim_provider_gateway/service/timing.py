@@ -22,8 +22,12 @@ REFRESH_SECONDS_WHILE_UNKNOWN = 1.0
 
 
 class Timing:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], idle: float = 0.2) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], idle: float = 0.2, step: float = 0.1
+    ) -> None:
         self._sessions = sessions
+        # The checks' smallest step (`poll_min_seconds`), which the estimates assume.
+        self._step = step
         self._durations: dict[tuple[str, int], float] = {}
         self._idle = idle
         self._pause = idle
@@ -46,7 +50,7 @@ class Timing:
 
     async def refresh(self) -> int:
         async with self._sessions() as session:
-            self._durations = await repo.expected_durations(session)
+            self._durations = await repo.expected_durations(session, step=self._step)
         self._still_unknown = self._asked_unknown - self._durations.keys()
         self._asked_unknown = set()
         return 0

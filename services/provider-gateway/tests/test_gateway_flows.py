@@ -771,3 +771,32 @@ async def test_a_tasks_expected_duration_is_bracketed_by_its_checks(gateway: Gat
     estimate = next(seconds for (name, _), seconds in expected.items() if name == provider)
     # Samples 2.0, 2.0, 2.0 and 2.0 (2.1 less a step); measured to the done check: 2.075.
     assert abs(estimate - 2.0) < 0.005, estimate
+
+
+async def test_attempts_made_together_keep_their_places_in_line(gateway: Gateway) -> None:
+    """Attempts made in one transaction (a consumer run of job.submitted) share turn_at and
+    create_time; the line still has one order, the same at every reading and for dispatch."""
+    await gateway.account("pika")
+    job_id = await gateway.submit("pika")
+    assert isinstance(await gateway.outcome(job_id, timeout=30), events_pb2.GenerationCompleted)
+    assert gateway.app.engine is not None
+    provider = f"ties-{uuid.uuid4().hex[:6]}"
+    async with gateway.app.engine.connect() as connection:
+        transaction = await connection.begin()  # never committed: dispatch never sees them
+        for _ in range(12):
+            await connection.execute(
+                text(
+                    "INSERT INTO provider_submissions SELECT (jsonb_populate_record("
+                    " NULL::provider_submissions, to_jsonb(s) || jsonb_build_object("
+                    "  'id', gen_random_uuid(), 'job_id', gen_random_uuid(),"
+                    "  'provider_id', CAST(:provider AS text), 'provider_job_id', NULL,"
+                    "  'state', 'WAITING', 'turn_at', now(), 'create_time', now()"
+                    "))).* FROM provider_submissions s WHERE s.job_id = CAST(:job AS uuid) LIMIT 1"
+                ),
+                {"provider": provider, "job": job_id},
+            )
+        session = create_sessionmaker(gateway.app.engine)(bind=connection)
+        readings = [await repo.queue_positions(session, provider) for _ in range(3)]
+        await transaction.rollback()
+    assert readings[0] == readings[1] == readings[2]
+    assert sorted(readings[0], key=readings[0].__getitem__) == sorted(readings[0])  # by id

@@ -241,7 +241,11 @@ _FAIR_ORDER_INPUTS = """
         SELECT user_id, max(submit_time) AS last FROM provider_submissions
         WHERE submit_time > now() - interval '1 hour' GROUP BY user_id
     )"""
-_FAIR_ORDER = "coalesce(b.n, 0), v.last NULLS FIRST, s.turn_at, s.create_time"
+# Ends with the id: a total order. Attempts made in one transaction (the consumer takes a
+# partition's run of job.submitted together) share turn_at and create_time, the database's
+# clock of that transaction, and without it their places swapped from one reading to the
+# next (a queued job was told 9, then 10).
+_FAIR_ORDER = "coalesce(b.n, 0), v.last NULLS FIRST, s.turn_at, s.create_time, s.id"
 
 QUEUE_POSITIONS = text(
     f"""
@@ -309,7 +313,12 @@ async def latest_submission(
 _LATEST_OF_JOB = (
     select(submissions)
     .where(submissions.c.job_id == bindparam("job_id"))
-    .order_by(submissions.c.create_time.desc(), submissions.c.retry_attempt.desc())
+    # The counts break ties of create_time: attempts made in one transaction share it.
+    .order_by(
+        submissions.c.create_time.desc(),
+        submissions.c.job_retry_count.desc(),
+        submissions.c.retry_attempt.desc(),
+    )
     .limit(1)
 )
 _LATEST_OF_USERS_JOB = _LATEST_OF_JOB.where(submissions.c.user_id == bindparam("user_id"))

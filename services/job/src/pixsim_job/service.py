@@ -242,7 +242,8 @@ class JobService:
         async with self._sessions() as session:
             rows = (
                 await session.execute(
-                    select(d).where(d.c.job_id == job_id).order_by(d.c.create_time)
+                    # The id breaks ties: deliveries made in one transaction share its time.
+                    select(d).where(d.c.job_id == job_id).order_by(d.c.create_time, d.c.id)
                 )
             ).all()
             attempts = (

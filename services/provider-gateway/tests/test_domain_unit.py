@@ -14,6 +14,7 @@ from pixsim_provider_gateway.domain import (
     AccountEffect,
     AttemptAction,
     ErrorKind,
+    Expected,
     RetryPolicy,
     first_poll_delay,
     judge,
@@ -105,13 +106,16 @@ def test_poll_delays_back_off_to_the_cap() -> None:
     assert delays[-1] >= 9  # reached the cap
 
 
-def checks_of(task_seconds: float, expected: float, policy: RetryPolicy) -> list[float]:
+def checks_of(
+    task_seconds: float, expected: float, policy: RetryPolicy, earliest: float = 0.0
+) -> list[float]:
     """When the checks of a task that ends at `task_seconds` come, up to the one that sees
-    it ended, with its kind expected to take `expected`."""
-    at = first_poll_delay(policy, callbacks=False, expected_seconds=expected)
+    it ended, with its kind expected to take `expected` (a tenth of them `earliest`)."""
+    known = Expected(expected, earliest)
+    at = first_poll_delay(policy, callbacks=False, expected=known)
     checks = [at]
     while at < task_seconds:
-        at += next_poll_delay(len(checks), policy, elapsed=at, expected_seconds=expected)
+        at += next_poll_delay(len(checks), policy, elapsed=at, expected=known)
         checks.append(at)
     return checks
 
@@ -134,6 +138,26 @@ def test_checks_are_timed_to_the_expected_end_then_close_together() -> None:
     assert short[-1] - 2.0 <= 0.1 + 1e-9
 
 
+def test_no_check_comes_before_the_earliest_tenth_of_such_tasks_has_ended() -> None:
+    policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10, poll_min_seconds=0.1)
+    # 30 s tasks of which a tenth end by 25 s: the cap counts from 25 s, not from the send.
+    checks = checks_of(30.0, 30.45, policy, earliest=25.0)
+    assert checks[0] == 25.0
+    assert len(checks) == 3
+    assert checks[-1] - 30.0 < 0.92
+    # 2 s tasks, a tenth of them done by 1.95 s, with a test stack's 0.3 s cap: two checks,
+    # not one every 0.3 s from the send (seven).
+    assert len(checks_of(2.0, 2.02, RetryPolicy(poll_cap_seconds=0.3), earliest=1.95)) == 2
+    assert len(checks_of(2.0, 2.02, RetryPolicy(poll_cap_seconds=0.3))) == 8
+    # One that ends before nearly all its kind is seen when they end, then the cap applies.
+    early = checks_of(10.0, 30.45, policy, earliest=25.0)
+    assert early == [25.0]
+    # A provider that reports progress is looked at from the start, the cap apart.
+    assert first_poll_delay(
+        policy, callbacks=False, expected=Expected(30.45, 25), reports_progress=True
+    ) == pytest.approx(10)
+
+
 def test_a_task_longer_than_expected_is_checked_less_often_as_it_runs_late() -> None:
     policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10, poll_min_seconds=0.1)
     checks = checks_of(120.0, 30.0, policy)
@@ -153,23 +177,28 @@ def test_reported_progress_says_when_the_task_will_end() -> None:
     # Too little progress to tell: the plain backoff, capped.
     assert next_poll_delay(3, policy, elapsed=8, progress=0.01) <= 10 * 1.1
     # A callback provider's first check is only the fallback, expected end or not.
-    assert first_poll_delay(policy, callbacks=True, expected_seconds=2) == 30
+    assert first_poll_delay(policy, callbacks=True, expected=Expected(2, 1.9)) == 30
 
 
 @given(
     elapsed=st.floats(0, 1e6),
-    expected=st.one_of(st.none(), st.floats(0, 1e6)),
+    durations=st.one_of(st.none(), st.tuples(st.floats(0, 1e6), st.floats(0, 1e6))),
     progress=st.one_of(st.none(), st.floats(0, 1)),
     polls=st.integers(0, 10_000),
 )
 def test_a_check_is_never_sooner_than_the_minimum_or_later_than_the_cap(
-    elapsed: float, expected: float | None, progress: float | None, polls: int
+    elapsed: float,
+    durations: tuple[float, float] | None,
+    progress: float | None,
+    polls: int,
 ) -> None:
+    """Later than the cap only while the earliest tenth of such tasks is still running."""
     policy = RetryPolicy(poll_first_seconds=1, poll_cap_seconds=10, poll_min_seconds=0.1)
-    delay = next_poll_delay(
-        polls, policy, elapsed=elapsed, expected_seconds=expected, progress=progress
-    )
-    assert 0.05 - 1e-9 <= delay <= 11
+    expected = Expected(max(durations), min(durations)) if durations else None
+    delay = next_poll_delay(polls, policy, elapsed=elapsed, expected=expected, progress=progress)
+    not_yet = expected.earliest - elapsed if expected else 0.0
+    assert 0.05 - 1e-9 <= delay <= max(11, not_yet)
+    assert delay <= 11 or not_yet >= delay
 
 
 def test_credentials_round_trip_and_are_bound_to_their_account() -> None:

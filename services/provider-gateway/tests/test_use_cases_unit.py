@@ -30,6 +30,7 @@ from pixsim_provider_gateway.domain import (
     CircuitPolicy,
     Completed,
     ErrorKind,
+    Expected,
     Failed,
     FromNow,
     IllegalTransition,
@@ -1189,11 +1190,11 @@ async def test_estimates_are_read_again_soon_while_a_checked_kind_has_none(
 
     from pixsim_provider_gateway.service import timing as timing_module
 
-    known: dict[tuple[str, int], float] = {}
+    known: dict[tuple[str, int], Expected] = {}
 
     steps: list[float] = []
 
-    async def durations(session: Any, *, step: float) -> dict[tuple[str, int], float]:
+    async def durations(session: Any, *, step: float) -> dict[tuple[str, int], Expected]:
         steps.append(step)
         return dict(known)
 
@@ -1205,16 +1206,16 @@ async def test_estimates_are_read_again_soon_while_a_checked_kind_has_none(
     timing = timing_module.Timing(no_session, step=0.05)  # type: ignore[arg-type]
     attempt = SimpleNamespace(provider_id="pixverse", operation_type=1)
     assert timing.refresh_idle() == timing_module.REFRESH_SECONDS  # nothing asked yet
-    assert timing.expected_seconds(attempt) is None  # type: ignore[arg-type]
+    assert timing.expected(attempt) is None  # type: ignore[arg-type]
     assert timing.refresh_idle() == timing_module.REFRESH_SECONDS_WHILE_UNKNOWN
     await timing.refresh()  # still none for it
     assert timing.refresh_idle() == timing_module.REFRESH_SECONDS_WHILE_UNKNOWN
-    known[("pixverse", 1)] = 2.0
+    known[("pixverse", 1)] = Expected(2.0, 1.9)
     await timing.refresh()
-    assert timing.expected_seconds(attempt) == 2.0  # type: ignore[arg-type]
+    assert timing.expected(attempt) == Expected(2.0, 1.9)  # type: ignore[arg-type]
     assert timing.refresh_idle() == timing_module.REFRESH_SECONDS
     # A kind asked once and then no more is not refreshed for forever.
-    assert timing.expected_seconds(SimpleNamespace(provider_id="pika", operation_type=1)) is None  # type: ignore[arg-type]
+    assert timing.expected(SimpleNamespace(provider_id="pika", operation_type=1)) is None  # type: ignore[arg-type]
     await timing.refresh()
     await timing.refresh()
     assert timing.refresh_idle() == timing_module.REFRESH_SECONDS

@@ -135,6 +135,8 @@ class Capabilities:
     display_name: str
     operations: tuple[OperationSpec, ...]
     supports_cancel: bool
+    # Its status answers say how far a task has got (Runway's `progress`).
+    reports_progress: bool = False
 
     def spec(self, operation: OperationType) -> OperationSpec:
         for spec in self.operations:

@@ -78,6 +78,7 @@ CAPABILITIES = Capabilities(
     provider_id="runway",
     display_name="Runway",
     supports_cancel=True,
+    reports_progress=True,
     operations=(
         OperationSpec(
             t.OPERATION_TYPE_TEXT_TO_VIDEO,

@@ -9,7 +9,7 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pixsim_provider_gateway import repository as repo
-from pixsim_provider_gateway.domain import Submission
+from pixsim_provider_gateway.domain import Expected, Submission
 
 # With nothing running anywhere, the poll loop sleeps this long: a task this replica starts
 # wakes it at once (`accepted`), and one another replica starts is that replica's to check.
@@ -28,7 +28,7 @@ class Timing:
         self._sessions = sessions
         # The checks' smallest step (`poll_min_seconds`), which the estimates assume.
         self._step = step
-        self._durations: dict[tuple[str, int], float] = {}
+        self._durations: dict[tuple[str, int], Expected] = {}
         self._idle = idle
         self._pause = idle
         # Kinds (provider, operation) asked for with no estimate since the last refresh, and
@@ -39,7 +39,7 @@ class Timing:
         # than the poll loop's sleep.
         self.accepted = asyncio.Event()
 
-    def expected_seconds(self, attempt: Submission) -> float | None:
+    def expected(self, attempt: Submission) -> Expected | None:
         """How long a task of the attempt's provider and operation is expected to take (None,
         not known yet: the estimates are then read again soon)."""
         kind = (attempt.provider_id, attempt.operation_type)
@@ -67,6 +67,10 @@ class Timing:
         async with self._sessions() as session:
             due_in = await repo.next_poll_in(session)
         self._pause = pause_after(due_in, self._idle)
+
+    def until_a_check_ends(self) -> None:
+        """Every check the loop may run is under way: the end of one wakes it."""
+        self._pause = self._idle
 
     def pause(self) -> float:
         return self._pause

@@ -2,8 +2,10 @@
 C, so no scheduler can finish more than C / 2 s tasks per second. With 1 and then 2 gateway
 replicas, a backlog of jobs goes through and the achieved rate is printed against that bound.
 
-The window is the gateway's own record: from the first submission sent to the last seen
-finished, so the job and asset services' work around it is not counted.
+The backlog is queued whole before any of it is sent (the provider paused meanwhile), so the
+window measures how the gateway keeps slots busy with work waiting, not how fast jobs
+arrive. The window is the gateway's own record: from the first submission sent to the last
+seen finished, so the job and asset services' work around it is not counted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncpg
 
 from bench.common import bench_stack, use_accounts, verdict, write_result
 from pixsim.job.v1 import job_service_pb2 as pb
+from pixsim.provider.v1 import provider_gateway_service_pb2 as gw_pb
 from pixsim_local.processes import ManagedProcess, free_port
 from pixsim_local.stack import SERVICES, service_command
 from pixsim_local.whole_stack import WholeStack
@@ -31,10 +34,28 @@ STALL_SECONDS = 60
 GATEWAY = next(spec for spec in SERVICES if spec.name == "provider-gateway")
 
 
+async def queued_whole(stack: WholeStack, ids: list[str]) -> None:
+    """Wait until every job of the backlog waits at the gateway."""
+    connection = await asyncpg.connect(stack.services.databases["provider-gateway"].url)
+    try:
+        deadline = time.monotonic() + STALL_SECONDS
+        while await connection.fetchval(
+            "SELECT count(*) FROM provider_submissions WHERE job_id = ANY($1::uuid[])", ids
+        ) < len(ids):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the backlog did not reach the gateway")
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+
+
 async def backlog(stack: WholeStack, user: str) -> dict[str, Any]:
     caller = stack.auth(user)
+    admin = stack.auth("bench-admin", admin=True)
     count = CAPACITY * WAVES
     limit = asyncio.Semaphore(32)
+    provider = gw_pb.PauseProviderRequest(name="providers/pixverse", reason="queueing a backlog")
+    await stack.gateway.PauseProvider(provider, metadata=admin)
 
     async def one(index: int) -> pb.Job:
         async with limit:
@@ -44,6 +65,9 @@ async def backlog(stack: WholeStack, user: str) -> dict[str, Any]:
 
     jobs = await asyncio.gather(*(one(index) for index in range(count)))
     ids = [job.name.removeprefix("jobs/") for job in jobs]
+    await queued_whole(stack, ids)
+    resume = gw_pb.ResumeProviderRequest(name="providers/pixverse")
+    await stack.gateway.ResumeProvider(resume, metadata=admin)
     connection = await asyncpg.connect(stack.services.databases["provider-gateway"].url)
     deadline = time.monotonic() + STALL_SECONDS + count * TASK_SECONDS / CAPACITY
     try:

@@ -31,6 +31,14 @@ from pixsim_local.processes import ManagedProcess, Supervisor, free_port, port_i
 from pixsim_local.s3 import S3Server
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step: a reader (a test, an operator's script) sees
+    the old file or the new one, never one half written (CI read an empty pids.json)."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
@@ -309,7 +317,7 @@ class LocalServices:
     def write_pids(self) -> None:
         """`<run dir>/pids.json`: each process's pid now, for whoever watches the stack."""
         pids = {name: process.pid for name, process in self.processes.items()}
-        (self.run_dir / "pids.json").write_text(json.dumps(pids))
+        write_whole(self.run_dir / "pids.json", json.dumps(pids))
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
@@ -450,7 +458,7 @@ async def run_stack(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     services.logs.mkdir(parents=True, exist_ok=True)
-    (run_dir / "ports.json").write_text(ports.as_json())
+    write_whole(run_dir / "ports.json", ports.as_json())
     merged = asyncio.create_task(
         merge_logs(
             {name: services.logs / f"{name}.log" for name in [*DEFAULT_PORTS, "supervisor"]},

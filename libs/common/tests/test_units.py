@@ -22,7 +22,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from pixsim.job.v1 import job_service_pb2
 from pixsim.types.v1 import types_pb2
 from pixsim_common.auth import TokenVerifier, generate_keypair, issue_token
-from pixsim_common.background import InFlight, Loop
+from pixsim_common.background import Loop
 from pixsim_common.clients import PeerBug, from_peer
 from pixsim_common.cloudevents import (
     MalformedEvent,
@@ -327,68 +327,6 @@ async def test_a_loop_whose_step_outlasts_the_grace_is_cancelled() -> None:
     await loop.start()
     await asyncio.sleep(0.05)
     await asyncio.wait_for(loop.stop(), timeout=5)
-
-
-async def test_a_step_leaves_its_calls_running_and_the_next_step_does_not_wait() -> None:
-    """Calls left in flight: the loop goes on while a slow one runs (a call that falls due
-    meanwhile starts at once), never more than the limit at once, each end wakes the loop,
-    and the stop waits for what is under way."""
-    wake = asyncio.Event()
-    calls = InFlight(2, wake, "calls")
-    slow_release = asyncio.Event()
-    started: list[str] = []
-    ended: list[str] = []
-    work = ["slow", "fast", "third"]
-
-    async def call(name: str) -> None:
-        started.append(name)
-        if name == "slow":
-            await slow_release.wait()
-        ended.append(name)
-
-    async def step() -> int:
-        if not work or not calls.room():
-            return 0
-        calls.start(call(work.pop(0)))
-        return 1
-
-    loop = Loop("calls", step, wake, idle=60.0, in_flight=calls)
-    await loop.start()
-    try:
-        for _ in range(100):
-            if ended == ["fast"] and started == ["slow", "fast", "third"]:
-                break
-            await asyncio.sleep(0.01)
-        # The fast call ended while the slow one ran, and its end woke the loop for the
-        # third (the limit of two had held it back); the slow one is still under way.
-        assert started == ["slow", "fast", "third"]
-        assert "slow" not in ended
-    finally:
-        stopping = asyncio.create_task(loop.stop())
-        await asyncio.sleep(0.05)
-        assert not stopping.done()  # the stop waits for the slow call
-        slow_release.set()
-        await asyncio.wait_for(stopping, timeout=5)
-    assert sorted(ended) == ["fast", "slow", "third"]
-
-
-async def test_calls_in_flight_past_the_grace_are_cancelled() -> None:
-    wake = asyncio.Event()
-    calls = InFlight(4, wake)
-    cancelled = asyncio.Event()
-
-    async def stuck() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    calls.start(stuck())
-    assert calls.room() == 3
-    await asyncio.wait_for(calls.drain(0.05), timeout=5)
-    assert cancelled.is_set()
-    assert calls.room() == 4
 
 
 async def test_a_wake_up_while_a_step_runs_brings_the_next_step_at_once() -> None:

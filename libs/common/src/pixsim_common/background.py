@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -46,42 +44,6 @@ class CloseOnStop:
         await self._close()
 
 
-class InFlight:
-    """Calls a loop's step started and left running, so the next step need not wait for the
-    slowest of them (a round that waits for all its provider calls keeps the work that fell
-    due meanwhile waiting too). At most `limit` at once; each one's end wakes the loop,
-    which may then have room again; the loop's stop waits for them as for its step."""
-
-    def __init__(self, limit: int, wake: asyncio.Event, name: str = "in-flight") -> None:
-        self._limit = limit
-        self._wake = wake
-        self._name = name
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def room(self) -> int:
-        return max(self._limit - len(self._tasks), 0)
-
-    def start(self, call: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(call, name=self._name)
-        self._tasks.add(task)
-        task.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._wake.set()
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.error("call failed", calls=self._name, error=repr(error), exc_info=error)
-
-    async def drain(self, grace: float) -> None:
-        """Wait up to `grace` seconds for the calls under way, then cancel what is left."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
 class Loop(Background):
     """Runs `step` again and again; sleeps when it found nothing to do (`idle` seconds, or
     as long as `idle()` says at the time: a loop that knows when its next work falls due);
@@ -90,7 +52,6 @@ class Loop(Background):
     Stopping lets the step under way finish, for up to `grace` seconds, before it is
     cancelled: a step cut short mid-call (a submit the provider may have taken) leaves work
     for recovery to find only when its lease runs out, so a rolling update would strand it.
-    The calls a step left running (`in_flight`) get the rest of the same grace.
     """
 
     def __init__(
@@ -100,25 +61,20 @@ class Loop(Background):
         wake: asyncio.Event | None = None,
         idle: float | Callable[[], float] = 0.2,
         grace: float = 10.0,
-        in_flight: InFlight | None = None,
     ) -> None:
         self.name = name
         self._step = step
         self._wake = wake or asyncio.Event()
         self._idle = idle
         self._grace = grace
-        self._in_flight = in_flight
         self._stopping = False
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        deadline = time.monotonic() + self._grace
         if self._task is not None and not self._task.done():
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._task), self._grace)
-        if self._in_flight is not None:
-            await self._in_flight.drain(max(deadline - time.monotonic(), 0.0))
         await super().stop()
 
     async def _run(self) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixsim_common.background import InFlight, Loop
+from pixsim_common.background import Loop
 from pixsim_common.notify import Listener
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway import repository as repo
@@ -53,28 +53,21 @@ def gateway_workers(
     poll_batch: int,
 ) -> list[Listener | Loop]:
     wake = asyncio.Event()
-    # Provider calls the loops started and left running: a round does not wait for the
-    # slowest call of the last one (decision 129).
-    sending = InFlight(dispatch_batch, wake, "dispatch sends")
-    checking = InFlight(poll_batch, service.timing.accepted, "status checks")
     return [
         # A wake-up on every new submission, and after a reconnect (one may have been missed).
         Listener(database_url, repo.WORK_CHANNEL, lambda _payload: wake.set(), wake.set),
         Loop(
             "dispatch",
-            lambda: service.dispatch_once(dispatch_batch, sending),
+            lambda: service.dispatch_once(dispatch_batch),
             wake,
             idle=service.dispatch.idle,
-            in_flight=sending,
         ),
-        # Sleeps until the next check falls due; woken when this replica starts a task, or
-        # a check ends while all it may run are under way.
+        # Sleeps until the next check falls due; woken when this replica starts a task.
         Loop(
             "poll",
-            lambda: service.poll_or_time_the_next(poll_batch, checking),
+            lambda: service.poll_or_time_the_next(poll_batch),
             service.timing.accepted,
             idle=service.timing.pause,
-            in_flight=checking,
         ),
         # How long each provider's tasks take, for the checks' timing.
         Loop("durations", service.timing.refresh, idle=service.timing.refresh_idle),

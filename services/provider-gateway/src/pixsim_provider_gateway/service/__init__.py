@@ -23,7 +23,6 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pixsim_common.background import InFlight
 from pixsim_common.outbox import SetAside
 from pixsim_provider_gateway.crypto import CredentialCipher
 from pixsim_provider_gateway.domain import CircuitPolicy, RetryPolicy
@@ -80,19 +79,15 @@ class ProviderService:
         self.recover = Recover(units, policy, fallback_margin)
         self.callbacks = Callbacks(units, registry, policy, self.timing)
 
-    async def dispatch_once(self, limit: int, in_flight: InFlight | None = None) -> int:
-        return await self.dispatch.once(limit, in_flight)
+    async def dispatch_once(self, limit: int) -> int:
+        return await self.dispatch.once(limit)
 
     async def poll_once(self, limit: int) -> int:
         return await self.poll.once(limit)
 
-    async def poll_or_time_the_next(self, limit: int, in_flight: InFlight | None = None) -> int:
-        """The poll loop's step: when nothing was due, how long until something is (or,
-        with every check it may run under way, until one ends)."""
-        if in_flight is not None and not in_flight.room():
-            self.timing.until_a_check_ends()
-            return 0
-        polled = await self.poll.once(limit, in_flight)
+    async def poll_or_time_the_next(self, limit: int) -> int:
+        """The poll loop's step: when nothing was due, how long until something is."""
+        polled = await self.poll.once(limit)
         if not polled:
             await self.timing.until_next_poll()
         return polled

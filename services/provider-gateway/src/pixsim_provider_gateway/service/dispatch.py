@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import structlog
 
-from pixsim_common.background import InFlight
 from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway.crypto import CredentialCipher
@@ -95,15 +94,8 @@ class Dispatch:
         """Seconds the dispatch loop sleeps (unless woken) after a round that sent nothing."""
         return self._idle
 
-    async def once(self, limit: int, in_flight: InFlight | None = None) -> int:
-        """Send what can be sent now; how many submissions went to a provider. With
-        `in_flight`, the sends are left running there (the loop's next round need not wait
-        for the slowest provider call: a slot freed meanwhile is filled at once); else they
-        are awaited."""
-        if in_flight is not None:
-            limit = min(limit, in_flight.room())
-            if not limit:
-                return 0  # a send's end wakes the loop
+    async def once(self, limit: int) -> int:
+        """Send what can be sent now; how many submissions went to a provider."""
         ready: list[Prepared] = []
         async with self._units() as unit:
             for attempt in await unit.submissions.claim_waiting(limit):
@@ -114,11 +106,7 @@ class Dispatch:
             if not ready:  # the loop sleeps: until the soonest turn, as put back just now
                 self._idle = idle_after(await unit.submissions.next_waiting_in())
             await unit.commit()
-        if in_flight is None:
-            await asyncio.gather(*(self._submit(p) for p in ready))
-        else:
-            for prepared in ready:
-                in_flight.start(self._submit(prepared))
+        await asyncio.gather(*(self._submit(p) for p in ready))
         return len(ready)
 
     async def _prepare(self, unit: Unit, attempt: Submission) -> Prepared | None:

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from pixsim_common.background import InFlight
 from pixsim_common.tracing import continued
 from pixsim_provider_gateway import metrics
 from pixsim_provider_gateway.crypto import CredentialCipher
@@ -58,14 +57,7 @@ class Poll:
         self._units, self._registry, self._cipher, self._policy = units, registry, cipher, policy
         self._replica, self._lease, self._timing = replica, lease, timing
 
-    async def once(self, limit: int, in_flight: InFlight | None = None) -> int:
-        """Check the running attempts due a check; how many. With `in_flight`, the checks
-        are left running there (a check that falls due while another is slow is not held
-        back by it); else they are awaited."""
-        if in_flight is not None:
-            limit = min(limit, in_flight.room())
-            if not limit:
-                return 0
+    async def once(self, limit: int) -> int:
         async with self._units() as unit:
             due = await unit.submissions.claim_for_polling(self._replica, self._lease, limit)
             sealed = await unit.accounts.sealed_credentials(
@@ -73,15 +65,12 @@ class Poll:
             )
             await unit.commit()
         api_keys = {row.id: self._cipher.api_key_of(row) for row in sealed}
-        checks = [
-            self._poll(attempt, Credentials(api_keys.get(attempt.account_id, "")))
-            for attempt in due
-        ]
-        if in_flight is None:
-            await asyncio.gather(*checks)
-        else:
-            for check in checks:
-                in_flight.start(check)
+        await asyncio.gather(
+            *(
+                self._poll(attempt, Credentials(api_keys.get(attempt.account_id, "")))
+                for attempt in due
+            )
+        )
         return len(due)
 
     async def _poll(self, attempt: Submission, credentials: Credentials) -> None:

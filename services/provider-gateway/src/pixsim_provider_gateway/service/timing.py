@@ -68,10 +68,6 @@ class Timing:
             due_in = await repo.next_poll_in(session)
         self._pause = pause_after(due_in, self._idle)
 
-    def until_a_check_ends(self) -> None:
-        """Every check the loop may run is under way: the end of one wakes it."""
-        self._pause = self._idle
-
     def pause(self) -> float:
         return self._pause
 

@@ -152,6 +152,10 @@ def test_no_check_comes_before_the_earliest_tenth_of_such_tasks_has_ended() -> N
     # One that ends before nearly all its kind is seen when they end, then the cap applies.
     early = checks_of(10.0, 30.45, policy, earliest=25.0)
     assert early == [25.0]
+    # Timed from the send: a submit call that took 1 s brings the first check 1 s sooner.
+    assert first_poll_delay(
+        policy, callbacks=False, expected=Expected(30.45, 25), elapsed=1.0
+    ) == pytest.approx(24.0)
     # A provider that reports progress is looked at from the start, the cap apart.
     assert first_poll_delay(
         policy, callbacks=False, expected=Expected(30.45, 25), reports_progress=True

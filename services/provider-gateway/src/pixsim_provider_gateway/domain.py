@@ -269,14 +269,17 @@ def first_poll_delay(
     callbacks: bool,
     expected: Expected | None = None,
     reports_progress: bool = False,
+    elapsed: float = 0.0,
 ) -> float:
     """Seconds from acceptance to the first status check: just before the task's expected
     end where that is known, else soon; unless the provider will say when the task ends,
-    when the poll only covers a callback that never comes."""
+    when the poll only covers a callback that never comes. `elapsed`: seconds since the
+    attempt was sent, which the expected durations count from (a slow submit call is part
+    of the task's time, not a delay before it)."""
     if callbacks:
         return policy.callback_poll_first_seconds
     return next_poll_delay(
-        0, policy, elapsed=0.0, expected=expected, reports_progress=reports_progress
+        0, policy, elapsed=elapsed, expected=expected, reports_progress=reports_progress
     )
 
 

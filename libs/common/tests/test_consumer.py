@@ -81,13 +81,13 @@ async def start_consumer(
 ) -> AsyncIterator[ConsumerFactory]:
     started: list[EventConsumer] = []
 
-    async def start(topic: Topic, handler: Any = record_effect) -> EventConsumer:
+    async def start(topic: Topic, handler: Any = record_effect, **options: Any) -> EventConsumer:
         consumer = EventConsumer(
             name="kit-test",
             group_id=f"group-{uuid.uuid4().hex[:8]}",
             kafka_bootstrap=infra.kafka.bootstrap,
             sessions=messaging_db.sessions,
-            subscriptions=[Subscription(topic, handler)],
+            subscriptions=[Subscription(topic, handler, **options)],
             max_handler_attempts=2,
             backoff_base=0.01,
             backoff_cap=0.2,
@@ -449,3 +449,35 @@ async def test_a_stopping_member_commits_what_it_processed(
     finally:
         await admin.close()
     assert sum(meta.offset for meta in offsets.values()) == len(events)
+
+
+@pytest.mark.parametrize("one_at_a_time", [True, False])
+async def test_a_topic_taken_one_partition_at_a_time_never_has_two_transactions_open(
+    messaging_db: MessagingDatabase,
+    infra: Infra,
+    new_topic: TopicFactory,
+    start_consumer: ConsumerFactory,
+    one_at_a_time: bool,
+) -> None:
+    """Handlers that order rows by their transaction's clock need transactions that do not
+    overlap: one begun earlier and committed later puts its rows ahead of rows already
+    read. Without the option the partitions of a batch do run at once (the test's check)."""
+    topic = await new_topic(events_pb2.JobCancelled, partitions=4)
+    open_now = most_open = 0
+
+    async def slow_effect(session: AsyncSession, event: Any, meta: EventMeta) -> None:
+        nonlocal open_now, most_open
+        open_now += 1
+        most_open = max(most_open, open_now)
+        try:
+            await asyncio.sleep(0.02)
+            await record_effect(session, event, meta)
+        finally:
+            open_now -= 1
+
+    events = [cancelled_event(str(uuid.uuid4())) for _ in range(40)]
+    await produce_raw(infra.kafka.bootstrap, topic.name, [message(topic, e) for e in events])
+    await start_consumer(topic, slow_effect, one_partition_at_a_time=one_at_a_time)
+    for event in events:
+        await wait_for_effect(messaging_db, event.job_id)
+    assert (most_open == 1) is one_at_a_time, most_open

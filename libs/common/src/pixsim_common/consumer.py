@@ -159,6 +159,11 @@ class Subscription:
     handler: Callable[..., Awaitable[None]]
     prepare: Callable[[Any, EventMeta], Awaitable[Any]] | None = None
     discard: Callable[[Any], Awaitable[None]] | None = None
+    # The topic's partitions are handled one after another, never in transactions open at
+    # once: for a handler whose rows are ordered by their transaction's clock (`now()`),
+    # which is its start, so a transaction begun earlier and committed later would put its
+    # rows ahead of ones already read (a queued job's place rose).
+    one_partition_at_a_time: bool = False
 
 
 class EventConsumer:
@@ -281,6 +286,39 @@ class EventConsumer:
                 continue
             DLQ_DEPTH.labels(dlq).set(sum(ends[tp] - starts[tp] for tp in partitions))
 
+    async def _process_partitions(
+        self,
+        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        done: dict[TopicPartition, int],
+    ) -> list[BaseException | None]:
+        """Each partition's records, partitions at once except those of a subscription
+        taken `one_partition_at_a_time`; what each partition ended with, in `batch`'s order."""
+        outcomes: dict[TopicPartition, BaseException | None] = {}
+
+        async def one_after_another(partitions: list[TopicPartition]) -> None:
+            for tp in partitions:
+                try:
+                    await self._process_partition(tp, batch[tp], done)
+                except Exception as error:
+                    outcomes[tp] = error
+
+        def alone(tp: TopicPartition) -> bool:
+            route = self._routes.get(tp.topic)
+            return route is not None and route.one_partition_at_a_time
+
+        serial = [tp for tp in batch if alone(tp)]
+        together = [tp for tp in batch if not alone(tp)]
+        results = await asyncio.gather(
+            one_after_another(serial),
+            *(self._process_partition(tp, batch[tp], done) for tp in together),
+            return_exceptions=True,
+        )
+        if isinstance(results[0], BaseException):  # cancelled: as gather would report it
+            outcomes.update({tp: results[0] for tp in serial if tp not in outcomes})
+        for tp, result in zip(together, results[1:], strict=True):
+            outcomes[tp] = result if isinstance(result, BaseException) else None
+        return [outcomes.get(tp) for tp in batch]
+
     async def _consume_batch(self, consumer: AIOKafkaConsumer) -> None:
         batch = await consumer.getmany(timeout_ms=500, max_records=500)
         if not batch:
@@ -289,10 +327,7 @@ class EventConsumer:
         # Every partition runs to its end or its failure before anything is committed:
         # a failure in one must neither abandon the others mid-record nor lose its own rest.
         try:
-            outcomes = await asyncio.gather(
-                *(self._process_partition(tp, records, done) for tp, records in batch.items()),
-                return_exceptions=True,
-            )
+            outcomes = await self._process_partitions(batch, done)
         finally:  # stopped mid-batch too: what was processed is committed (by stop)
             # A rebalance during the batch may have given some partitions to another
             # member: theirs to commit now (they redeliver; the inbox drops the repeats).

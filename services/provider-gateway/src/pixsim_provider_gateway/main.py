@@ -137,6 +137,9 @@ async def build(settings: ServiceSettings) -> ServiceApp:
                 functools.partial(
                     on_job_submitted, aging=timedelta(seconds=settings.priority_aging_seconds)
                 ),
+                # A job's turn is its arrival, the transaction's clock: arrivals committed
+                # out of that order moved queued jobs back a place (decision 130).
+                one_partition_at_a_time=True,
             ),
             Subscription(topics.JOB_CANCELLED, on_job_cancelled),
         ],

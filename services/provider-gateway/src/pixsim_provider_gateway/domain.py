@@ -511,6 +511,12 @@ class Submission:
     def settled(self) -> bool:
         return self.record.get("settle_time") is not None
 
+    def seconds_since_sent(self, now: datetime) -> float:
+        """How long its task has run at `now`, counted from the send as the expected
+        durations are (0 until the send is recorded)."""
+        sent = self.record.get("submit_time")
+        return (now - sent).total_seconds() if isinstance(sent, datetime) else 0.0
+
     def _move(self, to: SubmissionState, **values: Any) -> None:
         """Every change of state. An attempt ends settled, and its end announces what it
         cost (`Settled`, final unless an attempt follows it)."""

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -198,8 +198,6 @@ class Dispatch:
                 # Timed from the send, as the expected durations are: timed from acceptance,
                 # a first check that found the task done pushed the estimate up by the
                 # submit call's time, and the next first check later again.
-                sent = attempt.submit_time
-                now = await unit.submissions.now()
                 attempt.accepted(
                     result.provider_job_id,
                     result.estimated_cost,
@@ -209,9 +207,7 @@ class Dispatch:
                             callbacks=self._registry.callbacks(attempt.provider_id) is not None,
                             expected=self._timing.expected(attempt),
                             reports_progress=prepared.provider.capabilities().reports_progress,
-                            elapsed=(now - sent).total_seconds()
-                            if isinstance(sent, datetime)
-                            else 0.0,
+                            elapsed=attempt.seconds_since_sent(await unit.submissions.now()),
                         )
                     ),
                     bound=timedelta(seconds=self._policy.deadline_seconds),

@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -155,11 +155,10 @@ async def record_status(
     if status.state in (TaskState.PENDING, TaskState.RUNNING):
         now = await unit.submissions.now()
         if now < attempt.deadline_at:
-            sent = attempt.submit_time
             next_poll = next_poll_delay(
                 attempt.poll_count + 1,
                 policy,
-                elapsed=(now - sent).total_seconds() if isinstance(sent, datetime) else 0.0,
+                elapsed=attempt.seconds_since_sent(now),
                 expected=timing.expected(attempt) if timing else None,
                 reports_progress=provider.capabilities().reports_progress,
                 progress=status.progress,

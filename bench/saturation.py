@@ -34,19 +34,16 @@ STALL_SECONDS = 60
 GATEWAY = next(spec for spec in SERVICES if spec.name == "provider-gateway")
 
 
-async def queued_whole(stack: WholeStack, ids: list[str]) -> None:
-    """Wait until every job of the backlog waits at the gateway."""
-    connection = await asyncpg.connect(stack.services.databases["provider-gateway"].url)
-    try:
-        deadline = time.monotonic() + STALL_SECONDS
-        while await connection.fetchval(
-            "SELECT count(*) FROM provider_submissions WHERE job_id = ANY($1::uuid[])", ids
-        ) < len(ids):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the backlog did not reach the gateway")
-            await asyncio.sleep(0.1)
-    finally:
-        await connection.close()
+async def queued_whole(connection: asyncpg.Connection, ids: list[str]) -> None:
+    """Wait until every job of the backlog waits at the gateway (`connection`: its
+    database)."""
+    deadline = time.monotonic() + STALL_SECONDS
+    while await connection.fetchval(
+        "SELECT count(*) FROM provider_submissions WHERE job_id = ANY($1::uuid[])", ids
+    ) < len(ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the backlog did not reach the gateway")
+        await asyncio.sleep(0.1)
 
 
 async def backlog(stack: WholeStack, user: str) -> dict[str, Any]:
@@ -65,12 +62,12 @@ async def backlog(stack: WholeStack, user: str) -> dict[str, Any]:
 
     jobs = await asyncio.gather(*(one(index) for index in range(count)))
     ids = [job.name.removeprefix("jobs/") for job in jobs]
-    await queued_whole(stack, ids)
-    resume = gw_pb.ResumeProviderRequest(name="providers/pixverse")
-    await stack.gateway.ResumeProvider(resume, metadata=admin)
     connection = await asyncpg.connect(stack.services.databases["provider-gateway"].url)
-    deadline = time.monotonic() + STALL_SECONDS + count * TASK_SECONDS / CAPACITY
     try:
+        await queued_whole(connection, ids)
+        resume = gw_pb.ResumeProviderRequest(name="providers/pixverse")
+        await stack.gateway.ResumeProvider(resume, metadata=admin)
+        deadline = time.monotonic() + STALL_SECONDS + count * TASK_SECONDS / CAPACITY
         while True:
             done = await connection.fetchval(
                 "SELECT count(*) FROM provider_submissions"
